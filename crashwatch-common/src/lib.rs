@@ -1,0 +1,173 @@
+//! The records crashwatch's eBPF programs write to the ring buffer and the agent decodes,
+//! and the load-time configuration the agent hands to the programs.
+//!
+//! Everything is `#[repr(C)]` plain data: both sides compile this crate, the kernel side for
+//! `bpfel-unknown-none`, so layouts match by construction. Every record starts with a
+//! [`Header`] whose `kind` says which struct follows.
+#![no_std]
+
+pub const COMM_LEN: usize = 16;
+/// Bytes of the exec'd path kept (`linux_binprm.filename`).
+pub const PATH_LEN: usize = 256;
+/// Bytes of the NUL-separated argument list kept.
+pub const ARGS_LEN: usize = 1024;
+/// User frames captured at a fatal signal (the kernel's own limit is 127).
+pub const STACK_DEPTH: usize = 127;
+/// Words of `struct pt_regs` copied raw; names come from BTF in userspace.
+pub const REGS_WORDS: usize = 32;
+/// Cgroup path components kept, leaf first, and bytes per component.
+pub const CGROUP_DEPTH: usize = 8;
+pub const CGROUP_NAME_LEN: usize = 128;
+
+pub const KIND_EXEC: u32 = 1;
+pub const KIND_SIGNAL: u32 = 2;
+pub const KIND_EXIT: u32 = 3;
+pub const KIND_OOM: u32 = 4;
+
+/// Marks an unused offset in [`Offsets`].
+pub const NO_OFFSET: u32 = u32::MAX;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Header {
+    pub kind: u32,
+    /// Thread-group id (what userspace calls the pid).
+    pub pid: u32,
+    /// The thread the event happened on.
+    pub tid: u32,
+    pub ppid: u32,
+    /// `bpf_ktime_get_ns()` at the event (CLOCK_MONOTONIC).
+    pub ktime_ns: u64,
+    /// The group leader's `start_time`: with `pid`, identifies one process across pid reuse.
+    pub start_ns: u64,
+    pub uid: u32,
+    pub _pad: u32,
+    /// The group leader's comm.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// `sched_process_exec`: who runs what, captured while the new image is in place.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecRecord {
+    pub hdr: Header,
+    /// Identity of the executable file (`s_dev`, `i_ino`): binaries are keyed by these.
+    pub dev: u32,
+    pub args_len: u32,
+    pub ino: u64,
+    pub filename: [u8; PATH_LEN],
+    pub args: [u8; ARGS_LEN],
+    pub cgroup: CgroupPath,
+}
+
+/// Cgroup path components from the leaf upwards, each NUL-terminated; empty ends the list.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CgroupPath {
+    pub names: [[u8; CGROUP_NAME_LEN]; CGROUP_DEPTH],
+}
+
+/// `signal/signal_deliver` of a fatal-class signal: the faulting thread's state.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SignalRecord {
+    pub hdr: Header,
+    pub sig: i32,
+    pub code: i32,
+    pub errno: i32,
+    /// Non-zero when the process had a handler installed (`sa_handler` not SIG_DFL).
+    pub handled: u32,
+    pub sa_handler: u64,
+    /// `si_addr` for SIGSEGV/SIGBUS/SIGFPE/SIGILL/SIGTRAP.
+    pub addr: u64,
+    /// `mm->start_code`/`end_code`: the main executable's text, to turn IPs into file offsets.
+    pub start_code: u64,
+    pub end_code: u64,
+    /// Bytes of `regs` filled (the kernel's `sizeof(struct pt_regs)`), 0 when unavailable.
+    pub regs_len: u32,
+    /// Bytes of `stack` filled by `bpf_get_stack`.
+    pub stack_len: u32,
+    pub args_len: u32,
+    pub _pad: u32,
+    pub regs: [u64; REGS_WORDS],
+    pub stack: [u64; STACK_DEPTH],
+    pub args: [u8; ARGS_LEN],
+}
+
+/// `sched/sched_process_exit` of the last thread of a process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExitRecord {
+    pub hdr: Header,
+    /// The wait(2) status: `code << 8`, or the terminating signal with 0x80 if it dumped core.
+    pub status: u32,
+    pub _pad: u32,
+}
+
+/// `oom/mark_victim`: the OOM killer chose this process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OomRecord {
+    pub hdr: Header,
+}
+
+/// Kernel struct field offsets, computed from `/sys/kernel/btf/vmlinux` at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Offsets {
+    pub task_tgid: u32,
+    pub task_pid: u32,
+    pub task_real_parent: u32,
+    pub task_group_leader: u32,
+    pub task_start_time: u32,
+    pub task_real_cred: u32,
+    pub task_signal: u32,
+    pub task_exit_code: u32,
+    pub task_mm: u32,
+    pub task_cgroups: u32,
+    pub task_comm: u32,
+    pub cred_uid: u32,
+    pub signal_group_exit_code: u32,
+    pub signal_live: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    pub mm_start_code: u32,
+    pub mm_end_code: u32,
+    pub bprm_filename: u32,
+    pub bprm_file: u32,
+    pub file_inode: u32,
+    pub inode_ino: u32,
+    pub inode_sb: u32,
+    pub sb_dev: u32,
+    pub siginfo_errno: u32,
+    pub siginfo_code: u32,
+    pub siginfo_addr: u32,
+    pub ksig_handler: u32,
+    pub pt_regs_size: u32,
+    /// `css_set` → `struct cgroup *`: first hop (`dfl_cgrp`, or `subsys[memory]`).
+    pub cgroup_hop1: u32,
+    /// Second hop (`cgroup_subsys_state.cgroup`) or [`NO_OFFSET`].
+    pub cgroup_hop2: u32,
+    pub cgroup_kn: u32,
+    pub kn_name: u32,
+    pub kn_parent: u32,
+}
+
+/// Everything the programs read from their one global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Config {
+    pub off: Offsets,
+    /// Non-zero when `oom/mark_victim`'s first argument is a `task_struct *` (kernels >= 6.8),
+    /// zero when it is an `int pid`.
+    pub oom_arg_is_task: u32,
+    pub _pad: u32,
+    /// A handled fault-class signal is reported with a death that follows within this window.
+    pub pending_window_ns: u64,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain #[repr(C)] data with explicit padding, no pointers.
+    unsafe impl aya::Pod for super::Config {}
+}

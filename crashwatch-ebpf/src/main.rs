@@ -1,0 +1,317 @@
+//! crashwatch's kernel side: four BTF tracepoints feeding one ring buffer.
+//!
+//! Filtering happens here so userspace sees only what can matter: fatal-class signals (not the
+//! SIGKILLs `exit_group` sends to sibling threads), whole-process deaths, OOM victims, and
+//! execs. A handled fault (Go's and the JVM's SIGSEGV handlers) is parked in `PENDING` and sent
+//! only if the process then dies abnormally, so processes that survive their faults cost no
+//! records. Struct fields are read at offsets the agent computes from BTF (`CONFIG`).
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_task, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf,
+        generated::{bpf_get_stack, bpf_task_pt_regs},
+    },
+    macros::{btf_tracepoint, map},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+    programs::BtfTracePointContext,
+    EbpfContext,
+};
+use crashwatch_common::*;
+
+#[unsafe(no_mangle)]
+static CONFIG: Config = unsafe { core::mem::zeroed() };
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// Failed ring buffer writes, per CPU: loss is counted, never silent.
+#[map]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Scratch space for records too large for the 512-byte BPF stack.
+#[map]
+static SCRATCH_SIG: PerCpuArray<SignalRecord> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static SCRATCH_EXEC: PerCpuArray<ExecRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// The last handled fault-class signal per process (tgid), until that process exits.
+#[map]
+static PENDING: LruHashMap<u32, SignalRecord> = LruHashMap::with_max_entries(4096, 0);
+
+const SIGKILL: i32 = 9;
+
+/// Reads a field of `CONFIG`. Volatile: the compiler would otherwise fold the all-zero
+/// initializer into the code, and the loader's values would never be seen.
+macro_rules! config {
+    ($($f:ident).+) => {
+        // SAFETY: CONFIG is a read-only global the loader fills in before verification.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!(CONFIG.$($f).+)) }
+    };
+}
+
+#[inline(always)]
+fn rd<T: Default>(base: u64, off: u32) -> T {
+    if base == 0 || off == NO_OFFSET {
+        return T::default();
+    }
+    // SAFETY: bpf_probe_read_kernel faults safely on bad addresses.
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).unwrap_or_default() }
+}
+
+fn count_lost() {
+    if let Some(n) = LOST.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *n += 1 };
+    }
+}
+
+fn output<T>(rec: &T) {
+    if EVENTS.output::<T>(rec, 0).is_err() {
+        count_lost();
+    }
+}
+
+/// Fills the header from `task` (any thread of the process).
+fn fill_header(hdr: &mut Header, kind: u32, task: u64) {
+    let leader: u64 = rd(task, config!(off.task_group_leader));
+    let parent: u64 = rd(task, config!(off.task_real_parent));
+    let cred: u64 = rd(task, config!(off.task_real_cred));
+    hdr.kind = kind;
+    hdr.pid = rd::<u32>(task, config!(off.task_tgid));
+    hdr.tid = rd::<u32>(task, config!(off.task_pid));
+    hdr.ppid = rd::<u32>(parent, config!(off.task_tgid));
+    hdr.ktime_ns = unsafe { bpf_ktime_get_ns() };
+    hdr.start_ns = rd::<u64>(leader, config!(off.task_start_time));
+    hdr.uid = rd::<u32>(cred, config!(off.cred_uid));
+    hdr.comm = rd::<[u8; COMM_LEN]>(leader, config!(off.task_comm));
+}
+
+/// Copies the process's argument list from its user memory; returns bytes copied.
+fn read_args(task: u64, dst: &mut [u8; ARGS_LEN]) -> u32 {
+    let mm: u64 = rd(task, config!(off.task_mm));
+    let start: u64 = rd(mm, config!(off.mm_arg_start));
+    let end: u64 = rd(mm, config!(off.mm_arg_end));
+    if start == 0 || end <= start {
+        return 0;
+    }
+    let len = (end - start).min(ARGS_LEN as u64) as usize;
+    // Two fixed sizes keep the verifier happy; a short read of a long buffer is still useful.
+    let n = if len == ARGS_LEN {
+        ARGS_LEN
+    } else {
+        len & (ARGS_LEN - 1)
+    };
+    if n == 0 {
+        return 0;
+    }
+    match unsafe { bpf_probe_read_user_buf(start as *const u8, &mut dst[..n]) } {
+        Ok(()) => n as u32,
+        Err(_) => 0,
+    }
+}
+
+fn read_cgroup(task: u64, out: &mut CgroupPath) {
+    let css_set: u64 = rd(task, config!(off.task_cgroups));
+    let mut cg: u64 = rd(css_set, config!(off.cgroup_hop1));
+    if config!(off.cgroup_hop2) != NO_OFFSET {
+        cg = rd(cg, config!(off.cgroup_hop2));
+    }
+    let mut kn: u64 = rd(cg, config!(off.cgroup_kn));
+    for i in 0..CGROUP_DEPTH {
+        out.names[i][0] = 0;
+        if kn == 0 {
+            continue;
+        }
+        let name: u64 = rd(kn, config!(off.kn_name));
+        if name != 0 {
+            let _ =
+                unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut out.names[i]) };
+        }
+        kn = rd(kn, config!(off.kn_parent));
+    }
+}
+
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn sched_process_exec(ctx: BtfTracePointContext) -> u32 {
+    let Some(rec) = SCRATCH_EXEC.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU scratch slot owned by this program invocation.
+    let rec = unsafe { &mut *rec };
+    let task = unsafe { bpf_get_current_task() };
+    let bprm: u64 = ctx.arg(2);
+    fill_header(&mut rec.hdr, KIND_EXEC, task);
+    let file: u64 = rd(bprm, config!(off.bprm_file));
+    let inode: u64 = rd(file, config!(off.file_inode));
+    let sb: u64 = rd(inode, config!(off.inode_sb));
+    rec.ino = rd(inode, config!(off.inode_ino));
+    rec.dev = rd(sb, config!(off.sb_dev));
+    rec.filename[0] = 0;
+    let name: u64 = rd(bprm, config!(off.bprm_filename));
+    if name != 0 {
+        let _ = unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut rec.filename) };
+    }
+    rec.args_len = read_args(task, &mut rec.args);
+    read_cgroup(task, &mut rec.cgroup);
+    output(rec);
+    0
+}
+
+/// Signals whose default action ends the process (terminate or core).
+fn fatal_class(sig: i32) -> bool {
+    !matches!(sig, 17..=23 | 28) && sig > 0 && sig < 65
+}
+
+/// Synchronous faults and abort: a handled one followed by death is the cause of death.
+fn fault_class(sig: i32) -> bool {
+    matches!(sig, 4..=8 | 11 | 31)
+}
+
+#[btf_tracepoint(function = "signal_deliver")]
+pub fn signal_deliver(ctx: BtfTracePointContext) -> u32 {
+    let sig: i32 = ctx.arg(0);
+    if !fatal_class(sig) {
+        return 0;
+    }
+    let ka: u64 = ctx.arg(2);
+    let handler: u64 = rd(ka, config!(off.ksig_handler));
+    // SIG_IGN (1) never kills; a handled signal matters only if it is a fault.
+    if handler == 1 || (handler != 0 && !fault_class(sig)) {
+        return 0;
+    }
+    let task = unsafe { bpf_get_current_task() };
+    if sig == SIGKILL {
+        // exit_group, coredumps and the fast path of other fatal signals SIGKILL every thread;
+        // only a real SIGKILL leaves 9 as the group's exit code.
+        let signal: u64 = rd(task, config!(off.task_signal));
+        let gec: u32 = rd(signal, config!(off.signal_group_exit_code));
+        if gec & 0x7f != SIGKILL as u32 {
+            return 0;
+        }
+    }
+    let Some(rec) = SCRATCH_SIG.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU scratch slot owned by this program invocation.
+    let rec = unsafe { &mut *rec };
+    fill_header(&mut rec.hdr, KIND_SIGNAL, task);
+    let info: u64 = ctx.arg(1);
+    rec.sig = sig;
+    rec.handled = (handler != 0) as u32;
+    rec.sa_handler = handler;
+    // SEND_SIG_NOINFO/SEND_SIG_PRIV are the pointers 0 and 1: no siginfo behind them.
+    let info = if info > 1 { info } else { 0 };
+    rec.errno = rd(info, config!(off.siginfo_errno));
+    rec.code = rd(info, config!(off.siginfo_code));
+    rec.addr = if matches!(sig, 4 | 5 | 7 | 8 | 11) {
+        rd(info, config!(off.siginfo_addr))
+    } else {
+        0
+    };
+    let mm: u64 = rd(task, config!(off.task_mm));
+    rec.start_code = rd(mm, config!(off.mm_start_code));
+    rec.end_code = rd(mm, config!(off.mm_end_code));
+    rec.args_len = read_args(task, &mut rec.args);
+    rec.regs_len = 0;
+    let size = config!(off.pt_regs_size) as usize;
+    if size > 0 && size <= REGS_WORDS * 8 {
+        let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+        let dst = unsafe {
+            core::slice::from_raw_parts_mut(
+                rec.regs.as_mut_ptr() as *mut u8,
+                size & (REGS_WORDS * 8 - 1),
+            )
+        };
+        if regs != 0 && unsafe { bpf_probe_read_kernel_buf(regs as *const u8, dst) }.is_ok() {
+            rec.regs_len = size as u32;
+        }
+    }
+    let n = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            rec.stack.as_mut_ptr() as *mut _,
+            (STACK_DEPTH * 8) as u32,
+            aya_ebpf::bindings::BPF_F_USER_STACK as u64,
+        )
+    };
+    rec.stack_len = if n > 0 { n as u32 } else { 0 };
+    if handler != 0 {
+        // Survivors must cost nothing downstream: keep it until the process exits.
+        let pid = rec.hdr.pid;
+        let _ = PENDING.insert(&pid, &*rec, 0);
+    } else {
+        output(rec);
+    }
+    0
+}
+
+fn exit_common(task: u64) {
+    let signal: u64 = rd(task, config!(off.task_signal));
+    let gec: u32 = rd(signal, config!(off.signal_group_exit_code));
+    let code: u32 = rd(task, config!(off.task_exit_code));
+    let mut rec = ExitRecord::default();
+    fill_header(&mut rec.hdr, KIND_EXIT, task);
+    rec.status = if gec != 0 { gec } else { code };
+    let pid = rec.hdr.pid;
+    if let Some(p) = unsafe { PENDING.get(&pid) } {
+        let fresh = rec.hdr.ktime_ns.wrapping_sub(p.hdr.ktime_ns) <= config!(pending_window_ns);
+        if rec.status != 0 && fresh {
+            output(p);
+        }
+        let _ = PENDING.remove(&pid);
+    }
+    output(&rec);
+}
+
+/// Kernels before 6.16: no `group_dead` argument; `signal->live` reached 0 for the last thread.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit(_ctx: BtfTracePointContext) -> u32 {
+    let task = unsafe { bpf_get_current_task() };
+    let signal: u64 = rd(task, config!(off.task_signal));
+    let live: i32 = rd(signal, config!(off.signal_live));
+    if live == 0 {
+        exit_common(task);
+    }
+    0
+}
+
+/// Kernels 6.16+: `sched_process_exit(struct task_struct *p, bool group_dead)`.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit_gd(ctx: BtfTracePointContext) -> u32 {
+    let group_dead: u64 = ctx.arg(1);
+    if group_dead & 0xff != 0 {
+        exit_common(unsafe { bpf_get_current_task() });
+    }
+    0
+}
+
+#[btf_tracepoint(function = "mark_victim")]
+pub fn mark_victim(ctx: BtfTracePointContext) -> u32 {
+    // Read the argument as a plain number: it is a `task_struct *` or an `int pid` by kernel.
+    let arg: u64 = unsafe { bpf_probe_read_kernel(ctx.as_ptr() as *const u64) }.unwrap_or(0);
+    let mut rec = OomRecord::default();
+    if config!(oom_arg_is_task) != 0 {
+        fill_header(&mut rec.hdr, KIND_OOM, arg);
+    } else {
+        // Old kernels pass only the victim's pid; the rest is the agent's to find.
+        rec.hdr.kind = KIND_OOM;
+        rec.hdr.pid = arg as u32;
+        rec.hdr.tid = arg as u32;
+        rec.hdr.ktime_ns = unsafe { bpf_ktime_get_ns() };
+    }
+    output(&rec);
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,146 @@
+//! The agent's main loop: drives records through the pipeline
+//! probe → decode → assemble → symbolize → enrich → sink, one record at a time, and watches the
+//! kernel's loss counters.
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+};
+
+use crate::{
+    assemble::Assembler,
+    decode::{self, Record},
+    enrich::{self, Enricher},
+    probe::{Losses, Probe},
+    sink::{Format, Sink},
+    symbolize::{Maps, Symbolizer},
+};
+
+pub struct Options {
+    pub format: Format,
+    pub report_nonzero_exits: bool,
+    pub ring_bytes: u32,
+    pub pending_window: Duration,
+}
+
+struct Pipeline {
+    asm: Assembler,
+    sym: Symbolizer,
+    enricher: Enricher,
+    sink: Sink,
+    /// Loss counters at the previous report, for `lost_before`.
+    reported: Losses,
+    decode_errors: u64,
+}
+
+pub async fn run(opts: Options) -> Result<()> {
+    crate::check::require_privileges()?;
+    crate::check::ensure_tracefs();
+    let window_ns = opts.pending_window.as_nanos() as u64;
+    let mut probe = Probe::load(opts.ring_bytes, window_ns)?;
+    // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd until the loop ends.
+    let mut ring = unsafe { AsyncFd::register(probe.take_events()?) }
+        .map_err(std::io::Error::from)
+        .context("polling the ring buffer")?;
+    let mut p = Pipeline {
+        asm: Assembler::new(opts.report_nonzero_exits),
+        sym: Symbolizer::default(),
+        enricher: Enricher::new(probe.layout.pt_regs_names.clone()),
+        sink: Sink::new(opts.format),
+        reported: probe.losses(),
+        decode_errors: 0,
+    };
+    let seeded = enrich::scan_proc();
+    let n = seeded.len();
+    for (pid, info) in seeded {
+        p.asm.seed(pid, info);
+    }
+    eprintln!(
+        "crashwatch: ready: {} programs attached ({}), {n} running processes known, ring buffer {} KiB",
+        probe.program_names().len(),
+        probe.program_names().join(", "),
+        opts.ring_bytes / 1024
+    );
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut logged = p.reported;
+    let mut ticks: u64 = 0;
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let rb = guard.get_inner_mut();
+                while let Some(item) = rb.next() {
+                    p.handle(&item, &probe);
+                }
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                ticks += 1;
+                let now = probe.losses();
+                if now != logged {
+                    eprintln!(
+                        "crashwatch: kernel lost {} events (ring buffer full: {}, recursion misses: {}); raise --ring-size if this repeats",
+                        now.total() - logged.total(),
+                        now.ring_full - logged.ring_full,
+                        now.recursion_misses - logged.recursion_misses
+                    );
+                    logged = now;
+                }
+                // Forgetting exited processes walks /proc: once a minute is plenty.
+                let every_minute = ticks % 60 == 0;
+                p.asm.expire(enrich::monotonic_ns(), window_ns, |pid| {
+                    !every_minute || std::path::Path::new(&format!("/proc/{pid}")).exists()
+                });
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    // Whatever the kernel already wrote still gets reported.
+    let rb = ring.get_mut();
+    while let Some(item) = rb.next() {
+        p.handle(&item, &probe);
+    }
+    let l = probe.losses();
+    eprintln!(
+        "crashwatch: stopped (kernel losses: ring buffer full {}, recursion misses {}, undecodable records {})",
+        l.ring_full, l.recursion_misses, p.decode_errors
+    );
+    Ok(())
+}
+
+impl Pipeline {
+    fn handle(&mut self, bytes: &[u8], probe: &Probe) {
+        let mut rec = match decode::decode(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                self.decode_errors += 1;
+                if self.decode_errors <= 10 {
+                    eprintln!("crashwatch: dropped a kernel record: {e:#}");
+                }
+                return;
+            }
+        };
+        // Capture what only exists while the process does, before it is gone.
+        match &mut rec {
+            Record::Exec(e) => enrich::resolve_exe(e),
+            Record::Signal(s) => s.maps = Maps::capture(s.head.pid).map(std::sync::Arc::new),
+            _ => {}
+        }
+        let Some(crash) = self.asm.push(rec) else {
+            return;
+        };
+        let stack = self.sym.frames(&crash);
+        let now = probe.losses();
+        let lost = now.total().saturating_sub(self.reported.total());
+        self.reported = now;
+        let report = self.enricher.report(&crash, stack, lost);
+        if let Err(e) = self.sink.emit(&report) {
+            eprintln!("crashwatch: writing a report failed: {e}");
+        }
+    }
+}

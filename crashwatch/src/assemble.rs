@@ -1,0 +1,286 @@
+//! Assemble: folds the kernel's records into exactly one [`Crash`] per dying process.
+//!
+//! Owns the per-process state: what each live process runs (from exec records and the start-up
+//! scan) and the open case of each process that showed a crash sign (a fatal signal, an OOM
+//! mark). The process's whole-group exit closes its case: only then is the kind known (a
+//! handled SIGSEGV followed by exit 2 is a crash; SIGTERM by default action is too).
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use crate::decode::{Exec, Exit, Head, Record, Signal};
+
+/// What a process runs, captured at exec (or by the start-up scan of /proc).
+#[derive(Clone, Debug, Default)]
+pub struct ProcInfo {
+    pub exe: String,
+    pub args: Vec<String>,
+    pub cgroup: String,
+}
+
+impl From<&Exec> for ProcInfo {
+    fn from(e: &Exec) -> Self {
+        ProcInfo {
+            exe: e.exe.clone().unwrap_or_else(|| e.filename.clone()),
+            args: e.args.clone(),
+            cgroup: e.cgroup.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Signal,
+    OomKill,
+    Exit,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Signal => "signal",
+            Kind::OomKill => "oom_kill",
+            Kind::Exit => "exit",
+        }
+    }
+}
+
+/// One dead process, with everything the kernel told us about its death.
+#[derive(Clone, Debug)]
+pub struct Crash {
+    pub kind: Kind,
+    /// The exit record's header (pid, ppid, uid, comm, time of death).
+    pub head: Head,
+    pub proc: Option<ProcInfo>,
+    /// The fatal signal, as delivered to the faulting thread.
+    pub signal: Option<Signal>,
+    /// wait(2) status.
+    pub status: u32,
+}
+
+#[derive(Default)]
+struct Case {
+    start_ns: u64,
+    opened_ns: u64,
+    signal: Option<Signal>,
+    oom: bool,
+}
+
+pub struct Assembler {
+    report_nonzero_exits: bool,
+    procs: HashMap<u32, ProcInfo>,
+    cases: HashMap<u32, Case>,
+    /// Recently closed processes: late duplicates of their records are dropped.
+    closed: HashSet<(u32, u64)>,
+    closed_order: VecDeque<(u32, u64)>,
+}
+
+const CLOSED_KEEP: usize = 4096;
+const PROCS_MAX: usize = 1 << 17;
+
+impl Assembler {
+    pub fn new(report_nonzero_exits: bool) -> Self {
+        Assembler {
+            report_nonzero_exits,
+            procs: HashMap::new(),
+            cases: HashMap::new(),
+            closed: HashSet::new(),
+            closed_order: VecDeque::new(),
+        }
+    }
+
+    /// Seeds a process that was running before the agent started.
+    pub fn seed(&mut self, pid: u32, info: ProcInfo) {
+        self.procs.insert(pid, info);
+    }
+
+    pub fn push(&mut self, rec: Record) -> Option<Crash> {
+        match rec {
+            Record::Exec(e) => {
+                // A process that execs survived whatever signal came before.
+                self.cases.remove(&e.head.pid);
+                if self.procs.len() < PROCS_MAX || self.procs.contains_key(&e.head.pid) {
+                    self.procs.insert(e.head.pid, ProcInfo::from(&e));
+                }
+                None
+            }
+            Record::Signal(s) => {
+                let case = self.case(&s.head)?;
+                // The first fatal signal is the cause; later ones are the way down.
+                if case.signal.is_none() {
+                    case.signal = Some(s);
+                }
+                None
+            }
+            Record::Oom(h) => {
+                if let Some(case) = self.case(&h) {
+                    case.oom = true;
+                }
+                None
+            }
+            Record::Exit(x) => self.close(x),
+        }
+    }
+
+    fn case(&mut self, h: &Head) -> Option<&mut Case> {
+        if self.closed.contains(&(h.pid, h.start_ns)) {
+            return None;
+        }
+        let case = self.cases.entry(h.pid).or_default();
+        if case.opened_ns == 0
+            || (h.start_ns != 0 && case.start_ns != 0 && case.start_ns != h.start_ns)
+        {
+            *case = Case {
+                start_ns: h.start_ns,
+                opened_ns: h.ktime_ns,
+                ..Default::default()
+            };
+        }
+        Some(case)
+    }
+
+    fn close(&mut self, x: Exit) -> Option<Crash> {
+        let key = (x.head.pid, x.head.start_ns);
+        if !self.closed.insert(key) {
+            return None;
+        }
+        self.closed_order.push_back(key);
+        if self.closed_order.len() > CLOSED_KEEP {
+            if let Some(old) = self.closed_order.pop_front() {
+                self.closed.remove(&old);
+            }
+        }
+        let case = self
+            .cases
+            .remove(&x.head.pid)
+            .filter(|c| c.start_ns == 0 || x.head.start_ns == 0 || c.start_ns == x.head.start_ns)
+            .unwrap_or_default();
+        let proc = self
+            .procs
+            .remove(&x.head.pid)
+            .or_else(|| self.inherited(&x.head));
+        let term_sig = x.status & 0x7f;
+        let code = (x.status >> 8) & 0xff;
+        let kind = if case.oom {
+            Kind::OomKill
+        } else if case.signal.is_some() || term_sig != 0 {
+            Kind::Signal
+        } else if code != 0 && self.report_nonzero_exits {
+            Kind::Exit
+        } else {
+            return None;
+        };
+        Some(Crash {
+            kind,
+            head: x.head,
+            proc,
+            signal: case.signal,
+            status: x.status,
+        })
+    }
+
+    /// A child that forked without exec runs its parent's program.
+    fn inherited(&self, h: &Head) -> Option<ProcInfo> {
+        self.procs.get(&h.ppid).cloned()
+    }
+
+    /// Drops cases opened more than `max_age_ns` ago whose process never died (a fatal-class
+    /// signal the process survived), and forgets processes that are gone.
+    pub fn expire(&mut self, now_ns: u64, max_age_ns: u64, alive: impl Fn(u32) -> bool) -> usize {
+        let before = self.cases.len();
+        self.cases
+            .retain(|_, c| now_ns.saturating_sub(c.opened_ns) < max_age_ns);
+        self.procs.retain(|&pid, _| alive(pid));
+        before - self.cases.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(pid: u32) -> Head {
+        Head {
+            pid,
+            tid: pid,
+            ppid: 1,
+            start_ns: 7,
+            ktime_ns: 100,
+            comm: "t".into(),
+            ..Default::default()
+        }
+    }
+
+    fn sig(pid: u32, tid: u32, sig: i32, handled: bool) -> Record {
+        Record::Signal(Signal {
+            head: Head { tid, ..head(pid) },
+            sig,
+            code: 1,
+            errno: 0,
+            handled,
+            addr: 0,
+            start_code: 0,
+            end_code: 0,
+            regs: vec![],
+            stack: vec![],
+            args: vec![],
+            maps: None,
+        })
+    }
+
+    fn exit(pid: u32, status: u32) -> Record {
+        Record::Exit(Exit {
+            head: head(pid),
+            status,
+        })
+    }
+
+    #[test]
+    fn one_report_per_process_however_many_records() {
+        let mut a = Assembler::new(false);
+        assert!(a.push(sig(5, 6, 11, false)).is_none());
+        assert!(a.push(sig(5, 5, 9, false)).is_none());
+        let c = a.push(exit(5, 11 | 0x80)).expect("a crash");
+        assert_eq!(
+            (c.kind, c.signal.as_ref().unwrap().head.tid),
+            (Kind::Signal, 6)
+        );
+        assert!(
+            a.push(exit(5, 11)).is_none(),
+            "second exit record of the same process"
+        );
+        assert!(a.push(sig(5, 5, 11, false)).is_none());
+    }
+
+    #[test]
+    fn handled_fault_then_exit_2_is_a_signal_crash() {
+        let mut a = Assembler::new(false);
+        a.push(sig(8, 9, 11, true));
+        let c = a.push(exit(8, 2 << 8)).unwrap();
+        assert_eq!((c.kind, c.status >> 8), (Kind::Signal, 2));
+    }
+
+    #[test]
+    fn exits_reported_only_when_asked() {
+        let mut a = Assembler::new(false);
+        assert!(a.push(exit(3, 1 << 8)).is_none());
+        assert!(a.push(exit(4, 0)).is_none());
+        let mut a = Assembler::new(true);
+        assert_eq!(a.push(exit(3, 1 << 8)).unwrap().kind, Kind::Exit);
+        assert!(a.push(exit(4, 0)).is_none());
+    }
+
+    #[test]
+    fn oom_mark_makes_an_oom_kill() {
+        let mut a = Assembler::new(false);
+        a.push(Record::Oom(head(11)));
+        a.push(sig(11, 11, 9, false));
+        assert_eq!(a.push(exit(11, 9)).unwrap().kind, Kind::OomKill);
+    }
+
+    #[test]
+    fn surviving_a_signal_leaves_nothing_after_expiry() {
+        let mut a = Assembler::new(false);
+        a.push(sig(12, 12, 15, false));
+        assert_eq!(a.expire(100 + 31_000_000_000, 30_000_000_000, |_| true), 1);
+        assert!(a.push(exit(12, 0)).is_none());
+    }
+}

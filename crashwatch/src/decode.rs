@@ -1,0 +1,236 @@
+//! Decode: ring buffer bytes → typed records. Owns the conversion from the kernel's
+//! fixed-size C structs (crashwatch-common) to plain Rust values; checks sizes, never trusts
+//! lengths the kernel wrote.
+use anyhow::{bail, Result};
+use crashwatch_common as c;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Head {
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub ktime_ns: u64,
+    pub start_ns: u64,
+    pub comm: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exec {
+    pub head: Head,
+    pub dev: u32,
+    pub ino: u64,
+    pub filename: String,
+    pub args: Vec<String>,
+    pub cgroup: String,
+    /// Absolute path of the executable, resolved by the agent when the record arrives.
+    pub exe: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signal {
+    pub head: Head,
+    pub sig: i32,
+    pub code: i32,
+    pub errno: i32,
+    pub handled: bool,
+    pub addr: u64,
+    pub start_code: u64,
+    pub end_code: u64,
+    /// Raw `struct pt_regs` words; the probe's layout names them.
+    pub regs: Vec<u64>,
+    pub stack: Vec<u64>,
+    pub args: Vec<String>,
+    /// The process's mappings, captured by the agent when the record arrives (the process is
+    /// usually still alive then: dumping core or running its handler).
+    pub maps: Option<std::sync::Arc<crate::symbolize::Maps>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exit {
+    pub head: Head,
+    pub status: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    Exec(Exec),
+    Signal(Signal),
+    Exit(Exit),
+    Oom(Head),
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Record> {
+    let Some(kind) = bytes
+        .get(..4)
+        .map(|b| u32::from_ne_bytes(b.try_into().unwrap()))
+    else {
+        bail!("record of {} bytes has no header", bytes.len())
+    };
+    Ok(match kind {
+        c::KIND_EXEC => {
+            let r: c::ExecRecord = read(bytes)?;
+            Record::Exec(Exec {
+                head: head(&r.hdr),
+                dev: r.dev,
+                ino: r.ino,
+                filename: cstr(&r.filename),
+                args: split_args(&r.args[..(r.args_len as usize).min(c::ARGS_LEN)]),
+                cgroup: cgroup_path(&r.cgroup),
+                exe: None,
+            })
+        }
+        c::KIND_SIGNAL => {
+            let r: c::SignalRecord = read(bytes)?;
+            let regs = (r.regs_len as usize / 8).min(c::REGS_WORDS);
+            let frames = (r.stack_len as usize / 8).min(c::STACK_DEPTH);
+            Record::Signal(Signal {
+                head: head(&r.hdr),
+                sig: r.sig,
+                code: r.code,
+                errno: r.errno,
+                handled: r.handled != 0,
+                addr: r.addr,
+                start_code: r.start_code,
+                end_code: r.end_code,
+                regs: r.regs[..regs].to_vec(),
+                stack: r.stack[..frames]
+                    .iter()
+                    .copied()
+                    .take_while(|&ip| ip != 0)
+                    .collect(),
+                args: split_args(&r.args[..(r.args_len as usize).min(c::ARGS_LEN)]),
+                maps: None,
+            })
+        }
+        c::KIND_EXIT => {
+            let r: c::ExitRecord = read(bytes)?;
+            Record::Exit(Exit {
+                head: head(&r.hdr),
+                status: r.status,
+            })
+        }
+        c::KIND_OOM => {
+            let r: c::OomRecord = read(bytes)?;
+            Record::Oom(head(&r.hdr))
+        }
+        k => bail!("unknown record kind {k} ({} bytes)", bytes.len()),
+    })
+}
+
+fn read<T: Copy>(bytes: &[u8]) -> Result<T> {
+    if bytes.len() < std::mem::size_of::<T>() {
+        bail!(
+            "record truncated: {} bytes, {} expected for {}",
+            bytes.len(),
+            std::mem::size_of::<T>(),
+            std::any::type_name::<T>()
+        );
+    }
+    // SAFETY: T is a #[repr(C)] plain-data record; length checked; read_unaligned copes with
+    // the ring buffer's 8-byte alignment.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const T) })
+}
+
+fn head(h: &c::Header) -> Head {
+    Head {
+        pid: h.pid,
+        tid: h.tid,
+        ppid: h.ppid,
+        uid: h.uid,
+        ktime_ns: h.ktime_ns,
+        start_ns: h.start_ns,
+        comm: cstr(&h.comm),
+    }
+}
+
+pub fn cstr(b: &[u8]) -> String {
+    let end = b.iter().position(|&x| x == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// `mm->arg_start..arg_end` holds NUL-separated arguments.
+fn split_args(b: &[u8]) -> Vec<String> {
+    let b = b.strip_suffix(&[0]).unwrap_or(b);
+    if b.is_empty() {
+        return Vec::new();
+    }
+    b.split(|&x| x == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// Components arrive leaf first; the root's own name is empty or "/".
+fn cgroup_path(p: &c::CgroupPath) -> String {
+    let parts: Vec<String> = p
+        .names
+        .iter()
+        .map(|n| cstr(n))
+        .take_while(|n| !n.is_empty() && n != "/")
+        .collect();
+    let mut out = String::new();
+    for part in parts.iter().rev() {
+        out.push('/');
+        out.push_str(part);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T>(v: &T) -> Vec<u8> {
+        // SAFETY: reading the bytes of a plain-data record.
+        unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) }
+            .to_vec()
+    }
+
+    #[test]
+    fn exit_record_round_trips() {
+        let mut r = c::ExitRecord::default();
+        r.hdr.kind = c::KIND_EXIT;
+        r.hdr.pid = 42;
+        r.hdr.comm[..4].copy_from_slice(b"grep");
+        r.status = 1 << 8;
+        let Record::Exit(e) = decode(&bytes_of(&r)).unwrap() else {
+            panic!("not an exit")
+        };
+        assert_eq!(
+            (e.head.pid, e.head.comm.as_str(), e.status),
+            (42, "grep", 256)
+        );
+    }
+
+    #[test]
+    fn truncated_and_unknown_records_are_errors() {
+        let mut r = c::ExitRecord::default();
+        r.hdr.kind = c::KIND_EXIT;
+        let b = bytes_of(&r);
+        assert!(decode(&b[..10])
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
+        assert!(decode(&[1, 2]).is_err());
+        assert!(decode(&99u32.to_ne_bytes())
+            .unwrap_err()
+            .to_string()
+            .contains("unknown"));
+    }
+
+    #[test]
+    fn args_and_cgroups_are_split() {
+        assert_eq!(split_args(b"ls\0-l\0/tmp\0"), ["ls", "-l", "/tmp"]);
+        assert!(split_args(b"").is_empty());
+        let mut p = c::CgroupPath {
+            names: [[0; c::CGROUP_NAME_LEN]; c::CGROUP_DEPTH],
+        };
+        p.names[0][..3].copy_from_slice(b"abc");
+        p.names[1][..4].copy_from_slice(b"pod1");
+        p.names[2][..1].copy_from_slice(b"/");
+        assert_eq!(cgroup_path(&p), "/pod1/abc");
+    }
+}

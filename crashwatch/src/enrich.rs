@@ -1,0 +1,200 @@
+//! Enrich: adds what the kernel records do not carry (host name, resolved executable path,
+//! signal and register names, wall-clock time) and builds the [`Report`]. Also owns reading
+//! /proc for processes that were running before the agent started.
+use std::collections::BTreeMap;
+
+use crate::{
+    assemble::{Crash, ProcInfo},
+    decode::Exec,
+    report::{ExitInfo, Report, SignalInfo},
+    signals,
+    symbolize::Frame,
+};
+
+pub struct Enricher {
+    host: String,
+    /// `struct pt_regs` member names and byte offsets, from BTF.
+    regs: Vec<(String, u32)>,
+}
+
+impl Enricher {
+    pub fn new(regs: Vec<(String, u32)>) -> Self {
+        Enricher {
+            host: hostname(),
+            regs,
+        }
+    }
+
+    pub fn report(&self, c: &Crash, stack: Vec<Frame>, lost_before: u64) -> Report {
+        let signal = c.signal.as_ref().map(|s| {
+            let registers: BTreeMap<String, String> = self
+                .regs
+                .iter()
+                .filter_map(|(n, off)| {
+                    Some((n.clone(), format!("{:#x}", s.regs.get(*off as usize / 8)?)))
+                })
+                .collect();
+            let reg = |n: &str| {
+                let off = self.regs.iter().find(|(name, _)| name == n)?.1;
+                s.regs.get(off as usize / 8).copied()
+            };
+            SignalInfo {
+                number: s.sig,
+                name: signals::name(s.sig),
+                code: s.code,
+                code_name: signals::code_name(s.sig, s.code),
+                addr: signals::has_fault_addr(s.sig).then_some(s.addr),
+                ip: reg("ip").or_else(|| s.stack.first().copied()),
+                sp: reg("sp"),
+                handled: s.handled,
+                registers,
+            }
+        });
+        // With no signal record, the exit status still names the signal (SIGTERM's fast path).
+        let signal = signal.or_else(|| {
+            let sig = (c.status & 0x7f) as i32;
+            (sig != 0).then(|| SignalInfo {
+                number: sig,
+                name: signals::name(sig),
+                code: 0,
+                code_name: None,
+                addr: None,
+                ip: None,
+                sp: None,
+                handled: false,
+                registers: BTreeMap::new(),
+            })
+        });
+        let proc = c.proc.as_ref();
+        let cmdline = match &c.signal {
+            Some(s) if !s.args.is_empty() => s.args.clone(),
+            _ => proc.map(|p| p.args.clone()).unwrap_or_default(),
+        };
+        Report {
+            time: rfc3339(monotonic_to_unix_ns(c.head.ktime_ns)),
+            host: self.host.clone(),
+            kind: c.kind.as_str(),
+            pid: c.head.pid,
+            tid: c.signal.as_ref().map_or(c.head.pid, |s| s.head.tid),
+            ppid: c.head.ppid,
+            uid: c.head.uid,
+            comm: c.head.comm.clone(),
+            exe: proc.map(|p| p.exe.clone()).filter(|e| !e.is_empty()),
+            cmdline,
+            cgroup: proc.map(|p| p.cgroup.clone()).filter(|g| !g.is_empty()),
+            signal,
+            exit: ExitInfo::from_status(c.status),
+            stack,
+            lost_before,
+        }
+    }
+}
+
+/// Resolves the absolute executable path while the process is (probably) still alive; the
+/// kernel's `filename` is what execve was given and may be relative.
+pub fn resolve_exe(e: &mut Exec) {
+    e.exe = std::fs::read_link(format!("/proc/{}/exe", e.head.pid))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+}
+
+/// Processes already running: what they run, for reports of their later deaths.
+pub fn scan_proc() -> Vec<(u32, ProcInfo)> {
+    let Ok(all) = procfs::process::all_processes() else {
+        return Vec::new();
+    };
+    all.filter_map(|p| {
+        let p = p.ok()?;
+        let pid = p.pid as u32;
+        let exe = p
+            .exe()
+            .ok()
+            .map(|e| e.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let args = p.cmdline().unwrap_or_default();
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .ok()
+            .and_then(|s| {
+                // Same hierarchy choice as the kernel side: v2 ("0::") or the memory controller.
+                let pick = |pref: &str| {
+                    s.lines()
+                        .find_map(|l| l.split_once(pref).map(|x| x.1.to_string()))
+                };
+                pick(":memory:").or_else(|| pick("0::"))
+            });
+        Some((
+            pid,
+            ProcInfo {
+                exe,
+                args,
+                cgroup: cgroup.unwrap_or_default(),
+                ..Default::default()
+            },
+        ))
+    })
+    .collect()
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) now.
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+pub fn monotonic_to_unix_ns(ktime: u64) -> u64 {
+    let (real, mono) = (clock_ns(libc::CLOCK_REALTIME), monotonic_ns());
+    real.saturating_sub(mono.saturating_sub(ktime))
+}
+
+/// UTC, millisecond precision: `2026-11-21T16:04:05.123Z`.
+pub fn rfc3339(unix_ns: u64) -> String {
+    let secs = (unix_ns / 1_000_000_000) as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        unix_ns % 1_000_000_000 / 1_000_000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc_times() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339(1_795_277_045_123_000_000),
+            "2026-11-21T16:04:05.123Z"
+        );
+        assert_eq!(rfc3339(951_782_400_000_000_000), "2000-02-29T00:00:00.000Z");
+    }
+}

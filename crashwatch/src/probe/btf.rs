@@ -1,0 +1,227 @@
+//! Kernel struct layouts from `/sys/kernel/btf/vmlinux`.
+//!
+//! rustc emits no CO-RE relocations, so the programs read fields at offsets computed here at load
+//! time and handed over in [`Config`]. Nothing is hard-coded: layouts differ between kernels
+//! (`task_struct.exit_code` is 2312 on 6.1, 1164 on 6.18) and fields get renamed
+//! (`kernfs_node.parent` became `__parent`).
+use anyhow::{anyhow, bail, Context, Result};
+use btf_rs::{Btf, BtfType, Type};
+use crashwatch_common::{Config, Offsets, NO_OFFSET};
+
+pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+/// What the loader needs to know about the running kernel.
+pub struct KernelLayout {
+    pub config: Config,
+    /// `sched_process_exit` has the `group_dead` argument (6.16+).
+    pub exit_has_group_dead: bool,
+    /// `struct pt_regs` member names in layout order, for naming the raw register copy.
+    pub pt_regs_names: Vec<(String, u32)>,
+}
+
+pub fn load(pending_window_ns: u64) -> Result<KernelLayout> {
+    let btf = Btf::from_file(VMLINUX).with_context(|| {
+        format!("reading {VMLINUX}: crashwatch needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")
+    })?;
+    let k = Kernel { btf };
+    let memory_id = k.enum_value("cgroup_subsys_id", "memory_cgrp_id")?;
+    let (hop1, hop2) = if cgroup2_only() {
+        (k.off("css_set", "dfl_cgrp")?, NO_OFFSET)
+    } else {
+        // Hybrid/v1 hosts: the memory controller's hierarchy is where limits and pods live.
+        (
+            k.off("css_set", "subsys")? + 8 * memory_id,
+            k.off("cgroup_subsys_state", "cgroup")?,
+        )
+    };
+    let off = Offsets {
+        task_tgid: k.off("task_struct", "tgid")?,
+        task_pid: k.off("task_struct", "pid")?,
+        task_real_parent: k.off("task_struct", "real_parent")?,
+        task_group_leader: k.off("task_struct", "group_leader")?,
+        task_start_time: k.off("task_struct", "start_time")?,
+        task_real_cred: k.off("task_struct", "real_cred")?,
+        task_signal: k.off("task_struct", "signal")?,
+        task_exit_code: k.off("task_struct", "exit_code")?,
+        task_mm: k.off("task_struct", "mm")?,
+        task_cgroups: k.off("task_struct", "cgroups")?,
+        task_comm: k.off("task_struct", "comm")?,
+        cred_uid: k.off("cred", "uid")?,
+        signal_group_exit_code: k.off("signal_struct", "group_exit_code")?,
+        signal_live: k.off("signal_struct", "live")?,
+        mm_arg_start: k.off("mm_struct", "arg_start")?,
+        mm_arg_end: k.off("mm_struct", "arg_end")?,
+        mm_start_code: k.off("mm_struct", "start_code")?,
+        mm_end_code: k.off("mm_struct", "end_code")?,
+        bprm_filename: k.off("linux_binprm", "filename")?,
+        bprm_file: k.off("linux_binprm", "file")?,
+        file_inode: k.off("file", "f_inode")?,
+        inode_ino: k.off("inode", "i_ino")?,
+        inode_sb: k.off("inode", "i_sb")?,
+        sb_dev: k.off("super_block", "s_dev")?,
+        siginfo_errno: k.off("kernel_siginfo", "si_errno")?,
+        siginfo_code: k.off("kernel_siginfo", "si_code")?,
+        siginfo_addr: k.off("kernel_siginfo", "_sifields")? + k.off("__sifields", "_sigfault")?,
+        ksig_handler: k.off("k_sigaction", "sa")? + k.off("sigaction", "sa_handler")?,
+        pt_regs_size: k.struct_size("pt_regs")?,
+        cgroup_hop1: hop1,
+        cgroup_hop2: hop2,
+        cgroup_kn: k.off("cgroup", "kn")?,
+        kn_name: k.off("kernfs_node", "name")?,
+        kn_parent: k
+            .off("kernfs_node", "__parent")
+            .or_else(|_| k.off("kernfs_node", "parent"))?,
+    };
+    // `_sigfault._addr` is the union's first member: its offset is the union's.
+    let exit_args = k.tracepoint_args("sched_process_exit")?;
+    let oom_arg_is_task = match k.tracepoint_args("mark_victim") {
+        Ok(args) => args.first().is_some_and(|t| matches!(t, Type::Ptr(_))),
+        Err(_) => false,
+    };
+    let pt_regs_names = k.members("pt_regs")?;
+    Ok(KernelLayout {
+        config: Config {
+            off,
+            oom_arg_is_task: oom_arg_is_task as u32,
+            _pad: 0,
+            pending_window_ns,
+        },
+        exit_has_group_dead: exit_args.len() >= 2,
+        pt_regs_names,
+    })
+}
+
+fn cgroup2_only() -> bool {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out-pointer.
+    let rc = unsafe { libc::statfs(c"/sys/fs/cgroup".as_ptr(), &mut st) };
+    rc == 0 && st.f_type as i64 == CGROUP2_SUPER_MAGIC
+}
+
+struct Kernel {
+    btf: Btf,
+}
+
+impl Kernel {
+    fn named_struct(&self, name: &str) -> Result<btf_rs::Struct> {
+        for t in self.btf.resolve_types_by_name(name).unwrap_or_default() {
+            match t {
+                Type::Struct(s) | Type::Union(s) if !s.members.is_empty() => return Ok(s),
+                _ => {}
+            }
+        }
+        bail!("kernel BTF has no struct {name}")
+    }
+
+    fn struct_size(&self, name: &str) -> Result<u32> {
+        Ok(self.named_struct(name)?.size() as u32)
+    }
+
+    /// Byte offset of `field` in struct `name`, looking through anonymous members.
+    fn off(&self, name: &str, field: &str) -> Result<u32> {
+        let s = self.named_struct(name)?;
+        self.find(&s, field)?
+            .ok_or_else(|| anyhow!("kernel BTF: struct {name} has no field {field}"))
+    }
+
+    fn find(&self, s: &btf_rs::Struct, field: &str) -> Result<Option<u32>> {
+        for m in &s.members {
+            let bytes = m.bit_offset() / 8;
+            let mname = self.btf.resolve_name(m).unwrap_or_default();
+            if mname == field {
+                return Ok(Some(bytes));
+            }
+            if mname.is_empty() {
+                if let Some(Type::Struct(inner) | Type::Union(inner)) = self.resolve(m)? {
+                    if let Some(o) = self.find(&inner, field)? {
+                        return Ok(Some(bytes + o));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The type behind `t`, skipping typedefs and qualifiers.
+    fn resolve(&self, t: &dyn BtfType) -> Result<Option<Type>> {
+        let mut ty = self.btf.resolve_chained_type(t)?;
+        loop {
+            ty = match &ty {
+                Type::Typedef(x) => self.btf.resolve_chained_type(x)?,
+                Type::Const(x) | Type::Volatile(x) | Type::Restrict(x) => {
+                    self.btf.resolve_chained_type(x)?
+                }
+                Type::TypeTag(x) => self.btf.resolve_chained_type(x)?,
+                _ => return Ok(Some(ty)),
+            };
+        }
+    }
+
+    fn members(&self, name: &str) -> Result<Vec<(String, u32)>> {
+        let s = self.named_struct(name)?;
+        let mut out = Vec::new();
+        for m in &s.members {
+            let mut name = self.btf.resolve_name(m).unwrap_or_default();
+            // Newer kernels wrap cs/ss in anonymous unions: name them after their first member.
+            if name.is_empty() {
+                if let Some(Type::Struct(u) | Type::Union(u)) = self.resolve(m)? {
+                    name = u
+                        .members
+                        .first()
+                        .and_then(|f| self.btf.resolve_name(f).ok())
+                        .unwrap_or_default();
+                }
+            }
+            if !name.is_empty() {
+                out.push((name, m.bit_offset() / 8));
+            }
+        }
+        Ok(out)
+    }
+
+    fn enum_value(&self, name: &str, member: &str) -> Result<u32> {
+        for t in self.btf.resolve_types_by_name(name).unwrap_or_default() {
+            if let Type::Enum(e) = t {
+                for m in &e.members {
+                    if self.btf.resolve_name(m).unwrap_or_default() == member {
+                        return Ok(m.val());
+                    }
+                }
+            }
+        }
+        bail!("kernel BTF: enum {name} has no {member}")
+    }
+
+    /// The argument types of tracepoint `tp` (its `btf_trace_<tp>` typedef, minus the
+    /// leading `void *__data`).
+    fn tracepoint_args(&self, tp: &str) -> Result<Vec<Type>> {
+        let name = format!("btf_trace_{tp}");
+        let td = self
+            .btf
+            .resolve_types_by_name(&name)
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|t| {
+                if let Type::Typedef(td) = t {
+                    Some(td)
+                } else {
+                    None
+                }
+            })
+            .ok_or_else(|| anyhow!("kernel BTF has no tracepoint {tp}"))?;
+        let Some(Type::Ptr(p)) = self.resolve(&td)? else {
+            bail!("{name}: not a pointer")
+        };
+        let Some(Type::FuncProto(fp)) = self.resolve(&p)? else {
+            bail!("{name}: not a function")
+        };
+        let mut out = Vec::new();
+        for param in fp.parameters.iter().skip(1) {
+            if let Some(t) = self.resolve(param)? {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,165 @@
+//! Probe: loads crashwatch's eBPF programs into the running kernel, attaches them, and exposes
+//! the ring buffer and the loss counters (failed ring buffer writes, recursion misses).
+pub mod btf;
+
+use std::os::fd::{AsFd, AsRawFd};
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::BtfTracePoint,
+    Ebpf, EbpfLoader,
+};
+
+/// The compiled programs, built by build.rs through aya-build.
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/crashwatch"));
+
+pub struct Probe {
+    ebpf: Ebpf,
+    lost: PerCpuArray<MapData, u64>,
+    /// Names of the attached programs, for the loss counters.
+    attached: Vec<&'static str>,
+    pub layout: btf::KernelLayout,
+}
+
+/// Everything the kernel side dropped so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Losses {
+    /// Ring buffer reserves that failed (buffer full), summed over CPUs.
+    pub ring_full: u64,
+    /// Program runs the kernel skipped because another BPF program was running on that CPU.
+    pub recursion_misses: u64,
+}
+
+impl Losses {
+    pub fn total(&self) -> u64 {
+        self.ring_full + self.recursion_misses
+    }
+}
+
+impl Probe {
+    pub fn load(ring_bytes: u32, pending_window_ns: u64) -> Result<Probe> {
+        raise_memlock();
+        let layout = btf::load(pending_window_ns)?;
+        let kernel_btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&kernel_btf))
+            .override_global("CONFIG", &layout.config, true)
+            .map_max_entries("EVENTS", ring_bytes)
+            .load(PROGRAMS)
+            .context("loading the eBPF programs into the kernel")?;
+        let exit_prog = if layout.exit_has_group_dead {
+            "sched_process_exit_gd"
+        } else {
+            "sched_process_exit"
+        };
+        let progs: [(&'static str, &str); 4] = [
+            ("sched_process_exec", "sched_process_exec"),
+            ("signal_deliver", "signal_deliver"),
+            (exit_prog, "sched_process_exit"),
+            ("mark_victim", "mark_victim"),
+        ];
+        let mut attached = Vec::new();
+        for (prog, tp) in progs {
+            let p: &mut BtfTracePoint = ebpf
+                .program_mut(prog)
+                .with_context(|| format!("program {prog} missing from the object"))?
+                .try_into()?;
+            p.load(tp, &kernel_btf)
+                .map_err(|e| anyhow::anyhow!("{}", short_log(&format!("{e:#}"))))
+                .with_context(|| format!("the kernel refused {prog} for tracepoint {tp}"))?;
+            p.attach()
+                .with_context(|| format!("attaching {prog} to tracepoint {tp}"))?;
+            attached.push(prog);
+        }
+        let lost = PerCpuArray::try_from(ebpf.take_map("LOST").context("map LOST missing")?)?;
+        Ok(Probe {
+            ebpf,
+            lost,
+            attached,
+            layout,
+        })
+    }
+
+    /// The ring buffer the programs write to; call once.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .context("map EVENTS missing or already taken")?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    pub fn losses(&self) -> Losses {
+        let ring_full = self.lost.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);
+        let mut recursion_misses = 0;
+        for name in &self.attached {
+            if let Some(Ok(fd)) = self.ebpf.program(name).map(|p| p.fd()) {
+                recursion_misses += prog_recursion_misses(fd.as_fd().as_raw_fd()).unwrap_or(0);
+            }
+        }
+        Losses {
+            ring_full,
+            recursion_misses,
+        }
+    }
+
+    pub fn program_names(&self) -> &[&'static str] {
+        &self.attached
+    }
+}
+
+/// `bpf_prog_info.recursion_misses`, which aya's ProgramInfo does not expose.
+fn prog_recursion_misses(fd: i32) -> Result<u64> {
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoAttr {
+        bpf_fd: fd as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: &mut info as *mut _ as u64,
+    };
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    // SAFETY: attr and info outlive the call; the kernel writes at most info_len bytes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut attr as *mut InfoAttr,
+            std::mem::size_of::<InfoAttr>(),
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "BPF_OBJ_GET_INFO_BY_FD: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(info.recursion_misses)
+}
+
+/// A verifier log can run to thousands of lines: keep its head and its tail.
+fn short_log(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    if lines.len() <= 24 {
+        return s.to_string();
+    }
+    let mut out = lines[..4].join("\n");
+    out += &format!("\n[... {} lines of verifier log ...]\n", lines.len() - 20);
+    out += &lines[lines.len() - 16..].join("\n");
+    out
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+fn raise_memlock() {
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall on a valid struct; failure only matters on old kernels.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
+}

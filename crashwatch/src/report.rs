@@ -1,0 +1,100 @@
+//! The report: one JSON object per crash. Field meanings are documented in docs/report.md;
+//! change both together.
+use std::collections::BTreeMap;
+
+use serde::{Serialize, Serializer};
+
+use crate::symbolize::Frame;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Time of death (the kernel's exit timestamp), RFC 3339 UTC.
+    pub time: String,
+    pub host: String,
+    /// `signal`, `oom_kill` or `exit`.
+    pub kind: &'static str,
+    pub pid: u32,
+    /// The thread the fatal signal was delivered to (the pid when there was none).
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub cmdline: Vec<String>,
+    pub cgroup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<SignalInfo>,
+    pub exit: ExitInfo,
+    pub stack: Vec<Frame>,
+    /// Kernel events lost (ring buffer full, recursion misses) since the previous report.
+    pub lost_before: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SignalInfo {
+    pub number: i32,
+    pub name: String,
+    pub code: i32,
+    pub code_name: Option<&'static str>,
+    /// Faulting address (SIGSEGV, SIGBUS, SIGFPE, SIGILL).
+    #[serde(serialize_with = "hex_opt")]
+    pub addr: Option<u64>,
+    #[serde(serialize_with = "hex_opt")]
+    pub ip: Option<u64>,
+    #[serde(serialize_with = "hex_opt")]
+    pub sp: Option<u64>,
+    /// The process had a handler installed (Go, JVMs) and died after it ran.
+    pub handled: bool,
+    /// User registers at delivery, named as the kernel's `struct pt_regs` names them.
+    pub registers: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ExitInfo {
+    /// Exit code when the process exited, null when a signal ended it.
+    pub code: Option<u32>,
+    /// Terminating signal when a signal ended it.
+    pub signal: Option<i32>,
+    pub signal_name: Option<String>,
+    pub core_dumped: bool,
+    /// The raw wait(2) status.
+    pub status: u32,
+}
+
+impl ExitInfo {
+    pub fn from_status(status: u32) -> Self {
+        let sig = (status & 0x7f) as i32;
+        ExitInfo {
+            code: (sig == 0).then_some((status >> 8) & 0xff),
+            signal: (sig != 0).then_some(sig),
+            signal_name: (sig != 0).then(|| crate::signals::name(sig)),
+            core_dumped: status & 0x80 != 0,
+            status,
+        }
+    }
+}
+
+pub fn hex<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:#x}"))
+}
+
+pub fn hex_opt<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => hex(v, s),
+        None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_status_decodes() {
+        let e = ExitInfo::from_status(3 << 8);
+        assert_eq!((e.code, e.signal, e.core_dumped), (Some(3), None, false));
+        let e = ExitInfo::from_status(11 | 0x80);
+        assert_eq!((e.code, e.signal, e.core_dumped), (None, Some(11), true));
+        assert_eq!(e.signal_name.as_deref(), Some("SIGSEGV"));
+    }
+}

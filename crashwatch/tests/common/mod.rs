@@ -1,0 +1,224 @@
+//! Test harness: runs the real agent (root, real eBPF programs) and real crashing programs,
+//! and finds each program's report by its pid.
+#![allow(dead_code)]
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{mpsc, Arc, Condvar, Mutex, OnceLock},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const REPORT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running `crashwatch run --output json` and the reports it printed so far.
+pub struct Agent {
+    reports: Arc<(Mutex<Vec<Value>>, Condvar)>,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Agent {
+    /// Starts an agent with `args` on a thread that lives as long as the test binary, so the
+    /// agent (killed by PR_SET_PDEATHSIG when that thread ends) outlives each test.
+    pub fn start(args: &[&str]) -> Agent {
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "crashwatch's integration tests load eBPF programs: run them as root"
+        );
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let reports = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        let (r2, e2) = (reports.clone(), stderr.clone());
+        thread::spawn(move || {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_crashwatch"));
+            cmd.arg("run").arg("--output").arg("json").args(&args);
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    Ok(())
+                })
+            };
+            let mut child = cmd.spawn().expect("spawning crashwatch");
+            let out = child.stdout.take().unwrap();
+            let err = child.stderr.take().unwrap();
+            let tx = ready_tx.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    if line.contains("crashwatch: ready") {
+                        let _ = tx.send(Ok(()));
+                    }
+                    e2.lock().unwrap().push(line);
+                }
+                let _ = tx.send(Err(e2.lock().unwrap().join("\n")));
+            });
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                    panic!("agent printed a line that is not JSON ({e}): {line}")
+                });
+                let (lock, cv) = &*r2;
+                lock.lock().unwrap().push(v);
+                cv.notify_all();
+            }
+            let _ = child.wait();
+            // Keep this thread (the agent's parent for PDEATHSIG) alive.
+            loop {
+                thread::park();
+            }
+        });
+        match ready_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Ok(())) => {}
+            Ok(Err(log)) => panic!("crashwatch exited before it was ready:\n{log}"),
+            Err(_) => panic!("crashwatch did not become ready within 60 s"),
+        }
+        Agent { reports, stderr }
+    }
+
+    /// The first report for `pid`, waiting up to [`REPORT_TIMEOUT`].
+    pub fn report_for(&self, pid: u32) -> Value {
+        self.wait_for(|| self.reports_for(pid).into_iter().next())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no report for pid {pid} within {REPORT_TIMEOUT:?}; agent log:\n{}",
+                    self.log()
+                )
+            })
+    }
+
+    pub fn reports_for(&self, pid: u32) -> Vec<Value> {
+        let lock = &self.reports.0;
+        lock.lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r["pid"] == pid)
+            .cloned()
+            .collect()
+    }
+
+    pub fn wait_for<T>(&self, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+        let deadline = Instant::now() + REPORT_TIMEOUT;
+        let (lock, cv) = &*self.reports;
+        let mut guard = lock.lock().unwrap();
+        loop {
+            drop(guard);
+            if let Some(v) = f() {
+                return Some(v);
+            }
+            guard = lock.lock().unwrap();
+            let left = deadline.checked_duration_since(Instant::now())?;
+            guard = cv
+                .wait_timeout(guard, left.min(Duration::from_millis(200)))
+                .unwrap()
+                .0;
+        }
+    }
+
+    /// Returns once every kernel record written so far was handled: a crash started now is
+    /// reported after all of them.
+    pub fn flush(&self) {
+        let sentinel = Crasher::run("null");
+        self.report_for(sentinel.pid);
+    }
+
+    /// Proves `pid` got no report (`pid` must have ended already).
+    pub fn assert_no_report(&self, pid: u32) {
+        self.flush();
+        let got = self.reports_for(pid);
+        assert!(
+            got.is_empty(),
+            "unexpected report(s) for pid {pid}: {got:#?}"
+        );
+    }
+
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+}
+
+/// The crash programs (tests/crashers/crasher.c), built once per test binary.
+pub fn crasher_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/crashers/crasher.c");
+        let out =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("crasher-{}", std::process::id()));
+        // Frame pointers: the kernel's stack walk follows them (CFI unwinding comes later).
+        let st = Command::new("gcc")
+            .args(["-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("running gcc (scripts/setup.sh installs it)");
+        assert!(st.success(), "gcc failed on {}", src.display());
+        out
+    })
+}
+
+/// One finished (or still running) crash program.
+pub struct Crasher {
+    pub pid: u32,
+    /// `key=value` facts the program printed.
+    pub facts: HashMap<String, String>,
+    /// wait(2)-style: Some(code) on exit, None when killed by a signal.
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+impl Crasher {
+    pub fn command(mode: &str) -> Command {
+        let mut cmd = Command::new(crasher_bin());
+        cmd.arg(mode).stdout(Stdio::piped()).stderr(Stdio::null());
+        cmd
+    }
+
+    pub fn run(mode: &str) -> Crasher {
+        Self::finish(Self::command(mode).spawn().expect("spawning crasher"))
+    }
+
+    pub fn finish(child: Child) -> Crasher {
+        use std::os::unix::process::ExitStatusExt;
+        let pid = child.id();
+        let out = child.wait_with_output().expect("waiting for crasher");
+        let facts = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                l.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .collect();
+        Crasher {
+            pid,
+            facts,
+            code: out.status.code(),
+            signal: out.status.signal(),
+        }
+    }
+
+    pub fn fact(&self, k: &str) -> u64 {
+        self.facts
+            .get(k)
+            .unwrap_or_else(|| panic!("crasher printed no {k}: {:?}", self.facts))
+            .parse()
+            .unwrap()
+    }
+}
+
+pub fn hex(v: &Value) -> u64 {
+    let s = v
+        .as_str()
+        .unwrap_or_else(|| panic!("not a hex string: {v}"));
+    u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap()
+}
+
+/// The agent every test in a binary shares: `--exits nonzero` so exit reports can be checked.
+pub fn agent() -> &'static Agent {
+    static AGENT: OnceLock<Agent> = OnceLock::new();
+    AGENT.get_or_init(|| Agent::start(&["--exits", "nonzero"]))
+}

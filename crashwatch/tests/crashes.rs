@@ -1,0 +1,307 @@
+//! The crash matrix on the running kernel: real programs die, the real agent reports them.
+//! Needs root (CI runs as root).
+mod common;
+
+use std::{os::unix::process::CommandExt, path::PathBuf, time::Duration};
+
+use common::{agent, hex, Agent, Crasher};
+
+#[test]
+fn null_write_reports_the_address_written() {
+    let a = agent();
+    let c = Crasher::run("null");
+    assert_eq!(c.signal, Some(11));
+    let r = a.report_for(c.pid);
+    assert_eq!(r["kind"], "signal");
+    assert_eq!(r["tid"], c.pid);
+    assert!(
+        r["comm"].as_str().unwrap().starts_with("crasher"),
+        "comm: {}",
+        r["comm"]
+    );
+    assert!(
+        r["exe"].as_str().unwrap().contains("crasher-"),
+        "exe: {}",
+        r["exe"]
+    );
+    assert_eq!(r["cmdline"][1], "null");
+    let s = &r["signal"];
+    assert_eq!(
+        (s["name"].as_str(), s["code_name"].as_str()),
+        (Some("SIGSEGV"), Some("SEGV_MAPERR"))
+    );
+    assert_eq!(hex(&s["addr"]), c.fact("addr"));
+    assert_eq!(s["handled"], false);
+    assert_eq!(hex(&s["ip"]), hex(&s["registers"]["ip"]));
+    assert_eq!(r["exit"]["signal"], 11);
+    assert_eq!(
+        r["stack"][0]["function"], "null_write",
+        "stack: {:#}",
+        r["stack"]
+    );
+    assert_eq!(r["stack"][1]["function"], "main");
+    assert!(r["cgroup"].as_str().unwrap().starts_with('/'));
+}
+
+#[test]
+fn abort_reports_sigabrt_and_the_core_flag() {
+    let a = agent();
+    let dir = tempdir("abort");
+    let mut cmd = Crasher::command("abort");
+    cmd.current_dir(&dir);
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: libc::RLIM_INFINITY,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &lim);
+            Ok(())
+        })
+    };
+    let c = Crasher::finish(cmd.spawn().unwrap());
+    assert_eq!(c.signal, Some(6));
+    let r = a.report_for(c.pid);
+    assert_eq!(
+        (r["kind"].as_str(), r["signal"]["name"].as_str()),
+        (Some("signal"), Some("SIGABRT"))
+    );
+    assert_eq!(r["signal"]["code_name"], "SI_TKILL");
+    assert_eq!(r["exit"]["signal"], 6);
+    // What the kernel says in the wait status, the report says; a core file proves it.
+    let wrote_core = std::fs::read_dir(&dir).unwrap().count() > 0;
+    assert_eq!(
+        r["exit"]["core_dumped"], wrote_core,
+        "core file present: {wrote_core}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn divide_by_zero_reports_sigfpe_at_the_instruction() {
+    let a = agent();
+    let c = Crasher::run("fpe");
+    assert_eq!(c.signal, Some(8));
+    let r = a.report_for(c.pid);
+    let s = &r["signal"];
+    assert_eq!(
+        (s["name"].as_str(), s["code_name"].as_str()),
+        (Some("SIGFPE"), Some("FPE_INTDIV"))
+    );
+    assert_eq!(
+        hex(&s["addr"]),
+        hex(&s["ip"]),
+        "SIGFPE's si_addr is the faulting instruction"
+    );
+    assert_eq!(r["stack"][0]["function"], "divide");
+}
+
+#[test]
+fn truncated_mmap_reports_sigbus_at_the_page() {
+    let a = agent();
+    let c = Crasher::run("bus");
+    assert_eq!(c.signal, Some(7));
+    let r = a.report_for(c.pid);
+    let s = &r["signal"];
+    assert_eq!(
+        (s["name"].as_str(), s["code_name"].as_str()),
+        (Some("SIGBUS"), Some("BUS_ADRERR"))
+    );
+    assert_eq!(hex(&s["addr"]), c.fact("addr"));
+}
+
+#[test]
+fn kill_9_is_one_sigkill_report() {
+    let a = agent();
+    let mut child = Crasher::command("sleep").spawn().unwrap();
+    let pid = child.id();
+    wait_started(&mut child);
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let c = Crasher::finish(child);
+    assert_eq!(c.signal, Some(9));
+    let r = a.report_for(pid);
+    assert_eq!(
+        (r["kind"].as_str(), r["signal"]["name"].as_str()),
+        (Some("signal"), Some("SIGKILL"))
+    );
+    assert_eq!(r["exit"]["signal"], 9);
+    a.flush();
+    assert_eq!(a.reports_for(pid).len(), 1);
+}
+
+#[test]
+fn nonzero_exit_is_reported_only_when_asked() {
+    let a = agent();
+    let c = Crasher::run("exit3");
+    assert_eq!(c.code, Some(3));
+    let r = a.report_for(c.pid);
+    assert_eq!(r["kind"], "exit");
+    assert_eq!(r["exit"]["code"], 3);
+    assert!(r.get("signal").is_none(), "an exit has no signal: {r:#}");
+
+    // The default agent leaves plain exits alone (grep exiting 1 is not a crash).
+    let plain = Agent::start(&[]);
+    let c = Crasher::run("exit3");
+    assert_eq!(c.code, Some(3));
+    plain.assert_no_report(c.pid);
+}
+
+#[test]
+fn handled_segv_that_survives_is_not_a_crash() {
+    let a = agent();
+    let c = Crasher::run("survive");
+    assert_eq!((c.code, c.fact("handled_addr")), (Some(0), 16));
+    a.assert_no_report(c.pid);
+}
+
+#[test]
+fn second_thread_fault_is_one_report_with_that_tid() {
+    let a = agent();
+    let c = Crasher::run("thread");
+    assert_eq!(c.signal, Some(11));
+    let r = a.report_for(c.pid);
+    assert_eq!(r["tid"], c.fact("fault_tid"));
+    assert_ne!(r["tid"], c.pid);
+    assert_eq!(r["stack"][0]["function"], "null_write");
+    assert_eq!(r["stack"][1]["function"], "second_thread");
+    a.flush();
+    assert_eq!(
+        a.reports_for(c.pid).len(),
+        1,
+        "one report, not one per thread"
+    );
+}
+
+#[test]
+fn oom_kill_in_a_memory_limited_cgroup() {
+    let a = agent();
+    let cg = MemCgroup::new(64 << 20);
+    let mut cmd = Crasher::command("oom");
+    let procs = cg.procs_file();
+    unsafe {
+        cmd.pre_exec(move || {
+            std::fs::write(&procs, std::process::id().to_string())?;
+            Ok(())
+        })
+    };
+    let c = Crasher::finish(cmd.spawn().unwrap());
+    assert_eq!(
+        c.signal,
+        Some(9),
+        "the OOM killer SIGKILLs; crasher said {:?}",
+        c.facts
+    );
+    let r = a.report_for(c.pid);
+    assert_eq!(r["kind"], "oom_kill");
+    assert_eq!(r["exit"]["signal"], 9);
+    assert!(
+        r["cgroup"].as_str().unwrap().ends_with(&cg.name),
+        "cgroup {} vs {}",
+        r["cgroup"],
+        cg.name
+    );
+}
+
+#[test]
+fn burst_of_200_crashes_loses_nothing() {
+    let a = agent();
+    let children: Vec<_> = (0..200)
+        .map(|_| Crasher::command("null").spawn().unwrap())
+        .collect();
+    let pids: Vec<u32> = children
+        .into_iter()
+        .map(|c| Crasher::finish(c).pid)
+        .collect();
+    let missing = a.wait_for(|| {
+        let missing: Vec<u32> = pids
+            .iter()
+            .copied()
+            .filter(|&p| a.reports_for(p).is_empty())
+            .collect();
+        missing.is_empty().then_some(())
+    });
+    let got = pids
+        .iter()
+        .filter(|&&p| !a.reports_for(p).is_empty())
+        .count();
+    assert!(
+        missing.is_some(),
+        "{got} of 200 crashes reported; agent log:\n{}",
+        a.log()
+    );
+    for &p in &pids {
+        let r = a.report_for(p);
+        assert_eq!(
+            (r["kind"].as_str(), r["lost_before"].as_u64()),
+            (Some("signal"), Some(0))
+        );
+    }
+}
+
+fn wait_started(child: &mut std::process::Child) {
+    use std::io::BufRead;
+    let out = child.stdout.as_mut().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(out).read_line(&mut line).unwrap();
+    assert!(line.starts_with("pid="), "crasher said {line:?}");
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A memory cgroup (v2, or v1's memory controller on hybrid hosts) with a hard limit.
+struct MemCgroup {
+    dir: PathBuf,
+    name: String,
+}
+
+impl MemCgroup {
+    fn new(limit: u64) -> MemCgroup {
+        let name = format!("crashwatch-test-{}", std::process::id());
+        let v1 = PathBuf::from("/sys/fs/cgroup/memory");
+        let (base, v2) = if v1.join("memory.limit_in_bytes").exists() {
+            (v1, false)
+        } else {
+            (PathBuf::from("/sys/fs/cgroup"), true)
+        };
+        let dir = base.join(&name);
+        let _ = std::fs::create_dir(&dir);
+        let (file, swap) = if v2 {
+            ("memory.max", "memory.swap.max")
+        } else {
+            ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes")
+        };
+        std::fs::write(dir.join(file), limit.to_string())
+            .unwrap_or_else(|e| panic!("setting {}: {e}", dir.join(file).display()));
+        let _ = std::fs::write(
+            dir.join(swap),
+            if v2 {
+                "0".to_string()
+            } else {
+                limit.to_string()
+            },
+        );
+        MemCgroup { dir, name }
+    }
+
+    fn procs_file(&self) -> PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+}
+
+impl Drop for MemCgroup {
+    fn drop(&mut self) {
+        // The killed process is reaped by now; retry briefly while the kernel lets go.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

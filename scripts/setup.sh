@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs everything crashwatch's build and tests need on a Debian 12 host.
+# Idempotent: each step checks first, so a second run takes seconds.
+set -euo pipefail
+
+log() { printf '\033[1msetup:\033[0m %s\n' "$*"; }
+need_root() { [ "$(id -u)" = 0 ] || { echo "setup: run as root (apt-get, tracefs mount)" >&2; exit 1; }; }
+need_root
+
+export DEBIAN_FRONTEND=noninteractive
+APT_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev gcc libc6-dev pkg-config
+          golang-go git stress-ng)
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "apt-get install ${missing[*]}"
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Nightly with rust-src builds the eBPF crate (-Z build-std=core). Never update the nightly:
+# bpf-linker must match its LLVM major (22).
+if ! rustup toolchain list | grep -q '^nightly'; then
+  log "rustup toolchain install nightly"
+  rustup toolchain install nightly --profile minimal
+fi
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+  log "rustup component add rust-src --toolchain nightly"
+  rustup component add rust-src --toolchain nightly
+fi
+
+if ! command -v bpf-linker >/dev/null 2>&1; then
+  log "cargo install bpf-linker 0.13.0 (LLVM 22, about a minute)"
+  LLVM_PREFIX=/usr/lib/llvm-22 cargo install --locked bpf-linker@0.13.0 \
+    --no-default-features --features llvm-22
+fi
+
+# The agent needs tracefs for tracepoints and uprobes.
+if [ ! -e /sys/kernel/tracing/events ]; then
+  log "mount tracefs"
+  mount -t tracefs nodev /sys/kernel/tracing || true
+fi
+log "ready"
