@@ -241,7 +241,7 @@ pub fn signal_deliver(ctx: BtfTracePointContext) -> u32 {
     if handler != 0 {
         // Survivors must cost nothing downstream: keep it until the process exits.
         let pid = rec.hdr.pid;
-        let _ = PENDING.insert(&pid, &*rec, 0);
+        let _ = PENDING.insert(pid, rec, 0);
     } else {
         output(rec);
     }
@@ -256,12 +256,12 @@ fn exit_common(task: u64) {
     fill_header(&mut rec.hdr, KIND_EXIT, task);
     rec.status = if gec != 0 { gec } else { code };
     let pid = rec.hdr.pid;
-    if let Some(p) = unsafe { PENDING.get(&pid) } {
+    if let Some(p) = unsafe { PENDING.get(pid) } {
         let fresh = rec.hdr.ktime_ns.wrapping_sub(p.hdr.ktime_ns) <= config!(pending_window_ns);
         if rec.status != 0 && fresh {
             output(p);
         }
-        let _ = PENDING.remove(&pid);
+        let _ = PENDING.remove(pid);
     }
     output(&rec);
 }

@@ -91,7 +91,7 @@ pub async fn run(opts: Options) -> Result<()> {
                     logged = now;
                 }
                 // Forgetting exited processes walks /proc: once a minute is plenty.
-                let every_minute = ticks % 60 == 0;
+                let every_minute = ticks.is_multiple_of(60);
                 p.asm.expire(enrich::monotonic_ns(), window_ns, |pid| {
                     !every_minute || std::path::Path::new(&format!("/proc/{pid}")).exists()
                 });

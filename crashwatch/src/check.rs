@@ -29,7 +29,7 @@ pub fn privileged() -> bool {
 
 pub fn require_privileges() -> Result<()> {
     if !privileged() {
-        bail!("crashwatch needs root (or CAP_BPF + CAP_PERFMON) to load eBPF programs: run it with sudo");
+        bail!("needs root (or CAP_BPF + CAP_PERFMON) to load eBPF programs: run it with sudo");
     }
     Ok(())
 }
@@ -52,8 +52,18 @@ pub fn ensure_tracefs() -> bool {
     rc == 0 && Path::new(TRACEFS).join("events").exists()
 }
 
+fn tracefs_in_mountinfo() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.contains(" /sys/kernel/tracing ") && l.contains(" - tracefs "))
+        })
+        .unwrap_or(false)
+}
+
 struct Line {
-    ok: bool,
+    /// None: could not be checked (without root tracefs is unreadable).
+    ok: Option<bool>,
     what: &'static str,
     detail: String,
     fix: &'static str,
@@ -78,7 +88,7 @@ pub fn run() -> bool {
     let mut lines = Vec::new();
     let rel = kernel_release();
     lines.push(Line {
-        ok: version_at_least(&rel, 5, 15),
+        ok: Some(version_at_least(&rel, 5, 15)),
         what: "kernel",
         detail: format!(
             "Linux {rel} (5.15 or newer needed: BTF tracepoints, ring buffer, bpf_task_pt_regs)"
@@ -87,7 +97,7 @@ pub fn run() -> bool {
     });
     let btf = crate::probe::btf::load(0);
     lines.push(Line {
-        ok: btf.is_ok(),
+        ok: Some(btf.is_ok()),
         what: "BTF",
         detail: match &btf {
             Ok(l) => format!(
@@ -105,7 +115,7 @@ pub fn run() -> bool {
     });
     let priv_ok = privileged();
     lines.push(Line {
-        ok: priv_ok,
+        ok: Some(priv_ok),
         what: "privileges",
         detail: if priv_ok {
             "CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN) held".into()
@@ -114,20 +124,25 @@ pub fn run() -> bool {
         },
         fix: "run as root (sudo crashwatch ...) or grant CAP_BPF, CAP_PERFMON, CAP_SYS_RESOURCE",
     });
-    let tracefs = ensure_tracefs();
+    let tracefs = if priv_ok {
+        ensure_tracefs()
+    } else {
+        tracefs_in_mountinfo()
+    };
     lines.push(Line {
-        ok: tracefs,
+        ok: Some(tracefs),
         what: "tracefs",
-        detail: if tracefs {
-            format!("{TRACEFS} mounted")
-        } else {
-            format!("{TRACEFS} not mounted and mounting failed")
+        detail: match (tracefs, priv_ok) {
+            (true, _) => format!("{TRACEFS} mounted"),
+            (false, true) => format!("{TRACEFS} not mounted and mounting it failed"),
+            (false, false) => format!("{TRACEFS} not mounted (crashwatch mounts it as root)"),
         },
         fix: "mount -t tracefs nodev /sys/kernel/tracing",
     });
+    // tracefs is root-only: without root, uprobe support cannot be seen.
     let uprobes = Path::new(TRACEFS).join("uprobe_events").exists();
     lines.push(Line {
-        ok: uprobes,
+        ok: priv_ok.then_some(uprobes),
         what: "uprobes",
         detail: if uprobes {
             "uprobe events available (Go runtime probes)".into()
@@ -139,7 +154,7 @@ pub fn run() -> bool {
     if priv_ok && btf.is_ok() && tracefs {
         let loaded = crate::probe::Probe::load(1 << 16, 0);
         lines.push(Line {
-            ok: loaded.is_ok(),
+            ok: Some(loaded.is_ok()),
             what: "programs",
             detail: match &loaded {
                 Ok(p) => format!(
@@ -153,14 +168,14 @@ pub fn run() -> bool {
     }
     let mut ok = true;
     for l in &lines {
-        ok &= l.ok;
-        println!(
-            "{} {:<11} {}",
-            if l.ok { "ok  " } else { "FAIL" },
-            l.what,
-            l.detail
-        );
-        if !l.ok {
+        ok &= l.ok == Some(true);
+        let (mark, detail) = match l.ok {
+            Some(true) => ("ok  ", l.detail.as_str()),
+            Some(false) => ("FAIL", l.detail.as_str()),
+            None => ("??  ", "not checked: needs root to read tracefs"),
+        };
+        println!("{mark} {:<11} {detail}", l.what);
+        if l.ok == Some(false) {
             println!("     {:<11} fix: {}", "", l.fix);
         }
     }

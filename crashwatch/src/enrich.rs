@@ -128,7 +128,6 @@ pub fn scan_proc() -> Vec<(u32, ProcInfo)> {
                 exe,
                 args,
                 cgroup: cgroup.unwrap_or_default(),
-                ..Default::default()
             },
         ))
     })
