@@ -156,6 +156,8 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> u32 {
     }
     rec.args_len = read_args(task, &mut rec.args);
     read_cgroup(task, &mut rec.cgroup);
+    // A new image is not to blame for a fault its predecessor handled.
+    let _ = PENDING.remove(rec.hdr.pid);
     output(rec);
     0
 }
