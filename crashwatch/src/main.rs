@@ -5,6 +5,7 @@ mod assemble;
 mod check;
 mod decode;
 mod enrich;
+mod gobin;
 mod probe;
 mod report;
 mod signals;

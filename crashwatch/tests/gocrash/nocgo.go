@@ -1,0 +1,5 @@
+//go:build !cgo
+
+package main
+
+func cgoCrash() { panic("built without cgo") }
