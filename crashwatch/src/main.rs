@@ -6,6 +6,7 @@ mod check;
 mod decode;
 mod enrich;
 mod gobin;
+mod goroutines;
 mod probe;
 mod report;
 mod signals;

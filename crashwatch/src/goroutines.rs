@@ -1,0 +1,338 @@
+//! Parser for what the Go runtime prints on its way down: `panic:` / `fatal error:` headers and
+//! goroutine tracebacks. Hand-written because the format is Go's own (no crate parses it) and
+//! it must accept every version's variant: `created by X in goroutine N` (1.21+), `gp=… m=…`
+//! in headers (GOTRACEBACK=system/crash), elided frames, wait durations. It only reads text, so
+//! it serves log files (`crashwatch analyze`) as well as captured stderr.
+use serde::Serialize;
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Frame {
+    pub function: String,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Goroutine {
+    pub id: u64,
+    /// `running`, `runnable`, `syscall`, `waiting`, ...
+    pub state: String,
+    /// Why a waiting goroutine waits (`chan receive`, `select`, `sleep`, ...).
+    pub wait_reason: Option<String>,
+    pub wait_minutes: Option<u64>,
+    pub locked_to_thread: bool,
+    pub frames: Vec<Frame>,
+    pub created_by: Option<Frame>,
+    /// The goroutine that created this one (Go 1.21+ prints it).
+    pub created_in: Option<u64>,
+    /// The runtime left out frames (`...additional frames elided...`).
+    pub elided: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Traceback {
+    /// `panic:` values in the order printed; the last one killed the process.
+    pub panics: Vec<String>,
+    pub fatal_error: Option<String>,
+    pub goroutines: Vec<Goroutine>,
+}
+
+const STATES: [&str; 8] = [
+    "idle",
+    "runnable",
+    "running",
+    "syscall",
+    "dead",
+    "copystack",
+    "preempted",
+    "waiting",
+];
+
+pub fn parse(text: &str) -> Traceback {
+    let mut t = Traceback::default();
+    let mut lines = text.lines().peekable();
+    let mut current: Option<Goroutine> = None;
+    // The system stack of a fatal error is not a goroutine: its frames are skipped.
+    let mut skipping = false;
+    while let Some(line) = lines.next() {
+        if let Some(v) = line
+            .strip_prefix("panic: ")
+            .or_else(|| line.strip_prefix("\tpanic: "))
+        {
+            let mut value = v.to_string();
+            while let Some(next) = lines.peek() {
+                if next.is_empty()
+                    || next.starts_with('[')
+                    || next.starts_with("\tpanic: ")
+                    || next.starts_with("goroutine ")
+                {
+                    break;
+                }
+                value.push('\n');
+                value.push_str(next);
+                lines.next();
+            }
+            for suffix in [" [recovered, repanicked]", " [recovered]"] {
+                if let Some(v) = value.strip_suffix(suffix) {
+                    value = v.to_string();
+                }
+            }
+            t.panics.push(value);
+        } else if let Some(m) = line.strip_prefix("fatal error: ") {
+            t.fatal_error.get_or_insert_with(|| m.to_string());
+        } else if let Some(g) = header(line) {
+            t.goroutines.extend(current.replace(g));
+            skipping = false;
+        } else if line == "runtime stack:" {
+            t.goroutines.extend(current.take());
+            skipping = true;
+        } else if skipping || line.is_empty() {
+            continue;
+        } else if let Some(g) = current.as_mut() {
+            if line == "...additional frames elided..." {
+                g.elided = true;
+            } else if let Some(rest) = line.strip_prefix("created by ") {
+                let (func, parent) = match rest.split_once(" in goroutine ") {
+                    Some((f, p)) => (f, p.trim().parse().ok()),
+                    None => (rest, None),
+                };
+                let mut f = Frame {
+                    function: func.to_string(),
+                    ..Default::default()
+                };
+                location(&mut f, lines.peek().copied(), &mut lines);
+                g.created_by = Some(f);
+                g.created_in = parent;
+            } else if !line.starts_with('\t') && !line.starts_with(' ') {
+                let mut f = Frame {
+                    function: function_name(line).to_string(),
+                    ..Default::default()
+                };
+                location(&mut f, lines.peek().copied(), &mut lines);
+                g.frames.push(f);
+            }
+        }
+    }
+    t.goroutines.extend(current);
+    t
+}
+
+/// `goroutine 18 [chan receive, 2 minutes, locked to thread]:` (with `gp=… m=…` on 1.23+).
+fn header(line: &str) -> Option<Goroutine> {
+    let rest = line.strip_prefix("goroutine ")?;
+    let (id, rest) = rest.split_once(' ')?;
+    let id = id.parse().ok()?;
+    let open = rest.find('[')?;
+    let inner = rest[open + 1..].strip_suffix("]:")?;
+    let mut g = Goroutine {
+        id,
+        ..Default::default()
+    };
+    for (i, part) in inner.split(", ").enumerate() {
+        if i == 0 {
+            if STATES.contains(&part) {
+                g.state = part.to_string();
+            } else {
+                g.state = "waiting".into();
+                g.wait_reason = Some(part.to_string());
+            }
+        } else if part == "locked to thread" {
+            g.locked_to_thread = true;
+        } else if let Some(m) = part
+            .strip_suffix(" minutes")
+            .or_else(|| part.strip_suffix(" minute"))
+        {
+            g.wait_minutes = m.parse().ok();
+        }
+    }
+    Some(g)
+}
+
+/// `main.(*T).Run(0xc000010000, {0x4b8f30?, 0x0})` → `main.(*T).Run`.
+fn function_name(line: &str) -> &str {
+    let line = line.trim_end();
+    if !line.ends_with(')') {
+        return line;
+    }
+    let mut depth = 0;
+    for (i, c) in line.char_indices().rev() {
+        match c {
+            ')' => depth += 1,
+            '(' => {
+                depth -= 1;
+                if depth == 0 {
+                    return &line[..i];
+                }
+            }
+            _ => {}
+        }
+    }
+    line
+}
+
+/// `\t/src/main.go:49 +0x4b6` on the line after a function.
+fn location<'a>(
+    f: &mut Frame,
+    next: Option<&'a str>,
+    lines: &mut std::iter::Peekable<std::str::Lines<'a>>,
+) {
+    let Some(loc) = next.and_then(|l| l.strip_prefix('\t')) else {
+        return;
+    };
+    let loc = loc.split(" +0x").next().unwrap_or(loc).trim_end();
+    if let Some((file, line)) = loc.rsplit_once(':') {
+        f.file = Some(file.to_string());
+        f.line = line.parse().ok();
+        lines.next();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PANIC_121: &str = "panic: boom: in a goroutine\n\ngoroutine 18 [running]:\nmain.main.func2()\n\t/src/main.go:88 +0x65\ncreated by main.main in goroutine 1\n\t/src/main.go:86 +0x2c5\n\ngoroutine 1 [chan receive]:\nmain.main()\n\t/src/main.go:90 +0x2e5\n";
+
+    #[test]
+    fn goroutine_panic_with_creator() {
+        let t = parse(PANIC_121);
+        assert_eq!(t.panics, ["boom: in a goroutine"]);
+        let g = &t.goroutines[0];
+        assert_eq!((g.id, g.state.as_str()), (18, "running"));
+        assert_eq!(
+            g.frames[0],
+            Frame {
+                function: "main.main.func2".into(),
+                file: Some("/src/main.go".into()),
+                line: Some(88)
+            }
+        );
+        assert_eq!(g.created_by.as_ref().unwrap().function, "main.main");
+        assert_eq!(g.created_in, Some(1));
+        let w = &t.goroutines[1];
+        assert_eq!(
+            (w.id, w.state.as_str(), w.wait_reason.as_deref()),
+            (1, "waiting", Some("chan receive"))
+        );
+    }
+
+    #[test]
+    fn fatal_error_skips_the_system_stack() {
+        let text = "runtime: goroutine stack exceeds 1000000000-byte limit\nfatal error: stack overflow\n\nruntime stack:\nruntime.throw({0x4a1b2c?, 0x0?})\n\t/go/src/runtime/panic.go:1047 +0x5d\n\ngoroutine 1 gp=0xc000002380 m=0 mp=0x5a1b20 [running, locked to thread]:\nmain.recurse(0x0?)\n\t/src/main.go:36 +0x2c fp=0xc020160398 sp=0xc020160390 pc=0x48f1ac\n...additional frames elided...\ncreated by main.main\n\t/src/main.go:80 +0x1\n";
+        let t = parse(text);
+        assert_eq!(t.fatal_error.as_deref(), Some("stack overflow"));
+        assert_eq!(t.goroutines.len(), 1);
+        let g = &t.goroutines[0];
+        assert!(g.locked_to_thread && g.elided);
+        assert_eq!(
+            (g.frames[0].function.as_str(), g.frames[0].line),
+            ("main.recurse", Some(36))
+        );
+        assert_eq!(g.created_in, None);
+    }
+
+    #[test]
+    fn nested_panics_multiline_values_and_signal_lines() {
+        let text = "panic: first [recovered]\n\tpanic: second\nline two\n[signal SIGSEGV: segmentation violation code=0x1 addr=0x0 pc=0x4]\n\ngoroutine 1 [select (no cases), 3 minutes]:\nmain.(*T).Run(0xc000010000, {0x4b8f30?, 0x0})\n\t/src/t.go:7 +0x1\n";
+        let t = parse(text);
+        assert_eq!(t.panics, ["first", "second\nline two"]);
+        let g = &t.goroutines[0];
+        assert_eq!(
+            (g.wait_reason.as_deref(), g.wait_minutes),
+            (Some("select (no cases)"), Some(3))
+        );
+        assert_eq!(g.frames[0].function, "main.(*T).Run");
+    }
+
+    #[test]
+    fn garbage_is_empty_not_a_panic() {
+        let t = parse("goroutine x [\n\tnot a frame\n{{{{\n");
+        assert!(t.goroutines.is_empty() && t.panics.is_empty());
+    }
+}
+
+#[cfg(test)]
+#[path = "../tests/common/gobuild.rs"]
+mod gobuild;
+
+#[cfg(test)]
+mod real_output {
+    use super::{gobuild, parse};
+    use std::process::Command;
+
+    fn run(v: &str, mode: &str) -> (String, String) {
+        let mut cmd = Command::new(gobuild::build(v, gobuild::Flavour::Static));
+        // Every goroutine, not only the panicking one (the default, "single").
+        let out = cmd.arg(mode).env("GOTRACEBACK", "all").output().unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+
+    fn fact(stdout: &str, k: &str) -> u64 {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn parses_what_every_runtime_prints() {
+        for v in gobuild::VERSIONS {
+            let (out, err) = run(v, "goroutine");
+            let t = parse(&err);
+            assert_eq!(t.panics, ["boom: in a goroutine"], "{v}");
+            let g = &t.goroutines[0];
+            assert_eq!(
+                (g.id, g.state.as_str()),
+                (fact(&out, "panicker"), "running"),
+                "{v}"
+            );
+            assert!(
+                g.frames[0].function.starts_with("main.main.func"),
+                "{v}: {:?}",
+                g.frames[0]
+            );
+            assert!(
+                g.frames[0].file.as_deref().unwrap().ends_with("main.go"),
+                "{v}"
+            );
+            assert_eq!(
+                g.created_by.as_ref().map(|f| f.function.as_str()),
+                Some("main.main"),
+                "{v}"
+            );
+            let main = t
+                .goroutines
+                .iter()
+                .find(|g| g.id == 1)
+                .unwrap_or_else(|| panic!("{v}: {err}"));
+            assert_eq!(
+                (main.state.as_str(), main.wait_reason.as_deref()),
+                ("waiting", Some("chan receive")),
+                "{v}"
+            );
+
+            let (_, err) = run(v, "overflow");
+            let t = parse(&err);
+            assert_eq!(t.fatal_error.as_deref(), Some("stack overflow"), "{v}");
+            assert_eq!(t.goroutines[0].frames[0].function, "main.recurse", "{v}");
+
+            let (_, err) = run(v, "deadlock");
+            let t = parse(&err);
+            assert_eq!(
+                t.fatal_error.as_deref(),
+                Some("all goroutines are asleep - deadlock!"),
+                "{v}"
+            );
+            assert_eq!(
+                t.goroutines[0].wait_reason.as_deref(),
+                Some("select (no cases)"),
+                "{v}"
+            );
+        }
+    }
+}
