@@ -23,6 +23,19 @@ pub const KIND_EXEC: u32 = 1;
 pub const KIND_SIGNAL: u32 = 2;
 pub const KIND_EXIT: u32 = 3;
 pub const KIND_OOM: u32 = 4;
+pub const KIND_GO: u32 = 5;
+pub const KIND_GO_OUTPUT: u32 = 6;
+
+/// [`GoRecord::what`]: an unrecovered panic (`runtime.fatalpanic`).
+pub const GO_PANIC: u32 = 1;
+/// [`GoRecord::what`]: a runtime fatal error (`runtime.throw`, `runtime.fatal`).
+pub const GO_FATAL: u32 = 2;
+/// Bytes kept of a panic's string value or a fatal error's message.
+pub const GO_TEXT_LEN: usize = 256;
+/// Bytes per record of the runtime's printed output.
+pub const GO_CHUNK_LEN: usize = 256;
+/// Chunks sent for one `gwrite` call at most (longer writes are cut and flagged).
+pub const GO_CHUNKS_PER_WRITE: usize = 16;
 
 /// Marks an unused offset in [`Offsets`].
 pub const NO_OFFSET: u32 = u32::MAX;
@@ -109,6 +122,41 @@ pub struct ExitRecord {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OomRecord {
     pub hdr: Header,
+}
+
+/// A Go process entered a fatal path: `runtime.fatalpanic` (after `gopanic` named the value's
+/// type) or `runtime.throw`/`runtime.fatal` (with the message).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GoRecord {
+    pub hdr: Header,
+    pub what: u32,
+    pub text_len: u32,
+    /// The panic value's type descriptor (`_type *`), as `gopanic` received it; 0 for fatal.
+    pub type_ptr: u64,
+    /// `mm->start_code`, to relate runtime addresses to the binary (PIE).
+    pub start_code: u64,
+    pub stack_len: u32,
+    pub _pad: u32,
+    /// The panic value when it is a string, or the fatal error's message.
+    pub text: [u8; GO_TEXT_LEN],
+    pub stack: [u64; STACK_DEPTH],
+}
+
+/// A piece of what the Go runtime printed (`runtime.gwrite`): panic messages, tracebacks.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GoOutputRecord {
+    pub kind: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub len: u32,
+    pub ktime_ns: u64,
+    pub start_ns: u64,
+    /// Non-zero when this write was longer than the chunks sent for it.
+    pub cut: u32,
+    pub _pad: u32,
+    pub data: [u8; GO_CHUNK_LEN],
 }
 
 /// Kernel struct field offsets, computed from `/sys/kernel/btf/vmlinux` at load time.

@@ -5,18 +5,21 @@
 //! execs. A handled fault (Go's and the JVM's SIGSEGV handlers) is parked in `PENDING` and sent
 //! only if the process then dies abnormally, so processes that survive their faults cost no
 //! records. Struct fields are read at offsets the agent computes from BTF (`CONFIG`).
+//! Uprobes on the Go runtime's fatal paths (attached by the agent per Go binary) add the panic
+//! value, the fatal error message and what the runtime prints on its way down.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_task, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes,
+        bpf_probe_read_user, bpf_probe_read_user_buf,
         generated::{bpf_get_stack, bpf_task_pt_regs},
     },
-    macros::{btf_tracepoint, map},
+    macros::{btf_tracepoint, map, uprobe},
     maps::{LruHashMap, PerCpuArray, RingBuf},
-    programs::BtfTracePointContext,
+    programs::{BtfTracePointContext, ProbeContext},
     EbpfContext,
 };
 use crashwatch_common::*;
@@ -40,6 +43,12 @@ static SCRATCH_EXEC: PerCpuArray<ExecRecord> = PerCpuArray::with_max_entries(1, 
 /// The last handled fault-class signal per process (tgid), until that process exits.
 #[map]
 static PENDING: LruHashMap<u32, SignalRecord> = LruHashMap::with_max_entries(4096, 0);
+
+/// The panic value's (type, data) per thread, from `runtime.gopanic`, for `fatalpanic`.
+#[map]
+static GOPANIC: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(8192, 0);
+#[map]
+static SCRATCH_GO: PerCpuArray<GoRecord> = PerCpuArray::with_max_entries(1, 0);
 
 const SIGKILL: i32 = 9;
 
@@ -306,6 +315,159 @@ pub fn mark_victim(ctx: BtfTracePointContext) -> u32 {
     }
     output(&rec);
     0
+}
+
+// Go runtime uprobes. Go passes arguments in registers (ABIInternal, Go 1.17+): the first two
+// words in RAX and RBX. Only entry probes: uretprobes break when Go moves stacks.
+
+fn go_args(ctx: &ProbeContext) -> (u64, u64) {
+    // SAFETY: ctx.regs is the probed thread's saved user registers.
+    unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx) }
+}
+
+/// `runtime.gopanic(e any)`: remember the value's type; it may yet be recovered.
+#[uprobe]
+pub fn go_gopanic(ctx: ProbeContext) -> u32 {
+    let (ty, data) = go_args(&ctx);
+    let key = bpf_get_current_pid_tgid();
+    let _ = GOPANIC.insert(key, [ty, data], 0);
+    0
+}
+
+fn go_record(ctx: &ProbeContext, what: u32) -> Option<&'static mut GoRecord> {
+    let rec = SCRATCH_GO.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch slot owned by this program invocation.
+    let rec = unsafe { &mut *rec };
+    let task = unsafe { bpf_get_current_task() };
+    fill_header(&mut rec.hdr, KIND_GO, task);
+    rec.what = what;
+    rec.type_ptr = 0;
+    rec.text_len = 0;
+    let mm: u64 = rd(task, config!(off.task_mm));
+    rec.start_code = rd(mm, config!(off.mm_start_code));
+    let n = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            rec.stack.as_mut_ptr() as *mut _,
+            (STACK_DEPTH * 8) as u32,
+            aya_ebpf::bindings::BPF_F_USER_STACK as u64,
+        )
+    };
+    rec.stack_len = if n > 0 { n as u32 } else { 0 };
+    Some(rec)
+}
+
+/// Copies `len` bytes of user memory at `ptr` into `dst`; returns the bytes copied.
+fn read_user_text(ptr: u64, len: u64, dst: &mut [u8; GO_TEXT_LEN]) -> u32 {
+    let n = if len >= GO_TEXT_LEN as u64 {
+        GO_TEXT_LEN
+    } else {
+        len as usize & (GO_TEXT_LEN - 1)
+    };
+    if n == 0 || ptr == 0 {
+        return 0;
+    }
+    match unsafe { bpf_probe_read_user_buf(ptr as *const u8, &mut dst[..n]) } {
+        Ok(()) => n as u32,
+        Err(_) => 0,
+    }
+}
+
+/// `runtime.fatalpanic(msgs *_panic)`: the panic was not recovered; the process dies.
+#[uprobe]
+pub fn go_fatalpanic(ctx: ProbeContext) -> u32 {
+    let key = bpf_get_current_pid_tgid();
+    let Some(rec) = go_record(&ctx, GO_PANIC) else {
+        return 0;
+    };
+    if let Some(v) = unsafe { GOPANIC.get(key) } {
+        let (ty, data) = (v[0], v[1]);
+        rec.type_ptr = ty;
+        // abi.Type.Kind_ (offset 23, stable since Go 1.?-1.27); kind 24 is string: copy it.
+        let kind: u8 = unsafe { bpf_probe_read_user((ty + 23) as *const u8) }.unwrap_or(0);
+        if kind & 0x1f == 24 {
+            let hdr: [u64; 2] =
+                unsafe { bpf_probe_read_user(data as *const [u64; 2]) }.unwrap_or([0, 0]);
+            rec.text_len = read_user_text(hdr[0], hdr[1], &mut rec.text);
+        }
+    }
+    output(rec);
+    0
+}
+
+/// `runtime.throw(s string)` and `runtime.fatal(s string)`: a fatal error with its message.
+#[uprobe]
+pub fn go_throw(ctx: ProbeContext) -> u32 {
+    let (ptr, len) = go_args(&ctx);
+    let Some(rec) = go_record(&ctx, GO_FATAL) else {
+        return 0;
+    };
+    rec.text_len = read_user_text(ptr, len, &mut rec.text);
+    output(rec);
+    0
+}
+
+/// `runtime.writeErrData(data *byte, n int32)` (Go 1.23+): what the runtime prints to stderr.
+#[uprobe]
+pub fn go_write_err(ctx: ProbeContext) -> u32 {
+    let (ptr, len) = go_args(&ctx);
+    send_output(ptr, len & 0xffff_ffff);
+    0
+}
+
+/// `runtime.write1(fd uintptr, p unsafe.Pointer, n int32)` (Go before 1.23), stderr only.
+/// Assembly (ABI0): the arguments are on the stack, above the return address.
+#[uprobe]
+pub fn go_write1(ctx: ProbeContext) -> u32 {
+    // SAFETY: ctx.regs is the probed thread's saved user registers.
+    let sp = unsafe { (*ctx.regs).rsp };
+    let args: [u64; 3] =
+        unsafe { bpf_probe_read_user((sp + 8) as *const [u64; 3]) }.unwrap_or([0; 3]);
+    if args[0] == 2 {
+        send_output(args[1], args[2] & 0xffff_ffff);
+    }
+    0
+}
+
+/// Sends `len` bytes of user memory at `ptr` as output chunks.
+fn send_output(ptr: u64, len: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let task = unsafe { bpf_get_current_task() };
+    let leader: u64 = rd(task, config!(off.task_group_leader));
+    let start_ns: u64 = rd(leader, config!(off.task_start_time));
+    let now = unsafe { bpf_ktime_get_ns() };
+    for i in 0..GO_CHUNKS_PER_WRITE {
+        let off = (i * GO_CHUNK_LEN) as u64;
+        if off >= len {
+            break;
+        }
+        let Some(mut e) = EVENTS.reserve::<GoOutputRecord>(0) else {
+            count_lost();
+            break;
+        };
+        let rec = e.as_mut_ptr();
+        let left = len - off;
+        let n = if left >= GO_CHUNK_LEN as u64 {
+            GO_CHUNK_LEN
+        } else {
+            left as usize & (GO_CHUNK_LEN - 1)
+        };
+        // SAFETY: rec points at the reserved record; every field is written before submit.
+        unsafe {
+            (*rec).kind = KIND_GO_OUTPUT;
+            (*rec).pid = (pid_tgid >> 32) as u32;
+            (*rec).tid = pid_tgid as u32;
+            (*rec).ktime_ns = now;
+            (*rec).start_ns = start_ns;
+            (*rec).cut = (i == GO_CHUNKS_PER_WRITE - 1 && left > GO_CHUNK_LEN as u64) as u32;
+            (*rec)._pad = 0;
+            let ok = n > 0
+                && bpf_probe_read_user_buf((ptr + off) as *const u8, &mut (&mut (*rec).data)[..n])
+                    .is_ok();
+            (*rec).len = if ok { n as u32 } else { 0 };
+        }
+        e.submit(0);
+    }
 }
 
 #[cfg(not(test))]

@@ -13,7 +13,7 @@ use crate::{
     assemble::Assembler,
     decode::{self, Record},
     enrich::{self, Enricher},
-    probe::{Losses, Probe},
+    probe::{go::GoProber, Losses, Probe},
     sink::{Format, Sink},
     symbolize::{Maps, Symbolizer},
 };
@@ -23,9 +23,12 @@ pub struct Options {
     pub report_nonzero_exits: bool,
     pub ring_bytes: u32,
     pub pending_window: Duration,
+    /// Bytes of Go runtime output kept per crash.
+    pub go_stderr_max: usize,
 }
 
 struct Pipeline {
+    go: GoProber,
     asm: Assembler,
     sym: Symbolizer,
     enricher: Enricher,
@@ -45,7 +48,8 @@ pub async fn run(opts: Options) -> Result<()> {
         .map_err(std::io::Error::from)
         .context("polling the ring buffer")?;
     let mut p = Pipeline {
-        asm: Assembler::new(opts.report_nonzero_exits),
+        go: GoProber::default(),
+        asm: Assembler::new(opts.report_nonzero_exits, opts.go_stderr_max),
         sym: Symbolizer::default(),
         enricher: Enricher::new(probe.layout.pt_regs_names.clone()),
         sink: Sink::new(opts.format),
@@ -54,13 +58,15 @@ pub async fn run(opts: Options) -> Result<()> {
     };
     let seeded = enrich::scan_proc();
     let n = seeded.len();
-    for (pid, info) in seeded {
+    for (pid, mut info) in seeded {
+        info.go = p.go.probe(&mut probe, pid, None, &info.exe);
         p.asm.seed(pid, info);
     }
     eprintln!(
-        "crashwatch: ready: {} programs attached ({}), {n} running processes known, ring buffer {} KiB",
+        "crashwatch: ready: {} programs loaded ({}), {n} running processes known ({} Go binaries probed), ring buffer {} KiB",
         probe.program_names().len(),
         probe.program_names().join(", "),
+        p.go.binaries(),
         opts.ring_bytes / 1024
     );
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -74,7 +80,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 let mut guard = guard?;
                 let rb = guard.get_inner_mut();
                 while let Some(item) = rb.next() {
-                    p.handle(&item, &probe);
+                    p.handle(&item, &mut probe);
                 }
                 guard.clear_ready();
             }
@@ -103,7 +109,7 @@ pub async fn run(opts: Options) -> Result<()> {
     // Whatever the kernel already wrote still gets reported.
     let rb = ring.get_mut();
     while let Some(item) = rb.next() {
-        p.handle(&item, &probe);
+        p.handle(&item, &mut probe);
     }
     let l = probe.losses();
     eprintln!(
@@ -114,7 +120,7 @@ pub async fn run(opts: Options) -> Result<()> {
 }
 
 impl Pipeline {
-    fn handle(&mut self, bytes: &[u8], probe: &Probe) {
+    fn handle(&mut self, bytes: &[u8], probe: &mut Probe) {
         let mut rec = match decode::decode(bytes) {
             Ok(r) => r,
             Err(e) => {
@@ -127,8 +133,15 @@ impl Pipeline {
         };
         // Capture what only exists while the process does, before it is gone.
         match &mut rec {
-            Record::Exec(e) => enrich::resolve_exe(e),
+            Record::Exec(e) => {
+                enrich::resolve_exe(e);
+                let path = e.exe.clone().unwrap_or_else(|| e.filename.clone());
+                e.go = self
+                    .go
+                    .probe(probe, e.head.pid, Some((e.dev as u64, e.ino)), &path);
+            }
             Record::Signal(s) => s.maps = Maps::capture(s.head.pid).map(std::sync::Arc::new),
+            Record::Go(g) => g.maps = Maps::capture(g.head.pid).map(std::sync::Arc::new),
             _ => {}
         }
         let Some(crash) = self.asm.push(rec) else {

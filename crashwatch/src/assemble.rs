@@ -3,10 +3,17 @@
 //! Owns the per-process state: what each live process runs (from exec records and the start-up
 //! scan) and the open case of each process that showed a crash sign (a fatal signal, an OOM
 //! mark). The process's whole-group exit closes its case: only then is the kind known (a
-//! handled SIGSEGV followed by exit 2 is a crash; SIGTERM by default action is too).
-use std::collections::{HashMap, HashSet, VecDeque};
+//! handled SIGSEGV followed by exit 2 is a crash; SIGTERM by default action is too). A Go
+//! process's case also gathers its runtime's fatal-path record and printed output.
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::Arc,
+};
 
-use crate::decode::{Exec, Exit, Head, Record, Signal};
+use crate::{
+    decode::{Exec, Exit, Go, GoWhat, Head, Record, Signal},
+    gobin::GoBinary,
+};
 
 /// What a process runs, captured at exec (or by the start-up scan of /proc).
 #[derive(Clone, Debug, Default)]
@@ -14,6 +21,7 @@ pub struct ProcInfo {
     pub exe: String,
     pub args: Vec<String>,
     pub cgroup: String,
+    pub go: Option<Arc<GoBinary>>,
 }
 
 impl From<&Exec> for ProcInfo {
@@ -22,6 +30,7 @@ impl From<&Exec> for ProcInfo {
             exe: e.exe.clone().unwrap_or_else(|| e.filename.clone()),
             args: e.args.clone(),
             cgroup: e.cgroup.clone(),
+            go: e.go.clone(),
         }
     }
 }
@@ -31,6 +40,8 @@ pub enum Kind {
     Signal,
     OomKill,
     Exit,
+    GoPanic,
+    GoFatal,
 }
 
 impl Kind {
@@ -39,6 +50,8 @@ impl Kind {
             Kind::Signal => "signal",
             Kind::OomKill => "oom_kill",
             Kind::Exit => "exit",
+            Kind::GoPanic => "go_panic",
+            Kind::GoFatal => "go_fatal",
         }
     }
 }
@@ -54,6 +67,44 @@ pub struct Crash {
     pub signal: Option<Signal>,
     /// wait(2) status.
     pub status: u32,
+    /// The Go runtime's first fatal-path record (unrecovered panic or fatal error).
+    pub go: Option<Go>,
+    /// What the Go runtime printed, capped.
+    pub output: Output,
+}
+
+/// A process's captured runtime output: the head and the tail of it when it runs long.
+#[derive(Clone, Debug, Default)]
+pub struct Output {
+    pub head: Vec<u8>,
+    pub tail: VecDeque<u8>,
+    /// Bytes seen in all, including what the cap dropped and what the kernel cut.
+    pub total: u64,
+    /// The kernel cut at least one long write short.
+    pub cut: bool,
+}
+
+impl Output {
+    fn push(&mut self, data: &[u8], cap: usize) {
+        self.total += data.len() as u64;
+        let room = (cap / 2).saturating_sub(self.head.len());
+        let (h, t) = data.split_at(room.min(data.len()));
+        self.head.extend_from_slice(h);
+        self.tail.extend(t);
+        let keep = cap - cap / 2;
+        if self.tail.len() > keep {
+            self.tail.drain(..self.tail.len() - keep);
+        }
+    }
+
+    /// Bytes dropped between head and tail.
+    pub fn dropped(&self) -> u64 {
+        self.total - (self.head.len() + self.tail.len()) as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
 }
 
 #[derive(Default)]
@@ -62,10 +113,14 @@ struct Case {
     opened_ns: u64,
     signal: Option<Signal>,
     oom: bool,
+    go: Option<Go>,
+    output: Output,
 }
 
 pub struct Assembler {
     report_nonzero_exits: bool,
+    /// Bytes of Go runtime output kept per process.
+    output_cap: usize,
     procs: HashMap<u32, ProcInfo>,
     cases: HashMap<u32, Case>,
     /// Recently closed processes: late duplicates of their records are dropped.
@@ -77,9 +132,10 @@ const CLOSED_KEEP: usize = 4096;
 const PROCS_MAX: usize = 1 << 17;
 
 impl Assembler {
-    pub fn new(report_nonzero_exits: bool) -> Self {
+    pub fn new(report_nonzero_exits: bool, output_cap: usize) -> Self {
         Assembler {
             report_nonzero_exits,
+            output_cap,
             procs: HashMap::new(),
             cases: HashMap::new(),
             closed: HashSet::new(),
@@ -114,6 +170,22 @@ impl Assembler {
                 if let Some(case) = self.case(&h) {
                     case.oom = true;
                 }
+                None
+            }
+            Record::Go(g) => {
+                let case = self.case(&g.head)?;
+                // fatalpanic can be followed by a throw (a panic while printing): the first
+                // fatal path is the cause.
+                if case.go.is_none() {
+                    case.go = Some(g);
+                }
+                None
+            }
+            Record::GoOutput(o) => {
+                let cap = self.output_cap;
+                let case = self.case(&o.head)?;
+                case.output.push(&o.data, cap);
+                case.output.cut |= o.cut;
                 None
             }
             Record::Exit(x) => self.close(x),
@@ -161,6 +233,11 @@ impl Assembler {
         let code = (x.status >> 8) & 0xff;
         let kind = if case.oom {
             Kind::OomKill
+        } else if let Some(g) = &case.go {
+            match g.what {
+                GoWhat::Panic => Kind::GoPanic,
+                GoWhat::Fatal => Kind::GoFatal,
+            }
         } else if case.signal.is_some() || term_sig != 0 {
             Kind::Signal
         } else if code != 0 && self.report_nonzero_exits {
@@ -174,6 +251,8 @@ impl Assembler {
             proc,
             signal: case.signal,
             status: x.status,
+            go: case.go,
+            output: case.output,
         })
     }
 
@@ -235,7 +314,7 @@ mod tests {
 
     #[test]
     fn one_report_per_process_however_many_records() {
-        let mut a = Assembler::new(false);
+        let mut a = Assembler::new(false, 64);
         assert!(a.push(sig(5, 6, 11, false)).is_none());
         assert!(a.push(sig(5, 5, 9, false)).is_none());
         let c = a.push(exit(5, 11 | 0x80)).expect("a crash");
@@ -252,7 +331,7 @@ mod tests {
 
     #[test]
     fn handled_fault_then_exit_2_is_a_signal_crash() {
-        let mut a = Assembler::new(false);
+        let mut a = Assembler::new(false, 64);
         a.push(sig(8, 9, 11, true));
         let c = a.push(exit(8, 2 << 8)).unwrap();
         assert_eq!((c.kind, c.status >> 8), (Kind::Signal, 2));
@@ -260,25 +339,80 @@ mod tests {
 
     #[test]
     fn exits_reported_only_when_asked() {
-        let mut a = Assembler::new(false);
+        let mut a = Assembler::new(false, 64);
         assert!(a.push(exit(3, 1 << 8)).is_none());
         assert!(a.push(exit(4, 0)).is_none());
-        let mut a = Assembler::new(true);
+        let mut a = Assembler::new(true, 64);
         assert_eq!(a.push(exit(3, 1 << 8)).unwrap().kind, Kind::Exit);
         assert!(a.push(exit(4, 0)).is_none());
     }
 
     #[test]
     fn oom_mark_makes_an_oom_kill() {
-        let mut a = Assembler::new(false);
+        let mut a = Assembler::new(false, 64);
         a.push(Record::Oom(head(11)));
         a.push(sig(11, 11, 9, false));
         assert_eq!(a.push(exit(11, 9)).unwrap().kind, Kind::OomKill);
     }
 
+    fn go(pid: u32, what: GoWhat, text: &str) -> Record {
+        Record::Go(Go {
+            head: head(pid),
+            what,
+            text: Some(text.into()),
+            type_ptr: 0,
+            start_code: 0,
+            stack: vec![],
+            maps: None,
+        })
+    }
+
+    fn out(pid: u32, data: &[u8]) -> Record {
+        Record::GoOutput(crate::decode::GoOutput {
+            head: head(pid),
+            data: data.to_vec(),
+            cut: false,
+        })
+    }
+
+    #[test]
+    fn go_panic_with_its_signal_and_output_is_one_report() {
+        let mut a = Assembler::new(false, 64);
+        a.push(sig(20, 21, 11, true));
+        a.push(go(20, GoWhat::Panic, "runtime error"));
+        a.push(go(20, GoWhat::Fatal, "panic during panic"));
+        a.push(out(20, b"panic: runtime error\n"));
+        let c = a.push(exit(20, 2 << 8)).unwrap();
+        assert_eq!(c.kind, Kind::GoPanic);
+        assert_eq!(c.go.unwrap().text.as_deref(), Some("runtime error"));
+        assert!(c.signal.is_some());
+        assert_eq!(c.output.head, b"panic: runtime error\n");
+    }
+
+    #[test]
+    fn output_keeps_head_and_tail() {
+        let mut o = Output::default();
+        for i in 0..100u8 {
+            o.push(&[i; 3], 20);
+        }
+        assert_eq!(
+            (o.head.len(), o.tail.len(), o.total, o.dropped()),
+            (10, 10, 300, 280)
+        );
+        assert_eq!(o.head[..3], [0, 0, 0]);
+        assert_eq!(*o.tail.back().unwrap(), 99);
+    }
+
+    #[test]
+    fn printing_without_dying_is_not_a_crash() {
+        let mut a = Assembler::new(false, 64);
+        a.push(out(30, b"gc 1 @0.01s"));
+        assert!(a.push(exit(30, 0)).is_none());
+    }
+
     #[test]
     fn surviving_a_signal_leaves_nothing_after_expiry() {
-        let mut a = Assembler::new(false);
+        let mut a = Assembler::new(false, 64);
         a.push(sig(12, 12, 15, false));
         assert_eq!(a.expire(100 + 31_000_000_000, 30_000_000_000, |_| true), 1);
         assert!(a.push(exit(12, 0)).is_none());

@@ -15,7 +15,7 @@ pub struct Head {
     pub comm: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Exec {
     pub head: Head,
     pub dev: u32,
@@ -25,9 +25,11 @@ pub struct Exec {
     pub cgroup: String,
     /// Absolute path of the executable, resolved by the agent when the record arrives.
     pub exe: Option<String>,
+    /// The Go binary it runs, when it is one (found by the agent's Go prober).
+    pub go: Option<std::sync::Arc<crate::gobin::GoBinary>>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Signal {
     pub head: Head,
     pub sig: i32,
@@ -46,18 +48,50 @@ pub struct Signal {
     pub maps: Option<std::sync::Arc<crate::symbolize::Maps>>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoWhat {
+    Panic,
+    Fatal,
+}
+
+/// A Go runtime fatal path: an unrecovered panic or a fatal error.
+#[derive(Clone, Debug)]
+pub struct Go {
+    pub head: Head,
+    pub what: GoWhat,
+    /// The panic's string value, or the fatal error's message.
+    pub text: Option<String>,
+    /// The panic value's type descriptor in the process (0 for fatal errors).
+    pub type_ptr: u64,
+    pub start_code: u64,
+    pub stack: Vec<u64>,
+    /// Mappings captured when the record arrived (the process is printing, so alive).
+    pub maps: Option<std::sync::Arc<crate::symbolize::Maps>>,
+}
+
+/// A piece of the Go runtime's printed output.
+#[derive(Clone, Debug)]
+pub struct GoOutput {
+    pub head: Head,
+    pub data: Vec<u8>,
+    /// The write was longer than what the kernel sent.
+    pub cut: bool,
+}
+
+#[derive(Clone, Debug)]
 pub struct Exit {
     pub head: Head,
     pub status: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Record {
     Exec(Exec),
     Signal(Signal),
     Exit(Exit),
     Oom(Head),
+    Go(Go),
+    GoOutput(GoOutput),
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Record> {
@@ -78,6 +112,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
                 args: split_args(&r.args[..(r.args_len as usize).min(c::ARGS_LEN)]),
                 cgroup: cgroup_path(&r.cgroup),
                 exe: None,
+                go: None,
             })
         }
         c::KIND_SIGNAL => {
@@ -113,6 +148,43 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
         c::KIND_OOM => {
             let r: c::OomRecord = read(bytes)?;
             Record::Oom(head(&r.hdr))
+        }
+        c::KIND_GO => {
+            let r: c::GoRecord = read(bytes)?;
+            let n = (r.text_len as usize).min(c::GO_TEXT_LEN);
+            let frames = (r.stack_len as usize / 8).min(c::STACK_DEPTH);
+            Record::Go(Go {
+                head: head(&r.hdr),
+                what: if r.what == c::GO_FATAL {
+                    GoWhat::Fatal
+                } else {
+                    GoWhat::Panic
+                },
+                text: (n > 0).then(|| String::from_utf8_lossy(&r.text[..n]).into_owned()),
+                type_ptr: r.type_ptr,
+                start_code: r.start_code,
+                stack: r.stack[..frames]
+                    .iter()
+                    .copied()
+                    .take_while(|&ip| ip != 0)
+                    .collect(),
+                maps: None,
+            })
+        }
+        c::KIND_GO_OUTPUT => {
+            let r: c::GoOutputRecord = read(bytes)?;
+            let n = (r.len as usize).min(c::GO_CHUNK_LEN);
+            Record::GoOutput(GoOutput {
+                head: Head {
+                    pid: r.pid,
+                    tid: r.tid,
+                    ktime_ns: r.ktime_ns,
+                    start_ns: r.start_ns,
+                    ..Default::default()
+                },
+                data: r.data[..n].to_vec(),
+                cut: r.cut != 0,
+            })
         }
         k => bail!("unknown record kind {k} ({} bytes)", bytes.len()),
     })

@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    assemble::{Crash, ProcInfo},
-    decode::Exec,
-    report::{ExitInfo, Report, SignalInfo},
+    assemble::{Crash, Output, ProcInfo},
+    decode::{Exec, GoWhat},
+    goroutines,
+    report::{ExitInfo, GoInfo, Report, SignalInfo},
     signals,
     symbolize::Frame,
 };
@@ -84,10 +85,63 @@ impl Enricher {
             cgroup: proc.map(|p| p.cgroup.clone()).filter(|g| !g.is_empty()),
             signal,
             exit: ExitInfo::from_status(c.status),
+            go: go_info(c),
             stack,
             lost_before,
         }
     }
+}
+
+/// The `go` section: from the runtime's fatal-path record, its printed output and the binary.
+fn go_info(c: &Crash) -> Option<GoInfo> {
+    let bin = c.proc.as_ref().and_then(|p| p.go.as_ref());
+    if bin.is_none() && c.go.is_none() {
+        return None;
+    }
+    let stderr = render_output(&c.output);
+    let tb = goroutines::parse(&stderr);
+    let rec = c.go.as_ref();
+    let (mut panic_value, mut panic_type, mut fatal_message) = (None, None, None);
+    match rec.map(|g| g.what) {
+        Some(GoWhat::Panic) => {
+            let g = rec.unwrap();
+            // The runtime's text (error/Stringer values are printed as text); the kernel's copy
+            // of a string value when the output was not captured.
+            panic_value = tb.panics.last().cloned().or_else(|| g.text.clone());
+            panic_type = bin.and_then(|b| b.type_name(g.type_ptr, g.start_code));
+        }
+        Some(GoWhat::Fatal) => {
+            fatal_message = rec
+                .and_then(|g| g.text.clone())
+                .or_else(|| tb.fatal_error.clone());
+        }
+        None => {}
+    }
+    Some(GoInfo {
+        version: bin.map(|b| b.version.clone()).filter(|v| !v.is_empty()),
+        panic_value,
+        panic_type,
+        fatal_message,
+        goroutine: tb.goroutines.first().map(|g| g.id),
+        stderr_bytes: c.output.total,
+        stderr_truncated: c.output.dropped() > 0 || c.output.cut,
+        stderr,
+        goroutines: tb.goroutines,
+        build: bin.map(|b| b.build.clone()),
+    })
+}
+
+fn render_output(o: &Output) -> String {
+    let mut s = String::from_utf8_lossy(&o.head).into_owned();
+    if o.dropped() > 0 {
+        s.push_str(&format!(
+            "\n[... crashwatch: {} bytes not kept ...]\n",
+            o.dropped()
+        ));
+    }
+    let (a, b) = o.tail.as_slices();
+    s.push_str(&String::from_utf8_lossy(&[a, b].concat()));
+    s
 }
 
 /// Resolves the absolute executable path while the process is (probably) still alive; the
@@ -128,6 +182,7 @@ pub fn scan_proc() -> Vec<(u32, ProcInfo)> {
                 exe,
                 args,
                 cgroup: cgroup.unwrap_or_default(),
+                go: None,
             },
         ))
     })

@@ -47,6 +47,9 @@ enum Cmd {
         /// A handled SIGSEGV/SIGBUS/... is blamed for a death that follows within this many seconds.
         #[arg(long, default_value_t = 30)]
         pending_window: u64,
+        /// Bytes of a Go program's dying output kept per crash (head and tail when longer).
+        #[arg(long, default_value_t = 64 * 1024)]
+        go_stderr_max: usize,
     },
     /// Tell whether crashwatch can run on this host, and what to do if not.
     Check,
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
             exits,
             ring_size,
             pending_window,
+            go_stderr_max,
         } => {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
                 report_nonzero_exits: exits == Exits::Nonzero,
                 ring_bytes: ring_size,
                 pending_window: Duration::from_secs(pending_window),
+                go_stderr_max,
             };
             match rt.block_on(agent::run(opts)) {
                 Ok(()) => ExitCode::SUCCESS,

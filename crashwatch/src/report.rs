@@ -25,6 +25,9 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signal: Option<SignalInfo>,
     pub exit: ExitInfo,
+    /// Go runtime details, for processes running a Go binary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub go: Option<GoInfo>,
     pub stack: Vec<Frame>,
     /// Kernel events lost (ring buffer full, recursion misses) since the previous report.
     pub lost_before: u64,
@@ -47,6 +50,29 @@ pub struct SignalInfo {
     pub handled: bool,
     /// User registers at delivery, named as the kernel's `struct pt_regs` names them.
     pub registers: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct GoInfo {
+    /// Toolchain that built the binary (`go1.21.13`).
+    pub version: Option<String>,
+    /// The panic value as the runtime printed it (error and Stringer values as their text).
+    pub panic_value: Option<String>,
+    /// The panic value's dynamic type (`string`, `*errors.errorString`, `main.custom`, ...).
+    pub panic_type: Option<String>,
+    /// `fatal error:` message (`concurrent map writes`, `stack overflow`, ...).
+    pub fatal_message: Option<String>,
+    /// The panicking (or throwing) goroutine's id.
+    pub goroutine: Option<u64>,
+    /// What the runtime printed on its way down (head and tail when longer than the cap).
+    pub stderr: String,
+    /// Bytes the runtime printed in all; more than `stderr` holds when capped.
+    pub stderr_bytes: u64,
+    pub stderr_truncated: bool,
+    /// `stderr` parsed into goroutines.
+    pub goroutines: Vec<crate::goroutines::Goroutine>,
+    /// The binary's build info (`go version -m`).
+    pub build: Option<crate::gobin::BuildInfo>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -29,13 +29,6 @@ pub struct Maps {
     exe: Option<File>,
 }
 
-impl PartialEq for Maps {
-    fn eq(&self, o: &Self) -> bool {
-        self.pid == o.pid && self.mappings == o.mappings
-    }
-}
-impl Eq for Maps {}
-
 impl Maps {
     /// Reads /proc/<pid>/maps and opens /proc/<pid>/exe; None once the process is gone.
     pub fn capture(pid: u32) -> Option<Maps> {
@@ -82,6 +75,14 @@ pub struct Frame {
     pub function_offset: Option<u64>,
 }
 
+/// Where a stack was captured: the addresses and what places them.
+struct At<'a> {
+    stack: &'a [u64],
+    maps: Option<&'a Maps>,
+    start: u64,
+    end: u64,
+}
+
 /// Symbol tables of the ELF files seen, keyed by file identity (device, inode).
 #[derive(Default)]
 pub struct Symbolizer {
@@ -91,33 +92,48 @@ pub struct Symbolizer {
 const CACHE_MAX: usize = 256;
 
 impl Symbolizer {
+    /// The crash's stack: the faulting thread's at the signal, else the Go runtime's at its
+    /// fatal path.
     pub fn frames(&mut self, crash: &Crash) -> Vec<Frame> {
-        let Some(sig) = &crash.signal else {
-            return Vec::new();
+        let at = match (&crash.signal, &crash.go) {
+            (Some(s), _) => At {
+                stack: &s.stack,
+                maps: s.maps.as_deref(),
+                start: s.start_code,
+                end: s.end_code,
+            },
+            // Without end_code the segment table still bounds the executable's range.
+            (None, Some(g)) => At {
+                stack: &g.stack,
+                maps: g.maps.as_deref(),
+                start: g.start_code,
+                end: u64::MAX,
+            },
+            _ => return Vec::new(),
         };
         let exe_path = crash
             .proc
             .as_ref()
             .map(|p| p.exe.clone())
             .unwrap_or_default();
-        sig.stack
+        at.stack
             .iter()
             .map(|&ip| {
                 let mut f = Frame {
                     ip,
                     ..Default::default()
                 };
-                let (path, syms, file_off) = match self.place(ip, sig, &exe_path) {
-                    Some(x) => x,
-                    None => return f,
+                let Some((path, syms, file_off)) = self.place(ip, &at, &exe_path) else {
+                    return f;
                 };
                 f.module = Some(path);
                 f.offset = Some(file_off);
-                if let Some(syms) = syms {
-                    if let Some((name, off)) = syms.lookup_file_offset(file_off) {
-                        f.function = Some(name.to_string());
-                        f.function_offset = Some(off);
-                    }
+                if let Some((name, off)) = syms.and_then(|s| {
+                    s.lookup_file_offset(file_off)
+                        .map(|(n, o)| (n.to_string(), o))
+                }) {
+                    f.function = Some(name);
+                    f.function_offset = Some(off);
                 }
                 f
             })
@@ -128,10 +144,10 @@ impl Symbolizer {
     fn place(
         &mut self,
         ip: u64,
-        sig: &crate::decode::Signal,
+        at: &At<'_>,
         exe_path: &str,
     ) -> Option<(String, Option<Arc<ElfSyms>>, u64)> {
-        if let Some(maps) = &sig.maps {
+        if let Some(maps) = at.maps {
             let m = maps.mappings.iter().find(|m| m.start <= ip && ip < m.end)?;
             let file =
                 if m.path == exe_path || maps.mappings.first().is_some_and(|f| f.path == m.path) {
@@ -145,11 +161,11 @@ impl Symbolizer {
             return Some((m.path.clone(), syms, ip - m.start + m.offset));
         }
         // No mappings: the executable's text range from the kernel still places its frames.
-        if exe_path.is_empty() || ip < sig.start_code || ip >= sig.end_code {
+        if exe_path.is_empty() || ip < at.start || ip >= at.end {
             return None;
         }
         let syms = File::open(exe_path).ok().and_then(|f| self.load(f))?;
-        let bias = sig.start_code.checked_sub(syms.min_exec_vaddr)?;
+        let bias = at.start.checked_sub(syms.min_exec_vaddr)?;
         let off = syms.vaddr_to_offset(ip - bias)?;
         Some((exe_path.to_string(), Some(syms), off))
     }
@@ -213,6 +229,10 @@ impl ElfSyms {
             .filter(|s| s.kind() == SymbolKind::Text && s.address() != 0)
             .filter_map(|s| Some((s.address(), s.size(), s.name().ok()?.to_string())))
             .collect();
+        if symbols.is_empty() {
+            // Stripped Go binaries keep their function table in .gopclntab.
+            symbols = crate::gobin::functions(&obj, bytes).unwrap_or_default();
+        }
         symbols.sort_by_key(|s| (s.0, std::cmp::Reverse(s.1)));
         symbols.dedup_by_key(|s| s.0);
         Some(ElfSyms {

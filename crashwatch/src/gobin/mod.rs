@@ -13,14 +13,21 @@ use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, RelocationFlags
 pub use buildinfo::BuildInfo;
 
 /// Runtime functions crashwatch probes. `runtime.fatal` and `runtime.throw` take the message
-/// as their string argument; `gwrite` carries everything the runtime prints.
-pub const PROBED: [&str; 5] = [
+/// as their string argument. What the runtime prints to stderr passes through
+/// `runtime.writeErrData` (Go 1.23+, stderr only) or, before it, the assembly syscall wrapper
+/// `runtime.write1(fd, ...)` (filtered to fd 2 in the kernel; `runtime.write` gets inlined).
+/// `gwrite` would also see `runtime.Stack` filling a buffer.
+pub const PROBED: [&str; 6] = [
     "runtime.gopanic",
     "runtime.fatalpanic",
     "runtime.throw",
     "runtime.fatal",
-    "runtime.gwrite",
+    "runtime.writeErrData",
+    "runtime.write1",
 ];
+
+/// How many of [`PROBED`] a binary gets: one of the two output paths.
+pub const PROBES_PER_BINARY: usize = 5;
 
 /// What crashwatch keeps about one Go binary (small: no file contents).
 #[derive(Debug)]
@@ -64,24 +71,16 @@ pub fn parse(bytes: &[u8], file: Option<File>) -> Result<Option<GoBinary>> {
         None => (String::new(), BuildInfo::default()),
     };
 
-    let pcln_addr = pcln_sec.as_ref().map(|s| s.address());
-    let moduledata = syms
-        .get("runtime.firstmoduledata")
-        .copied()
-        .or_else(|| section(".go.module").map(|s| s.address()))
-        .or_else(|| pcln_addr.and_then(|a| img.find_pointer_to(&obj, a)));
-    // moduledata: pcHeader, 6 slices, findfunctab, minpc, maxpc, text (+176) ... types
-    // (+280 on Go 1.18-1.19, +296 from 1.20, which added covctrs).
-    let text_base = syms
-        .get("runtime.text")
-        .copied()
-        .or_else(|| moduledata.and_then(|m| img.u64(m + 176)))
-        .or_else(|| section(".text").map(|s| s.address()));
+    let (moduledata, text_base) = bases(&obj, &img, &syms);
 
     let mut funcs: HashMap<&'static str, u64> = HashMap::new();
     let mut from_pclntab = false;
     for name in PROBED {
-        if let Some(&a) = syms.get(name) {
+        // Assembly functions carry an ABI suffix in the symbol table, not in pclntab.
+        if let Some(&a) = syms
+            .get(name)
+            .or_else(|| syms.get(format!("{name}.abi0").as_str()))
+        {
             funcs.insert(name, a);
         }
     }
@@ -96,13 +95,16 @@ pub fn parse(bytes: &[u8], file: Option<File>) -> Result<Option<GoBinary>> {
             };
             types_base = moduledata.and_then(|m| img.u64(m + off));
         }
-        if funcs.len() < PROBED.len() {
+        if funcs.len() < PROBES_PER_BINARY {
             for (pc, name) in tab.funcs() {
                 if let Some(p) = PROBED.iter().find(|p| **p == name) {
                     from_pclntab |= funcs.insert(p, pc).is_none();
                 }
             }
         }
+    }
+    if funcs.contains_key("runtime.writeErrData") {
+        funcs.remove("runtime.write1");
     }
     let probes = PROBED
         .iter()
@@ -118,6 +120,48 @@ pub fn parse(bytes: &[u8], file: Option<File>) -> Result<Option<GoBinary>> {
         min_exec_vaddr: img.min_exec_vaddr,
         file,
     }))
+}
+
+/// (moduledata address, text base): from symbols, else `.go.module` (Go 1.26+), else the
+/// data word that points at pclntab (moduledata's first field).
+fn bases(
+    obj: &object::File<'_>,
+    img: &Image<'_>,
+    syms: &HashMap<&str, u64>,
+) -> (Option<u64>, Option<u64>) {
+    let pcln_addr = obj
+        .section_by_name(".gopclntab")
+        .or_else(|| obj.section_by_name(".data.rel.ro.gopclntab"))
+        .map(|s| s.address());
+    let moduledata = syms
+        .get("runtime.firstmoduledata")
+        .copied()
+        .or_else(|| obj.section_by_name(".go.module").map(|s| s.address()))
+        .or_else(|| pcln_addr.and_then(|a| img.find_pointer_to(obj, a)));
+    // moduledata: pcHeader, 6 slices, findfunctab, minpc, maxpc, text (+176) ... types
+    // (+280 on Go 1.18-1.19, +296 from 1.20, which added covctrs).
+    let text_base = syms
+        .get("runtime.text")
+        .copied()
+        .or_else(|| moduledata.and_then(|m| img.u64(m + 176)))
+        .or_else(|| obj.section_by_name(".text").map(|s| s.address()));
+    (moduledata, text_base)
+}
+
+/// Every function in `.gopclntab` as (entry vaddr, size 0, name): names frames of stripped Go
+/// binaries. None when the file has no pclntab.
+pub fn functions(obj: &object::File<'_>, bytes: &[u8]) -> Option<Vec<(u64, u64, String)>> {
+    let sec = obj
+        .section_by_name(".gopclntab")
+        .or_else(|| obj.section_by_name(".data.rel.ro.gopclntab"))?;
+    let img = Image::new(obj, bytes);
+    let (_, text_base) = bases(obj, &img, &HashMap::new());
+    let tab = pclntab::Pclntab::parse(sec.data().ok()?, text_base).ok()?;
+    Some(
+        tab.funcs()
+            .map(|(pc, name)| (pc, 0, name.to_string()))
+            .collect(),
+    )
 }
 
 impl GoBinary {
@@ -296,7 +340,22 @@ mod tests {
                     "{v} {f:?}: version {}",
                     g.version
                 );
-                assert_eq!(g.probes.len(), PROBED.len(), "{v} {f:?}: {:?}", g.probes);
+                assert_eq!(
+                    g.probes.len(),
+                    PROBES_PER_BINARY,
+                    "{v} {f:?}: {:?}",
+                    g.probes
+                );
+                let output = if v >= "1.23" {
+                    "runtime.writeErrData"
+                } else {
+                    "runtime.write1"
+                };
+                assert!(
+                    g.probes.iter().any(|p| p.0 == output),
+                    "{v} {f:?}: {:?}",
+                    g.probes
+                );
                 assert_eq!(
                     g.build.vcs_revision.as_deref(),
                     Some(rev.as_str()),

@@ -1,15 +1,25 @@
 //! Probe: loads crashwatch's eBPF programs into the running kernel, attaches them, and exposes
 //! the ring buffer and the loss counters (failed ring buffer writes, recursion misses).
 pub mod btf;
+pub mod go;
 
 use std::os::fd::{AsFd, AsRawFd};
 
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::BtfTracePoint,
+    programs::{uprobe::UProbeScope, BtfTracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
+
+/// Uprobe programs, loaded at start and attached to each Go binary as it is found.
+const GO_PROGRAMS: [&str; 5] = [
+    "go_gopanic",
+    "go_fatalpanic",
+    "go_throw",
+    "go_write_err",
+    "go_write1",
+];
 
 /// The compiled programs, built by build.rs through aya-build.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/crashwatch"));
@@ -72,6 +82,16 @@ impl Probe {
                 .with_context(|| format!("attaching {prog} to tracepoint {tp}"))?;
             attached.push(prog);
         }
+        for prog in GO_PROGRAMS {
+            let p: &mut UProbe = ebpf
+                .program_mut(prog)
+                .with_context(|| format!("program {prog} missing from the object"))?
+                .try_into()?;
+            p.load()
+                .map_err(|e| anyhow::anyhow!("{}", short_log(&format!("{e:#}"))))
+                .with_context(|| format!("the kernel refused {prog}"))?;
+            attached.push(prog);
+        }
         let lost = PerCpuArray::try_from(ebpf.take_map("LOST").context("map LOST missing")?)?;
         Ok(Probe {
             ebpf,
@@ -106,6 +126,44 @@ impl Probe {
 
     pub fn program_names(&self) -> &[&'static str] {
         &self.attached
+    }
+
+    /// Attaches the Go runtime probes to one binary (`target` is a path the kernel can open
+    /// now, e.g. `/proc/<pid>/exe`); `offsets` are (runtime function, file offset).
+    pub fn attach_go(
+        &mut self,
+        target: &std::path::Path,
+        offsets: &[(&str, u64)],
+    ) -> Result<usize> {
+        let mut n = 0;
+        for &(func, off) in offsets {
+            let prog = match func {
+                "runtime.gopanic" => "go_gopanic",
+                "runtime.fatalpanic" => "go_fatalpanic",
+                "runtime.throw" | "runtime.fatal" => "go_throw",
+                "runtime.writeErrData" => "go_write_err",
+                "runtime.write1" => "go_write1",
+                _ => continue,
+            };
+            let p: &mut UProbe = self
+                .ebpf
+                .program_mut(prog)
+                .context("uprobe program missing")?
+                .try_into()?;
+            p.attach(
+                aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(off),
+                target,
+                UProbeScope::AllProcesses,
+            )
+            .with_context(|| {
+                format!(
+                    "attaching {prog} to {func} at {off:#x} in {}",
+                    target.display()
+                )
+            })?;
+            n += 1;
+        }
+        Ok(n)
     }
 }
 
