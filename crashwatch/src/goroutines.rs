@@ -34,7 +34,26 @@ pub struct Traceback {
     /// `panic:` values in the order printed; the last one killed the process.
     pub panics: Vec<String>,
     pub fatal_error: Option<String>,
+    /// The runtime's signal crash header (`SIGSEGV: segmentation violation`), printed when a
+    /// signal kills a Go program outside Go code (cgo) without a `fatal error:` line.
+    pub signal_crash: Option<String>,
+    /// `signal arrived during cgo execution`.
+    pub in_cgo: bool,
     pub goroutines: Vec<Goroutine>,
+}
+
+impl Traceback {
+    /// What killed the process, as the runtime put it: the fatal error, else the signal crash.
+    pub fn fatal_message(&self) -> Option<String> {
+        self.fatal_error.clone().or_else(|| {
+            let s = self.signal_crash.as_ref()?;
+            Some(if self.in_cgo {
+                format!("{s} (signal arrived during cgo execution)")
+            } else {
+                s.clone()
+            })
+        })
+    }
 }
 
 const STATES: [&str; 8] = [
@@ -80,6 +99,10 @@ pub fn parse(text: &str) -> Traceback {
             t.panics.push(value);
         } else if let Some(m) = line.strip_prefix("fatal error: ") {
             t.fatal_error.get_or_insert_with(|| m.to_string());
+        } else if is_signal_header(line) && t.goroutines.is_empty() && current.is_none() {
+            t.signal_crash.get_or_insert_with(|| line.to_string());
+        } else if line == "signal arrived during cgo execution" {
+            t.in_cgo = true;
         } else if let Some(g) = header(line) {
             t.goroutines.extend(current.replace(g));
             skipping = false;
@@ -115,6 +138,16 @@ pub fn parse(text: &str) -> Traceback {
     }
     t.goroutines.extend(current);
     t
+}
+
+/// `SIGSEGV: segmentation violation` (the runtime's sigtable names and descriptions).
+fn is_signal_header(line: &str) -> bool {
+    line.split_once(": ").is_some_and(|(sig, desc)| {
+        sig.len() > 3
+            && sig.starts_with("SIG")
+            && sig[3..].bytes().all(|b| b.is_ascii_uppercase())
+            && !desc.is_empty()
+    })
 }
 
 /// `goroutine 18 [chan receive, 2 minutes, locked to thread]:` (with `gp=… m=…` on 1.23+).
@@ -245,6 +278,21 @@ mod tests {
     }
 
     #[test]
+    fn signal_crash_in_cgo() {
+        let text = "SIGSEGV: segmentation violation\nPC=0x4821c0 m=0 sigcode=1\nsignal arrived during cgo execution\n\ngoroutine 1 [syscall]:\nruntime.cgocall(0x4821c0, 0xc000051e80)\n\t/go/src/runtime/cgocall.go:157 +0x4b fp=0xc0 sp=0xc0 pc=0x40\n";
+        let t = parse(text);
+        assert_eq!(
+            t.fatal_message().as_deref(),
+            Some("SIGSEGV: segmentation violation (signal arrived during cgo execution)")
+        );
+        assert_eq!(
+            (t.goroutines[0].id, t.goroutines[0].state.as_str()),
+            (1, "syscall")
+        );
+        assert_eq!(parse("panic: SIGFOO: bar\n").signal_crash, None);
+    }
+
+    #[test]
     fn garbage_is_empty_not_a_panic() {
         let t = parse("goroutine x [\n\tnot a frame\n{{{{\n");
         assert!(t.goroutines.is_empty() && t.panics.is_empty());
@@ -252,12 +300,9 @@ mod tests {
 }
 
 #[cfg(test)]
-#[path = "../tests/common/gobuild.rs"]
-mod gobuild;
-
-#[cfg(test)]
 mod real_output {
-    use super::{gobuild, parse};
+    use super::parse;
+    use crate::gobuild;
     use std::process::Command;
 
     fn run(v: &str, mode: &str) -> (String, String) {

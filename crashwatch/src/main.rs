@@ -6,6 +6,10 @@ mod check;
 mod decode;
 mod enrich;
 mod gobin;
+/// Builds the Go test programs; shared with the integration tests.
+#[cfg(test)]
+#[path = "../tests/common/gobuild.rs"]
+mod gobuild;
 mod goroutines;
 mod probe;
 mod report;

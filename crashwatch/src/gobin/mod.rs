@@ -7,7 +7,7 @@ pub mod pclntab;
 
 use std::{collections::HashMap, fs::File, os::unix::fs::FileExt};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, RelocationFlags};
 
 pub use buildinfo::BuildInfo;
@@ -302,19 +302,17 @@ fn exec_vaddr(obj: &object::File<'_>) -> Option<u64> {
 }
 
 /// Reads and parses a binary; Ok(None) when it is not Go.
+#[cfg(test)]
 pub fn open(path: &std::path::Path) -> Result<Option<GoBinary>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let file = File::open(path).ok();
-    parse(&bytes, file).map_err(|e| anyhow!("{}: {e:#}", path.display()))
+    parse(&bytes, file).with_context(|| path.display().to_string())
 }
 
 #[cfg(test)]
-#[path = "../../tests/common/gobuild.rs"]
-mod gobuild;
-
-#[cfg(test)]
 mod tests {
-    use super::{gobuild, *};
+    use super::*;
+    use crate::gobuild;
     use gobuild::{build, Flavour, FLAVOURS, VERSIONS};
 
     fn symbols(path: &std::path::Path) -> HashMap<String, u64> {

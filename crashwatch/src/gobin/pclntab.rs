@@ -67,6 +67,7 @@ impl<'a> Pclntab<'a> {
         Ok(t)
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.nfunc
     }
@@ -110,6 +111,7 @@ impl<'a> Pclntab<'a> {
     }
 
     /// The function containing `pc`: (name, entry).
+    #[cfg(test)]
     pub fn func_at(&self, pc: u64) -> Option<(&'a str, u64)> {
         let (first, _) = self.entry(0).ok()?;
         let (end, _) = self.entry(self.nfunc).ok()?;

@@ -46,10 +46,8 @@ impl GoProber {
         if let Some(hit) = id.and_then(|id| self.seen.get(&id)) {
             return hit.clone();
         }
-        let (file, target) = match open(pid, path) {
-            Some(x) => x,
-            None => return None, // gone, nothing to open: try again on its next exec
-        };
+        // Gone with nothing left to open: try again on the binary's next exec.
+        let (file, target) = open(pid, path)?;
         let md = file.metadata().ok()?;
         let found = (kernel_dev(md.dev()), md.ino());
         if id.is_some_and(|id| id != found) {

@@ -2,6 +2,8 @@
 //! and finds each program's report by its pid.
 #![allow(dead_code)]
 
+pub mod gobuild;
+
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader},
@@ -92,6 +94,11 @@ impl Agent {
             })
     }
 
+    /// The first report for `pid`, or None after [`REPORT_TIMEOUT`].
+    pub fn try_report_for(&self, pid: u32) -> Option<Value> {
+        self.wait_for(|| self.reports_for(pid).into_iter().next())
+    }
+
     pub fn reports_for(&self, pid: u32) -> Vec<Value> {
         let lock = &self.reports.0;
         lock.lock()
@@ -134,6 +141,23 @@ impl Agent {
         assert!(
             got.is_empty(),
             "unexpected report(s) for pid {pid}: {got:#?}"
+        );
+    }
+
+    /// Waits until the agent logged a line containing `needle`.
+    pub fn wait_log(&self, needle: &str) {
+        let found = self.wait_for(|| {
+            self.stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains(needle))
+                .then_some(())
+        });
+        assert!(
+            found.is_some(),
+            "agent never logged {needle:?}; log:\n{}",
+            self.log()
         );
     }
 

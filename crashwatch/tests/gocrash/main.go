@@ -100,6 +100,10 @@ func main() {
 		cgoCrash()
 	case "sleep":
 		time.Sleep(time.Minute)
+	case "later":
+		// Gives a test time to learn the host pid of a containerized process.
+		time.Sleep(2 * time.Second)
+		panic("boom: later")
 	default:
 		fmt.Fprintln(os.Stderr, "unknown mode", os.Args[1])
 		os.Exit(64)

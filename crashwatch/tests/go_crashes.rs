@@ -1,0 +1,442 @@
+//! The Go crash matrix on the running kernel: programs built by six Go toolchains in four
+//! flavours panic and die in every way the runtime has; the real agent must explain each.
+//! Needs root (CI runs as root).
+mod common;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{Mutex, OnceLock},
+};
+
+use common::{
+    agent,
+    gobuild::{self, Flavour, VERSIONS},
+    Agent,
+};
+use serde_json::Value;
+
+/// Cases every flavour runs; `static` runs all of [`ALL_CASES`].
+const CORE_CASES: [&str; 5] = ["string", "error", "nilptr", "mapwrite", "goroutine"];
+const ALL_CASES: [&str; 11] = [
+    "string",
+    "error",
+    "custom",
+    "stringer",
+    "nilmap",
+    "nilptr",
+    "index",
+    "mapwrite",
+    "overflow",
+    "deadlock",
+    "goroutine",
+];
+
+struct Run {
+    pid: u32,
+    facts: HashMap<String, Vec<String>>,
+    code: Option<i32>,
+}
+
+impl Run {
+    fn fact(&self, k: &str) -> u64 {
+        self.facts
+            .get(k)
+            .and_then(|v| v.first())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX)
+    }
+}
+
+fn run(bin: &Path, mode: &str, env: &[(&str, &str)], dir: Option<&Path>) -> Run {
+    let mut cmd = Command::new(bin);
+    cmd.arg(mode)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(d) = dir {
+        cmd.current_dir(d);
+    }
+    let child = cmd.spawn().unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let mut facts: HashMap<String, Vec<String>> = HashMap::new();
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some((k, v)) = l.split_once('=') {
+            facts.entry(k.into()).or_default().push(v.into());
+        }
+    }
+    Run {
+        pid,
+        facts,
+        code: out.status.code(),
+    }
+}
+
+/// The binary for (version, flavour), run once so the agent has probed it before it crashes.
+fn primed(a: &Agent, v: &str, f: Flavour) -> PathBuf {
+    static DONE: OnceLock<Mutex<HashMap<(String, Flavour), PathBuf>>> = OnceLock::new();
+    let done = DONE.get_or_init(Default::default);
+    if let Some(p) = done.lock().unwrap().get(&(v.to_string(), f)) {
+        return p.clone();
+    }
+    let bin = gobuild::build(v, f);
+    run(&bin, "noop", &[], None);
+    a.wait_log(&format!("probing Go binary {}", bin.display()));
+    done.lock().unwrap().insert((v.to_string(), f), bin.clone());
+    bin
+}
+
+fn s<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+    path.iter()
+        .try_fold(v, |v, k| v.get(*k))
+        .and_then(Value::as_str)
+}
+
+macro_rules! check {
+    ($cond:expr, $($msg:tt)*) => {
+        if !$cond {
+            return Err(format!($($msg)*));
+        }
+    };
+}
+
+/// Runs one case and checks its report: kind, exact message, goroutine, runtime text, build.
+fn case(a: &Agent, v: &str, f: Flavour, mode: &str) -> Result<(), String> {
+    let bin = primed(a, v, f);
+    let r = run(&bin, mode, &[], None);
+    check!(
+        r.code == Some(2),
+        "exit code {:?}, want 2 (the runtime's)",
+        r.code
+    );
+    let rep = a.try_report_for(r.pid).ok_or("no report")?;
+    let go = rep.get("go").ok_or("no go section")?;
+    let stderr = s(go, &["stderr"]).unwrap_or("");
+    check!(
+        s(go, &["version"]).is_some_and(|x| x.starts_with(&format!("go{v}"))),
+        "version {:?}",
+        go["version"]
+    );
+    let rev = &gobuild::source().1;
+    check!(
+        s(go, &["build", "vcs_revision"]) == Some(rev.as_str()),
+        "vcs_revision {:?}",
+        go["build"]["vcs_revision"]
+    );
+    let goroutine = go["goroutine"].as_u64();
+    let (kind, text, ty): (&str, &str, Option<&str>) = match mode {
+        "string" => ("go_panic", "boom: a string", Some("string")),
+        "error" => ("go_panic", "boom: an error", Some("*errors.errorString")),
+        "custom" => ("go_panic", "(main.custom) 0x", Some("main.custom")),
+        "stringer" => ("go_panic", "i am a stringer", Some("main.stringer")),
+        "nilmap" => (
+            "go_panic",
+            "assignment to entry in nil map",
+            Some("runtime.plainError"),
+        ),
+        "nilptr" => (
+            "go_panic",
+            "runtime error: invalid memory address or nil pointer dereference",
+            Some("runtime.errorString"),
+        ),
+        "index" => (
+            "go_panic",
+            "runtime error: index out of range [5] with length 3",
+            Some("runtime.boundsError"),
+        ),
+        "goroutine" => ("go_panic", "boom: in a goroutine", Some("string")),
+        "mapwrite" => ("go_fatal", "concurrent map writes", None),
+        "overflow" => ("go_fatal", "stack overflow", None),
+        "deadlock" => ("go_fatal", "all goroutines are asleep - deadlock!", None),
+        // Go 1.19 throws for a signal in cgo code; later runtimes print a signal crash header.
+        "cgo" if v == "1.19" => (
+            "go_fatal",
+            "unexpected signal during runtime execution",
+            None,
+        ),
+        "cgo" => (
+            "go_fatal",
+            "SIGSEGV: segmentation violation (signal arrived during cgo execution)",
+            None,
+        ),
+        _ => unreachable!(),
+    };
+    check!(rep["kind"] == kind, "kind {}, want {kind}", rep["kind"]);
+    if kind == "go_panic" {
+        let val = s(go, &["panic_value"]).unwrap_or("");
+        let exact = if mode == "custom" {
+            val.starts_with(text)
+        } else {
+            val == text
+        };
+        check!(exact, "panic_value {val:?}, want {text:?}");
+        check!(
+            s(go, &["panic_type"]) == ty,
+            "panic_type {:?}, want {ty:?}",
+            go["panic_type"]
+        );
+        check!(
+            stderr.contains(&format!("panic: {val}")),
+            "stderr lacks the panic line: {stderr:?}"
+        );
+    } else {
+        check!(
+            s(go, &["fatal_message"]) == Some(text),
+            "fatal_message {:?}, want {text:?}",
+            go["fatal_message"]
+        );
+        let line = match mode {
+            "cgo" if v != "1.19" => "signal arrived during cgo execution".to_string(),
+            _ => format!("fatal error: {text}"),
+        };
+        check!(stderr.contains(&line), "stderr lacks {line:?}: {stderr:?}");
+    }
+    let want_goroutine = match mode {
+        "goroutine" => Some(r.fact("panicker")),
+        "mapwrite" => None, // either writer may be caught
+        _ => Some(r.fact("goid")),
+    };
+    match want_goroutine {
+        Some(g) => check!(goroutine == Some(g), "goroutine {goroutine:?}, want {g}"),
+        None => {
+            let writers: Vec<u64> = r.facts["writer"]
+                .iter()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            check!(
+                goroutine.is_some_and(|g| writers.contains(&g)),
+                "goroutine {goroutine:?}, writers {writers:?}"
+            );
+        }
+    }
+    let first = &go["goroutines"][0];
+    check!(
+        first["id"].as_u64() == goroutine,
+        "goroutines[0] is {:?}",
+        first["id"]
+    );
+    match mode {
+        "goroutine" => check!(
+            s(first, &["created_by", "function"]) == Some("main.main"),
+            "created_by {:?}",
+            first["created_by"]
+        ),
+        "nilptr" => {
+            check!(
+                s(&rep, &["signal", "name"]) == Some("SIGSEGV"),
+                "signal {:?}",
+                rep["signal"]
+            );
+            check!(rep["signal"]["handled"] == true, "SIGSEGV handled by Go");
+        }
+        "cgo" => check!(
+            s(&rep, &["signal", "addr"]) == Some("0x18"),
+            "fault addr {:?}",
+            rep["signal"]
+        ),
+        "overflow" => check!(
+            stderr.contains("goroutine stack exceeds"),
+            "stderr lacks the overflow line"
+        ),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Runs `cases` for every version, and fails with the whole version × case table.
+fn matrix(f: Flavour, cases: &[&str]) {
+    let a = agent();
+    let mut table: BTreeMap<(&str, &str), String> = BTreeMap::new();
+    for v in VERSIONS {
+        for c in cases {
+            let res = case(a, v, f, c);
+            table.insert((v, c), res.err().unwrap_or_default());
+        }
+    }
+    let failed: Vec<String> = table
+        .iter()
+        .filter(|(_, e)| !e.is_empty())
+        .map(|((v, c), e)| format!("  go{v} {f:?} {c}: {e}"))
+        .collect();
+    println!(
+        "Go matrix {f:?}: {} of {} cases pass",
+        table.len() - failed.len(),
+        table.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} failures:\n{}\nagent log:\n{}",
+        failed.len(),
+        failed.join("\n"),
+        a.log()
+    );
+}
+
+#[test]
+fn go_static_all_cases() {
+    matrix(Flavour::Static, &ALL_CASES);
+}
+
+#[test]
+fn go_pie() {
+    matrix(Flavour::Pie, &CORE_CASES);
+}
+
+#[test]
+fn go_stripped() {
+    matrix(Flavour::Stripped, &CORE_CASES);
+}
+
+#[test]
+fn go_cgo_including_a_segfault_in_c() {
+    let mut cases = CORE_CASES.to_vec();
+    cases.push("cgo");
+    matrix(Flavour::Cgo, &cases);
+}
+
+#[test]
+fn recovered_panic_and_plain_exit_are_not_panics() {
+    let a = agent();
+    for v in VERSIONS {
+        let bin = primed(a, v, Flavour::Static);
+        let r = run(&bin, "recover", &[], None);
+        assert_eq!(
+            (r.code, r.facts["recovered"][0].as_str()),
+            (Some(0), "boom: recovered"),
+            "go{v}"
+        );
+        a.assert_no_report(r.pid);
+        // The shared agent runs with --exits nonzero: os.Exit(3) is an exit, not a panic.
+        let r = run(&bin, "exit3", &[], None);
+        assert_eq!(r.code, Some(3));
+        let rep = a.report_for(r.pid);
+        assert_eq!(
+            (rep["kind"].as_str(), rep["exit"]["code"].as_u64()),
+            (Some("exit"), Some(3)),
+            "go{v}"
+        );
+        assert!(rep["go"]["version"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("go{v}")));
+    }
+    // Without --exits nonzero, os.Exit(3) is no crash at all.
+    let plain = Agent::start(&[]);
+    let bin = primed(&plain, "1.27", Flavour::Static);
+    let r = run(&bin, "exit3", &[], None);
+    plain.assert_no_report(r.pid);
+}
+
+#[test]
+fn gotraceback_crash_aborts_with_a_core() {
+    let a = agent();
+    for v in VERSIONS {
+        let bin = primed(a, v, Flavour::Static);
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("gocore-{v}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Raise RLIMIT_CORE for the child through the shell's ulimit.
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -c unlimited; exec {} string",
+                bin.display()
+            ))
+            .env("GOTRACEBACK", "crash")
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let st = child.wait_with_output().unwrap().status;
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(st.signal(), Some(6), "go{v}: GOTRACEBACK=crash aborts");
+        let rep = a.report_for(pid);
+        assert_eq!(rep["kind"], "go_panic", "go{v}");
+        assert_eq!(rep["go"]["panic_value"], "boom: a string", "go{v}");
+        assert_eq!(
+            (
+                rep["exit"]["signal"].as_u64(),
+                rep["exit"]["signal_name"].as_str()
+            ),
+            (Some(6), Some("SIGABRT"))
+        );
+        let wrote_core = std::fs::read_dir(&dir).unwrap().count() > 0;
+        assert!(wrote_core, "go{v}: no core file in {}", dir.display());
+        assert_eq!(rep["exit"]["core_dumped"], true, "go{v}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn go_panic_inside_a_podman_container() {
+    let a = agent();
+    let bin = gobuild::build("1.27", Flavour::Static);
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ctr-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("root")).unwrap();
+    std::fs::copy(&bin, dir.join("root/gocrash-in-a-container")).unwrap();
+    let tar = dir.join("root.tar");
+    let ok = Command::new("tar")
+        .arg("-C")
+        .arg(dir.join("root"))
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let podman = |args: &[&str]| {
+        let out = Command::new("podman")
+            .args(["--cgroup-manager=cgroupfs", "--events-backend=file"])
+            .args(args)
+            .output()
+            .expect("podman (scripts/setup.sh installs it)");
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let image = format!("localhost/crashwatch-gocrash:{}", std::process::id());
+    podman(&["import", tar.to_str().unwrap(), &image]);
+    let id = podman(&[
+        "run",
+        "-d",
+        "--ulimit",
+        "nofile=20000:20000",
+        "--ulimit",
+        "nproc=32768:32768",
+        &image,
+        "/gocrash-in-a-container",
+        "later",
+    ]);
+    let pid: u32 = podman(&["inspect", "-f", "{{.State.Pid}}", &id])
+        .parse()
+        .unwrap();
+    let rep = a.report_for(pid);
+    podman(&["rm", "-f", &id]);
+    podman(&["rmi", "-f", &image]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(rep["kind"], "go_panic");
+    assert_eq!(rep["exe"], "/gocrash-in-a-container");
+    assert_eq!(rep["go"]["panic_value"], "boom: later");
+    assert_eq!(rep["go"]["panic_type"], "string");
+    assert!(rep["go"]["version"].as_str().unwrap().starts_with("go1.27"));
+    assert_eq!(rep["go"]["goroutine"], 1);
+    assert!(rep["go"]["stderr"]
+        .as_str()
+        .unwrap()
+        .contains("panic: boom: later"));
+    assert!(
+        rep["cgroup"].as_str().unwrap().contains(&id[..12]),
+        "cgroup {} vs container {id}",
+        rep["cgroup"]
+    );
+}
