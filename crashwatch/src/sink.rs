@@ -55,8 +55,17 @@ pub fn pretty(r: &Report, color: bool) -> String {
         ("", "", "", "")
     };
     let mut s = String::new();
+    let go = r.go.as_ref();
     let what = match (&r.signal, r.kind) {
         (_, "oom_kill") => "killed by the OOM killer".to_string(),
+        (_, "go_panic") => format!(
+            "panic: {}",
+            go.and_then(|g| g.panic_value.as_deref()).unwrap_or("?")
+        ),
+        (_, "go_fatal") => format!(
+            "fatal error: {}",
+            go.and_then(|g| g.fatal_message.as_deref()).unwrap_or("?")
+        ),
         (Some(sig), _) => {
             let code = sig.code_name.map(|c| format!(" ({c})")).unwrap_or_default();
             format!("{}{code}", sig.name)
@@ -104,6 +113,33 @@ pub fn pretty(r: &Report, color: bool) -> String {
         _ => format!("status {:#x}", e.status),
     };
     field(&mut s, "exit", &exit);
+    if let Some(g) = go {
+        let mut parts = vec![g.version.clone().unwrap_or_else(|| "go?".into())];
+        if let Some(t) = &g.panic_type {
+            parts.push(format!("value type {t}"));
+        }
+        if let Some(id) = g.goroutine {
+            parts.push(format!("goroutine {id}"));
+        }
+        if let Some(rev) = g.build.as_ref().and_then(|b| b.vcs_revision.as_deref()) {
+            parts.push(format!("revision {}", &rev[..rev.len().min(12)]));
+        }
+        field(&mut s, "go", &parts.join("  "));
+        if let Some(first) = g.goroutines.first() {
+            s += &format!(
+                "  {dim}goroutine {} [{}]{reset}\n",
+                first.id,
+                first.wait_reason.as_deref().unwrap_or(&first.state)
+            );
+            for f in first.frames.iter().take(8) {
+                let at = match (&f.file, f.line) {
+                    (Some(file), Some(line)) => format!("  {dim}{file}:{line}{reset}"),
+                    _ => String::new(),
+                };
+                s += &format!("    {bold}{}{reset}{at}\n", f.function);
+            }
+        }
+    }
     if r.lost_before > 0 {
         field(
             &mut s,

@@ -13,6 +13,8 @@ use std::{
     time::Instant,
 };
 
+use std::io::{Read, Seek, SeekFrom};
+
 use anyhow::{Context, Result};
 use object::{Object, ObjectSection};
 
@@ -116,8 +118,14 @@ fn inspect(file: File, target: &Path, probe: &mut Probe) -> Result<Option<Arc<Go
     if !is_go {
         return Ok(None);
     }
-    let bytes = std::fs::read(target).with_context(|| format!("reading {}", target.display()))?;
-    // Attach through our own descriptor: the process may be gone already, the file not.
+    // Read and attach through the descriptor we hold: the process may be gone by now (and
+    // its /proc/<pid>/exe with it), the file is not.
+    let mut bytes = Vec::new();
+    // The section check moved the shared offset.
+    (&file)
+        .seek(SeekFrom::Start(0))
+        .and_then(|_| (&file).read_to_end(&mut bytes))
+        .with_context(|| format!("reading {}", target.display()))?;
     let fd_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
     let Some(g) = gobin::parse(&bytes, Some(file))? else {
         return Ok(None);

@@ -50,6 +50,7 @@ impl Losses {
 impl Probe {
     pub fn load(ring_bytes: u32, pending_window_ns: u64) -> Result<Probe> {
         raise_memlock();
+        raise_nofile();
         let layout = btf::load(pending_window_ns)?;
         let kernel_btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
         let mut ebpf = EbpfLoader::new()
@@ -210,6 +211,22 @@ fn short_log(s: &str) -> String {
     out += &format!("\n[... {} lines of verifier log ...]\n", lines.len() - 20);
     out += &lines[lines.len() - 16..].join("\n");
     out
+}
+
+/// Each probed Go binary holds six descriptors (five uprobe links and the binary itself):
+/// a node with hundreds of distinct binaries needs more than the usual soft limit of 1024.
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
