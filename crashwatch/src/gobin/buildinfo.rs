@@ -34,9 +34,9 @@ pub fn read_blob(
     let (ptr_size, flags) = (blob[14] as usize, blob[15]);
     if flags & 2 != 0 {
         let mut rest = &blob[32..];
-        let version = varint_string(&mut rest)?;
-        let modinfo = varint_string(&mut rest)?;
-        return Ok((version, strip_sentinels(&modinfo)));
+        let version = String::from_utf8_lossy(varint_bytes(&mut rest)?).into_owned();
+        let modinfo = varint_bytes(&mut rest)?;
+        return Ok((version, strip_sentinels(modinfo)));
     }
     if ptr_size != 8 {
         bail!("build info pointer size {ptr_size} unsupported");
@@ -44,10 +44,10 @@ pub fn read_blob(
     let p = |at: usize| u64::from_le_bytes(blob[at..at + 8].try_into().unwrap());
     let version = read_ptr_string(p(16)).unwrap_or_default();
     let modinfo = read_ptr_string(p(24)).unwrap_or_default();
-    Ok((version, strip_sentinels(&modinfo)))
+    Ok((version, strip_sentinels(modinfo.as_bytes())))
 }
 
-fn varint_string(rest: &mut &[u8]) -> Result<String> {
+fn varint_bytes<'a>(rest: &mut &'a [u8]) -> Result<&'a [u8]> {
     let (mut n, mut shift, mut i) = (0usize, 0, 0);
     loop {
         let Some(&b) = rest.get(i) else {
@@ -67,16 +67,17 @@ fn varint_string(rest: &mut &[u8]) -> Result<String> {
         bail!("truncated build info string")
     };
     *rest = &rest[i + n..];
-    Ok(String::from_utf8_lossy(s).into_owned())
+    Ok(s)
 }
 
-/// Module info is wrapped in 16-byte sentinels.
-fn strip_sentinels(s: &str) -> String {
-    if s.len() >= 33 && s.is_char_boundary(16) && s.is_char_boundary(s.len() - 16) {
-        s[16..s.len() - 16].to_string()
+/// Module info is wrapped in 16-byte sentinels (not UTF-8: strip them before decoding).
+fn strip_sentinels(b: &[u8]) -> String {
+    let inner = if b.len() >= 33 {
+        &b[16..b.len() - 16]
     } else {
-        s.to_string()
-    }
+        b
+    };
+    String::from_utf8_lossy(inner).into_owned()
 }
 
 /// Parses the module info text (`path`, `mod`, `build key=value` lines).

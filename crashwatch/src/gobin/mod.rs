@@ -360,6 +360,12 @@ mod tests {
                     "{v} {f:?}"
                 );
                 assert_eq!(g.build.main_module.as_deref(), Some("example.com/gocrash"));
+                assert_eq!(
+                    g.build.path.as_deref(),
+                    Some("example.com/gocrash"),
+                    "{v} {f:?}"
+                );
+                assert_eq!(g.build.goos.as_deref(), Some("linux"), "{v} {f:?}");
                 assert_eq!(g.build.cgo_enabled, Some(f == Flavour::Cgo), "{v} {f:?}");
                 assert_eq!(g.from_pclntab, f == Flavour::Stripped, "{v} {f:?}");
                 if f == Flavour::Stripped {
