@@ -9,7 +9,7 @@ need_root
 
 export DEBIAN_FRONTEND=noninteractive
 APT_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev gcc libc6-dev pkg-config
-          golang-go git tar podman runc python3-pip)
+          golang-go git tar podman runc python3-pip cpio)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
@@ -18,6 +18,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   log "apt-get install ${missing[*]}"
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# QEMU 10 from bookworm-backports for `cargo xtask integration-test`: bookworm's 7.2 removes
+# the image's qemu-utils 10 and oopses some 7.3 guests under TCG.
+if ! qemu-system-x86_64 --version 2>/dev/null | grep -q 'version 1[0-9]\.'; then
+  log "apt-get install -t bookworm-backports qemu-system-x86"
+  echo 'deb http://deb.debian.org/debian bookworm-backports main' \
+    > /etc/apt/sources.list.d/crashwatch-bookworm-backports.list
+  apt-get update -qq
+  apt-get install -y -qq -t bookworm-backports --no-install-recommends qemu-system-x86 >/dev/null
 fi
 
 # Nightly with rust-src builds the eBPF crate (-Z build-std=core). Never update the nightly:

@@ -1,6 +1,7 @@
 //! The agent's main loop: drives records through the pipeline
 //! probe → decode → assemble → symbolize → enrich → sink, one record at a time, and watches the
-//! kernel's loss counters.
+//! kernel's loss counters. Go binaries are probed on a thread of their own ([`GoProbes`]): the
+//! record loop never waits for an attach.
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -13,7 +14,7 @@ use crate::{
     assemble::Assembler,
     decode::{self, Record},
     enrich::{self, Enricher},
-    probe::{go::GoProber, Losses, Probe},
+    probe::{go::GoProbes, LossReader, Losses, Probe},
     sink::{Format, Sink},
     symbolize::{Maps, Symbolizer},
 };
@@ -28,7 +29,8 @@ pub struct Options {
 }
 
 struct Pipeline {
-    go: GoProber,
+    go: GoProbes,
+    losses: LossReader,
     asm: Assembler,
     sym: Symbolizer,
     enricher: Enricher,
@@ -47,26 +49,30 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut ring = unsafe { AsyncFd::register(probe.take_events()?) }
         .map_err(std::io::Error::from)
         .context("polling the ring buffer")?;
+    let losses = probe.take_losses()?;
+    let programs = probe.program_names().join(", ");
+    let enricher = Enricher::new(probe.layout.pt_regs_names.clone());
     let mut p = Pipeline {
-        go: GoProber::default(),
+        reported: losses.losses(),
+        go: GoProbes::start(probe),
+        losses,
         asm: Assembler::new(opts.report_nonzero_exits, opts.go_stderr_max),
         sym: Symbolizer::default(),
-        enricher: Enricher::new(probe.layout.pt_regs_names.clone()),
+        enricher,
         sink: Sink::new(opts.format),
-        reported: probe.losses(),
         decode_errors: 0,
     };
     let seeded = enrich::scan_proc();
     let n = seeded.len();
-    for (pid, mut info) in seeded {
-        info.go = p.go.probe(&mut probe, pid, None, &info.exe);
+    for (pid, info) in seeded {
+        if let Some(id) = info.file {
+            p.go.request(pid, id, &info.exe);
+        }
         p.asm.seed(pid, info);
     }
     eprintln!(
-        "crashwatch: ready: {} programs loaded ({}), {n} running processes known ({} Go binaries probed), ring buffer {} KiB",
-        probe.program_names().len(),
-        probe.program_names().join(", "),
-        p.go.binaries(),
+        "crashwatch: ready: {} programs loaded ({programs}), {n} running processes known (Go binaries among them are probed in the background), ring buffer {} KiB",
+        programs.split(", ").count(),
         opts.ring_bytes / 1024
     );
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -80,13 +86,13 @@ pub async fn run(opts: Options) -> Result<()> {
                 let mut guard = guard?;
                 let rb = guard.get_inner_mut();
                 while let Some(item) = rb.next() {
-                    p.handle(&item, &mut probe);
+                    p.handle(&item);
                 }
                 guard.clear_ready();
             }
             _ = tick.tick() => {
                 ticks += 1;
-                let now = probe.losses();
+                let now = p.losses.losses();
                 if now != logged {
                     eprintln!(
                         "crashwatch: kernel lost {} events (ring buffer full: {}, recursion misses: {}); raise --ring-size if this repeats",
@@ -109,9 +115,9 @@ pub async fn run(opts: Options) -> Result<()> {
     // Whatever the kernel already wrote still gets reported.
     let rb = ring.get_mut();
     while let Some(item) = rb.next() {
-        p.handle(&item, &mut probe);
+        p.handle(&item);
     }
-    let l = probe.losses();
+    let l = p.losses.losses();
     eprintln!(
         "crashwatch: stopped (kernel losses: ring buffer full {}, recursion misses {}, undecodable records {})",
         l.ring_full, l.recursion_misses, p.decode_errors
@@ -120,7 +126,7 @@ pub async fn run(opts: Options) -> Result<()> {
 }
 
 impl Pipeline {
-    fn handle(&mut self, bytes: &[u8], probe: &mut Probe) {
+    fn handle(&mut self, bytes: &[u8]) {
         let mut rec = match decode::decode(bytes) {
             Ok(r) => r,
             Err(e) => {
@@ -136,9 +142,7 @@ impl Pipeline {
             Record::Exec(e) => {
                 enrich::resolve_exe(e);
                 let path = e.exe.clone().unwrap_or_else(|| e.filename.clone());
-                e.go = self
-                    .go
-                    .probe(probe, e.head.pid, Some((e.dev as u64, e.ino)), &path);
+                self.go.request(e.head.pid, (e.dev as u64, e.ino), &path);
             }
             Record::Signal(s) => s.maps = Maps::capture(s.head.pid).map(std::sync::Arc::new),
             Record::Go(g) => g.maps = Maps::capture(g.head.pid).map(std::sync::Arc::new),
@@ -148,10 +152,15 @@ impl Pipeline {
             return;
         };
         let stack = self.sym.frames(&crash);
-        let now = probe.losses();
+        let now = self.losses.losses();
         let lost = now.total().saturating_sub(self.reported.total());
         self.reported = now;
-        let report = self.enricher.report(&crash, stack, lost);
+        let go = crash
+            .proc
+            .as_ref()
+            .and_then(|p| p.file)
+            .and_then(|id| self.go.lookup(id));
+        let report = self.enricher.report(&crash, stack, lost, go.as_deref());
         if let Err(e) = self.sink.emit(&report) {
             eprintln!("crashwatch: writing a report failed: {e}");
         }

@@ -5,14 +5,11 @@
 //! mark). The process's whole-group exit closes its case: only then is the kind known (a
 //! handled SIGSEGV followed by exit 2 is a crash; SIGTERM by default action is too). A Go
 //! process's case also gathers its runtime's fatal-path record and printed output.
-use std::{
-    collections::{HashMap, HashSet, VecDeque},
-    sync::Arc,
-};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::{
     decode::{Exec, Exit, Go, GoWhat, Head, Record, Signal},
-    gobin::GoBinary,
+    probe::go::FileId,
 };
 
 /// What a process runs, captured at exec (or by the start-up scan of /proc).
@@ -21,7 +18,8 @@ pub struct ProcInfo {
     pub exe: String,
     pub args: Vec<String>,
     pub cgroup: String,
-    pub go: Option<Arc<GoBinary>>,
+    /// The executable's identity (kernel device number, inode): how Go binaries are known.
+    pub file: Option<FileId>,
 }
 
 impl From<&Exec> for ProcInfo {
@@ -30,7 +28,7 @@ impl From<&Exec> for ProcInfo {
             exe: e.exe.clone().unwrap_or_else(|| e.filename.clone()),
             args: e.args.clone(),
             cgroup: e.cgroup.clone(),
-            go: e.go.clone(),
+            file: Some((e.dev as u64, e.ino)),
         }
     }
 }

@@ -25,8 +25,6 @@ pub struct Exec {
     pub cgroup: String,
     /// Absolute path of the executable, resolved by the agent when the record arrives.
     pub exe: Option<String>,
-    /// The Go binary it runs, when it is one (found by the agent's Go prober).
-    pub go: Option<std::sync::Arc<crate::gobin::GoBinary>>,
 }
 
 #[derive(Clone, Debug)]
@@ -111,7 +109,6 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
                 args: split_args(&r.args[..(r.args_len as usize).min(c::ARGS_LEN)]),
                 cgroup: cgroup_path(&r.cgroup),
                 exe: None,
-                go: None,
             })
         }
         c::KIND_SIGNAL => {

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use crate::{
     assemble::{Crash, Output, ProcInfo},
     decode::{Exec, GoWhat},
+    gobin::GoBinary,
     goroutines,
     report::{ExitInfo, GoInfo, Report, SignalInfo},
     signals,
@@ -26,7 +27,14 @@ impl Enricher {
         }
     }
 
-    pub fn report(&self, c: &Crash, stack: Vec<Frame>, lost_before: u64) -> Report {
+    /// `go` is the Go binary the process ran, when it was one.
+    pub fn report(
+        &self,
+        c: &Crash,
+        stack: Vec<Frame>,
+        lost_before: u64,
+        go: Option<&GoBinary>,
+    ) -> Report {
         let signal = c.signal.as_ref().map(|s| {
             let registers: BTreeMap<String, String> = self
                 .regs
@@ -85,7 +93,7 @@ impl Enricher {
             cgroup: proc.map(|p| p.cgroup.clone()).filter(|g| !g.is_empty()),
             signal,
             exit: ExitInfo::from_status(c.status),
-            go: go_info(c),
+            go: go_info(c, go),
             stack,
             lost_before,
         }
@@ -93,8 +101,7 @@ impl Enricher {
 }
 
 /// The `go` section: from the runtime's fatal-path record, its printed output and the binary.
-fn go_info(c: &Crash) -> Option<GoInfo> {
-    let bin = c.proc.as_ref().and_then(|p| p.go.as_ref());
+fn go_info(c: &Crash, bin: Option<&GoBinary>) -> Option<GoInfo> {
     if bin.is_none() && c.go.is_none() {
         return None;
     }
@@ -184,7 +191,7 @@ pub fn scan_proc() -> Vec<(u32, ProcInfo)> {
                 exe,
                 args,
                 cgroup: cgroup.unwrap_or_default(),
-                go: None,
+                file: crate::probe::go::file_id_of(pid),
             },
         ))
     })

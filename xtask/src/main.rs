@@ -1,9 +1,11 @@
-//! Developer tasks: `cargo xtask integration-test`.
+//! Developer tasks.
 //!
-//! The crash matrix lives in crashwatch/tests (shared by every way of running it); `local`
-//! runs it on this host's kernel. Booting other kernels in QEMU is tracked separately and is
-//! refused with a clear message until it exists.
-use std::process::Command;
+//! - `cargo xtask integration-test [--kernel 6.1 --kernel 6.12 --kernel 7.3 | --kernel local]`:
+//!   the crash matrix (crashwatch/tests: the same test binaries the host runs) in QEMU on
+//!   Debian cloud kernels, or on this host; prints a kernel × case table.
+mod vm;
+
+use std::{collections::BTreeSet, process::Command, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -16,28 +18,119 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the crash matrix (real eBPF programs, real crashing processes; needs root).
+    /// Run the crash matrix on other kernels in QEMU (default: 6.1, 6.12, 7.3), or `local`.
     IntegrationTest {
-        /// Where to run it: `local` is this host's kernel.
-        #[arg(long, default_value = "local")]
-        kernel: String,
+        /// Kernel series to boot (6.1, 6.12, 7.3), or `local` for this host's kernel.
+        #[arg(long = "kernel", value_name = "KERNEL")]
+        kernels: Vec<String>,
+        /// Minutes one VM may run before it is stopped and counted as failed.
+        #[arg(long, default_value_t = 40)]
+        timeout_minutes: u64,
     },
 }
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::IntegrationTest { kernel } => {
-            if kernel != "local" {
-                bail!("kernel {kernel:?}: only `--kernel local` is available so far (VM kernels are not built yet)");
+        Cmd::IntegrationTest {
+            kernels,
+            timeout_minutes,
+        } => {
+            let kernels = if kernels.is_empty() {
+                vm::KERNELS.iter().map(|k| k.0.to_string()).collect()
+            } else {
+                kernels
+            };
+            if kernels.iter().any(|k| k == "local") {
+                return local();
             }
-            let st = Command::new(env!("CARGO"))
-                .args(["test", "--release", "-p", "crashwatch", "--test", "crashes"])
-                .status()
-                .context("running cargo test")?;
-            if !st.success() {
-                bail!("crash matrix failed on the local kernel");
+            for k in &kernels {
+                if !vm::KERNELS.iter().any(|(n, _)| n == k) {
+                    bail!("unknown kernel {k:?}: choose from 6.1, 6.12, 7.3 or local");
+                }
             }
-            Ok(())
+            in_vms(&kernels, Duration::from_secs(timeout_minutes * 60))
         }
     }
+}
+
+fn local() -> Result<()> {
+    let st = Command::new(env!("CARGO"))
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "crashwatch",
+            "--test",
+            "crashes",
+            "--test",
+            "go_crashes",
+        ])
+        .status()
+        .context("running cargo test")?;
+    if !st.success() {
+        bail!("crash matrix failed on the local kernel");
+    }
+    Ok(())
+}
+
+fn in_vms(kernels: &[String], timeout: Duration) -> Result<()> {
+    let p = vm::Paths::new()?;
+    let initrd = vm::initramfs(&p)?;
+    let mut outcomes = Vec::new();
+    for k in kernels {
+        let vmlinuz = vm::kernel(&p, k)?;
+        eprintln!("xtask: booting Linux {k} under TCG (results in target/vm/run-{k})");
+        let o = vm::boot(&p, k, &vmlinuz, &initrd, timeout)?;
+        eprintln!("xtask: {k} ({}) done in {} s", o.release, o.seconds);
+        outcomes.push(o);
+    }
+    let names: BTreeSet<&String> = outcomes.iter().flat_map(|o| o.tests.keys()).collect();
+    let width = names.iter().map(|n| n.len()).max().unwrap_or(4).max(4);
+    print!("\n{:<width$}", "case");
+    for o in &outcomes {
+        print!(" | {:>8}", o.kernel);
+    }
+    println!();
+    let mut failed = false;
+    for n in &names {
+        print!("{n:<width$}");
+        for o in &outcomes {
+            let r = o.tests.get(*n).map(String::as_str).unwrap_or("missing");
+            failed |= !matches!(r, "ok" | "ignored");
+            print!(" | {r:>8}");
+        }
+        println!();
+    }
+    println!();
+    for o in &outcomes {
+        println!(
+            "Linux {} ({}) in {} s: {}",
+            o.kernel,
+            o.release,
+            o.seconds,
+            if o.losses.is_empty() {
+                "no loss counters (the VM did not finish)"
+            } else {
+                &o.losses
+            }
+        );
+        for n in &o.notes {
+            println!("  {n}");
+        }
+        if !o.finished {
+            failed = true;
+            println!(
+                "  the VM did not finish: see target/vm/run-{}/console.txt",
+                o.kernel
+            );
+        }
+        if o.lost > 0 {
+            failed = true;
+            println!("  kernel events were lost: a failure");
+        }
+    }
+    if failed {
+        bail!("the crash matrix failed on at least one kernel");
+    }
+    Ok(())
 }

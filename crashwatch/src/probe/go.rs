@@ -10,6 +10,7 @@ use std::{
     os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
     sync::Arc,
+    sync::{mpsc, Mutex},
     time::Instant,
 };
 
@@ -24,9 +25,28 @@ use crate::gobin::{self, GoBinary};
 /// (device as the kernel encodes it, inode).
 pub type FileId = (u64, u64);
 
-#[derive(Default)]
-pub struct GoProber {
-    seen: HashMap<FileId, Option<Arc<GoBinary>>>,
+/// What is known about a binary.
+enum State {
+    /// Asked for; the prober thread has not finished with it.
+    Pending,
+    Go(Arc<GoBinary>),
+    NotGo,
+}
+
+type Known = Arc<Mutex<HashMap<FileId, State>>>;
+
+struct Request {
+    pid: u32,
+    id: FileId,
+    path: String,
+}
+
+/// The record loop's side: asks for new binaries to be probed and finds probed ones, never
+/// waiting. Attaching uprobes takes milliseconds, and seconds on a loaded host (the kernel
+/// waits for RCU grace periods), so it happens on the prober thread, which owns the programs.
+pub struct GoProbes {
+    known: Known,
+    tx: mpsc::Sender<Request>,
 }
 
 /// The kernel's `MKDEV(major, minor)` from a userspace `st_dev`.
@@ -35,40 +55,71 @@ pub fn kernel_dev(st_dev: u64) -> u64 {
     (major << 20) | minor
 }
 
-impl GoProber {
-    /// The Go binary `pid` runs, probing it first if it is new. `id` is the identity the
-    /// kernel saw at exec; `path` is where to look when the process is already gone.
-    pub fn probe(
-        &mut self,
-        probe: &mut Probe,
-        pid: u32,
-        id: Option<FileId>,
-        path: &str,
-    ) -> Option<Arc<GoBinary>> {
-        if let Some(hit) = id.and_then(|id| self.seen.get(&id)) {
-            return hit.clone();
+/// The identity of the binary `pid` runs now.
+pub fn file_id_of(pid: u32) -> Option<FileId> {
+    let md = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+    Some((kernel_dev(md.dev()), md.ino()))
+}
+
+impl GoProbes {
+    /// Starts the prober thread; it owns `probe` from now on.
+    pub fn start(mut probe: Probe) -> GoProbes {
+        let known: Known = Arc::default();
+        let (tx, rx) = mpsc::channel::<Request>();
+        let k = known.clone();
+        std::thread::Builder::new()
+            .name("go-prober".into())
+            .spawn(move || {
+                for req in rx {
+                    let state = probe_one(&mut probe, &req);
+                    let mut known = k.lock().unwrap();
+                    match state {
+                        Some(s) => known.insert(req.id, s),
+                        // Nothing to open (gone): forget it so its next exec tries again.
+                        None => known.remove(&req.id),
+                    };
+                }
+            })
+            .expect("spawning the Go prober thread");
+        GoProbes { known, tx }
+    }
+
+    /// `pid` runs binary `id` (found at `path`): probe it unless already known or asked for.
+    pub fn request(&self, pid: u32, id: FileId, path: &str) {
+        let mut known = self.known.lock().unwrap();
+        if known.contains_key(&id) {
+            return;
         }
-        // Gone with nothing left to open: try again on the binary's next exec.
-        let (file, target) = open(pid, path)?;
-        let md = file.metadata().ok()?;
-        let found = (kernel_dev(md.dev()), md.ino());
-        if id.is_some_and(|id| id != found) {
-            return None; // a different file by now (replaced, or pid reused)
+        known.insert(id, State::Pending);
+        let _ = self.tx.send(Request {
+            pid,
+            id,
+            path: path.to_string(),
+        });
+    }
+
+    /// The Go binary with identity `id`, once probed.
+    pub fn lookup(&self, id: FileId) -> Option<Arc<GoBinary>> {
+        match self.known.lock().unwrap().get(&id) {
+            Some(State::Go(g)) => Some(g.clone()),
+            _ => None,
         }
-        if let Some(hit) = self.seen.get(&found) {
-            return hit.clone();
-        }
-        let t0 = Instant::now();
-        let result = match inspect(file, &target, probe) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("crashwatch: not probing {}: {e:#}", target.display());
-                None
-            }
-        };
-        if let Some(g) = &result {
+    }
+}
+
+/// Opens, inspects and (for Go) attaches; None when there was nothing to open.
+fn probe_one(probe: &mut Probe, req: &Request) -> Option<State> {
+    let (file, target) = open(req.pid, &req.path)?;
+    let md = file.metadata().ok()?;
+    if (kernel_dev(md.dev()), md.ino()) != req.id {
+        return None; // a different file by now (replaced, or the pid was reused)
+    }
+    let t0 = Instant::now();
+    match inspect(file, &target, probe) {
+        Ok(Some(g)) => {
             eprintln!(
-                "crashwatch: probing Go binary {path} ({}, {} uprobes{}) in {} ms",
+                "crashwatch: probing Go binary {} ({}, {} uprobes{}) in {} ms",
+                req.path,
                 g.version,
                 g.probes.len(),
                 if g.from_pclntab {
@@ -78,13 +129,13 @@ impl GoProber {
                 },
                 t0.elapsed().as_millis()
             );
+            Some(State::Go(g))
         }
-        self.seen.insert(found, result.clone());
-        result
-    }
-
-    pub fn binaries(&self) -> usize {
-        self.seen.values().filter(|g| g.is_some()).count()
+        Ok(None) => Some(State::NotGo),
+        Err(e) => {
+            eprintln!("crashwatch: not probing {}: {e:#}", req.path);
+            Some(State::NotGo)
+        }
     }
 }
 

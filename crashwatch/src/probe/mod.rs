@@ -26,10 +26,16 @@ static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 
 pub struct Probe {
     ebpf: Ebpf,
-    lost: PerCpuArray<MapData, u64>,
-    /// Names of the attached programs, for the loss counters.
+    /// Names of the loaded programs.
     attached: Vec<&'static str>,
     pub layout: btf::KernelLayout,
+}
+
+/// Reads the kernel side's loss counters; independent of [`Probe`], so the record loop can
+/// keep it while another thread attaches uprobes.
+pub struct LossReader {
+    lost: PerCpuArray<MapData, u64>,
+    programs: Vec<std::os::fd::OwnedFd>,
 }
 
 /// Everything the kernel side dropped so far.
@@ -93,10 +99,8 @@ impl Probe {
                 .with_context(|| format!("the kernel refused {prog}"))?;
             attached.push(prog);
         }
-        let lost = PerCpuArray::try_from(ebpf.take_map("LOST").context("map LOST missing")?)?;
         Ok(Probe {
             ebpf,
-            lost,
             attached,
             layout,
         })
@@ -111,18 +115,20 @@ impl Probe {
         Ok(RingBuf::try_from(map)?)
     }
 
-    pub fn losses(&self) -> Losses {
-        let ring_full = self.lost.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);
-        let mut recursion_misses = 0;
+    /// The loss counters, readable from elsewhere; call once.
+    pub fn take_losses(&mut self) -> Result<LossReader> {
+        let lost = PerCpuArray::try_from(
+            self.ebpf
+                .take_map("LOST")
+                .context("map LOST missing or already taken")?,
+        )?;
+        let mut programs = Vec::new();
         for name in &self.attached {
             if let Some(Ok(fd)) = self.ebpf.program(name).map(|p| p.fd()) {
-                recursion_misses += prog_recursion_misses(fd.as_fd().as_raw_fd()).unwrap_or(0);
+                programs.push(fd.as_fd().try_clone_to_owned()?);
             }
         }
-        Losses {
-            ring_full,
-            recursion_misses,
-        }
+        Ok(LossReader { lost, programs })
     }
 
     pub fn program_names(&self) -> &[&'static str] {
@@ -165,6 +171,21 @@ impl Probe {
             n += 1;
         }
         Ok(n)
+    }
+}
+
+impl LossReader {
+    pub fn losses(&self) -> Losses {
+        let ring_full = self.lost.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);
+        let recursion_misses = self
+            .programs
+            .iter()
+            .map(|fd| prog_recursion_misses(fd.as_raw_fd()).unwrap_or(0))
+            .sum();
+        Losses {
+            ring_full,
+            recursion_misses,
+        }
     }
 }
 

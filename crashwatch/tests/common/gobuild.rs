@@ -53,10 +53,20 @@ fn tmp() -> PathBuf {
     p
 }
 
+/// Where `cargo xtask` staged prebuilt programs for a VM (no toolchains there):
+/// `gocrash-<version>-<flavour>` files and a `revision` file.
+fn prebuilt() -> Option<PathBuf> {
+    std::env::var_os("CRASHWATCH_GO_PREBUILT").map(PathBuf::from)
+}
+
 /// The source, committed to a fresh git repository once per test binary; returns (dir, commit).
 pub fn source() -> &'static (PathBuf, String) {
     static SRC: OnceLock<(PathBuf, String)> = OnceLock::new();
     SRC.get_or_init(|| {
+        if let Some(dir) = prebuilt() {
+            let rev = std::fs::read_to_string(dir.join("revision")).expect("staged revision file");
+            return (dir, rev.trim().to_string());
+        }
         let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gocrash");
         let dir = tmp().join(format!("gocrash-src-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -94,6 +104,9 @@ pub fn source() -> &'static (PathBuf, String) {
 
 /// The crash program built by Go `version` as `flavour` (built once per test binary).
 pub fn build(version: &str, flavour: Flavour) -> PathBuf {
+    if let Some(dir) = prebuilt() {
+        return dir.join(file_name(version, flavour));
+    }
     static BUILT: OnceLock<Mutex<HashMap<(String, Flavour), PathBuf>>> = OnceLock::new();
     let key = (version.to_string(), flavour);
     let map = BUILT.get_or_init(Default::default);
@@ -101,8 +114,11 @@ pub fn build(version: &str, flavour: Flavour) -> PathBuf {
         return p.clone();
     }
     let (src, _) = source();
-    let out =
-        tmp().join(format!("gocrash-{version}-{flavour:?}-{}", std::process::id()).to_lowercase());
+    let out = tmp().join(format!(
+        "{}-{}",
+        file_name(version, flavour),
+        std::process::id()
+    ));
     let mut cmd = Command::new(go_tool(version));
     cmd.arg("build").arg("-o").arg(&out).current_dir(src);
     cmd.env("GOFLAGS", "-buildvcs=true")
@@ -130,4 +146,19 @@ pub fn build(version: &str, flavour: Flavour) -> PathBuf {
     );
     map.lock().unwrap().insert(key, out.clone());
     out
+}
+
+fn file_name(version: &str, flavour: Flavour) -> String {
+    format!("gocrash-{version}-{flavour:?}").to_lowercase()
+}
+
+/// Builds every version and flavour into `dir` with the revision beside them (for VMs).
+pub fn stage(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for v in VERSIONS {
+        for f in FLAVOURS {
+            std::fs::copy(build(v, f), dir.join(file_name(v, f))).unwrap();
+        }
+    }
+    std::fs::write(dir.join("revision"), &source().1).unwrap();
 }

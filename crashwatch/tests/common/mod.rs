@@ -39,7 +39,7 @@ impl Agent {
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
         let (r2, e2) = (reports.clone(), stderr.clone());
         thread::spawn(move || {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_crashwatch"));
+            let mut cmd = Command::new(agent_bin());
             cmd.arg("run").arg("--output").arg("json").args(&args);
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
             unsafe {
@@ -144,16 +144,25 @@ impl Agent {
         );
     }
 
-    /// Waits until the agent logged a line containing `needle`.
+    /// Waits until the agent logged a line containing `needle` (probing Go binaries queues
+    /// behind the toolchain's own binaries and can take seconds each on a loaded host).
     pub fn wait_log(&self, needle: &str) {
-        let found = self.wait_for(|| {
-            self.stderr
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let found = loop {
+            if self
+                .stderr
                 .lock()
                 .unwrap()
                 .iter()
                 .any(|l| l.contains(needle))
-                .then_some(())
-        });
+            {
+                break Some(());
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            thread::sleep(Duration::from_millis(50));
+        };
         assert!(
             found.is_some(),
             "agent never logged {needle:?}; log:\n{}",
@@ -166,10 +175,21 @@ impl Agent {
     }
 }
 
-/// The crash programs (tests/crashers/crasher.c), built once per test binary.
+/// The agent under test: this build's, or `CRASHWATCH_AGENT` (the VM runs a static one).
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("CRASHWATCH_AGENT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_crashwatch")))
+}
+
+/// The crash programs (tests/crashers/crasher.c), built once per test binary; or
+/// `CRASHWATCH_CRASHER`, prebuilt (inside a VM there is no compiler).
 pub fn crasher_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("CRASHWATCH_CRASHER") {
+            return PathBuf::from(p);
+        }
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/crashers/crasher.c");
         let out =
             Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("crasher-{}", std::process::id()));

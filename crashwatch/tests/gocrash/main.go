@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -100,10 +102,12 @@ func main() {
 		cgoCrash()
 	case "sleep":
 		time.Sleep(time.Minute)
-	case "later":
-		// Gives a test time to learn the host pid of a containerized process.
-		time.Sleep(2 * time.Second)
-		panic("boom: later")
+	case "on-usr1":
+		// Panics when told to: a test can wait until the agent is ready for it.
+		c := make(chan os.Signal, 1)
+		signal.Notify(c, syscall.SIGUSR1)
+		<-c
+		panic("boom: on SIGUSR1")
 	default:
 		fmt.Fprintln(os.Stderr, "unknown mode", os.Args[1])
 		os.Exit(64)
