@@ -224,7 +224,7 @@ pub fn monotonic_to_unix_ns(ktime: u64) -> u64 {
     real.saturating_sub(mono.saturating_sub(ktime))
 }
 
-/// UTC, millisecond precision: `2026-11-21T16:04:05.123Z`.
+/// UTC, microsecond precision: `2026-11-21T16:04:05.123456Z`.
 pub fn rfc3339(unix_ns: u64) -> String {
     let secs = (unix_ns / 1_000_000_000) as i64;
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
@@ -239,11 +239,11 @@ pub fn rfc3339(unix_ns: u64) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + (m <= 2) as i64;
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60,
-        unix_ns % 1_000_000_000 / 1_000_000
+        unix_ns % 1_000_000_000 / 1_000
     )
 }
 
@@ -253,11 +253,14 @@ mod tests {
 
     #[test]
     fn formats_utc_times() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
         assert_eq!(
             rfc3339(1_795_277_045_123_000_000),
-            "2026-11-21T16:04:05.123Z"
+            "2026-11-21T16:04:05.123000Z"
         );
-        assert_eq!(rfc3339(951_782_400_000_000_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(
+            rfc3339(951_782_400_000_000_000),
+            "2000-02-29T00:00:00.000000Z"
+        );
     }
 }

@@ -76,15 +76,17 @@ fn run(bin: &Path, mode: &str, env: &[(&str, &str)], dir: Option<&Path>) -> Run 
 
 /// The binary for (version, flavour), run once so the agent has probed it before it crashes.
 fn primed(a: &Agent, v: &str, f: Flavour) -> PathBuf {
-    static DONE: OnceLock<Mutex<HashMap<(String, Flavour), PathBuf>>> = OnceLock::new();
+    // Per agent: each one probes for itself.
+    static DONE: OnceLock<Mutex<HashMap<(usize, String, Flavour), PathBuf>>> = OnceLock::new();
+    let key = (a as *const Agent as usize, v.to_string(), f);
     let done = DONE.get_or_init(Default::default);
-    if let Some(p) = done.lock().unwrap().get(&(v.to_string(), f)) {
+    if let Some(p) = done.lock().unwrap().get(&key) {
         return p.clone();
     }
     let bin = gobuild::build(v, f);
     run(&bin, "noop", &[], None);
     a.wait_log(&format!("probing Go binary {}", bin.display()));
-    done.lock().unwrap().insert((v.to_string(), f), bin.clone());
+    done.lock().unwrap().insert(key, bin.clone());
     bin
 }
 

@@ -3,6 +3,8 @@
 //! - `cargo xtask integration-test [--kernel 6.1 --kernel 6.12 --kernel 7.3 | --kernel local]`:
 //!   the crash matrix (crashwatch/tests: the same test binaries the host runs) in QEMU on
 //!   Debian cloud kernels, or on this host; prints a kernel × case table.
+//! - `cargo xtask bench`: overhead beside no observer and peer tools → docs/benchmarks.md.
+mod bench;
 mod vm;
 
 use std::{collections::BTreeSet, process::Command, time::Duration};
@@ -27,6 +29,18 @@ enum Cmd {
         #[arg(long, default_value_t = 40)]
         timeout_minutes: u64,
     },
+    /// Measure crashwatch's cost against no observer and peer tools; writes docs/benchmarks.md.
+    Bench {
+        /// Interleaved rounds per workload and observer.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Crashing processes in the crash storm.
+        #[arg(long, default_value_t = 2000)]
+        storm: usize,
+        /// Seconds the idle agent is watched.
+        #[arg(long, default_value_t = 60)]
+        idle_secs: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -50,6 +64,11 @@ fn main() -> Result<()> {
             }
             in_vms(&kernels, Duration::from_secs(timeout_minutes * 60))
         }
+        Cmd::Bench {
+            rounds,
+            storm,
+            idle_secs,
+        } => bench::run(rounds, storm, idle_secs),
     }
 }
 

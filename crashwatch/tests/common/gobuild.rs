@@ -109,8 +109,10 @@ pub fn build(version: &str, flavour: Flavour) -> PathBuf {
     }
     static BUILT: OnceLock<Mutex<HashMap<(String, Flavour), PathBuf>>> = OnceLock::new();
     let key = (version.to_string(), flavour);
-    let map = BUILT.get_or_init(Default::default);
-    if let Some(p) = map.lock().unwrap().get(&key) {
+    // Held across the build: two tests building the same output at once would replace the
+    // file (a new inode) under a test that already had the agent probe the first one.
+    let mut map = BUILT.get_or_init(Default::default).lock().unwrap();
+    if let Some(p) = map.get(&key) {
         return p.clone();
     }
     let (src, _) = source();
@@ -144,7 +146,7 @@ pub fn build(version: &str, flavour: Flavour) -> PathBuf {
         "go {version} build {flavour:?}: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    map.lock().unwrap().insert(key, out.clone());
+    map.insert(key, out.clone());
     out
 }
 

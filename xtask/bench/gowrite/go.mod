@@ -1,0 +1,3 @@
+module example.com/gowrite
+
+go 1.19
