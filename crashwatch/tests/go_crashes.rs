@@ -77,7 +77,8 @@ fn run(bin: &Path, mode: &str, env: &[(&str, &str)], dir: Option<&Path>) -> Run 
 /// The binary for (version, flavour), run once so the agent has probed it before it crashes.
 fn primed(a: &Agent, v: &str, f: Flavour) -> PathBuf {
     // Per agent: each one probes for itself.
-    static DONE: OnceLock<Mutex<HashMap<(usize, String, Flavour), PathBuf>>> = OnceLock::new();
+    type Primed = Mutex<HashMap<(usize, String, Flavour), PathBuf>>;
+    static DONE: OnceLock<Primed> = OnceLock::new();
     let key = (a as *const Agent as usize, v.to_string(), f);
     let done = DONE.get_or_init(Default::default);
     if let Some(p) = done.lock().unwrap().get(&key) {
