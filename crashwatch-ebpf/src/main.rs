@@ -44,9 +44,10 @@ static SCRATCH_EXEC: PerCpuArray<ExecRecord> = PerCpuArray::with_max_entries(1, 
 #[map]
 static PENDING: LruHashMap<u32, SignalRecord> = LruHashMap::with_max_entries(4096, 0);
 
-/// The panic value's (type, data) per thread, from `runtime.gopanic`, for `fatalpanic`.
+/// The panic value's (type, data) per goroutine (tgid, g), from `runtime.gopanic`, for
+/// `fatalpanic`: a goroutine can move to another thread between the two.
 #[map]
-static GOPANIC: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(8192, 0);
+static GOPANIC: LruHashMap<[u64; 2], [u64; 2]> = LruHashMap::with_max_entries(8192, 0);
 #[map]
 static SCRATCH_GO: PerCpuArray<GoRecord> = PerCpuArray::with_max_entries(1, 0);
 
@@ -325,12 +326,18 @@ fn go_args(ctx: &ProbeContext) -> (u64, u64) {
     unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx) }
 }
 
+/// The running goroutine: Go's register ABI keeps `g` in R14.
+fn goroutine_key(ctx: &ProbeContext) -> [u64; 2] {
+    // SAFETY: as above.
+    let g = unsafe { (*ctx.regs).r14 };
+    [bpf_get_current_pid_tgid() >> 32, g]
+}
+
 /// `runtime.gopanic(e any)`: remember the value's type; it may yet be recovered.
 #[uprobe]
 pub fn go_gopanic(ctx: ProbeContext) -> u32 {
     let (ty, data) = go_args(&ctx);
-    let key = bpf_get_current_pid_tgid();
-    let _ = GOPANIC.insert(key, [ty, data], 0);
+    let _ = GOPANIC.insert(goroutine_key(&ctx), [ty, data], 0);
     0
 }
 
@@ -376,7 +383,7 @@ fn read_user_text(ptr: u64, len: u64, dst: &mut [u8; GO_TEXT_LEN]) -> u32 {
 /// `runtime.fatalpanic(msgs *_panic)`: the panic was not recovered; the process dies.
 #[uprobe]
 pub fn go_fatalpanic(ctx: ProbeContext) -> u32 {
-    let key = bpf_get_current_pid_tgid();
+    let key = goroutine_key(&ctx);
     let Some(rec) = go_record(&ctx, GO_PANIC) else {
         return 0;
     };
@@ -447,11 +454,7 @@ fn send_output(ptr: u64, len: u64) {
         };
         let rec = e.as_mut_ptr();
         let left = len - off;
-        let n = if left >= GO_CHUNK_LEN as u64 {
-            GO_CHUNK_LEN
-        } else {
-            left as usize & (GO_CHUNK_LEN - 1)
-        };
+        let src = (ptr + off) as *const u8;
         // SAFETY: rec points at the reserved record; every field is written before submit.
         unsafe {
             (*rec).kind = KIND_GO_OUTPUT;
@@ -461,10 +464,21 @@ fn send_output(ptr: u64, len: u64) {
             (*rec).start_ns = start_ns;
             (*rec).cut = (i == GO_CHUNKS_PER_WRITE - 1 && left > GO_CHUNK_LEN as u64) as u32;
             (*rec)._pad = 0;
-            let ok = n > 0
-                && bpf_probe_read_user_buf((ptr + off) as *const u8, &mut (&mut (*rec).data)[..n])
-                    .is_ok();
-            (*rec).len = if ok { n as u32 } else { 0 };
+            let data = &mut (*rec).data;
+            // Two reads, not one of a computed size: older verifiers (6.1) lose the bound of
+            // a length merged from two branches. A constant, and a masked length.
+            (*rec).len = if left >= GO_CHUNK_LEN as u64 {
+                match bpf_probe_read_user_buf(src, &mut data[..]) {
+                    Ok(()) => GO_CHUNK_LEN as u32,
+                    Err(_) => 0,
+                }
+            } else {
+                let n = left as usize & (GO_CHUNK_LEN - 1);
+                match bpf_probe_read_user_buf(src, &mut data[..n]) {
+                    Ok(()) => n as u32,
+                    Err(_) => 0,
+                }
+            };
         }
         e.submit(0);
     }

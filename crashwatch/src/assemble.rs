@@ -113,6 +113,8 @@ impl Output {
 struct Case {
     start_ns: u64,
     opened_ns: u64,
+    /// The newest record's time: a case is idle, not old, when it expires.
+    last_ns: u64,
     signal: Option<Signal>,
     oom: bool,
     go: Option<Go>,
@@ -208,6 +210,7 @@ impl Assembler {
                 ..Default::default()
             };
         }
+        case.last_ns = case.last_ns.max(h.ktime_ns);
         Some(case)
     }
 
@@ -266,12 +269,16 @@ impl Assembler {
         self.procs.get(&h.ppid).cloned()
     }
 
-    /// Drops cases opened more than `max_age_ns` ago whose process never died (a fatal-class
-    /// signal the process survived), and forgets processes that are gone.
-    pub fn expire(&mut self, now_ns: u64, max_age_ns: u64, alive: impl Fn(u32) -> bool) -> usize {
+    /// Drops cases that saw no record for `idle_ns` (a fatal-class signal the process
+    /// survived) unless the Go runtime is known to be dying (printing a 22-million-frame
+    /// stack overflow takes minutes on a slow machine); forgets processes that are gone.
+    /// `alive` may answer true when it cannot tell.
+    pub fn expire(&mut self, now_ns: u64, idle_ns: u64, alive: impl Fn(u32) -> bool) -> usize {
         let before = self.cases.len();
-        self.cases
-            .retain(|_, c| now_ns.saturating_sub(c.opened_ns) < max_age_ns);
+        self.cases.retain(|&pid, c| {
+            let idle = now_ns.saturating_sub(c.last_ns) >= idle_ns;
+            !idle || (c.go.is_some() && alive(pid))
+        });
         self.procs.retain(|&pid, _| alive(pid));
         before - self.cases.len()
     }
@@ -412,6 +419,20 @@ mod tests {
         let mut a = Assembler::new(false, 64);
         a.push(out(30, b"gc 1 @0.01s"));
         assert!(a.push(exit(30, 0)).is_none());
+    }
+
+    #[test]
+    fn a_dying_go_process_is_kept_however_long_it_prints() {
+        let mut a = Assembler::new(false, 64);
+        a.push(go(40, GoWhat::Fatal, "stack overflow"));
+        assert_eq!(a.expire(100 + 300_000_000_000, 30_000_000_000, |_| true), 0);
+        assert_eq!(a.push(exit(40, 2 << 8)).unwrap().kind, Kind::GoFatal);
+        // ... but not once the process is gone.
+        a.push(go(41, GoWhat::Fatal, "stack overflow"));
+        assert_eq!(
+            a.expire(100 + 300_000_000_000, 30_000_000_000, |pid| pid != 41),
+            1
+        );
     }
 
     #[test]

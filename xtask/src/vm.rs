@@ -87,6 +87,7 @@ fn apt_update(p: &Paths) -> Result<()> {
 
 /// Downloads `pkg` into `dir` and unpacks it; returns the unpack directory.
 fn fetch_deb(p: &Paths, pkg: &str, dir: &Path) -> Result<PathBuf> {
+    apt_update(p)?;
     fs::create_dir_all(dir)?;
     run(apt(p, "apt-get")?
         .args(["-qq", "download", pkg])
