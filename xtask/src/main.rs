@@ -115,7 +115,7 @@ fn in_vms(kernels: &[String], timeout: Duration) -> Result<()> {
         print!("{n:<width$}");
         for o in &outcomes {
             let r = o.tests.get(*n).map(String::as_str).unwrap_or("missing");
-            failed |= !matches!(r, "ok" | "ignored");
+            failed |= r != "ok";
             print!(" | {r:>8}");
         }
         println!();
