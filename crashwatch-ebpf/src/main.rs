@@ -172,6 +172,25 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
+/// The current thread's user stack (frame pointers), innermost first; returns bytes filled.
+fn user_stack(ctx: *mut core::ffi::c_void, stack: &mut [u64; STACK_DEPTH]) -> u32 {
+    let flags = aya_ebpf::bindings::BPF_F_USER_STACK as u64;
+    // SAFETY: the helper writes at most the given size into `stack`.
+    let n = unsafe {
+        bpf_get_stack(
+            ctx,
+            stack.as_mut_ptr() as *mut _,
+            (STACK_DEPTH * 8) as u32,
+            flags,
+        )
+    };
+    if n > 0 {
+        n as u32
+    } else {
+        0
+    }
+}
+
 /// Signals whose default action ends the process (terminate or core).
 fn fatal_class(sig: i32) -> bool {
     !matches!(sig, 17..=23 | 28) && sig > 0 && sig < 65
@@ -241,15 +260,7 @@ pub fn signal_deliver(ctx: BtfTracePointContext) -> u32 {
             rec.regs_len = size as u32;
         }
     }
-    let n = unsafe {
-        bpf_get_stack(
-            ctx.as_ptr(),
-            rec.stack.as_mut_ptr() as *mut _,
-            (STACK_DEPTH * 8) as u32,
-            aya_ebpf::bindings::BPF_F_USER_STACK as u64,
-        )
-    };
-    rec.stack_len = if n > 0 { n as u32 } else { 0 };
+    rec.stack_len = user_stack(ctx.as_ptr(), &mut rec.stack);
     if handler != 0 {
         // Survivors must cost nothing downstream: keep it until the process exits.
         let pid = rec.hdr.pid;
@@ -352,15 +363,7 @@ fn go_record(ctx: &ProbeContext, what: u32) -> Option<&'static mut GoRecord> {
     rec.text_len = 0;
     let mm: u64 = rd(task, config!(off.task_mm));
     rec.start_code = rd(mm, config!(off.mm_start_code));
-    let n = unsafe {
-        bpf_get_stack(
-            ctx.as_ptr(),
-            rec.stack.as_mut_ptr() as *mut _,
-            (STACK_DEPTH * 8) as u32,
-            aya_ebpf::bindings::BPF_F_USER_STACK as u64,
-        )
-    };
-    rec.stack_len = if n > 0 { n as u32 } else { 0 };
+    rec.stack_len = user_stack(ctx.as_ptr(), &mut rec.stack);
     Some(rec)
 }
 

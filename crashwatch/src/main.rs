@@ -4,6 +4,7 @@ mod agent;
 mod assemble;
 mod check;
 mod decode;
+mod elf;
 mod enrich;
 mod gobin;
 /// Builds the Go test programs; shared with the integration tests.

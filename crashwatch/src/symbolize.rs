@@ -8,7 +8,7 @@
 //! Go's pclntab come later; frames keep `module` + `offset` so a later symbolizer can take over.
 use std::{collections::HashMap, fs::File, io::Read, os::unix::fs::MetadataExt, sync::Arc};
 
-use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
+use object::{Object, ObjectSymbol, SymbolKind};
 use serde::Serialize;
 
 use crate::assemble::Crash;
@@ -165,8 +165,8 @@ impl Symbolizer {
             return None;
         }
         let syms = File::open(exe_path).ok().and_then(|f| self.load(f))?;
-        let bias = at.start.checked_sub(syms.min_exec_vaddr)?;
-        let off = syms.vaddr_to_offset(ip - bias)?;
+        let bias = syms.layout.bias(at.start)?;
+        let off = syms.layout.vaddr_to_offset(ip - bias)?;
         Some((exe_path.to_string(), Some(syms), off))
     }
 
@@ -192,9 +192,7 @@ impl Symbolizer {
 
 /// The parts of an ELF file the symbolizer needs; the file's bytes are not kept.
 pub struct ElfSyms {
-    /// (file offset, vaddr, file size) of each loadable segment.
-    segments: Vec<(u64, u64, u64)>,
-    min_exec_vaddr: u64,
+    layout: crate::elf::Layout,
     /// (vaddr, size, name), sorted by vaddr.
     symbols: Vec<(u64, u64, String)>,
 }
@@ -203,26 +201,9 @@ impl ElfSyms {
     /// None for anything that is not a readable ELF file (truncated, not ELF, ...).
     pub fn parse(bytes: &[u8]) -> Option<ElfSyms> {
         let obj = object::File::parse(bytes).ok()?;
-        let segments: Vec<(u64, u64, u64)> = obj
-            .segments()
-            .map(|s| (s.file_range().0, s.address(), s.file_range().1))
-            .collect();
-        let min_exec_vaddr = match &obj {
-            object::File::Elf64(e) => {
-                use object::read::elf::ProgramHeader;
-                let endian = e.endian();
-                e.elf_program_headers()
-                    .iter()
-                    .filter(|p| {
-                        p.p_type(endian) == object::elf::PT_LOAD
-                            && p.p_flags(endian) & object::elf::PF_X != 0
-                    })
-                    .map(|p| p.p_vaddr(endian))
-                    .min()
-                    .unwrap_or(0)
-            }
-            _ => return None,
-        };
+        if !matches!(obj, object::File::Elf64(_)) {
+            return None;
+        }
         let mut symbols: Vec<(u64, u64, String)> = obj
             .symbols()
             .chain(obj.dynamic_symbols())
@@ -236,29 +217,14 @@ impl ElfSyms {
         symbols.sort_by_key(|s| (s.0, std::cmp::Reverse(s.1)));
         symbols.dedup_by_key(|s| s.0);
         Some(ElfSyms {
-            segments,
-            min_exec_vaddr,
+            layout: crate::elf::Layout::of(&obj),
             symbols,
         })
     }
 
-    fn vaddr_to_offset(&self, vaddr: u64) -> Option<u64> {
-        self.segments
-            .iter()
-            .find(|(_, va, len)| *va <= vaddr && vaddr < va + len)
-            .map(|(off, va, _)| vaddr - va + off)
-    }
-
-    fn offset_to_vaddr(&self, off: u64) -> Option<u64> {
-        self.segments
-            .iter()
-            .find(|(fo, _, len)| *fo <= off && off < fo + len)
-            .map(|(fo, va, _)| off - fo + va)
-    }
-
     /// The function containing file offset `off`, and the distance from its start.
     pub fn lookup_file_offset(&self, off: u64) -> Option<(&str, u64)> {
-        let vaddr = self.offset_to_vaddr(off)?;
+        let vaddr = self.layout.offset_to_vaddr(off)?;
         let i = self
             .symbols
             .partition_point(|s| s.0 <= vaddr)
@@ -287,7 +253,7 @@ mod tests {
             .find(|s| s.2.contains("own_test_binary_symbolizes"))
             .expect("the test function is in .symtab")
             .clone();
-        let off = syms.vaddr_to_offset(addr + 1).unwrap();
+        let off = syms.layout.vaddr_to_offset(addr + 1).unwrap();
         assert_eq!(syms.lookup_file_offset(off), Some((name.as_str(), 1)));
     }
 

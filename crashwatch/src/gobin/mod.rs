@@ -8,7 +8,7 @@ pub mod pclntab;
 use std::{collections::HashMap, fs::File, os::unix::fs::FileExt};
 
 use anyhow::{Context, Result};
-use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, RelocationFlags};
+use object::{Object, ObjectSection, ObjectSymbol, RelocationFlags};
 
 pub use buildinfo::BuildInfo;
 
@@ -40,9 +40,7 @@ pub struct GoBinary {
     pub from_pclntab: bool,
     /// Base of the type descriptors' names (moduledata.types).
     types_base: Option<u64>,
-    /// (file offset, vaddr, file size) per loadable segment.
-    segments: Vec<(u64, u64, u64)>,
-    min_exec_vaddr: u64,
+    layout: crate::elf::Layout,
     /// An open handle: type names are read on demand, even after the file is deleted.
     file: Option<File>,
 }
@@ -116,8 +114,7 @@ pub fn parse(bytes: &[u8], file: Option<File>) -> Result<Option<GoBinary>> {
         probes,
         from_pclntab,
         types_base,
-        segments: img.segments,
-        min_exec_vaddr: img.min_exec_vaddr,
+        layout: img.layout,
         file,
     }))
 }
@@ -168,7 +165,7 @@ impl GoBinary {
     /// The name of the type whose descriptor the process had at `type_ptr` (as gopanic saw it),
     /// given the process's `mm->start_code` to undo PIE relocation.
     pub fn type_name(&self, type_ptr: u64, start_code: u64) -> Option<String> {
-        let bias = start_code.checked_sub(self.min_exec_vaddr)?;
+        let bias = self.layout.bias(start_code)?;
         let vaddr = type_ptr.checked_sub(bias)?;
         let mut t = [0u8; 48];
         self.read(vaddr, &mut t)?;
@@ -200,33 +197,21 @@ impl GoBinary {
     }
 
     fn read(&self, vaddr: u64, buf: &mut [u8]) -> Option<()> {
-        let (off, va, _) = self
-            .segments
-            .iter()
-            .find(|(_, va, len)| *va <= vaddr && vaddr < va + len)?;
-        self.file
-            .as_ref()?
-            .read_exact_at(buf, vaddr - va + off)
-            .ok()
+        let off = self.layout.vaddr_to_offset(vaddr)?;
+        self.file.as_ref()?.read_exact_at(buf, off).ok()
     }
 }
 
 /// A file's loadable image: segments, and the pointers its relocations fill in.
 struct Image<'a> {
     bytes: &'a [u8],
-    segments: Vec<(u64, u64, u64)>,
-    min_exec_vaddr: u64,
+    layout: crate::elf::Layout,
     /// R_X86_64_RELATIVE: where the loader writes base + addend (PIE pointers).
     relative: HashMap<u64, u64>,
 }
 
 impl<'a> Image<'a> {
     fn new(obj: &object::File<'a>, bytes: &'a [u8]) -> Image<'a> {
-        let segments = obj
-            .segments()
-            .map(|s| (s.file_range().0, s.address(), s.file_range().1))
-            .collect();
-        let min_exec_vaddr = exec_vaddr(obj).unwrap_or(0);
         const R_X86_64_RELATIVE: u32 = 8;
         let relative = obj
             .dynamic_relocations()
@@ -237,17 +222,13 @@ impl<'a> Image<'a> {
             .collect();
         Image {
             bytes,
-            segments,
-            min_exec_vaddr,
+            layout: crate::elf::Layout::of(obj),
             relative,
         }
     }
 
     fn file_offset(&self, vaddr: u64) -> Option<u64> {
-        self.segments
-            .iter()
-            .find(|(_, va, len)| *va <= vaddr && vaddr < va + len)
-            .map(|(off, va, _)| vaddr - va + off)
+        self.layout.vaddr_to_offset(vaddr)
     }
 
     fn u64(&self, vaddr: u64) -> Option<u64> {
@@ -284,21 +265,6 @@ impl<'a> Image<'a> {
         }
         None
     }
-}
-
-fn exec_vaddr(obj: &object::File<'_>) -> Option<u64> {
-    use object::read::elf::ProgramHeader;
-    let object::File::Elf64(e) = obj else {
-        return None;
-    };
-    let endian = e.endian();
-    e.elf_program_headers()
-        .iter()
-        .filter(|p| {
-            p.p_type(endian) == object::elf::PT_LOAD && p.p_flags(endian) & object::elf::PF_X != 0
-        })
-        .map(|p| p.p_vaddr(endian))
-        .min()
 }
 
 /// Reads and parses a binary; Ok(None) when it is not Go.
@@ -403,7 +369,7 @@ mod tests {
                     let ty = img.u64(at + 8).unwrap();
                     // Loaded at its link address: start_code equals the text segment's vaddr.
                     assert_eq!(
-                        g.type_name(ty, g.min_exec_vaddr).as_deref(),
+                        g.type_name(ty, g.layout.min_exec_vaddr).as_deref(),
                         Some(want),
                         "{v} {f:?}"
                     );

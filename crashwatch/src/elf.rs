@@ -1,0 +1,59 @@
+//! Where an ELF file's bytes land in memory: its loadable segments, and the load bias of a
+//! process that mapped it. Shared by the symbolizer and the Go binary reader.
+use object::{Object, ObjectSegment};
+
+#[derive(Clone, Debug, Default)]
+pub struct Layout {
+    /// (file offset, vaddr, file size) of each loadable segment.
+    segments: Vec<(u64, u64, u64)>,
+    /// The lowest executable segment's vaddr: `mm->start_code` minus this is the load bias.
+    pub min_exec_vaddr: u64,
+}
+
+impl Layout {
+    pub fn of(obj: &object::File<'_>) -> Layout {
+        use object::read::elf::ProgramHeader;
+        let segments = obj
+            .segments()
+            .map(|s| (s.file_range().0, s.address(), s.file_range().1))
+            .collect();
+        let min_exec_vaddr = match obj {
+            object::File::Elf64(e) => {
+                let endian = e.endian();
+                e.elf_program_headers()
+                    .iter()
+                    .filter(|p| {
+                        p.p_type(endian) == object::elf::PT_LOAD
+                            && p.p_flags(endian) & object::elf::PF_X != 0
+                    })
+                    .map(|p| p.p_vaddr(endian))
+                    .min()
+                    .unwrap_or(0)
+            }
+            _ => 0,
+        };
+        Layout {
+            segments,
+            min_exec_vaddr,
+        }
+    }
+
+    pub fn vaddr_to_offset(&self, vaddr: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|(_, va, len)| *va <= vaddr && vaddr < va + len)
+            .map(|(off, va, _)| vaddr - va + off)
+    }
+
+    pub fn offset_to_vaddr(&self, off: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|(fo, _, len)| *fo <= off && off < fo + len)
+            .map(|(fo, va, _)| off - fo + va)
+    }
+
+    /// How far a process whose `mm->start_code` is `start_code` moved the file (PIE).
+    pub fn bias(&self, start_code: u64) -> Option<u64> {
+        start_code.checked_sub(self.min_exec_vaddr)
+    }
+}
