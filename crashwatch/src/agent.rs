@@ -94,11 +94,16 @@ pub async fn run(opts: Options) -> Result<()> {
                 ticks += 1;
                 let now = p.losses.losses();
                 if now != logged {
+                    // Recursion misses: a program was preempted and re-entered on the same CPU
+                    // (preemptible kernels); a full ring buffer: raise --ring-size.
+                    let by_program: Vec<String> =
+                        p.losses.recursion_misses().iter().map(|(n, c)| format!("{n} {c}")).collect();
                     eprintln!(
-                        "crashwatch: kernel lost {} events (ring buffer full: {}, recursion misses: {}); raise --ring-size if this repeats",
+                        "crashwatch: kernel lost {} events (ring buffer full: {}, recursion misses: {}; misses so far by program: {})",
                         now.total() - logged.total(),
                         now.ring_full - logged.ring_full,
-                        now.recursion_misses - logged.recursion_misses
+                        now.recursion_misses - logged.recursion_misses,
+                        if by_program.is_empty() { "none".to_string() } else { by_program.join(", ") }
                     );
                     logged = now;
                 }

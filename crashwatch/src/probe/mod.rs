@@ -35,7 +35,7 @@ pub struct Probe {
 /// keep it while another thread attaches uprobes.
 pub struct LossReader {
     lost: PerCpuArray<MapData, u64>,
-    programs: Vec<std::os::fd::OwnedFd>,
+    programs: Vec<(&'static str, std::os::fd::OwnedFd)>,
 }
 
 /// Everything the kernel side dropped so far.
@@ -125,7 +125,7 @@ impl Probe {
         let mut programs = Vec::new();
         for name in &self.attached {
             if let Some(Ok(fd)) = self.ebpf.program(name).map(|p| p.fd()) {
-                programs.push(fd.as_fd().try_clone_to_owned()?);
+                programs.push((*name, fd.as_fd().try_clone_to_owned()?));
             }
         }
         Ok(LossReader { lost, programs })
@@ -175,13 +175,18 @@ impl Probe {
 }
 
 impl LossReader {
+    /// Programs that lost runs to the kernel's recursion guard, and how many.
+    pub fn recursion_misses(&self) -> Vec<(&'static str, u64)> {
+        self.programs
+            .iter()
+            .map(|(name, fd)| (*name, prog_recursion_misses(fd.as_raw_fd()).unwrap_or(0)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
     pub fn losses(&self) -> Losses {
         let ring_full = self.lost.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);
-        let recursion_misses = self
-            .programs
-            .iter()
-            .map(|fd| prog_recursion_misses(fd.as_raw_fd()).unwrap_or(0))
-            .sum();
+        let recursion_misses = self.recursion_misses().iter().map(|(_, n)| n).sum();
         Losses {
             ring_full,
             recursion_misses,
