@@ -77,11 +77,13 @@ fn apt(p: &Paths, tool: &str) -> Result<Command> {
 }
 
 fn apt_update(p: &Paths) -> Result<()> {
+    // apt() creates the private state directories; a fresh tree has none yet.
+    let mut update = apt(p, "apt-get")?;
     if p.vm.join("apt/lists").read_dir()?.count() > 2 {
         return Ok(());
     }
     eprintln!("xtask: apt-get update (private lists under target/vm/apt)");
-    run(apt(p, "apt-get")?.args(["-qq", "update"]))?;
+    run(update.args(["-qq", "update"]))?;
     Ok(())
 }
 
