@@ -87,9 +87,9 @@ pub struct SignalRecord {
     pub hdr: Header,
     pub sig: i32,
     pub code: i32,
-    pub errno: i32,
     /// Non-zero when the process had a handler installed (`sa_handler` not SIG_DFL).
     pub handled: u32,
+    pub _pad0: u32,
     pub sa_handler: u64,
     /// `si_addr` for SIGSEGV/SIGBUS/SIGFPE/SIGILL/SIGTRAP.
     pub addr: u64,
@@ -187,7 +187,6 @@ pub struct Offsets {
     pub inode_ino: u32,
     pub inode_sb: u32,
     pub sb_dev: u32,
-    pub siginfo_errno: u32,
     pub siginfo_code: u32,
     pub siginfo_addr: u32,
     pub ksig_handler: u32,

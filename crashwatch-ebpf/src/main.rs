@@ -235,7 +235,6 @@ pub fn signal_deliver(ctx: BtfTracePointContext) -> u32 {
     rec.sa_handler = handler;
     // SEND_SIG_NOINFO/SEND_SIG_PRIV are the pointers 0 and 1: no siginfo behind them.
     let info = if info > 1 { info } else { 0 };
-    rec.errno = rd(info, config!(off.siginfo_errno));
     rec.code = rd(info, config!(off.siginfo_code));
     rec.addr = if matches!(sig, 4 | 5 | 7 | 8 | 11) {
         rd(info, config!(off.siginfo_addr))

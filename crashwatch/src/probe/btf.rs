@@ -59,7 +59,6 @@ pub fn load(pending_window_ns: u64) -> Result<KernelLayout> {
         inode_ino: k.off("inode", "i_ino")?,
         inode_sb: k.off("inode", "i_sb")?,
         sb_dev: k.off("super_block", "s_dev")?,
-        siginfo_errno: k.off("kernel_siginfo", "si_errno")?,
         siginfo_code: k.off("kernel_siginfo", "si_code")?,
         siginfo_addr: k.off("kernel_siginfo", "_sifields")? + k.off("__sifields", "_sigfault")?,
         ksig_handler: k.off("k_sigaction", "sa")? + k.off("sigaction", "sa_handler")?,
