@@ -9,7 +9,8 @@ need_root
 
 export DEBIAN_FRONTEND=noninteractive
 APT_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev gcc libc6-dev pkg-config
-          golang-go git tar podman runc python3-pip cpio)
+          golang-go git tar podman runc python3-pip cpio
+          bpftrace libbpf-tools)  # the peers `cargo xtask bench` measures against
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")

@@ -40,6 +40,15 @@ pub const GO_CHUNKS_PER_WRITE: usize = 16;
 /// Marks an unused offset in [`Offsets`].
 pub const NO_OFFSET: u32 = u32::MAX;
 
+/// Copies of each tracepoint's program (see the eBPF crate's docs).
+pub const COPIES: u32 = 3;
+/// Tracepoints whose program runs as copies; the index into the `COVERED` map, where later
+/// copies count the runs they did in place of skipped earlier ones.
+pub const SITE_EXEC: u32 = 0;
+pub const SITE_SIGNAL: u32 = 1;
+pub const SITE_EXIT: u32 = 2;
+pub const SITES: u32 = 3;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Header {

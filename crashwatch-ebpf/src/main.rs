@@ -7,6 +7,16 @@
 //! records. Struct fields are read at offsets the agent computes from BTF (`CONFIG`).
 //! Uprobes on the Go runtime's fatal paths (attached by the agent per Go binary) add the panic
 //! value, the fatal error message and what the runtime prints on its way down.
+//!
+//! Each tracepoint has three copies of its program. The kernel skips a tracing program, and
+//! counts a recursion miss, on a CPU where that same program is already running. Since Linux
+//! 7.0 tracepoint programs are preemptible, so on a preemptible kernel one task preempted inside
+//! a program makes it skip every other task on that CPU until the first resumes. The agent
+//! attaches the copies in order: the first notes the task in `DONE`; a later copy does nothing
+//! when the note is there, and otherwise does the work, notes it and counts it in `COVERED`;
+//! the last clears the note. An event is lost only when all three copies were skipped. Two
+//! were not enough: while the first is held, the second does every task's work and is as
+//! likely to be preempted in turn.
 #![no_std]
 #![no_main]
 
@@ -18,7 +28,7 @@ use aya_ebpf::{
         generated::{bpf_get_stack, bpf_task_pt_regs},
     },
     macros::{btf_tracepoint, map, uprobe},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{ring_buf::RingBufEntry, LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, ProbeContext},
     EbpfContext,
 };
@@ -34,11 +44,22 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Scratch space for records too large for the 512-byte BPF stack.
+/// Scratch space for records too large for the 512-byte BPF stack, one per program copy: the
+/// copies can all be mid-run on one CPU when tasks are preempted.
 #[map]
-static SCRATCH_SIG: PerCpuArray<SignalRecord> = PerCpuArray::with_max_entries(1, 0);
+static SCRATCH_SIG: PerCpuArray<SignalRecord> = PerCpuArray::with_max_entries(COPIES, 0);
 #[map]
-static SCRATCH_EXEC: PerCpuArray<ExecRecord> = PerCpuArray::with_max_entries(1, 0);
+static SCRATCH_EXEC: PerCpuArray<ExecRecord> = PerCpuArray::with_max_entries(COPIES, 0);
+
+/// Tasks (`task_struct` addresses) whose current event a copy has handled and the last copy
+/// has not yet seen, per CPU and site. A few slots: several tasks can be preempted between
+/// copies.
+const SLOTS: usize = 4;
+#[map]
+static DONE: PerCpuArray<[u64; SLOTS]> = PerCpuArray::with_max_entries(SITES, 0);
+/// Runs a later copy made because the kernel skipped the earlier ones, per CPU and site.
+#[map]
+static COVERED: PerCpuArray<u64> = PerCpuArray::with_max_entries(SITES, 0);
 
 /// The last handled fault-class signal per process (tgid), until that process exits.
 #[map]
@@ -48,8 +69,6 @@ static PENDING: LruHashMap<u32, SignalRecord> = LruHashMap::with_max_entries(409
 /// `fatalpanic`: a goroutine can move to another thread between the two.
 #[map]
 static GOPANIC: LruHashMap<[u64; 2], [u64; 2]> = LruHashMap::with_max_entries(8192, 0);
-#[map]
-static SCRATCH_GO: PerCpuArray<GoRecord> = PerCpuArray::with_max_entries(1, 0);
 
 const SIGKILL: i32 = 9;
 
@@ -69,6 +88,88 @@ fn rd<T: Default>(base: u64, off: u32) -> T {
     }
     // SAFETY: bpf_probe_read_kernel faults safely on bad addresses.
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).unwrap_or_default() }
+}
+
+/// Notes that the current task's event at `site` is handled.
+#[inline(always)]
+fn note_done(site: u32) {
+    let task = unsafe { bpf_get_current_task() };
+    let Some(s) = DONE.get_ptr_mut(site) else {
+        return;
+    };
+    // SAFETY: per-CPU slots; a preempting task only writes a free slot or its own.
+    let s = unsafe { &mut *s };
+    let mut free = SLOTS;
+    for (i, t) in s.iter().enumerate() {
+        if *t == task {
+            return;
+        }
+        if *t == 0 && free == SLOTS {
+            free = i;
+        }
+    }
+    // All taken (last copies skipped): reuse one; at worst its owner's event comes twice.
+    if free == SLOTS {
+        free = unsafe { bpf_ktime_get_ns() } as usize;
+    }
+    s[free & (SLOTS - 1)] = task;
+}
+
+/// A later copy at `site`: true when no earlier copy ran for this task's event, so this one
+/// must. The last copy clears the note for the task's next event.
+#[inline(always)]
+fn later_copy(site: u32, last: bool) -> bool {
+    let task = unsafe { bpf_get_current_task() };
+    if let Some(s) = DONE.get_ptr_mut(site) {
+        // SAFETY: as in note_done.
+        let s = unsafe { &mut *s };
+        for t in s.iter_mut() {
+            if *t == task {
+                if last {
+                    *t = 0;
+                }
+                return false;
+            }
+        }
+    }
+    if let Some(n) = COVERED.get_ptr_mut(site) {
+        // SAFETY: per-CPU counter; a lost increment only under-reports redos.
+        unsafe { *n += 1 };
+    }
+    if !last {
+        note_done(site);
+    }
+    true
+}
+
+/// The three copies of a tracepoint's program, attached by the agent in this order. `$body`
+/// takes the context and the copy's index (its scratch slot).
+macro_rules! three_copies {
+    ($tp:tt, $site:expr, $body:ident, $first:ident, $second:ident, $third:ident) => {
+        #[btf_tracepoint(function = $tp)]
+        pub fn $first(ctx: BtfTracePointContext) -> u32 {
+            note_done($site);
+            $body(&ctx, 0)
+        }
+
+        #[btf_tracepoint(function = $tp)]
+        pub fn $second(ctx: BtfTracePointContext) -> u32 {
+            if later_copy($site, false) {
+                $body(&ctx, 1)
+            } else {
+                0
+            }
+        }
+
+        #[btf_tracepoint(function = $tp)]
+        pub fn $third(ctx: BtfTracePointContext) -> u32 {
+            if later_copy($site, true) {
+                $body(&ctx, 2)
+            } else {
+                0
+            }
+        }
+    };
 }
 
 fn count_lost() {
@@ -144,9 +245,18 @@ fn read_cgroup(task: u64, out: &mut CgroupPath) {
     }
 }
 
-#[btf_tracepoint(function = "sched_process_exec")]
-pub fn sched_process_exec(ctx: BtfTracePointContext) -> u32 {
-    let Some(rec) = SCRATCH_EXEC.get_ptr_mut(0) else {
+three_copies!(
+    "sched_process_exec",
+    SITE_EXEC,
+    on_exec,
+    sched_process_exec,
+    sched_process_exec_2,
+    sched_process_exec_3
+);
+
+#[inline(always)]
+fn on_exec(ctx: &BtfTracePointContext, copy: u32) -> u32 {
+    let Some(rec) = SCRATCH_EXEC.get_ptr_mut(copy) else {
         return 0;
     };
     // SAFETY: per-CPU scratch slot owned by this program invocation.
@@ -201,8 +311,17 @@ fn fault_class(sig: i32) -> bool {
     matches!(sig, 4..=8 | 11 | 31)
 }
 
-#[btf_tracepoint(function = "signal_deliver")]
-pub fn signal_deliver(ctx: BtfTracePointContext) -> u32 {
+three_copies!(
+    "signal_deliver",
+    SITE_SIGNAL,
+    on_signal,
+    signal_deliver,
+    signal_deliver_2,
+    signal_deliver_3
+);
+
+#[inline(always)]
+fn on_signal(ctx: &BtfTracePointContext, copy: u32) -> u32 {
     let sig: i32 = ctx.arg(0);
     if !fatal_class(sig) {
         return 0;
@@ -223,7 +342,7 @@ pub fn signal_deliver(ctx: BtfTracePointContext) -> u32 {
             return 0;
         }
     }
-    let Some(rec) = SCRATCH_SIG.get_ptr_mut(0) else {
+    let Some(rec) = SCRATCH_SIG.get_ptr_mut(copy) else {
         return 0;
     };
     // SAFETY: per-CPU scratch slot owned by this program invocation.
@@ -288,9 +407,18 @@ fn exit_common(task: u64) {
     output(&rec);
 }
 
-/// Kernels before 6.16: no `group_dead` argument; `signal->live` reached 0 for the last thread.
-#[btf_tracepoint(function = "sched_process_exit")]
-pub fn sched_process_exit(_ctx: BtfTracePointContext) -> u32 {
+// Kernels before 6.16: no `group_dead` argument; `signal->live` reached 0 for the last thread.
+three_copies!(
+    "sched_process_exit",
+    SITE_EXIT,
+    exit_live,
+    sched_process_exit,
+    sched_process_exit_2,
+    sched_process_exit_3
+);
+
+#[inline(always)]
+fn exit_live(_ctx: &BtfTracePointContext, _copy: u32) -> u32 {
     let task = unsafe { bpf_get_current_task() };
     let signal: u64 = rd(task, config!(off.task_signal));
     let live: i32 = rd(signal, config!(off.signal_live));
@@ -300,9 +428,18 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// Kernels 6.16+: `sched_process_exit(struct task_struct *p, bool group_dead)`.
-#[btf_tracepoint(function = "sched_process_exit")]
-pub fn sched_process_exit_gd(ctx: BtfTracePointContext) -> u32 {
+// Kernels 6.16+: `sched_process_exit(struct task_struct *p, bool group_dead)`.
+three_copies!(
+    "sched_process_exit",
+    SITE_EXIT,
+    exit_group_dead,
+    sched_process_exit_gd,
+    sched_process_exit_gd_2,
+    sched_process_exit_gd_3
+);
+
+#[inline(always)]
+fn exit_group_dead(ctx: &BtfTracePointContext, _copy: u32) -> u32 {
     let group_dead: u64 = ctx.arg(1);
     if group_dead & 0xff != 0 {
         exit_common(unsafe { bpf_get_current_task() });
@@ -351,10 +488,17 @@ pub fn go_gopanic(ctx: ProbeContext) -> u32 {
     0
 }
 
-fn go_record(ctx: &ProbeContext, what: u32) -> Option<&'static mut GoRecord> {
-    let rec = SCRATCH_GO.get_ptr_mut(0)?;
-    // SAFETY: per-CPU scratch slot owned by this program invocation.
-    let rec = unsafe { &mut *rec };
+/// A Go record written in place in the ring buffer: uprobe programs have no recursion guard,
+/// so on a preemptible kernel two runs can share a CPU and no per-CPU scratch is safe.
+fn go_record(ctx: &ProbeContext, what: u32) -> Option<RingBufEntry<GoRecord>> {
+    let Some(mut e) = EVENTS.reserve::<GoRecord>(0) else {
+        count_lost();
+        return None;
+    };
+    // SAFETY: the reserved record; every field read downstream is written below (text and
+    // stack only up to their lengths).
+    let rec = unsafe { &mut *e.as_mut_ptr() };
+    rec._pad = 0;
     let task = unsafe { bpf_get_current_task() };
     fill_header(&mut rec.hdr, KIND_GO, task);
     rec.what = what;
@@ -363,7 +507,7 @@ fn go_record(ctx: &ProbeContext, what: u32) -> Option<&'static mut GoRecord> {
     let mm: u64 = rd(task, config!(off.task_mm));
     rec.start_code = rd(mm, config!(off.mm_start_code));
     rec.stack_len = user_stack(ctx.as_ptr(), &mut rec.stack);
-    Some(rec)
+    Some(e)
 }
 
 /// Copies `len` bytes of user memory at `ptr` into `dst`; returns the bytes copied.
@@ -386,9 +530,11 @@ fn read_user_text(ptr: u64, len: u64, dst: &mut [u8; GO_TEXT_LEN]) -> u32 {
 #[uprobe]
 pub fn go_fatalpanic(ctx: ProbeContext) -> u32 {
     let key = goroutine_key(&ctx);
-    let Some(rec) = go_record(&ctx, GO_PANIC) else {
+    let Some(mut e) = go_record(&ctx, GO_PANIC) else {
         return 0;
     };
+    // SAFETY: the reserved record, filled by go_record.
+    let rec = unsafe { &mut *e.as_mut_ptr() };
     if let Some(v) = unsafe { GOPANIC.get(key) } {
         let (ty, data) = (v[0], v[1]);
         rec.type_ptr = ty;
@@ -400,7 +546,7 @@ pub fn go_fatalpanic(ctx: ProbeContext) -> u32 {
             rec.text_len = read_user_text(hdr[0], hdr[1], &mut rec.text);
         }
     }
-    output(rec);
+    e.submit(0);
     0
 }
 
@@ -408,11 +554,13 @@ pub fn go_fatalpanic(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn go_throw(ctx: ProbeContext) -> u32 {
     let (ptr, len) = go_args(&ctx);
-    let Some(rec) = go_record(&ctx, GO_FATAL) else {
+    let Some(mut e) = go_record(&ctx, GO_FATAL) else {
         return 0;
     };
+    // SAFETY: the reserved record, filled by go_record.
+    let rec = unsafe { &mut *e.as_mut_ptr() };
     rec.text_len = read_user_text(ptr, len, &mut rec.text);
-    output(rec);
+    e.submit(0);
     0
 }
 

@@ -93,17 +93,15 @@ pub async fn run(opts: Options) -> Result<()> {
             _ = tick.tick() => {
                 ticks += 1;
                 let now = p.losses.losses();
-                if now != logged {
+                if now.total() != logged.total() {
                     // Recursion misses: a program was preempted and re-entered on the same CPU
                     // (preemptible kernels); a full ring buffer: raise --ring-size.
-                    let by_program: Vec<String> =
-                        p.losses.recursion_misses().iter().map(|(n, c)| format!("{n} {c}")).collect();
                     eprintln!(
-                        "crashwatch: kernel lost {} events (ring buffer full: {}, recursion misses: {}; misses so far by program: {})",
+                        "crashwatch: kernel lost {} events (ring buffer full: {}, recursion misses: {}; {})",
                         now.total() - logged.total(),
                         now.ring_full - logged.ring_full,
                         now.recursion_misses - logged.recursion_misses,
-                        if by_program.is_empty() { "none".to_string() } else { by_program.join(", ") }
+                        guard_note(&p.losses, now)
                     );
                     logged = now;
                 }
@@ -124,10 +122,30 @@ pub async fn run(opts: Options) -> Result<()> {
     }
     let l = p.losses.losses();
     eprintln!(
-        "crashwatch: stopped (kernel losses: ring buffer full {}, recursion misses {}, undecodable records {})",
-        l.ring_full, l.recursion_misses, p.decode_errors
+        "crashwatch: stopped (kernel losses: ring buffer full {}, recursion misses {}, undecodable records {}) ({})",
+        l.ring_full,
+        l.recursion_misses,
+        p.decode_errors,
+        guard_note(&p.losses, l)
     );
     Ok(())
+}
+
+/// What the kernel's recursion guard skipped, by program, and how much later copies redid.
+fn guard_note(reader: &LossReader, l: Losses) -> String {
+    let by_program: Vec<String> = reader
+        .recursion_misses()
+        .iter()
+        .map(|(n, c)| format!("{n} {c}"))
+        .collect();
+    if by_program.is_empty() {
+        return "recursion guard skipped no runs".into();
+    }
+    format!(
+        "runs skipped by the recursion guard so far: {}; {} redone by later copies",
+        by_program.join(", "),
+        l.redone
+    )
 }
 
 impl Pipeline {

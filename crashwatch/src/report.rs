@@ -29,7 +29,7 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub go: Option<GoInfo>,
     pub stack: Vec<Frame>,
-    /// Kernel events lost (ring buffer full, recursion misses) since the previous report.
+    /// Kernel events lost (ring buffer full, recursion misses not redone) since the previous report.
     pub lost_before: u64,
 }
 

@@ -437,8 +437,13 @@ pub fn boot(
             o.notes.push(l.trim().into());
         } else if l.contains("crashwatch: stopped") {
             o.losses = l.trim().into();
-            // "ring buffer full A, recursion misses B, undecodable records C"
-            o.lost = l
+            // "(kernel losses: ring buffer full A, recursion misses B, undecodable records C)";
+            // what follows (runs redone by later copies) is not a loss.
+            let counts = l
+                .split_once("kernel losses:")
+                .and_then(|(_, r)| r.split_once(')'))
+                .map_or(l, |(c, _)| c);
+            o.lost = counts
                 .split(|c: char| !c.is_ascii_digit())
                 .filter_map(|n| n.parse::<u64>().ok())
                 .sum();

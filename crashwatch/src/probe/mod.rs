@@ -1,5 +1,10 @@
 //! Probe: loads crashwatch's eBPF programs into the running kernel, attaches them, and exposes
 //! the ring buffer and the loss counters (failed ring buffer writes, recursion misses).
+//!
+//! Each tracepoint's program is attached as three copies, in order (see the eBPF crate's docs):
+//! the kernel's recursion guard skips a program on a CPU where a preempted task is inside it,
+//! and a later copy redoes what an earlier one was kept from. A run skipped by the first copy
+//! is a lost event only if no later copy redid it.
 pub mod btf;
 pub mod go;
 
@@ -11,6 +16,7 @@ use aya::{
     programs::{uprobe::UProbeScope, BtfTracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
+use crashwatch_common::{COPIES, SITE_EXEC, SITE_EXIT, SITE_SIGNAL};
 
 /// Uprobe programs, loaded at start and attached to each Go binary as it is found.
 const GO_PROGRAMS: [&str; 5] = [
@@ -35,7 +41,87 @@ pub struct Probe {
 /// keep it while another thread attaches uprobes.
 pub struct LossReader {
     lost: PerCpuArray<MapData, u64>,
+    covered: PerCpuArray<MapData, u64>,
     programs: Vec<(&'static str, std::os::fd::OwnedFd)>,
+}
+
+/// A tracepoint program: its name, its tracepoint, and for the copied ones which copy it is
+/// and at which site.
+struct TracepointProgram {
+    name: &'static str,
+    tracepoint: &'static str,
+    copy: Option<(Role, u32)>,
+    /// For the exit programs: whether it needs the `group_dead` argument (6.16+) or must not
+    /// have it.
+    group_dead: Option<bool>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    First,
+    Later,
+}
+
+/// Every tracepoint program in attach order: a tracepoint's copies first to last.
+fn tracepoint_programs() -> Vec<TracepointProgram> {
+    type Copies = [&'static str; COPIES as usize];
+    let sites: [(Copies, &str, u32, Option<bool>); 4] = [
+        (
+            [
+                "sched_process_exec",
+                "sched_process_exec_2",
+                "sched_process_exec_3",
+            ],
+            "sched_process_exec",
+            SITE_EXEC,
+            None,
+        ),
+        (
+            ["signal_deliver", "signal_deliver_2", "signal_deliver_3"],
+            "signal_deliver",
+            SITE_SIGNAL,
+            None,
+        ),
+        (
+            [
+                "sched_process_exit",
+                "sched_process_exit_2",
+                "sched_process_exit_3",
+            ],
+            "sched_process_exit",
+            SITE_EXIT,
+            Some(false),
+        ),
+        (
+            [
+                "sched_process_exit_gd",
+                "sched_process_exit_gd_2",
+                "sched_process_exit_gd_3",
+            ],
+            "sched_process_exit",
+            SITE_EXIT,
+            Some(true),
+        ),
+    ];
+    let mut out = Vec::new();
+    for (copies, tracepoint, site, group_dead) in sites {
+        for (i, name) in copies.into_iter().enumerate() {
+            let role = if i == 0 { Role::First } else { Role::Later };
+            out.push(TracepointProgram {
+                name,
+                tracepoint,
+                copy: Some((role, site)),
+                group_dead,
+            });
+        }
+    }
+    out.push(TracepointProgram {
+        name: "mark_victim",
+        tracepoint: "mark_victim",
+        copy: None,
+        group_dead: None,
+    });
+    out
 }
 
 /// Everything the kernel side dropped so far.
@@ -43,8 +129,10 @@ pub struct LossReader {
 pub struct Losses {
     /// Ring buffer reserves that failed (buffer full), summed over CPUs.
     pub ring_full: u64,
-    /// Program runs the kernel skipped because another BPF program was running on that CPU.
+    /// Events lost to the kernel's recursion guard: runs it skipped that no second copy redid.
     pub recursion_misses: u64,
+    /// Runs the guard skipped in a first copy that a later copy redid: nothing lost.
+    pub redone: u64,
 }
 
 impl Losses {
@@ -65,19 +153,10 @@ impl Probe {
             .map_max_entries("EVENTS", ring_bytes)
             .load(PROGRAMS)
             .context("loading the eBPF programs into the kernel")?;
-        let exit_prog = if layout.exit_has_group_dead {
-            "sched_process_exit_gd"
-        } else {
-            "sched_process_exit"
-        };
-        let progs: [(&'static str, &str); 4] = [
-            ("sched_process_exec", "sched_process_exec"),
-            ("signal_deliver", "signal_deliver"),
-            (exit_prog, "sched_process_exit"),
-            ("mark_victim", "mark_victim"),
-        ];
         let mut attached = Vec::new();
-        for (prog, tp) in progs {
+        let programs = tracepoint_programs().into_iter();
+        for t in programs.filter(|t| t.group_dead.is_none_or(|g| g == layout.exit_has_group_dead)) {
+            let (prog, tp) = (t.name, t.tracepoint);
             let p: &mut BtfTracePoint = ebpf
                 .program_mut(prog)
                 .with_context(|| format!("program {prog} missing from the object"))?
@@ -122,13 +201,22 @@ impl Probe {
                 .take_map("LOST")
                 .context("map LOST missing or already taken")?,
         )?;
+        let covered = PerCpuArray::try_from(
+            self.ebpf
+                .take_map("COVERED")
+                .context("map COVERED missing or already taken")?,
+        )?;
         let mut programs = Vec::new();
         for name in &self.attached {
             if let Some(Ok(fd)) = self.ebpf.program(name).map(|p| p.fd()) {
                 programs.push((*name, fd.as_fd().try_clone_to_owned()?));
             }
         }
-        Ok(LossReader { lost, programs })
+        Ok(LossReader {
+            lost,
+            covered,
+            programs,
+        })
     }
 
     pub fn program_names(&self) -> &[&'static str] {
@@ -186,11 +274,34 @@ impl LossReader {
 
     pub fn losses(&self) -> Losses {
         let ring_full = self.lost.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);
-        let recursion_misses = self.recursion_misses().iter().map(|(_, n)| n).sum();
-        Losses {
+        // Misses before redos: a redo always follows its miss, so this order never shows a
+        // loss that a redo already made good.
+        let misses = self.recursion_misses();
+        let mut out = Losses {
             ring_full,
-            recursion_misses,
+            ..Losses::default()
+        };
+        for t in tracepoint_programs() {
+            let n = misses
+                .iter()
+                .find(|(name, _)| *name == t.name)
+                .map_or(0, |m| m.1);
+            match t.copy {
+                // Alone, a later copy's miss loses nothing: the first copy ran.
+                Some((Role::Later, _)) => {}
+                Some((Role::First, site)) => {
+                    let redone: u64 = self
+                        .covered
+                        .get(&site, 0)
+                        .map(|v| v.iter().sum())
+                        .unwrap_or(0);
+                    out.recursion_misses += n.saturating_sub(redone);
+                    out.redone += redone.min(n);
+                }
+                None => out.recursion_misses += n,
+            }
         }
+        out
     }
 }
 
