@@ -490,6 +490,8 @@ pub fn go_gopanic(ctx: ProbeContext) -> u32 {
 
 /// A Go record written in place in the ring buffer: uprobe programs have no recursion guard,
 /// so on a preemptible kernel two runs can share a CPU and no per-CPU scratch is safe.
+/// Inlined: the 6.1 verifier loses track of a reservation returned from a subprogram.
+#[inline(always)]
 fn go_record(ctx: &ProbeContext, what: u32) -> Option<RingBufEntry<GoRecord>> {
     let Some(mut e) = EVENTS.reserve::<GoRecord>(0) else {
         count_lost();
