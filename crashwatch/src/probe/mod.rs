@@ -129,7 +129,7 @@ fn tracepoint_programs() -> Vec<TracepointProgram> {
 pub struct Losses {
     /// Ring buffer reserves that failed (buffer full), summed over CPUs.
     pub ring_full: u64,
-    /// Events lost to the kernel's recursion guard: runs it skipped that no second copy redid.
+    /// Events lost to the kernel's recursion guard: runs it skipped that no later copy redid.
     pub recursion_misses: u64,
     /// Runs the guard skipped in a first copy that a later copy redid: nothing lost.
     pub redone: u64,
