@@ -1,0 +1,109 @@
+//! Three copies of each tracepoint's program, so the kernel's recursion guard cannot lose an
+//! event to a preempted task.
+//!
+//! The kernel skips a tracing program, and counts a recursion miss, on a CPU where that same
+//! program is already running. Since Linux 7.0 tracepoint programs are preemptible, so on a
+//! preemptible kernel one task preempted inside a program makes it skip every other task on
+//! that CPU until the first resumes. The agent attaches the copies in order: the first notes
+//! the task in `DONE`; a later copy does nothing when the note is there, and otherwise does the
+//! work, notes it and counts it in `COVERED`; the last clears the note. An event is lost only
+//! when all three copies were skipped. Two were not enough: while the first is held, the second
+//! does every task's work and is as likely to be preempted in turn.
+use aya_ebpf::{
+    helpers::{bpf_get_current_task, bpf_ktime_get_ns},
+    macros::map,
+    maps::PerCpuArray,
+};
+use crashwatch_common::SITES;
+
+/// Tasks (`task_struct` addresses) whose current event a copy has handled and the last copy
+/// has not yet seen, per CPU and site. A few slots: several tasks can be preempted between
+/// copies.
+const SLOTS: usize = 4;
+#[map]
+static DONE: PerCpuArray<[u64; SLOTS]> = PerCpuArray::with_max_entries(SITES, 0);
+/// Runs a later copy made because the kernel skipped the earlier ones, per CPU and site.
+#[map]
+static COVERED: PerCpuArray<u64> = PerCpuArray::with_max_entries(SITES, 0);
+
+/// Notes that the current task's event at `site` is handled.
+#[inline(always)]
+pub fn note_done(site: u32) {
+    let task = unsafe { bpf_get_current_task() };
+    let Some(s) = DONE.get_ptr_mut(site) else {
+        return;
+    };
+    // SAFETY: per-CPU slots; a preempting task only writes a free slot or its own.
+    let s = unsafe { &mut *s };
+    let mut free = SLOTS;
+    for (i, t) in s.iter().enumerate() {
+        if *t == task {
+            return;
+        }
+        if *t == 0 && free == SLOTS {
+            free = i;
+        }
+    }
+    // All taken (last copies skipped): reuse one; at worst its owner's event comes twice.
+    if free == SLOTS {
+        free = unsafe { bpf_ktime_get_ns() } as usize;
+    }
+    s[free & (SLOTS - 1)] = task;
+}
+
+/// A later copy at `site`: true when no earlier copy ran for this task's event, so this one
+/// must. The last copy clears the note for the task's next event.
+#[inline(always)]
+pub fn later_copy(site: u32, last: bool) -> bool {
+    let task = unsafe { bpf_get_current_task() };
+    if let Some(s) = DONE.get_ptr_mut(site) {
+        // SAFETY: as in note_done.
+        let s = unsafe { &mut *s };
+        for t in s.iter_mut() {
+            if *t == task {
+                if last {
+                    *t = 0;
+                }
+                return false;
+            }
+        }
+    }
+    if let Some(n) = COVERED.get_ptr_mut(site) {
+        // SAFETY: per-CPU counter; a lost increment only under-reports redos.
+        unsafe { *n += 1 };
+    }
+    if !last {
+        note_done(site);
+    }
+    true
+}
+
+/// The three copies of a tracepoint's program, attached by the agent in this order. `$body`
+/// takes the context and the copy's index (its scratch slot).
+macro_rules! three_copies {
+    ($tp:tt, $site:expr, $body:ident, $first:ident, $second:ident, $third:ident) => {
+        #[aya_ebpf::macros::btf_tracepoint(function = $tp)]
+        pub fn $first(ctx: aya_ebpf::programs::BtfTracePointContext) -> u32 {
+            $crate::copies::note_done($site);
+            $body(&ctx, 0)
+        }
+
+        #[aya_ebpf::macros::btf_tracepoint(function = $tp)]
+        pub fn $second(ctx: aya_ebpf::programs::BtfTracePointContext) -> u32 {
+            if $crate::copies::later_copy($site, false) {
+                $body(&ctx, 1)
+            } else {
+                0
+            }
+        }
+
+        #[aya_ebpf::macros::btf_tracepoint(function = $tp)]
+        pub fn $third(ctx: aya_ebpf::programs::BtfTracePointContext) -> u32 {
+            if $crate::copies::later_copy($site, true) {
+                $body(&ctx, 2)
+            } else {
+                0
+            }
+        }
+    };
+}

@@ -1,0 +1,139 @@
+//! `sched_process_exec` and `sched_process_exit`: who runs what, and how each process ended.
+//!
+//! An exec record names the executable (its file identity), the command line and the cgroup
+//! while the new image is in place. An exit record is sent for the last thread of a process
+//! only (a whole-process death), with its wait status; a parked handled fault of that process
+//! goes out just before it when the death came within the pending window.
+use aya_ebpf::{
+    helpers::{bpf_get_current_task, bpf_probe_read_kernel_str_bytes},
+    macros::map,
+    maps::PerCpuArray,
+    programs::BtfTracePointContext,
+};
+use crashwatch_common::*;
+
+use crate::{
+    shared::{fill_header, output, rd, read_args},
+    signal::PENDING,
+};
+
+/// Scratch space for the exec record (too large for the 512-byte BPF stack), one per program
+/// copy: the copies can all be mid-run on one CPU when tasks are preempted.
+#[map]
+static SCRATCH_EXEC: PerCpuArray<ExecRecord> = PerCpuArray::with_max_entries(COPIES, 0);
+
+fn read_cgroup(task: u64, out: &mut CgroupPath) {
+    let css_set: u64 = rd(task, config!(off.task_cgroups));
+    let mut cg: u64 = rd(css_set, config!(off.cgroup_hop1));
+    if config!(off.cgroup_hop2) != NO_OFFSET {
+        cg = rd(cg, config!(off.cgroup_hop2));
+    }
+    let mut kn: u64 = rd(cg, config!(off.cgroup_kn));
+    for i in 0..CGROUP_DEPTH {
+        out.names[i][0] = 0;
+        if kn == 0 {
+            continue;
+        }
+        let name: u64 = rd(kn, config!(off.kn_name));
+        if name != 0 {
+            let _ =
+                unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut out.names[i]) };
+        }
+        kn = rd(kn, config!(off.kn_parent));
+    }
+}
+
+three_copies!(
+    "sched_process_exec",
+    SITE_EXEC,
+    on_exec,
+    sched_process_exec,
+    sched_process_exec_2,
+    sched_process_exec_3
+);
+
+#[inline(always)]
+fn on_exec(ctx: &BtfTracePointContext, copy: u32) -> u32 {
+    let Some(rec) = SCRATCH_EXEC.get_ptr_mut(copy) else {
+        return 0;
+    };
+    // SAFETY: per-CPU scratch slot owned by this program invocation.
+    let rec = unsafe { &mut *rec };
+    let task = unsafe { bpf_get_current_task() };
+    let bprm: u64 = ctx.arg(2);
+    fill_header(&mut rec.hdr, KIND_EXEC, task);
+    let file: u64 = rd(bprm, config!(off.bprm_file));
+    let inode: u64 = rd(file, config!(off.file_inode));
+    let sb: u64 = rd(inode, config!(off.inode_sb));
+    rec.ino = rd(inode, config!(off.inode_ino));
+    rec.dev = rd(sb, config!(off.sb_dev));
+    rec.filename[0] = 0;
+    let name: u64 = rd(bprm, config!(off.bprm_filename));
+    if name != 0 {
+        let _ = unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut rec.filename) };
+    }
+    rec.args_len = read_args(task, &mut rec.args);
+    read_cgroup(task, &mut rec.cgroup);
+    // A new image is not to blame for a fault its predecessor handled.
+    let _ = PENDING.remove(rec.hdr.pid);
+    output(rec);
+    0
+}
+
+fn exit_common(task: u64) {
+    let signal: u64 = rd(task, config!(off.task_signal));
+    let gec: u32 = rd(signal, config!(off.signal_group_exit_code));
+    let code: u32 = rd(task, config!(off.task_exit_code));
+    let mut rec = ExitRecord::default();
+    fill_header(&mut rec.hdr, KIND_EXIT, task);
+    rec.status = if gec != 0 { gec } else { code };
+    let pid = rec.hdr.pid;
+    if let Some(p) = unsafe { PENDING.get(pid) } {
+        let fresh = rec.hdr.ktime_ns.wrapping_sub(p.hdr.ktime_ns) <= config!(pending_window_ns);
+        if rec.status != 0 && fresh {
+            output(p);
+        }
+        let _ = PENDING.remove(pid);
+    }
+    output(&rec);
+}
+
+// Kernels before 6.16: no `group_dead` argument; `signal->live` reached 0 for the last thread.
+three_copies!(
+    "sched_process_exit",
+    SITE_EXIT,
+    exit_live,
+    sched_process_exit,
+    sched_process_exit_2,
+    sched_process_exit_3
+);
+
+#[inline(always)]
+fn exit_live(_ctx: &BtfTracePointContext, _copy: u32) -> u32 {
+    let task = unsafe { bpf_get_current_task() };
+    let signal: u64 = rd(task, config!(off.task_signal));
+    let live: i32 = rd(signal, config!(off.signal_live));
+    if live == 0 {
+        exit_common(task);
+    }
+    0
+}
+
+// Kernels 6.16+: `sched_process_exit(struct task_struct *p, bool group_dead)`.
+three_copies!(
+    "sched_process_exit",
+    SITE_EXIT,
+    exit_group_dead,
+    sched_process_exit_gd,
+    sched_process_exit_gd_2,
+    sched_process_exit_gd_3
+);
+
+#[inline(always)]
+fn exit_group_dead(ctx: &BtfTracePointContext, _copy: u32) -> u32 {
+    let group_dead: u64 = ctx.arg(1);
+    if group_dead & 0xff != 0 {
+        exit_common(unsafe { bpf_get_current_task() });
+    }
+    0
+}

@@ -1,0 +1,191 @@
+//! Uprobes on the Go runtime's fatal paths, attached by the agent to each Go binary: the panic
+//! value and its type, the fatal error's message, and what the runtime prints on its way down.
+//!
+//! Go passes arguments in registers (ABIInternal, Go 1.17+): the first two words in RAX and
+//! RBX. Only entry probes: uretprobes break when Go moves stacks.
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_probe_read_user_buf,
+    },
+    macros::{map, uprobe},
+    maps::{ring_buf::RingBufEntry, LruHashMap},
+    programs::ProbeContext,
+    EbpfContext,
+};
+use crashwatch_common::*;
+
+use crate::shared::{count_lost, fill_header, rd, user_stack, EVENTS};
+
+/// The panic value's (type, data) per goroutine (tgid, g), from `runtime.gopanic`, for
+/// `fatalpanic`: a goroutine can move to another thread between the two.
+#[map]
+static GOPANIC: LruHashMap<[u64; 2], [u64; 2]> = LruHashMap::with_max_entries(8192, 0);
+
+fn go_args(ctx: &ProbeContext) -> (u64, u64) {
+    // SAFETY: ctx.regs is the probed thread's saved user registers.
+    unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx) }
+}
+
+/// The running goroutine: Go's register ABI keeps `g` in R14.
+fn goroutine_key(ctx: &ProbeContext) -> [u64; 2] {
+    // SAFETY: as above.
+    let g = unsafe { (*ctx.regs).r14 };
+    [bpf_get_current_pid_tgid() >> 32, g]
+}
+
+/// `runtime.gopanic(e any)`: remember the value's type; it may yet be recovered.
+#[uprobe]
+pub fn go_gopanic(ctx: ProbeContext) -> u32 {
+    let (ty, data) = go_args(&ctx);
+    let _ = GOPANIC.insert(goroutine_key(&ctx), [ty, data], 0);
+    0
+}
+
+/// A Go record written in place in the ring buffer: uprobe programs have no recursion guard,
+/// so on a preemptible kernel two runs can share a CPU and no per-CPU scratch is safe.
+/// Inlined: the 6.1 verifier loses track of a reservation returned from a subprogram.
+#[inline(always)]
+fn go_record(ctx: &ProbeContext, what: u32) -> Option<RingBufEntry<GoRecord>> {
+    let Some(mut e) = EVENTS.reserve::<GoRecord>(0) else {
+        count_lost();
+        return None;
+    };
+    // SAFETY: the reserved record; every field read downstream is written below (text and
+    // stack only up to their lengths).
+    let rec = unsafe { &mut *e.as_mut_ptr() };
+    rec._pad = 0;
+    let task = unsafe { bpf_get_current_task() };
+    fill_header(&mut rec.hdr, KIND_GO, task);
+    rec.what = what;
+    rec.type_ptr = 0;
+    rec.text_len = 0;
+    let mm: u64 = rd(task, config!(off.task_mm));
+    rec.start_code = rd(mm, config!(off.mm_start_code));
+    rec.stack_len = user_stack(ctx.as_ptr(), &mut rec.stack);
+    Some(e)
+}
+
+/// Copies `len` bytes of user memory at `ptr` into `dst`; returns the bytes copied.
+fn read_user_text(ptr: u64, len: u64, dst: &mut [u8; GO_TEXT_LEN]) -> u32 {
+    let n = if len >= GO_TEXT_LEN as u64 {
+        GO_TEXT_LEN
+    } else {
+        len as usize & (GO_TEXT_LEN - 1)
+    };
+    if n == 0 || ptr == 0 {
+        return 0;
+    }
+    match unsafe { bpf_probe_read_user_buf(ptr as *const u8, &mut dst[..n]) } {
+        Ok(()) => n as u32,
+        Err(_) => 0,
+    }
+}
+
+/// `runtime.fatalpanic(msgs *_panic)`: the panic was not recovered; the process dies.
+#[uprobe]
+pub fn go_fatalpanic(ctx: ProbeContext) -> u32 {
+    let key = goroutine_key(&ctx);
+    let Some(mut e) = go_record(&ctx, GO_PANIC) else {
+        return 0;
+    };
+    // SAFETY: the reserved record, filled by go_record.
+    let rec = unsafe { &mut *e.as_mut_ptr() };
+    if let Some(v) = unsafe { GOPANIC.get(key) } {
+        let (ty, data) = (v[0], v[1]);
+        rec.type_ptr = ty;
+        // abi.Type.Kind_ (offset 23, stable since Go 1.?-1.27); kind 24 is string: copy it.
+        let kind: u8 = unsafe { bpf_probe_read_user((ty + 23) as *const u8) }.unwrap_or(0);
+        if kind & 0x1f == 24 {
+            let hdr: [u64; 2] =
+                unsafe { bpf_probe_read_user(data as *const [u64; 2]) }.unwrap_or([0, 0]);
+            rec.text_len = read_user_text(hdr[0], hdr[1], &mut rec.text);
+        }
+    }
+    e.submit(0);
+    0
+}
+
+/// `runtime.throw(s string)` and `runtime.fatal(s string)`: a fatal error with its message.
+#[uprobe]
+pub fn go_throw(ctx: ProbeContext) -> u32 {
+    let (ptr, len) = go_args(&ctx);
+    let Some(mut e) = go_record(&ctx, GO_FATAL) else {
+        return 0;
+    };
+    // SAFETY: the reserved record, filled by go_record.
+    let rec = unsafe { &mut *e.as_mut_ptr() };
+    rec.text_len = read_user_text(ptr, len, &mut rec.text);
+    e.submit(0);
+    0
+}
+
+/// `runtime.writeErrData(data *byte, n int32)` (Go 1.23+): what the runtime prints to stderr.
+#[uprobe]
+pub fn go_write_err(ctx: ProbeContext) -> u32 {
+    let (ptr, len) = go_args(&ctx);
+    send_output(ptr, len & 0xffff_ffff);
+    0
+}
+
+/// `runtime.write1(fd uintptr, p unsafe.Pointer, n int32)` (Go before 1.23), stderr only.
+/// Assembly (ABI0): the arguments are on the stack, above the return address.
+#[uprobe]
+pub fn go_write1(ctx: ProbeContext) -> u32 {
+    // SAFETY: ctx.regs is the probed thread's saved user registers.
+    let sp = unsafe { (*ctx.regs).rsp };
+    let args: [u64; 3] =
+        unsafe { bpf_probe_read_user((sp + 8) as *const [u64; 3]) }.unwrap_or([0; 3]);
+    if args[0] == 2 {
+        send_output(args[1], args[2] & 0xffff_ffff);
+    }
+    0
+}
+
+/// Sends `len` bytes of user memory at `ptr` as output chunks.
+fn send_output(ptr: u64, len: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let task = unsafe { bpf_get_current_task() };
+    let leader: u64 = rd(task, config!(off.task_group_leader));
+    let start_ns: u64 = rd(leader, config!(off.task_start_time));
+    let now = unsafe { bpf_ktime_get_ns() };
+    for i in 0..GO_CHUNKS_PER_WRITE {
+        let off = (i * GO_CHUNK_LEN) as u64;
+        if off >= len {
+            break;
+        }
+        let Some(mut e) = EVENTS.reserve::<GoOutputRecord>(0) else {
+            count_lost();
+            break;
+        };
+        let rec = e.as_mut_ptr();
+        let left = len - off;
+        let src = (ptr + off) as *const u8;
+        // SAFETY: rec points at the reserved record; every field is written before submit.
+        unsafe {
+            (*rec).kind = KIND_GO_OUTPUT;
+            (*rec).pid = (pid_tgid >> 32) as u32;
+            (*rec).tid = pid_tgid as u32;
+            (*rec).ktime_ns = now;
+            (*rec).start_ns = start_ns;
+            (*rec).cut = (i == GO_CHUNKS_PER_WRITE - 1 && left > GO_CHUNK_LEN as u64) as u32;
+            (*rec)._pad = 0;
+            let data = &mut (*rec).data;
+            // Two reads, not one of a computed size: older verifiers (6.1) lose the bound of
+            // a length merged from two branches. A constant, and a masked length.
+            (*rec).len = if left >= GO_CHUNK_LEN as u64 {
+                match bpf_probe_read_user_buf(src, &mut data[..]) {
+                    Ok(()) => GO_CHUNK_LEN as u32,
+                    Err(_) => 0,
+                }
+            } else {
+                let n = left as usize & (GO_CHUNK_LEN - 1);
+                match bpf_probe_read_user_buf(src, &mut data[..n]) {
+                    Ok(()) => n as u32,
+                    Err(_) => 0,
+                }
+            };
+        }
+        e.submit(0);
+    }
+}

@@ -1,0 +1,110 @@
+//! What every program shares: the agent's configuration (`CONFIG`, struct offsets from BTF),
+//! the ring buffer and its loss counter, and helpers that read the kernel's and the process's
+//! memory at those offsets.
+use aya_ebpf::{
+    helpers::{
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user_buf, generated::bpf_get_stack,
+    },
+    macros::map,
+    maps::{PerCpuArray, RingBuf},
+};
+use crashwatch_common::*;
+
+#[unsafe(no_mangle)]
+pub static CONFIG: Config = unsafe { core::mem::zeroed() };
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// Failed ring buffer writes, per CPU: loss is counted, never silent.
+#[map]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Reads a field of `CONFIG`. Volatile: the compiler would otherwise fold the all-zero
+/// initializer into the code, and the loader's values would never be seen.
+macro_rules! config {
+    ($($f:ident).+) => {
+        // SAFETY: CONFIG is a read-only global the loader fills in before verification.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!($crate::shared::CONFIG.$($f).+)) }
+    };
+}
+
+#[inline(always)]
+pub fn rd<T: Default>(base: u64, off: u32) -> T {
+    if base == 0 || off == NO_OFFSET {
+        return T::default();
+    }
+    // SAFETY: bpf_probe_read_kernel faults safely on bad addresses.
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).unwrap_or_default() }
+}
+
+pub fn count_lost() {
+    if let Some(n) = LOST.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *n += 1 };
+    }
+}
+
+pub fn output<T>(rec: &T) {
+    if EVENTS.output::<T>(rec, 0).is_err() {
+        count_lost();
+    }
+}
+
+/// Fills the header from `task` (any thread of the process).
+pub fn fill_header(hdr: &mut Header, kind: u32, task: u64) {
+    let leader: u64 = rd(task, config!(off.task_group_leader));
+    let parent: u64 = rd(task, config!(off.task_real_parent));
+    let cred: u64 = rd(task, config!(off.task_real_cred));
+    hdr.kind = kind;
+    hdr.pid = rd::<u32>(task, config!(off.task_tgid));
+    hdr.tid = rd::<u32>(task, config!(off.task_pid));
+    hdr.ppid = rd::<u32>(parent, config!(off.task_tgid));
+    hdr.ktime_ns = unsafe { bpf_ktime_get_ns() };
+    hdr.start_ns = rd::<u64>(leader, config!(off.task_start_time));
+    hdr.uid = rd::<u32>(cred, config!(off.cred_uid));
+    hdr.comm = rd::<[u8; COMM_LEN]>(leader, config!(off.task_comm));
+}
+
+/// Copies the process's argument list from its user memory; returns bytes copied.
+pub fn read_args(task: u64, dst: &mut [u8; ARGS_LEN]) -> u32 {
+    let mm: u64 = rd(task, config!(off.task_mm));
+    let start: u64 = rd(mm, config!(off.mm_arg_start));
+    let end: u64 = rd(mm, config!(off.mm_arg_end));
+    if start == 0 || end <= start {
+        return 0;
+    }
+    let len = (end - start).min(ARGS_LEN as u64) as usize;
+    // Two fixed sizes keep the verifier happy; a short read of a long buffer is still useful.
+    let n = if len == ARGS_LEN {
+        ARGS_LEN
+    } else {
+        len & (ARGS_LEN - 1)
+    };
+    if n == 0 {
+        return 0;
+    }
+    match unsafe { bpf_probe_read_user_buf(start as *const u8, &mut dst[..n]) } {
+        Ok(()) => n as u32,
+        Err(_) => 0,
+    }
+}
+
+/// The current thread's user stack (frame pointers), innermost first; returns bytes filled.
+pub fn user_stack(ctx: *mut core::ffi::c_void, stack: &mut [u64; STACK_DEPTH]) -> u32 {
+    let flags = aya_ebpf::bindings::BPF_F_USER_STACK as u64;
+    // SAFETY: the helper writes at most the given size into `stack`.
+    let n = unsafe {
+        bpf_get_stack(
+            ctx,
+            stack.as_mut_ptr() as *mut _,
+            (STACK_DEPTH * 8) as u32,
+            flags,
+        )
+    };
+    if n > 0 {
+        n as u32
+    } else {
+        0
+    }
+}

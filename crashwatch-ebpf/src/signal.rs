@@ -1,0 +1,119 @@
+//! `signal_deliver`: the fatal-class signals, with the faulting thread's registers, user stack
+//! and command line.
+//!
+//! Only what can end a process gets through: default-action fatal signals, and faults
+//! (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS) the process handles itself. A
+//! handled one (Go's and the JVM's handlers) is parked in `PENDING` and sent only if the process
+//! then dies, so processes that survive their faults cost no records. The SIGKILLs `exit_group`
+//! sends to sibling threads are dropped.
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel_buf,
+        generated::bpf_task_pt_regs,
+    },
+    macros::map,
+    maps::{LruHashMap, PerCpuArray},
+    programs::BtfTracePointContext,
+    EbpfContext,
+};
+use crashwatch_common::*;
+
+use crate::shared::{fill_header, output, rd, read_args, user_stack};
+
+/// Scratch space for signal records, one per program copy.
+#[map]
+static SCRATCH_SIG: PerCpuArray<SignalRecord> = PerCpuArray::with_max_entries(COPIES, 0);
+
+/// The last handled fault-class signal per process (tgid), until that process exits.
+#[map]
+pub static PENDING: LruHashMap<u32, SignalRecord> = LruHashMap::with_max_entries(4096, 0);
+
+const SIGKILL: i32 = 9;
+
+/// Signals whose default action ends the process (terminate or core).
+fn fatal_class(sig: i32) -> bool {
+    !matches!(sig, 17..=23 | 28) && sig > 0 && sig < 65
+}
+
+/// Synchronous faults and abort: a handled one followed by death is the cause of death.
+fn fault_class(sig: i32) -> bool {
+    matches!(sig, 4..=8 | 11 | 31)
+}
+
+three_copies!(
+    "signal_deliver",
+    SITE_SIGNAL,
+    on_signal,
+    signal_deliver,
+    signal_deliver_2,
+    signal_deliver_3
+);
+
+#[inline(always)]
+fn on_signal(ctx: &BtfTracePointContext, copy: u32) -> u32 {
+    let sig: i32 = ctx.arg(0);
+    if !fatal_class(sig) {
+        return 0;
+    }
+    let ka: u64 = ctx.arg(2);
+    let handler: u64 = rd(ka, config!(off.ksig_handler));
+    // SIG_IGN (1) never kills; a handled signal matters only if it is a fault.
+    if handler == 1 || (handler != 0 && !fault_class(sig)) {
+        return 0;
+    }
+    let task = unsafe { bpf_get_current_task() };
+    if sig == SIGKILL {
+        // exit_group, coredumps and the fast path of other fatal signals SIGKILL every thread;
+        // only a real SIGKILL leaves 9 as the group's exit code.
+        let signal: u64 = rd(task, config!(off.task_signal));
+        let gec: u32 = rd(signal, config!(off.signal_group_exit_code));
+        if gec & 0x7f != SIGKILL as u32 {
+            return 0;
+        }
+    }
+    let Some(rec) = SCRATCH_SIG.get_ptr_mut(copy) else {
+        return 0;
+    };
+    // SAFETY: per-CPU scratch slot owned by this program invocation.
+    let rec = unsafe { &mut *rec };
+    fill_header(&mut rec.hdr, KIND_SIGNAL, task);
+    let info: u64 = ctx.arg(1);
+    rec.sig = sig;
+    rec.handled = (handler != 0) as u32;
+    rec.sa_handler = handler;
+    // SEND_SIG_NOINFO/SEND_SIG_PRIV are the pointers 0 and 1: no siginfo behind them.
+    let info = if info > 1 { info } else { 0 };
+    rec.code = rd(info, config!(off.siginfo_code));
+    rec.addr = if matches!(sig, 4 | 5 | 7 | 8 | 11) {
+        rd(info, config!(off.siginfo_addr))
+    } else {
+        0
+    };
+    let mm: u64 = rd(task, config!(off.task_mm));
+    rec.start_code = rd(mm, config!(off.mm_start_code));
+    rec.end_code = rd(mm, config!(off.mm_end_code));
+    rec.args_len = read_args(task, &mut rec.args);
+    rec.regs_len = 0;
+    let size = config!(off.pt_regs_size) as usize;
+    if size > 0 && size <= REGS_WORDS * 8 {
+        let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+        let dst = unsafe {
+            core::slice::from_raw_parts_mut(
+                rec.regs.as_mut_ptr() as *mut u8,
+                size & (REGS_WORDS * 8 - 1),
+            )
+        };
+        if regs != 0 && unsafe { bpf_probe_read_kernel_buf(regs as *const u8, dst) }.is_ok() {
+            rec.regs_len = size as u32;
+        }
+    }
+    rec.stack_len = user_stack(ctx.as_ptr(), &mut rec.stack);
+    if handler != 0 {
+        // Survivors must cost nothing downstream: keep it until the process exits.
+        let pid = rec.hdr.pid;
+        let _ = PENDING.insert(pid, rec, 0);
+    } else {
+        output(rec);
+    }
+    0
+}
