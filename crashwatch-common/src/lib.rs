@@ -9,8 +9,9 @@
 pub const COMM_LEN: usize = 16;
 /// Bytes of the exec'd path kept (`linux_binprm.filename`).
 pub const PATH_LEN: usize = 256;
-/// Bytes of the NUL-separated argument list kept.
-pub const ARGS_LEN: usize = 1024;
+/// Room for the NUL-separated argument list; the agent's `--cmdline-max` (`Config::args_max`)
+/// says how much of it is read.
+pub const ARGS_LEN: usize = 4096;
 /// User frames captured at a fatal signal (the kernel's own limit is 127).
 pub const STACK_DEPTH: usize = 127;
 /// Words of `struct pt_regs` copied raw; names come from BTF in userspace.
@@ -36,6 +37,14 @@ pub const GO_TEXT_LEN: usize = 256;
 pub const GO_CHUNK_LEN: usize = 256;
 /// Chunks sent for one `gwrite` call at most (longer writes are cut and flagged).
 pub const GO_CHUNKS_PER_WRITE: usize = 16;
+
+/// `bpf_get_attach_cookie()` of the one Go uprobe program: which runtime function it is on.
+pub const GO_AT_GOPANIC: u64 = 1;
+pub const GO_AT_FATALPANIC: u64 = 2;
+/// `runtime.throw` and `runtime.fatal` (both take the message as a string).
+pub const GO_AT_THROW: u64 = 3;
+pub const GO_AT_WRITE_ERR: u64 = 4;
+pub const GO_AT_WRITE1: u64 = 5;
 
 /// Marks an unused offset in [`Offsets`].
 pub const NO_OFFSET: u32 = u32::MAX;
@@ -69,17 +78,28 @@ pub struct Header {
 }
 
 /// `sched_process_exec`: who runs what, captured while the new image is in place.
+///
+/// `args` comes last: the record is sent only as far as `args_len` reaches.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ExecRecord {
     pub hdr: Header,
-    /// Identity of the executable file (`s_dev`, `i_ino`): binaries are keyed by these.
+    /// Identity of the executable file: `s_dev`, `i_ino`, and the inode's change time and size,
+    /// which tell a new file on a reused inode from the old one.
     pub dev: u32,
     pub args_len: u32,
     pub ino: u64,
+    /// `i_ctime` in nanoseconds since the epoch (as stat(2) reports it).
+    pub ctime_ns: u64,
+    pub size: u64,
+    /// Bytes of the argument list in the process (`arg_end - arg_start`); more than
+    /// `args_len` when it was cut.
+    pub args_total: u32,
+    pub _pad: u32,
+    /// `bprm->filename`: the path given to execve, as the process saw it (maybe relative).
     pub filename: [u8; PATH_LEN],
-    pub args: [u8; ARGS_LEN],
     pub cgroup: CgroupPath,
+    pub args: [u8; ARGS_LEN],
 }
 
 /// Cgroup path components from the leaf upwards, each NUL-terminated; empty ends the list.
@@ -90,6 +110,8 @@ pub struct CgroupPath {
 }
 
 /// `signal/signal_deliver` of a fatal-class signal: the faulting thread's state.
+///
+/// `args` comes last: the record is sent only as far as `args_len` reaches.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SignalRecord {
@@ -100,8 +122,9 @@ pub struct SignalRecord {
     pub handled: u32,
     pub _pad0: u32,
     pub sa_handler: u64,
-    /// `si_addr` for SIGSEGV/SIGBUS/SIGFPE/SIGILL/SIGTRAP.
-    pub addr: u64,
+    /// The first word of siginfo's union: `si_addr` for a fault, `si_pid` (low half) and
+    /// `si_uid` (high half) for a signal a process sent (`si_code` <= 0); 0 without siginfo.
+    pub fields: u64,
     /// `mm->start_code`/`end_code`: the main executable's text, to turn IPs into file offsets.
     pub start_code: u64,
     pub end_code: u64,
@@ -110,7 +133,8 @@ pub struct SignalRecord {
     /// Bytes of `stack` filled by `bpf_get_stack`.
     pub stack_len: u32,
     pub args_len: u32,
-    pub _pad: u32,
+    /// Bytes of the argument list in the process; more than `args_len` when it was cut.
+    pub args_total: u32,
     pub regs: [u64; REGS_WORDS],
     pub stack: [u64; STACK_DEPTH],
     pub args: [u8; ARGS_LEN],
@@ -195,9 +219,14 @@ pub struct Offsets {
     pub file_inode: u32,
     pub inode_ino: u32,
     pub inode_sb: u32,
+    pub inode_size: u32,
+    /// `i_ctime_sec`/`i_ctime_nsec` (6.11+), else `__i_ctime`/`i_ctime`'s `tv_sec`/`tv_nsec`.
+    pub inode_ctime_sec: u32,
+    pub inode_ctime_nsec: u32,
     pub sb_dev: u32,
     pub siginfo_code: u32,
-    pub siginfo_addr: u32,
+    /// The union `_sifields` (`si_addr`, or `si_pid`/`si_uid`).
+    pub siginfo_fields: u32,
     pub ksig_handler: u32,
     pub pt_regs_size: u32,
     /// `css_set` → `struct cgroup *`: first hop (`dfl_cgrp`, or `subsys[memory]`).
@@ -217,7 +246,8 @@ pub struct Config {
     /// Non-zero when `oom/mark_victim`'s first argument is a `task_struct *` (kernels >= 6.8),
     /// zero when it is an `int pid`.
     pub oom_arg_is_task: u32,
-    pub _pad: u32,
+    /// Bytes of a process's argument list read (at most [`ARGS_LEN`]).
+    pub args_max: u32,
     /// A handled fault-class signal is reported with a death that follows within this window.
     pub pending_window_ns: u64,
 }

@@ -13,7 +13,7 @@ use aya_ebpf::{
 use crashwatch_common::*;
 
 use crate::{
-    shared::{fill_header, output, rd, read_args},
+    shared::{fill_header, output, output_with_args, rd, read_args},
     signal::PENDING,
 };
 
@@ -67,16 +67,23 @@ fn on_exec(ctx: &BtfTracePointContext, copy: u32) -> u32 {
     let sb: u64 = rd(inode, config!(off.inode_sb));
     rec.ino = rd(inode, config!(off.inode_ino));
     rec.dev = rd(sb, config!(off.sb_dev));
+    rec.size = rd(inode, config!(off.inode_size));
+    let sec: u64 = rd(inode, config!(off.inode_ctime_sec));
+    let nsec: u32 = rd(inode, config!(off.inode_ctime_nsec));
+    // Since 6.13 the top bit of i_ctime_nsec flags a queried time: not part of the time.
+    rec.ctime_ns = sec
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add((nsec & 0x3fff_ffff) as u64);
     rec.filename[0] = 0;
     let name: u64 = rd(bprm, config!(off.bprm_filename));
     if name != 0 {
         let _ = unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut rec.filename) };
     }
-    rec.args_len = read_args(task, &mut rec.args);
+    (rec.args_len, rec.args_total) = read_args(task, &mut rec.args);
     read_cgroup(task, &mut rec.cgroup);
     // A new image is not to blame for a fault its predecessor handled.
     let _ = PENDING.remove(rec.hdr.pid);
-    output(rec);
+    output_with_args(rec, core::mem::offset_of!(ExecRecord, args), rec.args_len);
     0
 }
 
@@ -91,7 +98,7 @@ fn exit_common(task: u64) {
     if let Some(p) = unsafe { PENDING.get(pid) } {
         let fresh = rec.hdr.ktime_ns.wrapping_sub(p.hdr.ktime_ns) <= config!(pending_window_ns);
         if rec.status != 0 && fresh {
-            output(p);
+            output_with_args(p, core::mem::offset_of!(SignalRecord, args), p.args_len);
         }
         let _ = PENDING.remove(pid);
     }

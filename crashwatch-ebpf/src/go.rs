@@ -6,7 +6,7 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_user,
-        bpf_probe_read_user_buf,
+        bpf_probe_read_user_buf, generated::bpf_get_attach_cookie,
     },
     macros::{map, uprobe},
     maps::{ring_buf::RingBufEntry, LruHashMap},
@@ -34,12 +34,28 @@ fn goroutine_key(ctx: &ProbeContext) -> [u64; 2] {
     [bpf_get_current_pid_tgid() >> 32, g]
 }
 
-/// `runtime.gopanic(e any)`: remember the value's type; it may yet be recovered.
+/// The one program on every probed Go function: the attach cookie (`GO_AT_*`) says which
+/// function it fired on. One program lets the agent attach a binary's probes as one
+/// uprobe_multi link where the kernel has them (6.6+).
 #[uprobe]
-pub fn go_gopanic(ctx: ProbeContext) -> u32 {
-    let (ty, data) = go_args(&ctx);
-    let _ = GOPANIC.insert(goroutine_key(&ctx), [ty, data], 0);
+pub fn go_probe(ctx: ProbeContext) -> u32 {
+    // SAFETY: reads the cookie the agent attached this probe with.
+    match unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } {
+        GO_AT_GOPANIC => on_gopanic(&ctx),
+        GO_AT_FATALPANIC => on_fatalpanic(&ctx),
+        GO_AT_THROW => on_throw(&ctx),
+        GO_AT_WRITE_ERR => on_write_err(&ctx),
+        GO_AT_WRITE1 => on_write1(&ctx),
+        _ => {}
+    }
     0
+}
+
+/// `runtime.gopanic(e any)`: remember the value's type; it may yet be recovered.
+#[inline(always)]
+fn on_gopanic(ctx: &ProbeContext) {
+    let (ty, data) = go_args(ctx);
+    let _ = GOPANIC.insert(goroutine_key(ctx), [ty, data], 0);
 }
 
 /// A Go record written in place in the ring buffer: uprobe programs have no recursion guard,
@@ -83,11 +99,11 @@ fn read_user_text(ptr: u64, len: u64, dst: &mut [u8; GO_TEXT_LEN]) -> u32 {
 }
 
 /// `runtime.fatalpanic(msgs *_panic)`: the panic was not recovered; the process dies.
-#[uprobe]
-pub fn go_fatalpanic(ctx: ProbeContext) -> u32 {
-    let key = goroutine_key(&ctx);
-    let Some(mut e) = go_record(&ctx, GO_PANIC) else {
-        return 0;
+#[inline(always)]
+fn on_fatalpanic(ctx: &ProbeContext) {
+    let key = goroutine_key(ctx);
+    let Some(mut e) = go_record(ctx, GO_PANIC) else {
+        return;
     };
     // SAFETY: the reserved record, filled by go_record.
     let rec = unsafe { &mut *e.as_mut_ptr() };
@@ -103,35 +119,30 @@ pub fn go_fatalpanic(ctx: ProbeContext) -> u32 {
         }
     }
     e.submit(0);
-    0
 }
 
 /// `runtime.throw(s string)` and `runtime.fatal(s string)`: a fatal error with its message.
-#[uprobe]
-pub fn go_throw(ctx: ProbeContext) -> u32 {
-    let (ptr, len) = go_args(&ctx);
-    let Some(mut e) = go_record(&ctx, GO_FATAL) else {
-        return 0;
+#[inline(always)]
+fn on_throw(ctx: &ProbeContext) {
+    let (ptr, len) = go_args(ctx);
+    let Some(mut e) = go_record(ctx, GO_FATAL) else {
+        return;
     };
     // SAFETY: the reserved record, filled by go_record.
     let rec = unsafe { &mut *e.as_mut_ptr() };
     rec.text_len = read_user_text(ptr, len, &mut rec.text);
     e.submit(0);
-    0
 }
 
 /// `runtime.writeErrData(data *byte, n int32)` (Go 1.23+): what the runtime prints to stderr.
-#[uprobe]
-pub fn go_write_err(ctx: ProbeContext) -> u32 {
-    let (ptr, len) = go_args(&ctx);
+fn on_write_err(ctx: &ProbeContext) {
+    let (ptr, len) = go_args(ctx);
     send_output(ptr, len & 0xffff_ffff);
-    0
 }
 
 /// `runtime.write1(fd uintptr, p unsafe.Pointer, n int32)` (Go before 1.23), stderr only.
 /// Assembly (ABI0): the arguments are on the stack, above the return address.
-#[uprobe]
-pub fn go_write1(ctx: ProbeContext) -> u32 {
+fn on_write1(ctx: &ProbeContext) {
     // SAFETY: ctx.regs is the probed thread's saved user registers.
     let sp = unsafe { (*ctx.regs).rsp };
     let args: [u64; 3] =
@@ -139,7 +150,6 @@ pub fn go_write1(ctx: ProbeContext) -> u32 {
     if args[0] == 2 {
         send_output(args[1], args[2] & 0xffff_ffff);
     }
-    0
 }
 
 /// Sends `len` bytes of user memory at `ptr` as output chunks.

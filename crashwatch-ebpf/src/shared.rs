@@ -66,15 +66,18 @@ pub fn fill_header(hdr: &mut Header, kind: u32, task: u64) {
     hdr.comm = rd::<[u8; COMM_LEN]>(leader, config!(off.task_comm));
 }
 
-/// Copies the process's argument list from its user memory; returns bytes copied.
-pub fn read_args(task: u64, dst: &mut [u8; ARGS_LEN]) -> u32 {
+/// Copies up to `CONFIG.args_max` bytes of the process's argument list from its memory;
+/// returns (bytes copied, bytes the list has).
+pub fn read_args(task: u64, dst: &mut [u8; ARGS_LEN]) -> (u32, u32) {
     let mm: u64 = rd(task, config!(off.task_mm));
     let start: u64 = rd(mm, config!(off.mm_arg_start));
     let end: u64 = rd(mm, config!(off.mm_arg_end));
     if start == 0 || end <= start {
-        return 0;
+        return (0, 0);
     }
-    let len = (end - start).min(ARGS_LEN as u64) as usize;
+    let total = (end - start).min(u32::MAX as u64) as u32;
+    let max = (config!(args_max) as u64).min(ARGS_LEN as u64);
+    let len = (end - start).min(max) as usize;
     // Two fixed sizes keep the verifier happy; a short read of a long buffer is still useful.
     let n = if len == ARGS_LEN {
         ARGS_LEN
@@ -82,11 +85,33 @@ pub fn read_args(task: u64, dst: &mut [u8; ARGS_LEN]) -> u32 {
         len & (ARGS_LEN - 1)
     };
     if n == 0 {
-        return 0;
+        return (0, total);
     }
     match unsafe { bpf_probe_read_user_buf(start as *const u8, &mut dst[..n]) } {
-        Ok(()) => n as u32,
-        Err(_) => 0,
+        Ok(()) => (n as u32, total),
+        Err(_) => (0, total),
+    }
+}
+
+/// Sends `rec`, whose last field is an args array of [`ARGS_LEN`] bytes starting at `head`,
+/// only as far as `args_len` of them: most command lines are short.
+#[inline(always)]
+pub fn output_with_args<T>(rec: &T, head: usize, args_len: u32) {
+    let bytes = rec as *const T as *const u8;
+    let n = args_len as usize;
+    // Two calls with two sizes, each bounded on its own: older verifiers lose a bound merged
+    // from two branches.
+    let r = if n >= ARGS_LEN {
+        // SAFETY: the whole record.
+        let all = unsafe { core::slice::from_raw_parts(bytes, core::mem::size_of::<T>()) };
+        EVENTS.output::<[u8]>(all, 0)
+    } else {
+        // SAFETY: head + n < size_of::<T>() (args is the last field, ARGS_LEN long).
+        let part = unsafe { core::slice::from_raw_parts(bytes, head + (n & (ARGS_LEN - 1))) };
+        EVENTS.output::<[u8]>(part, 0)
+    };
+    if r.is_err() {
+        count_lost();
     }
 }
 

@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use crashwatch_common::*;
 
-use crate::shared::{fill_header, output, rd, read_args, user_stack};
+use crate::shared::{fill_header, output_with_args, rd, read_args, user_stack};
 
 /// Scratch space for signal records, one per program copy.
 #[map]
@@ -26,7 +26,7 @@ static SCRATCH_SIG: PerCpuArray<SignalRecord> = PerCpuArray::with_max_entries(CO
 
 /// The last handled fault-class signal per process (tgid), until that process exits.
 #[map]
-pub static PENDING: LruHashMap<u32, SignalRecord> = LruHashMap::with_max_entries(4096, 0);
+pub static PENDING: LruHashMap<u32, SignalRecord> = LruHashMap::with_max_entries(2048, 0);
 
 const SIGKILL: i32 = 9;
 
@@ -84,15 +84,13 @@ fn on_signal(ctx: &BtfTracePointContext, copy: u32) -> u32 {
     // SEND_SIG_NOINFO/SEND_SIG_PRIV are the pointers 0 and 1: no siginfo behind them.
     let info = if info > 1 { info } else { 0 };
     rec.code = rd(info, config!(off.siginfo_code));
-    rec.addr = if matches!(sig, 4 | 5 | 7 | 8 | 11) {
-        rd(info, config!(off.siginfo_addr))
-    } else {
-        0
-    };
+    // si_addr for a fault, si_pid/si_uid for a signal a process sent: userspace tells which
+    // by si_code.
+    rec.fields = rd(info, config!(off.siginfo_fields));
     let mm: u64 = rd(task, config!(off.task_mm));
     rec.start_code = rd(mm, config!(off.mm_start_code));
     rec.end_code = rd(mm, config!(off.mm_end_code));
-    rec.args_len = read_args(task, &mut rec.args);
+    (rec.args_len, rec.args_total) = read_args(task, &mut rec.args);
     rec.regs_len = 0;
     let size = config!(off.pt_regs_size) as usize;
     if size > 0 && size <= REGS_WORDS * 8 {
@@ -113,7 +111,7 @@ fn on_signal(ctx: &BtfTracePointContext, copy: u32) -> u32 {
         let pid = rec.hdr.pid;
         let _ = PENDING.insert(pid, rec, 0);
     } else {
-        output(rec);
+        output_with_args(rec, core::mem::offset_of!(SignalRecord, args), rec.args_len);
     }
     0
 }

@@ -2,6 +2,9 @@
 //! probe → decode → assemble → symbolize → enrich → sink, one record at a time, and watches the
 //! kernel's loss counters. Go binaries are probed on a thread of their own ([`GoProbes`]): the
 //! record loop never waits for an attach.
+//!
+//! Stdout is the only sink today: when it is closed (a reader that went away), the agent says
+//! so and stops rather than fail once per report forever.
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -14,7 +17,11 @@ use crate::{
     assemble::Assembler,
     decode::{self, Record},
     enrich::{self, Enricher},
-    probe::{go::GoProbes, LossReader, Losses, Probe},
+    escape::Esc,
+    probe::{
+        go::{GoProbes, Limits},
+        LossReader, Losses, Probe, Settings,
+    },
     sink::{Format, Sink},
     symbolize::{Maps, Symbolizer},
 };
@@ -26,6 +33,9 @@ pub struct Options {
     pub pending_window: Duration,
     /// Bytes of Go runtime output kept per crash.
     pub go_stderr_max: usize,
+    /// Bytes of a process's argument list read.
+    pub cmdline_max: u32,
+    pub go: Limits,
 }
 
 struct Pipeline {
@@ -38,40 +48,54 @@ struct Pipeline {
     /// Loss counters at the previous report, for `lost_before`.
     reported: Losses,
     decode_errors: u64,
+    /// Reports that could not be written.
+    unwritten: u64,
+    /// Stdout, the only sink, is closed.
+    stdout_closed: bool,
 }
 
 pub async fn run(opts: Options) -> Result<()> {
-    crate::check::require_privileges()?;
-    crate::check::ensure_tracefs();
+    crate::privileges::require_privileges()?;
     let window_ns = opts.pending_window.as_nanos() as u64;
-    let mut probe = Probe::load(opts.ring_bytes, window_ns)?;
+    let mut probe = Probe::load(Settings {
+        ring_bytes: opts.ring_bytes,
+        pending_window_ns: window_ns,
+        args_max: opts.cmdline_max,
+    })?;
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd until the loop ends.
     let mut ring = unsafe { AsyncFd::register(probe.take_events()?) }
         .map_err(std::io::Error::from)
         .context("polling the ring buffer")?;
     let losses = probe.take_losses()?;
     let programs = probe.program_names().join(", ");
+    let go_mode = probe.go_attach_mode();
+    let uprobe_multi = probe.has_uprobe_multi();
     let enricher = Enricher::new(probe.layout.pt_regs_names.clone());
     let mut p = Pipeline {
         reported: losses.losses(),
-        go: GoProbes::start(probe),
+        go: GoProbes::start(probe, opts.go),
         losses,
         asm: Assembler::new(opts.report_nonzero_exits, opts.go_stderr_max),
         sym: Symbolizer::default(),
         enricher,
         sink: Sink::new(opts.format),
         decode_errors: 0,
+        unwritten: 0,
+        stdout_closed: false,
     };
+    for off in crate::privileges::Caps::current().degraded(uprobe_multi) {
+        eprintln!("crashwatch: running with less: {off}");
+    }
     let seeded = enrich::scan_proc();
     let n = seeded.len();
     for (pid, info) in seeded {
         if let Some(id) = info.file {
-            p.go.request(pid, id, &info.exe);
+            p.go.request(pid, id, info.exe.as_deref().unwrap_or("?"));
         }
         p.asm.seed(pid, info);
     }
     eprintln!(
-        "crashwatch: ready: {} programs loaded ({programs}), {n} running processes known (Go binaries among them are probed in the background), ring buffer {} KiB",
+        "crashwatch: ready: {} programs loaded ({programs}), {n} running processes known (Go binaries among them are probed in the background: {go_mode}), ring buffer {} KiB",
         programs.split(", ").count(),
         opts.ring_bytes / 1024
     );
@@ -89,6 +113,10 @@ pub async fn run(opts: Options) -> Result<()> {
                     p.handle(&item);
                 }
                 guard.clear_ready();
+                if p.stdout_closed {
+                    eprintln!("crashwatch: stdout is closed (broken pipe) and it is where reports go: stopping");
+                    break;
+                }
             }
             _ = tick.tick() => {
                 ticks += 1;
@@ -121,13 +149,26 @@ pub async fn run(opts: Options) -> Result<()> {
         p.handle(&item);
     }
     let l = p.losses.losses();
+    let go = p.go.stats();
     eprintln!(
-        "crashwatch: stopped (kernel losses: ring buffer full {}, recursion misses {}, undecodable records {}) ({})",
+        "crashwatch: stopped (kernel losses: ring buffer full {}, recursion misses {}, undecodable records {}; reports not written {}) ({}) (Go binaries: {} probed at the end, {} released, {} left unprobed over --go-max-binaries)",
         l.ring_full,
         l.recursion_misses,
         p.decode_errors,
-        guard_note(&p.losses, l)
+        p.unwritten,
+        guard_note(&p.losses, l),
+        go.probed_now,
+        go.released,
+        go.over_limit,
     );
+    let took = p.go.shutdown();
+    if go.probed_now > 0 {
+        eprintln!(
+            "crashwatch: released the probes on {} Go binaries in {} ms",
+            go.probed_now,
+            took.as_millis()
+        );
+    }
     Ok(())
 }
 
@@ -164,14 +205,15 @@ impl Pipeline {
         match &mut rec {
             Record::Exec(e) => {
                 enrich::resolve_exe(e);
-                let path = e.exe.clone().unwrap_or_else(|| e.filename.clone());
-                self.go.request(e.head.pid, (e.dev as u64, e.ino), &path);
+                let shown = e.exe.as_deref().unwrap_or(&e.filename);
+                self.go.request(e.head.pid, e.file, shown);
             }
             Record::Signal(s) => s.maps = Maps::capture(s.head.pid).map(std::sync::Arc::new),
             Record::Go(g) => g.maps = Maps::capture(g.head.pid).map(std::sync::Arc::new),
             _ => {}
         }
-        let Some(crash) = self.asm.push(rec) else {
+        let go = &self.go;
+        let Some(crash) = self.asm.push_with(rec, &|id| go.lookup(id).is_some()) else {
             return;
         };
         let stack = self.sym.frames(&crash);
@@ -184,8 +226,20 @@ impl Pipeline {
             .and_then(|p| p.file)
             .and_then(|id| self.go.lookup(id));
         let report = self.enricher.report(&crash, stack, lost, go.as_deref());
-        if let Err(e) = self.sink.emit(&report) {
-            eprintln!("crashwatch: writing a report failed: {e}");
+        match self.sink.emit(&report) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.unwritten += 1;
+                self.stdout_closed = true;
+            }
+            Err(e) => {
+                self.unwritten += 1;
+                eprintln!(
+                    "crashwatch: writing the report of pid {} ({}) failed: {e}",
+                    report.pid,
+                    Esc(&report.comm)
+                );
+            }
         }
     }
 }

@@ -2,33 +2,46 @@
 //!
 //! Owns the per-process state: what each live process runs (from exec records and the start-up
 //! scan) and the open case of each process that showed a crash sign (a fatal signal, an OOM
-//! mark). The process's whole-group exit closes its case: only then is the kind known (a
-//! handled SIGSEGV followed by exit 2 is a crash; SIGTERM by default action is too). A Go
-//! process's case also gathers its runtime's fatal-path record and printed output.
+//! mark). The process's whole-group exit closes its case: only then is the kind known (SIGTERM
+//! by default action is a crash). A Go process's case also gathers its runtime's fatal-path
+//! record and printed output.
+//!
+//! A fault the process handled itself is blamed for its death only when the death says so:
+//! the process died of a signal, a Go binary exited 2 after its handler ran (that is how Go's
+//! handler ends a program), or the runtime's own output names the signal. JVMs fault on
+//! purpose (a CPU-feature probe at start-up, implicit null checks) and then exit 1 for
+//! reasons of their own: that exit is not a segfault.
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::{
     decode::{Exec, Exit, Go, GoWhat, Head, Record, Signal},
-    probe::go::FileId,
+    elf::FileId,
 };
 
 /// What a process runs, captured at exec (or by the start-up scan of /proc).
 #[derive(Clone, Debug, Default)]
 pub struct ProcInfo {
-    pub exe: String,
+    /// Absolute path of the executable in the process's view; None when it could not be
+    /// resolved (a relative execve path is never taken for it).
+    pub exe: Option<String>,
     pub args: Vec<String>,
+    pub args_truncated: bool,
     pub cgroup: String,
-    /// The executable's identity (kernel device number, inode): how Go binaries are known.
+    /// The executable's identity: how binaries are known.
     pub file: Option<FileId>,
 }
 
 impl From<&Exec> for ProcInfo {
     fn from(e: &Exec) -> Self {
         ProcInfo {
-            exe: e.exe.clone().unwrap_or_else(|| e.filename.clone()),
+            exe: e
+                .exe
+                .clone()
+                .or_else(|| Some(e.filename.clone()).filter(|f| f.starts_with('/'))),
             args: e.args.clone(),
+            args_truncated: e.args_truncated,
             cgroup: e.cgroup.clone(),
-            file: Some((e.dev as u64, e.ino)),
+            file: Some(e.file),
         }
     }
 }
@@ -69,6 +82,20 @@ pub struct Crash {
     pub go: Option<Go>,
     /// What the Go runtime printed, capped.
     pub output: Output,
+}
+
+/// The runtime's own output names signal `sig` (Go: `SIGSEGV: segmentation violation`,
+/// `[signal SIGSEGV: ...`; a JVM's fatal error banner: `SIGSEGV (0xb) at pc=`).
+fn output_names_signal(o: &Output, sig: i32) -> bool {
+    if o.head.is_empty() {
+        return false;
+    }
+    let name = crate::signals::name(sig);
+    let (a, b) = o.tail.as_slices();
+    [o.head.as_slice(), a, b].iter().any(|part| {
+        let text = String::from_utf8_lossy(part);
+        text.contains(&format!("{name}: ")) || text.contains(&format!("{name} (0x"))
+    })
 }
 
 /// The Go runtime printed its signal crash header (only its own output is captured).
@@ -152,7 +179,16 @@ impl Assembler {
         self.procs.insert(pid, info);
     }
 
+    /// Folds in one record, knowing no Go binaries.
+    #[cfg(test)]
     pub fn push(&mut self, rec: Record) -> Option<Crash> {
+        self.push_with(rec, &|_| false)
+    }
+
+    /// Folds in one record; an exit record of a crashed process returns its crash. `is_go`
+    /// tells whether a file is a Go binary (a handled fault followed by exit 2 is Go's way of
+    /// dying of it).
+    pub fn push_with(&mut self, rec: Record, is_go: &dyn Fn(FileId) -> bool) -> Option<Crash> {
         match rec {
             Record::Exec(e) => {
                 // A process that execs survived whatever signal came before.
@@ -192,7 +228,7 @@ impl Assembler {
                 case.output.cut |= o.cut;
                 None
             }
-            Record::Exit(x) => self.close(x),
+            Record::Exit(x) => self.close(x, is_go),
         }
     }
 
@@ -214,7 +250,7 @@ impl Assembler {
         Some(case)
     }
 
-    fn close(&mut self, x: Exit) -> Option<Crash> {
+    fn close(&mut self, x: Exit, is_go: &dyn Fn(FileId) -> bool) -> Option<Crash> {
         let key = (x.head.pid, x.head.start_ns);
         if !self.closed.insert(key) {
             return None;
@@ -236,6 +272,13 @@ impl Assembler {
             .or_else(|| self.inherited(&x.head));
         let term_sig = x.status & 0x7f;
         let code = (x.status >> 8) & 0xff;
+        let go_binary = proc.as_ref().and_then(|p| p.file).is_some_and(is_go);
+        let signal = case.signal.filter(|s| {
+            !s.handled
+                || term_sig != 0
+                || (code == 2 && go_binary)
+                || output_names_signal(&case.output, s.sig)
+        });
         let kind = if case.oom {
             Kind::OomKill
         } else if let Some(g) = &case.go {
@@ -246,7 +289,7 @@ impl Assembler {
         } else if runtime_signal_crash(&case.output) {
             // Go's signal handler killed the program itself (a fault in cgo code).
             Kind::GoFatal
-        } else if case.signal.is_some() || term_sig != 0 {
+        } else if signal.is_some() || term_sig != 0 {
             Kind::Signal
         } else if code != 0 && self.report_nonzero_exits {
             Kind::Exit
@@ -257,7 +300,7 @@ impl Assembler {
             kind,
             head: x.head,
             proc,
-            signal: case.signal,
+            signal,
             status: x.status,
             go: case.go,
             output: case.output,
@@ -306,12 +349,13 @@ mod tests {
             sig,
             code: 1,
             handled,
-            addr: 0,
+            fields: 0,
             start_code: 0,
             end_code: 0,
             regs: vec![],
             stack: vec![],
             args: vec![],
+            args_truncated: false,
             maps: None,
         })
     }
@@ -340,12 +384,60 @@ mod tests {
         assert!(a.push(sig(5, 5, 11, false)).is_none());
     }
 
+    fn exec(pid: u32, ino: u64) -> Record {
+        Record::Exec(Exec {
+            head: head(pid),
+            file: FileId {
+                ino,
+                ..FileId::default()
+            },
+            filename: "./bin/crash".into(),
+            args: vec![],
+            args_truncated: false,
+            cgroup: "/".into(),
+            exe: None,
+        })
+    }
+
     #[test]
-    fn handled_fault_then_exit_2_is_a_signal_crash() {
+    fn handled_fault_then_exit_2_is_a_signal_crash_of_a_go_binary() {
         let mut a = Assembler::new(false, 64);
+        a.push(exec(8, 80));
         a.push(sig(8, 9, 11, true));
-        let c = a.push(exit(8, 2 << 8)).unwrap();
+        let c = a.push_with(exit(8, 2 << 8), &|f| f.ino == 80).unwrap();
         assert_eq!((c.kind, c.status >> 8), (Kind::Signal, 2));
+    }
+
+    #[test]
+    fn a_handled_fault_is_not_blamed_for_an_exit_that_does_not_say_so() {
+        // A JVM: a fault at start-up, an uncaught exception much later, exit 1.
+        let mut a = Assembler::new(true, 64);
+        a.push(exec(9, 90));
+        a.push(sig(9, 9, 11, true));
+        let c = a.push_with(exit(9, 1 << 8), &|_| false).unwrap();
+        assert_eq!(c.kind, Kind::Exit);
+        assert!(c.signal.is_none());
+        // Exit 2 of a binary that is not Go says nothing either.
+        a.push(sig(10, 10, 11, true));
+        assert!(Assembler::new(false, 64)
+            .push_with(exit(10, 2 << 8), &|_| false)
+            .is_none());
+        // Dying of the signal does.
+        a.push(sig(11, 11, 6, true));
+        assert_eq!(a.push(exit(11, 6)).unwrap().kind, Kind::Signal);
+        // So does the runtime naming it (a JVM's fatal error banner).
+        a.push(sig(12, 12, 11, true));
+        a.push(out(12, b"#  SIGSEGV (0xb) at pc=0x00007f, pid=12, tid=13"));
+        let c = a.push(exit(12, 1 << 8)).unwrap();
+        assert_eq!((c.kind, c.signal.is_some()), (Kind::Signal, true));
+    }
+
+    #[test]
+    fn exe_is_absolute_or_absent() {
+        let mut a = Assembler::new(true, 64);
+        a.push(exec(13, 1));
+        let c = a.push(exit(13, 1 << 8)).unwrap();
+        assert_eq!(c.proc.unwrap().exe, None, "./bin/crash is nobody's exe");
     }
 
     #[test]
@@ -389,11 +481,12 @@ mod tests {
     #[test]
     fn go_panic_with_its_signal_and_output_is_one_report() {
         let mut a = Assembler::new(false, 64);
+        a.push(exec(20, 200));
         a.push(sig(20, 21, 11, true));
         a.push(go(20, GoWhat::Panic, "runtime error"));
         a.push(go(20, GoWhat::Fatal, "panic during panic"));
         a.push(out(20, b"panic: runtime error\n"));
-        let c = a.push(exit(20, 2 << 8)).unwrap();
+        let c = a.push_with(exit(20, 2 << 8), &|f| f.ino == 200).unwrap();
         assert_eq!(c.kind, Kind::GoPanic);
         assert_eq!(c.go.unwrap().text.as_deref(), Some("runtime error"));
         assert!(c.signal.is_some());

@@ -4,6 +4,8 @@
 use anyhow::{bail, Result};
 use crashwatch_common as c;
 
+use crate::elf::FileId;
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Head {
     pub pid: u32,
@@ -18,10 +20,13 @@ pub struct Head {
 #[derive(Clone, Debug)]
 pub struct Exec {
     pub head: Head,
-    pub dev: u32,
-    pub ino: u64,
+    /// The executable's identity, as the kernel saw it at exec.
+    pub file: FileId,
+    /// The path given to execve, as the process saw it: maybe relative, never opened.
     pub filename: String,
     pub args: Vec<String>,
+    /// The argument list was longer than what was read.
+    pub args_truncated: bool,
     pub cgroup: String,
     /// Absolute path of the executable, resolved by the agent when the record arrives.
     pub exe: Option<String>,
@@ -33,13 +38,15 @@ pub struct Signal {
     pub sig: i32,
     pub code: i32,
     pub handled: bool,
-    pub addr: u64,
+    /// The first word of siginfo's union: a fault's address, or the sender's pid and uid.
+    pub fields: u64,
     pub start_code: u64,
     pub end_code: u64,
     /// Raw `struct pt_regs` words; the probe's layout names them.
     pub regs: Vec<u64>,
     pub stack: Vec<u64>,
     pub args: Vec<String>,
+    pub args_truncated: bool,
     /// The process's mappings, captured by the agent when the record arrives (the process is
     /// usually still alive then: dumping core or running its handler).
     pub maps: Option<std::sync::Arc<crate::symbolize::Maps>>,
@@ -100,19 +107,28 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
     };
     Ok(match kind {
         c::KIND_EXEC => {
-            let r: c::ExecRecord = read(bytes)?;
+            let r: c::ExecRecord =
+                read_with_args(bytes, std::mem::offset_of!(c::ExecRecord, args))?;
+            let n = (r.args_len as usize).min(c::ARGS_LEN);
             Record::Exec(Exec {
                 head: head(&r.hdr),
-                dev: r.dev,
-                ino: r.ino,
+                file: FileId {
+                    dev: r.dev as u64,
+                    ino: r.ino,
+                    ctime_ns: r.ctime_ns,
+                    size: r.size,
+                },
                 filename: cstr(&r.filename),
-                args: split_args(&r.args[..(r.args_len as usize).min(c::ARGS_LEN)]),
+                args: split_args(&r.args[..n]),
+                args_truncated: r.args_total as usize > n,
                 cgroup: cgroup_path(&r.cgroup),
                 exe: None,
             })
         }
         c::KIND_SIGNAL => {
-            let r: c::SignalRecord = read(bytes)?;
+            let r: c::SignalRecord =
+                read_with_args(bytes, std::mem::offset_of!(c::SignalRecord, args))?;
+            let n = (r.args_len as usize).min(c::ARGS_LEN);
             let regs = (r.regs_len as usize / 8).min(c::REGS_WORDS);
             let frames = (r.stack_len as usize / 8).min(c::STACK_DEPTH);
             Record::Signal(Signal {
@@ -120,7 +136,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
                 sig: r.sig,
                 code: r.code,
                 handled: r.handled != 0,
-                addr: r.addr,
+                fields: r.fields,
                 start_code: r.start_code,
                 end_code: r.end_code,
                 regs: r.regs[..regs].to_vec(),
@@ -129,7 +145,8 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
                     .copied()
                     .take_while(|&ip| ip != 0)
                     .collect(),
-                args: split_args(&r.args[..(r.args_len as usize).min(c::ARGS_LEN)]),
+                args: split_args(&r.args[..n]),
+                args_truncated: r.args_total as usize > n,
                 maps: None,
             })
         }
@@ -197,6 +214,21 @@ fn read<T: Copy>(bytes: &[u8]) -> Result<T> {
     // SAFETY: T is a #[repr(C)] plain-data record; length checked; read_unaligned copes with
     // the ring buffer's 8-byte alignment.
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const T) })
+}
+
+/// A record whose trailing args array is sent only as far as it is used: at least `head`
+/// bytes, the rest zero.
+fn read_with_args<T: Copy>(bytes: &[u8], head: usize) -> Result<T> {
+    let full = std::mem::size_of::<T>();
+    if bytes.len() >= full {
+        return read(bytes);
+    }
+    if bytes.len() < head {
+        return read(bytes); // the "truncated" error
+    }
+    let mut buf = vec![0u8; full];
+    buf[..bytes.len()].copy_from_slice(bytes);
+    read(&buf)
 }
 
 fn head(h: &c::Header) -> Head {
@@ -286,6 +318,30 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("unknown"));
+    }
+
+    #[test]
+    fn records_sent_only_as_far_as_their_args_decode_whole() {
+        let mut r: c::ExecRecord = unsafe { std::mem::zeroed() };
+        r.hdr.kind = c::KIND_EXEC;
+        r.hdr.pid = 7;
+        r.args[..6].copy_from_slice(b"ls\0-l\0");
+        r.args_len = 6;
+        r.args_total = 9000;
+        r.ino = 12;
+        let head = std::mem::offset_of!(c::ExecRecord, args);
+        let Record::Exec(e) = decode(&bytes_of(&r)[..head + 6]).unwrap() else {
+            panic!("not an exec")
+        };
+        assert_eq!(
+            (e.head.pid, e.file.ino, e.args.as_slice()),
+            (7, 12, &["ls".to_string(), "-l".to_string()][..])
+        );
+        assert!(e.args_truncated);
+        assert!(
+            decode(&bytes_of(&r)[..head - 1]).is_err(),
+            "shorter than its fixed part"
+        );
     }
 
     #[test]

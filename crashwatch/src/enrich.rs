@@ -8,7 +8,7 @@ use crate::{
     decode::{Exec, GoWhat},
     gobin::GoBinary,
     goroutines,
-    report::{ExitInfo, GoInfo, Report, SignalInfo},
+    report::{ExitInfo, GoInfo, Report, Sender, SignalInfo},
     signals,
     symbolize::Frame,
 };
@@ -52,7 +52,12 @@ impl Enricher {
                 name: signals::name(s.sig),
                 code: s.code,
                 code_name: signals::code_name(s.sig, s.code),
-                addr: signals::has_fault_addr(s.sig).then_some(s.addr),
+                addr: signals::has_fault_addr(s.sig, s.code).then_some(s.fields),
+                // siginfo's `_kill`: si_pid, then si_uid.
+                sender: signals::has_sender(s.code).then_some(Sender {
+                    pid: s.fields as u32,
+                    uid: (s.fields >> 32) as u32,
+                }),
                 ip: reg("ip").or_else(|| s.stack.first().copied()),
                 sp: reg("sp"),
                 handled: s.handled,
@@ -68,6 +73,7 @@ impl Enricher {
                 code: 0,
                 code_name: None,
                 addr: None,
+                sender: None,
                 ip: None,
                 sp: None,
                 handled: false,
@@ -75,9 +81,11 @@ impl Enricher {
             })
         });
         let proc = c.proc.as_ref();
-        let cmdline = match &c.signal {
-            Some(s) if !s.args.is_empty() => s.args.clone(),
-            _ => proc.map(|p| p.args.clone()).unwrap_or_default(),
+        let (cmdline, cmdline_truncated) = match &c.signal {
+            Some(s) if !s.args.is_empty() => (s.args.clone(), s.args_truncated),
+            _ => proc
+                .map(|p| (p.args.clone(), p.args_truncated))
+                .unwrap_or_default(),
         };
         Report {
             time: rfc3339(monotonic_to_unix_ns(c.head.ktime_ns)),
@@ -88,8 +96,9 @@ impl Enricher {
             ppid: c.head.ppid,
             uid: c.head.uid,
             comm: c.head.comm.clone(),
-            exe: proc.map(|p| p.exe.clone()).filter(|e| !e.is_empty()),
+            exe: proc.and_then(|p| p.exe.clone()),
             cmdline,
+            cmdline_truncated,
             cgroup: proc.map(|p| p.cgroup.clone()).filter(|g| !g.is_empty()),
             signal,
             exit: ExitInfo::from_status(c.status),
@@ -127,7 +136,7 @@ fn go_info(c: &Crash, bin: Option<&GoBinary>) -> Option<GoInfo> {
         None => {}
     }
     Some(GoInfo {
-        version: bin.map(|b| b.version.clone()).filter(|v| !v.is_empty()),
+        version: bin.and_then(|b| b.version.clone()),
         panic_value,
         panic_type,
         fatal_message,
@@ -136,7 +145,7 @@ fn go_info(c: &Crash, bin: Option<&GoBinary>) -> Option<GoInfo> {
         stderr_truncated: c.output.dropped() > 0 || c.output.cut,
         stderr,
         goroutines: tb.goroutines,
-        build: bin.map(|b| b.build.clone()),
+        build: bin.and_then(|b| b.build.clone()),
     })
 }
 
@@ -154,11 +163,14 @@ fn render_output(o: &Output) -> String {
 }
 
 /// Resolves the absolute executable path while the process is (probably) still alive; the
-/// kernel's `filename` is what execve was given and may be relative.
+/// kernel's `filename` is what execve was given and may be relative. Only when the pid still
+/// runs the file the exec record names: a gone process's pid may be someone else's by now.
 pub fn resolve_exe(e: &mut Exec) {
-    e.exe = std::fs::read_link(format!("/proc/{}/exe", e.head.pid))
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned());
+    let link = format!("/proc/{}/exe", e.head.pid);
+    let path = std::fs::read_link(&link).ok();
+    if crate::elf::FileId::of_exe(e.head.pid) == Some(e.file) {
+        e.exe = path.map(|p| p.to_string_lossy().into_owned());
+    }
 }
 
 /// Processes already running: what they run, for reports of their later deaths.
@@ -169,11 +181,7 @@ pub fn scan_proc() -> Vec<(u32, ProcInfo)> {
     all.filter_map(|p| {
         let p = p.ok()?;
         let pid = p.pid as u32;
-        let exe = p
-            .exe()
-            .ok()
-            .map(|e| e.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let exe = p.exe().ok().map(|e| e.to_string_lossy().into_owned());
         let args = p.cmdline().unwrap_or_default();
         let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
             .ok()
@@ -190,8 +198,9 @@ pub fn scan_proc() -> Vec<(u32, ProcInfo)> {
             ProcInfo {
                 exe,
                 args,
+                args_truncated: false,
                 cgroup: cgroup.unwrap_or_default(),
-                file: crate::probe::go::file_id_of(pid),
+                file: crate::elf::FileId::of_exe(pid),
             },
         ))
     })

@@ -19,8 +19,11 @@ pub struct Report {
     pub ppid: u32,
     pub uid: u32,
     pub comm: String,
+    /// Absolute path of the executable in the process's view, or absent.
     pub exe: Option<String>,
     pub cmdline: Vec<String>,
+    /// `cmdline` is the start of a longer argument list (`--cmdline-max`).
+    pub cmdline_truncated: bool,
     pub cgroup: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signal: Option<SignalInfo>,
@@ -39,9 +42,11 @@ pub struct SignalInfo {
     pub name: String,
     pub code: i32,
     pub code_name: Option<&'static str>,
-    /// Faulting address (SIGSEGV, SIGBUS, SIGFPE, SIGILL).
+    /// Faulting address (SIGSEGV, SIGBUS, SIGFPE, SIGILL raised by the kernel for a fault).
     #[serde(serialize_with = "hex_opt")]
     pub addr: Option<u64>,
+    /// Who sent the signal, when a process did (`kill`, `tgkill`, `sigqueue`).
+    pub sender: Option<Sender>,
     #[serde(serialize_with = "hex_opt")]
     pub ip: Option<u64>,
     #[serde(serialize_with = "hex_opt")]
@@ -50,6 +55,13 @@ pub struct SignalInfo {
     pub handled: bool,
     /// User registers at delivery, named as the kernel's `struct pt_regs` names them.
     pub registers: BTreeMap<String, String>,
+}
+
+/// The process that sent a signal, as the kernel recorded it in the siginfo.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct Sender {
+    pub pid: u32,
+    pub uid: u32,
 }
 
 #[derive(Clone, Debug, Serialize)]

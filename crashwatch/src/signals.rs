@@ -128,9 +128,16 @@ pub fn code_name(sig: i32, code: i32) -> Option<&'static str> {
         .copied()
 }
 
-/// Signals whose `si_addr` is the faulting address.
-pub fn has_fault_addr(sig: i32) -> bool {
-    matches!(sig, 4 | 7 | 8 | 11)
+/// Signals whose `si_addr` is the faulting address, when the kernel raised them for a fault
+/// (`si_code` > 0; SI_KERNEL carries no address).
+pub fn has_fault_addr(sig: i32, code: i32) -> bool {
+    matches!(sig, 4 | 7 | 8 | 11) && code > 0 && code != 0x80
+}
+
+/// `si_code`s of signals a process sent, whose siginfo carries the sender's pid and uid:
+/// SI_USER (`kill`), SI_QUEUE (`sigqueue`), SI_MESGQ, SI_TKILL (`tkill`, `tgkill`).
+pub fn has_sender(code: i32) -> bool {
+    matches!(code, 0 | -1 | -3 | -6)
 }
 
 #[cfg(test)]
@@ -146,5 +153,7 @@ mod tests {
         assert_eq!(code_name(7, 2), Some("BUS_ADRERR"));
         assert_eq!(code_name(6, -6), Some("SI_TKILL"));
         assert_eq!(code_name(11, 99), None);
+        assert!(has_fault_addr(11, 1) && !has_fault_addr(11, 0) && !has_fault_addr(11, 0x80));
+        assert!(has_sender(0) && has_sender(-6) && !has_sender(1) && !has_sender(-2));
     }
 }

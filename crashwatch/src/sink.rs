@@ -1,8 +1,10 @@
 //! Sink: writes reports out, one per crash. JSON lines are flushed per report so a consumer
-//! (a pipe, a log shipper, the tests) sees each crash as it happens.
+//! (a pipe, a log shipper, the tests) sees each crash as it happens. The readable form escapes
+//! every string a process could have chosen ([`crate::escape`]): names, command lines, paths,
+//! panic messages, function names.
 use std::io::{self, Write};
 
-use crate::report::Report;
+use crate::{escape::escape as esc, report::Report};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -60,11 +62,11 @@ pub fn pretty(r: &Report, color: bool) -> String {
         (_, "oom_kill") => "killed by the OOM killer".to_string(),
         (_, "go_panic") => format!(
             "panic: {}",
-            go.and_then(|g| g.panic_value.as_deref()).unwrap_or("?")
+            esc(go.and_then(|g| g.panic_value.as_deref()).unwrap_or("?"))
         ),
         (_, "go_fatal") => format!(
             "fatal error: {}",
-            go.and_then(|g| g.fatal_message.as_deref()).unwrap_or("?")
+            esc(go.and_then(|g| g.fatal_message.as_deref()).unwrap_or("?"))
         ),
         (Some(sig), _) => {
             let code = sig.code_name.map(|c| format!(" ({c})")).unwrap_or_default();
@@ -74,23 +76,34 @@ pub fn pretty(r: &Report, color: bool) -> String {
     };
     s += &format!(
         "{red}✗ {} {}{reset} {bold}{}{reset} pid {} tid {}  {dim}{} on {}{reset}\n",
-        r.kind, what, r.comm, r.pid, r.tid, r.time, r.host
+        r.kind,
+        what,
+        esc(&r.comm),
+        r.pid,
+        r.tid,
+        r.time,
+        esc(&r.host)
     );
     let field = |s: &mut String, k: &str, v: &str| *s += &format!("  {dim}{k:<8}{reset} {v}\n");
     if let Some(exe) = &r.exe {
-        field(&mut s, "exe", exe);
+        field(&mut s, "exe", &esc(exe));
     }
     if !r.cmdline.is_empty() {
-        field(&mut s, "cmdline", &r.cmdline.join(" "));
+        let args: Vec<_> = r.cmdline.iter().map(|a| esc(a)).collect();
+        let more = if r.cmdline_truncated { " …" } else { "" };
+        field(&mut s, "cmdline", &format!("{}{more}", args.join(" ")));
     }
     field(&mut s, "process", &format!("ppid {} uid {}", r.ppid, r.uid));
     if let Some(cg) = &r.cgroup {
-        field(&mut s, "cgroup", cg);
+        field(&mut s, "cgroup", &esc(cg));
     }
     if let Some(sig) = &r.signal {
         let mut parts = vec![format!("{} ({}) code {}", sig.name, sig.number, sig.code)];
         if let Some(a) = sig.addr {
             parts.push(format!("addr {a:#x}"));
+        }
+        if let Some(from) = sig.sender {
+            parts.push(format!("sent by pid {} uid {}", from.pid, from.uid));
         }
         if let Some(ip) = sig.ip {
             parts.push(format!("ip {ip:#x}"));
@@ -114,29 +127,30 @@ pub fn pretty(r: &Report, color: bool) -> String {
     };
     field(&mut s, "exit", &exit);
     if let Some(g) = go {
-        let mut parts = vec![g.version.clone().unwrap_or_else(|| "go?".into())];
+        let mut parts = vec![esc(g.version.as_deref().unwrap_or("go?")).into_owned()];
         if let Some(t) = &g.panic_type {
-            parts.push(format!("value type {t}"));
+            parts.push(format!("value type {}", esc(t)));
         }
         if let Some(id) = g.goroutine {
             parts.push(format!("goroutine {id}"));
         }
         if let Some(rev) = g.build.as_ref().and_then(|b| b.vcs_revision.as_deref()) {
-            parts.push(format!("revision {}", &rev[..rev.len().min(12)]));
+            let short: String = rev.chars().take(12).collect();
+            parts.push(format!("revision {}", esc(&short)));
         }
         field(&mut s, "go", &parts.join("  "));
         if let Some(first) = g.goroutines.first() {
             s += &format!(
                 "  {dim}goroutine {} [{}]{reset}\n",
                 first.id,
-                first.wait_reason.as_deref().unwrap_or(&first.state)
+                esc(first.wait_reason.as_deref().unwrap_or(&first.state))
             );
             for f in first.frames.iter().take(8) {
                 let at = match (&f.file, f.line) {
-                    (Some(file), Some(line)) => format!("  {dim}{file}:{line}{reset}"),
+                    (Some(file), Some(line)) => format!("  {dim}{}:{line}{reset}", esc(file)),
                     _ => String::new(),
                 };
-                s += &format!("    {bold}{}{reset}{at}\n", f.function);
+                s += &format!("    {bold}{}{reset}{at}\n", esc(&f.function));
             }
         }
     }
@@ -154,14 +168,14 @@ pub fn pretty(r: &Report, color: bool) -> String {
         s += &format!("  {dim}stack{reset}\n");
         for (i, f) in r.stack.iter().enumerate() {
             let func = match (&f.function, f.function_offset) {
-                (Some(n), Some(o)) => format!("{bold}{n}{reset}+{o:#x}"),
-                (Some(n), None) => format!("{bold}{n}{reset}"),
+                (Some(n), Some(o)) => format!("{bold}{}{reset}+{o:#x}", esc(n)),
+                (Some(n), None) => format!("{bold}{}{reset}", esc(n)),
                 _ => "?".into(),
             };
             let module = f
                 .module
                 .as_deref()
-                .map(|m| format!("  {dim}{m}{reset}"))
+                .map(|m| format!("  {dim}{}{reset}", esc(m)))
                 .unwrap_or_default();
             s += &format!("    #{i:<2} {:#014x} {func}{module}\n", f.ip);
         }

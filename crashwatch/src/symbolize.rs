@@ -4,14 +4,25 @@
 //!
 //! The process is usually dead by the time a report is built, so the mappings are captured
 //! when the signal record arrives ([`Maps::capture`]); failing that, the main executable's text
-//! range the kernel recorded (`mm->start_code`) still places its frames. DWARF, CFI unwinding and
-//! Go's pclntab come later; frames keep `module` + `offset` so a later symbolizer can take over.
-use std::{collections::HashMap, fs::File, io::Read, os::unix::fs::MetadataExt, sync::Arc};
+//! range the kernel recorded (`mm->start_code`) still places its frames in a binary the
+//! symbolizer already read under the same identity. DWARF, CFI unwinding and Go's pclntab come
+//! later; frames keep `module` + `offset` so a later symbolizer can take over.
+//!
+//! Files are opened through the dying process's own view (`/proc/<pid>/exe`,
+//! `/proc/<pid>/root/<path>` checked against the inode its maps name). Once the process is
+//! gone, its executable's absolute path is used only if the file there has exactly the
+//! identity the kernel recorded at exec (device, inode, change time, size): a relative or a
+//! container path in the agent's view names some other file, and its symbols would put
+//! someone else's function names on the stack.
+use std::{collections::HashMap, fs::File, sync::Arc};
 
-use object::{Object, ObjectSymbol, SymbolKind};
+use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 use serde::Serialize;
 
-use crate::assemble::Crash;
+use crate::{
+    assemble::Crash,
+    elf::{FileId, Mapped},
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {
@@ -19,6 +30,9 @@ pub struct Mapping {
     pub end: u64,
     pub offset: u64,
     pub path: String,
+    /// The mapped file's device (kernel encoding) and inode, as the process's maps name them.
+    pub dev: u64,
+    pub inode: u64,
 }
 
 /// A dying process's file mappings and an open handle on its executable.
@@ -44,6 +58,8 @@ impl Maps {
                     end: m.address.1,
                     offset: m.offset,
                     path: p.to_string_lossy().into_owned(),
+                    dev: ((m.dev.0 as u64) << 20) | m.dev.1 as u64,
+                    inode: m.inode,
                 }),
                 _ => None,
             })
@@ -83,13 +99,18 @@ struct At<'a> {
     end: u64,
 }
 
-/// Symbol tables of the ELF files seen, keyed by file identity (device, inode).
+/// Symbol tables of the ELF files seen, keyed by file identity.
 #[derive(Default)]
 pub struct Symbolizer {
-    cache: HashMap<(u64, u64), Option<Arc<ElfSyms>>>,
+    cache: HashMap<FileId, Option<Arc<ElfSyms>>>,
+    /// Bytes the cached symbol tables hold.
+    cached_bytes: usize,
 }
 
-const CACHE_MAX: usize = 256;
+/// What the cache may hold: a few large binaries' symbols.
+const CACHE_BYTES: usize = 64 << 20;
+/// Symbol tables larger than this are not read (a 200 MB Go binary's is ~15 MB).
+const SYMTAB_MAX: u64 = 256 << 20;
 
 impl Symbolizer {
     /// The crash's stack: the faulting thread's at the signal, else the Go runtime's at its
@@ -114,8 +135,9 @@ impl Symbolizer {
         let exe_path = crash
             .proc
             .as_ref()
-            .map(|p| p.exe.clone())
+            .and_then(|p| p.exe.clone())
             .unwrap_or_default();
+        let exe_id = crash.proc.as_ref().and_then(|p| p.file);
         at.stack
             .iter()
             .map(|&ip| {
@@ -123,7 +145,7 @@ impl Symbolizer {
                     ip,
                     ..Default::default()
                 };
-                let Some((path, syms, file_off)) = self.place(ip, &at, &exe_path) else {
+                let Some((path, syms, file_off)) = self.place(ip, &at, &exe_path, exe_id) else {
                     return f;
                 };
                 f.module = Some(path);
@@ -146,48 +168,77 @@ impl Symbolizer {
         ip: u64,
         at: &At<'_>,
         exe_path: &str,
+        exe_id: Option<FileId>,
     ) -> Option<(String, Option<Arc<ElfSyms>>, u64)> {
         if let Some(maps) = at.maps {
             let m = maps.mappings.iter().find(|m| m.start <= ip && ip < m.end)?;
-            let file =
-                if m.path == exe_path || maps.mappings.first().is_some_and(|f| f.path == m.path) {
-                    maps.exe.as_ref().and_then(|f| f.try_clone().ok())
-                } else {
-                    None
-                }
-                .or_else(|| File::open(format!("/proc/{}/root{}", maps.pid, m.path)).ok())
-                .or_else(|| File::open(&m.path).ok());
+            let is_exe =
+                m.path == exe_path || maps.mappings.first().is_some_and(|f| f.path == m.path);
+            let file = if is_exe {
+                maps.exe.as_ref().and_then(|f| f.try_clone().ok())
+            } else {
+                None
+            }
+            .or_else(|| open_in_process(maps.pid, m));
             let syms = file.and_then(|f| self.load(f));
             return Some((m.path.clone(), syms, ip - m.start + m.offset));
         }
-        // No mappings: the executable's text range from the kernel still places its frames.
-        if exe_path.is_empty() || ip < at.start || ip >= at.end {
+        // No mappings: the executable's text range from the kernel still places its frames,
+        // in the file the kernel recorded at exec: one read already, or the absolute path the
+        // process had, if what it names now is that very file.
+        if ip < at.start || ip >= at.end {
             return None;
         }
-        let syms = File::open(exe_path).ok().and_then(|f| self.load(f))?;
+        let id = exe_id?;
+        let syms = match self.cache.get(&id) {
+            Some(hit) => hit.clone()?,
+            None => {
+                let f = File::open(exe_path)
+                    .ok()
+                    .filter(|_| exe_path.starts_with('/'))
+                    .filter(|f| f.metadata().is_ok_and(|md| FileId::of(&md) == id))?;
+                self.load(f)?
+            }
+        };
         let bias = syms.layout.bias(at.start)?;
         let off = syms.layout.vaddr_to_offset(ip - bias)?;
-        Some((exe_path.to_string(), Some(syms), off))
+        let module = Some(exe_path.to_string()).filter(|p| !p.is_empty());
+        Some((module.unwrap_or_default(), Some(syms), off))
     }
 
-    fn load(&mut self, mut f: File) -> Option<Arc<ElfSyms>> {
-        let md = f.metadata().ok()?;
-        let key = (md.dev(), md.ino());
+    fn load(&mut self, f: File) -> Option<Arc<ElfSyms>> {
+        let key = FileId::of(&f.metadata().ok()?);
         if let Some(hit) = self.cache.get(&key) {
             return hit.clone();
         }
-        let mut bytes = Vec::new();
-        let parsed = f
-            .read_to_end(&mut bytes)
-            .ok()
-            .and_then(|_| ElfSyms::parse(&bytes))
-            .map(Arc::new);
-        if self.cache.len() >= CACHE_MAX {
+        let map = Mapped::new(&f).ok()?;
+        let parsed = ElfSyms::parse(map.bytes()).filter(|_| !map.damaged());
+        let size = parsed.as_ref().map_or(64, |p| p.bytes);
+        if self.cached_bytes + size > CACHE_BYTES {
             self.cache.clear();
+            self.cached_bytes = 0;
         }
+        let parsed = parsed.map(Arc::new);
+        self.cached_bytes += size;
         self.cache.insert(key, parsed.clone());
         parsed
     }
+}
+
+/// A library (or the executable) the process mapped: through its own root, checked to be the
+/// inode its maps name; else (no CAP_SYS_PTRACE: the maps are readable with CAP_PERFMON, the
+/// root is not) at that path in our view, if it is the very device and inode the maps name.
+fn open_in_process(pid: u32, m: &Mapping) -> Option<File> {
+    use std::os::unix::fs::MetadataExt;
+    if !m.path.starts_with('/') {
+        return None;
+    }
+    if let Ok(f) = File::open(format!("/proc/{pid}/root{}", m.path)) {
+        return (f.metadata().ok()?.ino() == m.inode).then_some(f);
+    }
+    let f = File::open(&m.path).ok()?;
+    let id = FileId::of(&f.metadata().ok()?);
+    (id.ino == m.inode && id.dev == m.dev).then_some(f)
 }
 
 /// The parts of an ELF file the symbolizer needs; the file's bytes are not kept.
@@ -195,6 +246,8 @@ pub struct ElfSyms {
     layout: crate::elf::Layout,
     /// (vaddr, size, name), sorted by vaddr.
     symbols: Vec<(u64, u64, String)>,
+    /// Heap bytes held, roughly.
+    bytes: usize,
 }
 
 impl ElfSyms {
@@ -202,6 +255,13 @@ impl ElfSyms {
     pub fn parse(bytes: &[u8]) -> Option<ElfSyms> {
         let obj = object::File::parse(bytes).ok()?;
         if !matches!(obj, object::File::Elf64(_)) {
+            return None;
+        }
+        let too_big = [".symtab", ".dynsym"].iter().any(|n| {
+            obj.section_by_name(n)
+                .is_some_and(|s| s.size() > SYMTAB_MAX)
+        });
+        if too_big {
             return None;
         }
         let mut symbols: Vec<(u64, u64, String)> = obj
@@ -216,9 +276,11 @@ impl ElfSyms {
         }
         symbols.sort_by_key(|s| (s.0, std::cmp::Reverse(s.1)));
         symbols.dedup_by_key(|s| s.0);
+        let bytes = symbols.iter().map(|s| 40 + s.2.len()).sum();
         Some(ElfSyms {
             layout: crate::elf::Layout::of(&obj),
             symbols,
+            bytes,
         })
     }
 

@@ -1,43 +1,70 @@
-//! Reading Go binaries without running them: which runtime functions to probe (from the symbol
-//! table, or from `.gopclntab` when `-ldflags=-s -w` stripped it), the build info, and the names
-//! of the types panic values had. Works on PIE (applies the binary's RELATIVE relocations to the
-//! pointers it reads) and on Go 1.26+, whose pclntab leaves the text base to moduledata.
+//! Reading Go binaries without running them: where to put the runtime probes, the build info,
+//! and the names of the types panic values had. Works on PIE (applies the binary's RELATIVE
+//! relocations to the pointers it reads) and on Go 1.26+, whose pclntab leaves the text base
+//! to moduledata.
+//!
+//! A probe is a breakpoint in someone else's program, so an address is probed only when the
+//! binary's validated pclntab says a function of that name starts there, and, when the symbol
+//! table names it too, both agree. Anything else is refused and said, never guessed: a uprobe
+//! one byte inside an instruction changes what the program computes.
+//!
+//! The binary is read piece by piece, and a damaged piece costs only what depends on it: bad
+//! build info leaves the version unknown, a damaged pclntab header leaves the table to be read
+//! through moduledata as the runtime does. What was wrong is kept in [`GoBinary::problems`].
 pub mod buildinfo;
+mod image;
 pub mod pclntab;
+#[cfg(test)]
+mod tests;
 
 use std::{collections::HashMap, fs::File, os::unix::fs::FileExt};
 
 use anyhow::{Context, Result};
-use object::{Object, ObjectSection, ObjectSymbol, RelocationFlags};
+use object::{Object, ObjectSection};
 
 pub use buildinfo::BuildInfo;
+use crashwatch_common as c;
+use image::{Image, ModuleData};
+use pclntab::Pclntab;
 
-/// Runtime functions crashwatch probes. `runtime.fatal` and `runtime.throw` take the message
-/// as their string argument. What the runtime prints to stderr passes through
-/// `runtime.writeErrData` (Go 1.23+, stderr only) or, before it, the assembly syscall wrapper
-/// `runtime.write1(fd, ...)` (filtered to fd 2 in the kernel; `runtime.write` gets inlined).
-/// `gwrite` would also see `runtime.Stack` filling a buffer.
-pub const PROBED: [&str; 6] = [
-    "runtime.gopanic",
-    "runtime.fatalpanic",
-    "runtime.throw",
-    "runtime.fatal",
-    "runtime.writeErrData",
-    "runtime.write1",
+/// Runtime functions crashwatch probes, and the cookie the kernel program knows each by.
+/// `runtime.fatal` and `runtime.throw` take the message as their string argument. What the
+/// runtime prints to stderr passes through `runtime.writeErrData` (Go 1.23+, stderr only) or,
+/// before it, the assembly syscall wrapper `runtime.write1(fd, ...)` (filtered to fd 2 in the
+/// kernel; `runtime.write` gets inlined). `gwrite` would also see `runtime.Stack`.
+pub const PROBED: [(&str, u64); 6] = [
+    ("runtime.gopanic", c::GO_AT_GOPANIC),
+    ("runtime.fatalpanic", c::GO_AT_FATALPANIC),
+    ("runtime.throw", c::GO_AT_THROW),
+    ("runtime.fatal", c::GO_AT_THROW),
+    ("runtime.writeErrData", c::GO_AT_WRITE_ERR),
+    ("runtime.write1", c::GO_AT_WRITE1),
 ];
 
-/// How many of [`PROBED`] a binary gets: one of the two output paths.
+/// How many of [`PROBED`] a sound binary gets: one of the two output paths.
+#[cfg(test)]
 pub const PROBES_PER_BINARY: usize = 5;
+
+/// One uprobe: the function, its entry's offset in the file, and its cookie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GoProbe {
+    pub func: &'static str,
+    pub offset: u64,
+    pub cookie: u64,
+}
 
 /// What crashwatch keeps about one Go binary (small: no file contents).
 #[derive(Debug)]
 pub struct GoBinary {
-    pub version: String,
-    pub build: BuildInfo,
-    /// (function, file offset of its entry) for each of [`PROBED`] found.
-    pub probes: Vec<(&'static str, u64)>,
-    /// Function addresses came from `.gopclntab` (the symbol table was stripped).
+    /// The toolchain (`go1.21.13`), from the build info; None when that was unreadable.
+    pub version: Option<String>,
+    pub build: Option<BuildInfo>,
+    pub probes: Vec<GoProbe>,
+    /// Function addresses came from the pclntab alone (the symbol table was stripped).
     pub from_pclntab: bool,
+    /// What was wrong with the binary's metadata, one sentence each; everything above comes
+    /// from the parts that were sound.
+    pub problems: Vec<String>,
     /// Base of the type descriptors' names (moduledata.types).
     types_base: Option<u64>,
     layout: crate::elf::Layout,
@@ -45,115 +72,213 @@ pub struct GoBinary {
     file: Option<File>,
 }
 
-/// Ok(None): a readable ELF file that is not a Go binary (one section-table look).
+/// The sections only Go's linker writes.
+pub fn is_go(obj: &object::File<'_>) -> bool {
+    obj.sections().any(|s| {
+        matches!(
+            s.name(),
+            Ok(".gopclntab" | ".data.rel.ro.gopclntab" | ".go.buildinfo")
+        )
+    })
+}
+
+/// Err: not a readable ELF file. Ok(None): an ELF file that is not a Go binary.
 pub fn parse(bytes: &[u8], file: Option<File>) -> Result<Option<GoBinary>> {
     let obj = object::File::parse(bytes).context("not a readable ELF file")?;
-    let section = |name: &str| obj.section_by_name(name);
-    let pcln_sec = section(".gopclntab").or_else(|| section(".data.rel.ro.gopclntab"));
-    let info_sec = section(".go.buildinfo");
-    if pcln_sec.is_none() && info_sec.is_none() {
+    if !is_go(&obj) {
         return Ok(None);
     }
     let img = Image::new(&obj, bytes);
-    let syms: HashMap<&str, u64> = obj
-        .symbols()
-        .filter_map(|s| Some((s.name().ok()?, s.address())))
-        .filter(|(n, _)| n.starts_with("runtime."))
-        .collect();
-
-    let (version, build) = match info_sec.and_then(|s| s.data().ok()) {
-        Some(blob) => {
-            let (v, m) = buildinfo::read_blob(blob, |p| img.ptr_string(p))?;
-            (v, buildinfo::parse_modinfo(&m))
-        }
-        None => (String::new(), BuildInfo::default()),
+    let mut problems = Vec::new();
+    let mut g = GoBinary {
+        version: None,
+        build: None,
+        probes: Vec::new(),
+        from_pclntab: false,
+        problems: Vec::new(),
+        types_base: None,
+        layout: img.layout.clone(),
+        file,
     };
-
-    let (moduledata, text_base) = bases(&obj, &img, &syms);
-
-    let mut funcs: HashMap<&'static str, u64> = HashMap::new();
-    let mut from_pclntab = false;
-    for name in PROBED {
-        // Assembly functions carry an ABI suffix in the symbol table, not in pclntab.
-        if let Some(&a) = syms
-            .get(name)
-            .or_else(|| syms.get(format!("{name}.abi0").as_str()))
-        {
-            funcs.insert(name, a);
-        }
+    if obj.architecture() != object::Architecture::X86_64 {
+        g.problems
+            .push("not an x86-64 binary: the probes read x86-64 registers".into());
+        return Ok(Some(g));
     }
-    let mut types_base = syms.get("runtime.types").copied();
-    if let Some(data) = pcln_sec.as_ref().and_then(|s| s.data().ok()) {
-        let tab = pclntab::Pclntab::parse(data, text_base).context("reading .gopclntab")?;
-        if types_base.is_none() {
-            let off = if tab.layout == pclntab::Layout::Go120 {
-                296
-            } else {
-                280
+    match obj.section_by_name(".go.buildinfo") {
+        Some(sec) => match sec
+            .data()
+            .context("unreadable section")
+            .and_then(|blob| buildinfo::read_blob(blob, |p| img.ptr_string(p)))
+        {
+            Ok((v, m)) => {
+                g.version = Some(v).filter(|v| !v.is_empty());
+                g.build = Some(buildinfo::parse_modinfo(&m));
+            }
+            Err(e) => problems.push(format!("build info: {e:#}: version unknown")),
+        },
+        None => problems.push("no .go.buildinfo section: version unknown".into()),
+    }
+    let syms: HashMap<&str, u64> = img.runtime_symbols().into_iter().collect();
+    let tables = Tables::locate(&obj, &img, &syms, &mut problems);
+    g.types_base = syms.get("runtime.types").copied().or(tables.types_base);
+    let (probes, from_pclntab) = choose_probes(&img, &syms, tables.pclntab.as_ref(), &mut problems);
+    g.probes = probes;
+    g.from_pclntab = from_pclntab;
+    g.problems = problems;
+    Ok(Some(g))
+}
+
+/// The function table, found and validated, and what moduledata says about types.
+struct Tables<'a> {
+    pclntab: Option<Pclntab<'a>>,
+    types_base: Option<u64>,
+}
+
+impl<'a> Tables<'a> {
+    fn locate(
+        obj: &object::File<'a>,
+        img: &Image<'a>,
+        syms: &HashMap<&str, u64>,
+        problems: &mut Vec<String>,
+    ) -> Tables<'a> {
+        let section = obj
+            .section_by_name(".gopclntab")
+            .or_else(|| obj.section_by_name(".data.rel.ro.gopclntab"))
+            .map(|s| s.address());
+        let mut at = section.or_else(|| syms.get("runtime.pclntab").copied());
+        let md_addr = img.moduledata(syms.get("runtime.firstmoduledata").copied(), at);
+        let md = md_addr.and_then(|m| ModuleData::read(img, m));
+        at = at.or(md.as_ref().map(|m| m.pc_header));
+        let Some(at) = at else {
+            problems.push("no pclntab found".into());
+            return Tables {
+                pclntab: None,
+                types_base: None,
             };
-            types_base = moduledata.and_then(|m| img.u64(m + off));
-        }
-        if funcs.len() < PROBES_PER_BINARY {
-            for (pc, name) in tab.funcs() {
-                if let Some(p) = PROBED.iter().find(|p| **p == name) {
-                    from_pclntab |= funcs.insert(p, pc).is_none();
+        };
+        let Some(data) = img.rest_of_section(at) else {
+            problems.push(format!("the pclntab at {at:#x} is not in the file"));
+            return Tables {
+                pclntab: None,
+                types_base: None,
+            };
+        };
+        let text_base = syms
+            .get("runtime.text")
+            .copied()
+            .or(md.as_ref().map(|m| m.text));
+        let is_code = |a: u64| img.layout.is_code(a);
+        let pclntab = match Pclntab::parse(data, img.u64(at + 24), text_base, &is_code) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                problems.push(format!("{e:#}"));
+                let via_md = md
+                    .as_ref()
+                    .context("no moduledata to read it through")
+                    .and_then(|md| Pclntab::from_moduledata(data, at, md, &is_code));
+                match via_md {
+                    Ok(t) => {
+                        problems.push("the function table was read through moduledata".into());
+                        Some(t)
+                    }
+                    Err(e) => {
+                        problems.push(format!("{e:#}"));
+                        None
+                    }
                 }
             }
+        };
+        // moduledata.types: +280 on Go 1.18-1.19, +296 from 1.20 (which added covctrs).
+        let types_base = match (&pclntab, md_addr) {
+            (Some(t), Some(m)) => {
+                let off = if t.layout == pclntab::Layout::Go120 {
+                    296
+                } else {
+                    280
+                };
+                img.u64(m + off)
+            }
+            _ => None,
+        };
+        Tables {
+            pclntab,
+            types_base,
         }
     }
-    if funcs.contains_key("runtime.writeErrData") {
-        funcs.remove("runtime.write1");
-    }
-    let probes = PROBED
-        .iter()
-        .filter_map(|p| Some((*p, img.file_offset(*funcs.get(p)?)?)))
-        .collect();
-    Ok(Some(GoBinary {
-        version,
-        build,
-        probes,
-        from_pclntab,
-        types_base,
-        layout: img.layout,
-        file,
-    }))
 }
 
-/// (moduledata address, text base): from symbols, else `.go.module` (Go 1.26+), else the
-/// data word that points at pclntab (moduledata's first field).
-fn bases(
-    obj: &object::File<'_>,
+/// The probes the validated table confirms, and whether any came from the table alone.
+fn choose_probes(
     img: &Image<'_>,
     syms: &HashMap<&str, u64>,
-) -> (Option<u64>, Option<u64>) {
-    let pcln_addr = obj
-        .section_by_name(".gopclntab")
-        .or_else(|| obj.section_by_name(".data.rel.ro.gopclntab"))
-        .map(|s| s.address());
-    let moduledata = syms
-        .get("runtime.firstmoduledata")
-        .copied()
-        .or_else(|| obj.section_by_name(".go.module").map(|s| s.address()))
-        .or_else(|| pcln_addr.and_then(|a| img.find_pointer_to(obj, a)));
-    // moduledata: pcHeader, 6 slices, findfunctab, minpc, maxpc, text (+176) ... types
-    // (+280 on Go 1.18-1.19, +296 from 1.20, which added covctrs).
-    let text_base = syms
-        .get("runtime.text")
-        .copied()
-        .or_else(|| moduledata.and_then(|m| img.u64(m + 176)))
-        .or_else(|| obj.section_by_name(".text").map(|s| s.address()));
-    (moduledata, text_base)
+    table: Option<&Pclntab<'_>>,
+    problems: &mut Vec<String>,
+) -> (Vec<GoProbe>, bool) {
+    let wanted = |n: &str| PROBED.iter().any(|p| p.0 == n);
+    let entries: HashMap<&str, u64> = table
+        .map(|t| {
+            t.funcs()
+                .filter(|(_, n)| wanted(n))
+                .map(|(pc, n)| (n, pc))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut probes = Vec::new();
+    let mut from_pclntab = false;
+    for (name, cookie) in PROBED {
+        // Assembly functions carry an ABI suffix in the symbol table, not in the pclntab.
+        let sym = syms
+            .get(name)
+            .or_else(|| syms.get(format!("{name}.abi0").as_str()))
+            .copied();
+        let entry = match (sym, entries.get(name).copied()) {
+            (Some(s), Some(t)) if s == t => s,
+            (Some(s), Some(t)) => {
+                problems.push(format!(
+                    "{name}: the symbol table says {s:#x}, the pclntab {t:#x}: not probed"
+                ));
+                continue;
+            }
+            (Some(s), None) if table.is_some() => {
+                problems.push(format!(
+                    "{name}: {s:#x} is not the start of a function the pclntab knows: not probed"
+                ));
+                continue;
+            }
+            (Some(s), None) => {
+                problems.push(format!(
+                    "{name}: no valid pclntab to confirm the symbol at {s:#x}: not probed"
+                ));
+                continue;
+            }
+            (None, Some(t)) => {
+                from_pclntab = true;
+                t
+            }
+            (None, None) => continue,
+        };
+        match img.file_offset(entry).filter(|_| img.layout.is_code(entry)) {
+            Some(offset) => probes.push(GoProbe {
+                func: name,
+                offset,
+                cookie,
+            }),
+            None => problems.push(format!("{name}: {entry:#x} is not in the file's code")),
+        }
+    }
+    if probes.iter().any(|p| p.func == "runtime.writeErrData") {
+        probes.retain(|p| p.func != "runtime.write1");
+    }
+    (probes, from_pclntab)
 }
 
-/// Every function in `.gopclntab` as (entry vaddr, size 0, name): names frames of stripped Go
-/// binaries. None when the file has no pclntab.
+/// Every function in the pclntab as (entry vaddr, size 0, name): names frames of stripped Go
+/// binaries. None when the file has no valid pclntab.
 pub fn functions(obj: &object::File<'_>, bytes: &[u8]) -> Option<Vec<(u64, u64, String)>> {
-    let sec = obj
-        .section_by_name(".gopclntab")
-        .or_else(|| obj.section_by_name(".data.rel.ro.gopclntab"))?;
     let img = Image::new(obj, bytes);
-    let (_, text_base) = bases(obj, &img, &HashMap::new());
-    let tab = pclntab::Pclntab::parse(sec.data().ok()?, text_base).ok()?;
+    let syms: HashMap<&str, u64> = img.runtime_symbols().into_iter().collect();
+    let tab = Tables::locate(obj, &img, &syms, &mut Vec::new()).pclntab?;
     Some(
         tab.funcs()
             .map(|(pc, name)| (pc, 0, name.to_string()))
@@ -171,7 +296,7 @@ impl GoBinary {
         self.read(vaddr, &mut t)?;
         let tflag = t[20];
         let name_off = i32::from_le_bytes(t[40..44].try_into().ok()?);
-        let at = (self.types_base? as i64 + name_off as i64) as u64;
+        let at = (self.types_base? as i64).checked_add(name_off as i64)? as u64;
         let mut head = [0u8; 12];
         self.read(at, &mut head)?;
         // A name: flags byte, varint length, bytes.
@@ -184,6 +309,9 @@ impl GoBinary {
                 break;
             }
             shift += 7;
+            if shift > 28 {
+                return None;
+            }
         }
         let mut name = vec![0u8; len.min(1024)];
         self.read(at + i as u64, &mut name)?;
@@ -196,213 +324,28 @@ impl GoBinary {
         })
     }
 
+    /// The identity of the file as it is now (it may have changed since it was read).
+    pub fn file_id(&self) -> Option<crate::elf::FileId> {
+        Some(crate::elf::FileId::of(
+            &self.file.as_ref()?.metadata().ok()?,
+        ))
+    }
+
+    /// Lets go of the file: no type names from now on, one descriptor fewer.
+    pub fn close(&mut self) {
+        self.file = None;
+    }
+
     fn read(&self, vaddr: u64, buf: &mut [u8]) -> Option<()> {
         let off = self.layout.vaddr_to_offset(vaddr)?;
         self.file.as_ref()?.read_exact_at(buf, off).ok()
     }
 }
 
-/// A file's loadable image: segments, and the pointers its relocations fill in.
-struct Image<'a> {
-    bytes: &'a [u8],
-    layout: crate::elf::Layout,
-    /// R_X86_64_RELATIVE: where the loader writes base + addend (PIE pointers).
-    relative: HashMap<u64, u64>,
-}
-
-impl<'a> Image<'a> {
-    fn new(obj: &object::File<'a>, bytes: &'a [u8]) -> Image<'a> {
-        const R_X86_64_RELATIVE: u32 = 8;
-        let relative = obj
-            .dynamic_relocations()
-            .into_iter()
-            .flatten()
-            .filter(|(_, r)| matches!(r.flags(), RelocationFlags::Elf { r_type } if r_type == R_X86_64_RELATIVE))
-            .map(|(off, r)| (off, r.addend() as u64))
-            .collect();
-        Image {
-            bytes,
-            layout: crate::elf::Layout::of(obj),
-            relative,
-        }
-    }
-
-    fn file_offset(&self, vaddr: u64) -> Option<u64> {
-        self.layout.vaddr_to_offset(vaddr)
-    }
-
-    fn u64(&self, vaddr: u64) -> Option<u64> {
-        if let Some(&v) = self.relative.get(&vaddr) {
-            return Some(v);
-        }
-        let off = self.file_offset(vaddr)? as usize;
-        Some(u64::from_le_bytes(
-            self.bytes.get(off..off + 8)?.try_into().ok()?,
-        ))
-    }
-
-    /// A Go string header (pointer, length) at `vaddr`, and its bytes.
-    fn ptr_string(&self, vaddr: u64) -> Option<String> {
-        let (p, n) = (self.u64(vaddr)?, self.u64(vaddr + 8)? as usize);
-        let off = self.file_offset(p)? as usize;
-        Some(String::from_utf8_lossy(self.bytes.get(off..off + n)?).into_owned())
-    }
-
-    /// The address of a pointer-sized word holding `target` in a writable data section
-    /// (how a stripped binary's moduledata is found: its first field points at pclntab).
-    fn find_pointer_to(&self, obj: &object::File<'a>, target: u64) -> Option<u64> {
-        if let Some((&at, _)) = self.relative.iter().find(|(_, &v)| v == target) {
-            return Some(at);
-        }
-        for name in [".noptrdata", ".data"] {
-            let s = obj.section_by_name(name)?;
-            let data = s.data().ok()?;
-            for (i, w) in data.chunks_exact(8).enumerate() {
-                if u64::from_le_bytes(w.try_into().unwrap()) == target {
-                    return Some(s.address() + 8 * i as u64);
-                }
-            }
-        }
-        None
-    }
-}
-
-/// Reads and parses a binary; Ok(None) when it is not Go.
+/// Maps and parses a binary; Ok(None) when it is not Go.
 #[cfg(test)]
 pub fn open(path: &std::path::Path) -> Result<Option<GoBinary>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let file = File::open(path).ok();
-    parse(&bytes, file).with_context(|| path.display().to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::gobuild;
-    use gobuild::{build, Flavour, FLAVOURS, VERSIONS};
-
-    fn symbols(path: &std::path::Path) -> HashMap<String, u64> {
-        let bytes = std::fs::read(path).unwrap();
-        let obj = object::File::parse(&*bytes).unwrap();
-        obj.symbols()
-            .filter_map(|s| Some((s.name().ok()?.to_string(), s.address())))
-            .collect()
-    }
-
-    #[test]
-    fn every_version_and_flavour_yields_probes_and_build_info() {
-        let (_, rev) = gobuild::source();
-        for v in VERSIONS {
-            let reference = open(&build(v, Flavour::Static)).unwrap().unwrap();
-            for f in FLAVOURS {
-                let path = build(v, f);
-                let g = open(&path)
-                    .unwrap()
-                    .unwrap_or_else(|| panic!("{v} {f:?} not recognised as Go"));
-                assert!(
-                    g.version.starts_with(&format!("go{v}")),
-                    "{v} {f:?}: version {}",
-                    g.version
-                );
-                assert_eq!(
-                    g.probes.len(),
-                    PROBES_PER_BINARY,
-                    "{v} {f:?}: {:?}",
-                    g.probes
-                );
-                let output = if v >= "1.23" {
-                    "runtime.writeErrData"
-                } else {
-                    "runtime.write1"
-                };
-                assert!(
-                    g.probes.iter().any(|p| p.0 == output),
-                    "{v} {f:?}: {:?}",
-                    g.probes
-                );
-                assert_eq!(
-                    g.build.vcs_revision.as_deref(),
-                    Some(rev.as_str()),
-                    "{v} {f:?}"
-                );
-                assert_eq!(g.build.main_module.as_deref(), Some("example.com/gocrash"));
-                assert_eq!(
-                    g.build.path.as_deref(),
-                    Some("example.com/gocrash"),
-                    "{v} {f:?}"
-                );
-                assert_eq!(g.build.goos.as_deref(), Some("linux"), "{v} {f:?}");
-                assert_eq!(g.build.cgo_enabled, Some(f == Flavour::Cgo), "{v} {f:?}");
-                assert_eq!(g.from_pclntab, f == Flavour::Stripped, "{v} {f:?}");
-                if f == Flavour::Stripped {
-                    // Same code, no symbols: pclntab must find the very same entry points.
-                    assert_eq!(g.probes, reference.probes, "{v}: pclntab vs symtab");
-                    assert_eq!(g.build.ldflags.as_deref(), Some("-s -w"));
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn type_names_from_descriptors() {
-        // Type descriptors have no symbols of their own; itabs do (until Go 1.27, whose
-        // type names the integration tests check from real panics) and point at them.
-        let mut checked = 0;
-        for v in VERSIONS {
-            for f in [Flavour::Static, Flavour::Pie] {
-                let path = build(v, f);
-                let syms = symbols(&path);
-                let bytes = std::fs::read(&path).unwrap();
-                let obj = object::File::parse(&*bytes).unwrap();
-                let img = Image::new(&obj, &bytes);
-                let g = open(&path).unwrap().unwrap();
-                for (itab, want) in [
-                    ("*errors.errorString,error", "*errors.errorString"),
-                    ("runtime.errorString,error", "runtime.errorString"),
-                ] {
-                    let Some(at) = syms
-                        .get(&format!("go:itab.{itab}"))
-                        .or_else(|| syms.get(&format!("go.itab.{itab}")))
-                    else {
-                        continue;
-                    };
-                    let ty = img.u64(at + 8).unwrap();
-                    // Loaded at its link address: start_code equals the text segment's vaddr.
-                    assert_eq!(
-                        g.type_name(ty, g.layout.min_exec_vaddr).as_deref(),
-                        Some(want),
-                        "{v} {f:?}"
-                    );
-                    checked += 1;
-                }
-            }
-        }
-        assert!(checked >= 20, "only {checked} type names checked");
-    }
-
-    #[test]
-    fn pclntab_names_functions_like_the_symbol_table() {
-        for v in VERSIONS {
-            let path = build(v, Flavour::Static);
-            let syms = symbols(&path);
-            let bytes = std::fs::read(&path).unwrap();
-            let obj = object::File::parse(&*bytes).unwrap();
-            let data = obj.section_by_name(".gopclntab").unwrap().data().unwrap();
-            let tab = pclntab::Pclntab::parse(data, syms.get("runtime.text").copied()).unwrap();
-            let main = syms["main.main"];
-            assert_eq!(tab.func_at(main + 3), Some(("main.main", main)), "{v}");
-            assert!(tab.len() > 1000, "{v}: {} functions", tab.len());
-        }
-    }
-
-    #[test]
-    fn bad_input_is_an_error_not_a_panic() {
-        let path = build("1.21", Flavour::Static);
-        let bytes = std::fs::read(&path).unwrap();
-        assert!(parse(&bytes[..4096], None).is_err(), "truncated ELF");
-        assert!(parse(b"\x7fELF garbage", None).is_err());
-        let not_go = std::fs::read("/bin/sh").unwrap();
-        assert!(parse(&not_go, None).unwrap().is_none());
-        assert!(pclntab::Pclntab::parse(&[0xf1, 0xff, 0xff, 0xff, 0, 0, 1, 8], Some(1)).is_err());
-    }
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let map = crate::elf::Mapped::new(&file)?;
+    parse(map.bytes(), Some(file)).with_context(|| path.display().to_string())
 }

@@ -1,18 +1,35 @@
 //! Go's pclntab: function entry points and names, even in stripped binaries.
 //!
 //! Written here because no maintained crate reads it (blazesym and gimli read ELF/DWARF only,
-//! and `-ldflags=-s -w` removes both the symbol table and DWARF, but never `.gopclntab`). Only
+//! and `-ldflags=-s -w` removes both the symbol table and DWARF, but never the pclntab). Only
 //! the function table is read: entry PCs and names, for uprobes and for naming frames. Layouts:
 //! Go 1.16-1.17 (magic 0xfffffffa, absolute entries), Go 1.18-1.19 (0xfffffff0) and 1.20+
 //! (0xfffffff1), whose entries are offsets from `textStart` — which Go 1.26 writes as 0, leaving
 //! the text base to the caller (`runtime.text` or moduledata).
-use anyhow::{bail, Result};
+//!
+//! The table decides where crashwatch puts breakpoints into other people's programs, so it is
+//! validated whole before any entry is used: the header's fixed bytes, every offset and count
+//! against the data's length, entries in ascending order and inside the binary's code. The
+//! runtime itself reads the table through `moduledata` and checks only part of the header, so
+//! a binary whose header offsets are damaged still runs: [`Pclntab::from_moduledata`] reads the
+//! table the way the runtime does.
+use anyhow::{bail, ensure, Context, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
     Go116,
     Go118,
     Go120,
+}
+
+impl Layout {
+    /// Bytes of one function table entry: (entry, funcoff).
+    fn entry_size(self) -> usize {
+        match self {
+            Layout::Go116 => 16,
+            _ => 8,
+        }
+    }
 }
 
 pub struct Pclntab<'a> {
@@ -25,45 +42,167 @@ pub struct Pclntab<'a> {
     pcln: usize,
 }
 
+/// Where the table's parts are, as byte offsets into the data that starts at its header.
+struct Parts {
+    nfunc: u64,
+    funcname: u64,
+    pcln: u64,
+    text_start: u64,
+}
+
+/// The header's magic, checked as the runtime checks it (`moduledataverify1`).
+fn layout_of(data: &[u8]) -> Result<Layout> {
+    ensure!(
+        data.len() >= 64,
+        "pclntab of {} bytes is too short",
+        data.len()
+    );
+    let layout = match u32_at(data, 0)? {
+        0xffff_fffa => Layout::Go116,
+        0xffff_fff0 => Layout::Go118,
+        0xffff_fff1 => Layout::Go120,
+        m => bail!("unknown pclntab magic {m:#x}"),
+    };
+    ensure!(
+        data[4] == 0 && data[5] == 0,
+        "pclntab header padding is not zero"
+    );
+    // x86-64: one-byte PC quantum, 8-byte pointers.
+    ensure!(
+        data[6] == 1 && data[7] == 8,
+        "pclntab quantum {} / pointer size {} are not amd64's",
+        data[6],
+        data[7]
+    );
+    Ok(layout)
+}
+
 impl<'a> Pclntab<'a> {
-    /// Parses the header. `text_base` is used when the header's `textStart` is 0 (Go 1.26+).
-    pub fn parse(data: &'a [u8], text_base: Option<u64>) -> Result<Pclntab<'a>> {
-        let magic = u32_at(data, 0)?;
-        let layout = match magic {
-            0xffff_fffa => Layout::Go116,
-            0xffff_fff0 => Layout::Go118,
-            0xffff_fff1 => Layout::Go120,
-            m => bail!("unknown pclntab magic {m:#x}"),
-        };
-        if data.len() < 8 || data[7] != 8 {
-            bail!(
-                "pclntab pointer size {} unsupported (64-bit only)",
-                data.get(7).copied().unwrap_or(0)
-            );
-        }
+    /// Reads the table from its header. `header_text` is the header's `textStart` as the
+    /// loader sees it (relocations applied); `text_base` is the text base from `runtime.text`
+    /// or moduledata: it fills a zero `textStart` (Go 1.26+) and must agree with a set one.
+    /// `is_code` tells whether an address is in the binary's code.
+    pub fn parse(
+        data: &'a [u8],
+        header_text: Option<u64>,
+        text_base: Option<u64>,
+        is_code: &dyn Fn(u64) -> bool,
+    ) -> Result<Pclntab<'a>> {
+        let layout = layout_of(data)?;
         let word = |i: usize| u64_at(data, 8 + 8 * i);
-        let nfunc = word(0)? as usize;
-        let (text_start, funcname, pcln) = match layout {
-            Layout::Go116 => (0, word(2)?, word(6)?),
+        let parts = match layout {
+            Layout::Go116 => Parts {
+                nfunc: word(0)?,
+                funcname: word(2)?,
+                pcln: word(6)?,
+                text_start: 0,
+            },
             _ => {
-                let ts = word(2)?;
-                let ts = if ts == 0 { text_base.unwrap_or(0) } else { ts };
-                (ts, word(3)?, word(7)?)
+                let text_start = match (header_text.filter(|&t| t != 0), text_base) {
+                    (Some(h), Some(b)) if h != b => {
+                        bail!("pclntab textStart {h:#x} disagrees with the text base {b:#x}")
+                    }
+                    (Some(h), _) => h,
+                    (None, Some(b)) => b,
+                    (None, None) => bail!("pclntab has textStart 0 and no text base was found"),
+                };
+                Parts {
+                    nfunc: word(0)?,
+                    funcname: word(3)?,
+                    pcln: word(7)?,
+                    text_start,
+                }
             }
         };
-        if layout != Layout::Go116 && text_start == 0 {
-            bail!("pclntab has textStart 0 and no text base was found");
-        }
+        Self::validated(data, layout, parts, is_code).context("pclntab header")
+    }
+
+    /// Reads the table the way the runtime does, from `moduledata`'s slices (addresses, here
+    /// made relative to `header`, the address `data` starts at): `funcnametab`, `pclntable`,
+    /// `ftab` (whose length counts the end marker) and `text`.
+    pub fn from_moduledata(
+        data: &'a [u8],
+        header: u64,
+        md: &super::image::ModuleData,
+        is_code: &dyn Fn(u64) -> bool,
+    ) -> Result<Pclntab<'a>> {
+        let layout = layout_of(data)?;
+        ensure!(
+            md.pc_header == header,
+            "moduledata points at a pclntab at {:#x}, not {header:#x}",
+            md.pc_header
+        );
+        ensure!(
+            md.ftab == md.pclntable,
+            "moduledata's ftab does not start pclntable"
+        );
+        let rel = |a: u64, what: &str| {
+            a.checked_sub(header)
+                .with_context(|| format!("moduledata's {what} lies before the pclntab"))
+        };
+        let parts = Parts {
+            nfunc: md
+                .ftab_len
+                .checked_sub(1)
+                .context("moduledata's ftab is empty")?,
+            funcname: rel(md.funcnametab, "funcnametab")?,
+            pcln: rel(md.pclntable, "pclntable")?,
+            text_start: if layout == Layout::Go116 { 0 } else { md.text },
+        };
+        Self::validated(data, layout, parts, is_code).context("pclntab through moduledata")
+    }
+
+    fn validated(
+        data: &'a [u8],
+        layout: Layout,
+        p: Parts,
+        is_code: &dyn Fn(u64) -> bool,
+    ) -> Result<Pclntab<'a>> {
+        let len = data.len() as u64;
+        ensure!(
+            p.funcname < len,
+            "funcname offset {:#x} out of range",
+            p.funcname
+        );
+        ensure!(
+            p.pcln < len,
+            "function table offset {:#x} out of range",
+            p.pcln
+        );
+        // nfunc+1 entries must fit before the end: bounded by the data, not by the header.
+        let room = (len - p.pcln) / layout.entry_size() as u64;
+        ensure!(
+            p.nfunc > 0 && p.nfunc < room,
+            "{} functions do not fit in {} bytes",
+            p.nfunc,
+            len - p.pcln
+        );
         let t = Pclntab {
             data,
             layout,
-            nfunc,
-            text_start,
-            funcname: funcname as usize,
-            pcln: pcln as usize,
+            nfunc: p.nfunc as usize,
+            text_start: p.text_start,
+            funcname: p.funcname as usize,
+            pcln: p.pcln as usize,
         };
-        // The table must fit: nfunc+1 entries.
-        t.entry(nfunc)?;
+        let funcs_room = len - p.pcln;
+        let mut prev = 0;
+        for i in 0..=t.nfunc {
+            let (pc, off) = t.entry(i)?;
+            ensure!(pc >= prev, "function entries out of order at {i}");
+            if i < t.nfunc {
+                ensure!(
+                    (off as u64) < funcs_room,
+                    "function {i}'s record offset out of range"
+                );
+            }
+            prev = pc;
+        }
+        let (first, _) = t.entry(0)?;
+        ensure!(
+            is_code(first) && is_code(prev.saturating_sub(1)),
+            "function entries {first:#x}..{prev:#x} lie outside the binary's code"
+        );
         Ok(t)
     }
 
@@ -98,7 +237,12 @@ impl<'a> Pclntab<'a> {
             .data
             .get(start..)
             .ok_or_else(|| anyhow::anyhow!("function name past the end"))?;
-        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        // Names are short; a missing terminator within 4 KiB is damage.
+        let rest = &rest[..rest.len().min(4096)];
+        let end = rest
+            .iter()
+            .position(|&b| b == 0)
+            .context("function name without its terminator")?;
         Ok(std::str::from_utf8(&rest[..end])?)
     }
 
@@ -133,14 +277,14 @@ impl<'a> Pclntab<'a> {
 }
 
 pub fn u32_at(d: &[u8], at: usize) -> Result<u32> {
-    match d.get(at..at + 4) {
+    match d.get(at..at.saturating_add(4)) {
         Some(b) => Ok(u32::from_le_bytes(b.try_into().unwrap())),
         None => bail!("read past the end of the data at {at:#x}"),
     }
 }
 
 pub fn u64_at(d: &[u8], at: usize) -> Result<u64> {
-    match d.get(at..at + 8) {
+    match d.get(at..at.saturating_add(8)) {
         Some(b) => Ok(u64::from_le_bytes(b.try_into().unwrap())),
         None => bail!("read past the end of the data at {at:#x}"),
     }

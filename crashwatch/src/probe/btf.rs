@@ -19,7 +19,9 @@ pub struct KernelLayout {
     pub pt_regs_names: Vec<(String, u32)>,
 }
 
-pub fn load(pending_window_ns: u64) -> Result<KernelLayout> {
+/// Reads the running kernel's layouts; `pending_window_ns` and `args_max` are the agent's
+/// settings the programs also need.
+pub fn load(pending_window_ns: u64, args_max: u32) -> Result<KernelLayout> {
     let btf = Btf::from_file(VMLINUX).with_context(|| {
         format!("reading {VMLINUX}: crashwatch needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")
     })?;
@@ -33,6 +35,20 @@ pub fn load(pending_window_ns: u64) -> Result<KernelLayout> {
             k.off("css_set", "subsys")? + 8 * memory_id,
             k.off("cgroup_subsys_state", "cgroup")?,
         )
+    };
+    // The inode's change time moved: `i_ctime` (timespec64) before 6.6, `__i_ctime` until
+    // 6.11, then `i_ctime_sec` and `i_ctime_nsec`.
+    let (ctime_sec, ctime_nsec) = match k.off("inode", "i_ctime_sec") {
+        Ok(sec) => (sec, k.off("inode", "i_ctime_nsec")?),
+        Err(_) => {
+            let ts = k
+                .off("inode", "__i_ctime")
+                .or_else(|_| k.off("inode", "i_ctime"))?;
+            (
+                ts + k.off("timespec64", "tv_sec")?,
+                ts + k.off("timespec64", "tv_nsec")?,
+            )
+        }
     };
     let off = Offsets {
         task_tgid: k.off("task_struct", "tgid")?,
@@ -58,9 +74,12 @@ pub fn load(pending_window_ns: u64) -> Result<KernelLayout> {
         file_inode: k.off("file", "f_inode")?,
         inode_ino: k.off("inode", "i_ino")?,
         inode_sb: k.off("inode", "i_sb")?,
+        inode_size: k.off("inode", "i_size")?,
+        inode_ctime_sec: ctime_sec,
+        inode_ctime_nsec: ctime_nsec,
         sb_dev: k.off("super_block", "s_dev")?,
         siginfo_code: k.off("kernel_siginfo", "si_code")?,
-        siginfo_addr: k.off("kernel_siginfo", "_sifields")? + k.off("__sifields", "_sigfault")?,
+        siginfo_fields: k.off("kernel_siginfo", "_sifields")?,
         ksig_handler: k.off("k_sigaction", "sa")? + k.off("sigaction", "sa_handler")?,
         pt_regs_size: k.struct_size("pt_regs")?,
         cgroup_hop1: hop1,
@@ -71,7 +90,6 @@ pub fn load(pending_window_ns: u64) -> Result<KernelLayout> {
             .off("kernfs_node", "__parent")
             .or_else(|_| k.off("kernfs_node", "parent"))?,
     };
-    // `_sigfault._addr` is the union's first member: its offset is the union's.
     let exit_args = k.tracepoint_args("sched_process_exit")?;
     let oom_arg_is_task = match k.tracepoint_args("mark_victim") {
         Ok(args) => args.first().is_some_and(|t| matches!(t, Type::Ptr(_))),
@@ -82,7 +100,7 @@ pub fn load(pending_window_ns: u64) -> Result<KernelLayout> {
         config: Config {
             off,
             oom_arg_is_task: oom_arg_is_task as u32,
-            _pad: 0,
+            args_max: args_max.min(crashwatch_common::ARGS_LEN as u32),
             pending_window_ns,
         },
         exit_has_group_dead: exit_args.len() >= 2,

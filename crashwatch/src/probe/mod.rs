@@ -5,27 +5,50 @@
 //! the kernel's recursion guard skips a program on a CPU where a preempted task is inside it,
 //! and a later copy redoes what an earlier one was kept from. A run skipped by the first copy
 //! is a lost event only if no later copy redid it.
+//!
+//! Go binaries get the one Go uprobe program at each probed runtime function, told apart by the
+//! attach cookie: as one uprobe_multi link per binary where the kernel has them (6.6+, see
+//! [`uprobe_multi`]), else as one perf-event uprobe per function through aya.
 pub mod btf;
 pub mod go;
+mod uprobe_multi;
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use anyhow::{bail, Context, Result};
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{uprobe::UProbeScope, BtfTracePoint, UProbe},
+    programs::{
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+        BtfTracePoint, UProbe,
+    },
     Ebpf, EbpfLoader,
 };
 use crashwatch_common::{COPIES, SITE_EXEC, SITE_EXIT, SITE_SIGNAL};
 
-/// Uprobe programs, loaded at start and attached to each Go binary as it is found.
-const GO_PROGRAMS: [&str; 5] = [
-    "go_gopanic",
-    "go_fatalpanic",
-    "go_throw",
-    "go_write_err",
-    "go_write1",
-];
+use crate::gobin::GoProbe;
+
+/// The uprobe program attached to each Go binary as it is found.
+const GO_PROGRAM: &str = "go_probe";
+
+/// What the programs need from the agent's settings.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Kernel ring buffer size in bytes.
+    pub ring_bytes: u32,
+    /// A handled fault is sent with a death that follows within this window.
+    pub pending_window_ns: u64,
+    /// Bytes of a process's argument list read.
+    pub args_max: u32,
+}
+
+/// One Go binary's probes in the kernel; they go away with [`Probe::detach_go`].
+pub enum GoLinks {
+    /// One uprobe_multi link: closing it removes every probe.
+    Multi(OwnedFd),
+    /// aya's perf-event links, one per probe.
+    Perf(Vec<UProbeLinkId>),
+}
 
 /// The compiled programs, built by build.rs through aya-build.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/crashwatch"));
@@ -35,6 +58,8 @@ pub struct Probe {
     /// Names of the loaded programs.
     attached: Vec<&'static str>,
     pub layout: btf::KernelLayout,
+    /// The Go program loaded for uprobe_multi, or why it could not be.
+    multi: std::result::Result<uprobe_multi::MultiProgram, String>,
 }
 
 /// Reads the kernel side's loss counters; independent of [`Probe`], so the record loop can
@@ -142,15 +167,15 @@ impl Losses {
 }
 
 impl Probe {
-    pub fn load(ring_bytes: u32, pending_window_ns: u64) -> Result<Probe> {
+    pub fn load(settings: Settings) -> Result<Probe> {
         raise_memlock();
         raise_nofile();
-        let layout = btf::load(pending_window_ns)?;
+        let layout = btf::load(settings.pending_window_ns, settings.args_max)?;
         let kernel_btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&kernel_btf))
             .override_global("CONFIG", &layout.config, true)
-            .map_max_entries("EVENTS", ring_bytes)
+            .map_max_entries("EVENTS", settings.ring_bytes)
             .load(PROGRAMS)
             .context("loading the eBPF programs into the kernel")?;
         let mut attached = Vec::new();
@@ -168,21 +193,35 @@ impl Probe {
                 .with_context(|| format!("attaching {prog} to tracepoint {tp}"))?;
             attached.push(prog);
         }
-        for prog in GO_PROGRAMS {
-            let p: &mut UProbe = ebpf
-                .program_mut(prog)
-                .with_context(|| format!("program {prog} missing from the object"))?
-                .try_into()?;
-            p.load()
-                .map_err(|e| anyhow::anyhow!("{}", short_log(&format!("{e:#}"))))
-                .with_context(|| format!("the kernel refused {prog}"))?;
-            attached.push(prog);
-        }
+        let p: &mut UProbe = ebpf
+            .program_mut(GO_PROGRAM)
+            .with_context(|| format!("program {GO_PROGRAM} missing from the object"))?
+            .try_into()?;
+        p.load()
+            .map_err(|e| anyhow::anyhow!("{}", short_log(&format!("{e:#}"))))
+            .with_context(|| format!("the kernel refused {GO_PROGRAM}"))?;
+        attached.push(GO_PROGRAM);
+        let multi = uprobe_multi::MultiProgram::load(PROGRAMS, &ebpf, GO_PROGRAM)
+            .map_err(|e| format!("{e:#}"));
         Ok(Probe {
             ebpf,
             attached,
             layout,
+            multi,
         })
+    }
+
+    /// The Go probes go in as uprobe_multi links.
+    pub fn has_uprobe_multi(&self) -> bool {
+        self.multi.is_ok()
+    }
+
+    /// How Go binaries are probed here, for the start-up line.
+    pub fn go_attach_mode(&self) -> String {
+        match &self.multi {
+            Ok(_) => "one uprobe_multi link per binary".into(),
+            Err(e) => format!("one perf-event uprobe per function (no uprobe_multi: {e})"),
+        }
     }
 
     /// The ring buffer the programs write to; call once.
@@ -224,41 +263,60 @@ impl Probe {
     }
 
     /// Attaches the Go runtime probes to one binary (`target` is a path the kernel can open
-    /// now, e.g. `/proc/<pid>/exe`); `offsets` are (runtime function, file offset).
-    pub fn attach_go(
-        &mut self,
-        target: &std::path::Path,
-        offsets: &[(&str, u64)],
-    ) -> Result<usize> {
-        let mut n = 0;
-        for &(func, off) in offsets {
-            let prog = match func {
-                "runtime.gopanic" => "go_gopanic",
-                "runtime.fatalpanic" => "go_fatalpanic",
-                "runtime.throw" | "runtime.fatal" => "go_throw",
-                "runtime.writeErrData" => "go_write_err",
-                "runtime.write1" => "go_write1",
-                _ => continue,
-            };
-            let p: &mut UProbe = self
-                .ebpf
-                .program_mut(prog)
-                .context("uprobe program missing")?
-                .try_into()?;
-            p.attach(
-                aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(off),
-                target,
-                UProbeScope::AllProcesses,
-            )
-            .with_context(|| {
-                format!(
-                    "attaching {prog} to {func} at {off:#x} in {}",
-                    target.display()
-                )
-            })?;
-            n += 1;
+    /// now, e.g. `/proc/self/fd/N`).
+    pub fn attach_go(&mut self, target: &std::path::Path, probes: &[GoProbe]) -> Result<GoLinks> {
+        if let Ok(m) = &self.multi {
+            let points: Vec<(u64, u64)> = probes.iter().map(|p| (p.offset, p.cookie)).collect();
+            return Ok(GoLinks::Multi(m.attach(target, &points)?));
         }
-        Ok(n)
+        let p: &mut UProbe = self
+            .ebpf
+            .program_mut(GO_PROGRAM)
+            .context("uprobe program missing")?
+            .try_into()?;
+        let mut links = Vec::new();
+        for g in probes {
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(g.offset),
+                cookie: Some(g.cookie),
+            };
+            match p.attach(point, target, UProbeScope::AllProcesses) {
+                Ok(id) => links.push(id),
+                Err(e) => {
+                    for id in links {
+                        let _ = p.detach(id);
+                    }
+                    return Err(e).with_context(|| {
+                        format!(
+                            "attaching to {} at {:#x} in {}",
+                            g.func,
+                            g.offset,
+                            target.display()
+                        )
+                    });
+                }
+            }
+        }
+        Ok(GoLinks::Perf(links))
+    }
+
+    /// Removes one binary's probes (slow in the kernel for perf-event links: a grace period
+    /// each).
+    pub fn detach_go(&mut self, links: GoLinks) {
+        match links {
+            GoLinks::Multi(fd) => drop(fd),
+            GoLinks::Perf(ids) => {
+                if let Some(Ok(p)) = self
+                    .ebpf
+                    .program_mut(GO_PROGRAM)
+                    .map(<&mut UProbe>::try_from)
+                {
+                    for id in ids {
+                        let _ = p.detach(id);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -350,8 +408,9 @@ fn short_log(s: &str) -> String {
     out
 }
 
-/// Each probed Go binary holds six descriptors (five uprobe links and the binary itself):
-/// a node with hundreds of distinct binaries needs more than the usual soft limit of 1024.
+/// Each probed Go binary holds two descriptors (its uprobe_multi link and the binary itself),
+/// six on kernels without uprobe_multi: `--go-max-binaries` of them can need more than the
+/// usual soft limit of 1024.
 fn raise_nofile() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,

@@ -1,5 +1,5 @@
-//! Where an ELF file's bytes land in memory: its loadable segments, and the load bias of a
-//! process that mapped it. Shared by the symbolizer and the Go binary reader.
+//! Where an ELF file's bytes land in memory: its loadable segments, which of them hold code,
+//! and the load bias of a process that mapped it.
 use object::{Object, ObjectSegment};
 
 #[derive(Clone, Debug, Default)]
@@ -8,6 +8,8 @@ pub struct Layout {
     segments: Vec<(u64, u64, u64)>,
     /// The lowest executable segment's vaddr: `mm->start_code` minus this is the load bias.
     pub min_exec_vaddr: u64,
+    /// (vaddr, file size) of each executable loadable segment: where code can be.
+    exec: Vec<(u64, u64)>,
 }
 
 impl Layout {
@@ -17,7 +19,7 @@ impl Layout {
             .segments()
             .map(|s| (s.file_range().0, s.address(), s.file_range().1))
             .collect();
-        let min_exec_vaddr = match obj {
+        let exec: Vec<(u64, u64)> = match obj {
             object::File::Elf64(e) => {
                 let endian = e.endian();
                 e.elf_program_headers()
@@ -26,29 +28,36 @@ impl Layout {
                         p.p_type(endian) == object::elf::PT_LOAD
                             && p.p_flags(endian) & object::elf::PF_X != 0
                     })
-                    .map(|p| p.p_vaddr(endian))
-                    .min()
-                    .unwrap_or(0)
+                    .map(|p| (p.p_vaddr(endian), p.p_filesz(endian)))
+                    .collect()
             }
-            _ => 0,
+            _ => Vec::new(),
         };
         Layout {
             segments,
-            min_exec_vaddr,
+            min_exec_vaddr: exec.iter().map(|e| e.0).min().unwrap_or(0),
+            exec,
         }
+    }
+
+    /// `vaddr` lies in code the file itself holds (an executable segment's file-backed part).
+    pub fn is_code(&self, vaddr: u64) -> bool {
+        self.exec
+            .iter()
+            .any(|&(va, len)| va <= vaddr && vaddr < va.saturating_add(len))
     }
 
     pub fn vaddr_to_offset(&self, vaddr: u64) -> Option<u64> {
         self.segments
             .iter()
-            .find(|(_, va, len)| *va <= vaddr && vaddr < va + len)
+            .find(|(_, va, len)| *va <= vaddr && vaddr < va.saturating_add(*len))
             .map(|(off, va, _)| vaddr - va + off)
     }
 
     pub fn offset_to_vaddr(&self, off: u64) -> Option<u64> {
         self.segments
             .iter()
-            .find(|(fo, _, len)| *fo <= off && off < fo + len)
+            .find(|(fo, _, len)| *fo <= off && off < fo.saturating_add(*len))
             .map(|(fo, va, _)| off - fo + va)
     }
 

@@ -1,0 +1,162 @@
+//! `crashwatch check`: can crashwatch run on this host, what of it works, and what to do about
+//! what does not. Every line names a real cause: a capability by name, a kernel option by
+//! name, the program the kernel refused with the verifier's words.
+use std::path::Path;
+
+use crate::privileges::{Caps, USED};
+
+/// The perf PMU the kernel offers for uprobes (CONFIG_UPROBE_EVENTS); world-readable.
+const UPROBE_PMU: &str = "/sys/bus/event_source/devices/uprobe/type";
+
+struct Line {
+    ok: bool,
+    /// Not a failure: crashwatch runs, with something off.
+    warn: bool,
+    what: String,
+    detail: String,
+    fix: String,
+}
+
+fn line(ok: bool, what: &str, detail: String, fix: &str) -> Line {
+    Line {
+        ok,
+        warn: false,
+        what: what.into(),
+        detail,
+        fix: fix.into(),
+    }
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn version_at_least(release: &str, major: u32, minor: u32) -> bool {
+    let mut it = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let (a, b) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
+
+/// Prints one line per requirement; returns whether crashwatch can run.
+pub fn run() -> bool {
+    let mut lines = Vec::new();
+    let rel = kernel_release();
+    lines.push(line(
+        version_at_least(&rel, 5, 15),
+        "kernel",
+        format!(
+            "Linux {rel} (5.15 or newer needed: BTF tracepoints, ring buffer, bpf_task_pt_regs)"
+        ),
+        "upgrade the kernel",
+    ));
+    let btf = crate::probe::btf::load(0, 0);
+    lines.push(line(
+        btf.is_ok(),
+        "BTF",
+        match &btf {
+            Ok(l) => format!(
+                "{} readable, all struct fields found (sched_process_exit {} group_dead)",
+                crate::probe::btf::VMLINUX,
+                if l.exit_has_group_dead {
+                    "with"
+                } else {
+                    "without"
+                }
+            ),
+            Err(e) => format!("{e:#}"),
+        },
+        "use a kernel built with CONFIG_DEBUG_INFO_BTF=y (all major distributions ship one)",
+    ));
+    let caps = Caps::current();
+    for (cap, name, what_for) in USED {
+        let held = caps.effectively(cap);
+        let essential = matches!(name, "CAP_BPF" | "CAP_PERFMON");
+        let mut l = line(
+            held || !essential,
+            name,
+            if held {
+                format!("held: {what_for}")
+            } else {
+                format!("missing: cannot {what_for}")
+            },
+            "run as root, or grant it (systemd: AmbientCapabilities=; Kubernetes: securityContext.capabilities.add)",
+        );
+        l.warn = !held && !essential;
+        lines.push(l);
+    }
+    let uprobes = Path::new(UPROBE_PMU).exists();
+    lines.push(line(
+        uprobes,
+        "uprobes",
+        if uprobes {
+            format!("{UPROBE_PMU} present (Go runtime probes)")
+        } else {
+            format!("{UPROBE_PMU} missing: no Go runtime probes (Go crashes reported as exits and signals only)")
+        },
+        "use a kernel built with CONFIG_UPROBE_EVENTS=y",
+    ));
+    if caps.can_load() && btf.is_ok() {
+        let settings = crate::probe::Settings {
+            ring_bytes: 1 << 16,
+            pending_window_ns: 0,
+            args_max: 0,
+        };
+        let loaded = crate::probe::Probe::load(settings);
+        if let Ok(p) = &loaded {
+            for off in caps.degraded(p.has_uprobe_multi()) {
+                let mut l = line(true, "less", off, "grant the capability it names");
+                l.warn = true;
+                lines.push(l);
+            }
+        }
+        lines.push(line(
+            loaded.is_ok(),
+            "programs",
+            match &loaded {
+                Ok(p) => format!(
+                    "ring buffer created; {} verified and attached; Go binaries: {}",
+                    p.program_names().join(", "),
+                    p.go_attach_mode()
+                ),
+                Err(e) => format!("{e:#}"),
+            },
+            "report this with the output of `crashwatch check`: the kernel refused a program",
+        ));
+    }
+    let mut ok = true;
+    for l in &lines {
+        ok &= l.ok;
+        let mark = match (l.ok, l.warn) {
+            (true, false) => "ok  ",
+            (true, true) => "warn",
+            (false, _) => "FAIL",
+        };
+        println!("{mark} {:<19} {}", l.what, l.detail);
+        if !l.ok || l.warn {
+            println!("     {:<19} fix: {}", "", l.fix);
+        }
+    }
+    println!(
+        "{}",
+        if ok {
+            "crashwatch can run on this host"
+        } else {
+            "crashwatch cannot run on this host yet"
+        }
+    );
+    ok
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kernel_versions_compare() {
+        assert!(super::version_at_least("6.18.44-fc-v445", 5, 15));
+        assert!(super::version_at_least("5.15.0", 5, 15));
+        assert!(!super::version_at_least("5.4.0-100-generic", 5, 15));
+    }
+}

@@ -1,0 +1,129 @@
+//! The command line: what each command takes, and handing it to the stages. Thin on purpose:
+//! `run` starts the agent ([`crate::agent`]), `check` probes the host ([`check`]).
+mod check;
+
+use std::{process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::{agent, probe::go::Limits, sink};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about,
+    long_about = "crashwatch watches every process on this host from the kernel \
+(eBPF on signal_deliver, sched_process_exec/exit, oom/mark_victim and the Go runtime's fatal \
+paths) and prints one report per crash: who died, how (signal, si_code, fault address or \
+sender, registers, exit status, core dump, OOM kill, Go panic or fatal error) and where (the \
+faulting thread's user stack). Needs root, or CAP_BPF and CAP_PERFMON (CAP_SYS_PTRACE and \
+CAP_DAC_READ_SEARCH for processes of other users)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Watch the host and report each crash (stop with Ctrl-C or SIGTERM).
+    Run {
+        /// Report format: readable blocks on a terminal, JSON lines (schema: docs/report.md).
+        #[arg(long, value_enum, default_value_t = sink::Format::Auto)]
+        output: sink::Format,
+        /// Which plain exits are crashes: none, or every non-zero exit code.
+        #[arg(long, value_enum, default_value_t = Exits::None)]
+        exits: Exits,
+        /// Kernel ring buffer size in bytes: a power of two, at least 4096.
+        #[arg(long, default_value_t = 4 << 20, value_parser = parse_ring_size)]
+        ring_size: u32,
+        /// A handled SIGSEGV/SIGBUS/... can be blamed for a death within this many seconds
+        /// (only when the death says so: see docs/report.md).
+        #[arg(long, default_value_t = 30)]
+        pending_window: u64,
+        /// Bytes of a Go program's dying output kept per crash (head and tail when longer).
+        #[arg(long, default_value_t = 64 * 1024)]
+        go_stderr_max: usize,
+        /// Bytes of a process's command line read at exec and at a fatal signal (at most
+        /// 4096); longer ones are reported with `cmdline_truncated`.
+        #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(0..=4096))]
+        cmdline_max: u32,
+        /// Go binaries probed at once at most; more are reported without probes and counted.
+        #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        go_max_binaries: u64,
+        /// Seconds after the last process running a Go binary ended before its probes (and
+        /// its open descriptors) are released.
+        #[arg(long, default_value_t = 60)]
+        go_release_after: u64,
+    },
+    /// Tell whether crashwatch can run on this host, and what to do if not.
+    Check,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Exits {
+    /// Only signals and OOM kills are crashes (grep exiting 1 is not).
+    None,
+    /// Also report processes that exit with a non-zero code.
+    Nonzero,
+}
+
+fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if n < 4096 || !n.is_power_of_two() {
+        return Err(format!("{n} is not a power of two of at least 4096 bytes"));
+    }
+    Ok(n)
+}
+
+pub fn main() -> ExitCode {
+    match Cli::parse().cmd {
+        Cmd::Check => {
+            if check::run() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Cmd::Run {
+            output,
+            exits,
+            ring_size,
+            pending_window,
+            go_stderr_max,
+            cmdline_max,
+            go_max_binaries,
+            go_release_after,
+        } => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("crashwatch: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let opts = agent::Options {
+                format: output,
+                report_nonzero_exits: exits == Exits::Nonzero,
+                ring_bytes: ring_size,
+                pending_window: Duration::from_secs(pending_window),
+                go_stderr_max,
+                cmdline_max,
+                go: Limits {
+                    max_binaries: go_max_binaries as usize,
+                    release_after: Duration::from_secs(go_release_after),
+                },
+            };
+            match rt.block_on(agent::run(opts)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("crashwatch: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! A file's identity: what makes "the binary this process runs" one thing across processes,
+//! containers and time.
+//!
+//! Device and inode alone are not enough: ext4 gives a freed inode number to the next file
+//! created, so a new binary can land on the inode of one the agent already classified. The
+//! inode's change time and size tell the two apart (a new file is created, and written, after
+//! the old one was). The kernel side reads the same four values from the exec'd inode, so an
+//! identity from an exec record and one from `stat(2)` compare equal for the same file.
+use std::{fs::Metadata, os::unix::fs::MetadataExt};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileId {
+    /// The kernel's `MKDEV(major, minor)` encoding of `st_dev` (what `super_block.s_dev` holds).
+    pub dev: u64,
+    pub ino: u64,
+    /// `st_ctime` in nanoseconds since the epoch.
+    pub ctime_ns: u64,
+    pub size: u64,
+}
+
+/// The kernel's `MKDEV(major, minor)` from a userspace `st_dev`.
+pub fn kernel_dev(st_dev: u64) -> u64 {
+    let (major, minor) = (libc::major(st_dev) as u64, libc::minor(st_dev) as u64);
+    (major << 20) | minor
+}
+
+impl FileId {
+    pub fn of(md: &Metadata) -> FileId {
+        FileId {
+            dev: kernel_dev(md.dev()),
+            ino: md.ino(),
+            ctime_ns: (md.ctime() as u64)
+                .wrapping_mul(1_000_000_000)
+                .wrapping_add(md.ctime_nsec() as u64),
+            size: md.size(),
+        }
+    }
+
+    /// The identity of the binary `pid` runs now (through the process's own view of it).
+    pub fn of_exe(pid: u32) -> Option<FileId> {
+        std::fs::metadata(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|md| FileId::of(&md))
+    }
+
+    /// Same inode, whatever its content: the uprobes the kernel keeps per inode.
+    pub fn same_inode(&self, other: &FileId) -> bool {
+        (self.dev, self.ino) == (other.dev, other.ino)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_file_on_a_reused_inode_is_a_new_identity() {
+        let dir = std::env::temp_dir().join(format!("cw-id-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("f");
+        std::fs::write(&p, b"first").unwrap();
+        let a = FileId::of(&std::fs::metadata(&p).unwrap());
+        std::fs::remove_file(&p).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&p, b"second file").unwrap();
+        let b = FileId::of(&std::fs::metadata(&p).unwrap());
+        assert_ne!(a, b, "a new file must never pass for the old one");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

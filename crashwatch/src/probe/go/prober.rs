@@ -1,0 +1,368 @@
+//! The prober thread: reads each new binary, attaches the Go probes to Go ones, and releases
+//! them again once no process runs the binary, or when the file changes under them (a
+//! rewritten file would keep probes at offsets that no longer start functions).
+use std::{
+    collections::{HashMap, HashSet},
+    fs::File,
+    os::fd::AsRawFd,
+    path::PathBuf,
+    sync::{atomic::Ordering, mpsc, Arc},
+    time::{Duration, Instant},
+};
+
+use super::{FileId, Limits, Msg, Request, Shared, State, KNOWN_MAX, NOT_GO_TTL, OVER_LIMIT_RETRY};
+use crate::{
+    elf::Mapped,
+    escape::Esc,
+    gobin::{self, GoBinary},
+    probe::{GoLinks, Probe},
+};
+
+/// How often held binaries are checked (changed on disk? still run?).
+const SWEEP: Duration = Duration::from_secs(1);
+/// Threads that close uprobe_multi links at once when many are released.
+const RELEASE_THREADS: usize = 64;
+
+struct Held {
+    links: GoLinks,
+    bin: Arc<GoBinary>,
+    /// The last time a scan of /proc found a process running it.
+    last_running: Instant,
+    shown_as: String,
+}
+
+pub(super) struct Prober {
+    probe: Probe,
+    limits: Limits,
+    shared: Arc<Shared>,
+    held: HashMap<FileId, Held>,
+    /// Go binaries ever left out for the limit (counted once each).
+    over_limit: HashSet<FileId>,
+    last_sweep: Instant,
+}
+
+impl Prober {
+    pub fn new(probe: Probe, limits: Limits, shared: Arc<Shared>) -> Prober {
+        Prober {
+            probe,
+            limits,
+            shared,
+            held: HashMap::new(),
+            over_limit: HashSet::new(),
+            last_sweep: Instant::now(),
+        }
+    }
+
+    pub fn run(mut self, rx: mpsc::Receiver<Msg>) {
+        loop {
+            match rx.recv_timeout(SWEEP) {
+                Ok(Msg::Probe(req)) => self.handle(req),
+                Ok(Msg::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if self.last_sweep.elapsed() >= SWEEP {
+                self.sweep();
+                self.last_sweep = Instant::now();
+            }
+        }
+        let ids: Vec<FileId> = self.held.keys().copied().collect();
+        self.release_many(ids);
+    }
+
+    fn handle(&mut self, req: Request) {
+        let state = self.probe_one(&req);
+        let mut known = self.shared.known.lock().unwrap();
+        match state {
+            Some(s) => known.insert(req.id, s),
+            // Nothing to read (gone, or another file by now): its next exec tries again.
+            None => known.remove(&req.id),
+        };
+    }
+
+    /// Opens, reads and (for Go) attaches; None when there was nothing to read.
+    fn probe_one(&mut self, req: &Request) -> Option<State> {
+        let file = open(req)?;
+        let id = req.id;
+        let shown = Esc(&req.shown_as);
+        // The same inode probed under another identity: the file changed (or was touched),
+        // and those probes are stale or would double every record.
+        let stale: Vec<FileId> = self
+            .held
+            .keys()
+            .filter(|k| k.same_inode(&id) && **k != id)
+            .copied()
+            .collect();
+        for old in stale {
+            self.release(old, Some("the file changed"));
+        }
+        let t0 = Instant::now();
+        let map = match Mapped::new(&file) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("crashwatch: cannot map {shown}: {e}");
+                return Some(not_go());
+            }
+        };
+        let parsed = gobin::parse(map.bytes(), file.try_clone().ok());
+        if map.damaged() {
+            eprintln!("crashwatch: {shown} shrank while it was read: not probed this time");
+            return None;
+        }
+        drop(map);
+        let mut g = match parsed {
+            Ok(Some(g)) => g,
+            Ok(None) | Err(_) => return Some(not_go()),
+        };
+        for p in &g.problems {
+            eprintln!("crashwatch: Go binary {shown}: {}", Esc(p));
+        }
+        let version = g
+            .version
+            .clone()
+            .unwrap_or_else(|| "version unknown".into());
+        if g.probes.is_empty() {
+            eprintln!("crashwatch: not probing Go binary {shown} ({version}): no probe address could be confirmed");
+            g.close();
+            return Some(go(g, false, NOT_GO_TTL));
+        }
+        if self.held.len() >= self.limits.max_binaries {
+            if self.over_limit.len() > KNOWN_MAX {
+                self.over_limit.clear();
+            }
+            if self.over_limit.insert(id) {
+                let c = &self.shared.counters;
+                let n = c.over_limit.fetch_add(1, Ordering::Relaxed) + 1;
+                if n == 1 || n.is_multiple_of(100) {
+                    eprintln!(
+                        "crashwatch: not probing Go binary {shown}: {} binaries are probed already (--go-max-binaries); {n} left unprobed so far",
+                        self.held.len()
+                    );
+                }
+            }
+            g.close();
+            return Some(go(g, false, OVER_LIMIT_RETRY));
+        }
+        // Attach through our own descriptor: the process may be gone by now, the file is not.
+        let target = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        match self.probe.attach_go(&target, &g.probes) {
+            Ok(links) => {
+                eprintln!(
+                    "crashwatch: probing Go binary {shown} ({version}, {} uprobes{}) in {} ms",
+                    g.probes.len(),
+                    if g.from_pclntab {
+                        ", stripped: offsets from the pclntab"
+                    } else {
+                        ""
+                    },
+                    t0.elapsed().as_millis()
+                );
+                let bin = Arc::new(g);
+                self.held.insert(
+                    id,
+                    Held {
+                        links,
+                        bin: bin.clone(),
+                        last_running: Instant::now(),
+                        shown_as: req.shown_as.clone(),
+                    },
+                );
+                self.shared
+                    .counters
+                    .probed_now
+                    .store(self.held.len() as u64, Ordering::Relaxed);
+                Some(State::Go {
+                    bin,
+                    probed: true,
+                    last_exec: Instant::now(),
+                    retry_at: Instant::now(),
+                })
+            }
+            Err(e) => {
+                eprintln!("crashwatch: not probing {shown}: {e:#}");
+                g.close();
+                Some(go(g, false, NOT_GO_TTL))
+            }
+        }
+    }
+
+    /// Releases binaries that changed on disk, and those no process has run for
+    /// `release_after`; forgets old "not Go" answers.
+    fn sweep(&mut self) {
+        let changed: Vec<FileId> = self
+            .held
+            .iter()
+            .filter(|(id, h)| h.bin.file_id().is_some_and(|now| now != **id))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in changed {
+            self.release(id, Some("the file changed on disk"));
+        }
+        let now = Instant::now();
+        let idle: Vec<FileId> = {
+            let known = self.shared.known.lock().unwrap();
+            self.held
+                .iter()
+                .filter(|(id, h)| {
+                    let exec = match known.get(*id) {
+                        Some(State::Go { last_exec, .. }) => *last_exec,
+                        _ => h.last_running,
+                    };
+                    now.duration_since(exec.max(h.last_running)) >= self.limits.release_after
+                })
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        if !idle.is_empty() {
+            let Some(running) = running_inodes() else {
+                return; // cannot tell: keep everything
+            };
+            let (still, gone): (Vec<FileId>, Vec<FileId>) = idle
+                .into_iter()
+                .partition(|id| running.contains(&(id.dev, id.ino)));
+            for id in still {
+                if let Some(h) = self.held.get_mut(&id) {
+                    h.last_running = now;
+                }
+            }
+            self.release_many(gone);
+        }
+        let mut known = self.shared.known.lock().unwrap();
+        known.retain(|_, s| !matches!(s, State::NotGo { since } if since.elapsed() >= NOT_GO_TTL));
+        if known.len() > KNOWN_MAX {
+            known.retain(|_, s| matches!(s, State::Pending | State::Go { probed: true, .. }));
+        }
+    }
+
+    fn release(&mut self, id: FileId, why: Option<&str>) {
+        if let (Some(h), Some(why)) = (self.held.get(&id), why) {
+            eprintln!(
+                "crashwatch: releasing the probes on Go binary {}: {why}",
+                Esc(&h.shown_as)
+            );
+        }
+        self.release_many(vec![id]);
+    }
+
+    /// Releases the probes on `ids`. Each uprobe_multi link waits out an RCU grace period as
+    /// it goes; closed from many threads at once the waits overlap, so five hundred take about
+    /// as long as a few. Perf-event links tear down under one global lock: one at a time.
+    fn release_many(&mut self, ids: Vec<FileId>) {
+        let mut fds = Vec::new();
+        for id in &ids {
+            let Some(h) = self.held.remove(id) else {
+                continue;
+            };
+            match h.links {
+                GoLinks::Multi(fd) => fds.push(fd),
+                perf => self.probe.detach_go(perf),
+            }
+        }
+        if !fds.is_empty() {
+            let per_thread = fds.len().div_ceil(RELEASE_THREADS);
+            std::thread::scope(|s| {
+                let mut rest = fds;
+                while !rest.is_empty() {
+                    let tail = rest.split_off(per_thread.min(rest.len()));
+                    let chunk = std::mem::replace(&mut rest, tail);
+                    s.spawn(move || drop(chunk));
+                }
+            });
+        }
+        let mut known = self.shared.known.lock().unwrap();
+        for id in &ids {
+            known.remove(id);
+        }
+        let c = &self.shared.counters;
+        c.released.fetch_add(ids.len() as u64, Ordering::Relaxed);
+        c.probed_now
+            .store(self.held.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// The binary the request names: through the process while it runs; once it is gone, at the
+/// absolute path it ran from, but only if the file there is the very one the kernel saw at
+/// exec (a path in our own view may name another file: another mount namespace, a replaced
+/// file).
+fn open(req: &Request) -> Option<File> {
+    let exact = |f: &File| f.metadata().is_ok_and(|md| FileId::of(&md) == req.id);
+    if let Ok(f) = File::open(format!("/proc/{}/exe", req.pid)) {
+        // Another identity: replaced, or the pid was reused.
+        return exact(&f).then_some(f);
+    }
+    if !req.shown_as.starts_with('/') {
+        return None;
+    }
+    File::open(&req.shown_as).ok().filter(exact)
+}
+
+fn not_go() -> State {
+    State::NotGo {
+        since: Instant::now(),
+    }
+}
+
+fn go(g: GoBinary, probed: bool, retry_after: Duration) -> State {
+    State::Go {
+        bin: Arc::new(g),
+        probed,
+        last_exec: Instant::now(),
+        retry_at: Instant::now() + retry_after,
+    }
+}
+
+/// (device, inode) of every binary a process runs or maps now. Through `/proc/<pid>/exe`; for
+/// processes whose exe this agent may not open (no CAP_SYS_PTRACE), through their `maps`
+/// (readable with CAP_PERFMON). None when some process could be seen through neither: then
+/// nothing may be released.
+fn running_inodes() -> Option<HashSet<(u64, u64)>> {
+    let dir = std::fs::read_dir("/proc").ok()?;
+    let mut out = HashSet::new();
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        match std::fs::metadata(format!("/proc/{pid}/exe")) {
+            Ok(md) => {
+                let id = FileId::of(&md);
+                out.insert((id.dev, id.ino));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"));
+                match maps {
+                    Ok(text) => out.extend(text.lines().filter_map(mapped_inode)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(_) => return None,
+                }
+            }
+            // Gone, or a kernel thread: runs no binary.
+            Err(_) => {}
+        }
+    }
+    Some(out)
+}
+
+/// (kernel device, inode) of a file mapping in a `/proc/<pid>/maps` line.
+fn mapped_inode(line: &str) -> Option<(u64, u64)> {
+    let mut f = line.split_ascii_whitespace();
+    let dev = f.nth(3)?;
+    let ino: u64 = f.next()?.parse().ok()?;
+    let (major, minor) = dev.split_once(':')?;
+    let (major, minor) = (
+        u64::from_str_radix(major, 16).ok()?,
+        u64::from_str_radix(minor, 16).ok()?,
+    );
+    (ino != 0).then_some(((major << 20) | minor, ino))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn maps_lines_name_their_inode() {
+        let l = "55f7c4f43000-55f7c4f44000 r-xp 00001000 fe:00 247774   /usr/bin/sleep";
+        assert_eq!(super::mapped_inode(l), Some(((0xfe << 20), 247774)));
+        assert_eq!(
+            super::mapped_inode("7ffd1-7ffd2 rw-p 00000000 00:00 0   [stack]"),
+            None
+        );
+    }
+}
