@@ -2,9 +2,9 @@
 //! Needs root (CI runs as root).
 mod common;
 
-use std::{os::unix::process::CommandExt, path::PathBuf, time::Duration};
+use std::{os::unix::process::CommandExt, path::PathBuf};
 
-use common::{agent, hex, Agent, Crasher};
+use common::{agent, hex, Agent, Crasher, MemCgroup};
 
 #[test]
 fn null_write_reports_the_address_written() {
@@ -109,9 +109,8 @@ fn truncated_mmap_reports_sigbus_at_the_page() {
 #[test]
 fn kill_9_is_one_sigkill_report() {
     let a = agent();
-    let mut child = Crasher::command("sleep").spawn().unwrap();
+    let child = Crasher::spawn_started(Crasher::command("sleep"));
     let pid = child.id();
-    wait_started(&mut child);
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     let c = Crasher::finish(child);
     assert_eq!(c.signal, Some(9));
@@ -234,70 +233,10 @@ fn burst_of_200_crashes_loses_nothing() {
     }
 }
 
-fn wait_started(child: &mut std::process::Child) {
-    use std::io::BufRead;
-    let out = child.stdout.as_mut().unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(out).read_line(&mut line).unwrap();
-    assert!(line.starts_with("pid="), "crasher said {line:?}");
-}
-
 fn tempdir(tag: &str) -> PathBuf {
     let d =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-/// A memory cgroup (v2, or v1's memory controller on hybrid hosts) with a hard limit.
-struct MemCgroup {
-    dir: PathBuf,
-    name: String,
-}
-
-impl MemCgroup {
-    fn new(limit: u64) -> MemCgroup {
-        let name = format!("crashwatch-test-{}", std::process::id());
-        let v1 = PathBuf::from("/sys/fs/cgroup/memory");
-        let (base, v2) = if v1.join("memory.limit_in_bytes").exists() {
-            (v1, false)
-        } else {
-            (PathBuf::from("/sys/fs/cgroup"), true)
-        };
-        let dir = base.join(&name);
-        let _ = std::fs::create_dir(&dir);
-        let (file, swap) = if v2 {
-            ("memory.max", "memory.swap.max")
-        } else {
-            ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes")
-        };
-        std::fs::write(dir.join(file), limit.to_string())
-            .unwrap_or_else(|e| panic!("setting {}: {e}", dir.join(file).display()));
-        let _ = std::fs::write(
-            dir.join(swap),
-            if v2 {
-                "0".to_string()
-            } else {
-                limit.to_string()
-            },
-        );
-        MemCgroup { dir, name }
-    }
-
-    fn procs_file(&self) -> PathBuf {
-        self.dir.join("cgroup.procs")
-    }
-}
-
-impl Drop for MemCgroup {
-    fn drop(&mut self) {
-        // The killed process is reaped by now; retry briefly while the kernel lets go.
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.dir).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
 }

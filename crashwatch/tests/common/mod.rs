@@ -23,24 +23,65 @@ pub const REPORT_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct Agent {
     reports: Arc<(Mutex<Vec<Value>>, Condvar)>,
     pub stderr: Arc<Mutex<Vec<String>>>,
+    /// Stdout lines, for agents started with [`Setup::text`].
+    pub text: Arc<Mutex<Vec<String>>>,
+    pub pid: u32,
+    /// How the agent ended, once it has.
+    pub exit: Arc<Mutex<Option<std::process::ExitStatus>>>,
+    /// The read end of the agent's stdout, for [`Setup::keep_stdout`].
+    pub stdout: Mutex<Option<std::process::ChildStdout>>,
+}
+
+/// A change to the agent's command (working directory, a cgroup to join).
+pub type CommandSetup = Box<dyn FnOnce(&mut Command) + Send>;
+
+/// How to start an agent beyond its arguments.
+#[derive(Default)]
+pub struct Setup {
+    pub command: Option<CommandSetup>,
+    /// Stdout is text (`--output pretty`), kept in [`Agent::text`].
+    pub text: bool,
+    /// Leave stdout unread, in [`Agent::stdout`]: the test decides what happens to it.
+    pub keep_stdout: bool,
+    /// Run the agent through this command (`setpriv ... --`), the agent's path and arguments
+    /// appended.
+    pub wrap: Vec<String>,
 }
 
 impl Agent {
     /// Starts an agent with `args` on a thread that lives as long as the test binary, so the
     /// agent (killed by PR_SET_PDEATHSIG when that thread ends) outlives each test.
     pub fn start(args: &[&str]) -> Agent {
+        Self::start_with(args, Setup::default())
+    }
+
+    pub fn start_with(args: &[&str], setup: Setup) -> Agent {
         assert!(
             unsafe { libc::geteuid() } == 0,
             "crashwatch's integration tests load eBPF programs: run them as root"
         );
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        if !setup.text {
+            args.splice(0..0, ["--output".to_string(), "json".to_string()]);
+        }
         let reports = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
+        let text = Arc::new(Mutex::new(Vec::new()));
+        let exit = Arc::new(Mutex::new(None));
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-        let (r2, e2) = (reports.clone(), stderr.clone());
+        let (pid_tx, pid_rx) = mpsc::channel::<(u32, Option<std::process::ChildStdout>)>();
+        let (r2, e2, t2, x2) = (reports.clone(), stderr.clone(), text.clone(), exit.clone());
+        let (as_text, keep) = (setup.text, setup.keep_stdout);
         thread::spawn(move || {
-            let mut cmd = Command::new(agent_bin());
-            cmd.arg("run").arg("--output").arg("json").args(&args);
+            let mut cmd = match setup.wrap.split_first() {
+                Some((prog, rest)) => {
+                    let mut c = Command::new(prog);
+                    c.args(rest).arg(agent_bin());
+                    c
+                }
+                None => Command::new(agent_bin()),
+            };
+            cmd.arg("run").args(&args);
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
             unsafe {
                 cmd.pre_exec(|| {
@@ -48,8 +89,17 @@ impl Agent {
                     Ok(())
                 })
             };
+            if let Some(f) = setup.command {
+                f(&mut cmd);
+            }
             let mut child = cmd.spawn().expect("spawning crashwatch");
             let out = child.stdout.take().unwrap();
+            let (out, kept) = if keep {
+                (None, Some(out))
+            } else {
+                (Some(out), None)
+            };
+            let _ = pid_tx.send((child.id(), kept));
             let err = child.stderr.take().unwrap();
             let tx = ready_tx.clone();
             thread::spawn(move || {
@@ -61,7 +111,15 @@ impl Agent {
                 }
                 let _ = tx.send(Err(e2.lock().unwrap().join("\n")));
             });
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
+            for line in out
+                .into_iter()
+                .flat_map(|o| BufReader::new(o).lines().map_while(Result::ok))
+            {
+                if as_text {
+                    t2.lock().unwrap().push(line);
+                    r2.1.notify_all();
+                    continue;
+                }
                 let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
                     panic!("agent printed a line that is not JSON ({e}): {line}")
                 });
@@ -69,18 +127,87 @@ impl Agent {
                 lock.lock().unwrap().push(v);
                 cv.notify_all();
             }
-            let _ = child.wait();
+            let st = child.wait().ok();
+            *x2.lock().unwrap() = st;
             // Keep this thread (the agent's parent for PDEATHSIG) alive.
             loop {
                 thread::park();
             }
         });
+        let (pid, kept) = pid_rx.recv().expect("the agent was spawned");
         match ready_rx.recv_timeout(Duration::from_secs(60)) {
             Ok(Ok(())) => {}
             Ok(Err(log)) => panic!("crashwatch exited before it was ready:\n{log}"),
             Err(_) => panic!("crashwatch did not become ready within 60 s"),
         }
-        Agent { reports, stderr }
+        Agent {
+            reports,
+            stderr,
+            text,
+            pid,
+            exit,
+            stdout: Mutex::new(kept),
+        }
+    }
+
+    /// Sends `sig` to the agent.
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.pid as i32, sig) };
+    }
+
+    /// Waits up to `timeout` for the agent to end; its exit status.
+    pub fn wait_exit(&self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = *self.exit.lock().unwrap() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The agent's open file descriptors now.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// The agent's resident memory now, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// How many log lines contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits up to `timeout` until at least `n` log lines contain `needle`.
+    pub fn wait_log_count(&self, needle: &str, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.log_count(needle) < n {
+            if Instant::now() > deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        true
     }
 
     /// The first report for `pid`, waiting up to [`REPORT_TIMEOUT`].
@@ -217,9 +344,25 @@ pub struct Crasher {
 
 impl Crasher {
     pub fn command(mode: &str) -> Command {
-        let mut cmd = Command::new(crasher_bin());
+        Self::command_of(crasher_bin(), mode)
+    }
+
+    /// The crash program at another path (a copy, a modified one).
+    pub fn command_of(bin: &Path, mode: &str) -> Command {
+        let mut cmd = Command::new(bin);
         cmd.arg(mode).stdout(Stdio::piped()).stderr(Stdio::null());
         cmd
+    }
+
+    /// Spawns `cmd` and returns once the program said it started (its first line).
+    pub fn spawn_started(mut cmd: Command) -> Child {
+        use std::io::BufRead;
+        let mut child = cmd.spawn().expect("spawning crasher");
+        let out = child.stdout.as_mut().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(out).read_line(&mut line).unwrap();
+        assert!(line.starts_with("pid="), "crasher said {line:?}");
+        child
     }
 
     pub fn run(mode: &str) -> Crasher {
@@ -265,4 +408,91 @@ pub fn hex(v: &Value) -> u64 {
 pub fn agent() -> &'static Agent {
     static AGENT: OnceLock<Agent> = OnceLock::new();
     AGENT.get_or_init(|| Agent::start(&["--exits", "nonzero"]))
+}
+
+/// A memory cgroup (v2, or v1's memory controller on hybrid hosts) with a hard limit.
+pub struct MemCgroup {
+    pub dir: PathBuf,
+    pub name: String,
+    v2: bool,
+}
+
+impl MemCgroup {
+    pub fn new(limit: u64) -> MemCgroup {
+        Self::named(&format!("crashwatch-test-{}", std::process::id()), limit)
+    }
+
+    pub fn named(name: &str, limit: u64) -> MemCgroup {
+        let name = name.to_string();
+        let v1 = PathBuf::from("/sys/fs/cgroup/memory");
+        let (base, v2) = if v1.join("memory.limit_in_bytes").exists() {
+            (v1, false)
+        } else {
+            (PathBuf::from("/sys/fs/cgroup"), true)
+        };
+        let dir = base.join(&name);
+        let _ = std::fs::create_dir(&dir);
+        let (file, swap) = if v2 {
+            ("memory.max", "memory.swap.max")
+        } else {
+            ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes")
+        };
+        std::fs::write(dir.join(file), limit.to_string())
+            .unwrap_or_else(|e| panic!("setting {}: {e}", dir.join(file).display()));
+        let _ = std::fs::write(
+            dir.join(swap),
+            if v2 {
+                "0".to_string()
+            } else {
+                limit.to_string()
+            },
+        );
+        MemCgroup { dir, name, v2 }
+    }
+
+    /// The most memory the cgroup's processes used at once, in bytes.
+    pub fn peak_bytes(&self) -> u64 {
+        let file = if self.v2 {
+            "memory.peak"
+        } else {
+            "memory.max_usage_in_bytes"
+        };
+        std::fs::read_to_string(self.dir.join(file))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Times the OOM killer acted in the cgroup.
+    pub fn oom_kills(&self) -> u64 {
+        let file = if self.v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        std::fs::read_to_string(self.dir.join(file))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("oom_kill "))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    pub fn procs_file(&self) -> PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+}
+
+impl Drop for MemCgroup {
+    fn drop(&mut self) {
+        // The killed process is reaped by now; retry briefly while the kernel lets go.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
