@@ -162,14 +162,31 @@ fn render_output(o: &Output) -> String {
     s
 }
 
-/// Resolves the absolute executable path while the process is (probably) still alive; the
-/// kernel's `filename` is what execve was given and may be relative. Only when the pid still
-/// runs the file the exec record names: a gone process's pid may be someone else's by now.
+/// Resolves the absolute executable path; the kernel's `filename` is what execve was given and
+/// may be relative. Through the process while it still runs the file the exec record names (a
+/// gone process's pid may be someone else's by now). Once it is gone, a relative path is tried
+/// in its parent's working directory (where a shell runs `./bin/app` from), and taken only if
+/// the file there is the very one the kernel ran.
 pub fn resolve_exe(e: &mut Exec) {
-    let link = format!("/proc/{}/exe", e.head.pid);
-    let path = std::fs::read_link(&link).ok();
-    if crate::elf::FileId::of_exe(e.head.pid) == Some(e.file) {
+    use crate::elf::FileId;
+    let path = std::fs::read_link(format!("/proc/{}/exe", e.head.pid)).ok();
+    if FileId::of_exe(e.head.pid) == Some(e.file) {
         e.exe = path.map(|p| p.to_string_lossy().into_owned());
+        return;
+    }
+    if e.filename.starts_with('/') || e.filename.is_empty() || e.head.ppid == 0 {
+        return;
+    }
+    let cwd = format!("/proc/{}/cwd", e.head.ppid);
+    let same = std::fs::metadata(format!("{cwd}/{}", e.filename))
+        .is_ok_and(|md| FileId::of(&md) == e.file);
+    if let (true, Ok(dir)) = (same, std::fs::read_link(&cwd)) {
+        let joined: std::path::PathBuf = dir
+            .join(&e.filename)
+            .components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect();
+        e.exe = Some(joined.to_string_lossy().into_owned());
     }
 }
 

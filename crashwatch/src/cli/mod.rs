@@ -52,8 +52,8 @@ enum Cmd {
         #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         go_max_binaries: u64,
         /// Seconds after the last process running a Go binary ended before its probes (and
-        /// its open descriptors) are released.
-        #[arg(long, default_value_t = 60)]
+        /// its open descriptors) are released; a deleted binary's go at once.
+        #[arg(long, default_value_t = 600)]
         go_release_after: u64,
     },
     /// Tell whether crashwatch can run on this host, and what to do if not.

@@ -324,11 +324,25 @@ impl GoBinary {
         })
     }
 
-    /// The identity of the file as it is now (it may have changed since it was read).
-    pub fn file_id(&self) -> Option<crate::elf::FileId> {
-        Some(crate::elf::FileId::of(
-            &self.file.as_ref()?.metadata().ok()?,
+    /// The file's content stamp now: (size, mtime in ns). Writes change it; renames, links,
+    /// unlinks and chmod (which change the ctime) do not.
+    pub fn content_stamp(&self) -> Option<(u64, i128)> {
+        use std::os::unix::fs::MetadataExt;
+        let md = self.file.as_ref()?.metadata().ok()?;
+        Some((
+            md.size(),
+            md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
         ))
+    }
+
+    /// The file has no name left on disk (a `go run` binary after its run): nothing can exec
+    /// it again by path.
+    pub fn deleted(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .is_some_and(|md| md.nlink() == 0)
     }
 
     /// Lets go of the file: no type names from now on, one descriptor fewer.

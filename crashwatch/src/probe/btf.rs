@@ -17,6 +17,9 @@ pub struct KernelLayout {
     pub exit_has_group_dead: bool,
     /// `struct pt_regs` member names in layout order, for naming the raw register copy.
     pub pt_regs_names: Vec<(String, u32)>,
+    /// The kernel has uprobe_multi links (6.6+). Its BPF_PROG_LOAD takes the attach type
+    /// without checking it on older kernels, so the type's presence is what tells.
+    pub has_uprobe_multi: bool,
 }
 
 /// Reads the running kernel's layouts; `pending_window_ns` and `args_max` are the agent's
@@ -96,6 +99,7 @@ pub fn load(pending_window_ns: u64, args_max: u32) -> Result<KernelLayout> {
         Err(_) => false,
     };
     let pt_regs_names = k.members("pt_regs")?;
+    let has_uprobe_multi = k.named_struct("bpf_uprobe_multi_link").is_ok();
     Ok(KernelLayout {
         config: Config {
             off,
@@ -105,6 +109,7 @@ pub fn load(pending_window_ns: u64, args_max: u32) -> Result<KernelLayout> {
         },
         exit_has_group_dead: exit_args.len() >= 2,
         pt_regs_names,
+        has_uprobe_multi,
     })
 }
 

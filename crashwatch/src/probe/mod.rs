@@ -60,6 +60,8 @@ pub struct Probe {
     pub layout: btf::KernelLayout,
     /// The Go program loaded for uprobe_multi, or why it could not be.
     multi: std::result::Result<uprobe_multi::MultiProgram, String>,
+    /// A uprobe_multi link was made: later refusals are about the binary, not the kernel.
+    multi_worked: bool,
 }
 
 /// Reads the kernel side's loss counters; independent of [`Probe`], so the record loop can
@@ -201,13 +203,18 @@ impl Probe {
             .map_err(|e| anyhow::anyhow!("{}", short_log(&format!("{e:#}"))))
             .with_context(|| format!("the kernel refused {GO_PROGRAM}"))?;
         attached.push(GO_PROGRAM);
-        let multi = uprobe_multi::MultiProgram::load(PROGRAMS, &ebpf, GO_PROGRAM)
-            .map_err(|e| format!("{e:#}"));
+        let multi = if layout.has_uprobe_multi {
+            uprobe_multi::MultiProgram::load(PROGRAMS, &ebpf, GO_PROGRAM)
+                .map_err(|e| format!("{e:#}"))
+        } else {
+            Err("the kernel has no uprobe_multi links (6.6+)".into())
+        };
         Ok(Probe {
             ebpf,
             attached,
             layout,
             multi,
+            multi_worked: false,
         })
     }
 
@@ -267,7 +274,23 @@ impl Probe {
     pub fn attach_go(&mut self, target: &std::path::Path, probes: &[GoProbe]) -> Result<GoLinks> {
         if let Ok(m) = &self.multi {
             let points: Vec<(u64, u64)> = probes.iter().map(|p| (p.offset, p.cookie)).collect();
-            return Ok(GoLinks::Multi(m.attach(target, &points)?));
+            match m.attach(target, &points) {
+                Ok(fd) => {
+                    self.multi_worked = true;
+                    return Ok(GoLinks::Multi(fd));
+                }
+                // The kernel does not know the link type after all: perf events from now on.
+                Err(e)
+                    if !self.multi_worked
+                        && e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                            matches!(io.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP))
+                        }) =>
+                {
+                    eprintln!("crashwatch: uprobe_multi refused ({e:#}): attaching Go probes as perf events");
+                    self.multi = Err(format!("{e:#}"));
+                }
+                Err(e) => return Err(e),
+            }
         }
         let p: &mut UProbe = self
             .ebpf

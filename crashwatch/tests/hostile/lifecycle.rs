@@ -44,22 +44,33 @@ fn one_shot_binaries(a: &Agent, dir: &Path, go: &Path, n: usize) -> Vec<PathBuf>
 }
 
 /// 5a. Five hundred one-shot Go binaries: once nothing runs them, their probes and
-///     descriptors are released.
+///     descriptors are released; at once for the deleted ones (`go run` deletes its binary),
+///     after `--go-release-after` for the others.
 #[test]
 fn one_shot_go_binaries_are_released() {
     let _alone = alone();
-    let a = Agent::start_with(&["--go-release-after", "2"], Setup::default());
+    let a = Agent::start_with(&["--go-release-after", "30"], Setup::default());
     let d = corpus::dir("oneshot-release");
     let go = gobuild::build("1.27", Flavour::Static);
     let fds_start = a.fd_count();
-    one_shot_binaries(&a, &d, &go, 500);
+    let bins = one_shot_binaries(&a, &d, &go, 500);
     let fds_probed = a.fd_count();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while a.fd_count() > fds_start + 10 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    for b in &bins[..250] {
+        fs::remove_file(b).unwrap();
     }
-    let fds_after = a.fd_count();
-    println!("agent fds: {fds_start} at start, {fds_probed} with 500 binaries probed, {fds_after} after release");
+    // Each binary holds two descriptors (its link and its file).
+    let fds_deleted_gone = wait_fds(&a, fds_start + 2 * 250 + 10, Duration::from_secs(20));
+    let deleted_after = t0.elapsed();
+    let fds_after = wait_fds(&a, fds_start + 10, Duration::from_secs(120));
+    let all_after = t0.elapsed();
+    println!(
+        "agent fds: {fds_start} at start, {fds_probed} with 500 binaries probed, {fds_deleted_gone} {deleted_after:?} after 250 were deleted, {fds_after} {all_after:?} after (--go-release-after 30)"
+    );
+    assert!(
+        fds_deleted_gone <= fds_start + 2 * 250 + 10,
+        "the deleted binaries' descriptors were not released: {fds_deleted_gone}"
+    );
     assert!(
         fds_after <= fds_start + 10,
         "{fds_after} descriptors open, {fds_start} at start"
@@ -70,6 +81,15 @@ fn one_shot_go_binaries_are_released() {
     println!("exit after SIGINT: {:?}", t0.elapsed());
     assert!(st.is_some_and(|s| s.success()), "exit status {st:?}");
     let _ = fs::remove_dir_all(&d);
+}
+
+/// Waits up to `timeout` for the agent to hold at most `fds` descriptors; how many it holds.
+fn wait_fds(a: &Agent, fds: usize, timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    while a.fd_count() > fds && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    a.fd_count()
 }
 
 /// 5b. An agent holding the probes of 500 binaries stops promptly on SIGINT, and another

@@ -70,6 +70,37 @@ fn a_relative_exec_path_never_names_the_agents_own_files() {
         named += f.len();
     }
     println!("{named} frames named across 40 reports of processes gone before the agent looked");
+
+    // Run by a shell from that directory: the relative path is the shell's, and the very file
+    // the kernel ran is found there, so the crash gets its exe and its names.
+    // The shell outlives the crash, as an interactive one does.
+    a.signal(libc::SIGSTOP);
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
+        .arg(format!(
+            "cd '{}' && ./bin/crash null; echo crashed; sleep 30",
+            here.display()
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut sh = sh.spawn().unwrap();
+    let mut pid = 0;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(sh.stdout.take().unwrap())) {
+        let line = line.unwrap();
+        if let Some(p) = line.strip_prefix("pid=") {
+            pid = p.parse().unwrap();
+        }
+        if line == "crashed" {
+            break;
+        }
+    }
+    a.signal(libc::SIGCONT);
+    let r = a.report_for(pid);
+    let _ = sh.kill();
+    let _ = sh.wait();
+    let want = here.join("bin/crash");
+    assert_eq!(r["exe"].as_str(), want.to_str(), "{r:#}");
+    assert_eq!(frames(&r).first().map(String::as_str), Some("null_write"));
 }
 
 /// 8. A process named with escape sequences and a newline, with escapes in its arguments:

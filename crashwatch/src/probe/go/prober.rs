@@ -26,6 +26,8 @@ const RELEASE_THREADS: usize = 64;
 struct Held {
     links: GoLinks,
     bin: Arc<GoBinary>,
+    /// The file's content stamp when it was probed: another one means rewritten in place.
+    stamp: Option<(u64, i128)>,
     /// The last time a scan of /proc found a process running it.
     last_running: Instant,
     shown_as: String,
@@ -38,6 +40,8 @@ pub(super) struct Prober {
     held: HashMap<FileId, Held>,
     /// Go binaries ever left out for the limit (counted once each).
     over_limit: HashSet<FileId>,
+    /// Said once that some process could not be inspected.
+    warned_unseen: bool,
     last_sweep: Instant,
 }
 
@@ -49,6 +53,7 @@ impl Prober {
             shared,
             held: HashMap::new(),
             over_limit: HashSet::new(),
+            warned_unseen: false,
             last_sweep: Instant::now(),
         }
     }
@@ -161,6 +166,7 @@ impl Prober {
                     id,
                     Held {
                         links,
+                        stamp: bin.content_stamp(),
                         bin: bin.clone(),
                         last_running: Instant::now(),
                         shown_as: req.shown_as.clone(),
@@ -185,18 +191,27 @@ impl Prober {
         }
     }
 
-    /// Releases binaries that changed on disk, and those no process has run for
-    /// `release_after`; forgets old "not Go" answers.
+    /// Releases binaries that changed on disk, and those no process runs any more: at once
+    /// when the file is deleted (it cannot be exec'd again by path), after `release_after`
+    /// otherwise. Forgets old "not Go" answers.
     fn sweep(&mut self) {
         let changed: Vec<FileId> = self
             .held
             .iter()
-            .filter(|(id, h)| h.bin.file_id().is_some_and(|now| now != **id))
+            .filter(|(_, h)| {
+                h.bin
+                    .content_stamp()
+                    .is_some_and(|now| Some(now) != h.stamp)
+            })
             .map(|(id, _)| *id)
             .collect();
-        for id in changed {
-            self.release(id, Some("the file changed on disk"));
+        for id in &changed {
+            eprintln!(
+                "crashwatch: releasing the probes on Go binary {}: the file was rewritten",
+                Esc(&self.held[id].shown_as)
+            );
         }
+        self.release_many(changed);
         let now = Instant::now();
         let idle: Vec<FileId> = {
             let known = self.shared.known.lock().unwrap();
@@ -207,15 +222,24 @@ impl Prober {
                         Some(State::Go { last_exec, .. }) => *last_exec,
                         _ => h.last_running,
                     };
-                    now.duration_since(exec.max(h.last_running)) >= self.limits.release_after
+                    let grace = if h.bin.deleted() {
+                        SWEEP
+                    } else {
+                        self.limits.release_after
+                    };
+                    now.duration_since(exec.max(h.last_running)) >= grace
                 })
                 .map(|(id, _)| *id)
                 .collect()
         };
         if !idle.is_empty() {
-            let Some(running) = running_inodes() else {
-                return; // cannot tell: keep everything
-            };
+            let (running, unseen) = running_inodes();
+            if let (Some(pid), false) = (unseen, self.warned_unseen) {
+                self.warned_unseen = true;
+                eprintln!(
+                    "crashwatch: cannot see which binary pid {pid} runs (neither its exe nor its maps are readable): a Go binary only it runs may lose its probes after --go-release-after"
+                );
+            }
             let (still, gone): (Vec<FileId>, Vec<FileId>) = idle
                 .into_iter()
                 .partition(|id| running.contains(&(id.dev, id.ino)));
@@ -312,11 +336,14 @@ fn go(g: GoBinary, probed: bool, retry_after: Duration) -> State {
 
 /// (device, inode) of every binary a process runs or maps now. Through `/proc/<pid>/exe`; for
 /// processes whose exe this agent may not open (no CAP_SYS_PTRACE), through their `maps`
-/// (readable with CAP_PERFMON). None when some process could be seen through neither: then
-/// nothing may be released.
-fn running_inodes() -> Option<HashSet<(u64, u64)>> {
-    let dir = std::fs::read_dir("/proc").ok()?;
+/// (readable with CAP_PERFMON). Also a process that could be seen through neither (a sandbox's
+/// init can refuse even root), if any.
+fn running_inodes() -> (HashSet<(u64, u64)>, Option<u32>) {
     let mut out = HashSet::new();
+    let mut unseen = None;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return (out, unseen);
+    };
     for e in dir.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
@@ -331,14 +358,14 @@ fn running_inodes() -> Option<HashSet<(u64, u64)>> {
                 match maps {
                     Ok(text) => out.extend(text.lines().filter_map(mapped_inode)),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(_) => return None,
+                    Err(_) => unseen = Some(pid),
                 }
             }
             // Gone, or a kernel thread: runs no binary.
             Err(_) => {}
         }
     }
-    Some(out)
+    (out, unseen)
 }
 
 /// (kernel device, inode) of a file mapping in a `/proc/<pid>/maps` line.
