@@ -332,6 +332,21 @@ pub fn crasher_bin() -> &'static Path {
     })
 }
 
+/// Spawns `cmd`, retrying while the kernel says the file is busy: a file the test just wrote
+/// can still be open for writing in a child another test thread forked meanwhile (until that
+/// child execs), and exec refuses it with ETXTBSY.
+pub fn spawn(cmd: &mut Command) -> Child {
+    for _ in 0..200 {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                thread::sleep(Duration::from_millis(10))
+            }
+            r => return r.unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}")),
+        }
+    }
+    panic!("{cmd:?}: the file stayed busy for 2 s");
+}
+
 /// One finished (or still running) crash program.
 pub struct Crasher {
     pub pid: u32,

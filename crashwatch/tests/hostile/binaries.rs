@@ -12,7 +12,7 @@ use crate::{
     common::{
         crasher_bin,
         gobuild::{self, Flavour},
-        Agent, Crasher, MemCgroup, Setup,
+        spawn, Agent, Crasher, MemCgroup, Setup,
     },
     corpus, frames, probed_then_panics, run,
 };
@@ -77,7 +77,7 @@ fn a_3gb_binary_neither_kills_nor_bloats_a_memory_limited_agent() {
     corpus::with_build_info(crasher_bin(), &bin);
     corpus::sparse(&bin, 3 << 30);
     let rss_before = a.rss_kib();
-    let c = Crasher::finish(Crasher::command_of(&bin, "null").spawn().unwrap());
+    let c = Crasher::finish(spawn(&mut Crasher::command_of(&bin, "null")));
     assert_eq!(c.signal, Some(11));
     let r = a.report_for(c.pid);
     assert!(

@@ -11,7 +11,7 @@ use crate::{
     alone,
     common::{
         gobuild::{self, Flavour},
-        Agent, Crasher, Setup,
+        spawn, Agent, Crasher, Setup,
     },
     corpus, run,
 };
@@ -107,11 +107,7 @@ fn an_agent_with_500_probed_binaries_stops_promptly() {
     fs::copy(&go, &fresh).unwrap();
     a.signal(libc::SIGINT);
     let t0 = Instant::now();
-    let mut child = Command::new(&fresh)
-        .arg("sleep")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(Command::new(&fresh).arg("sleep").stdout(Stdio::null()));
     let probed = b.wait_log_count(
         &format!("probing Go binary {}", fresh.display()),
         1,

@@ -39,12 +39,12 @@ pub fn alone() -> MutexGuard<'static, ()> {
 
 /// Runs `bin` with `args`; (pid, stdout, exit status).
 fn run(bin: &Path, args: &[&str]) -> (u32, String, std::process::ExitStatus) {
-    let child = Command::new(bin)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
+    let child = common::spawn(
+        Command::new(bin)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
     (pid, String::from_utf8_lossy(&out.stdout).into(), out.status)

@@ -11,7 +11,7 @@ use crate::{
     common::{
         crasher_bin,
         gobuild::{self, Flavour},
-        Agent, Crasher, Setup,
+        spawn, Agent, Crasher, Setup,
     },
     corpus, frames, run,
 };
@@ -48,7 +48,7 @@ fn a_relative_exec_path_never_names_the_agents_own_files() {
             let mut cmd = Command::new("./bin/crash");
             cmd.arg("null").current_dir(&here);
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
-            let mut child = cmd.spawn().unwrap();
+            let mut child = spawn(&mut cmd);
             let pid = child.id();
             child.wait().unwrap();
             pid
@@ -119,7 +119,7 @@ fn escape_sequences_in_names_and_paths_reach_no_terminal() {
     fs::copy(crasher_bin(), &evil).unwrap();
     let mut cmd = Crasher::command_of(&evil, "null");
     cmd.arg("\x1b[2J\u{9b}31m\u{202e}");
-    let c = Crasher::finish(cmd.spawn().unwrap());
+    let c = Crasher::finish(spawn(&mut cmd));
     // A Go binary with the same kind of name gets logged when probed.
     let go_evil = d.join("go\x1b[31m\nFAKE log line");
     fs::copy(gobuild::build("1.27", Flavour::Static), &go_evil).unwrap();
@@ -193,7 +193,7 @@ fn a_long_command_line_is_marked_truncated() {
     let a = agent();
     let mut cmd = Crasher::command("null");
     cmd.arg("x".repeat(10_000));
-    let c = Crasher::finish(cmd.spawn().unwrap());
+    let c = Crasher::finish(spawn(&mut cmd));
     let r = a.report_for(c.pid);
     assert_eq!(r["cmdline_truncated"], true);
     assert_eq!(r["cmdline"][1], "null");
