@@ -213,7 +213,7 @@ impl Pipeline {
             _ => {}
         }
         let go = &self.go;
-        let Some(crash) = self.asm.push_with(rec, &|id| go.lookup(id).is_some()) else {
+        let Some(crash) = self.asm.push_with(rec, &|id| go.is_go(id)) else {
             return;
         };
         let stack = self.sym.frames(&crash);

@@ -272,11 +272,11 @@ impl Assembler {
             .or_else(|| self.inherited(&x.head));
         let term_sig = x.status & 0x7f;
         let code = (x.status >> 8) & 0xff;
-        let go_binary = proc.as_ref().and_then(|p| p.file).is_some_and(is_go);
+        // Asked only for a handled fault: most exits have none, and need no lookup.
         let signal = case.signal.filter(|s| {
             !s.handled
                 || term_sig != 0
-                || (code == 2 && go_binary)
+                || (code == 2 && proc.as_ref().and_then(|p| p.file).is_some_and(is_go))
                 || output_names_signal(&case.output, s.sig)
         });
         let kind = if case.oom {

@@ -178,8 +178,7 @@ pub fn resolve_exe(e: &mut Exec) {
         return;
     }
     let cwd = format!("/proc/{}/cwd", e.head.ppid);
-    let same = std::fs::metadata(format!("{cwd}/{}", e.filename))
-        .is_ok_and(|md| FileId::of(&md) == e.file);
+    let same = e.file.open_at(format!("{cwd}/{}", e.filename)).is_some();
     if let (true, Ok(dir)) = (same, std::fs::read_link(&cwd)) {
         let joined: std::path::PathBuf = dir
             .join(&e.filename)

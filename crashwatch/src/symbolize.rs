@@ -58,7 +58,7 @@ impl Maps {
                     end: m.address.1,
                     offset: m.offset,
                     path: p.to_string_lossy().into_owned(),
-                    dev: ((m.dev.0 as u64) << 20) | m.dev.1 as u64,
+                    dev: crate::elf::id::mkdev(m.dev.0 as u64, m.dev.1 as u64),
                     inode: m.inode,
                 }),
                 _ => None,
@@ -193,11 +193,10 @@ impl Symbolizer {
         let syms = match self.cache.get(&id) {
             Some(hit) => hit.clone()?,
             None => {
-                let f = File::open(exe_path)
-                    .ok()
-                    .filter(|_| exe_path.starts_with('/'))
-                    .filter(|f| f.metadata().is_ok_and(|md| FileId::of(&md) == id))?;
-                self.load(f)?
+                if !exe_path.starts_with('/') {
+                    return None;
+                }
+                self.load(id.open_at(exe_path)?)?
             }
         };
         let bias = syms.layout.bias(at.start)?;

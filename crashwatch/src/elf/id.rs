@@ -18,10 +18,14 @@ pub struct FileId {
     pub size: u64,
 }
 
-/// The kernel's `MKDEV(major, minor)` from a userspace `st_dev`.
-pub fn kernel_dev(st_dev: u64) -> u64 {
-    let (major, minor) = (libc::major(st_dev) as u64, libc::minor(st_dev) as u64);
+/// The kernel's `MKDEV(major, minor)` (what `super_block.s_dev` holds).
+pub fn mkdev(major: u64, minor: u64) -> u64 {
     (major << 20) | minor
+}
+
+/// The kernel's device number from a userspace `st_dev`.
+pub fn kernel_dev(st_dev: u64) -> u64 {
+    mkdev(libc::major(st_dev) as u64, libc::minor(st_dev) as u64)
 }
 
 impl FileId {
@@ -41,6 +45,14 @@ impl FileId {
         std::fs::metadata(format!("/proc/{pid}/exe"))
             .ok()
             .map(|md| FileId::of(&md))
+    }
+
+    /// The file at `path` in the agent's own view, only if it is the very file with this
+    /// identity: a path another process used may name something else here (another mount
+    /// namespace, a relative path, a replaced file), and only the identity proves it does not.
+    pub fn open_at(&self, path: impl AsRef<std::path::Path>) -> Option<std::fs::File> {
+        let f = std::fs::File::open(path).ok()?;
+        (FileId::of(&f.metadata().ok()?) == *self).then_some(f)
     }
 
     /// Same inode, whatever its content: the uprobes the kernel keeps per inode.

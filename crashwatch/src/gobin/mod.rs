@@ -72,6 +72,17 @@ pub struct GoBinary {
     file: Option<File>,
 }
 
+/// A probed binary's file as it is now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileNow {
+    /// (size, mtime in ns): writes change it; renames, links, unlinks and chmod (which
+    /// change the ctime) do not.
+    pub stamp: (u64, i128),
+    /// No name left on disk (a `go run` binary after its run): nothing can exec it again by
+    /// path.
+    pub deleted: bool,
+}
+
 /// The sections only Go's linker writes.
 pub fn is_go(obj: &object::File<'_>) -> bool {
     obj.sections().any(|s| {
@@ -324,25 +335,15 @@ impl GoBinary {
         })
     }
 
-    /// The file's content stamp now: (size, mtime in ns). Writes change it; renames, links,
-    /// unlinks and chmod (which change the ctime) do not.
-    pub fn content_stamp(&self) -> Option<(u64, i128)> {
+    /// The file as it is now (one fstat).
+    pub fn file_now(&self) -> Option<FileNow> {
         use std::os::unix::fs::MetadataExt;
         let md = self.file.as_ref()?.metadata().ok()?;
-        Some((
-            md.size(),
-            md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
-        ))
-    }
-
-    /// The file has no name left on disk (a `go run` binary after its run): nothing can exec
-    /// it again by path.
-    pub fn deleted(&self) -> bool {
-        use std::os::unix::fs::MetadataExt;
-        self.file
-            .as_ref()
-            .and_then(|f| f.metadata().ok())
-            .is_some_and(|md| md.nlink() == 0)
+        let mtime = md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128;
+        Some(FileNow {
+            stamp: (md.size(), mtime),
+            deleted: md.nlink() == 0,
+        })
     }
 
     /// Lets go of the file: no type names from now on, one descriptor fewer.

@@ -166,6 +166,14 @@ impl GoProbes {
         }
     }
 
+    /// `id` is a Go binary (probed or not).
+    pub fn is_go(&self, id: FileId) -> bool {
+        matches!(
+            self.shared.known.lock().unwrap().get(&id),
+            Some(State::Go { .. })
+        )
+    }
+
     pub fn stats(&self) -> GoStats {
         let c = &self.shared.counters;
         GoStats {

@@ -14,7 +14,7 @@ use super::{FileId, Limits, Msg, Request, Shared, State, KNOWN_MAX, NOT_GO_TTL, 
 use crate::{
     elf::Mapped,
     escape::Esc,
-    gobin::{self, GoBinary},
+    gobin::{self, FileNow, GoBinary},
     probe::{GoLinks, Probe},
 };
 
@@ -128,7 +128,7 @@ impl Prober {
         if g.probes.is_empty() {
             eprintln!("crashwatch: not probing Go binary {shown} ({version}): no probe address could be confirmed");
             g.close();
-            return Some(go(g, false, NOT_GO_TTL));
+            return Some(go(Arc::new(g), false, NOT_GO_TTL));
         }
         if self.held.len() >= self.limits.max_binaries {
             if self.over_limit.len() > KNOWN_MAX {
@@ -145,7 +145,7 @@ impl Prober {
                 }
             }
             g.close();
-            return Some(go(g, false, OVER_LIMIT_RETRY));
+            return Some(go(Arc::new(g), false, OVER_LIMIT_RETRY));
         }
         // Attach through our own descriptor: the process may be gone by now, the file is not.
         let target = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
@@ -166,7 +166,7 @@ impl Prober {
                     id,
                     Held {
                         links,
-                        stamp: bin.content_stamp(),
+                        stamp: bin.file_now().map(|f| f.stamp),
                         bin: bin.clone(),
                         last_running: Instant::now(),
                         shown_as: req.shown_as.clone(),
@@ -176,17 +176,12 @@ impl Prober {
                     .counters
                     .probed_now
                     .store(self.held.len() as u64, Ordering::Relaxed);
-                Some(State::Go {
-                    bin,
-                    probed: true,
-                    last_exec: Instant::now(),
-                    retry_at: Instant::now(),
-                })
+                Some(go(bin, true, Duration::ZERO))
             }
             Err(e) => {
                 eprintln!("crashwatch: not probing {shown}: {e:#}");
                 g.close();
-                Some(go(g, false, NOT_GO_TTL))
+                Some(go(Arc::new(g), false, NOT_GO_TTL))
             }
         }
     }
@@ -195,14 +190,15 @@ impl Prober {
     /// when the file is deleted (it cannot be exec'd again by path), after `release_after`
     /// otherwise. Forgets old "not Go" answers.
     fn sweep(&mut self) {
-        let changed: Vec<FileId> = self
+        // One fstat per held binary: rewritten, deleted, or as it was.
+        let files: Vec<(FileId, Option<FileNow>)> = self
             .held
             .iter()
-            .filter(|(_, h)| {
-                h.bin
-                    .content_stamp()
-                    .is_some_and(|now| Some(now) != h.stamp)
-            })
+            .map(|(id, h)| (*id, h.bin.file_now()))
+            .collect();
+        let changed: Vec<FileId> = files
+            .iter()
+            .filter(|(id, now)| now.is_some_and(|f| Some(f.stamp) != self.held[id].stamp))
             .map(|(id, _)| *id)
             .collect();
         for id in &changed {
@@ -215,21 +211,21 @@ impl Prober {
         let now = Instant::now();
         let idle: Vec<FileId> = {
             let known = self.shared.known.lock().unwrap();
-            self.held
+            files
                 .iter()
-                .filter(|(id, h)| {
-                    let exec = match known.get(*id) {
+                .filter_map(|(id, file)| {
+                    let h = self.held.get(id)?;
+                    let exec = match known.get(id) {
                         Some(State::Go { last_exec, .. }) => *last_exec,
                         _ => h.last_running,
                     };
-                    let grace = if h.bin.deleted() {
+                    let grace = if file.is_some_and(|f| f.deleted) {
                         SWEEP
                     } else {
                         self.limits.release_after
                     };
-                    now.duration_since(exec.max(h.last_running)) >= grace
+                    (now.duration_since(exec.max(h.last_running)) >= grace).then_some(*id)
                 })
-                .map(|(id, _)| *id)
                 .collect()
         };
         if !idle.is_empty() {
@@ -308,15 +304,12 @@ impl Prober {
 /// exec (a path in our own view may name another file: another mount namespace, a replaced
 /// file).
 fn open(req: &Request) -> Option<File> {
-    let exact = |f: &File| f.metadata().is_ok_and(|md| FileId::of(&md) == req.id);
-    if let Ok(f) = File::open(format!("/proc/{}/exe", req.pid)) {
-        // Another identity: replaced, or the pid was reused.
-        return exact(&f).then_some(f);
-    }
-    if !req.shown_as.starts_with('/') {
-        return None;
-    }
-    File::open(&req.shown_as).ok().filter(exact)
+    req.id
+        .open_at(format!("/proc/{}/exe", req.pid))
+        .or_else(|| {
+            let p = &req.shown_as;
+            p.starts_with('/').then(|| req.id.open_at(p)).flatten()
+        })
 }
 
 fn not_go() -> State {
@@ -325,9 +318,9 @@ fn not_go() -> State {
     }
 }
 
-fn go(g: GoBinary, probed: bool, retry_after: Duration) -> State {
+fn go(bin: Arc<GoBinary>, probed: bool, retry_after: Duration) -> State {
     State::Go {
-        bin: Arc::new(g),
+        bin,
         probed,
         last_exec: Instant::now(),
         retry_at: Instant::now() + retry_after,
@@ -374,11 +367,11 @@ fn mapped_inode(line: &str) -> Option<(u64, u64)> {
     let dev = f.nth(3)?;
     let ino: u64 = f.next()?.parse().ok()?;
     let (major, minor) = dev.split_once(':')?;
-    let (major, minor) = (
+    let dev = crate::elf::id::mkdev(
         u64::from_str_radix(major, 16).ok()?,
         u64::from_str_radix(minor, 16).ok()?,
     );
-    (ino != 0).then_some(((major << 20) | minor, ino))
+    (ino != 0).then_some((dev, ino))
 }
 
 #[cfg(test)]
