@@ -1,0 +1,183 @@
+//! The observers a workload runs under (none, crashwatch, and the peer tools), started and
+//! stopped with their output drained, and the timings and readings taken of them.
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{mpsc, Arc, Mutex},
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{bail, Context, Result};
+
+pub const BPFTRACE: &str =
+    "tracepoint:signal:signal_deliver { @sig[args->sig] = count(); } tracepoint:sched:sched_process_exit { @exit = count(); }";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Observer {
+    None,
+    Crashwatch,
+    Bpftrace,
+    Libbpf,
+}
+
+impl Observer {
+    pub fn name(self) -> &'static str {
+        match self {
+            Observer::None => "no observer",
+            Observer::Crashwatch => "crashwatch",
+            Observer::Bpftrace => "bpftrace one-liner",
+            Observer::Libbpf => "exitsnoop + sigsnoop",
+        }
+    }
+}
+
+/// A running observer: its processes, drained so they never block on a full pipe.
+pub struct Running {
+    children: Vec<Child>,
+    /// crashwatch's reports as (line, arrival time in µs since the epoch).
+    pub reports: Arc<Mutex<Vec<(String, u64)>>>,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// Spawns `cmd`, drains stdout and stderr into `lines` (timestamped), returns once a line
+/// contains `ready`.
+pub fn spawn_ready(
+    mut cmd: Command,
+    ready: &str,
+    out: Arc<Mutex<Vec<(String, u64)>>>,
+    log: Arc<Mutex<Vec<String>>>,
+) -> Result<Child> {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null());
+    let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    for (stream, is_out) in [
+        (Box::new(stdout) as Box<dyn std::io::Read + Send>, true),
+        (Box::new(stderr), false),
+    ] {
+        let (tx, out, log, ready) = (tx.clone(), out.clone(), log.clone(), ready.to_string());
+        thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if line.contains(&ready) {
+                    let _ = tx.send(());
+                }
+                if is_out && line.starts_with('{') {
+                    out.lock().unwrap().push((line, now_us()));
+                } else {
+                    log.lock().unwrap().push(line);
+                }
+            }
+        });
+    }
+    rx.recv_timeout(Duration::from_secs(120))
+        .with_context(|| format!("{cmd:?} never printed {ready:?}"))?;
+    Ok(child)
+}
+
+impl Running {
+    pub fn start(o: Observer, agent: &Path) -> Result<Running> {
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut children = Vec::new();
+        match o {
+            Observer::None => {}
+            Observer::Crashwatch => {
+                let mut c = Command::new(agent);
+                c.args(["run", "--output", "json"]);
+                children.push(spawn_ready(
+                    c,
+                    "crashwatch: ready",
+                    reports.clone(),
+                    log.clone(),
+                )?);
+            }
+            Observer::Bpftrace => {
+                let mut c = Command::new("bpftrace");
+                c.args(["-e", BPFTRACE]);
+                children.push(spawn_ready(c, "Attaching", reports.clone(), log.clone())?);
+            }
+            Observer::Libbpf => {
+                for (tool, header) in [("exitsnoop", "PCOMM"), ("sigsnoop", "COMM")] {
+                    let mut c = Command::new("stdbuf");
+                    c.args(["-oL", tool]);
+                    children.push(spawn_ready(c, header, reports.clone(), log.clone())?);
+                }
+            }
+        }
+        Ok(Running {
+            children,
+            reports,
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.children.first().map(|c| c.id())
+    }
+
+    pub fn stop(mut self) -> Vec<String> {
+        for c in &self.children {
+            unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+        }
+        for c in &mut self.children {
+            let _ = c.wait();
+        }
+        thread::sleep(Duration::from_millis(200));
+        self.log.lock().unwrap().clone()
+    }
+}
+
+pub fn time_run(cmd: &mut Command) -> Result<f64> {
+    let t = Instant::now();
+    let st = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .with_context(|| format!("{cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// CPU seconds (user + system) a process has used, and its resident set in KiB.
+pub fn cpu_and_rss(pid: u32) -> (f64, u64) {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(") ")
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu = fields
+        .get(11)
+        .and_then(|u| u.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    let rss = fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0);
+    (cpu / ticks, rss)
+}

@@ -1,0 +1,206 @@
+//! docs/benchmarks.md: the machine, the workload table (medians and ratios), the crash storm
+//! and the agent's own cost, written from what the other modules measured.
+use std::{fmt::Write as _, fs, path::Path, process::Command, thread};
+
+use anyhow::Result;
+
+use super::{
+    observer::{Observer, BPFTRACE},
+    storm::Storm,
+    Workload,
+};
+
+/// Writes docs/benchmarks.md under `root` (and prints it). `times[w][o]`: the wall times of
+/// workload `w` under its observer `o`, one per round.
+pub fn write(
+    root: &Path,
+    rounds: usize,
+    workloads: &[Workload],
+    times: &mut [Vec<Vec<f64>>],
+    lost_runs: &[String],
+    s: &Storm,
+) -> Result<()> {
+    let mut md = String::new();
+    let mut latencies = s.latencies_us.clone();
+    let uname = Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())?;
+    let cpu = fs::read_to_string("/proc/cpuinfo")?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    let mem = fs::read_to_string("/proc/meminfo")?
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("0")
+        .parse::<u64>()?
+        / 1024
+        / 1024;
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())?;
+    writeln!(md, "# Benchmarks\n")?;
+    writeln!(
+        md,
+        "Written by `cargo xtask bench` (rounds: {rounds}); numbers are results, not thresholds.\n"
+    )?;
+    writeln!(
+        md,
+        "- machine: {cpu}, {} CPUs, {mem} GiB",
+        thread::available_parallelism()?.get()
+    )?;
+    writeln!(md, "- kernel: Linux {uname}")?;
+    writeln!(md, "- date: {date}")?;
+    writeln!(md, "- observers: `crashwatch run --output json` (reports to a pipe); `bpftrace -e '{BPFTRACE}'`; `stdbuf -oL exitsnoop` and `stdbuf -oL sigsnoop` (libbpf-tools) together")?;
+    writeln!(md, "- method: each round starts each observer in turn (the order rotates every round), runs every workload under it, stops it; the table gives the median wall time over rounds and ratios of medians. The peers do less than crashwatch: they print events, they do not assemble, symbolize or probe Go binaries.\n")?;
+    writeln!(
+        md,
+        "## Workloads under each observer (median seconds; ratio to no observer)\n"
+    )?;
+    writeln!(md, "| workload | command | no observer | crashwatch | bpftrace one-liner | exitsnoop + sigsnoop | crashwatch / bpftrace | crashwatch / libbpf-tools |")?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|")?;
+    for (wi, w) in workloads.iter().enumerate() {
+        let med: Vec<f64> = times[wi].iter_mut().map(|v| median(v)).collect();
+        let get = |o: Observer| w.observers.iter().position(|x| *x == o).map(|i| med[i]);
+        let base = get(Observer::None).unwrap();
+        let cell = |o: Observer| match get(o) {
+            Some(m) if o == Observer::None => format!("{m:.3}"),
+            Some(m) => format!("{m:.3} ({:.2}×)", m / base),
+            None => "–".into(),
+        };
+        let vs = |o: Observer| match (get(Observer::Crashwatch), get(o)) {
+            (Some(c), Some(m)) => format!("{:.2}", c / m),
+            _ => "–".into(),
+        };
+        let cmd = w
+            .cmd
+            .iter()
+            .map(|c| c.rsplit('/').next().unwrap_or(c).to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
+        writeln!(
+            md,
+            "| {} | `{cmd}` | {} | {} | {} | {} | {} | {} |",
+            w.name,
+            cell(Observer::None),
+            cell(Observer::Crashwatch),
+            cell(Observer::Bpftrace),
+            cell(Observer::Libbpf),
+            vs(Observer::Bpftrace),
+            vs(Observer::Libbpf)
+        )?;
+    }
+    writeln!(
+        md,
+        "\nKernel losses reported by crashwatch at the end of each round: {}\n",
+        if lost_runs.is_empty() {
+            "none logged".into()
+        } else {
+            lost_runs.join("; ")
+        }
+    )?;
+    writeln!(md, "## Crash storm\n")?;
+    writeln!(md, "{} crashing processes, two at a time, in rotation: a Go panic (`gocrash string`, Go 1.27, probed), a C null write (`crasher null`), a C abort (`crasher abort`).\n", s.crashes)?;
+    writeln!(md, "| measure | value |\n|---|---|")?;
+    writeln!(md, "| crashes run | {} in {:.1} s |", s.crashes, s.secs)?;
+    writeln!(
+        md,
+        "| reports received | {} ({}) |",
+        s.reports,
+        s.kinds
+            .iter()
+            .map(|(k, n)| format!("{k}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )?;
+    writeln!(md, "| missing reports | {} |", s.crashes - s.reports)?;
+    writeln!(
+        md,
+        "| kernel events lost (sum of `lost_before`) | {} |",
+        s.lost_before
+    )?;
+    writeln!(
+        md,
+        "| agent's loss counters at stop | {} |",
+        s.losses.trim_start_matches("crashwatch: ")
+    )?;
+    writeln!(
+        md,
+        "| crash-to-report latency p50 | {:.2} ms |",
+        percentile(&mut latencies, 0.5) as f64 / 1000.0
+    )?;
+    writeln!(
+        md,
+        "| crash-to-report latency p99 | {:.2} ms |",
+        percentile(&mut latencies, 0.99) as f64 / 1000.0
+    )?;
+    writeln!(
+        md,
+        "| crash-to-report latency max | {:.2} ms |",
+        latencies.iter().max().copied().unwrap_or(0) as f64 / 1000.0
+    )?;
+    writeln!(md, "\nLatency runs from the kernel's exit timestamp (the report's `time`, converted from `bpf_ktime_get_ns`) to the report line's arrival on the agent's stdout pipe.\n")?;
+    writeln!(md, "## The agent's own cost\n")?;
+    writeln!(
+        md,
+        "| phase | CPU | RSS (max) | RSS (mean) |\n|---|---|---|---|"
+    )?;
+    let stat = |v: &[u64]| {
+        (
+            v.iter().max().copied().unwrap_or(0),
+            v.iter().sum::<u64>() / v.len().max(1) as u64,
+        )
+    };
+    let (imax, imean) = stat(&s.idle_rss);
+    let (smax, smean) = stat(&s.rss);
+    writeln!(
+        md,
+        "| idle, {} s | {:.2} % of one CPU | {} MiB | {} MiB |",
+        s.idle_secs,
+        s.idle_cpu,
+        imax / 1024,
+        imean / 1024
+    )?;
+    writeln!(
+        md,
+        "| crash storm, {:.1} s | {:.1} % of one CPU | {} MiB | {} MiB |",
+        s.secs,
+        s.cpu,
+        smax / 1024,
+        smean / 1024
+    )?;
+    let out = root.join("docs/benchmarks.md");
+    fs::write(&out, &md)?;
+    println!("{md}");
+    eprintln!("xtask bench: wrote {}", out.display());
+    Ok(())
+}
+
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+pub fn percentile(v: &mut [u64], p: f64) -> u64 {
+    v.sort_unstable();
+    if v.is_empty() {
+        return 0;
+    }
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
