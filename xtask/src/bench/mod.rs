@@ -101,5 +101,7 @@ pub fn run(rounds: usize, storm: usize, idle_secs: u64) -> Result<()> {
     }
 
     let crashes = storm::run(&t, storm, idle_secs)?;
-    report::write(&p.root, rounds, &workloads, &mut times, &lost_runs, &crashes)
+    report::write(
+        &p.root, rounds, &workloads, &mut times, &lost_runs, &crashes,
+    )
 }
