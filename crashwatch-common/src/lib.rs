@@ -26,6 +26,25 @@ pub const KIND_EXIT: u32 = 3;
 pub const KIND_OOM: u32 = 4;
 pub const KIND_GO: u32 = 5;
 pub const KIND_GO_OUTPUT: u32 = 6;
+pub const KIND_STACK: u32 = 7;
+
+/// Most bytes of the user stack copied at a fatal signal or Go fatal path (`--stack-copy`).
+pub const STACK_COPY_MAX: usize = 16384;
+/// Room past [`STACK_COPY_MAX`] so a page-sized read at any offset below it stays in bounds
+/// (the verifier checks the worst case of offset plus length).
+pub const STACK_COPY_SLACK: usize = 4096;
+/// Loaded objects kept from the dynamic linker's list (`r_debug.r_map`).
+pub const MODULES_MAX: usize = 32;
+pub const MODULE_PATH_LEN: usize = 128;
+
+/// [`StackRecord::modules_state`]: the list was read to its end.
+pub const MODULES_OK: u32 = 0;
+/// No `DT_DEBUG` entry (a static executable): the executable is the only module.
+pub const MODULES_STATIC: u32 = 1;
+/// The auxiliary vector, program headers or link map could not be read.
+pub const MODULES_UNREADABLE: u32 = 2;
+/// The list has more than [`MODULES_MAX`] entries; the first ones are kept.
+pub const MODULES_TRUNCATED: u32 = 3;
 
 /// [`GoRecord::what`]: an unrecovered panic (`runtime.fatalpanic`).
 pub const GO_PANIC: u32 = 1;
@@ -140,6 +159,45 @@ pub struct SignalRecord {
     pub args: [u8; ARGS_LEN],
 }
 
+/// One object the dynamic linker loaded (a `struct link_map` of `r_debug.r_map`), read from
+/// the dying process's memory at the fatal signal, so frames can be placed after it is gone.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ModuleRec {
+    /// `l_addr`: where the object is loaded relative to its link-time addresses.
+    pub bias: u64,
+    /// `l_ld`: where its dynamic section is in memory; minus `bias`, the file's
+    /// `PT_DYNAMIC` address, which userspace checks a candidate file against.
+    pub dynamic: u64,
+    pub path_len: u32,
+    pub _pad: u32,
+    /// `l_name` in the process's view; empty for the executable.
+    pub path: [u8; MODULE_PATH_LEN],
+}
+
+/// The top of the user stack and the loaded objects, captured with a [`SignalRecord`] or a
+/// [`GoRecord`] (same pid, tid and `ktime_ns`) and sent just before it, so native frames
+/// without frame pointers can be unwound from their CFI in userspace.
+///
+/// `data` comes last: the record is sent only as far as `copy_len` reaches.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct StackRecord {
+    pub hdr: Header,
+    /// The stack pointer `data` starts at.
+    pub sp: u64,
+    /// Bytes of `data` covered (copied or missing).
+    pub copy_len: u32,
+    /// Bit `i` set: the `i`-th page-bounded piece of the copy could not be read (not
+    /// resident); its bytes in `data` are meaningless.
+    pub missing: u32,
+    pub modules_len: u32,
+    /// `MODULES_*`.
+    pub modules_state: u32,
+    pub modules: [ModuleRec; MODULES_MAX],
+    pub data: [u8; STACK_COPY_MAX + STACK_COPY_SLACK],
+}
+
 /// `sched/sched_process_exit` of the last thread of a process.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -171,6 +229,9 @@ pub struct GoRecord {
     pub start_code: u64,
     pub stack_len: u32,
     pub _pad: u32,
+    /// The return address at the stack pointer: the probed function's direct caller, which
+    /// a frame-pointer walk from a function's first instruction skips.
+    pub caller: u64,
     /// The panic value when it is a string, or the fatal error's message.
     pub text: [u8; GO_TEXT_LEN],
     pub stack: [u64; STACK_DEPTH],
@@ -214,6 +275,7 @@ pub struct Offsets {
     pub mm_arg_end: u32,
     pub mm_start_code: u32,
     pub mm_end_code: u32,
+    pub mm_saved_auxv: u32,
     pub bprm_filename: u32,
     pub bprm_file: u32,
     pub file_inode: u32,
@@ -250,6 +312,9 @@ pub struct Config {
     pub args_max: u32,
     /// A handled fault-class signal is reported with a death that follows within this window.
     pub pending_window_ns: u64,
+    /// Bytes of user stack copied (at most [`STACK_COPY_MAX`]); 0 turns the copy off.
+    pub stack_copy: u32,
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]

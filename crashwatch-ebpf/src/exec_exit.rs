@@ -13,8 +13,8 @@ use aya_ebpf::{
 use crashwatch_common::*;
 
 use crate::{
-    shared::{fill_header, output, output_with_args, rd, read_args},
-    signal::PENDING,
+    shared::{fill_header, output, output_stack, output_with_args, rd, read_args},
+    signal::{PENDING, PENDING_STACK},
 };
 
 /// Scratch space for the exec record (too large for the 512-byte BPF stack), one per program
@@ -83,6 +83,7 @@ fn on_exec(ctx: &BtfTracePointContext, copy: u32) -> u32 {
     read_cgroup(task, &mut rec.cgroup);
     // A new image is not to blame for a fault its predecessor handled.
     let _ = PENDING.remove(rec.hdr.pid);
+    let _ = PENDING_STACK.remove(rec.hdr.pid);
     output_with_args(rec, core::mem::offset_of!(ExecRecord, args), rec.args_len);
     0
 }
@@ -98,9 +99,13 @@ fn exit_common(task: u64) {
     if let Some(p) = unsafe { PENDING.get(pid) } {
         let fresh = rec.hdr.ktime_ns.wrapping_sub(p.hdr.ktime_ns) <= config!(pending_window_ns);
         if rec.status != 0 && fresh {
+            if let Some(st) = unsafe { PENDING_STACK.get(pid) } {
+                output_stack(st);
+            }
             output_with_args(p, core::mem::offset_of!(SignalRecord, args), p.args_len);
         }
         let _ = PENDING.remove(pid);
+        let _ = PENDING_STACK.remove(pid);
     }
     output(&rec);
 }

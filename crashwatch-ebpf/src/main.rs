@@ -7,6 +7,7 @@
 //! - `exec_exit`: `sched_process_exec`, `sched_process_exit`,
 //! - `oom`: `oom/mark_victim`,
 //! - `go`: uprobes on the Go runtime's fatal paths and its stderr writer,
+//! - `stack`: the stack copy and loaded-object list that go with a signal or Go record,
 //! - `copies`: the three-copy guard against the recursion guard on preemptible kernels,
 //! - `shared`: the configuration, the ring buffer, and the readers every program uses.
 #![no_std]
@@ -20,6 +21,7 @@ mod exec_exit;
 mod go;
 mod oom;
 mod signal;
+mod stack;
 
 #[cfg(not(test))]
 #[panic_handler]

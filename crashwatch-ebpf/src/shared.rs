@@ -97,22 +97,39 @@ pub fn read_args(task: u64, dst: &mut [u8; ARGS_LEN]) -> (u32, u32) {
 /// only as far as `args_len` of them: most command lines are short.
 #[inline(always)]
 pub fn output_with_args<T>(rec: &T, head: usize, args_len: u32) {
+    output_head::<T, ARGS_LEN>(rec, head, args_len)
+}
+
+/// Sends the first `head + n` bytes of `rec` (`n` capped at `MAX`, a power of two, and
+/// `head + MAX` within the record).
+#[inline(always)]
+pub fn output_head<T, const MAX: usize>(rec: &T, head: usize, n: u32) {
     let bytes = rec as *const T as *const u8;
-    let n = args_len as usize;
+    let n = n as usize;
     // Two calls with two sizes, each bounded on its own: older verifiers lose a bound merged
     // from two branches.
-    let r = if n >= ARGS_LEN {
-        // SAFETY: the whole record.
-        let all = unsafe { core::slice::from_raw_parts(bytes, core::mem::size_of::<T>()) };
+    let r = if n >= MAX {
+        // SAFETY: head + MAX <= size_of::<T>() (the caller's contract).
+        let all = unsafe { core::slice::from_raw_parts(bytes, head + MAX) };
         EVENTS.output::<[u8]>(all, 0)
     } else {
-        // SAFETY: head + n < size_of::<T>() (args is the last field, ARGS_LEN long).
-        let part = unsafe { core::slice::from_raw_parts(bytes, head + (n & (ARGS_LEN - 1))) };
+        // SAFETY: head + n < head + MAX.
+        let part = unsafe { core::slice::from_raw_parts(bytes, head + (n & (MAX - 1))) };
         EVENTS.output::<[u8]>(part, 0)
     };
     if r.is_err() {
         count_lost();
     }
+}
+
+/// Sends a stack record as far as its copy reaches.
+#[inline(always)]
+pub fn output_stack(rec: &StackRecord) {
+    output_head::<StackRecord, STACK_COPY_MAX>(
+        rec,
+        core::mem::offset_of!(StackRecord, data),
+        rec.copy_len,
+    );
 }
 
 /// The current thread's user stack (frame pointers), innermost first; returns bytes filled.

@@ -18,15 +18,21 @@ use aya_ebpf::{
 };
 use crashwatch_common::*;
 
-use crate::shared::{fill_header, output_with_args, rd, read_args, user_stack};
+use crate::shared::{fill_header, output_stack, output_with_args, rd, read_args, user_stack};
 
 /// Scratch space for signal records, one per program copy.
 #[map]
 static SCRATCH_SIG: PerCpuArray<SignalRecord> = PerCpuArray::with_max_entries(COPIES, 0);
+#[map]
+static SCRATCH_STACK: PerCpuArray<StackRecord> = PerCpuArray::with_max_entries(COPIES, 0);
 
 /// The last handled fault-class signal per process (tgid), until that process exits.
 #[map]
 pub static PENDING: LruHashMap<u32, SignalRecord> = LruHashMap::with_max_entries(2048, 0);
+/// The stack record of each `PENDING` signal. Fewer slots (26 KiB each, allocated up front):
+/// a signal whose stack was evicted is still reported, unwound by frame pointers only.
+#[map]
+pub static PENDING_STACK: LruHashMap<u32, StackRecord> = LruHashMap::with_max_entries(256, 0);
 
 const SIGKILL: i32 = 9;
 
@@ -106,11 +112,27 @@ fn on_signal(ctx: &BtfTracePointContext, copy: u32) -> u32 {
         }
     }
     rec.stack_len = user_stack(ctx.as_ptr(), &mut rec.stack);
+    let Some(st) = SCRATCH_STACK.get_ptr_mut(copy) else {
+        return 0;
+    };
+    // SAFETY: per-CPU scratch slot owned by this program invocation.
+    let st = unsafe { &mut *st };
+    st.hdr = rec.hdr;
+    st.hdr.kind = KIND_STACK;
+    // pt_regs.sp: word 19 of the x86_64 layout (r15 ... ss).
+    let sp = if rec.regs_len as usize >= 20 * 8 {
+        rec.regs[19]
+    } else {
+        0
+    };
+    crate::stack::capture(st, task, sp);
     if handler != 0 {
         // Survivors must cost nothing downstream: keep it until the process exits.
         let pid = rec.hdr.pid;
         let _ = PENDING.insert(pid, rec, 0);
+        let _ = PENDING_STACK.insert(pid, st, 0);
     } else {
+        output_stack(st);
         output_with_args(rec, core::mem::offset_of!(SignalRecord, args), rec.args_len);
     }
     0
