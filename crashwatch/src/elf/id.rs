@@ -51,7 +51,7 @@ impl FileId {
     /// identity: a path another process used may name something else here (another mount
     /// namespace, a relative path, a replaced file), and only the identity proves it does not.
     pub fn open_at(&self, path: impl AsRef<std::path::Path>) -> Option<std::fs::File> {
-        let f = std::fs::File::open(path).ok()?;
+        let f = open_regular(path)?;
         (FileId::of(&f.metadata().ok()?) == *self).then_some(f)
     }
 
@@ -59,6 +59,25 @@ impl FileId {
     pub fn same_inode(&self, other: &FileId) -> bool {
         (self.dev, self.ino) == (other.dev, other.ino)
     }
+}
+
+/// Opens `path` for reading only if it is a regular file. The path is first opened with
+/// `O_PATH`, which opens nothing (a device node named by another process's path, such as a
+/// watchdog, must never be opened by a root agent), and then reopened through that handle,
+/// so the file checked is the file read.
+pub fn open_regular(path: impl AsRef<std::path::Path>) -> Option<std::fs::File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    let ft = handle.metadata().ok()?.file_type();
+    if !ft.is_file() || ft.is_block_device() || ft.is_char_device() {
+        return None;
+    }
+    use std::os::fd::AsRawFd;
+    std::fs::File::open(format!("/proc/self/fd/{}", handle.as_raw_fd())).ok()
 }
 
 #[cfg(test)]

@@ -54,11 +54,15 @@ impl Layout {
             .map(|(off, va, _)| vaddr - va + off)
     }
 
-    pub fn offset_to_vaddr(&self, off: u64) -> Option<u64> {
-        self.segments
+    /// The load bias of a process that mapped the file's bytes from `offset` at `start` (one
+    /// line of /proc/<pid>/maps): mappings start on page boundaries, segments need not.
+    pub fn mapping_bias(&self, start: u64, offset: u64) -> Option<u64> {
+        let (fo, va, _) = self
+            .segments
             .iter()
-            .find(|(fo, _, len)| *fo <= off && off < fo.saturating_add(*len))
-            .map(|(fo, va, _)| off - fo + va)
+            .find(|(fo, _, len)| fo & !0xfff <= offset && offset < fo.saturating_add(*len))?;
+        let vaddr = va.wrapping_add(offset).wrapping_sub(*fo);
+        Some(start.wrapping_sub(vaddr))
     }
 
     /// How far a process whose `mm->start_code` is `start_code` moved the file (PIE).

@@ -107,6 +107,32 @@ impl<'a> Image<'a> {
         None
     }
 
+    /// Addresses in the file's read-only data that start what looks like a pclntab header
+    /// (magic, zero padding, quantum 1, pointer size 8): how Go's own tools find the table of
+    /// an externally linked binary that kept neither the section nor the symbol. Candidates
+    /// only; the caller validates each whole.
+    pub fn scan_pclntab(&self) -> Vec<u64> {
+        const MAGICS: [u32; 3] = [0xffff_fffa, 0xffff_fff0, 0xffff_fff1];
+        let mut found = Vec::new();
+        for s in self.obj.sections() {
+            let name = s.name().unwrap_or("");
+            if !(name.starts_with(".data.rel.ro") || name.starts_with(".rodata")) {
+                continue;
+            }
+            let Ok(data) = s.data() else { continue };
+            for (i, w) in data.chunks_exact(8).enumerate() {
+                let magic = u32::from_le_bytes(w[..4].try_into().unwrap());
+                if MAGICS.contains(&magic) && w[4] == 0 && w[5] == 0 && w[6] == 1 && w[7] == 8 {
+                    found.push(s.address() + 8 * i as u64);
+                    if found.len() >= 16 {
+                        return found;
+                    }
+                }
+            }
+        }
+        found
+    }
+
     /// Text symbols whose name starts with `runtime.`: (name, address).
     pub fn runtime_symbols(&self) -> Vec<(&'a str, u64)> {
         self.obj
@@ -118,11 +144,15 @@ impl<'a> Image<'a> {
 }
 
 /// `moduledata` fields crashwatch reads (their offsets are the same from Go 1.16 to 1.27):
-/// `pcHeader *pcHeader` at 0, `funcnametab []byte` at 8, `pclntable []byte` at 104,
+/// `pcHeader *pcHeader` at 0, `funcnametab []byte` at 8, `cutab []uint32` at 32, `filetab
+/// []byte` at 56, `pctab []byte` at 80, `pclntable []byte` at 104,
 /// `ftab []functab` at 128, `text` at 176.
 pub struct ModuleData {
     pub pc_header: u64,
     pub funcnametab: u64,
+    pub cutab: u64,
+    pub filetab: u64,
+    pub pctab: u64,
     pub pclntable: u64,
     pub ftab: u64,
     pub ftab_len: u64,
@@ -134,6 +164,9 @@ impl ModuleData {
         Some(ModuleData {
             pc_header: img.u64(at)?,
             funcnametab: img.u64(at + 8)?,
+            cutab: img.u64(at + 32)?,
+            filetab: img.u64(at + 56)?,
+            pctab: img.u64(at + 80)?,
             pclntable: img.u64(at + 104)?,
             ftab: img.u64(at + 128)?,
             ftab_len: img.u64(at + 136)?,

@@ -13,6 +13,7 @@
 //! through moduledata as the runtime does. What was wrong is kept in [`GoBinary::problems`].
 pub mod buildinfo;
 mod image;
+pub mod lines;
 pub mod pclntab;
 #[cfg(test)]
 mod tests;
@@ -158,6 +159,21 @@ impl<'a> Tables<'a> {
             .or_else(|| obj.section_by_name(".data.rel.ro.gopclntab"))
             .map(|s| s.address());
         let mut at = section.or_else(|| syms.get("runtime.pclntab").copied());
+        if at.is_none()
+            && img
+                .moduledata(syms.get("runtime.firstmoduledata").copied(), None)
+                .is_none()
+        {
+            // Externally linked and stripped: neither section nor symbol names the table.
+            at = img.scan_pclntab().into_iter().find(|&c| {
+                let text = syms.get("runtime.text").copied().or_else(|| {
+                    ModuleData::read(img, img.moduledata(None, Some(c))?).map(|m| m.text)
+                });
+                img.rest_of_section(c).is_some_and(|data| {
+                    Pclntab::parse(data, img.u64(c + 24), text, &|a| img.layout.is_code(a)).is_ok()
+                })
+            });
+        }
         let md_addr = img.moduledata(syms.get("runtime.firstmoduledata").copied(), at);
         let md = md_addr.and_then(|m| ModuleData::read(img, m));
         at = at.or(md.as_ref().map(|m| m.pc_header));
@@ -282,19 +298,6 @@ fn choose_probes(
         probes.retain(|p| p.func != "runtime.write1");
     }
     (probes, from_pclntab)
-}
-
-/// Every function in the pclntab as (entry vaddr, size 0, name): names frames of stripped Go
-/// binaries. None when the file has no valid pclntab.
-pub fn functions(obj: &object::File<'_>, bytes: &[u8]) -> Option<Vec<(u64, u64, String)>> {
-    let img = Image::new(obj, bytes);
-    let syms: HashMap<&str, u64> = img.runtime_symbols().into_iter().collect();
-    let tab = Tables::locate(obj, &img, &syms, &mut Vec::new()).pclntab?;
-    Some(
-        tab.funcs()
-            .map(|(pc, name)| (pc, 0, name.to_string()))
-            .collect(),
-    )
 }
 
 impl GoBinary {

@@ -2,7 +2,9 @@
 //!
 //! Written here because no maintained crate reads it (blazesym and gimli read ELF/DWARF only,
 //! and `-ldflags=-s -w` removes both the symbol table and DWARF, but never the pclntab). Only
-//! the function table is read: entry PCs and names, for uprobes and for naming frames. Layouts:
+//! the function table (entry PCs and names, for uprobes and for naming frames) and each
+//! function's file and line tables (`pcfile`, `pcln`, decoded as the runtime's `pcvalue` does)
+//! are read. Layouts:
 //! Go 1.16-1.17 (magic 0xfffffffa, absolute entries), Go 1.18-1.19 (0xfffffff0) and 1.20+
 //! (0xfffffff1), whose entries are offsets from `textStart` — which Go 1.26 writes as 0, leaving
 //! the text base to the caller (`runtime.text` or moduledata).
@@ -40,6 +42,52 @@ pub struct Pclntab<'a> {
     pub text_start: u64,
     funcname: usize,
     pcln: usize,
+    cutab: usize,
+    filetab: usize,
+    pctab: usize,
+}
+
+/// A validated table's parts by offset into the bytes it was read from, kept so a lookup does
+/// not validate the whole table again.
+#[derive(Clone, Debug)]
+pub struct Saved {
+    start: usize,
+    len: usize,
+    layout: Layout,
+    nfunc: usize,
+    text_start: u64,
+    funcname: usize,
+    pcln: usize,
+    cutab: usize,
+    filetab: usize,
+    pctab: usize,
+}
+
+impl Saved {
+    /// The table again, over the same bytes it was saved from.
+    pub fn open<'a>(&self, whole: &'a [u8]) -> Option<Pclntab<'a>> {
+        Some(Pclntab {
+            data: whole.get(self.start..self.start.checked_add(self.len)?)?,
+            layout: self.layout,
+            nfunc: self.nfunc,
+            text_start: self.text_start,
+            funcname: self.funcname,
+            pcln: self.pcln,
+            cutab: self.cutab,
+            filetab: self.filetab,
+            pctab: self.pctab,
+        })
+    }
+}
+
+/// Where a program counter is in Go source: its function, and the file and line when the
+/// tables have them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Place<'a> {
+    pub function: &'a str,
+    pub entry: u64,
+    pub file: Option<&'a str>,
+    pub line: Option<u32>,
 }
 
 /// Where the table's parts are, as byte offsets into the data that starts at its header.
@@ -48,6 +96,9 @@ struct Parts {
     funcname: u64,
     pcln: u64,
     text_start: u64,
+    cutab: u64,
+    filetab: u64,
+    pctab: u64,
 }
 
 /// The header's magic, checked as the runtime checks it (`moduledataverify1`).
@@ -96,6 +147,9 @@ impl<'a> Pclntab<'a> {
                 funcname: word(2)?,
                 pcln: word(6)?,
                 text_start: 0,
+                cutab: word(3)?,
+                filetab: word(4)?,
+                pctab: word(5)?,
             },
             _ => {
                 let text_start = match (header_text.filter(|&t| t != 0), text_base) {
@@ -111,6 +165,9 @@ impl<'a> Pclntab<'a> {
                     funcname: word(3)?,
                     pcln: word(7)?,
                     text_start,
+                    cutab: word(4)?,
+                    filetab: word(5)?,
+                    pctab: word(6)?,
                 }
             }
         };
@@ -148,6 +205,9 @@ impl<'a> Pclntab<'a> {
             funcname: rel(md.funcnametab, "funcnametab")?,
             pcln: rel(md.pclntable, "pclntable")?,
             text_start: if layout == Layout::Go116 { 0 } else { md.text },
+            cutab: rel(md.cutab, "cutab")?,
+            filetab: rel(md.filetab, "filetab")?,
+            pctab: rel(md.pctab, "pctab")?,
         };
         Self::validated(data, layout, parts, is_code).context("pclntab through moduledata")
     }
@@ -184,6 +244,11 @@ impl<'a> Pclntab<'a> {
             text_start: p.text_start,
             funcname: p.funcname as usize,
             pcln: p.pcln as usize,
+            // Line tables are optional extras: out-of-range offsets leave frames without
+            // file and line (every read below is bounds-checked), never the table unusable.
+            cutab: p.cutab.min(len) as usize,
+            filetab: p.filetab.min(len) as usize,
+            pctab: p.pctab.min(len) as usize,
         };
         let funcs_room = len - p.pcln;
         let mut prev = 0;
@@ -254,9 +319,94 @@ impl<'a> Pclntab<'a> {
         })
     }
 
-    /// The function containing `pc`: (name, entry).
-    #[cfg(test)]
-    pub fn func_at(&self, pc: u64) -> Option<(&'a str, u64)> {
+    /// Its parts by offset into `whole`, the bytes its data is a slice of.
+    pub fn save(&self, whole: &[u8]) -> Option<Saved> {
+        let start = (self.data.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+        (start + self.data.len() <= whole.len()).then_some(Saved {
+            start,
+            len: self.data.len(),
+            layout: self.layout,
+            nfunc: self.nfunc,
+            text_start: self.text_start,
+            funcname: self.funcname,
+            pcln: self.pcln,
+            cutab: self.cutab,
+            filetab: self.filetab,
+            pctab: self.pctab,
+        })
+    }
+
+    /// The function containing `pc` and, where the tables say, its file and line there.
+    pub fn place(&self, pc: u64) -> Option<Place<'a>> {
+        let (_, entry, off) = self.index_at(pc)?;
+        let function = self.name_of(off).ok()?;
+        let rec = self.pcln.checked_add(off)?;
+        // _func: pcfile, pcln and cuOffset words (Go 1.16 has an 8-byte entry first).
+        let (pcfile_at, cu_at) = match self.layout {
+            Layout::Go116 => (rec + 24, rec + 36),
+            _ => (rec + 20, rec + 32),
+        };
+        let pcfile = u32_at(self.data, pcfile_at).ok()?;
+        let pcln = u32_at(self.data, pcfile_at + 4).ok()?;
+        let cu = u32_at(self.data, cu_at).ok()?;
+        let line = self
+            .pcvalue(pcln, entry, pc)
+            .and_then(|l| u32::try_from(l).ok());
+        let file = self
+            .pcvalue(pcfile, entry, pc)
+            .and_then(|n| u32::try_from(n).ok())
+            .and_then(|n| self.file_name(cu, n));
+        Some(Place {
+            function,
+            entry,
+            file,
+            line,
+        })
+    }
+
+    /// The value a pc-value table starting at `off` in the pctab holds at `pc`
+    /// (the runtime's `pcvalue`: zig-zag varint value deltas, varint pc deltas).
+    fn pcvalue(&self, off: u32, entry: u64, pc: u64) -> Option<i32> {
+        if off == 0 {
+            return None;
+        }
+        let mut p = self.pctab.checked_add(off as usize)?;
+        let (mut at, mut val) = (entry, -1i32);
+        // A table has an entry per value change: bounded by the bytes left, checked each step.
+        for first in std::iter::once(true).chain(std::iter::repeat(false)) {
+            let (uv, n) = varint(self.data, p)?;
+            if uv == 0 && !first {
+                return None;
+            }
+            p += n;
+            val = val.wrapping_add((-((uv & 1) as i32)) ^ ((uv >> 1) as i32));
+            let (pcd, n) = varint(self.data, p)?;
+            p += n;
+            at = at.checked_add(pcd as u64)?;
+            if pc < at {
+                return Some(val);
+            }
+        }
+        None
+    }
+
+    fn file_name(&self, cu: u32, n: u32) -> Option<&'a str> {
+        let at = self
+            .cutab
+            .checked_add(4 * (cu as usize).checked_add(n as usize)?)?;
+        let off = u32_at(self.data, at).ok()?;
+        if off == u32::MAX {
+            return None;
+        }
+        let start = self.filetab.checked_add(off as usize)?;
+        let rest = self.data.get(start..)?;
+        let rest = &rest[..rest.len().min(4096)];
+        let end = rest.iter().position(|&b| b == 0)?;
+        std::str::from_utf8(&rest[..end]).ok()
+    }
+
+    /// (index, entry, _func offset) of the function containing `pc`.
+    fn index_at(&self, pc: u64) -> Option<(usize, u64, usize)> {
         let (first, _) = self.entry(0).ok()?;
         let (end, _) = self.entry(self.nfunc).ok()?;
         if pc < first || pc >= end {
@@ -272,8 +422,28 @@ impl<'a> Pclntab<'a> {
             }
         }
         let (entry, off) = self.entry(lo).ok()?;
+        Some((lo, entry, off))
+    }
+
+    /// The function containing `pc`: (name, entry).
+    #[cfg(test)]
+    pub fn func_at(&self, pc: u64) -> Option<(&'a str, u64)> {
+        let (_, entry, off) = self.index_at(pc)?;
         Some((self.name_of(off).ok()?, entry))
     }
+}
+
+/// A little-endian base-128 varint at `at`: (value, bytes), at most 5 bytes.
+fn varint(d: &[u8], at: usize) -> Option<(u32, usize)> {
+    let mut v = 0u32;
+    for i in 0..5 {
+        let b = *d.get(at.checked_add(i)?)?;
+        v |= ((b & 0x7f) as u32) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
 }
 
 pub fn u32_at(d: &[u8], at: usize) -> Result<u32> {
