@@ -35,6 +35,8 @@ pub struct Options {
     pub go_stderr_max: usize,
     /// Bytes of a process's argument list read.
     pub cmdline_max: u32,
+    pub stack_copy: u32,
+    pub symbol_cache_bytes: usize,
     pub go: Limits,
 }
 
@@ -61,6 +63,7 @@ pub async fn run(opts: Options) -> Result<()> {
         ring_bytes: opts.ring_bytes,
         pending_window_ns: window_ns,
         args_max: opts.cmdline_max,
+        stack_copy: opts.stack_copy,
     })?;
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd until the loop ends.
     let mut ring = unsafe { AsyncFd::register(probe.take_events()?) }
@@ -76,7 +79,7 @@ pub async fn run(opts: Options) -> Result<()> {
         go: GoProbes::start(probe, opts.go),
         losses,
         asm: Assembler::new(opts.report_nonzero_exits, opts.go_stderr_max),
-        sym: Symbolizer::default(),
+        sym: Symbolizer::new(opts.symbol_cache_bytes),
         enricher,
         sink: Sink::new(opts.format),
         decode_errors: 0,

@@ -84,6 +84,13 @@ pub struct Crash {
     pub output: Output,
 }
 
+/// The case's stack record, if it was sent with the record of header `h` (same thread and
+/// kernel time).
+fn take_stack(case: &mut Case, h: &Head) -> Option<std::sync::Arc<crate::decode::Stack>> {
+    let st = case.stack.take()?;
+    (st.head.tid == h.tid && st.head.ktime_ns == h.ktime_ns).then_some(st)
+}
+
 /// The runtime's own output names signal `sig` (Go: `SIGSEGV: segmentation violation`,
 /// `[signal SIGSEGV: ...`; a JVM's fatal error banner: `SIGSEGV (0xb) at pc=`).
 fn output_names_signal(o: &Output, sig: i32) -> bool {
@@ -146,6 +153,8 @@ struct Case {
     oom: bool,
     go: Option<Go>,
     output: Output,
+    /// The last stack record, until the signal or Go record it goes with arrives.
+    stack: Option<std::sync::Arc<crate::decode::Stack>>,
 }
 
 pub struct Assembler {
@@ -198,8 +207,14 @@ impl Assembler {
                 }
                 None
             }
-            Record::Signal(s) => {
+            Record::Stack(st) => {
+                let case = self.case(&st.head)?;
+                case.stack = Some(std::sync::Arc::new(st));
+                None
+            }
+            Record::Signal(mut s) => {
                 let case = self.case(&s.head)?;
+                s.captured = take_stack(case, &s.head);
                 // The first fatal signal is the cause; later ones are the way down.
                 if case.signal.is_none() {
                     case.signal = Some(s);
@@ -212,8 +227,9 @@ impl Assembler {
                 }
                 None
             }
-            Record::Go(g) => {
+            Record::Go(mut g) => {
                 let case = self.case(&g.head)?;
+                g.captured = take_stack(case, &g.head);
                 // fatalpanic can be followed by a throw (a panic while printing): the first
                 // fatal path is the cause.
                 if case.go.is_none() {
@@ -351,12 +367,12 @@ mod tests {
             handled,
             fields: 0,
             start_code: 0,
-            end_code: 0,
             regs: vec![],
             stack: vec![],
             args: vec![],
             args_truncated: false,
             maps: None,
+            captured: None,
         })
     }
 
@@ -466,7 +482,9 @@ mod tests {
             type_ptr: 0,
             start_code: 0,
             stack: vec![],
+            caller: 0,
             maps: None,
+            captured: None,
         })
     }
 

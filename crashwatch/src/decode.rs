@@ -41,7 +41,6 @@ pub struct Signal {
     /// The first word of siginfo's union: a fault's address, or the sender's pid and uid.
     pub fields: u64,
     pub start_code: u64,
-    pub end_code: u64,
     /// Raw `struct pt_regs` words; the probe's layout names them.
     pub regs: Vec<u64>,
     pub stack: Vec<u64>,
@@ -50,6 +49,48 @@ pub struct Signal {
     /// The process's mappings, captured by the agent when the record arrives (the process is
     /// usually still alive then: dumping core or running its handler).
     pub maps: Option<std::sync::Arc<crate::symbolize::Maps>>,
+    /// The stack copy and loaded objects the kernel sent with this signal.
+    pub captured: Option<std::sync::Arc<Stack>>,
+}
+
+/// A copy of the top of a thread's user stack and the objects its process had loaded.
+#[derive(Clone, Debug, Default)]
+pub struct Stack {
+    pub head: Head,
+    pub sp: u64,
+    /// Bytes from `sp` on; `missing` lists the pieces that could not be read.
+    pub data: Vec<u8>,
+    /// Byte ranges of `data` that hold nothing (pages that were not resident).
+    pub missing: Vec<std::ops::Range<usize>>,
+    pub modules: Vec<Module>,
+    /// The list of loaded objects was cut at its kernel-side limit.
+    pub modules_truncated: bool,
+    /// The list could not be read at all (no auxv, unreadable program headers).
+    pub modules_unreadable: bool,
+}
+
+impl Stack {
+    /// The 8-byte word at `addr`, when the copy holds it.
+    pub fn word(&self, addr: u64) -> Option<u64> {
+        let off = usize::try_from(addr.checked_sub(self.sp)?).ok()?;
+        let end = off.checked_add(8)?;
+        let b = self.data.get(off..end)?;
+        if self.missing.iter().any(|r| r.start < end && off < r.end) {
+            return None;
+        }
+        Some(u64::from_le_bytes(b.try_into().ok()?))
+    }
+}
+
+/// An object the dynamic linker loaded, as the kernel read it from the process's memory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Module {
+    /// Load bias (`l_addr`): runtime address minus link-time address.
+    pub bias: u64,
+    /// Path in the process's view; empty for the executable (the first module).
+    pub path: String,
+    /// Where its dynamic section was in memory (0 when it has none).
+    pub dynamic: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,8 +110,11 @@ pub struct Go {
     pub type_ptr: u64,
     pub start_code: u64,
     pub stack: Vec<u64>,
+    /// The return address at the probe: the probed function's caller.
+    pub caller: u64,
     /// Mappings captured when the record arrived (the process is printing, so alive).
     pub maps: Option<std::sync::Arc<crate::symbolize::Maps>>,
+    pub captured: Option<std::sync::Arc<Stack>>,
 }
 
 /// A piece of the Go runtime's printed output.
@@ -96,6 +140,7 @@ pub enum Record {
     Oom(Head),
     Go(Go),
     GoOutput(GoOutput),
+    Stack(Stack),
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Record> {
@@ -138,7 +183,6 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
                 handled: r.handled != 0,
                 fields: r.fields,
                 start_code: r.start_code,
-                end_code: r.end_code,
                 regs: r.regs[..regs].to_vec(),
                 stack: r.stack[..frames]
                     .iter()
@@ -148,8 +192,10 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
                 args: split_args(&r.args[..n]),
                 args_truncated: r.args_total as usize > n,
                 maps: None,
+                captured: None,
             })
         }
+        c::KIND_STACK => Record::Stack(stack(bytes)?),
         c::KIND_EXIT => {
             let r: c::ExitRecord = read(bytes)?;
             Record::Exit(Exit {
@@ -180,7 +226,9 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
                     .copied()
                     .take_while(|&ip| ip != 0)
                     .collect(),
+                caller: r.caller,
                 maps: None,
+                captured: None,
             })
         }
         c::KIND_GO_OUTPUT => {
@@ -199,6 +247,56 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
             })
         }
         k => bail!("unknown record kind {k} ({} bytes)", bytes.len()),
+    })
+}
+
+fn stack(bytes: &[u8]) -> Result<Stack> {
+    let at = std::mem::offset_of!(c::StackRecord, data);
+    if bytes.len() < at {
+        bail!("stack record truncated: {} bytes", bytes.len());
+    }
+    // The fixed part only: the copy is taken from the bytes that came.
+    let mut fixed = vec![0u8; std::mem::size_of::<c::StackRecord>()];
+    fixed[..at].copy_from_slice(&bytes[..at]);
+    let r: c::StackRecord = read(&fixed)?;
+    let len = (r.copy_len as usize)
+        .min(c::STACK_COPY_MAX)
+        .min(bytes.len() - at);
+    let data = bytes[at..at + len].to_vec();
+    // The kernel's pieces: up to the first page boundary after sp, then whole pages.
+    let mut missing = Vec::new();
+    let mut off = 0usize;
+    let mut piece = 0;
+    while off < len && piece < 32 {
+        let addr = r.sp.wrapping_add(off as u64);
+        let n = ((4096 - (addr & 4095)) as usize).min(len - off);
+        if r.missing & (1 << piece) != 0 {
+            missing.push(off..off + n);
+        }
+        off += n;
+        piece += 1;
+    }
+    let modules = r.modules[..(r.modules_len as usize).min(c::MODULES_MAX)]
+        .iter()
+        .map(|m| Module {
+            bias: m.bias,
+            // The helper's return: bytes with the NUL, or a negative error.
+            path: if (1..=c::MODULE_PATH_LEN as u32).contains(&m.path_len) {
+                cstr(&m.path[..m.path_len as usize])
+            } else {
+                String::new()
+            },
+            dynamic: m.dynamic,
+        })
+        .collect();
+    Ok(Stack {
+        head: head(&r.hdr),
+        sp: r.sp,
+        data,
+        missing,
+        modules,
+        modules_truncated: r.modules_state == c::MODULES_TRUNCATED,
+        modules_unreadable: r.modules_state == c::MODULES_UNREADABLE,
     })
 }
 

@@ -53,7 +53,7 @@ pub fn run() -> bool {
         ),
         "upgrade the kernel",
     ));
-    let btf = crate::probe::btf::load(0, 0);
+    let btf = crate::probe::btf::load(0, 0, 0);
     lines.push(line(
         btf.is_ok(),
         "BTF",
@@ -104,6 +104,7 @@ pub fn run() -> bool {
             ring_bytes: 1 << 16,
             pending_window_ns: 0,
             args_max: 0,
+            stack_copy: 0,
         };
         let loaded = crate::probe::Probe::load(settings);
         if let Ok(p) = &loaded {

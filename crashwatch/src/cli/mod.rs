@@ -48,6 +48,14 @@ enum Cmd {
         /// 4096); longer ones are reported with `cmdline_truncated`.
         #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(0..=4096))]
         cmdline_max: u32,
+        /// Bytes of the user stack copied at a fatal signal (at most 16384; 0 turns the copy
+        /// off), so code built without frame pointers can be unwound from its CFI.
+        #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(0..=16384))]
+        stack_copy: u32,
+        /// Bytes of parsed symbol data kept in memory, shared by all processes; least recently
+        /// used binaries are dropped first.
+        #[arg(long, default_value_t = 256 << 20)]
+        symbol_cache_bytes: usize,
         /// Go binaries probed at once at most; more are reported without probes and counted.
         #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         go_max_binaries: u64,
@@ -92,6 +100,8 @@ pub fn main() -> ExitCode {
             pending_window,
             go_stderr_max,
             cmdline_max,
+            stack_copy,
+            symbol_cache_bytes,
             go_max_binaries,
             go_release_after,
         } => {
@@ -112,6 +122,8 @@ pub fn main() -> ExitCode {
                 pending_window: Duration::from_secs(pending_window),
                 go_stderr_max,
                 cmdline_max,
+                stack_copy,
+                symbol_cache_bytes,
                 go: Limits {
                     max_binaries: go_max_binaries as usize,
                     release_after: Duration::from_secs(go_release_after),

@@ -24,7 +24,7 @@ pub struct KernelLayout {
 
 /// Reads the running kernel's layouts; `pending_window_ns` and `args_max` are the agent's
 /// settings the programs also need.
-pub fn load(pending_window_ns: u64, args_max: u32) -> Result<KernelLayout> {
+pub fn load(pending_window_ns: u64, args_max: u32, stack_copy: u32) -> Result<KernelLayout> {
     let btf = Btf::from_file(VMLINUX).with_context(|| {
         format!("reading {VMLINUX}: crashwatch needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")
     })?;
@@ -72,6 +72,7 @@ pub fn load(pending_window_ns: u64, args_max: u32) -> Result<KernelLayout> {
         mm_arg_end: k.off("mm_struct", "arg_end")?,
         mm_start_code: k.off("mm_struct", "start_code")?,
         mm_end_code: k.off("mm_struct", "end_code")?,
+        mm_saved_auxv: k.off("mm_struct", "saved_auxv").unwrap_or(NO_OFFSET),
         bprm_filename: k.off("linux_binprm", "filename")?,
         bprm_file: k.off("linux_binprm", "file")?,
         file_inode: k.off("file", "f_inode")?,
@@ -106,6 +107,8 @@ pub fn load(pending_window_ns: u64, args_max: u32) -> Result<KernelLayout> {
             oom_arg_is_task: oom_arg_is_task as u32,
             args_max: args_max.min(crashwatch_common::ARGS_LEN as u32),
             pending_window_ns,
+            stack_copy: stack_copy.min(crashwatch_common::STACK_COPY_MAX as u32),
+            _pad: 0,
         },
         exit_has_group_dead: exit_args.len() >= 2,
         pt_regs_names,

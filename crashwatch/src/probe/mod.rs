@@ -40,6 +40,8 @@ pub struct Settings {
     pub pending_window_ns: u64,
     /// Bytes of a process's argument list read.
     pub args_max: u32,
+    /// Bytes of user stack copied at a fatal signal or Go fatal path.
+    pub stack_copy: u32,
 }
 
 /// One Go binary's probes in the kernel; they go away with [`Probe::detach_go`].
@@ -172,7 +174,11 @@ impl Probe {
     pub fn load(settings: Settings) -> Result<Probe> {
         raise_memlock();
         raise_nofile();
-        let layout = btf::load(settings.pending_window_ns, settings.args_max)?;
+        let layout = btf::load(
+            settings.pending_window_ns,
+            settings.args_max,
+            settings.stack_copy,
+        )?;
         let kernel_btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&kernel_btf))

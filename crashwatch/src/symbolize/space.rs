@@ -1,0 +1,166 @@
+//! The dying process's address space as far as its stack needs it: which file each code
+//! address belongs to and how far that file was moved (its load bias).
+//!
+//! Two sources, in order of trust:
+//! - the mappings the agent read while the process still existed ([`Maps`]), with files
+//!   opened through the process;
+//! - once it is gone, the objects the kernel read from the process's memory at the fatal
+//!   signal ([`Stack::modules`]): the executable is the file the kernel recorded at exec
+//!   (device, inode, change time, size), found in the cache or at its absolute path if that
+//!   path still names that very file. A library is taken at its path only when the process's
+//!   executable proved that the process saw files where the agent does, and only if the file
+//!   there is a regular file whose dynamic section sits where the process had it (`l_ld -
+//!   l_addr`). That check is weaker than an identity: a rebuilt library with the same layout
+//!   would pass (the kernel side cannot afford to read build ids; see the eBPF `stack`
+//!   module). A container's libraries, once their process is gone, are not named.
+use std::{ops::Range, rc::Rc};
+
+use super::{
+    files::{FileCache, ModuleFile},
+    maps::Maps,
+};
+use crate::{decode::Stack, elf::FileId};
+
+pub struct Placed {
+    pub range: Range<u64>,
+    pub bias: u64,
+    /// The module's path in the process's view (for display).
+    pub path: String,
+    pub file: Result<Rc<ModuleFile>, &'static str>,
+}
+
+#[derive(Default)]
+pub struct Space {
+    pub placed: Vec<Placed>,
+}
+
+/// What the crash says about its executable.
+pub struct Exe<'a> {
+    pub path: &'a str,
+    pub id: Option<FileId>,
+    /// `mm->start_code` (0 when unknown).
+    pub start_code: u64,
+}
+
+impl Space {
+    pub fn find(&self, addr: u64) -> Option<&Placed> {
+        self.placed
+            .iter()
+            .find(|p| p.range.start <= addr && addr < p.range.end)
+    }
+
+    /// Adds `other`'s modules where they overlap none of these.
+    pub fn add(&mut self, other: Space) {
+        for p in other.placed {
+            let overlaps = self
+                .placed
+                .iter()
+                .any(|q| q.range.start < p.range.end && p.range.start < q.range.end);
+            if !overlaps {
+                self.placed.push(p);
+            }
+        }
+    }
+
+    pub fn of_maps(maps: &Maps, files: &mut FileCache) -> Space {
+        let mut placed: Vec<Placed> = Vec::new();
+        for m in maps.mappings.iter().filter(|m| m.exec) {
+            if placed
+                .iter()
+                .any(|p| p.path == m.path && p.range.contains(&m.start))
+            {
+                continue;
+            }
+            let file = match &m.file {
+                Some(f) => f
+                    .try_clone()
+                    .map_err(|_| "cannot duplicate the file handle")
+                    .and_then(|f| files.load(f)),
+                None => Err("the file could not be opened through the process"),
+            };
+            // The file's whole extent: from its lowest mapping to its highest.
+            let same = maps
+                .mappings
+                .iter()
+                .filter(|o| o.dev == m.dev && o.inode == m.inode);
+            let lo = same.clone().map(|o| o.start).min().unwrap_or(m.start);
+            let hi = same.map(|o| o.end).max().unwrap_or(m.end);
+            let bias = match &file {
+                Ok(f) => f.layout.mapping_bias(m.start, m.offset),
+                Err(_) => None,
+            };
+            placed.push(Placed {
+                range: lo..hi,
+                bias: bias.unwrap_or(m.start.wrapping_sub(m.offset)),
+                path: m.path.clone(),
+                file,
+            });
+        }
+        Space { placed }
+    }
+
+    pub fn of_modules(st: &Stack, files: &mut FileCache, exe: &Exe<'_>) -> Space {
+        let mut placed = Vec::new();
+        // The executable: by its exec identity.
+        let exe_file = match exe.id {
+            Some(id) => files.get(&id).ok_or("not read before").or_else(|_| {
+                if !exe.path.starts_with('/') {
+                    return Err("its path is not absolute in the agent's view");
+                }
+                match id.open_at(exe.path) {
+                    Some(f) => files.load(f),
+                    None => Err("the file at its path is no longer the one it ran"),
+                }
+            }),
+            None => Err("its exec was not seen"),
+        };
+        // Whether the process saw files where the agent does: its executable is, at its path
+        // here, the very file it ran.
+        let same_view =
+            exe.path.starts_with('/') && exe.id.is_some_and(|id| id.open_at(exe.path).is_some());
+        let exe_bias = st
+            .modules
+            .first()
+            .map(|m| m.bias)
+            .or_else(|| exe_file.as_ref().ok()?.layout.bias(exe.start_code));
+        if let Some(bias) = exe_bias {
+            placed.push(placed_at(exe.path.to_string(), bias, exe_file));
+        }
+        for m in st.modules.iter().skip(1) {
+            if !m.path.starts_with('/') {
+                continue; // the vDSO and other objects without a file
+            }
+            let file = if !same_view {
+                Err("the process is gone and saw files elsewhere (a container)")
+            } else {
+                match crate::elf::id::open_regular(&m.path) {
+                    Some(f) => files.load(f).and_then(|f| {
+                        let want = m.dynamic.wrapping_sub(m.bias);
+                        if f.dynamic == Some(want) {
+                            Ok(f)
+                        } else {
+                            Err("the file at its path is laid out differently")
+                        }
+                    }),
+                    None => Err("no regular file at its path"),
+                }
+            };
+            placed.push(placed_at(m.path.clone(), m.bias, file));
+        }
+        Space { placed }
+    }
+}
+
+fn placed_at(path: String, bias: u64, file: Result<Rc<ModuleFile>, &'static str>) -> Placed {
+    // Without the file its extent is unknown: a zero-length range places nothing.
+    let range = match &file {
+        Ok(f) => bias.wrapping_add(f.span.start)..bias.wrapping_add(f.span.end),
+        Err(_) => bias..bias,
+    };
+    Placed {
+        range,
+        bias,
+        path,
+        file,
+    }
+}
