@@ -68,8 +68,8 @@ fn go_record(ctx: &ProbeContext, what: u32) -> Option<RingBufEntry<GoRecord>> {
     fill_header(&mut hdr, KIND_GO, task);
     // SAFETY: ctx.regs is the probed thread's saved user registers.
     let sp = unsafe { (*ctx.regs).rsp };
-    // The stack record first: the ring delivers in reservation order.
-    send_stack(&hdr, task, sp);
+    // No stack record here: with it inlined twice the uprobe program passed the 6.1
+    // verifier's million-instruction budget. Go frames are walked by frame pointers.
     let Some(mut e) = EVENTS.reserve::<GoRecord>(0) else {
         count_lost();
         return None;
@@ -87,23 +87,6 @@ fn go_record(ctx: &ProbeContext, what: u32) -> Option<RingBufEntry<GoRecord>> {
     rec.stack_len = user_stack(ctx.as_ptr(), &mut rec.stack);
     rec.caller = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
     Some(e)
-}
-
-/// The stack record that goes with a Go record, written in place like it. Sent first: the
-/// agent holds it until the record with the same header arrives.
-#[inline(always)]
-fn send_stack(hdr: &Header, task: u64, sp: u64) {
-    let Some(mut e) = EVENTS.reserve::<StackRecord>(0) else {
-        count_lost();
-        return;
-    };
-    // SAFETY: the reserved record; `capture` writes every field userspace reads (data only
-    // as far as copy_len).
-    let st = unsafe { &mut *e.as_mut_ptr() };
-    st.hdr = *hdr;
-    st.hdr.kind = KIND_STACK;
-    crate::stack::capture(st, task, sp);
-    e.submit(0);
 }
 
 /// Copies `len` bytes of user memory at `ptr` into `dst`; returns the bytes copied.
