@@ -59,15 +59,21 @@ fn copy_stack(rec: &mut StackRecord, sp: u64) {
             n = want - off;
         }
         let at = (off as usize) & (STACK_COPY_MAX - 1);
-        let len = (n as usize) & (2 * PAGE as usize - 1);
-        let len = if len > PAGE as usize {
-            PAGE as usize
+        // SAFETY (both reads): at < STACK_COPY_MAX and each length <= PAGE =
+        // STACK_COPY_SLACK, so the piece lies inside `data`. Two reads with two sizes, each
+        // bounded on its own: 6.1's verifier loses a length merged from two branches.
+        let ok = if n >= PAGE {
+            let dst = unsafe {
+                core::slice::from_raw_parts_mut(rec.data.as_mut_ptr().add(at), PAGE as usize)
+            };
+            unsafe { bpf_probe_read_user_buf(addr as *const u8, dst) }.is_ok()
         } else {
-            len
+            let len = (n as usize) & (PAGE as usize - 1);
+            let dst =
+                unsafe { core::slice::from_raw_parts_mut(rec.data.as_mut_ptr().add(at), len) };
+            unsafe { bpf_probe_read_user_buf(addr as *const u8, dst) }.is_ok()
         };
-        // SAFETY: at < STACK_COPY_MAX and len <= PAGE = STACK_COPY_SLACK: inside `data`.
-        let dst = unsafe { core::slice::from_raw_parts_mut(rec.data.as_mut_ptr().add(at), len) };
-        if unsafe { bpf_probe_read_user_buf(addr as *const u8, dst) }.is_err() {
+        if !ok {
             rec.missing |= 1 << piece;
         }
         off += n;
