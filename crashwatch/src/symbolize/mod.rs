@@ -130,7 +130,7 @@ impl Symbolizer {
             (Some(st), Some((ip, sp, bp))) if !st.data.is_empty() => {
                 unwind::cfi(&space, st, ip, sp, bp)
             }
-            _ => Vec::new(),
+            _ => unwind::Walk::default(),
         };
         let mut steps = unwind::merge(cfi, fp);
         if let Some(caller) = go_caller {

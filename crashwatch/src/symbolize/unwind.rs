@@ -55,8 +55,16 @@ impl Step {
 
 pub const DEPTH: usize = 127;
 
+/// A CFI walk, and whether it ended where the stack ends (a root function, a zero return
+/// address) rather than where the copy or the unwind information ran out.
+#[derive(Debug, Default)]
+pub struct Walk {
+    pub steps: Vec<Step>,
+    pub complete: bool,
+}
+
 /// Walks the stack copy from `ip`, `sp`, `bp`.
-pub fn cfi(space: &Space, st: &Stack, ip: u64, sp: u64, bp: u64) -> Vec<Step> {
+pub fn cfi(space: &Space, st: &Stack, ip: u64, sp: u64, bp: u64) -> Walk {
     let mut unwinder: UnwinderX86_64<Section> = UnwinderX86_64::new();
     for p in &space.placed {
         let Ok(f) = &p.file else { continue };
@@ -84,27 +92,40 @@ pub fn cfi(space: &Space, st: &Stack, ip: u64, sp: u64, bp: u64) -> Vec<Step> {
     let mut cache = CacheX86_64::<_>::new();
     let mut read = |addr: u64| st.word(addr).ok_or(());
     let mut it = unwinder.iter_frames(ip, UnwindRegsX86_64::new(ip, sp, bp), &mut cache, &mut read);
-    let mut out = Vec::new();
-    while let Ok(Some(f)) = it.next() {
+    let mut walk = Walk::default();
+    loop {
+        let f = match it.next() {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                walk.complete = true;
+                break;
+            }
+            Err(_) => break,
+        };
         let (ip, is_return) = match f {
             FrameAddress::InstructionPointer(a) => (a, false),
             FrameAddress::ReturnAddress(a) => (a.get(), true),
         };
-        out.push(Step {
+        walk.steps.push(Step {
             ip,
             is_return,
             via: Via::Cfi,
         });
-        if out.len() >= DEPTH {
+        if walk.steps.len() >= DEPTH {
             break;
         }
     }
-    out
+    walk
 }
 
-/// The CFI walk, finished by the kernel's frame-pointer walk from where they meet; the
-/// frame-pointer walk alone when CFI found nothing past the first frame.
-pub fn merge(cfi: Vec<Step>, fp: &[u64]) -> Vec<Step> {
+/// The CFI walk, finished by the kernel's frame-pointer walk where the CFI walk stopped short;
+/// the frame-pointer walk alone when CFI found nothing past the first frame.
+///
+/// A CFI walk that reached the stack's end is kept whole: in code without frame pointers the
+/// kernel's walk follows whatever RBP holds and is longer only because it is junk. Elsewhere
+/// the two are spliced at the last return address both walks found (never the shared first
+/// address alone, which says nothing about the frames above it).
+pub fn merge(cfi: Walk, fp: &[u64]) -> Vec<Step> {
     let fp_steps = || {
         fp.iter().enumerate().map(|(i, &ip)| Step {
             ip,
@@ -112,20 +133,78 @@ pub fn merge(cfi: Vec<Step>, fp: &[u64]) -> Vec<Step> {
             via: Via::Fp,
         })
     };
-    if cfi.len() <= 1 {
+    if cfi.steps.len() <= 1 {
         return fp_steps().take(DEPTH).collect();
     }
-    let mut out = cfi;
-    // Splice at the last CFI frame the frame-pointer walk also has.
-    let meet = out
-        .iter()
-        .enumerate()
-        .rev()
-        .find_map(|(i, s)| fp.iter().position(|&ip| ip == s.ip).map(|k| (i, k)));
-    if let Some((i, k)) = meet.filter(|&(i, k)| fp.len() - k > out.len() - i) {
-        out.truncate(i + 1);
-        out.extend(fp_steps().skip(k + 1));
+    let mut out = cfi.steps;
+    if !cfi.complete {
+        let meet = out.iter().enumerate().skip(1).rev().find_map(|(i, s)| {
+            fp.iter()
+                .skip(1)
+                .position(|&ip| ip == s.ip)
+                .map(|k| (i, k + 1))
+        });
+        if let Some((i, k)) = meet.filter(|&(i, k)| fp.len() - k > out.len() - i) {
+            out.truncate(i + 1);
+            out.extend(fp_steps().skip(k + 1));
+        }
     }
     out.truncate(DEPTH);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn walk(ips: &[u64], complete: bool) -> Walk {
+        Walk {
+            steps: ips
+                .iter()
+                .enumerate()
+                .map(|(i, &ip)| Step {
+                    ip,
+                    is_return: i > 0,
+                    via: Via::Cfi,
+                })
+                .collect(),
+            complete,
+        }
+    }
+
+    fn ips(s: &[Step]) -> Vec<(u64, &'static str)> {
+        s.iter().map(|s| (s.ip, s.via.as_str())).collect()
+    }
+
+    #[test]
+    fn a_complete_cfi_walk_is_not_replaced_by_a_longer_junk_fp_walk() {
+        // The C++ abort case: RBP held a data pointer, so the kernel's walk repeats one
+        // address 127 times; it shares only the first address with CFI.
+        let junk: Vec<u64> = std::iter::once(1).chain([0x99; 126]).collect();
+        let got = merge(walk(&[1, 2, 3, 4], true), &junk);
+        assert_eq!(ips(&got), [(1, "cfi"), (2, "cfi"), (3, "cfi"), (4, "cfi")]);
+    }
+
+    #[test]
+    fn an_unfinished_cfi_walk_is_not_spliced_at_the_first_address_alone() {
+        let junk: Vec<u64> = std::iter::once(1).chain([0x99; 126]).collect();
+        let got = merge(walk(&[1, 2, 3], false), &junk);
+        assert_eq!(ips(&got), [(1, "cfi"), (2, "cfi"), (3, "cfi")]);
+    }
+
+    #[test]
+    fn an_unfinished_cfi_walk_is_finished_by_fp_where_they_agree() {
+        // CFI ran out of copied stack at 3; the kernel walked further from there.
+        let got = merge(walk(&[1, 2, 3], false), &[1, 3, 5, 6]);
+        assert_eq!(
+            ips(&got),
+            [(1, "cfi"), (2, "cfi"), (3, "cfi"), (5, "fp"), (6, "fp")]
+        );
+    }
+
+    #[test]
+    fn no_cfi_past_the_first_frame_means_the_fp_walk() {
+        let got = merge(walk(&[1], false), &[1, 7, 8]);
+        assert_eq!(ips(&got), [(1, "fp"), (7, "fp"), (8, "fp")]);
+    }
 }
