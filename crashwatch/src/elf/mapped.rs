@@ -17,8 +17,14 @@ use std::{
     },
 };
 
-/// Files mapped at the same time at most (the prober and the symbolizer map one at a time).
-const SLOTS: usize = 32;
+/// Files mapped at the same time at most. The symbolizer keeps the files it has cached
+/// mapped (at most [`SYMBOLIZER_SHARE`]); the prober maps one at a time. Registering and a
+/// SIGBUS scan these slots: a thousand atomics is nothing beside an mmap.
+const SLOTS: usize = 1024;
+
+/// Mapped files the symbolizer's cache may hold, leaving the rest of the slots to the prober:
+/// a full cache must never cost a Go binary its probes.
+pub const SYMBOLIZER_SHARE: usize = SLOTS / 4;
 
 struct Slot {
     start: AtomicUsize,

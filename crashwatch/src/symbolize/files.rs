@@ -162,7 +162,8 @@ impl ModuleFile {
     }
 }
 
-/// Module files by identity, least recently used dropped first past the byte budget.
+/// Module files by identity, least recently used dropped first past the byte budget or past
+/// [`FILES_MAX`] files (each holds a mapping and a descriptor).
 pub struct FileCache {
     budget: usize,
     used: usize,
@@ -173,6 +174,8 @@ pub struct FileCache {
 }
 
 const BAD_MAX: usize = 4096;
+
+pub const FILES_MAX: usize = crate::elf::mapped::SYMBOLIZER_SHARE;
 
 impl FileCache {
     pub fn new(budget: usize) -> FileCache {
@@ -223,7 +226,7 @@ impl FileCache {
     fn insert(&mut self, m: ModuleFile) -> Rc<ModuleFile> {
         let m = Rc::new(m);
         self.used += m.bytes;
-        while self.used > self.budget && !self.files.is_empty() {
+        while (self.used > self.budget || self.files.len() >= FILES_MAX) && !self.files.is_empty() {
             let oldest = self
                 .files
                 .iter()
@@ -237,5 +240,31 @@ impl FileCache {
         self.tick += 1;
         self.files.insert(m.id, (m.clone(), self.tick));
         m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cache fed more distinct files than its share of mapping slots keeps to its share,
+    /// and the slots left still map files (the Go prober's).
+    #[test]
+    fn a_full_cache_leaves_mapping_slots_to_others() {
+        let dir = std::env::temp_dir().join(format!("cw-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let elf = std::fs::read("/bin/true").unwrap();
+        let mut cache = FileCache::new(usize::MAX);
+        for i in 0..FILES_MAX + 50 {
+            let p = dir.join(format!("m{i}"));
+            std::fs::write(&p, &elf).unwrap();
+            cache.load(File::open(&p).unwrap()).unwrap();
+        }
+        assert_eq!(cache.files.len(), FILES_MAX);
+        let others: Vec<Mapped> = (0..FILES_MAX)
+            .map(|_| Mapped::new(&File::open("/bin/true").unwrap()).unwrap())
+            .collect();
+        assert_eq!(others.len(), FILES_MAX);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
