@@ -1,5 +1,7 @@
 //! Names for signal numbers and `si_code` values (x86_64 Linux, from the uapi headers).
 
+pub const SIGABRT: i32 = 6;
+
 pub fn name(sig: i32) -> String {
     const NAMES: [&str; 32] = [
         "",

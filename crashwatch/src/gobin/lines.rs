@@ -1,5 +1,6 @@
-//! Go frames named from the binary's own function table: function, file and line for any
-//! program counter, in stripped binaries too (`-ldflags=-s -w` keeps the pclntab).
+//! Go frames named and unwound from the binary's own function table: function, file and line
+//! for any program counter, and the frame's size there, in stripped binaries too
+//! (`-ldflags=-s -w` keeps the pclntab).
 //!
 //! The table is found and validated once by the same reader that places the uprobes
 //! ([`super::Tables::locate`]) and kept as offsets into the mapped file ([`Saved`]); each
@@ -8,7 +9,7 @@ use std::collections::HashMap;
 
 use super::{
     image::Image,
-    pclntab::{Place, Saved},
+    pclntab::{FrameRule, Place, Saved},
     Tables,
 };
 
@@ -36,5 +37,10 @@ impl Table {
     /// Function, file and line at `pc` (a link-time address), over the same file's bytes.
     pub fn place<'a>(&self, bytes: &'a [u8], pc: u64) -> Option<Place<'a>> {
         self.saved.open(bytes)?.place(pc)
+    }
+
+    /// How to step out of the Go frame at `pc` (a link-time address), if it is Go code.
+    pub fn frame_rule(&self, bytes: &[u8], pc: u64) -> Option<FrameRule> {
+        self.saved.open(bytes)?.frame_rule(pc)
     }
 }

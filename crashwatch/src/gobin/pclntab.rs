@@ -2,8 +2,9 @@
 //!
 //! Written here because no maintained crate reads it (blazesym and gimli read ELF/DWARF only,
 //! and `-ldflags=-s -w` removes both the symbol table and DWARF, but never the pclntab). Only
-//! the function table (entry PCs and names, for uprobes and for naming frames) and each
-//! function's file and line tables (`pcfile`, `pcln`, decoded as the runtime's `pcvalue` does)
+//! the function table (entry PCs and names, for uprobes and for naming frames), each
+//! function's file and line tables (`pcfile`, `pcln`) and its stack-pointer table (`pcsp`, to
+//! unwind Go frames the way the runtime does), all decoded as the runtime's `pcvalue` does,
 //! are read. Layouts:
 //! Go 1.16-1.17 (magic 0xfffffffa, absolute entries), Go 1.18-1.19 (0xfffffff0) and 1.20+
 //! (0xfffffff1), whose entries are offsets from `textStart` — which Go 1.26 writes as 0, leaving
@@ -88,6 +89,14 @@ pub struct Place<'a> {
     pub entry: u64,
     pub file: Option<&'a str>,
     pub line: Option<u32>,
+}
+
+/// How to step out of a Go frame (see [`Pclntab::frame_rule`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameRule {
+    pub sp_delta: u32,
+    pub top: bool,
+    pub sp_write: bool,
 }
 
 /// Where the table's parts are, as byte offsets into the data that starts at its header.
@@ -361,6 +370,29 @@ impl<'a> Pclntab<'a> {
             entry,
             file,
             line,
+        })
+    }
+
+    /// How the runtime itself steps out of the frame of the function containing `pc`: the
+    /// `pcsp` table's stack-pointer delta there (return address at `sp + delta`), and the
+    /// function's flags (`TOPFRAME`: nothing called it; `SPWRITE`: it moves SP by hand, so
+    /// no delta describes its caller's frame).
+    pub fn frame_rule(&self, pc: u64) -> Option<FrameRule> {
+        let (_, entry, off) = self.index_at(pc)?;
+        let rec = self.pcln.checked_add(off)?;
+        let (pcsp_at, flag_at) = match self.layout {
+            // 1.16 has padding where 1.17 put the flag: no flags, as the runtime had none.
+            Layout::Go116 => (rec + 20, rec + 41),
+            Layout::Go118 => (rec + 16, rec + 37),
+            Layout::Go120 => (rec + 16, rec + 41),
+        };
+        let pcsp = u32_at(self.data, pcsp_at).ok()?;
+        let flag = *self.data.get(flag_at)?;
+        let sp_delta = u32::try_from(self.pcvalue(pcsp, entry, pc)?).ok()?;
+        Some(FrameRule {
+            sp_delta,
+            top: flag & 1 != 0,
+            sp_write: flag & 2 != 0,
         })
     }
 

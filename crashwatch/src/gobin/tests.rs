@@ -69,12 +69,19 @@ fn every_version_and_flavour_yields_probes_and_build_info() {
             assert_eq!(b.main_module.as_deref(), Some("example.com/gocrash"));
             assert_eq!(b.path.as_deref(), Some("example.com/gocrash"), "{v} {f:?}");
             assert_eq!(b.goos.as_deref(), Some("linux"), "{v} {f:?}");
-            assert_eq!(b.cgo_enabled, Some(f == Flavour::Cgo), "{v} {f:?}");
-            assert_eq!(g.from_pclntab, f == Flavour::Stripped, "{v} {f:?}");
+            assert_eq!(b.cgo_enabled, Some(f.cgo()), "{v} {f:?}");
+            assert_eq!(g.from_pclntab, f.stripped(), "{v} {f:?}");
             if f == Flavour::Stripped {
                 // Same code, no symbols: pclntab must find the very same entry points.
                 assert_eq!(g.probes, reference.probes, "{v}: pclntab vs symtab");
                 assert_eq!(b.ldflags.as_deref(), Some("-s -w"));
+            }
+            if f == Flavour::External {
+                // Linked elsewhere, so other offsets: the same functions must be found.
+                let names = |g: &GoBinary| -> Vec<String> {
+                    g.probes.iter().map(|p| p.func.to_string()).collect()
+                };
+                assert_eq!(names(&g), names(&reference), "{v}: external-link PIE");
             }
         }
     }
@@ -120,16 +127,87 @@ fn type_names_from_descriptors() {
 #[test]
 fn pclntab_names_functions_like_the_symbol_table() {
     for v in VERSIONS {
-        let path = build(v, Flavour::Static);
-        let syms = symbols(&path);
-        let bytes = std::fs::read(&path).unwrap();
-        let obj = object::File::parse(&*bytes).unwrap();
-        let data = obj.section_by_name(".gopclntab").unwrap().data().unwrap();
-        let text = syms.get("runtime.text").copied();
-        let tab = pclntab::Pclntab::parse(data, None, text, &|_| true).unwrap();
-        let main = syms["main.main"];
-        assert_eq!(tab.func_at(main + 3), Some(("main.main", main)), "{v}");
-        assert!(tab.len() > 1000, "{v}: {} functions", tab.len());
+        with_static_table(v, |_, syms, tab| {
+            let main = syms["main.main"];
+            assert_eq!(tab.func_at(main + 3), Some(("main.main", main)), "{v}");
+            assert!(tab.len() > 1000, "{v}: {} functions", tab.len());
+        });
+    }
+}
+
+/// Calls `f` with Go `v`'s static test binary, its symbols and its `.gopclntab` parsed.
+fn with_static_table(
+    v: &str,
+    f: impl FnOnce(&std::path::Path, &HashMap<String, u64>, &pclntab::Pclntab<'_>),
+) {
+    let path = build(v, Flavour::Static);
+    let syms = symbols(&path);
+    let bytes = std::fs::read(&path).unwrap();
+    let obj = object::File::parse(&*bytes).unwrap();
+    let data = obj.section_by_name(".gopclntab").unwrap().data().unwrap();
+    let text = syms.get("runtime.text").copied();
+    let tab = pclntab::Pclntab::parse(data, None, text, &|_| true).unwrap();
+    f(&path, &syms, &tab);
+}
+
+/// The `pcsp` deltas the Go unwinder uses, against the `.debug_frame` the Go linker writes
+/// for the same code (read by readelf, not by us): CFA = SP + delta + 8 at every row. And
+/// the flags that end a walk, on the functions the runtime marks.
+#[test]
+fn pcsp_deltas_match_the_linkers_debug_frame() {
+    for v in VERSIONS {
+        with_static_table(v, |path, syms, tab| {
+            pcsp_against_debug_frame(v, path, syms, tab)
+        });
+    }
+}
+
+fn pcsp_against_debug_frame(
+    v: &str,
+    path: &std::path::Path,
+    syms: &HashMap<String, u64>,
+    tab: &pclntab::Pclntab<'_>,
+) {
+    {
+        let out = std::process::Command::new("readelf")
+            .arg("--debug-dump=frames-interp")
+            .arg(path)
+            .output()
+            .expect("readelf (binutils)");
+        let mut rows = 0;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            // "0000000000401021 rsp+16   c-8"
+            let mut w = line.split_whitespace();
+            let (Some(loc), Some(cfa)) = (w.next(), w.next()) else {
+                continue;
+            };
+            let (Ok(pc), Some(off)) = (
+                u64::from_str_radix(loc, 16),
+                cfa.strip_prefix("rsp+").and_then(|o| o.parse::<u64>().ok()),
+            ) else {
+                continue;
+            };
+            if pc == 0 {
+                continue; // the CIE's initial row
+            }
+            let Some(rule) = tab.frame_rule(pc) else {
+                continue; // not Go code: the C and assembly glue outside the table
+            };
+            assert_eq!(rule.sp_delta as u64 + 8, off, "go{v} at {pc:#x}");
+            rows += 1;
+        }
+        assert!(rows > 5000, "go{v}: only {rows} rows compared");
+        let rule = |f: &str| {
+            let at = syms.get(f).or_else(|| syms.get(&format!("{f}.abi0")));
+            tab.frame_rule(*at.unwrap_or_else(|| panic!("go{v}: no {f}")))
+                .unwrap_or_else(|| panic!("go{v}: no rule for {f}"))
+        };
+        assert!(rule("runtime.goexit").top, "go{v}");
+        assert!(
+            !rule("main.main").top && !rule("main.main").sp_write,
+            "go{v}"
+        );
+        assert!(rule("runtime.systemstack").sp_write, "go{v}");
     }
 }
 

@@ -82,15 +82,21 @@ impl Symbolizer {
     }
 
     /// The crash's stack: the faulting thread's at the signal, else the Go runtime's at its
-    /// fatal path.
+    /// fatal path. A SIGABRT after the Go runtime's fatal path (`GOTRACEBACK=crash`) is the
+    /// runtime killing itself from its signal handler: the stack where it panicked or threw
+    /// says what happened, the one in the handler does not.
     pub fn frames(&mut self, crash: &Crash) -> Vec<Frame> {
+        let signal = crash
+            .signal
+            .as_ref()
+            .filter(|s| !(crash.go.is_some() && s.sig == crate::signals::SIGABRT));
         let exe_path = crash
             .proc
             .as_ref()
             .and_then(|p| p.exe.clone())
             .unwrap_or_default();
         let exe_id = crash.proc.as_ref().and_then(|p| p.file);
-        let (fp, maps, captured, start_code, regs, go_caller) = match (&crash.signal, &crash.go) {
+        let (fp, maps, captured, start_code, regs, go_caller) = match (signal, &crash.go) {
             (Some(s), _) => (
                 &s.stack,
                 s.maps.as_deref(),
@@ -133,6 +139,15 @@ impl Symbolizer {
             _ => unwind::Walk::default(),
         };
         let mut steps = unwind::merge(cfi, fp);
+        // The kernel's frame-pointer walk follows whatever RBP holds (past the root of Go's
+        // scheduler stack, say): from a return address a module says is not code, it is junk.
+        if let Some(cut) = steps
+            .iter()
+            .skip(1)
+            .position(|s| s.via == Via::Fp && space.is_not_code(s.lookup()))
+        {
+            steps.truncate(cut + 1);
+        }
         if let Some(caller) = go_caller {
             // At a function's first instruction the frame-pointer walk skips its caller.
             if steps.get(1).is_none_or(|s| s.ip != caller) {
@@ -164,6 +179,61 @@ impl Symbolizer {
             }
         }
         frames
+    }
+}
+
+/// Where `crashwatch symbolize` looks addresses up.
+pub enum Target {
+    /// An ELF file opened by the caller, and its path for display: addresses are its own
+    /// (link-time) addresses.
+    File(std::fs::File, String),
+    /// A running process: addresses are where its mappings put them.
+    Pid(u32),
+}
+
+impl Symbolizer {
+    /// Names each address as a report names a frame there: one list per address, more
+    /// than one frame where calls were inlined. Return addresses are looked up at the call
+    /// before them, as a report does for every frame but the first.
+    pub fn lookup(
+        &mut self,
+        target: Target,
+        addrs: &[u64],
+        are_returns: bool,
+    ) -> anyhow::Result<Vec<Vec<Frame>>> {
+        let space = match target {
+            Target::File(file, path) => {
+                let m = self
+                    .files
+                    .load(file)
+                    .map_err(|why| anyhow::anyhow!("{path}: {why}"))?;
+                Space {
+                    placed: vec![space::Placed {
+                        range: m.span.clone(),
+                        bias: 0,
+                        path,
+                        file: Ok(m),
+                    }],
+                }
+            }
+            Target::Pid(pid) => {
+                let maps = maps::Maps::capture(pid).ok_or_else(|| {
+                    anyhow::anyhow!("process {pid}: gone, or its maps are unreadable")
+                })?;
+                Space::of_maps(&maps, &mut self.files)
+            }
+        };
+        Ok(addrs
+            .iter()
+            .map(|&ip| {
+                let step = Step {
+                    ip,
+                    is_return: are_returns,
+                    via: Via::Fp,
+                };
+                names::name(&space, &step)
+            })
+            .collect())
     }
 }
 

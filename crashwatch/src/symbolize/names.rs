@@ -13,7 +13,14 @@ pub fn name(space: &Space, step: &Step) -> Vec<Frame> {
     };
     let addr = step.lookup();
     let Some(p) = space.find(addr) else {
-        f.reason = Some("no module is mapped at this address".into());
+        let mut why = String::from("no module is mapped at this address");
+        // Modules the process had whose files could not be had have no extent: say which.
+        for q in space.placed.iter().filter(|q| q.range.is_empty()) {
+            if let Err(e) = &q.file {
+                why += &format!("; {} not placed: {e}", q.path);
+            }
+        }
+        f.reason = Some(why);
         return vec![f];
     };
     f.module = Some(p.path.clone()).filter(|p| !p.is_empty());

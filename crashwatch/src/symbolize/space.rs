@@ -49,6 +49,15 @@ impl Space {
             .find(|p| p.range.start <= addr && addr < p.range.end)
     }
 
+    /// `addr` lies in a module the agent read, outside that module's code: no return
+    /// address can be there.
+    pub fn is_not_code(&self, addr: u64) -> bool {
+        self.find(addr).is_some_and(|p| match &p.file {
+            Ok(f) => !f.layout.is_code(addr.wrapping_sub(p.bias)),
+            Err(_) => false,
+        })
+    }
+
     /// Adds `other`'s modules where they overlap none of these.
     pub fn add(&mut self, other: Space) {
         for p in other.placed {

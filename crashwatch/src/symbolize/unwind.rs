@@ -1,7 +1,10 @@
-//! Unwinding from the registers and the stack copy taken at the fatal signal, with framehop:
-//! each module's `.eh_frame` (through `.eh_frame_hdr`) or `.debug_frame`, falling back to
-//! frame pointers where a module has no unwind information (Go code), so a walk passes
-//! through C code built without frame pointers and through cgo calls alike.
+//! Unwinding from the registers and the stack copy taken at the fatal signal. Go code is
+//! stepped the way Go's own runtime steps it, by the function's `pcsp` table in the pclntab
+//! (exact at any instruction, the first included, with or without a frame pointer, and in
+//! stripped binaries that carry no other unwind information); everything else with
+//! framehop, from each module's `.eh_frame` (through `.eh_frame_hdr`) or `.debug_frame`,
+//! falling back to frame pointers where a module has none. One walk thus passes through C
+//! code built without frame pointers and through cgo calls alike.
 //!
 //! The kernel's own frame-pointer walk (up to 127 frames, not limited by the copy's size)
 //! finishes a walk the copy could not: [`merge`] splices it on where the two agree.
@@ -91,18 +94,11 @@ pub fn cfi(space: &Space, st: &Stack, ip: u64, sp: u64, bp: u64) -> Walk {
     }
     let mut cache = CacheX86_64::<_>::new();
     let mut read = |addr: u64| st.word(addr).ok_or(());
-    let mut it = unwinder.iter_frames(ip, UnwindRegsX86_64::new(ip, sp, bp), &mut cache, &mut read);
+    let mut regs = UnwindRegsX86_64::new(ip, sp, bp);
+    let mut at = FrameAddress::from_instruction_pointer(ip);
     let mut walk = Walk::default();
     loop {
-        let f = match it.next() {
-            Ok(Some(f)) => f,
-            Ok(None) => {
-                walk.complete = true;
-                break;
-            }
-            Err(_) => break,
-        };
-        let (ip, is_return) = match f {
+        let (ip, is_return) = match at {
             FrameAddress::InstructionPointer(a) => (a, false),
             FrameAddress::ReturnAddress(a) => (a.get(), true),
         };
@@ -114,8 +110,63 @@ pub fn cfi(space: &Space, st: &Stack, ip: u64, sp: u64, bp: u64) -> Walk {
         if walk.steps.len() >= DEPTH {
             break;
         }
+        let stepped = match go_step(space, at, &mut regs, &mut read) {
+            Some(r) => r,
+            None => unwinder
+                .unwind_frame(at, &mut regs, &mut cache, &mut read)
+                .map_err(|_| ()),
+        };
+        match stepped {
+            Ok(Some(ra)) => match FrameAddress::from_return_address(ra) {
+                Some(next) => at = next,
+                None => break,
+            },
+            Ok(None) => {
+                walk.complete = true;
+                break;
+            }
+            Err(()) => break,
+        }
     }
     walk
+}
+
+/// One step out of a Go frame by its `pcsp` delta, as the runtime's traceback takes it:
+/// `None` when `at` is not Go code with a table, `Ok(None)` where Go's own traceback ends.
+fn go_step(
+    space: &Space,
+    at: FrameAddress,
+    regs: &mut UnwindRegsX86_64,
+    read: &mut impl FnMut(u64) -> Result<u64, ()>,
+) -> Option<Result<Option<u64>, ()>> {
+    let pc = at.address_for_lookup();
+    let p = space.find(pc)?;
+    let m = p.file.as_ref().ok()?;
+    let rule =
+        m.go.as_ref()?
+            .frame_rule(m.bytes(), pc.wrapping_sub(p.bias))?;
+    if rule.top {
+        return Some(Ok(None));
+    }
+    // A function that sets SP by hand (systemstack, asmcgocall, morestack) has no delta
+    // for its caller once it has switched stacks; the runtime stops there too.
+    if rule.sp_write && matches!(at, FrameAddress::ReturnAddress(_)) {
+        return Some(Err(()));
+    }
+    let sp = regs.sp();
+    let at_ra = sp.checked_add(rule.sp_delta as u64)?;
+    let step = (|| {
+        let ra = read(at_ra)?;
+        // The prologue pushes the caller's frame pointer first, just below the return
+        // address: restore it for code above that walks by frame pointers.
+        if rule.sp_delta >= 8 {
+            regs.set_bp(read(at_ra - 8)?);
+        }
+        regs.set_sp(at_ra + 8);
+        regs.set_ip(ra);
+        Ok(if ra == 0 { None } else { Some(ra) })
+    })();
+    Some(step)
 }
 
 /// The CFI walk, finished by the kernel's frame-pointer walk where the CFI walk stopped short;
