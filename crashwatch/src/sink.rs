@@ -4,7 +4,7 @@
 //! panic messages, function names.
 use std::io::{self, Write};
 
-use crate::{escape::escape as esc, report::Report};
+use crate::{escape::escape as esc, report::Report, symbolize::Frame};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -167,19 +167,41 @@ pub fn pretty(r: &Report, color: bool) -> String {
     if !r.stack.is_empty() {
         s += &format!("  {dim}stack{reset}\n");
         for (i, f) in r.stack.iter().enumerate() {
-            let func = match (&f.function, f.function_offset) {
-                (Some(n), Some(o)) => format!("{bold}{}{reset}+{o:#x}", esc(n)),
-                (Some(n), None) => format!("{bold}{}{reset}", esc(n)),
-                _ => "?".into(),
-            };
-            let module = f
-                .module
-                .as_deref()
-                .map(|m| format!("  {dim}{}{reset}", esc(m)))
-                .unwrap_or_default();
-            s += &format!("    #{i:<2} {:#014x} {func}{module}\n", f.ip);
+            s += &format!("    #{i:<2} {}\n", frame(f, r.exe.as_deref(), color));
         }
     }
     s.push('\n');
+    s
+}
+
+/// One frame as people read it: address, `function (file:line)`, the module's file name when
+/// the frame is outside the executable `exe`, `[inlined]` for a call inlined into the frame
+/// below it, and why a frame has no name.
+pub fn frame(f: &Frame, exe: Option<&str>, color: bool) -> String {
+    let (bold, dim, reset) = if color {
+        ("\x1b[1m", "\x1b[2m", "\x1b[0m")
+    } else {
+        ("", "", "")
+    };
+    let mut s = format!("{:#014x} ", f.ip);
+    match &f.function {
+        Some(n) => s += &format!("{bold}{}{reset}", esc(n)),
+        None => s += "?",
+    }
+    match (&f.file, f.line) {
+        (Some(file), Some(line)) => s += &format!(" ({}:{line})", esc(file)),
+        (Some(file), None) => s += &format!(" ({})", esc(file)),
+        _ => {}
+    }
+    if f.inlined {
+        s += &format!(" {dim}[inlined]{reset}");
+    }
+    if let Some(m) = f.module.as_deref().filter(|m| Some(*m) != exe) {
+        let base = m.rsplit('/').next().unwrap_or(m);
+        s += &format!("  {dim}{}{reset}", esc(base));
+    }
+    if let (None, Some(why)) = (&f.function, &f.reason) {
+        s += &format!("  {dim}({}){reset}", esc(why));
+    }
     s
 }

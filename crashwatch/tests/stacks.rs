@@ -197,3 +197,57 @@ fn processes_gone_before_their_record_is_read_are_named_in_full() {
         }
     }
 }
+
+/// `crashwatch symbolize --exe` names every instruction of the program's functions as
+/// addr2line does from the same DWARF: function, file and line.
+#[test]
+fn symbolize_command_agrees_with_addr2line() {
+    let bin = deep();
+    let nm = Command::new("nm")
+        .arg(&bin)
+        .output()
+        .expect("nm (binutils)");
+    let funcs: Vec<(u64, String)> = String::from_utf8_lossy(&nm.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let (a, t, n) = (w.next()?, w.next()?, w.next()?);
+            let keep = t == "T" && (n == "main" || (n.len() == 2 && n.starts_with('d')));
+            keep.then(|| (u64::from_str_radix(a, 16).ok(), n.to_string()))
+                .and_then(|(a, n)| Some((a?, n)))
+        })
+        .collect();
+    assert_eq!(funcs.len(), 5, "{funcs:?}");
+    let addrs: Vec<String> = funcs
+        .iter()
+        .flat_map(|(a, _)| (0..4).map(move |i| format!("{:#x}", a + i)))
+        .collect();
+    let ours = Command::new(common::agent_bin())
+        .args(["symbolize", "--exe"])
+        .arg(&bin)
+        .args(&addrs)
+        .output()
+        .unwrap();
+    assert!(ours.status.success(), "{ours:?}");
+    let theirs = Command::new("addr2line")
+        .args(["-f", "-e"])
+        .arg(&bin)
+        .args(&addrs)
+        .output()
+        .unwrap();
+    let theirs = String::from_utf8_lossy(&theirs.stdout);
+    let theirs: Vec<String> = theirs
+        .lines()
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .map(|c| {
+            let line = c[1].split(" (discriminator").next().unwrap();
+            format!("{} ({line})", c[0])
+        })
+        .collect();
+    let ours: Vec<String> = String::from_utf8_lossy(&ours.stdout)
+        .lines()
+        .map(|l| l.split_once(' ').unwrap().1.to_string())
+        .collect();
+    assert_eq!(ours, theirs);
+}

@@ -1,6 +1,8 @@
 //! The command line: what each command takes, and handing it to the stages. Thin on purpose:
-//! `run` starts the agent ([`crate::agent`]), `check` probes the host ([`check`]).
+//! `run` starts the agent ([`crate::agent`]), `check` probes the host ([`check`]),
+//! `symbolize` names addresses as reports do ([`symbolize`]).
 mod check;
+mod symbolize;
 
 use std::{process::ExitCode, time::Duration};
 
@@ -66,6 +68,29 @@ enum Cmd {
     },
     /// Tell whether crashwatch can run on this host, and what to do if not.
     Check,
+    /// Name addresses the way reports name frames: function, file and line (Go frames from
+    /// the pclntab, others from ELF symbols and DWARF), one line per frame, inlined calls
+    /// first.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["exe", "pid"])))]
+    Symbolize {
+        /// An ELF file; ADDRs are its own link-time addresses (as `addr2line -e` takes
+        /// them; for a PIE, the report's `offset` in its first segment).
+        #[arg(long, value_name = "PATH")]
+        exe: Option<String>,
+        /// A running process; ADDRs are addresses in it (a report's `ip`).
+        #[arg(long, value_name = "PID")]
+        pid: Option<u32>,
+        /// One JSON object per frame, with the fields of a report's stack frames.
+        #[arg(long)]
+        json: bool,
+        /// The addresses are return addresses (a report's frames below the first): look up
+        /// the call just before each, as reports do.
+        #[arg(long)]
+        return_addresses: bool,
+        /// Addresses: hexadecimal with 0x, or decimal.
+        #[arg(value_name = "ADDR", required = true)]
+        addrs: Vec<String>,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -93,6 +118,19 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Cmd::Symbolize {
+            exe,
+            pid,
+            json,
+            return_addresses,
+            addrs,
+        } => symbolize::run(symbolize::Args {
+            exe,
+            pid,
+            json,
+            returns: return_addresses,
+            addrs,
+        }),
         Cmd::Run {
             output,
             exits,

@@ -1,0 +1,95 @@
+//! `crashwatch symbolize`: names addresses exactly as the agent names a report's frames, for
+//! a binary on disk or a running process, so a frame from an old report, a log or another
+//! tool can be explained (and the agent's symbolizer checked against gdb or addr2line).
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    elf::id::open_regular,
+    sink,
+    symbolize::{Symbolizer, Target},
+};
+
+pub struct Args {
+    pub exe: Option<String>,
+    pub pid: Option<u32>,
+    pub json: bool,
+    pub returns: bool,
+    pub addrs: Vec<String>,
+}
+
+pub fn run(a: Args) -> ExitCode {
+    match names(a) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("crashwatch symbolize: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn names(a: Args) -> Result<()> {
+    let addrs = a
+        .addrs
+        .iter()
+        .map(|s| parse_addr(s))
+        .collect::<Result<Vec<u64>>>()?;
+    let target = match (a.exe, a.pid) {
+        (Some(path), None) => {
+            let file = open_regular(&path)
+                .with_context(|| format!("{path}: not a regular file that can be read"))?;
+            Target::File(file, path)
+        }
+        (None, Some(pid)) => Target::Pid(pid),
+        _ => bail!("give either --exe PATH or --pid PID"),
+    };
+    // One module's worth of symbol data: the agent's default budget is ample.
+    let mut sym = Symbolizer::new(256 << 20);
+    let exe = match &target {
+        Target::File(_, p) => Some(p.clone()),
+        Target::Pid(pid) => std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|p| p.display().to_string()),
+    };
+    let found = sym.lookup(target, &addrs, a.returns)?;
+    let mut out = String::new();
+    for frames in found {
+        for f in frames {
+            if a.json {
+                let mut v = serde_json::to_value(&f)?;
+                // How a frame was found means nothing for an address given by hand.
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("found_by");
+                }
+                out += &format!("{v}\n");
+            } else {
+                out += &format!("{}\n", sink::frame(&f, exe.as_deref(), false));
+            }
+        }
+    }
+    print!("{out}");
+    Ok(())
+}
+
+/// `0x`-prefixed hexadecimal (as reports print addresses), else decimal.
+fn parse_addr(s: &str) -> Result<u64> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => s.parse(),
+    };
+    r.with_context(|| format!("{s:?} is not an address (hex with 0x, or decimal)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_addr;
+
+    #[test]
+    fn addresses_in_hex_or_decimal() {
+        assert_eq!(parse_addr("0x401000").unwrap(), 0x401000);
+        assert_eq!(parse_addr("4198400").unwrap(), 0x401000);
+        assert!(parse_addr("0xzz").is_err());
+        assert!(parse_addr("main").is_err());
+    }
+}
