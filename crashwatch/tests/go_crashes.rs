@@ -220,6 +220,7 @@ fn case(a: &Agent, v: &str, f: Flavour, mode: &str) -> Result<(), String> {
         "goroutines[0] is {:?}",
         first["id"]
     );
+    stack_agrees_with_the_runtime(&rep, first, mode, f)?;
     match mode {
         "goroutine" => check!(
             s(first, &["created_by", "function"]) == Some("main.main"),
@@ -244,6 +245,80 @@ fn case(a: &Agent, v: &str, f: Flavour, mode: &str) -> Result<(), String> {
             "stderr lacks the overflow line"
         ),
         _ => {}
+    }
+    Ok(())
+}
+
+/// The report's stack against the runtime's own traceback of the dying goroutine (printed
+/// to stderr, parsed into `goroutines[0]`): every frame named, Go frames with file and line,
+/// and each of the program's frames the runtime printed found in the same order with the
+/// same line. A crash in C shows the C frames and the cgo call; the goroutine's own frames
+/// are on another stack that is not copied.
+fn stack_agrees_with_the_runtime(
+    rep: &Value,
+    g: &Value,
+    mode: &str,
+    f: Flavour,
+) -> Result<(), String> {
+    let stack = rep["stack"].as_array().ok_or("no stack")?;
+    let fs: Vec<(&str, u64)> = stack
+        .iter()
+        .map(|x| {
+            (
+                x["function"].as_str().unwrap_or("?"),
+                x["line"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    if mode == "cgo" {
+        check!(
+            fs.iter().any(|(n, _)| *n == "runtime.asmcgocall"),
+            "cgo stack lacks runtime.asmcgocall: {fs:?}"
+        );
+        // Without symbols nothing names the C function (gdb prints `??` too).
+        if !f.stripped() {
+            check!(fs[0].0.contains("crash_in_c"), "cgo stack top: {fs:?}");
+        }
+        return Ok(());
+    }
+    for x in stack {
+        check!(x["function"].is_string(), "unnamed frame {x}");
+        let go_frame = x["function"].as_str().is_some_and(|n| n.contains('.'));
+        check!(
+            !go_frame || (x["file"].is_string() && x["line"].is_u64()),
+            "Go frame without file and line: {x}"
+        );
+    }
+    // A deadlock is found by the scheduler, on no goroutine's stack: nothing of main's runs.
+    if mode == "deadlock" {
+        return Ok(());
+    }
+    // The runtime throws a stack overflow on the scheduler's stack, after `morestack`
+    // switched to it (Go 1.19 throws before switching): the recursion is on the goroutine's
+    // stack, which is not copied.
+    if mode == "overflow" && fs.iter().any(|(n, _)| *n == "runtime.morestack") {
+        return Ok(());
+    }
+    let theirs: Vec<(&str, u64)> = g["frames"]
+        .as_array()
+        .ok_or("no goroutine frames")?
+        .iter()
+        .filter_map(|x| Some((x["function"].as_str()?, x["line"].as_u64()?)))
+        .filter(|(n, _)| n.starts_with("main."))
+        .collect();
+    check!(!theirs.is_empty(), "the runtime printed no frame of main");
+    // An overflowing recursion is deeper than any walk: its top frames must agree.
+    let theirs = if mode == "overflow" {
+        &theirs[..theirs.len().min(20)]
+    } else {
+        &theirs[..]
+    };
+    let mut rest = fs.iter();
+    for want in theirs {
+        check!(
+            rest.any(|got| got == want),
+            "runtime's frame {want:?} not in order in the stack {fs:?}"
+        );
     }
     Ok(())
 }
@@ -297,6 +372,14 @@ fn go_cgo_including_a_segfault_in_c() {
     let mut cases = CORE_CASES.to_vec();
     cases.push("cgo");
     matrix(Flavour::Cgo, &cases);
+}
+
+/// Built as distributions build Go: cgo, the system linker, PIE, stripped.
+#[test]
+fn go_distro_shaped_external_link_pie_stripped() {
+    let mut cases = CORE_CASES.to_vec();
+    cases.push("cgo");
+    matrix(Flavour::External, &cases);
 }
 
 #[test]

@@ -20,14 +20,28 @@ pub enum Flavour {
     Pie,
     Stripped,
     Cgo,
+    /// The distro shape: cgo, linked by the system linker as PIE, stripped. Its pclntab has
+    /// no section of its own (it sits inside `.data.rel.ro`).
+    External,
 }
 
-pub const FLAVOURS: [Flavour; 4] = [
+pub const FLAVOURS: [Flavour; 5] = [
     Flavour::Static,
     Flavour::Pie,
     Flavour::Stripped,
     Flavour::Cgo,
+    Flavour::External,
 ];
+
+impl Flavour {
+    pub fn cgo(self) -> bool {
+        matches!(self, Flavour::Cgo | Flavour::External)
+    }
+
+    pub fn stripped(self) -> bool {
+        matches!(self, Flavour::Stripped | Flavour::External)
+    }
+}
 
 pub fn go_tool(version: &str) -> PathBuf {
     let p = if version == "1.19" {
@@ -126,16 +140,16 @@ pub fn build(version: &str, flavour: Flavour) -> PathBuf {
     cmd.env("GOFLAGS", "-buildvcs=true")
         .env("GOTOOLCHAIN", "local")
         .env("GOWORK", "off");
-    cmd.env(
-        "CGO_ENABLED",
-        if flavour == Flavour::Cgo { "1" } else { "0" },
-    );
+    cmd.env("CGO_ENABLED", if flavour.cgo() { "1" } else { "0" });
     match flavour {
         Flavour::Pie => {
             cmd.arg("-buildmode=pie");
         }
         Flavour::Stripped => {
             cmd.arg("-ldflags=-s -w");
+        }
+        Flavour::External => {
+            cmd.args(["-buildmode=pie", "-ldflags=-s -w -linkmode=external"]);
         }
         _ => {}
     }
