@@ -184,7 +184,7 @@ fn processes_gone_before_their_record_is_read_are_named_in_full() {
                 .iter()
                 .any(|f| !f["function"].is_string())
             {
-                panic!("run {i}: {r:#}");
+                panic!("run {i}: {r:#}\nagent log:\n{}", a.log());
             }
             let f = functions(&r);
             assert!(f[0].contains(top), "pid {pid}: {f:?}");

@@ -164,15 +164,17 @@ impl Symbolizer {
         }
         let mut frames: Vec<Frame> = steps.iter().flat_map(|s| names::name(&space, s)).collect();
         // Say why the kernel's list of loaded objects could not place a frame.
-        let why = captured.and_then(|st| {
-            if st.modules_unreadable {
+        let why = match captured {
+            None if maps.is_none() => Some("no stack record came with the crash"),
+            None => None,
+            Some(st) if st.modules_unreadable => {
                 Some("the process's loaded-object list was unreadable")
-            } else if st.modules_truncated {
-                Some("the process's loaded-object list was cut short")
-            } else {
-                None
             }
-        });
+            Some(st) if st.modules_truncated => {
+                Some("the process's loaded-object list was cut short")
+            }
+            Some(_) => None,
+        };
         for f in frames.iter_mut().filter(|f| f.module.is_none()) {
             if let (Some(r), Some(why)) = (&mut f.reason, why) {
                 r.push_str(&format!("; {why}"));

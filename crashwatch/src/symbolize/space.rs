@@ -132,8 +132,14 @@ impl Space {
             .first()
             .map(|m| m.bias)
             .or_else(|| exe_file.as_ref().ok()?.layout.bias(exe.start_code));
-        if let Some(bias) = exe_bias {
-            placed.push(placed_at(exe.path.to_string(), bias, exe_file));
+        match exe_bias {
+            Some(bias) => placed.push(placed_at(exe.path.to_string(), bias, exe_file)),
+            // Kept unplaced, so a frame it would have held can say why.
+            None => placed.push(placed_at(
+                exe.path.to_string(),
+                0,
+                exe_file.and(Err("its load address is unknown (no loaded-object list)")),
+            )),
         }
         for m in st.modules.iter().skip(1) {
             if !m.path.starts_with('/') {
