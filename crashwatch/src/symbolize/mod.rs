@@ -18,6 +18,8 @@
 //! (the exec's device, inode, change time and size; a build id) — see [`space`].
 mod files;
 mod maps;
+#[cfg(test)]
+mod mutations;
 mod names;
 mod space;
 mod unwind;
