@@ -18,8 +18,16 @@ use common::{
 use serde_json::Value;
 
 /// Cases every flavour runs; `static` runs all of [`ALL_CASES`].
-const CORE_CASES: [&str; 5] = ["string", "error", "nilptr", "mapwrite", "goroutine"];
-const ALL_CASES: [&str; 11] = [
+const CORE_CASES: [&str; 6] = [
+    "string",
+    "error",
+    "nilptr",
+    "mapwrite",
+    "goroutine",
+    "inlined",
+];
+const ALL_CASES: [&str; 12] = [
+    "inlined",
     "string",
     "error",
     "custom",
@@ -150,6 +158,7 @@ fn case(a: &Agent, v: &str, f: Flavour, mode: &str) -> Result<(), String> {
             Some("runtime.boundsError"),
         ),
         "goroutine" => ("go_panic", "boom: in a goroutine", Some("string")),
+        "inlined" => ("go_panic", "boom: inlined", Some("string")),
         "mapwrite" => ("go_fatal", "concurrent map writes", None),
         "overflow" => ("go_fatal", "stack overflow", None),
         "deadlock" => ("go_fatal", "all goroutines are asleep - deadlock!", None),
@@ -313,6 +322,14 @@ fn stack_agrees_with_the_runtime(
     } else {
         &theirs[..]
     };
+    if mode == "inlined" {
+        check!(
+            stack
+                .iter()
+                .any(|x| x["function"] == "main.mustPositive" && x["inlined"] == true),
+            "no inlined main.mustPositive frame in {fs:?}"
+        );
+    }
     let mut rest = fs.iter();
     for want in theirs {
         check!(

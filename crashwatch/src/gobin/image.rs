@@ -133,6 +133,27 @@ impl<'a> Image<'a> {
         found
     }
 
+    /// The address of symbol `name`, when the file has a symbol table.
+    pub fn symbol(&self, name: &str) -> Option<u64> {
+        self.obj
+            .symbols()
+            .find(|s| s.name() == Ok(name))
+            .map(|s| s.address())
+    }
+
+    /// `vaddr` lies in a loaded section that is not code.
+    pub fn is_data(&self, vaddr: u64) -> bool {
+        use object::SectionKind as K;
+        self.obj.sections().any(|s| {
+            s.address() <= vaddr
+                && vaddr < s.address().saturating_add(s.size())
+                && matches!(
+                    s.kind(),
+                    K::ReadOnlyData | K::ReadOnlyDataWithRel | K::ReadOnlyString | K::Data
+                )
+        })
+    }
+
     /// Text symbols whose name starts with `runtime.`: (name, address).
     pub fn runtime_symbols(&self) -> Vec<(&'a str, u64)> {
         self.obj

@@ -16,6 +16,8 @@ use super::{
 #[derive(Clone, Debug)]
 pub struct Table {
     saved: Saved,
+    /// File offset of `go:func.*`, which the inline tree's funcdata offsets start from.
+    gofunc: Option<usize>,
 }
 
 impl Table {
@@ -23,9 +25,14 @@ impl Table {
     pub fn locate(obj: &object::File<'_>, bytes: &[u8]) -> Option<Table> {
         let img = Image::new(obj, bytes);
         let syms: HashMap<&str, u64> = img.runtime_symbols().into_iter().collect();
-        let tab = Tables::locate(obj, &img, &syms, &mut Vec::new()).pclntab?;
+        let tables = Tables::locate(obj, &img, &syms, &mut Vec::new());
+        let gofunc = tables
+            .gofunc
+            .and_then(|v| img.file_offset(v))
+            .and_then(|o| usize::try_from(o).ok());
         Some(Table {
-            saved: tab.save(bytes)?,
+            saved: tables.pclntab?.save(bytes)?,
+            gofunc,
         })
     }
 
@@ -34,9 +41,14 @@ impl Table {
         std::mem::size_of::<Table>()
     }
 
-    /// Function, file and line at `pc` (a link-time address), over the same file's bytes.
-    pub fn place<'a>(&self, bytes: &'a [u8], pc: u64) -> Option<Place<'a>> {
-        self.saved.open(bytes)?.place(pc)
+    /// The frames at `pc` (a link-time address), innermost first: each call inlined there,
+    /// then the function holding them (see [`super::inline`]).
+    pub fn places<'a>(&self, bytes: &'a [u8], pc: u64) -> Vec<Place<'a>> {
+        let Some(tab) = self.saved.open(bytes) else {
+            return Vec::new();
+        };
+        let gofunc = self.gofunc.and_then(|o| bytes.get(o..));
+        super::inline::places(&tab, pc, gofunc)
     }
 
     /// How to step out of the Go frame at `pc` (a link-time address), if it is Go code.

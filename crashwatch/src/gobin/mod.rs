@@ -13,6 +13,7 @@
 //! through moduledata as the runtime does. What was wrong is kept in [`GoBinary::problems`].
 pub mod buildinfo;
 mod image;
+mod inline;
 pub mod lines;
 pub mod pclntab;
 #[cfg(test)]
@@ -145,6 +146,8 @@ pub fn parse(bytes: &[u8], file: Option<File>) -> Result<Option<GoBinary>> {
 struct Tables<'a> {
     pclntab: Option<Pclntab<'a>>,
     types_base: Option<u64>,
+    /// `go:func.*`: where funcdata offsets (the inline tree) start (Go 1.18+).
+    gofunc: Option<u64>,
 }
 
 impl<'a> Tables<'a> {
@@ -182,6 +185,7 @@ impl<'a> Tables<'a> {
             return Tables {
                 pclntab: None,
                 types_base: None,
+                gofunc: None,
             };
         };
         let Some(data) = img.rest_of_section(at) else {
@@ -189,6 +193,7 @@ impl<'a> Tables<'a> {
             return Tables {
                 pclntab: None,
                 types_base: None,
+                gofunc: None,
             };
         };
         let text_base = syms
@@ -228,9 +233,29 @@ impl<'a> Tables<'a> {
             }
             _ => None,
         };
+        // moduledata.gofunc: +304 on Go 1.18-1.19; +320 from 1.20, +344 from 1.27 (which
+        // added typedesclen and the itab fields); a candidate must point into data that is
+        // not code and not before moduledata.rodata, the field just before it.
+        let gofunc = img
+            .symbol("go:func.*")
+            .or_else(|| img.symbol("go.func.*"))
+            .or_else(|| {
+                let (t, m) = (pclntab.as_ref()?, md_addr?);
+                let offs: &[u64] = match t.layout {
+                    pclntab::Layout::Go118 => &[304],
+                    pclntab::Layout::Go120 => &[344, 320],
+                    pclntab::Layout::Go116 => &[],
+                };
+                offs.iter().find_map(|&o| {
+                    let v = img.u64(m + o)?;
+                    let rodata = img.u64(m + o - 8)?;
+                    (rodata <= v && img.is_data(v)).then_some(v)
+                })
+            });
         Tables {
             pclntab,
             types_base,
+            gofunc,
         }
     }
 }

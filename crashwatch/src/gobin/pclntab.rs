@@ -91,6 +91,14 @@ pub struct Place<'a> {
     pub line: Option<u32>,
 }
 
+/// A function's `_func` record: its entry and where its variable-length parts start.
+pub struct FuncRec {
+    pub entry: u64,
+    npcdata: u32,
+    nfuncdata: u8,
+    vars: usize,
+}
+
 /// How to step out of a Go frame (see [`Pclntab::frame_rule`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameRule {
@@ -305,8 +313,13 @@ impl<'a> Pclntab<'a> {
         let name_off = match self.layout {
             Layout::Go116 => u32_at(self.data, rec + 8)?,
             _ => u32_at(self.data, rec + 4)?,
-        } as usize;
-        let start = self.funcname + name_off;
+        };
+        self.name_at(name_off)
+    }
+
+    /// The function name at `name_off` in the name table.
+    pub(super) fn name_at(&self, name_off: u32) -> Result<&'a str> {
+        let start = self.funcname + name_off as usize;
         let rest = self
             .data
             .get(start..)
@@ -318,6 +331,43 @@ impl<'a> Pclntab<'a> {
             .position(|&b| b == 0)
             .context("function name without its terminator")?;
         Ok(std::str::from_utf8(&rest[..end])?)
+    }
+
+    /// The `_func` record of the function containing `pc`: where its variable-length
+    /// `pcdata` and `funcdata` offsets are (Go 1.18+ only: 1.16-1.17 hold funcdata as
+    /// pointers).
+    pub(super) fn func_of(&self, pc: u64) -> Option<FuncRec> {
+        let (_, entry, off) = self.index_at(pc)?;
+        let rec = self.pcln.checked_add(off)?;
+        let fixed = match self.layout {
+            Layout::Go116 => return None,
+            Layout::Go118 => 40,
+            Layout::Go120 => 44,
+        };
+        Some(FuncRec {
+            entry,
+            npcdata: u32_at(self.data, rec + 28).ok()?,
+            nfuncdata: *self.data.get(rec + fixed - 1)?,
+            vars: rec + fixed,
+        })
+    }
+
+    /// Table `table` of the function's `pcdata` at `pc`.
+    pub(super) fn pcdata(&self, f: &FuncRec, table: u32, pc: u64) -> Option<i32> {
+        if table >= f.npcdata {
+            return None;
+        }
+        let off = u32_at(self.data, f.vars + 4 * table as usize).ok()?;
+        self.pcvalue(off, f.entry, pc)
+    }
+
+    /// The function's `funcdata` slot `slot`: an offset from `go:func.*`.
+    pub(super) fn funcdata(&self, f: &FuncRec, slot: u8) -> Option<u32> {
+        if slot >= f.nfuncdata {
+            return None;
+        }
+        let at = f.vars + 4 * (f.npcdata as usize).checked_add(slot as usize)?;
+        u32_at(self.data, at).ok().filter(|&o| o != u32::MAX)
     }
 
     /// Every function: (entry PC, name).

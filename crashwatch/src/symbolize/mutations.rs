@@ -46,7 +46,8 @@ fn memfd(bytes: &[u8]) -> File {
 fn targets(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
     use object::{Object, ObjectSection};
     let obj = object::File::parse(bytes).unwrap();
-    let mut t = vec![0..bytes.len().min(4096)];
+    let mut t = Vec::new();
+    t.push(0..bytes.len().min(4096));
     let shoff = u64::from_le_bytes(bytes[0x28..0x30].try_into().unwrap()) as usize;
     t.push(shoff..bytes.len());
     for name in [
@@ -126,7 +127,7 @@ fn exercise(rng: &mut Rng, bytes: &[u8], blazesym: bool, seen: &mut Seen) {
             .wrapping_add(rng.next() % width);
         if let Some(g) = &m.go {
             seen.go_lookups += 1;
-            seen.go_named += g.place(m.bytes(), ip.wrapping_sub(base)).is_some() as usize;
+            seen.go_named += !g.places(m.bytes(), ip.wrapping_sub(base)).is_empty() as usize;
             let _ = g.frame_rule(m.bytes(), ip.wrapping_sub(base));
         }
         if blazesym && i < 2 {

@@ -39,12 +39,26 @@ pub fn name(space: &Space, step: &Step) -> Vec<Frame> {
     };
     // The offset of the frame's own address (a return address's, not the call's).
     f.offset = Some(off + (step.ip - addr));
-    if let Some(place) = m.go.as_ref().and_then(|g| g.place(m.bytes(), svma)) {
-        f.function = Some(place.function.to_string());
-        f.function_offset = Some(svma - place.entry);
-        f.file = place.file.map(str::to_string);
-        f.line = place.line;
-        return vec![f];
+    if let Some(g) = &m.go {
+        let places = g.places(m.bytes(), svma);
+        if let Some((holder, inlined)) = places.split_last() {
+            let mut out: Vec<Frame> = inlined
+                .iter()
+                .map(|p| Frame {
+                    function: Some(p.function.to_string()),
+                    file: p.file.map(str::to_string),
+                    line: p.line,
+                    inlined: true,
+                    ..f.clone()
+                })
+                .collect();
+            f.function = Some(holder.function.to_string());
+            f.function_offset = Some(svma - holder.entry);
+            f.file = holder.file.map(str::to_string);
+            f.line = holder.line;
+            out.push(f);
+            return out;
+        }
     }
     let (sym, path) = m.native();
     let src = source::Source::Elf(source::Elf::new(path));

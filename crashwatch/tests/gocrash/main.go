@@ -38,6 +38,15 @@ func say(k string, v any) { fmt.Printf("%s=%v\n", k, v) }
 //go:noinline
 func recurse(n int) int { return recurse(n+1) + 1 }
 
+// mustPositive is small enough for the compiler to inline into its caller: its panic's frame
+// exists only in the inline tree.
+func mustPositive(n int) int {
+	if n < 0 {
+		panic("boom: inlined")
+	}
+	return n
+}
+
 func main() {
 	if len(os.Args) < 2 {
 		fmt.Fprintln(os.Stderr, "usage: gocrash MODE")
@@ -48,6 +57,8 @@ func main() {
 	switch os.Args[1] {
 	case "noop":
 		return
+	case "inlined":
+		say("n", mustPositive(-len(os.Args)))
 	case "string":
 		panic("boom: a string")
 	case "error":
