@@ -164,6 +164,7 @@ pub async fn run(opts: Options) -> Result<()> {
         go.released,
         go.over_limit,
     );
+    eprintln!("crashwatch: symbolization per report: {}", p.sym.summary());
     let took = p.go.shutdown();
     if go.probed_now > 0 {
         eprintln!(

@@ -87,7 +87,10 @@ enum Cmd {
         /// the call just before each, as reports do.
         #[arg(long)]
         return_addresses: bool,
-        /// Addresses: hexadecimal with 0x, or decimal.
+        /// Say on stderr how many addresses were named and how long it took.
+        #[arg(long)]
+        stats: bool,
+        /// Addresses: hexadecimal with 0x, or decimal; `-` reads more from stdin.
         #[arg(value_name = "ADDR", required = true)]
         addrs: Vec<String>,
     },
@@ -123,12 +126,14 @@ pub fn main() -> ExitCode {
             pid,
             json,
             return_addresses,
+            stats,
             addrs,
         } => symbolize::run(symbolize::Args {
             exe,
             pid,
             json,
             returns: return_addresses,
+            stats,
             addrs,
         }),
         Cmd::Run {

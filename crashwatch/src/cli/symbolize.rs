@@ -16,6 +16,7 @@ pub struct Args {
     pub pid: Option<u32>,
     pub json: bool,
     pub returns: bool,
+    pub stats: bool,
     pub addrs: Vec<String>,
 }
 
@@ -30,8 +31,15 @@ pub fn run(a: Args) -> ExitCode {
 }
 
 fn names(a: Args) -> Result<()> {
-    let addrs = a
-        .addrs
+    let mut words = a.addrs.clone();
+    if words.iter().any(|w| w == "-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("reading addresses from stdin")?;
+        words.retain(|w| w != "-");
+        words.extend(text.split_whitespace().map(str::to_string));
+    }
+    let addrs = words
         .iter()
         .map(|s| parse_addr(s))
         .collect::<Result<Vec<u64>>>()?;
@@ -52,7 +60,22 @@ fn names(a: Args) -> Result<()> {
             .ok()
             .map(|p| p.display().to_string()),
     };
+    let start = std::time::Instant::now();
     let found = sym.lookup(target, &addrs, a.returns)?;
+    if a.stats {
+        let took = start.elapsed();
+        let frames: usize = found.iter().map(Vec::len).sum();
+        let named = found
+            .iter()
+            .filter(|f| f.last().is_some_and(|f| f.function.is_some()))
+            .count();
+        eprintln!(
+            "crashwatch symbolize: {} addresses ({named} named, {frames} frames with inlined calls) in {:.3} ms including reading the file: {:.0} ns per address",
+            addrs.len(),
+            took.as_secs_f64() * 1e3,
+            took.as_nanos() as f64 / addrs.len().max(1) as f64
+        );
+    }
     let mut out = String::new();
     for frames in found {
         for f in frames {

@@ -171,6 +171,8 @@ pub struct FileCache {
     files: HashMap<FileId, (Rc<ModuleFile>, u64)>,
     /// Files that failed to parse, by identity, with why (bounded like `files`).
     bad: HashMap<FileId, &'static str>,
+    /// Files parsed so far (a cold lookup is one that parsed one).
+    parsed: u64,
 }
 
 const BAD_MAX: usize = 4096;
@@ -185,11 +187,20 @@ impl FileCache {
             tick: 0,
             files: HashMap::new(),
             bad: HashMap::new(),
+            parsed: 0,
         }
     }
 
     pub fn used_bytes(&self) -> usize {
         self.used
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn parsed(&self) -> u64 {
+        self.parsed
     }
 
     pub fn get(&mut self, id: &FileId) -> Option<Rc<ModuleFile>> {
@@ -211,6 +222,7 @@ impl FileCache {
         if let Some(why) = self.bad.get(&id) {
             return Err(why);
         }
+        self.parsed += 1;
         match ModuleFile::open(file) {
             Ok(m) => Ok(self.insert(m)),
             Err(why) => {

@@ -22,6 +22,7 @@ mod maps;
 mod mutations;
 mod names;
 mod space;
+mod stats;
 mod unwind;
 
 pub use maps::Maps;
@@ -68,26 +69,42 @@ pub struct Frame {
 /// Symbolizer state shared by all crashes: the module file cache.
 pub struct Symbolizer {
     files: FileCache,
+    stats: stats::Stats,
 }
 
 impl Symbolizer {
     pub fn new(cache_bytes: usize) -> Symbolizer {
         Symbolizer {
             files: FileCache::new(cache_bytes),
+            stats: stats::Stats::default(),
         }
     }
 
-    /// Heap bytes the cached module data is estimated to take.
-    #[allow(dead_code)]
-    pub fn cache_bytes(&self) -> usize {
-        self.files.used_bytes()
+    /// Per-report symbolization time (cold and warm) and the cache's estimated size.
+    pub fn summary(&self) -> String {
+        format!(
+            "{}; symbol cache {} KiB in {} files",
+            self.stats.summary(),
+            self.files.used_bytes() / 1024,
+            self.files.len()
+        )
+    }
+
+    /// The crash's stack (see [`Self::stack`]), timed for [`Self::summary`].
+    pub fn frames(&mut self, crash: &Crash) -> Vec<Frame> {
+        let start = std::time::Instant::now();
+        let parsed = self.files.parsed();
+        let frames = self.stack(crash);
+        self.stats
+            .add(start.elapsed(), self.files.parsed() != parsed);
+        frames
     }
 
     /// The crash's stack: the faulting thread's at the signal, else the Go runtime's at its
     /// fatal path. A SIGABRT after the Go runtime's fatal path (`GOTRACEBACK=crash`) is the
     /// runtime killing itself from its signal handler: the stack where it panicked or threw
     /// says what happened, the one in the handler does not.
-    pub fn frames(&mut self, crash: &Crash) -> Vec<Frame> {
+    fn stack(&mut self, crash: &Crash) -> Vec<Frame> {
         let signal = crash
             .signal
             .as_ref()
