@@ -3,11 +3,12 @@
 //! written to docs/benchmarks.md. Results, not assertions: nothing here fails on a timing.
 //!
 //! [`tools`] builds what runs, [`observer`] starts and stops the observers and takes
-//! readings, [`storm`] measures the crash storm and the idle agent, [`report`] writes the
-//! page; the rounds are here.
+//! readings, [`storm`] measures the crash storm and the idle agent, [`symbols`] the
+//! symbolizer beside Go's own, [`report`] writes the page; the rounds are here.
 mod observer;
 mod report;
 mod storm;
+mod symbols;
 mod tools;
 
 use std::{path::Path, process::Command};
@@ -101,7 +102,15 @@ pub fn run(rounds: usize, storm: usize, idle_secs: u64) -> Result<()> {
     }
 
     let crashes = storm::run(&t, storm, idle_secs)?;
+    let mut sides = symbols::run(&t, rounds)?;
+    let symbolization = symbols::markdown(&mut sides, &crashes.symbolization, crashes.frames_named);
     report::write(
-        &p.root, rounds, &workloads, &mut times, &lost_runs, &crashes,
+        &p.root,
+        rounds,
+        &workloads,
+        &mut times,
+        &lost_runs,
+        &crashes,
+        &symbolization,
     )
 }

@@ -19,6 +19,7 @@ pub fn write(
     times: &mut [Vec<Vec<f64>>],
     lost_runs: &[String],
     s: &Storm,
+    symbolization: &str,
 ) -> Result<()> {
     let mut md = String::new();
     let mut latencies = s.latencies_us.clone();
@@ -177,6 +178,8 @@ pub fn write(
         smax / 1024,
         smean / 1024
     )?;
+    md.push('\n');
+    md.push_str(symbolization);
     let out = root.join("docs/benchmarks.md");
     fs::write(&out, &md)?;
     println!("{md}");

@@ -39,6 +39,10 @@ pub struct Storm {
     pub lost_before: u64,
     /// The agent's stop line.
     pub losses: String,
+    /// The agent's line on symbolization time per report, at its stop.
+    pub symbolization: String,
+    /// Frames named, and frames, across the reports.
+    pub frames_named: (u64, u64),
     pub latencies_us: Vec<u64>,
 }
 
@@ -176,6 +180,20 @@ pub fn run(t: &Tools, storm: usize, idle_secs: u64) -> Result<Storm> {
         .find(|l| l.contains("stopped (kernel losses"))
         .cloned()
         .unwrap_or_default();
+    let symbolization = stop_log
+        .iter()
+        .find(|l| l.contains("symbolization per report"))
+        .cloned()
+        .unwrap_or_default();
+    let frames: Vec<&serde_json::Value> = got
+        .iter()
+        .filter_map(|(v, _)| v["stack"].as_array())
+        .flatten()
+        .collect();
+    let frames_named = (
+        frames.iter().filter(|f| f["function"].is_string()).count() as u64,
+        frames.len() as u64,
+    );
     let storm_rss = storm_rss.lock().unwrap().clone();
     Ok(Storm {
         idle_secs,
@@ -189,6 +207,8 @@ pub fn run(t: &Tools, storm: usize, idle_secs: u64) -> Result<Storm> {
         kinds,
         lost_before,
         losses,
+        symbolization,
+        frames_named,
         latencies_us: latencies,
     })
 }

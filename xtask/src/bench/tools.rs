@@ -18,6 +18,8 @@ pub struct Tools {
     pub crasher: PathBuf,
     pub gocrash: PathBuf,
     pub gowrite: Vec<(String, PathBuf)>,
+    /// Go's debug/gosym over a binary (xtask/bench/gosym).
+    pub gosym: PathBuf,
 }
 
 pub fn build(p: &Paths) -> Result<Tools> {
@@ -74,6 +76,7 @@ pub fn build(p: &Paths) -> Result<Tools> {
             &p.root.join("crashwatch/tests/gocrash"),
             "gocrash",
         )?,
+        gosym: gobuild(&go("1.27"), &src.join("gosym"), "gosym")?,
         gowrite: vec![
             (
                 "1.21".into(),
