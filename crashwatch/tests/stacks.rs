@@ -42,6 +42,11 @@ fn deep() -> PathBuf {
 
 /// gdb's `bt` of `bin args` run to its crash: the function of each frame, innermost first.
 fn gdb_functions(bin: &Path, args: &[&str]) -> Vec<String> {
+    gdb_frames(bin, args).into_iter().map(|f| f.0).collect()
+}
+
+/// gdb's `bt`: each frame's function and, where gdb has one, `file-name:line`.
+fn gdb_frames(bin: &Path, args: &[&str]) -> Vec<(String, Option<String>)> {
     let out = Command::new("gdb")
         .args(["-nx", "-batch", "-ex", "set backtrace past-main on"])
         .args([
@@ -58,10 +63,11 @@ fn gdb_functions(bin: &Path, args: &[&str]) -> Vec<String> {
         .output()
         .expect("running gdb (scripts/setup.sh installs it)");
     let text = String::from_utf8_lossy(&out.stdout);
-    let frames: Vec<String> = text
+    let frames: Vec<(String, Option<String>)> = text
         .lines()
         .filter(|l| l.starts_with('#'))
         .filter_map(|l| {
+            let at = l.rsplit_once(") at ").map(|(_, w)| base_line(w));
             // "#1  0x... in name (args) at file:line" or "#0  name (args) at file:line"
             // The frame number's width varies ("#9  0x…", "#10 0x…").
             let rest = l.split_once(' ')?.1.trim_start();
@@ -69,11 +75,29 @@ fn gdb_functions(bin: &Path, args: &[&str]) -> Vec<String> {
                 Some((addr, r)) if addr.starts_with("0x") => r,
                 _ => rest,
             };
-            Some(rest.split(" (").next()?.trim().to_string())
+            Some((rest.split(" (").next()?.trim().to_string(), at))
         })
         .collect();
     assert!(!frames.is_empty(), "gdb printed no backtrace:\n{text}");
     frames
+}
+
+/// `dir/file.rs:12` → `file.rs:12`.
+fn base_line(at: &str) -> String {
+    at.trim().rsplit('/').next().unwrap_or(at).to_string()
+}
+
+/// The report's frames as gdb prints positions: `file-name:line`, where it has one.
+fn positions(r: &Value) -> Vec<Option<String>> {
+    r["stack"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let file = f["file"].as_str()?;
+            Some(base_line(&format!("{file}:{}", f["line"].as_u64()?)))
+        })
+        .collect()
 }
 
 fn quiet(bin: &Path, args: &[&str]) -> Command {
@@ -161,6 +185,36 @@ fn cpp_terminate_is_demangled_down_to_main() {
     assert_eq!(got, want, "stack: {:#}", r["stack"]);
     assert!(got.iter().any(|f| f == "app::Config::load"), "{got:?}");
     assert!(got.iter().any(|f| f == "std::terminate"), "{got:?}");
+}
+
+/// Rust built with `panic = "abort"`: the panic ends in abort(). Rust names are spelled
+/// differently by gdb (DWARF's) and by symbol tables, so each frame is judged by its position:
+/// the same file and line as gdb's, frame for frame, every frame named.
+#[test]
+fn rust_panic_abort_matches_gdb_frame_for_frame() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stacks/abort.rs");
+    let bin = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("stacks-rust-abort-{}", std::process::id()));
+    let st = Command::new("rustc")
+        .args(["-O", "-g", "-C", "panic=abort", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .expect("running rustc");
+    assert!(st.success());
+    // Less gdb's tail-call frame (see the C++ test).
+    let want: Vec<(String, Option<String>)> = gdb_frames(&bin, &[])
+        .into_iter()
+        .filter(|f| f.0 != "__pthread_kill_internal")
+        .collect();
+    let r = run(&bin, &[]);
+    assert_all_named(&r);
+    let got = positions(&r);
+    let want_at: Vec<Option<String>> = want.iter().map(|f| f.1.clone()).collect();
+    assert_eq!(got, want_at, "gdb: {want:#?}\nstack: {:#}", r["stack"]);
+    let names = functions(&r);
+    assert!(names.iter().any(|n| n == "abort::parse_port"), "{names:?}");
+    assert!(names.iter().any(|n| n == "abort::main"), "{names:?}");
 }
 
 /// 100 runs each of a program that faults at the first instruction of `main` and one that
