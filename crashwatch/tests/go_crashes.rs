@@ -478,7 +478,8 @@ fn gotraceback_crash_aborts_with_a_core() {
 #[test]
 fn go_panic_inside_a_podman_container() {
     let a = agent();
-    let bin = gobuild::build("1.27", Flavour::Static);
+    // Stripped: its frames are named from the pclntab of the file inside the container.
+    let bin = gobuild::build("1.27", Flavour::Stripped);
     let dir =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ctr-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -544,6 +545,19 @@ fn go_panic_inside_a_podman_container() {
         rep["cgroup"].as_str().unwrap().contains(&id[..12]),
         "cgroup {} vs container {id}",
         rep["cgroup"]
+    );
+    let stack = rep["stack"].as_array().unwrap();
+    for f in stack {
+        assert!(f["function"].is_string(), "unnamed frame {f}");
+        assert_eq!(f["module"], "/gocrash-in-a-container", "{f}");
+    }
+    assert!(
+        stack.iter().any(|f| f["function"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("main."))
+            && f["file"].as_str().is_some_and(|p| p.ends_with("main.go"))
+            && f["line"].is_u64()),
+        "no frame of main with its line: {stack:#?}"
     );
 }
 
