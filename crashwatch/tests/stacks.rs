@@ -187,6 +187,32 @@ fn cpp_terminate_is_demangled_down_to_main() {
     assert!(got.iter().any(|f| f == "std::terminate"), "{got:?}");
 }
 
+/// CPython dying inside libc: a C call (through ctypes and libffi) passing NULL to strlen.
+/// Frame for frame as gdb names them, `??` where neither has a symbol (libffi's and
+/// `_ctypes`' local functions: Debian strips them).
+#[test]
+fn cpython_dying_in_libc_matches_gdb() {
+    let python = Path::new("/usr/bin/python3");
+    let args = ["-c", "import ctypes; ctypes.CDLL(None).strlen(None)"];
+    let key = |f: &str| {
+        if f == "??" {
+            "?".to_string()
+        } else {
+            f.to_string()
+        }
+    };
+    let want: Vec<String> = gdb_functions(python, &args)
+        .iter()
+        .map(|f| key(f))
+        .collect();
+    let r = run(python, &args);
+    assert_eq!(functions(&r), want, "stack: {:#}", r["stack"]);
+    assert!(
+        want.iter().any(|f| f == "_PyEval_EvalFrameDefault"),
+        "{want:?}"
+    );
+}
+
 /// Rust built with `panic = "abort"`: the panic ends in abort(). Rust names are spelled
 /// differently by gdb (DWARF's) and by symbol tables, so each frame is judged by its position:
 /// the same file and line as gdb's, frame for frame, every frame named.
