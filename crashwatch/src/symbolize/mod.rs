@@ -167,6 +167,20 @@ impl Symbolizer {
         {
             steps.truncate(cut + 1);
         }
+        // Go's traceback ends at a function nothing called (TOPFRAME); past one that set SP by
+        // hand (SPWRITE: mcall, morestack) a frame-pointer chain is whatever the other stack
+        // held, unless it lands in code again (systemstack leaves a frame to cross by).
+        let placed = |a: u64| space.find(a).is_some() && !space.is_not_code(a);
+        if let Some(end) = (1..steps.len()).find(|&i| {
+            let s = &steps[i];
+            let rule = space.go_rule(s.lookup());
+            s.via == Via::Fp
+                && rule.is_some_and(|r| {
+                    r.top || (r.sp_write && steps.get(i + 1).is_some_and(|n| !placed(n.lookup())))
+                })
+        }) {
+            steps.truncate(end + 1);
+        }
         if let Some(caller) = go_caller {
             // At a function's first instruction the frame-pointer walk skips its caller.
             if steps.get(1).is_none_or(|s| s.ip != caller) {

@@ -58,6 +58,14 @@ impl Space {
         })
     }
 
+    /// How Go's runtime steps out of the frame at `pc`, when `pc` is Go code with a table.
+    pub fn go_rule(&self, pc: u64) -> Option<crate::gobin::pclntab::FrameRule> {
+        let p = self.find(pc)?;
+        let m = p.file.as_ref().ok()?;
+        m.go.as_ref()?
+            .frame_rule(m.bytes(), pc.wrapping_sub(p.bias))
+    }
+
     /// Adds `other`'s modules where they overlap none of these.
     pub fn add(&mut self, other: Space) {
         for p in other.placed {

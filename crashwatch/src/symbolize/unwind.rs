@@ -139,12 +139,7 @@ fn go_step(
     regs: &mut UnwindRegsX86_64,
     read: &mut impl FnMut(u64) -> Result<u64, ()>,
 ) -> Option<Result<Option<u64>, ()>> {
-    let pc = at.address_for_lookup();
-    let p = space.find(pc)?;
-    let m = p.file.as_ref().ok()?;
-    let rule =
-        m.go.as_ref()?
-            .frame_rule(m.bytes(), pc.wrapping_sub(p.bias))?;
+    let rule = space.go_rule(at.address_for_lookup())?;
     if rule.top {
         return Some(Ok(None));
     }
