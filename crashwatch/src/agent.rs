@@ -220,7 +220,7 @@ impl Pipeline {
         let Some(crash) = self.asm.push_with(rec, &|id| go.is_go(id)) else {
             return;
         };
-        let stack = self.sym.frames(&crash);
+        let stack = self.sym.frames(&crash, &|id| go.held_file(id));
         let now = self.losses.losses();
         let lost = now.total().saturating_sub(self.reported.total());
         self.reported = now;

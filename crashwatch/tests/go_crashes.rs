@@ -475,9 +475,13 @@ fn gotraceback_crash_aborts_with_a_core() {
     }
 }
 
+/// The process is gone before the agent reads its records (the agent is stopped while the
+/// container dies): its stack is still named from the file inside the container, which the
+/// agent holds through the process it probed.
 #[test]
 fn go_panic_inside_a_podman_container() {
-    let a = agent();
+    // An agent of its own: stopping it must not delay other tests' reports.
+    let a = common::Agent::start(&[]);
     // Stripped: its frames are named from the pclntab of the file inside the container.
     let bin = gobuild::build("1.27", Flavour::Stripped);
     let dir =
@@ -526,8 +530,17 @@ fn go_panic_inside_a_podman_container() {
         .unwrap();
     // Crash only once the agent has probed the binary inside the container.
     a.wait_log("probing Go binary /gocrash-in-a-container");
+    a.signal(libc::SIGSTOP);
     unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
+    let status = podman(&["wait", &id]);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the container's process outlived `podman wait`"
+    );
+    a.signal(libc::SIGCONT);
     let rep = a.report_for(pid);
+    a.signal(libc::SIGTERM);
+    assert_eq!(status, "2", "a Go panic exits 2");
     podman(&["rm", "-f", &id]);
     podman(&["rmi", "-f", &image]);
     let _ = std::fs::remove_dir_all(&dir);

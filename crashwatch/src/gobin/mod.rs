@@ -374,6 +374,11 @@ impl GoBinary {
         })
     }
 
+    /// A new descriptor on the file, while it is held.
+    pub fn file_handle(&self) -> Option<File> {
+        self.file.as_ref()?.try_clone().ok()
+    }
+
     /// Lets go of the file: no type names from now on, one descriptor fewer.
     pub fn close(&mut self) {
         self.file = None;

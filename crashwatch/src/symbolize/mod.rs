@@ -90,11 +90,16 @@ impl Symbolizer {
         )
     }
 
-    /// The crash's stack (see [`Self::stack`]), timed for [`Self::summary`].
-    pub fn frames(&mut self, crash: &Crash) -> Vec<Frame> {
+    /// The crash's stack (see [`Self::stack`]), timed for [`Self::summary`]. `held` hands
+    /// out a handle on a file the agent keeps open anyway, by identity (see [`space`]).
+    pub fn frames(
+        &mut self,
+        crash: &Crash,
+        held: &dyn Fn(crate::elf::FileId) -> Option<std::fs::File>,
+    ) -> Vec<Frame> {
         let start = std::time::Instant::now();
         let parsed = self.files.parsed();
-        let frames = self.stack(crash);
+        let frames = self.stack(crash, held);
         self.stats
             .add(start.elapsed(), self.files.parsed() != parsed);
         frames
@@ -104,7 +109,11 @@ impl Symbolizer {
     /// fatal path. A SIGABRT after the Go runtime's fatal path (`GOTRACEBACK=crash`) is the
     /// runtime killing itself from its signal handler: the stack where it panicked or threw
     /// says what happened, the one in the handler does not.
-    fn stack(&mut self, crash: &Crash) -> Vec<Frame> {
+    fn stack(
+        &mut self,
+        crash: &Crash,
+        held: &dyn Fn(crate::elf::FileId) -> Option<std::fs::File>,
+    ) -> Vec<Frame> {
         let signal = crash
             .signal
             .as_ref()
@@ -138,6 +147,7 @@ impl Symbolizer {
             path: &exe_path,
             id: exe_id,
             start_code,
+            held,
         };
         // Maps read while the process was already tearing down its memory can be partial:
         // the kernel's list fills what they miss.

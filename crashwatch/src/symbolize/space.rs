@@ -6,14 +6,16 @@
 //!   opened through the process;
 //! - once it is gone, the objects the kernel read from the process's memory at the fatal
 //!   signal ([`Stack::modules`]): the executable is the file the kernel recorded at exec
-//!   (device, inode, change time, size), found in the cache or at its absolute path if that
-//!   path still names that very file. A library is taken at its path only when the process's
+//!   (device, inode, change time, size), found in the cache, among the files the agent holds
+//!   open for other reasons (the Go prober keeps every probed binary open, opened through a
+//!   process running it, so a Go binary inside a container is named after its process is
+//!   gone), or at its absolute path if that path still names that very file. A library is taken at its path only when the process's
 //!   executable proved that the process saw files where the agent does, and only if the file
 //!   there is a regular file whose dynamic section sits where the process had it (`l_ld -
 //!   l_addr`). That check is weaker than an identity: a rebuilt library with the same layout
 //!   would pass (the kernel side cannot afford to read build ids; see the eBPF `stack`
 //!   module). A container's libraries, once their process is gone, are not named.
-use std::{ops::Range, rc::Rc};
+use std::{fs::File, ops::Range, rc::Rc};
 
 use super::{
     files::{FileCache, ModuleFile},
@@ -40,6 +42,8 @@ pub struct Exe<'a> {
     pub id: Option<FileId>,
     /// `mm->start_code` (0 when unknown).
     pub start_code: u64,
+    /// A handle the agent already holds on the file with this identity, if any.
+    pub held: &'a dyn Fn(FileId) -> Option<File>,
 }
 
 impl Space {
@@ -121,6 +125,16 @@ impl Space {
         // The executable: by its exec identity.
         let exe_file = match exe.id {
             Some(id) => files.get(&id).ok_or("not read before").or_else(|_| {
+                if let Some(f) = (exe.held)(id) {
+                    // Held since it was opened; written to since, it is not what ran.
+                    return files.load(f).and_then(|m| {
+                        if m.id == id {
+                            Ok(m)
+                        } else {
+                            Err("the file was rewritten after it ran")
+                        }
+                    });
+                }
                 if !exe.path.starts_with('/') {
                     return Err("its path is not absolute in the agent's view");
                 }

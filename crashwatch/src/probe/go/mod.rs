@@ -166,6 +166,12 @@ impl GoProbes {
         }
     }
 
+    /// A new handle on Go binary `id`'s file, while the prober holds it open (it was opened
+    /// through a process running it, and checked to be that identity).
+    pub fn held_file(&self, id: FileId) -> Option<std::fs::File> {
+        self.lookup(id)?.file_handle()
+    }
+
     /// `id` is a Go binary (probed or not).
     pub fn is_go(&self, id: FileId) -> bool {
         matches!(
