@@ -64,6 +64,11 @@ pub const DEPTH: usize = 127;
 pub struct Walk {
     pub steps: Vec<Step>,
     pub complete: bool,
+    /// The walk stopped at a Go function that had switched stacks (asmcgocall running C code
+    /// on the scheduler's stack, systemstack) with the frame pointer the thread had at the
+    /// signal: nothing below changed RBP, so the kernel's frame-pointer walk, which started
+    /// from that RBP, goes on from here on the other stack (see [`merge`]).
+    pub switched_with_signal_bp: bool,
 }
 
 /// Walks the stack copy from `ip`, `sp`, `bp`.
@@ -125,7 +130,14 @@ pub fn cfi(space: &Space, st: &Stack, ip: u64, sp: u64, bp: u64) -> Walk {
                 walk.complete = true;
                 break;
             }
-            Err(()) => break,
+            Err(()) => {
+                walk.switched_with_signal_bp = regs.bp() == bp
+                    && matches!(at, FrameAddress::ReturnAddress(_))
+                    && space
+                        .go_rule(at.address_for_lookup())
+                        .is_some_and(|r| r.sp_write);
+                break;
+            }
         }
     }
     walk
@@ -170,7 +182,10 @@ fn go_step(
 /// A CFI walk that reached the stack's end is kept whole: in code without frame pointers the
 /// kernel's walk follows whatever RBP holds and is longer only because it is junk. Elsewhere
 /// the two are spliced at the last return address both walks found (never the shared first
-/// address alone, which says nothing about the frames above it).
+/// address alone, which says nothing about the frames above it). A walk that stopped at a Go
+/// stack switch with the signal's RBP untouched goes on with everything the kernel's walk
+/// found past its first address: the frames of the goroutine that made the switch (its
+/// direct caller, whose return address only the other stack holds, is not among them).
 pub fn merge(cfi: Walk, fp: &[u64]) -> Vec<Step> {
     let fp_steps = || {
         fp.iter().enumerate().map(|(i, &ip)| Step {
@@ -183,7 +198,9 @@ pub fn merge(cfi: Walk, fp: &[u64]) -> Vec<Step> {
         return fp_steps().take(DEPTH).collect();
     }
     let mut out = cfi.steps;
-    if !cfi.complete {
+    if cfi.switched_with_signal_bp {
+        out.extend(fp_steps().skip(1));
+    } else if !cfi.complete {
         let meet = out.iter().enumerate().skip(1).rev().find_map(|(i, s)| {
             fp.iter()
                 .skip(1)
@@ -215,6 +232,7 @@ mod tests {
                 })
                 .collect(),
             complete,
+            switched_with_signal_bp: false,
         }
     }
 
@@ -245,6 +263,19 @@ mod tests {
         assert_eq!(
             ips(&got),
             [(1, "cfi"), (2, "cfi"), (3, "cfi"), (5, "fp"), (6, "fp")]
+        );
+    }
+
+    #[test]
+    fn a_walk_stopped_at_a_go_stack_switch_goes_on_by_the_kernels_walk() {
+        // C code on the scheduler's stack left RBP at the goroutine's frame: the kernel's
+        // walk skipped the C frames and went on through the goroutine's.
+        let mut w = walk(&[1, 2, 3], false);
+        w.switched_with_signal_bp = true;
+        let got = merge(w, &[1, 7, 8]);
+        assert_eq!(
+            ips(&got),
+            [(1, "cfi"), (2, "cfi"), (3, "cfi"), (7, "fp"), (8, "fp")]
         );
     }
 
