@@ -1,11 +1,20 @@
 //! The agent's main loop: drives records through the pipeline
-//! probe → decode → assemble → symbolize → enrich → sink, one record at a time, and watches the
-//! kernel's loss counters. Go binaries are probed on a thread of their own ([`GoProbes`]): the
-//! record loop never waits for an attach.
+//! probe → decode → assemble → symbolize → enrich → sink, and watches the kernel's loss
+//! counters. The record loop only does what cannot wait (decode, reading a dying process's
+//! maps while it exists, assembling) and hands each finished crash to the report thread
+//! ([`Reporter`]: symbolize, enrich, sink), so a slow report (a cold parse of a large binary's
+//! symbols) never keeps the ring buffer from draining. Go binaries are probed on a thread of
+//! their own ([`GoProbes`]): the record loop never waits for an attach.
 //!
 //! Stdout is the only sink today: when it is closed (a reader that went away), the agent says
 //! so and stops rather than fail once per report forever.
-use std::time::Duration;
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use tokio::{
@@ -14,12 +23,12 @@ use tokio::{
 };
 
 use crate::{
-    assemble::Assembler,
+    assemble::{Assembler, Crash},
     decode::{self, Record},
     enrich::{self, Enricher},
     escape::Esc,
     probe::{
-        go::{GoProbes, Limits},
+        go::{GoProbes, GoView, Limits},
         LossReader, Losses, Probe, Settings,
     },
     sink::{Format, Sink},
@@ -44,16 +53,82 @@ struct Pipeline {
     go: GoProbes,
     losses: LossReader,
     asm: Assembler,
+    /// Loss counters at the previous crash, for `lost_before`.
+    reported: Losses,
+    decode_errors: u64,
+    reports: mpsc::SyncSender<Job>,
+    /// The report thread found stdout, the only sink, closed.
+    stdout_closed: Arc<AtomicBool>,
+}
+
+/// Crashes waiting for the report thread. Each holds at most a stack copy and a process's
+/// mappings (tens of KiB); past this many the record loop waits, and the kernel's ring buffer,
+/// whose losses are counted, takes the rest.
+const REPORT_QUEUE: usize = 1024;
+
+/// A finished crash, and the kernel losses since the previous one.
+struct Job {
+    crash: Crash,
+    lost: u64,
+}
+
+/// The report thread: symbolizes, enriches and writes each crash in the order assembled.
+struct Reporter {
+    go: GoView,
     sym: Symbolizer,
     enricher: Enricher,
     sink: Sink,
-    /// Loss counters at the previous report, for `lost_before`.
-    reported: Losses,
-    decode_errors: u64,
+    stdout_closed: Arc<AtomicBool>,
     /// Reports that could not be written.
     unwritten: u64,
-    /// Stdout, the only sink, is closed.
-    stdout_closed: bool,
+}
+
+/// What the report thread says when it ends.
+struct Reported {
+    unwritten: u64,
+    symbolization: String,
+}
+
+impl Reporter {
+    fn run(mut self, jobs: mpsc::Receiver<Job>) -> Reported {
+        for job in jobs {
+            if self.stdout_closed.load(Ordering::Relaxed) {
+                self.unwritten += 1;
+                continue;
+            }
+            self.report(&job.crash, job.lost);
+        }
+        Reported {
+            unwritten: self.unwritten,
+            symbolization: self.sym.summary(),
+        }
+    }
+
+    fn report(&mut self, crash: &Crash, lost: u64) {
+        let go = &self.go;
+        let stack = self.sym.frames(crash, &|id| go.held_file(id));
+        let bin = crash
+            .proc
+            .as_ref()
+            .and_then(|p| p.file)
+            .and_then(|id| self.go.lookup(id));
+        let report = self.enricher.report(crash, stack, lost, bin.as_deref());
+        match self.sink.emit(&report) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.unwritten += 1;
+                self.stdout_closed.store(true, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.unwritten += 1;
+                eprintln!(
+                    "crashwatch: writing the report of pid {} ({}) failed: {e}",
+                    report.pid,
+                    Esc(&report.comm)
+                );
+            }
+        }
+    }
 }
 
 pub async fn run(opts: Options) -> Result<()> {
@@ -74,17 +149,35 @@ pub async fn run(opts: Options) -> Result<()> {
     let go_mode = probe.go_attach_mode();
     let uprobe_multi = probe.has_uprobe_multi();
     let enricher = Enricher::new(probe.layout.pt_regs_names.clone());
+    let go = GoProbes::start(probe, opts.go);
+    let stdout_closed = Arc::new(AtomicBool::new(false));
+    let (jobs, queue) = mpsc::sync_channel::<Job>(REPORT_QUEUE);
+    let reporter = {
+        let (go, closed) = (go.view(), stdout_closed.clone());
+        let (format, cache) = (opts.format, opts.symbol_cache_bytes);
+        std::thread::Builder::new()
+            .name("reports".into())
+            .spawn(move || {
+                Reporter {
+                    go,
+                    sym: Symbolizer::new(cache),
+                    enricher,
+                    sink: Sink::new(format),
+                    stdout_closed: closed,
+                    unwritten: 0,
+                }
+                .run(queue)
+            })
+            .context("starting the report thread")?
+    };
     let mut p = Pipeline {
         reported: losses.losses(),
-        go: GoProbes::start(probe, opts.go),
+        go,
         losses,
         asm: Assembler::new(opts.report_nonzero_exits, opts.go_stderr_max),
-        sym: Symbolizer::new(opts.symbol_cache_bytes),
-        enricher,
-        sink: Sink::new(opts.format),
         decode_errors: 0,
-        unwritten: 0,
-        stdout_closed: false,
+        reports: jobs,
+        stdout_closed,
     };
     for off in crate::privileges::Caps::current().degraded(uprobe_multi) {
         eprintln!("crashwatch: running with less: {off}");
@@ -116,7 +209,7 @@ pub async fn run(opts: Options) -> Result<()> {
                     p.handle(&item);
                 }
                 guard.clear_ready();
-                if p.stdout_closed {
+                if p.stdout_closed.load(Ordering::Relaxed) {
                     eprintln!("crashwatch: stdout is closed (broken pipe) and it is where reports go: stopping");
                     break;
                 }
@@ -153,19 +246,35 @@ pub async fn run(opts: Options) -> Result<()> {
     }
     let l = p.losses.losses();
     let go = p.go.stats();
+    let Pipeline {
+        go: probes,
+        losses: reader,
+        decode_errors,
+        reports,
+        ..
+    } = p;
+    // Every crash queued is reported before the stop line.
+    drop(reports);
+    let done = reporter.join().unwrap_or_else(|_| Reported {
+        unwritten: 0,
+        symbolization: "the report thread panicked".into(),
+    });
     eprintln!(
         "crashwatch: stopped (kernel losses: ring buffer full {}, recursion misses {}, undecodable records {}; reports not written {}) ({}) (Go binaries: {} probed at the end, {} released, {} left unprobed over --go-max-binaries)",
         l.ring_full,
         l.recursion_misses,
-        p.decode_errors,
-        p.unwritten,
-        guard_note(&p.losses, l),
+        decode_errors,
+        done.unwritten,
+        guard_note(&reader, l),
         go.probed_now,
         go.released,
         go.over_limit,
     );
-    eprintln!("crashwatch: symbolization per report: {}", p.sym.summary());
-    let took = p.go.shutdown();
+    eprintln!(
+        "crashwatch: symbolization per report: {}",
+        done.symbolization
+    );
+    let took = probes.shutdown();
     if go.probed_now > 0 {
         eprintln!(
             "crashwatch: released the probes on {} Go binaries in {} ms",
@@ -220,30 +329,10 @@ impl Pipeline {
         let Some(crash) = self.asm.push_with(rec, &|id| go.is_go(id)) else {
             return;
         };
-        let stack = self.sym.frames(&crash, &|id| go.held_file(id));
         let now = self.losses.losses();
         let lost = now.total().saturating_sub(self.reported.total());
         self.reported = now;
-        let go = crash
-            .proc
-            .as_ref()
-            .and_then(|p| p.file)
-            .and_then(|id| self.go.lookup(id));
-        let report = self.enricher.report(&crash, stack, lost, go.as_deref());
-        match self.sink.emit(&report) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                self.unwritten += 1;
-                self.stdout_closed = true;
-            }
-            Err(e) => {
-                self.unwritten += 1;
-                eprintln!(
-                    "crashwatch: writing the report of pid {} ({}) failed: {e}",
-                    report.pid,
-                    Esc(&report.comm)
-                );
-            }
-        }
+        // Waits when the report thread is a full queue behind; gone only once it has ended.
+        let _ = self.reports.send(Job { crash, lost });
     }
 }

@@ -97,6 +97,28 @@ enum Msg {
     Shutdown,
 }
 
+/// Looks probed binaries up without waiting for the prober.
+#[derive(Clone)]
+pub struct GoView {
+    shared: Arc<Shared>,
+}
+
+impl GoView {
+    /// The Go binary with identity `id`, once read.
+    pub fn lookup(&self, id: FileId) -> Option<Arc<GoBinary>> {
+        match self.shared.known.lock().unwrap().get(&id) {
+            Some(State::Go { bin, .. }) => Some(bin.clone()),
+            _ => None,
+        }
+    }
+
+    /// A new handle on Go binary `id`'s file, while the prober holds it open (it was opened
+    /// through a process running it, and checked to be that identity).
+    pub fn held_file(&self, id: FileId) -> Option<std::fs::File> {
+        self.lookup(id)?.file_handle()
+    }
+}
+
 pub struct GoProbes {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Msg>,
@@ -158,18 +180,11 @@ impl GoProbes {
         }));
     }
 
-    /// The Go binary with identity `id`, once read.
-    pub fn lookup(&self, id: FileId) -> Option<Arc<GoBinary>> {
-        match self.shared.known.lock().unwrap().get(&id) {
-            Some(State::Go { bin, .. }) => Some(bin.clone()),
-            _ => None,
+    /// What other threads may look up (the report thread).
+    pub fn view(&self) -> GoView {
+        GoView {
+            shared: self.shared.clone(),
         }
-    }
-
-    /// A new handle on Go binary `id`'s file, while the prober holds it open (it was opened
-    /// through a process running it, and checked to be that identity).
-    pub fn held_file(&self, id: FileId) -> Option<std::fs::File> {
-        self.lookup(id)?.file_handle()
     }
 
     /// `id` is a Go binary (probed or not).
