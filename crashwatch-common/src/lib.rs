@@ -232,6 +232,9 @@ pub struct GoRecord {
     /// The return address at the stack pointer: the probed function's direct caller, which
     /// a frame-pointer walk from a function's first instruction skips.
     pub caller: u64,
+    /// RBP at the probe: with the stack record sent before this one, where a userspace
+    /// unwind starts (the probed function's entry and the stack pointer are in those).
+    pub bp: u64,
     /// The panic value when it is a string, or the fatal error's message.
     pub text: [u8; GO_TEXT_LEN],
     pub stack: [u64; STACK_DEPTH],

@@ -1,5 +1,7 @@
 //! Uprobes on the Go runtime's fatal paths, attached by the agent to each Go binary: the panic
-//! value and its type, the fatal error's message, and what the runtime prints on its way down.
+//! value and its type, the fatal error's message, the dying goroutine's stack (as at a fatal
+//! signal: a frame-pointer walk, a copy of the stack's top, the loaded objects), and what the
+//! runtime prints on its way down.
 //!
 //! Go passes arguments in registers (ABIInternal, Go 1.17+): the first two words in RAX and
 //! RBX. Only entry probes: uretprobes break when Go moves stacks.
@@ -9,7 +11,7 @@ use aya_ebpf::{
         bpf_probe_read_user_buf, generated::bpf_get_attach_cookie,
     },
     macros::{map, uprobe},
-    maps::{ring_buf::RingBufEntry, LruHashMap},
+    maps::LruHashMap,
     programs::ProbeContext,
     EbpfContext,
 };
@@ -42,8 +44,9 @@ pub fn go_probe(ctx: ProbeContext) -> u32 {
     // SAFETY: reads the cookie the agent attached this probe with.
     match unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } {
         GO_AT_GOPANIC => on_gopanic(&ctx),
-        GO_AT_FATALPANIC => on_fatalpanic(&ctx),
-        GO_AT_THROW => on_throw(&ctx),
+        // One call site for both: the stack capture inlined twice would take the program
+        // past the 6.1 verifier's million-instruction budget.
+        c @ (GO_AT_FATALPANIC | GO_AT_THROW) => on_fatal(&ctx, c == GO_AT_FATALPANIC),
         GO_AT_WRITE_ERR => on_write_err(&ctx),
         GO_AT_WRITE1 => on_write1(&ctx),
         _ => {}
@@ -56,37 +59,6 @@ pub fn go_probe(ctx: ProbeContext) -> u32 {
 fn on_gopanic(ctx: &ProbeContext) {
     let (ty, data) = go_args(ctx);
     let _ = GOPANIC.insert(goroutine_key(ctx), [ty, data], 0);
-}
-
-/// A Go record written in place in the ring buffer: uprobe programs have no recursion guard,
-/// so on a preemptible kernel two runs can share a CPU and no per-CPU scratch is safe.
-/// Inlined: the 6.1 verifier loses track of a reservation returned from a subprogram.
-#[inline(always)]
-fn go_record(ctx: &ProbeContext, what: u32) -> Option<RingBufEntry<GoRecord>> {
-    let task = unsafe { bpf_get_current_task() };
-    let mut hdr = Header::default();
-    fill_header(&mut hdr, KIND_GO, task);
-    // SAFETY: ctx.regs is the probed thread's saved user registers.
-    let sp = unsafe { (*ctx.regs).rsp };
-    // No stack record here: with it inlined twice the uprobe program passed the 6.1
-    // verifier's million-instruction budget. Go frames are walked by frame pointers.
-    let Some(mut e) = EVENTS.reserve::<GoRecord>(0) else {
-        count_lost();
-        return None;
-    };
-    // SAFETY: the reserved record; every field read downstream is written below (text and
-    // stack only up to their lengths).
-    let rec = unsafe { &mut *e.as_mut_ptr() };
-    rec._pad = 0;
-    rec.hdr = hdr;
-    rec.what = what;
-    rec.type_ptr = 0;
-    rec.text_len = 0;
-    let mm: u64 = rd(task, config!(off.task_mm));
-    rec.start_code = rd(mm, config!(off.mm_start_code));
-    rec.stack_len = user_stack(ctx.as_ptr(), &mut rec.stack);
-    rec.caller = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
-    Some(e)
 }
 
 /// Copies `len` bytes of user memory at `ptr` into `dst`; returns the bytes copied.
@@ -105,39 +77,71 @@ fn read_user_text(ptr: u64, len: u64, dst: &mut [u8; GO_TEXT_LEN]) -> u32 {
     }
 }
 
-/// `runtime.fatalpanic(msgs *_panic)`: the panic was not recovered; the process dies.
+/// `runtime.fatalpanic(msgs *_panic)` (`panic`: the panic was not recovered; its value's type
+/// and string from `GOPANIC`), or `runtime.throw(s string)` / `runtime.fatal(s string)` (a
+/// fatal error with its message): the process dies. Sends the stack record, then the Go
+/// record with the same header, as the signal program does.
+///
+/// Written in place in the ring buffer: uprobe programs have no recursion guard, so on a
+/// preemptible kernel two runs can share a CPU and no per-CPU scratch is safe.
 #[inline(always)]
-fn on_fatalpanic(ctx: &ProbeContext) {
-    let key = goroutine_key(ctx);
-    let Some(mut e) = go_record(ctx, GO_PANIC) else {
+fn on_fatal(ctx: &ProbeContext, panic: bool) {
+    let task = unsafe { bpf_get_current_task() };
+    let mut hdr = Header::default();
+    fill_header(&mut hdr, KIND_GO, task);
+    // SAFETY: ctx.regs is the probed thread's saved user registers.
+    let (sp, bp) = unsafe { ((*ctx.regs).rsp, (*ctx.regs).rbp) };
+    send_stack(&hdr, task, sp);
+    let Some(mut e) = EVENTS.reserve::<GoRecord>(0) else {
+        count_lost();
         return;
     };
-    // SAFETY: the reserved record, filled by go_record.
+    // SAFETY: the reserved record; every field read downstream is written below (text and
+    // stack only up to their lengths).
     let rec = unsafe { &mut *e.as_mut_ptr() };
-    if let Some(v) = unsafe { GOPANIC.get(key) } {
-        let (ty, data) = (v[0], v[1]);
-        rec.type_ptr = ty;
-        // abi.Type.Kind_ (offset 23, stable since Go 1.?-1.27); kind 24 is string: copy it.
-        let kind: u8 = unsafe { bpf_probe_read_user((ty + 23) as *const u8) }.unwrap_or(0);
-        if kind & 0x1f == 24 {
-            let hdr: [u64; 2] =
-                unsafe { bpf_probe_read_user(data as *const [u64; 2]) }.unwrap_or([0, 0]);
-            rec.text_len = read_user_text(hdr[0], hdr[1], &mut rec.text);
+    rec._pad = 0;
+    rec.hdr = hdr;
+    rec.what = if panic { GO_PANIC } else { GO_FATAL };
+    rec.type_ptr = 0;
+    rec.text_len = 0;
+    rec.bp = bp;
+    let mm: u64 = rd(task, config!(off.task_mm));
+    rec.start_code = rd(mm, config!(off.mm_start_code));
+    rec.stack_len = user_stack(ctx.as_ptr(), &mut rec.stack);
+    rec.caller = unsafe { bpf_probe_read_user(sp as *const u64) }.unwrap_or(0);
+    if panic {
+        if let Some(v) = unsafe { GOPANIC.get(goroutine_key(ctx)) } {
+            let (ty, data) = (v[0], v[1]);
+            rec.type_ptr = ty;
+            // abi.Type.Kind_ (offset 23, stable since Go 1.?-1.27); kind 24 is string: copy it.
+            let kind: u8 = unsafe { bpf_probe_read_user((ty + 23) as *const u8) }.unwrap_or(0);
+            if kind & 0x1f == 24 {
+                let hdr: [u64; 2] =
+                    unsafe { bpf_probe_read_user(data as *const [u64; 2]) }.unwrap_or([0, 0]);
+                rec.text_len = read_user_text(hdr[0], hdr[1], &mut rec.text);
+            }
         }
+    } else {
+        let (ptr, len) = go_args(ctx);
+        rec.text_len = read_user_text(ptr, len, &mut rec.text);
     }
     e.submit(0);
 }
 
-/// `runtime.throw(s string)` and `runtime.fatal(s string)`: a fatal error with its message.
+/// The stack copy and loaded-object list (see `stack`), so Go's fatal path is unwound and
+/// named like a fatal signal, also after the process is gone.
 #[inline(always)]
-fn on_throw(ctx: &ProbeContext) {
-    let (ptr, len) = go_args(ctx);
-    let Some(mut e) = go_record(ctx, GO_FATAL) else {
+fn send_stack(hdr: &Header, task: u64, sp: u64) {
+    let Some(mut e) = EVENTS.reserve::<StackRecord>(0) else {
+        count_lost();
         return;
     };
-    // SAFETY: the reserved record, filled by go_record.
-    let rec = unsafe { &mut *e.as_mut_ptr() };
-    rec.text_len = read_user_text(ptr, len, &mut rec.text);
+    // SAFETY: the reserved record; `capture` writes every field read downstream (the copy
+    // and the paths only up to their lengths).
+    let st = unsafe { &mut *e.as_mut_ptr() };
+    st.hdr = *hdr;
+    st.hdr.kind = KIND_STACK;
+    crate::stack::capture(st, task, sp);
     e.submit(0);
 }
 

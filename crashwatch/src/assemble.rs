@@ -84,12 +84,19 @@ pub struct Crash {
     pub output: Output,
 }
 
-/// The case's stack record, if it was sent with the record of header `h` (same thread and
-/// kernel time).
+/// The case's stack record sent with the record of header `h` (same thread and kernel time).
 fn take_stack(case: &mut Case, h: &Head) -> Option<std::sync::Arc<crate::decode::Stack>> {
-    let st = case.stack.take()?;
-    (st.head.tid == h.tid && st.head.ktime_ns == h.ktime_ns).then_some(st)
+    let at = case
+        .stacks
+        .iter()
+        .position(|st| st.head.tid == h.tid && st.head.ktime_ns == h.ktime_ns)?;
+    case.stacks.remove(at)
 }
+
+/// Stack records kept per case until their signal or Go record arrives: threads of one
+/// process die at once (two goroutines both find the map written concurrently), and their
+/// records interleave.
+const STACKS_PER_CASE: usize = 4;
 
 /// The runtime's own output names signal `sig` (Go: `SIGSEGV: segmentation violation`,
 /// `[signal SIGSEGV: ...`; a JVM's fatal error banner: `SIGSEGV (0xb) at pc=`).
@@ -153,8 +160,8 @@ struct Case {
     oom: bool,
     go: Option<Go>,
     output: Output,
-    /// The last stack record, until the signal or Go record it goes with arrives.
-    stack: Option<std::sync::Arc<crate::decode::Stack>>,
+    /// The latest stack records, until the signal or Go record each goes with arrives.
+    stacks: std::collections::VecDeque<std::sync::Arc<crate::decode::Stack>>,
 }
 
 pub struct Assembler {
@@ -209,7 +216,10 @@ impl Assembler {
             }
             Record::Stack(st) => {
                 let case = self.case(&st.head)?;
-                case.stack = Some(std::sync::Arc::new(st));
+                if case.stacks.len() >= STACKS_PER_CASE {
+                    case.stacks.pop_front();
+                }
+                case.stacks.push_back(std::sync::Arc::new(st));
                 None
             }
             Record::Signal(mut s) => {
@@ -483,6 +493,7 @@ mod tests {
             start_code: 0,
             stack: vec![],
             caller: 0,
+            bp: 0,
             maps: None,
             captured: None,
         })
@@ -509,6 +520,38 @@ mod tests {
         assert_eq!(c.go.unwrap().text.as_deref(), Some("runtime error"));
         assert!(c.signal.is_some());
         assert_eq!(c.output.head, b"panic: runtime error\n");
+    }
+
+    #[test]
+    fn threads_dying_at_once_each_keep_their_stack() {
+        // Two goroutines find the map written concurrently: both threads' stack records
+        // arrive before either fatal-path record.
+        let on = |tid: u32, ktime_ns: u64| Head {
+            tid,
+            ktime_ns,
+            ..head(50)
+        };
+        let stack = |tid, t, sp| {
+            Record::Stack(crate::decode::Stack {
+                head: on(tid, t),
+                sp,
+                ..Default::default()
+            })
+        };
+        let fatal = |tid, t| match go(50, GoWhat::Fatal, "concurrent map writes") {
+            Record::Go(g) => Record::Go(Go {
+                head: on(tid, t),
+                ..g
+            }),
+            _ => unreachable!(),
+        };
+        let mut a = Assembler::new(false, 64);
+        a.push(stack(51, 1000, 0x51));
+        a.push(stack(52, 1001, 0x52));
+        a.push(fatal(51, 1000));
+        a.push(fatal(52, 1001));
+        let c = a.push(exit(50, 2 << 8)).unwrap();
+        assert_eq!(c.go.unwrap().captured.map(|st| st.sp), Some(0x51));
     }
 
     #[test]

@@ -112,6 +112,8 @@ pub struct Go {
     pub stack: Vec<u64>,
     /// The return address at the probe: the probed function's caller.
     pub caller: u64,
+    /// RBP at the probe.
+    pub bp: u64,
     /// Mappings captured when the record arrived (the process is printing, so alive).
     pub maps: Option<std::sync::Arc<crate::symbolize::Maps>>,
     pub captured: Option<std::sync::Arc<Stack>>,
@@ -227,6 +229,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
                     .take_while(|&ip| ip != 0)
                     .collect(),
                 caller: r.caller,
+                bp: r.bp,
                 maps: None,
                 captured: None,
             })

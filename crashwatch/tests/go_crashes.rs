@@ -279,6 +279,13 @@ fn stack_agrees_with_the_runtime(
             )
         })
         .collect();
+    // Taken at the fatal signal or at the runtime's fatal path alike, the stack copy is
+    // unwound in userspace.
+    check!(
+        stack.first().is_some_and(|x| x["found_by"] == "cfi"),
+        "the first frame was not unwound from the stack copy: {:?}",
+        stack.first()
+    );
     if mode == "cgo" {
         check!(
             fs.iter().any(|(n, _)| *n == "runtime.asmcgocall"),

@@ -138,7 +138,12 @@ impl Symbolizer {
                 g.maps.as_deref(),
                 g.captured.as_deref(),
                 g.start_code,
-                None,
+                // At the probed function's entry (the walk's first address) with the stack
+                // copy's pointer.
+                g.captured
+                    .as_deref()
+                    .zip(g.stack.first())
+                    .map(|(st, &ip)| (ip, st.sp, g.bp)),
                 Some(g.caller).filter(|&c| c != 0),
             ),
             _ => return Vec::new(),
