@@ -32,7 +32,7 @@ use crate::{
         LossReader, Losses, Probe, Settings,
     },
     sink::{Format, Sink},
-    symbolize::{Maps, Symbolizer},
+    symbolize::{Maps, Roots, Symbolizer},
 };
 
 pub struct Options {
@@ -59,6 +59,8 @@ struct Pipeline {
     reports: mpsc::SyncSender<Job>,
     /// The report thread found stdout, the only sink, closed.
     stdout_closed: Arc<AtomicBool>,
+    /// Containers' roots, noted at exec.
+    roots: Arc<Roots>,
 }
 
 /// Crashes waiting for the report thread. Each holds at most a stack copy and a process's
@@ -75,6 +77,7 @@ struct Job {
 /// The report thread: symbolizes, enriches and writes each crash in the order assembled.
 struct Reporter {
     go: GoView,
+    roots: Arc<Roots>,
     sym: Symbolizer,
     enricher: Enricher,
     sink: Sink,
@@ -106,7 +109,14 @@ impl Reporter {
 
     fn report(&mut self, crash: &Crash, lost: u64) {
         let go = &self.go;
-        let stack = self.sym.frames(crash, &|id| go.held_file(id));
+        let root = crash
+            .proc
+            .as_ref()
+            .and_then(|p| p.root)
+            .and_then(|k| self.roots.get(k));
+        let stack = self
+            .sym
+            .frames(crash, &|id| go.held_file(id), root.as_deref());
         let bin = crash
             .proc
             .as_ref()
@@ -152,14 +162,16 @@ pub async fn run(opts: Options) -> Result<()> {
     let go = GoProbes::start(probe, opts.go);
     let stdout_closed = Arc::new(AtomicBool::new(false));
     let (jobs, queue) = mpsc::sync_channel::<Job>(REPORT_QUEUE);
+    let roots = Arc::new(Roots::default());
     let reporter = {
-        let (go, closed) = (go.view(), stdout_closed.clone());
+        let (go, closed, roots) = (go.view(), stdout_closed.clone(), roots.clone());
         let (format, cache) = (opts.format, opts.symbol_cache_bytes);
         std::thread::Builder::new()
             .name("reports".into())
             .spawn(move || {
                 Reporter {
                     go,
+                    roots,
                     sym: Symbolizer::new(cache),
                     enricher,
                     sink: Sink::new(format),
@@ -178,13 +190,15 @@ pub async fn run(opts: Options) -> Result<()> {
         decode_errors: 0,
         reports: jobs,
         stdout_closed,
+        roots,
     };
     for off in crate::privileges::Caps::current().degraded(uprobe_multi) {
         eprintln!("crashwatch: running with less: {off}");
     }
     let seeded = enrich::scan_proc();
     let n = seeded.len();
-    for (pid, info) in seeded {
+    for (pid, mut info) in seeded {
+        info.root = p.roots.note(pid);
         if let Some(id) = info.file {
             p.go.request(pid, id, info.exe.as_deref().unwrap_or("?"));
         }
@@ -231,6 +245,9 @@ pub async fn run(opts: Options) -> Result<()> {
                 }
                 // Forgetting exited processes walks /proc: once a minute is plenty.
                 let every_minute = ticks.is_multiple_of(60);
+                if ticks.is_multiple_of(10) {
+                    p.roots.sweep();
+                }
                 p.asm.expire(enrich::monotonic_ns(), window_ns, |pid| {
                     !every_minute || std::path::Path::new(&format!("/proc/{pid}")).exists()
                 });
@@ -251,6 +268,7 @@ pub async fn run(opts: Options) -> Result<()> {
         losses: reader,
         decode_errors,
         reports,
+        roots,
         ..
     } = p;
     // Every crash queued is reported before the stop line.
@@ -270,9 +288,11 @@ pub async fn run(opts: Options) -> Result<()> {
         go.released,
         go.over_limit,
     );
+    let (held, over) = roots.stats();
     eprintln!(
-        "crashwatch: symbolization per report: {}",
-        done.symbolization
+        "crashwatch: symbolization per report: {}; container roots held {held}, {over} not held over the limit of {}",
+        done.symbolization,
+        crate::symbolize::roots_max()
     );
     let took = probes.shutdown();
     if go.probed_now > 0 {
@@ -318,6 +338,7 @@ impl Pipeline {
         match &mut rec {
             Record::Exec(e) => {
                 enrich::resolve_exe(e);
+                e.root = self.roots.note(e.head.pid);
                 let shown = e.exe.as_deref().unwrap_or(&e.filename);
                 self.go.request(e.head.pid, e.file, shown);
             }

@@ -29,6 +29,8 @@ pub struct ProcInfo {
     pub cgroup: String,
     /// The executable's identity: how binaries are known.
     pub file: Option<FileId>,
+    /// Its root directory, when not the agent's (a container).
+    pub root: Option<crate::symbolize::RootKey>,
 }
 
 impl From<&Exec> for ProcInfo {
@@ -42,6 +44,7 @@ impl From<&Exec> for ProcInfo {
             args_truncated: e.args_truncated,
             cgroup: e.cgroup.clone(),
             file: Some(e.file),
+            root: e.root,
         }
     }
 }
@@ -422,6 +425,7 @@ mod tests {
             args_truncated: false,
             cgroup: "/".into(),
             exe: None,
+            root: None,
         })
     }
 

@@ -30,6 +30,9 @@ pub struct Exec {
     pub cgroup: String,
     /// Absolute path of the executable, resolved by the agent when the record arrives.
     pub exe: Option<String>,
+    /// The process's root directory when it is not the agent's (a container), noted by the
+    /// agent when the record arrives.
+    pub root: Option<crate::symbolize::RootKey>,
 }
 
 #[derive(Clone, Debug)]
@@ -170,6 +173,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
                 args_truncated: r.args_total as usize > n,
                 cgroup: cgroup_path(&r.cgroup),
                 exe: None,
+                root: None,
             })
         }
         c::KIND_SIGNAL => {

@@ -217,6 +217,8 @@ pub fn scan_proc() -> Vec<(u32, ProcInfo)> {
                 args_truncated: false,
                 cgroup: cgroup.unwrap_or_default(),
                 file: crate::elf::FileId::of_exe(pid),
+                // Noted by the agent, which holds the roots.
+                root: None,
             },
         ))
     })

@@ -13,6 +13,7 @@ use std::{
 use common::{
     agent,
     gobuild::{self, Flavour, VERSIONS},
+    podman::{Container, Image},
     Agent,
 };
 use serde_json::Value;
@@ -494,55 +495,17 @@ fn go_panic_inside_a_podman_container() {
     let a = common::Agent::start(&[]);
     // Stripped: its frames are named from the pclntab of the file inside the container.
     let bin = gobuild::build("1.27", Flavour::Stripped);
-    let dir =
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ctr-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("root")).unwrap();
-    std::fs::copy(&bin, dir.join("root/gocrash-in-a-container")).unwrap();
-    let tar = dir.join("root.tar");
-    let ok = Command::new("tar")
-        .arg("-C")
-        .arg(dir.join("root"))
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let podman = |args: &[&str]| {
-        let out = Command::new("podman")
-            .args(["--cgroup-manager=cgroupfs", "--events-backend=file"])
-            .args(args)
-            .output()
-            .expect("podman (scripts/setup.sh installs it)");
-        assert!(
-            out.status.success(),
-            "podman {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    let image = format!("localhost/crashwatch-gocrash:{}", std::process::id());
-    podman(&["import", tar.to_str().unwrap(), &image]);
-    let id = podman(&[
-        "run",
-        "-d",
-        "--ulimit",
-        "nofile=20000:20000",
-        "--ulimit",
-        "nproc=32768:32768",
-        &image,
-        "/gocrash-in-a-container",
-        "on-usr1",
-    ]);
-    let pid: u32 = podman(&["inspect", "-f", "{{.State.Pid}}", &id])
-        .parse()
-        .unwrap();
+    let image = Image::of_files(
+        "gocrash",
+        &[(bin.clone(), "/gocrash-in-a-container".to_string())],
+    );
+    let ctr = Container::run(&image, &["/gocrash-in-a-container", "on-usr1"]);
+    let (id, pid) = (ctr.id.clone(), ctr.pid);
     // Crash only once the agent has probed the binary inside the container.
     a.wait_log("probing Go binary /gocrash-in-a-container");
     a.signal(libc::SIGSTOP);
     unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
-    let status = podman(&["wait", &id]);
+    let status = ctr.wait();
     assert!(
         !std::path::Path::new(&format!("/proc/{pid}")).exists(),
         "the container's process outlived `podman wait`"
@@ -551,9 +514,6 @@ fn go_panic_inside_a_podman_container() {
     let rep = a.report_for(pid);
     a.signal(libc::SIGTERM);
     assert_eq!(status, "2", "a Go panic exits 2");
-    podman(&["rm", "-f", &id]);
-    podman(&["rmi", "-f", &image]);
-    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(rep["kind"], "go_panic");
     assert_eq!(rep["exe"], "/gocrash-in-a-container");
     assert_eq!(rep["go"]["panic_value"], "boom: on SIGUSR1");

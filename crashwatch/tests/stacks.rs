@@ -278,6 +278,66 @@ fn processes_gone_before_their_record_is_read_are_named_in_full() {
     }
 }
 
+/// A process in a container, crashed in libc and reaped while the agent is stopped: its libraries are
+/// the container's, opened under the container's root the agent has held since the exec, and
+/// named as fully as on the host.
+#[test]
+fn a_container_process_gone_before_its_record_is_read_is_named_in_full() {
+    use common::podman::{Container, Image};
+    use std::os::unix::fs::MetadataExt;
+    let a = common::Agent::start(&[]);
+    let image = Image::of_program("crasher", common::crasher_bin(), "/crasher");
+    let ctr = Container::run(&image, &["/crasher", "libc-on-usr1"]);
+    let pid = ctr.pid;
+    // The agent holds the container's root once it has seen the exec.
+    let root = std::fs::metadata(format!("/proc/{pid}/root")).unwrap();
+    let holds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", a.pid))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::metadata(e.path()).ok())
+            .any(|m| (m.dev(), m.ino()) == (root.dev(), root.ino()))
+    };
+    assert!(
+        a.wait_for(|| holds().then_some(())).is_some(),
+        "the agent never held the container's root; log:\n{}",
+        a.log()
+    );
+    // SIGUSR1 (bit 9 of SigCgt) is handled: a container's first process drops the rest.
+    let handles_usr1 = || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let cgt = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+        let mask = u64::from_str_radix(cgt.trim(), 16).ok()?;
+        (mask & (1 << (libc::SIGUSR1 - 1)) != 0).then_some(())
+    };
+    assert!(a.wait_for(handles_usr1).is_some(), "no SIGUSR1 handler");
+    a.signal(libc::SIGSTOP);
+    unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
+    let status = ctr.wait();
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the container's process outlived `podman wait`"
+    );
+    a.signal(libc::SIGCONT);
+    let r = a.report_for(pid);
+    a.signal(libc::SIGTERM);
+    assert_eq!(status, "139", "killed by SIGSEGV");
+    assert_all_named(&r);
+    let f = functions(&r);
+    assert!(
+        f.iter().any(|n| n == "libc_on_usr1" || n == "main"),
+        "{f:?}"
+    );
+    assert!(
+        f.iter()
+            .any(|n| n == "__libc_start_main_impl" || n == "__libc_start_main"),
+        "{f:?}"
+    );
+    let top = &r["stack"][0];
+    assert_eq!(top["module"], "/lib/x86_64-linux-gnu/libc.so.6", "{top}");
+    assert_eq!(top["found_by"], "cfi");
+}
+
 /// `crashwatch symbolize --exe` names every instruction of the program's functions as
 /// addr2line does from the same DWARF: function, file and line.
 #[test]

@@ -66,12 +66,18 @@ impl FileId {
 /// watchdog, must never be opened by a root agent), and then reopened through that handle,
 /// so the file checked is the file read.
 pub fn open_regular(path: impl AsRef<std::path::Path>) -> Option<std::fs::File> {
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    use std::os::unix::fs::OpenOptionsExt;
     let handle = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
         .open(path)
         .ok()?;
+    reopen_regular(&handle)
+}
+
+/// The file an `O_PATH` `handle` names, opened for reading only if it is a regular file.
+pub fn reopen_regular(handle: &std::fs::File) -> Option<std::fs::File> {
+    use std::os::unix::fs::FileTypeExt;
     let ft = handle.metadata().ok()?.file_type();
     if !ft.is_file() || ft.is_block_device() || ft.is_char_device() {
         return None;

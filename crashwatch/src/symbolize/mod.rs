@@ -14,18 +14,26 @@
 //!   all processes, bounded in bytes, least recently used dropped first.
 //!
 //! No path from another process's view is opened as it stands: files come through the
-//! process (`/proc/<pid>/root`, checked against the inode its maps name), or by identity
-//! (the exec's device, inode, change time and size; a build id) — see [`space`].
+//! process (`/proc/<pid>/root`, checked against the inode its maps name), through the root of
+//! its view held since its exec ([`roots`]), or by identity (the exec's device, inode, change
+//! time and size; a build id) — see [`space`].
 mod files;
 mod maps;
 #[cfg(test)]
 mod mutations;
 mod names;
+mod roots;
 mod space;
 mod stats;
 mod unwind;
 
 pub use maps::Maps;
+pub use roots::{RootKey, Roots};
+
+/// How many containers' roots are held at most.
+pub fn roots_max() -> usize {
+    roots::ROOTS_MAX
+}
 use serde::Serialize;
 
 use crate::assemble::Crash;
@@ -91,15 +99,17 @@ impl Symbolizer {
     }
 
     /// The crash's stack (see [`Self::stack`]), timed for [`Self::summary`]. `held` hands
-    /// out a handle on a file the agent keeps open anyway, by identity (see [`space`]).
+    /// out a handle on a file the agent keeps open anyway, by identity, and `root` is the
+    /// process's root directory when the agent holds it (see [`space`], [`roots`]).
     pub fn frames(
         &mut self,
         crash: &Crash,
         held: &dyn Fn(crate::elf::FileId) -> Option<std::fs::File>,
+        root: Option<&std::fs::File>,
     ) -> Vec<Frame> {
         let start = std::time::Instant::now();
         let parsed = self.files.parsed();
-        let frames = self.stack(crash, held);
+        let frames = self.stack(crash, held, root);
         self.stats
             .add(start.elapsed(), self.files.parsed() != parsed);
         frames
@@ -113,6 +123,7 @@ impl Symbolizer {
         &mut self,
         crash: &Crash,
         held: &dyn Fn(crate::elf::FileId) -> Option<std::fs::File>,
+        root: Option<&std::fs::File>,
     ) -> Vec<Frame> {
         let signal = crash
             .signal
@@ -153,6 +164,7 @@ impl Symbolizer {
             id: exe_id,
             start_code,
             held,
+            root,
         };
         // Maps read while the process was already tearing down its memory can be partial:
         // the kernel's list fills what they miss.

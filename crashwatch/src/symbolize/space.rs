@@ -9,12 +9,14 @@
 //!   (device, inode, change time, size), found in the cache, among the files the agent holds
 //!   open for other reasons (the Go prober keeps every probed binary open, opened through a
 //!   process running it, so a Go binary inside a container is named after its process is
-//!   gone), or at its absolute path if that path still names that very file. A library is taken at its path only when the process's
-//!   executable proved that the process saw files where the agent does, and only if the file
-//!   there is a regular file whose dynamic section sits where the process had it (`l_ld -
-//!   l_addr`). That check is weaker than an identity: a rebuilt library with the same layout
-//!   would pass (the kernel side cannot afford to read build ids; see the eBPF `stack`
-//!   module). A container's libraries, once their process is gone, are not named.
+//!   gone), under the root of the process's view when the agent holds it (a container, see
+//!   [`super::roots`]), or at its absolute path if that path still names that very file.
+//!   Libraries are taken at their paths in the process's view: under its held root, or in
+//!   the agent's view only when the process's executable proved that the process saw files
+//!   where the agent does; and only if the file there is a regular file whose dynamic
+//!   section sits where the process had it (`l_ld - l_addr`). That check is weaker than an
+//!   identity: a rebuilt library with the same layout would pass (the kernel side cannot
+//!   afford to read build ids; see the eBPF `stack` module).
 use std::{fs::File, ops::Range, rc::Rc};
 
 use super::{
@@ -44,6 +46,8 @@ pub struct Exe<'a> {
     pub start_code: u64,
     /// A handle the agent already holds on the file with this identity, if any.
     pub held: &'a dyn Fn(FileId) -> Option<File>,
+    /// The root of the process's view, when it is not the agent's and the agent holds it.
+    pub root: Option<&'a File>,
 }
 
 impl Space {
@@ -138,6 +142,18 @@ impl Space {
                 if !exe.path.starts_with('/') {
                     return Err("its path is not absolute in the agent's view");
                 }
+                if let Some(root) = exe.root {
+                    return match super::roots::open_in(root, exe.path) {
+                        Some(f) => files.load(f).and_then(|m| {
+                            if m.id == id {
+                                Ok(m)
+                            } else {
+                                Err("the file at its path in its container is no longer the one it ran")
+                            }
+                        }),
+                        None => Err("no regular file at its path in its container"),
+                    };
+                }
                 match id.open_at(exe.path) {
                     Some(f) => files.load(f),
                     None => Err("the file at its path is no longer the one it ran"),
@@ -167,21 +183,22 @@ impl Space {
             if !m.path.starts_with('/') {
                 continue; // the vDSO and other objects without a file
             }
-            let file = if !same_view {
-                Err("the process is gone and saw files elsewhere (a container)")
-            } else {
-                match crate::elf::id::open_regular(&m.path) {
-                    Some(f) => files.load(f).and_then(|f| {
-                        let want = m.dynamic.wrapping_sub(m.bias);
-                        if f.dynamic == Some(want) {
-                            Ok(f)
-                        } else {
-                            Err("the file at its path is laid out differently")
-                        }
-                    }),
-                    None => Err("no regular file at its path"),
-                }
+            let opened = match exe.root {
+                Some(root) => Ok(super::roots::open_in(root, &m.path)),
+                None if same_view => Ok(crate::elf::id::open_regular(&m.path)),
+                None => Err("the process is gone and saw files elsewhere (a container whose root the agent did not hold)"),
             };
+            let file = opened.and_then(|f| match f {
+                Some(f) => files.load(f).and_then(|f| {
+                    let want = m.dynamic.wrapping_sub(m.bias);
+                    if f.dynamic == Some(want) {
+                        Ok(f)
+                    } else {
+                        Err("the file at its path is laid out differently")
+                    }
+                }),
+                None => Err("no regular file at its path"),
+            });
             placed.push(placed_at(m.path.clone(), m.bias, file));
         }
         Space { placed }

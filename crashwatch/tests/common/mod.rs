@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod gobuild;
+pub mod podman;
 
 use std::{
     collections::HashMap,

@@ -41,6 +41,17 @@ static void on_segv(int sig, siginfo_t *si, void *uc) {
     _exit(0);
 }
 
+static volatile sig_atomic_t usr1;
+static void on_usr1(int sig) { (void)sig; usr1 = 1; }
+
+/* Waits for SIGUSR1 (a container's first process gets no signal it does not handle), then
+   faults inside libc: strlen of a NULL pointer. */
+static void libc_on_usr1(void) {
+    signal(SIGUSR1, on_usr1);
+    while (!usr1) pause();
+    say("len", strlen(getenv("CRASHWATCH_NEVER_SET")));
+}
+
 static void *second_thread(void *arg) {
     (void)arg;
     say("fault_tid", (unsigned long long)syscall(SYS_gettid));
@@ -79,6 +90,7 @@ int main(int argc, char **argv) {
         pthread_create(&t, NULL, second_thread, NULL);
         pause();
     } else if (!strcmp(m, "oom")) oom();
+    else if (!strcmp(m, "libc-on-usr1")) libc_on_usr1();
     else { fprintf(stderr, "unknown mode %s\n", m); return 64; }
     return 99; /* a crash mode that did not crash */
 }
