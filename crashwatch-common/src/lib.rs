@@ -45,6 +45,9 @@ pub const MODULES_STATIC: u32 = 1;
 pub const MODULES_UNREADABLE: u32 = 2;
 /// The list has more than [`MODULES_MAX`] entries; the first ones are kept.
 pub const MODULES_TRUNCATED: u32 = 3;
+/// The list is not read at this hook (Go's fatal-path probes: reading it there took the
+/// program past the 6.1 verifier's budget).
+pub const MODULES_NOT_TAKEN: u32 = 4;
 
 /// [`GoRecord::what`]: an unrecovered panic (`runtime.fatalpanic`).
 pub const GO_PANIC: u32 = 1;

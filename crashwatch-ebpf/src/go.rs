@@ -1,6 +1,6 @@
 //! Uprobes on the Go runtime's fatal paths, attached by the agent to each Go binary: the panic
-//! value and its type, the fatal error's message, the dying goroutine's stack (as at a fatal
-//! signal: a frame-pointer walk, a copy of the stack's top, the loaded objects), and what the
+//! value and its type, the fatal error's message, the dying goroutine's stack (a
+//! frame-pointer walk and a copy of the stack's top, as at a fatal signal), and what the
 //! runtime prints on its way down.
 //!
 //! Go passes arguments in registers (ABIInternal, Go 1.17+): the first two words in RAX and
@@ -91,7 +91,7 @@ fn on_fatal(ctx: &ProbeContext, panic: bool) {
     fill_header(&mut hdr, KIND_GO, task);
     // SAFETY: ctx.regs is the probed thread's saved user registers.
     let (sp, bp) = unsafe { ((*ctx.regs).rsp, (*ctx.regs).rbp) };
-    send_stack(&hdr, task, sp);
+    send_stack(&hdr, sp);
     let Some(mut e) = EVENTS.reserve::<GoRecord>(0) else {
         count_lost();
         return;
@@ -128,10 +128,11 @@ fn on_fatal(ctx: &ProbeContext, panic: bool) {
     e.submit(0);
 }
 
-/// The stack copy and loaded-object list (see `stack`), so Go's fatal path is unwound and
-/// named like a fatal signal, also after the process is gone.
+/// The stack copy (see `stack`), so Go's fatal path is unwound like a fatal signal's. Not the
+/// loaded-object list: Go's fatal paths run Go code, in the executable, which the agent
+/// places from `mm->start_code` alone.
 #[inline(always)]
-fn send_stack(hdr: &Header, task: u64, sp: u64) {
+fn send_stack(hdr: &Header, sp: u64) {
     let Some(mut e) = EVENTS.reserve::<StackRecord>(0) else {
         count_lost();
         return;
@@ -141,7 +142,7 @@ fn send_stack(hdr: &Header, task: u64, sp: u64) {
     let st = unsafe { &mut *e.as_mut_ptr() };
     st.hdr = *hdr;
     st.hdr.kind = KIND_STACK;
-    crate::stack::capture(st, task, sp);
+    crate::stack::capture_copy(st, sp);
     e.submit(0);
 }
 

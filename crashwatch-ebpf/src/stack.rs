@@ -38,6 +38,16 @@ pub fn capture(rec: &mut StackRecord, task: u64, sp: u64) {
     read_modules(rec, task);
 }
 
+/// The stack copy alone, for hooks whose program cannot afford the object list (Go's
+/// fatal-path probes, which share one program with everything else the Go runtime is probed
+/// for: with the list inlined too it passed the 6.1 verifier's million-instruction budget).
+#[inline(always)]
+pub fn capture_copy(rec: &mut StackRecord, sp: u64) {
+    copy_stack(rec, sp);
+    rec.modules_len = 0;
+    rec.modules_state = MODULES_NOT_TAKEN;
+}
+
 #[inline(always)]
 fn copy_stack(rec: &mut StackRecord, sp: u64) {
     let want = (config!(stack_copy) as u64).min(STACK_COPY_MAX as u64);

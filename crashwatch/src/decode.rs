@@ -70,6 +70,8 @@ pub struct Stack {
     pub modules_truncated: bool,
     /// The list could not be read at all (no auxv, unreadable program headers).
     pub modules_unreadable: bool,
+    /// The hook does not read the list (Go's fatal-path probes).
+    pub modules_not_taken: bool,
 }
 
 impl Stack {
@@ -304,6 +306,7 @@ fn stack(bytes: &[u8]) -> Result<Stack> {
         modules,
         modules_truncated: r.modules_state == c::MODULES_TRUNCATED,
         modules_unreadable: r.modules_state == c::MODULES_UNREADABLE,
+        modules_not_taken: r.modules_state == c::MODULES_NOT_TAKEN,
     })
 }
 

@@ -233,6 +233,9 @@ impl Symbolizer {
             Some(st) if st.modules_truncated => {
                 Some("the process's loaded-object list was cut short")
             }
+            Some(st) if st.modules_not_taken && maps.is_none() => Some(
+                "the process was gone, and Go's fatal-path probes do not read its loaded-object list",
+            ),
             Some(_) => None,
         };
         for f in frames.iter_mut().filter(|f| f.module.is_none()) {
