@@ -148,6 +148,50 @@ fn optimized_c_without_frame_pointers_matches_gdb() {
     assert_eq!(top["found_by"], "cfi");
 }
 
+/// Stripped the way Fedora ships binaries: no `.symtab`, function symbols only in
+/// MiniDebugInfo (an xz-compressed ELF in `.gnu_debugdata`). Named as the unstripped build is.
+#[test]
+fn minidebuginfo_names_a_stripped_binary() {
+    let bin = deep();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("mini-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mini = dir.join("deep-mini");
+    // The recipe of gdb's manual ("MiniDebugInfo"), as distributions run it.
+    let script = format!(
+        r#"set -e
+cd {dir}
+cp {bin} bin
+nm -D bin --format=posix --defined-only | awk '{{print $1}}' | sort > dynsyms
+nm bin --format=posix --defined-only | awk '{{ if ($2 == "T" || $2 == "t" || $2 == "D") print $1 }}' | sort > funcsyms
+comm -13 dynsyms funcsyms > keep
+objcopy --only-keep-debug bin debug
+objcopy -S --remove-section .gdb_index --remove-section .comment --keep-symbols=keep debug mini
+strip --strip-all -R .comment bin
+xz -f mini
+objcopy --add-section .gnu_debugdata=mini.xz bin {out}
+"#,
+        dir = dir.display(),
+        bin = bin.display(),
+        out = mini.display()
+    );
+    let st = Command::new("sh").arg("-c").arg(&script).status().unwrap();
+    assert!(st.success(), "building the MiniDebugInfo binary");
+    let has = |name: &str| {
+        let out = Command::new("objdump")
+            .arg("-h")
+            .arg(&mini)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains(name)
+    };
+    assert!(has(".gnu_debugdata") && !has(".symtab"));
+    let want = gdb_functions(&bin, &[]);
+    let r = run(&mini, &[]);
+    assert_eq!(functions(&r), want, "stack: {:#}", r["stack"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_fault_inside_libc_matches_gdb() {
     let bin = deep();

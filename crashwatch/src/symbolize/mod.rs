@@ -9,7 +9,7 @@
 //! - **What each frame is** ([`names`]): Go code from the binary's pclntab (function, file,
 //!   line; stripped binaries too), everything else through blazesym (ELF symbols, DWARF with
 //!   inlined functions, demangled C++ and Rust names, `.gnu_debuglink` into
-//!   `/usr/lib/debug/.build-id`).
+//!   `/usr/lib/debug/.build-id`, MiniDebugInfo in `.gnu_debugdata` with a liblzma built in).
 //! - **Each file once** ([`files`]): parsed data keyed by file identity and build id, shared by
 //!   all processes, bounded in bytes, least recently used dropped first.
 //!
