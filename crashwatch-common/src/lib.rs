@@ -235,9 +235,12 @@ pub struct GoRecord {
     /// The return address at the stack pointer: the probed function's direct caller, which
     /// a frame-pointer walk from a function's first instruction skips.
     pub caller: u64,
-    /// RBP at the probe: with the stack record sent before this one, where a userspace
-    /// unwind starts (the probed function's entry and the stack pointer are in those).
+    /// RBP at the probe (also in `regs` when those were read).
     pub bp: u64,
+    /// Bytes of `regs` filled: the probed thread's user registers (`struct pt_regs`).
+    pub regs_len: u32,
+    pub _pad2: u32,
+    pub regs: [u64; REGS_WORDS],
     /// The panic value when it is a string, or the fatal error's message.
     pub text: [u8; GO_TEXT_LEN],
     pub stack: [u64; STACK_DEPTH],

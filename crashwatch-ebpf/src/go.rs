@@ -7,8 +7,9 @@
 //! RBX. Only entry probes: uretprobes break when Go moves stacks.
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_user,
-        bpf_probe_read_user_buf, generated::bpf_get_attach_cookie,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
+        bpf_probe_read_kernel_buf, bpf_probe_read_user, bpf_probe_read_user_buf,
+        generated::bpf_get_attach_cookie,
     },
     macros::{map, uprobe},
     maps::LruHashMap,
@@ -105,6 +106,21 @@ fn on_fatal(ctx: &ProbeContext, panic: bool) {
     rec.type_ptr = 0;
     rec.text_len = 0;
     rec.bp = bp;
+    rec.regs_len = 0;
+    let size = config!(off.pt_regs_size) as usize;
+    if size > 0 && size <= REGS_WORDS * 8 {
+        // SAFETY: ctx.regs is the kernel's saved copy of the thread's user registers; at
+        // most REGS_WORDS words are written into `regs`.
+        let dst = unsafe {
+            core::slice::from_raw_parts_mut(
+                rec.regs.as_mut_ptr() as *mut u8,
+                size & (REGS_WORDS * 8 - 1),
+            )
+        };
+        if unsafe { bpf_probe_read_kernel_buf(ctx.regs as *const u8, dst) }.is_ok() {
+            rec.regs_len = size as u32;
+        }
+    }
     let mm: u64 = rd(task, config!(off.task_mm));
     rec.start_code = rd(mm, config!(off.mm_start_code));
     rec.stack_len = user_stack(ctx.as_ptr(), &mut rec.stack);

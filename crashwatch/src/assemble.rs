@@ -498,6 +498,7 @@ mod tests {
             stack: vec![],
             caller: 0,
             bp: 0,
+            regs: vec![],
             maps: None,
             captured: None,
         })

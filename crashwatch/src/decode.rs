@@ -119,6 +119,8 @@ pub struct Go {
     pub caller: u64,
     /// RBP at the probe.
     pub bp: u64,
+    /// The probed thread's user registers, raw `pt_regs` words (empty when unread).
+    pub regs: Vec<u64>,
     /// Mappings captured when the record arrived (the process is printing, so alive).
     pub maps: Option<std::sync::Arc<crate::symbolize::Maps>>,
     pub captured: Option<std::sync::Arc<Stack>>,
@@ -236,6 +238,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
                     .collect(),
                 caller: r.caller,
                 bp: r.bp,
+                regs: r.regs[..(r.regs_len as usize / 8).min(c::REGS_WORDS)].to_vec(),
                 maps: None,
                 captured: None,
             })

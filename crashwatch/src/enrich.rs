@@ -27,6 +27,16 @@ impl Enricher {
         }
     }
 
+    /// Raw `pt_regs` words as `{name: hex}`, named as the kernel's struct names them.
+    fn named_registers(&self, regs: &[u64]) -> BTreeMap<String, String> {
+        self.regs
+            .iter()
+            .filter_map(|(n, off)| {
+                Some((n.clone(), format!("{:#x}", regs.get(*off as usize / 8)?)))
+            })
+            .collect()
+    }
+
     /// `go` is the Go binary the process ran, when it was one.
     pub fn report(
         &self,
@@ -36,13 +46,7 @@ impl Enricher {
         go: Option<&GoBinary>,
     ) -> Report {
         let signal = c.signal.as_ref().map(|s| {
-            let registers: BTreeMap<String, String> = self
-                .regs
-                .iter()
-                .filter_map(|(n, off)| {
-                    Some((n.clone(), format!("{:#x}", s.regs.get(*off as usize / 8)?)))
-                })
-                .collect();
+            let registers = self.named_registers(&s.regs);
             let reg = |n: &str| {
                 let off = self.regs.iter().find(|(name, _)| name == n)?.1;
                 s.regs.get(off as usize / 8).copied()
@@ -102,7 +106,13 @@ impl Enricher {
             cgroup: proc.map(|p| p.cgroup.clone()).filter(|g| !g.is_empty()),
             signal,
             exit: ExitInfo::from_status(c.status),
-            go: go_info(c, go),
+            go: go_info(c, go).map(|mut g| {
+                g.registers =
+                    c.go.as_ref()
+                        .map(|r| self.named_registers(&r.regs))
+                        .unwrap_or_default();
+                g
+            }),
             stack,
             lost_before,
         }
@@ -146,6 +156,7 @@ fn go_info(c: &Crash, bin: Option<&GoBinary>) -> Option<GoInfo> {
         stderr,
         goroutines: tb.goroutines,
         build: bin.and_then(|b| b.build.clone()),
+        registers: BTreeMap::new(),
     })
 }
 

@@ -85,6 +85,10 @@ pub struct GoInfo {
     pub goroutines: Vec<crate::goroutines::Goroutine>,
     /// The binary's build info (`go version -m`).
     pub build: Option<crate::gobin::BuildInfo>,
+    /// User registers at the runtime's fatal path (the first instruction of `fatalpanic`,
+    /// `throw` or `fatal`), named as `signal.registers` are; absent without a fatal path.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub registers: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Serialize)]

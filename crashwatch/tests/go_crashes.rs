@@ -287,6 +287,21 @@ fn stack_agrees_with_the_runtime(
         "the first frame was not unwound from the stack copy: {:?}",
         stack.first()
     );
+    // Every mode but a crash in C reaches the runtime's fatal path, which takes the registers;
+    // without a signal the stack starts where they say.
+    if mode != "cgo" {
+        let ip = rep["go"]["registers"]["ip"].as_str();
+        check!(
+            ip.is_some(),
+            "no registers at the fatal path: {}",
+            rep["go"]
+        );
+        check!(
+            !rep["signal"].is_null() || ip == stack[0]["ip"].as_str(),
+            "registers' ip {ip:?} is not the first frame's {}",
+            stack[0]["ip"]
+        );
+    }
     if mode == "cgo" {
         check!(
             fs.iter().any(|(n, _)| *n == "runtime.asmcgocall"),

@@ -151,10 +151,12 @@ impl Symbolizer {
                 g.start_code,
                 // At the probed function's entry (the walk's first address) with the stack
                 // copy's pointer.
-                g.captured
-                    .as_deref()
-                    .zip(g.stack.first())
-                    .map(|(st, &ip)| (ip, st.sp, g.bp)),
+                regs_of(&g.regs).or_else(|| {
+                    g.captured
+                        .as_deref()
+                        .zip(g.stack.first())
+                        .map(|(st, &ip)| (ip, st.sp, g.bp))
+                }),
                 Some(g.caller).filter(|&c| c != 0),
             ),
             _ => return Vec::new(),
