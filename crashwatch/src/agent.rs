@@ -292,7 +292,7 @@ pub async fn run(opts: Options) -> Result<()> {
     eprintln!(
         "crashwatch: symbolization per report: {}; container roots held {held}, {over} not held over the limit of {}",
         done.symbolization,
-        crate::symbolize::roots_max()
+        crate::symbolize::ROOTS_MAX
     );
     let took = probes.shutdown();
     if go.probed_now > 0 {

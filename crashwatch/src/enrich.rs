@@ -106,13 +106,11 @@ impl Enricher {
             cgroup: proc.map(|p| p.cgroup.clone()).filter(|g| !g.is_empty()),
             signal,
             exit: ExitInfo::from_status(c.status),
-            go: go_info(c, go).map(|mut g| {
-                g.registers =
-                    c.go.as_ref()
-                        .map(|r| self.named_registers(&r.regs))
-                        .unwrap_or_default();
-                g
-            }),
+            go: go_info(
+                c,
+                go,
+                self.named_registers(c.go.as_ref().map_or(&[], |r| &r.regs)),
+            ),
             stack,
             lost_before,
         }
@@ -120,7 +118,11 @@ impl Enricher {
 }
 
 /// The `go` section: from the runtime's fatal-path record, its printed output and the binary.
-fn go_info(c: &Crash, bin: Option<&GoBinary>) -> Option<GoInfo> {
+fn go_info(
+    c: &Crash,
+    bin: Option<&GoBinary>,
+    registers: BTreeMap<String, String>,
+) -> Option<GoInfo> {
     if bin.is_none() && c.go.is_none() {
         return None;
     }
@@ -156,7 +158,7 @@ fn go_info(c: &Crash, bin: Option<&GoBinary>) -> Option<GoInfo> {
         stderr,
         goroutines: tb.goroutines,
         build: bin.and_then(|b| b.build.clone()),
-        registers: BTreeMap::new(),
+        registers,
     })
 }
 

@@ -28,12 +28,7 @@ mod stats;
 mod unwind;
 
 pub use maps::Maps;
-pub use roots::{RootKey, Roots};
-
-/// How many containers' roots are held at most.
-pub fn roots_max() -> usize {
-    roots::ROOTS_MAX
-}
+pub use roots::{RootKey, Roots, ROOTS_MAX};
 use serde::Serialize;
 
 use crate::assemble::Crash;
