@@ -1,0 +1,244 @@
+//! The assembler's rules, record by record: one crash per dying process.
+use super::*;
+
+fn head(pid: u32) -> Head {
+    Head {
+        pid,
+        tid: pid,
+        ppid: 1,
+        start_ns: 7,
+        ktime_ns: 100,
+        comm: "t".into(),
+        ..Default::default()
+    }
+}
+
+fn sig(pid: u32, tid: u32, sig: i32, handled: bool) -> Record {
+    Record::Signal(Signal {
+        head: Head { tid, ..head(pid) },
+        sig,
+        code: 1,
+        handled,
+        fields: 0,
+        start_code: 0,
+        regs: vec![],
+        stack: vec![],
+        args: vec![],
+        args_truncated: false,
+        maps: None,
+        captured: None,
+    })
+}
+
+fn exit(pid: u32, status: u32) -> Record {
+    Record::Exit(Exit {
+        head: head(pid),
+        status,
+    })
+}
+
+#[test]
+fn one_report_per_process_however_many_records() {
+    let mut a = Assembler::new(false, 64);
+    assert!(a.push(sig(5, 6, 11, false)).is_none());
+    assert!(a.push(sig(5, 5, 9, false)).is_none());
+    let c = a.push(exit(5, 11 | 0x80)).expect("a crash");
+    assert_eq!(
+        (c.kind, c.signal.as_ref().unwrap().head.tid),
+        (Kind::Signal, 6)
+    );
+    assert!(
+        a.push(exit(5, 11)).is_none(),
+        "second exit record of the same process"
+    );
+    assert!(a.push(sig(5, 5, 11, false)).is_none());
+}
+
+fn exec(pid: u32, ino: u64) -> Record {
+    Record::Exec(Exec {
+        head: head(pid),
+        file: FileId {
+            ino,
+            ..FileId::default()
+        },
+        filename: "./bin/crash".into(),
+        args: vec![],
+        args_truncated: false,
+        cgroup: "/".into(),
+        exe: None,
+        root: None,
+    })
+}
+
+#[test]
+fn handled_fault_then_exit_2_is_a_signal_crash_of_a_go_binary() {
+    let mut a = Assembler::new(false, 64);
+    a.push(exec(8, 80));
+    a.push(sig(8, 9, 11, true));
+    let c = a.push_with(exit(8, 2 << 8), &|f| f.ino == 80).unwrap();
+    assert_eq!((c.kind, c.status >> 8), (Kind::Signal, 2));
+}
+
+#[test]
+fn a_handled_fault_is_not_blamed_for_an_exit_that_does_not_say_so() {
+    // A JVM: a fault at start-up, an uncaught exception much later, exit 1.
+    let mut a = Assembler::new(true, 64);
+    a.push(exec(9, 90));
+    a.push(sig(9, 9, 11, true));
+    let c = a.push_with(exit(9, 1 << 8), &|_| false).unwrap();
+    assert_eq!(c.kind, Kind::Exit);
+    assert!(c.signal.is_none());
+    // Exit 2 of a binary that is not Go says nothing either.
+    a.push(sig(10, 10, 11, true));
+    assert!(Assembler::new(false, 64)
+        .push_with(exit(10, 2 << 8), &|_| false)
+        .is_none());
+    // Dying of the signal does.
+    a.push(sig(11, 11, 6, true));
+    assert_eq!(a.push(exit(11, 6)).unwrap().kind, Kind::Signal);
+    // So does the runtime naming it (a JVM's fatal error banner).
+    a.push(sig(12, 12, 11, true));
+    a.push(out(12, b"#  SIGSEGV (0xb) at pc=0x00007f, pid=12, tid=13"));
+    let c = a.push(exit(12, 1 << 8)).unwrap();
+    assert_eq!((c.kind, c.signal.is_some()), (Kind::Signal, true));
+}
+
+#[test]
+fn exe_is_absolute_or_absent() {
+    let mut a = Assembler::new(true, 64);
+    a.push(exec(13, 1));
+    let c = a.push(exit(13, 1 << 8)).unwrap();
+    assert_eq!(c.proc.unwrap().exe, None, "./bin/crash is nobody's exe");
+}
+
+#[test]
+fn exits_reported_only_when_asked() {
+    let mut a = Assembler::new(false, 64);
+    assert!(a.push(exit(3, 1 << 8)).is_none());
+    assert!(a.push(exit(4, 0)).is_none());
+    let mut a = Assembler::new(true, 64);
+    assert_eq!(a.push(exit(3, 1 << 8)).unwrap().kind, Kind::Exit);
+    assert!(a.push(exit(4, 0)).is_none());
+}
+
+#[test]
+fn oom_mark_makes_an_oom_kill() {
+    let mut a = Assembler::new(false, 64);
+    a.push(Record::Oom(head(11)));
+    a.push(sig(11, 11, 9, false));
+    assert_eq!(a.push(exit(11, 9)).unwrap().kind, Kind::OomKill);
+}
+
+fn go(pid: u32, what: GoWhat, text: &str) -> Record {
+    Record::Go(Go {
+        head: head(pid),
+        what,
+        text: Some(text.into()),
+        type_ptr: 0,
+        start_code: 0,
+        stack: vec![],
+        caller: 0,
+        bp: 0,
+        regs: vec![],
+        maps: None,
+        captured: None,
+    })
+}
+
+fn out(pid: u32, data: &[u8]) -> Record {
+    Record::GoOutput(crate::decode::GoOutput {
+        head: head(pid),
+        data: data.to_vec(),
+        cut: false,
+    })
+}
+
+#[test]
+fn go_panic_with_its_signal_and_output_is_one_report() {
+    let mut a = Assembler::new(false, 64);
+    a.push(exec(20, 200));
+    a.push(sig(20, 21, 11, true));
+    a.push(go(20, GoWhat::Panic, "runtime error"));
+    a.push(go(20, GoWhat::Fatal, "panic during panic"));
+    a.push(out(20, b"panic: runtime error\n"));
+    let c = a.push_with(exit(20, 2 << 8), &|f| f.ino == 200).unwrap();
+    assert_eq!(c.kind, Kind::GoPanic);
+    assert_eq!(c.go.unwrap().text.as_deref(), Some("runtime error"));
+    assert!(c.signal.is_some());
+    assert_eq!(c.output.head, b"panic: runtime error\n");
+}
+
+#[test]
+fn threads_dying_at_once_each_keep_their_stack() {
+    // Two goroutines find the map written concurrently: both threads' stack records
+    // arrive before either fatal-path record.
+    let on = |tid: u32, ktime_ns: u64| Head {
+        tid,
+        ktime_ns,
+        ..head(50)
+    };
+    let stack = |tid, t, sp| {
+        Record::Stack(crate::decode::Stack {
+            head: on(tid, t),
+            sp,
+            ..Default::default()
+        })
+    };
+    let fatal = |tid, t| match go(50, GoWhat::Fatal, "concurrent map writes") {
+        Record::Go(g) => Record::Go(Go {
+            head: on(tid, t),
+            ..g
+        }),
+        _ => unreachable!(),
+    };
+    let mut a = Assembler::new(false, 64);
+    a.push(stack(51, 1000, 0x51));
+    a.push(stack(52, 1001, 0x52));
+    a.push(fatal(51, 1000));
+    a.push(fatal(52, 1001));
+    let c = a.push(exit(50, 2 << 8)).unwrap();
+    assert_eq!(c.go.unwrap().captured.map(|st| st.sp), Some(0x51));
+}
+
+#[test]
+fn output_keeps_head_and_tail() {
+    let mut o = Output::default();
+    for i in 0..100u8 {
+        o.push(&[i; 3], 20);
+    }
+    assert_eq!(
+        (o.head.len(), o.tail.len(), o.total, o.dropped()),
+        (10, 10, 300, 280)
+    );
+    assert_eq!(o.head[..3], [0, 0, 0]);
+    assert_eq!(*o.tail.back().unwrap(), 99);
+}
+
+#[test]
+fn printing_without_dying_is_not_a_crash() {
+    let mut a = Assembler::new(false, 64);
+    a.push(out(30, b"gc 1 @0.01s"));
+    assert!(a.push(exit(30, 0)).is_none());
+}
+
+#[test]
+fn a_dying_go_process_is_kept_however_long_it_prints() {
+    let mut a = Assembler::new(false, 64);
+    a.push(go(40, GoWhat::Fatal, "stack overflow"));
+    assert_eq!(a.expire(100 + 300_000_000_000, 30_000_000_000, |_| true), 0);
+    assert_eq!(a.push(exit(40, 2 << 8)).unwrap().kind, Kind::GoFatal);
+    // ... but not once the process is gone.
+    a.push(go(41, GoWhat::Fatal, "stack overflow"));
+    assert_eq!(
+        a.expire(100 + 300_000_000_000, 30_000_000_000, |pid| pid != 41),
+        1
+    );
+}
+
+#[test]
+fn surviving_a_signal_leaves_nothing_after_expiry() {
+    let mut a = Assembler::new(false, 64);
+    a.push(sig(12, 12, 15, false));
+    assert_eq!(a.expire(100 + 31_000_000_000, 30_000_000_000, |_| true), 1);
+    assert!(a.push(exit(12, 0)).is_none());
+}
