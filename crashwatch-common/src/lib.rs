@@ -182,24 +182,41 @@ pub struct ModuleRec {
 /// [`GoRecord`] (same pid, tid and `ktime_ns`) and sent just before it, so native frames
 /// without frame pointers can be unwound from their CFI in userspace.
 ///
-/// `data` comes last: the record is sent only as far as `copy_len` reaches.
+/// Sent packed, so a crash costs the ring buffer what it holds: the fixed fields
+/// ([`STACK_HEAD`] bytes), then `body` as far as it is used — `modules_len` [`ModuleRec`]
+/// entries, and right after them `copy_len` bytes of the stack from `sp`.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct StackRecord {
     pub hdr: Header,
-    /// The stack pointer `data` starts at.
+    /// The stack pointer the copy starts at.
     pub sp: u64,
-    /// Bytes of `data` covered (copied or missing).
+    /// Bytes of the copy covered (copied or missing).
     pub copy_len: u32,
     /// Bit `i` set: the `i`-th page-bounded piece of the copy could not be read (not
-    /// resident); its bytes in `data` are meaningless.
+    /// resident); its bytes are meaningless.
     pub missing: u32,
     pub modules_len: u32,
     /// `MODULES_*`.
     pub modules_state: u32,
-    pub modules: [ModuleRec; MODULES_MAX],
-    pub data: [u8; STACK_COPY_MAX + STACK_COPY_SLACK],
+    pub body: [u8; STACK_BODY],
 }
+
+/// A [`StackRecord`]'s whole size: a power of two, so the length of its packed form carries
+/// its bound to the verifier as one mask.
+pub const STACK_RECORD_SIZE: usize = 32768;
+/// Bytes of a [`StackRecord`] before its body.
+pub const STACK_HEAD: usize = core::mem::size_of::<Header>() + 24;
+pub const MODULE_SIZE: usize = core::mem::size_of::<ModuleRec>();
+/// Room at the start of a stack record's body for its module entries: a power of two, so the
+/// copy's start (right after the entries) carries its bound to the verifier as a mask.
+pub const MODULES_ROOM: usize = 8192;
+/// The body: module entries, the copy, and room for a page-sized read at any offset.
+pub const STACK_BODY: usize = STACK_RECORD_SIZE - STACK_HEAD;
+const _: () = assert!(core::mem::offset_of!(StackRecord, body) == STACK_HEAD);
+const _: () = assert!(core::mem::size_of::<StackRecord>() == STACK_RECORD_SIZE);
+const _: () = assert!(MODULES_ROOM + STACK_COPY_MAX + STACK_COPY_SLACK <= STACK_BODY);
+const _: () = assert!(MODULES_MAX * MODULE_SIZE <= MODULES_ROOM);
 
 /// `sched/sched_process_exit` of the last thread of a process.
 #[repr(C)]

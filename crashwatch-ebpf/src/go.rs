@@ -7,18 +7,18 @@
 //! RBX. Only entry probes: uretprobes break when Go moves stacks.
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns,
         bpf_probe_read_kernel_buf, bpf_probe_read_user, bpf_probe_read_user_buf,
         generated::bpf_get_attach_cookie,
     },
     macros::{map, uprobe},
-    maps::LruHashMap,
+    maps::{HashMap, LruHashMap, PerCpuArray},
     programs::ProbeContext,
     EbpfContext,
 };
 use crashwatch_common::*;
 
-use crate::shared::{count_lost, fill_header, rd, user_stack, EVENTS};
+use crate::shared::{count_lost, fill_header, output_stack, rd, user_stack, EVENTS};
 
 /// The panic value's (type, data) per goroutine (tgid, g), from `runtime.gopanic`, for
 /// `fatalpanic`: a goroutine can move to another thread between the two.
@@ -144,22 +144,43 @@ fn on_fatal(ctx: &ProbeContext, panic: bool) {
     e.submit(0);
 }
 
+/// Stack records for Go's fatal paths, a few per CPU. Uprobe programs run with migration
+/// off but can be preempted, and have no recursion guard, so a task claims a slot before
+/// writing into it: an insert into `GO_STACK_CLAIMS` that fails when the key exists is the
+/// atomic test-and-set (the BPF target has no compare-and-swap in Rust), so a task that
+/// preempts another on this CPU takes the next slot, never the same one.
+#[map]
+static GO_STACKS: PerCpuArray<StackRecord> = PerCpuArray::with_max_entries(GO_STACK_SLOTS, 0);
+/// (cpu, slot) → the claiming task, while it writes. Room for 64 claims in flight at once.
+#[map]
+static GO_STACK_CLAIMS: HashMap<u32, u64> = HashMap::with_max_entries(64, 0);
+const GO_STACK_SLOTS: u32 = 3;
+const BPF_NOEXIST: u64 = 1;
+
 /// The stack copy (see `stack`), so Go's fatal path is unwound like a fatal signal's. Not the
 /// loaded-object list: Go's fatal paths run Go code, in the executable, which the agent
 /// places from `mm->start_code` alone.
 #[inline(always)]
 fn send_stack(hdr: &Header, sp: u64) {
-    let Some(mut e) = EVENTS.reserve::<StackRecord>(0) else {
-        count_lost();
+    let task = unsafe { bpf_get_current_task() };
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    for slot in 0..GO_STACK_SLOTS {
+        let key = cpu.wrapping_mul(GO_STACK_SLOTS).wrapping_add(slot);
+        if GO_STACK_CLAIMS.insert(key, task, BPF_NOEXIST).is_err() {
+            continue;
+        }
+        if let Some(st) = GO_STACKS.get_ptr_mut(slot) {
+            // SAFETY: this CPU's slot, claimed by this task until the claim is removed.
+            let st = unsafe { &mut *st };
+            st.hdr = *hdr;
+            st.hdr.kind = KIND_STACK;
+            crate::stack::capture_copy(st, sp);
+            output_stack(st);
+        }
+        let _ = GO_STACK_CLAIMS.remove(key);
         return;
-    };
-    // SAFETY: the reserved record; `capture` writes every field read downstream (the copy
-    // and the paths only up to their lengths).
-    let st = unsafe { &mut *e.as_mut_ptr() };
-    st.hdr = *hdr;
-    st.hdr.kind = KIND_STACK;
-    crate::stack::capture_copy(st, sp);
-    e.submit(0);
+    }
+    count_lost();
 }
 
 /// `runtime.writeErrData(data *byte, n int32)` (Go 1.23+): what the runtime prints to stderr.

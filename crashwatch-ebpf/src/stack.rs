@@ -1,6 +1,7 @@
 //! What userspace needs to unwind and name a dying thread's stack after the process is gone:
 //! a copy of the top of its user stack, and the objects the dynamic linker loaded with where
-//! each sits (`StackRecord`).
+//! each sits (`StackRecord`, whose body holds the entries and then the copy, so it is sent
+//! only as far as it is used).
 //!
 //! The stack is copied one page-bounded piece at a time: a read that meets a non-resident page
 //! fails whole, and must not take the rest of the copy with it.
@@ -32,10 +33,11 @@ const DT_DEBUG: u64 = 21;
 const PHDRS_MAX: u64 = 16;
 
 /// Fills `rec` (all but the header) for the current task, whose user stack pointer is `sp`.
+/// The object list first: the copy goes right after its entries.
 #[inline(always)]
 pub fn capture(rec: &mut StackRecord, task: u64, sp: u64) {
-    copy_stack(rec, sp);
     read_modules(rec, task);
+    copy_stack(rec, sp);
 }
 
 /// The stack copy alone, for hooks whose program cannot afford the object list (Go's
@@ -43,9 +45,24 @@ pub fn capture(rec: &mut StackRecord, task: u64, sp: u64) {
 /// for: with the list inlined too it passed the 6.1 verifier's million-instruction budget).
 #[inline(always)]
 pub fn capture_copy(rec: &mut StackRecord, sp: u64) {
-    copy_stack(rec, sp);
     rec.modules_len = 0;
     rec.modules_state = MODULES_NOT_TAKEN;
+    copy_stack(rec, sp);
+}
+
+/// Where the copy starts in the body: right after the module entries, masked to the room
+/// they have so the verifier sees the bound.
+#[inline(always)]
+pub fn copy_start(rec: &StackRecord) -> usize {
+    (rec.modules_len as usize * MODULE_SIZE) & (MODULES_ROOM - 1)
+}
+
+/// The `i`-th module entry (`i` < MODULES_MAX).
+#[inline(always)]
+fn module(rec: &mut StackRecord, i: usize) -> &mut ModuleRec {
+    // SAFETY: entries sit at the body's start, 8-byte aligned (the body follows u64 and u32
+    // pairs), MODULES_MAX of them fit in MODULES_ROOM.
+    unsafe { &mut *(rec.body.as_mut_ptr() as *mut ModuleRec).add(i) }
 }
 
 #[inline(always)]
@@ -57,6 +74,7 @@ fn copy_stack(rec: &mut StackRecord, sp: u64) {
     if sp == 0 {
         return;
     }
+    let start = copy_start(rec);
     let mut off: u64 = 0;
     // A copy of STACK_COPY_MAX bytes spans at most five pages.
     for piece in 0..(STACK_COPY_MAX as u64 / PAGE + 1) {
@@ -68,19 +86,20 @@ fn copy_stack(rec: &mut StackRecord, sp: u64) {
         if n > want - off {
             n = want - off;
         }
-        let at = (off as usize) & (STACK_COPY_MAX - 1);
-        // SAFETY (both reads): at < STACK_COPY_MAX and each length <= PAGE =
-        // STACK_COPY_SLACK, so the piece lies inside `data`. Two reads with two sizes, each
-        // bounded on its own: 6.1's verifier loses a length merged from two branches.
+        let at = start + ((off as usize) & (STACK_COPY_MAX - 1));
+        // SAFETY (both reads): start < MODULES_ROOM, the offset < STACK_COPY_MAX and each
+        // length <= PAGE = STACK_COPY_SLACK, so the piece lies inside the body. Two reads
+        // with two sizes, each bounded on its own: 6.1's verifier loses a length merged from
+        // two branches.
         let ok = if n >= PAGE {
             let dst = unsafe {
-                core::slice::from_raw_parts_mut(rec.data.as_mut_ptr().add(at), PAGE as usize)
+                core::slice::from_raw_parts_mut(rec.body.as_mut_ptr().add(at), PAGE as usize)
             };
             unsafe { bpf_probe_read_user_buf(addr as *const u8, dst) }.is_ok()
         } else {
             let len = (n as usize) & (PAGE as usize - 1);
             let dst =
-                unsafe { core::slice::from_raw_parts_mut(rec.data.as_mut_ptr().add(at), len) };
+                unsafe { core::slice::from_raw_parts_mut(rec.body.as_mut_ptr().add(at), len) };
             unsafe { bpf_probe_read_user_buf(addr as *const u8, dst) }.is_ok()
         };
         if !ok {
@@ -136,7 +155,7 @@ fn read_modules(rec: &mut StackRecord, task: u64) {
             _ => {}
         }
     }
-    let exe = &mut rec.modules[0];
+    let exe = module(rec, 0);
     exe.bias = bias;
     exe.dynamic = if dynamic != 0 { bias + dynamic } else { 0 };
     exe.path_len = 0;
@@ -169,7 +188,7 @@ fn read_modules(rec: &mut StackRecord, task: u64) {
         }
         // l_addr, l_name, l_ld, l_next
         let l: [u64; 4] = user(lm);
-        let m = &mut rec.modules[i + 1];
+        let m = module(rec, i + 1);
         m.bias = l[0];
         m.dynamic = l[2];
         // SAFETY: writes at most MODULE_PATH_LEN bytes into `path`.

@@ -262,15 +262,29 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
     })
 }
 
+/// A stack record in its packed form (see `StackRecord`): the fixed fields, `modules_len`
+/// module entries, then the copy.
 fn stack(bytes: &[u8]) -> Result<Stack> {
-    let at = std::mem::offset_of!(c::StackRecord, data);
-    if bytes.len() < at {
+    if bytes.len() < c::STACK_HEAD {
         bail!("stack record truncated: {} bytes", bytes.len());
     }
-    // The fixed part only: the copy is taken from the bytes that came.
     let mut fixed = vec![0u8; std::mem::size_of::<c::StackRecord>()];
-    fixed[..at].copy_from_slice(&bytes[..at]);
+    fixed[..c::STACK_HEAD].copy_from_slice(&bytes[..c::STACK_HEAD]);
     let r: c::StackRecord = read(&fixed)?;
+    let n_modules = r.modules_len as usize;
+    if n_modules > c::MODULES_MAX {
+        bail!(
+            "stack record claims {n_modules} loaded objects (at most {})",
+            c::MODULES_MAX
+        );
+    }
+    let at = c::STACK_HEAD + n_modules * c::MODULE_SIZE;
+    if bytes.len() < at {
+        bail!(
+            "stack record truncated: {} bytes, {at} needed for its {n_modules} loaded objects",
+            bytes.len()
+        );
+    }
     let len = (r.copy_len as usize)
         .min(c::STACK_COPY_MAX)
         .min(bytes.len() - at);
@@ -288,19 +302,22 @@ fn stack(bytes: &[u8]) -> Result<Stack> {
         off += n;
         piece += 1;
     }
-    let modules = r.modules[..(r.modules_len as usize).min(c::MODULES_MAX)]
-        .iter()
-        .map(|m| Module {
-            bias: m.bias,
-            // The helper's return: bytes with the NUL, or a negative error.
-            path: if (1..=c::MODULE_PATH_LEN as u32).contains(&m.path_len) {
-                cstr(&m.path[..m.path_len as usize])
-            } else {
-                String::new()
-            },
-            dynamic: m.dynamic,
+    let modules = bytes[c::STACK_HEAD..at]
+        .chunks_exact(c::MODULE_SIZE)
+        .map(|b| {
+            let m: c::ModuleRec = read(b)?;
+            Ok(Module {
+                bias: m.bias,
+                // The helper's return: bytes with the NUL, or a negative error.
+                path: if (1..=c::MODULE_PATH_LEN as u32).contains(&m.path_len) {
+                    cstr(&m.path[..m.path_len as usize])
+                } else {
+                    String::new()
+                },
+                dynamic: m.dynamic,
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>>>()?;
     Ok(Stack {
         head: head(&r.hdr),
         sp: r.sp,
@@ -453,6 +470,47 @@ mod tests {
             decode(&bytes_of(&r)[..head - 1]).is_err(),
             "shorter than its fixed part"
         );
+    }
+
+    /// The kernel's packed form: fixed fields, only the module entries used, then the copy.
+    #[test]
+    fn stack_records_decode_from_their_packed_form() {
+        let mut r: Box<c::StackRecord> = Box::new(unsafe { std::mem::zeroed() });
+        r.hdr.kind = c::KIND_STACK;
+        r.hdr.tid = 9;
+        r.sp = 0x7000;
+        r.copy_len = 100;
+        r.modules_len = 2;
+        let mut m: c::ModuleRec = unsafe { std::mem::zeroed() };
+        m.bias = 0x5000;
+        m.path[..9].copy_from_slice(b"/lib/x.so");
+        m.path_len = 10;
+        let mods = 2 * c::MODULE_SIZE;
+        r.body[c::MODULE_SIZE..mods].copy_from_slice(&bytes_of(&m));
+        r.body[mods..mods + 100].fill(0xab);
+        let packed = bytes_of(&*r)[..c::STACK_HEAD + mods + 100].to_vec();
+        let Record::Stack(st) = decode(&packed).unwrap() else {
+            panic!("not a stack")
+        };
+        assert_eq!((st.head.tid, st.sp, st.data.len()), (9, 0x7000, 100));
+        assert!(st.data.iter().all(|&b| b == 0xab));
+        assert_eq!(st.modules.len(), 2);
+        assert_eq!(
+            (st.modules[1].bias, st.modules[1].path.as_str()),
+            (0x5000, "/lib/x.so")
+        );
+        // A copy cut short by the record's end is kept as far as it came.
+        let Record::Stack(st) = decode(&packed[..packed.len() - 40]).unwrap() else {
+            panic!("not a stack")
+        };
+        assert_eq!(st.data.len(), 60);
+        // Module entries the record does not hold, or more than the kernel ever sends.
+        assert!(decode(&packed[..c::STACK_HEAD + mods - 1])
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
+        r.modules_len = c::MODULES_MAX as u32 + 1;
+        assert!(decode(&bytes_of(&*r)).is_err());
     }
 
     #[test]

@@ -331,7 +331,7 @@ export CRASHWATCH_GO_PREBUILT=/crashwatch/go
 out=/dev/ttyS1
 echo "== kernel $(uname -r)" > $out
 /crashwatch/crashwatch check > $out 2>&1
-/crashwatch/crashwatch run --output json > /dev/null 2> /tmp/watch.log &
+/crashwatch/crashwatch run --output json > /tmp/watch.json 2> /tmp/watch.log &
 watch=$!
 /crashwatch/crashes --test-threads=2 > /tmp/t.log 2>&1
 echo "== crashes exit $?" >> /tmp/t.log
@@ -341,6 +341,9 @@ cat /tmp/t.log /tmp/g.log > $out
 kill -INT $watch
 sleep 2
 grep -a 'crashwatch: stopped' /tmp/watch.log > $out
+# Where losses happened: the watcher's loss lines, and the first reports that followed one.
+grep -a 'kernel lost' /tmp/watch.log | head -5 > $out
+grep -av '"lost_before":0' /tmp/watch.json | head -3 | cut -c1-700 > $out
 echo "== done" > $out
 sync
 poweroff -f

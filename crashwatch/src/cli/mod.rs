@@ -36,8 +36,10 @@ enum Cmd {
         /// Which plain exits are crashes: none, or every non-zero exit code.
         #[arg(long, value_enum, default_value_t = Exits::None)]
         exits: Exits,
-        /// Kernel ring buffer size in bytes: a power of two, at least 4096.
-        #[arg(long, default_value_t = 4 << 20, value_parser = parse_ring_size)]
+        /// Kernel ring buffer size in bytes: a power of two, at least 4096. It holds the
+        /// crashes the agent has not read yet, about 20 KiB each with the default stack copy:
+        /// 8 MiB takes a burst of some 400 at once.
+        #[arg(long, default_value_t = 8 << 20, value_parser = parse_ring_size)]
         ring_size: u32,
         /// A handled SIGSEGV/SIGBUS/... can be blamed for a death within this many seconds
         /// (only when the death says so: see docs/report.md).
