@@ -7,7 +7,7 @@ use crate::{
     assemble::{Crash, Output, ProcInfo},
     decode::{Exec, GoWhat},
     gobin::GoBinary,
-    goroutines,
+    parse::{self, go as goroutines},
     report::{ExitInfo, GoInfo, Report, Sender, SignalInfo},
     signals,
     symbolize::Frame,
@@ -91,6 +91,11 @@ impl Enricher {
                 .map(|p| (p.args.clone(), p.args_truncated))
                 .unwrap_or_default(),
         };
+        let go_info = go_info(
+            c,
+            go,
+            self.named_registers(c.go.as_ref().map_or(&[], |r| &r.regs)),
+        );
         Report {
             time: rfc3339(monotonic_to_unix_ns(c.head.ktime_ns)),
             host: self.host.clone(),
@@ -106,11 +111,8 @@ impl Enricher {
             cgroup: proc.map(|p| p.cgroup.clone()).filter(|g| !g.is_empty()),
             signal,
             exit: ExitInfo::from_status(c.status),
-            go: go_info(
-                c,
-                go,
-                self.named_registers(c.go.as_ref().map_or(&[], |r| &r.regs)),
-            ),
+            error: go_info.as_ref().and_then(|g| parse::recognise(&g.stderr)),
+            go: go_info,
             stack,
             lost_before,
         }

@@ -17,7 +17,7 @@ mod gobin;
 #[cfg(test)]
 #[path = "../tests/common/gobuild.rs"]
 mod gobuild;
-mod goroutines;
+mod parse;
 mod privileges;
 mod probe;
 mod report;

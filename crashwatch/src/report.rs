@@ -32,6 +32,10 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub go: Option<GoInfo>,
     pub stack: Vec<Frame>,
+    /// The runtime's own account of the death, parsed from what the process printed on its
+    /// way down (docs/report.md, "error").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::parse::Death>,
     /// Kernel events lost (ring buffer full, recursion misses not redone) since the previous report.
     pub lost_before: u64,
 }
@@ -82,7 +86,7 @@ pub struct GoInfo {
     pub stderr_bytes: u64,
     pub stderr_truncated: bool,
     /// `stderr` parsed into goroutines.
-    pub goroutines: Vec<crate::goroutines::Goroutine>,
+    pub goroutines: Vec<crate::parse::go::Goroutine>,
     /// The binary's build info (`go version -m`).
     pub build: Option<crate::gobin::BuildInfo>,
     /// User registers at the runtime's fatal path (the first instruction of `fatalpanic`,

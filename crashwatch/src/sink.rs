@@ -126,6 +126,9 @@ pub fn pretty(r: &Report, color: bool) -> String {
         _ => format!("status {:#x}", e.status),
     };
     field(&mut s, "exit", &exit);
+    if let Some(d) = &r.error {
+        error(&mut s, d, go.is_none(), color);
+    }
     if let Some(g) = go {
         let mut parts = vec![esc(g.version.as_deref().unwrap_or("go?")).into_owned()];
         if let Some(t) = &g.panic_type {
@@ -172,6 +175,49 @@ pub fn pretty(r: &Report, color: bool) -> String {
     }
     s.push('\n');
     s
+}
+
+/// The runtime's account: its error line, the chain of errors when there is more than one,
+/// and (for runtimes without a section of their own) the first frames of its stack.
+fn error(s: &mut String, d: &crate::parse::Death, frames: bool, color: bool) {
+    let (bold, dim, reset) = if color {
+        ("\x1b[1m", "\x1b[2m", "\x1b[0m")
+    } else {
+        ("", "", "")
+    };
+    *s += &format!(
+        "  {dim}{:<8}{reset} {} {}\n",
+        "error",
+        d.runtime,
+        esc(&d.headline)
+    );
+    for (i, l) in d.chain.iter().enumerate() {
+        let ty = l
+            .error_type
+            .as_deref()
+            .map(|t| format!("{t}: "))
+            .unwrap_or_default();
+        let rel = l
+            .relation
+            .map(|r| format!(" {dim}({r}){reset}"))
+            .unwrap_or_default();
+        let first = l.message.lines().next().unwrap_or("");
+        *s += &format!("    {dim}{i}{reset} {}{}{rel}\n", esc(&ty), esc(first));
+    }
+    if !frames {
+        return;
+    }
+    for f in d.frames.iter().take(8) {
+        let at = match (&f.file, f.line) {
+            (Some(file), Some(line)) => format!("  {dim}{}:{line}{reset}", esc(file)),
+            (Some(file), None) => format!("  {dim}{}{reset}", esc(file)),
+            _ => String::new(),
+        };
+        *s += &format!(
+            "    {bold}{}{reset}{at}\n",
+            esc(f.function.as_deref().unwrap_or("?"))
+        );
+    }
 }
 
 /// One frame as people read it: address, `function (file:line)`, the module's file name when

@@ -458,6 +458,49 @@ fn recovered_panic_and_plain_exit_are_not_panics() {
     plain.assert_no_report(r.pid);
 }
 
+/// A panic whose deferred cleanup panics again: the report's `error` keeps the chain in Go's
+/// order with the root cause as the headline; `go.panic_value` stays the value that killed.
+#[test]
+fn nested_panics_keep_the_root_cause() {
+    let a = agent();
+    for v in VERSIONS {
+        let bin = primed(a, v, Flavour::Static);
+        let r = run(&bin, "nested", &[], None);
+        assert_eq!(r.code, Some(2), "go{v}");
+        let rep = a.report_for(r.pid);
+        let e = &rep["error"];
+        assert_eq!(
+            (e["runtime"].as_str(), e["reason"].as_str()),
+            (Some("go"), Some("panic")),
+            "go{v}: {rep}"
+        );
+        assert_eq!(e["headline"], "panic: boom: connection reset", "go{v}");
+        let chain: Vec<(&str, Option<&str>)> = e["chain"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| (l["message"].as_str().unwrap(), l["relation"].as_str()))
+            .collect();
+        assert_eq!(
+            chain,
+            [
+                ("boom: connection reset", None),
+                ("boom: cleanup failed", Some("while_panicking"))
+            ],
+            "go{v}"
+        );
+        assert_eq!(rep["go"]["panic_value"], "boom: cleanup failed", "go{v}");
+        assert!(
+            e["frames"][0]["function"]
+                .as_str()
+                .unwrap()
+                .starts_with("main.main.func"),
+            "go{v}: {}",
+            e["frames"]
+        );
+    }
+}
+
 #[test]
 fn gotraceback_crash_aborts_with_a_core() {
     let a = agent();

@@ -118,7 +118,7 @@ fn output_names_signal(o: &Output, sig: i32) -> bool {
 /// The Go runtime printed its signal crash header (only its own output is captured).
 fn runtime_signal_crash(o: &Output) -> bool {
     !o.head.is_empty()
-        && crate::goroutines::parse(&String::from_utf8_lossy(&o.head))
+        && crate::parse::go::parse(&String::from_utf8_lossy(&o.head))
             .signal_crash
             .is_some()
 }

@@ -100,6 +100,13 @@ func main() {
 			panic("boom: in a goroutine")
 		}()
 		<-done
+	case "nested":
+		// A deferred cleanup that panics while the first panic unwinds: the root cause is
+		// the first value, the one that kills is the second.
+		func() {
+			defer func() { panic("boom: cleanup failed") }()
+			panic(errors.New("boom: connection reset"))
+		}()
 	case "recover":
 		func() {
 			defer func() { say("recovered", recover()) }()

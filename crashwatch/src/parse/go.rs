@@ -1,4 +1,4 @@
-//! Parser for what the Go runtime prints on its way down: `panic:` / `fatal error:` headers and
+//! What the Go runtime prints on its way down: `panic:` / `fatal error:` headers and
 //! goroutine tracebacks. Hand-written because the format is Go's own (no crate parses it) and
 //! it must accept every version's variant: `created by X in goroutine N` (1.21+), `gp=… m=…`
 //! in headers (GOTRACEBACK=system/crash), elided frames, wait durations. It only reads text, so
@@ -29,10 +29,23 @@ pub struct Goroutine {
     pub elided: bool,
 }
 
+/// One `panic:` line of a chain, as printed: the first panicked first, each later one while
+/// the one before it was running its deferred calls.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PanicLink {
+    pub value: String,
+    /// Marked ` [recovered]`: a deferred call recovered it (and panicked again).
+    pub recovered: bool,
+    /// Marked ` [recovered, repanicked]` (Go 1.23+): re-panicked with the same value.
+    pub repanicked: bool,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Traceback {
     /// `panic:` values in the order printed; the last one killed the process.
     pub panics: Vec<String>,
+    /// The same panics with their marks.
+    pub chain: Vec<PanicLink>,
     pub fatal_error: Option<String>,
     /// The runtime's signal crash header (`SIGSEGV: segmentation violation`), printed when a
     /// signal kills a Go program outside Go code (cgo) without a `fatal error:` line.
@@ -91,11 +104,16 @@ pub fn parse(text: &str) -> Traceback {
                 value.push_str(next);
                 lines.next();
             }
-            for suffix in [" [recovered, repanicked]", " [recovered]"] {
-                if let Some(v) = value.strip_suffix(suffix) {
-                    value = v.to_string();
-                }
+            let mut link = PanicLink::default();
+            if let Some(v) = value.strip_suffix(" [recovered, repanicked]") {
+                value = v.to_string();
+                (link.recovered, link.repanicked) = (true, true);
+            } else if let Some(v) = value.strip_suffix(" [recovered]") {
+                value = v.to_string();
+                link.recovered = true;
             }
+            link.value = value.clone();
+            t.chain.push(link);
             t.panics.push(value);
         } else if let Some(m) = line.strip_prefix("fatal error: ") {
             t.fatal_error.get_or_insert_with(|| m.to_string());
@@ -141,7 +159,7 @@ pub fn parse(text: &str) -> Traceback {
 }
 
 /// `SIGSEGV: segmentation violation` (the runtime's sigtable names and descriptions).
-fn is_signal_header(line: &str) -> bool {
+pub fn is_signal_header(line: &str) -> bool {
     line.split_once(": ").is_some_and(|(sig, desc)| {
         sig.len() > 3
             && sig.starts_with("SIG")
