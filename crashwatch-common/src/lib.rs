@@ -27,6 +27,7 @@ pub const KIND_OOM: u32 = 4;
 pub const KIND_GO: u32 = 5;
 pub const KIND_GO_OUTPUT: u32 = 6;
 pub const KIND_STACK: u32 = 7;
+pub const KIND_LAST_WORDS: u32 = 8;
 
 /// Most bytes of the user stack copied at a fatal signal or Go fatal path (`--stack-copy`).
 pub const STACK_COPY_MAX: usize = 16384;
@@ -217,6 +218,43 @@ const _: () = assert!(core::mem::offset_of!(StackRecord, body) == STACK_HEAD);
 const _: () = assert!(core::mem::size_of::<StackRecord>() == STACK_RECORD_SIZE);
 const _: () = assert!(MODULES_ROOM + STACK_COPY_MAX + STACK_COPY_SLACK <= STACK_BODY);
 const _: () = assert!(MODULES_MAX * MODULE_SIZE <= MODULES_ROOM);
+
+/// The tail of what a process wrote to stderr, kept in a ring.
+pub const WORDS_TAIL: usize = 8192;
+/// The head of a death: from a little before the first line a runtime prints when it dies.
+pub const WORDS_HEAD: usize = 8192;
+/// Bytes before that first line kept in the head (Go's `runtime:` lines, Node's source line).
+pub const WORDS_LOOKBACK: usize = 1024;
+/// Bytes of one write kept; the rest is counted in `skipped`.
+pub const WORDS_CHUNK: usize = 4096;
+/// Room after the head so a write at any offset below its end stays in bounds.
+pub const WORDS_SLACK: usize = WORDS_CHUNK;
+
+/// What a process wrote to stderr, per process (tgid) in a kernel map while it runs, sent
+/// only when it dies abnormally: the last [`WORDS_TAIL`] bytes, and, from the first write
+/// that starts the way a runtime starts its dying words, a head with the look-back before it.
+///
+/// Sent as the fixed fields, `tail` whole, and `head` as far as `head_len`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LastWordsRecord {
+    /// Filled at death.
+    pub hdr: Header,
+    /// Bytes kept of everything written: the tail's write position.
+    pub total: u64,
+    /// Bytes written but not kept (each write's bytes past [`WORDS_CHUNK`]).
+    pub skipped: u64,
+    /// `total` at the write that started the head, plus one; 0 when no write did.
+    pub marked: u64,
+    pub head_len: u32,
+    /// Bytes of the head before the marked write (the look-back).
+    pub lookback: u32,
+    pub tail: [u8; WORDS_TAIL],
+    pub head: [u8; WORDS_HEAD + WORDS_SLACK],
+}
+
+/// Bytes of a [`LastWordsRecord`] before its tail.
+pub const WORDS_FIXED: usize = core::mem::offset_of!(LastWordsRecord, tail);
 
 /// `sched/sched_process_exit` of the last thread of a process.
 #[repr(C)]

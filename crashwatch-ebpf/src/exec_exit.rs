@@ -3,7 +3,8 @@
 //! An exec record names the executable (its file identity), the command line and the cgroup
 //! while the new image is in place. An exit record is sent for the last thread of a process
 //! only (a whole-process death), with its wait status; a parked handled fault of that process
-//! goes out just before it when the death came within the pending window.
+//! goes out just before it when the death came within the pending window, and so do its last
+//! words (`writes`) when it died abnormally.
 use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_probe_read_kernel_str_bytes},
     macros::map,
@@ -13,8 +14,11 @@ use aya_ebpf::{
 use crashwatch_common::*;
 
 use crate::{
-    shared::{fill_header, output, output_stack, output_with_args, rd, read_args},
+    shared::{
+        count_lost, fill_header, output, output_stack, output_with_args, rd, read_args, EVENTS,
+    },
     signal::{PENDING, PENDING_STACK},
+    writes::WORDS,
 };
 
 /// Scratch space for the exec record (too large for the 512-byte BPF stack), one per program
@@ -107,7 +111,40 @@ fn exit_common(task: u64) {
         let _ = PENDING.remove(pid);
         let _ = PENDING_STACK.remove(pid);
     }
+    if let Some(w) = WORDS.get_ptr_mut(pid) {
+        // SAFETY: the dying process's entry; its threads are gone.
+        let w = unsafe { &mut *w };
+        if rec.status != 0 {
+            w.hdr = rec.hdr;
+            w.hdr.kind = KIND_LAST_WORDS;
+            output_last_words(w);
+        }
+        let _ = WORDS.remove(pid);
+    }
     output(&rec);
+}
+
+/// The fixed fields, the whole tail and the head as far as it goes.
+#[inline(always)]
+fn output_last_words(w: &LastWordsRecord) {
+    let bytes = w as *const LastWordsRecord as *const u8;
+    let base = WORDS_FIXED + WORDS_TAIL;
+    // Two sends with two sizes, each bounded on its own (see `output_head`).
+    let r = if w.head_len as usize >= WORDS_HEAD {
+        // SAFETY: within the record.
+        EVENTS.output::<[u8]>(
+            unsafe { core::slice::from_raw_parts(bytes, base + WORDS_HEAD) },
+            0,
+        )
+    } else {
+        // SAFETY: a read of a local, so the compiler keeps the mask the verifier needs.
+        let h = unsafe { core::ptr::read_volatile(&(w.head_len as usize)) } & (WORDS_HEAD - 1);
+        // SAFETY: within the record.
+        EVENTS.output::<[u8]>(unsafe { core::slice::from_raw_parts(bytes, base + h) }, 0)
+    };
+    if r.is_err() {
+        count_lost();
+    }
 }
 
 // Kernels before 6.16: no `group_dead` argument; `signal->live` reached 0 for the last thread.

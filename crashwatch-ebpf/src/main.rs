@@ -8,6 +8,7 @@
 //! - `oom`: `oom/mark_victim`,
 //! - `go`: uprobes on the Go runtime's fatal paths and its stderr writer,
 //! - `stack`: the stack copy and loaded-object list that go with a signal or Go record,
+//! - `writes`: what each process writes to stderr, its last words if it dies,
 //! - `copies`: the three-copy guard against the recursion guard on preemptible kernels,
 //! - `shared`: the configuration, the ring buffer, and the readers every program uses.
 #![no_std]
@@ -22,6 +23,7 @@ mod go;
 mod oom;
 mod signal;
 mod stack;
+mod writes;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -45,6 +45,9 @@ pub struct Options {
     /// Bytes of a process's argument list read.
     pub cmdline_max: u32,
     pub stack_copy: u32,
+    pub last_words: crate::probe::writes::Mode,
+    /// Bytes of a dying process's last words kept in its report.
+    pub last_words_max: usize,
     pub symbol_cache_bytes: usize,
     pub go: Limits,
 }
@@ -149,6 +152,7 @@ pub async fn run(opts: Options) -> Result<()> {
         pending_window_ns: window_ns,
         args_max: opts.cmdline_max,
         stack_copy: opts.stack_copy,
+        last_words: opts.last_words,
     })?;
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd until the loop ends.
     let mut ring = unsafe { AsyncFd::register(probe.take_events()?) }
@@ -157,8 +161,9 @@ pub async fn run(opts: Options) -> Result<()> {
     let losses = probe.take_losses()?;
     let programs = probe.program_names().join(", ");
     let go_mode = probe.go_attach_mode();
+    let last_words = probe.last_words.to_string();
     let uprobe_multi = probe.has_uprobe_multi();
-    let enricher = Enricher::new(probe.layout.pt_regs_names.clone());
+    let enricher = Enricher::new(probe.layout.pt_regs_names.clone(), opts.last_words_max);
     let go = GoProbes::start(probe, opts.go);
     let stdout_closed = Arc::new(AtomicBool::new(false));
     let (jobs, queue) = mpsc::sync_channel::<Job>(REPORT_QUEUE);
@@ -195,6 +200,9 @@ pub async fn run(opts: Options) -> Result<()> {
     for off in crate::privileges::Caps::current().degraded(uprobe_multi) {
         eprintln!("crashwatch: running with less: {off}");
     }
+    if last_words.starts_with("unavailable") {
+        eprintln!("crashwatch: running with less: no last words ({last_words}): runtimes' dying messages are not in reports, and exits they explain are not reported");
+    }
     let seeded = enrich::scan_proc();
     let n = seeded.len();
     for (pid, mut info) in seeded {
@@ -205,7 +213,7 @@ pub async fn run(opts: Options) -> Result<()> {
         p.asm.seed(pid, info);
     }
     eprintln!(
-        "crashwatch: ready: {} programs loaded ({programs}), {n} running processes known (Go binaries among them are probed in the background: {go_mode}), ring buffer {} KiB",
+        "crashwatch: ready: {} programs loaded ({programs}), {n} running processes known (Go binaries among them are probed in the background: {go_mode}), ring buffer {} KiB, last words: {last_words}",
         programs.split(", ").count(),
         opts.ring_bytes / 1024
     );

@@ -8,7 +8,7 @@ use crate::{
     decode::{Exec, GoWhat},
     gobin::GoBinary,
     parse::{self, go as goroutines},
-    report::{ExitInfo, GoInfo, Report, Sender, SignalInfo},
+    report::{ExitInfo, GoInfo, LastWordsInfo, Report, Sender, SignalInfo},
     signals,
     symbolize::Frame,
 };
@@ -17,13 +17,16 @@ pub struct Enricher {
     host: String,
     /// `struct pt_regs` member names and byte offsets, from BTF.
     regs: Vec<(String, u32)>,
+    last_words_max: usize,
 }
 
 impl Enricher {
-    pub fn new(regs: Vec<(String, u32)>) -> Self {
+    /// `last_words_max`: bytes of a process's last words kept in its report.
+    pub fn new(regs: Vec<(String, u32)>, last_words_max: usize) -> Self {
         Enricher {
             host: hostname(),
             regs,
+            last_words_max,
         }
     }
 
@@ -111,7 +114,20 @@ impl Enricher {
             cgroup: proc.map(|p| p.cgroup.clone()).filter(|g| !g.is_empty()),
             signal,
             exit: ExitInfo::from_status(c.status),
-            error: go_info.as_ref().and_then(|g| parse::recognise(&g.stderr)),
+            // From the last words; a Go binary's own runtime output otherwise (the kernel
+            // keeps no last words where the write hooks could not be attached).
+            error: c
+                .error
+                .clone()
+                .or_else(|| go_info.as_ref().and_then(|g| parse::recognise(&g.stderr))),
+            last_words: c.last_words.as_ref().map(|w| {
+                let (text, cut) = capped_text(&w.text, self.last_words_max);
+                LastWordsInfo {
+                    text,
+                    bytes: w.written,
+                    truncated: w.truncated || cut,
+                }
+            }),
             go: go_info,
             stack,
             lost_before,
@@ -162,6 +178,19 @@ fn go_info(
         build: bin.and_then(|b| b.build.clone()),
         registers,
     })
+}
+
+/// `text` within `max` bytes: its head and its tail with a marker between when longer.
+fn capped_text(text: &[u8], max: usize) -> (String, bool) {
+    if text.len() <= max {
+        return (String::from_utf8_lossy(text).into_owned(), false);
+    }
+    let half = max / 2;
+    let cut = text.len() - 2 * half;
+    let mut s = String::from_utf8_lossy(&text[..half]).into_owned();
+    s.push_str(&format!("\n[... crashwatch: {cut} bytes not kept ...]\n"));
+    s.push_str(&String::from_utf8_lossy(&text[text.len() - half..]));
+    (s, true)
 }
 
 fn render_output(o: &Output) -> String {

@@ -36,8 +36,21 @@ pub struct Report {
     /// way down (docs/report.md, "error").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<crate::parse::Death>,
+    /// What the process wrote to stderr before it died.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_words: Option<LastWordsInfo>,
     /// Kernel events lost (ring buffer full, recursion misses not redone) since the previous report.
     pub lost_before: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LastWordsInfo {
+    /// The head of its dying words and the tail of all it wrote, with a marker between
+    /// when the middle was not kept.
+    pub text: String,
+    /// Bytes it wrote to stderr in all.
+    pub bytes: u64,
+    pub truncated: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -68,6 +68,9 @@ pub fn pretty(r: &Report, color: bool) -> String {
             "fatal error: {}",
             esc(go.and_then(|g| g.fatal_message.as_deref()).unwrap_or("?"))
         ),
+        (_, "runtime_error") => {
+            esc(r.error.as_ref().map_or("?", |e| e.headline.as_str())).into_owned()
+        }
         (Some(sig), _) => {
             let code = sig.code_name.map(|c| format!(" ({c})")).unwrap_or_default();
             format!("{}{code}", sig.name)
@@ -185,12 +188,20 @@ fn error(s: &mut String, d: &crate::parse::Death, frames: bool, color: bool) {
     } else {
         ("", "", "")
     };
-    *s += &format!(
-        "  {dim}{:<8}{reset} {} {}\n",
-        "error",
-        d.runtime,
-        esc(&d.headline)
-    );
+    let mut line = format!("{} {}", d.runtime, esc(&d.headline));
+    let first = d.message.lines().next().unwrap_or("");
+    if !first.is_empty() && !d.headline.contains(first) {
+        line += &format!(": {}", esc(first));
+    }
+    if let Some(l) = &d.location {
+        match (&l.file, l.line) {
+            (Some(file), Some(n)) if !d.headline.contains(&format!("{file}:{n}")) => {
+                line += &format!("  {dim}at {}:{n}{reset}", esc(file));
+            }
+            _ => {}
+        }
+    }
+    *s += &format!("  {dim}{:<8}{reset} {line}\n", "error");
     for (i, l) in d.chain.iter().enumerate() {
         let ty = l
             .error_type

@@ -242,6 +242,44 @@ fn burst_of_300_crashes_fits_in_the_ring_while_the_agent_is_stopped() {
     }
 }
 
+/// glibc's dying words, captured in the kernel from the process's writes to fd 2 (here
+/// /dev/null): a failed assertion (one `write`) and a double free (one `writev`) stay
+/// `signal` reports and gain the words and what they say.
+#[test]
+fn glibc_assert_and_double_free_report_their_last_words() {
+    let a = agent();
+    let c = Crasher::run("assert");
+    assert_eq!(c.signal, Some(libc::SIGABRT));
+    let r = a.report_for(c.pid);
+    let e = &r["error"];
+    assert_eq!(
+        (
+            r["kind"].as_str(),
+            e["runtime"].as_str(),
+            e["reason"].as_str()
+        ),
+        (Some("signal"), Some("glibc"), Some("assertion")),
+        "{r}"
+    );
+    assert_eq!(e["message"], "argc < 2");
+    assert_eq!(e["location"]["line"].as_u64(), Some(c.fact("line")));
+    assert_eq!(e["location"]["function"], "main");
+    let words = r["last_words"]["text"].as_str().unwrap();
+    assert!(
+        words.ends_with("Assertion `argc < 2' failed.\n"),
+        "{words:?}"
+    );
+
+    let c = Crasher::run("double-free");
+    assert_eq!(c.signal, Some(libc::SIGABRT));
+    let r = a.report_for(c.pid);
+    assert_eq!(r["error"]["reason"], "heap_corruption", "{r}");
+    assert_eq!(
+        r["error"]["headline"],
+        "free(): double free detected in tcache 2"
+    );
+}
+
 fn tempdir(tag: &str) -> PathBuf {
     let d =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{tag}-{}", std::process::id()));

@@ -14,8 +14,9 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::{
-    decode::{Exec, Exit, Go, GoWhat, Head, Record, Signal},
+    decode::{Exec, Exit, Go, GoWhat, Head, LastWords, Record, Signal},
     elf::FileId,
+    parse::Death,
 };
 
 /// What a process runs, captured at exec (or by the start-up scan of /proc).
@@ -56,6 +57,9 @@ pub enum Kind {
     Exit,
     GoPanic,
     GoFatal,
+    /// A non-zero exit its runtime announced in its own words (a Python traceback and exit
+    /// 1, a Rust panic and exit 101): see the crash's `error`.
+    RuntimeError,
 }
 
 impl Kind {
@@ -66,6 +70,7 @@ impl Kind {
             Kind::Exit => "exit",
             Kind::GoPanic => "go_panic",
             Kind::GoFatal => "go_fatal",
+            Kind::RuntimeError => "runtime_error",
         }
     }
 }
@@ -85,6 +90,10 @@ pub struct Crash {
     pub go: Option<Go>,
     /// What the Go runtime printed, capped.
     pub output: Output,
+    /// What the process wrote to stderr, when it died abnormally.
+    pub last_words: Option<LastWords>,
+    /// The runtime's own account of the death, from the last words.
+    pub error: Option<Death>,
 }
 
 /// The case's stack record sent with the record of header `h` (same thread and kernel time).
@@ -165,6 +174,7 @@ struct Case {
     output: Output,
     /// The latest stack records, until the signal or Go record each goes with arrives.
     stacks: std::collections::VecDeque<std::sync::Arc<crate::decode::Stack>>,
+    last_words: Option<LastWords>,
 }
 
 pub struct Assembler {
@@ -257,6 +267,11 @@ impl Assembler {
                 case.output.cut |= o.cut;
                 None
             }
+            Record::LastWords(w) => {
+                let h = w.head.clone();
+                self.case(&h)?.last_words = Some(w);
+                None
+            }
             Record::Exit(x) => self.close(x, is_go),
         }
     }
@@ -308,6 +323,15 @@ impl Assembler {
                 || (code == 2 && proc.as_ref().and_then(|p| p.file).is_some_and(is_go))
                 || output_names_signal(&case.output, s.sig)
         });
+        // Only a process that died abnormally has last words sent.
+        let error = case
+            .last_words
+            .as_ref()
+            .and_then(|w| crate::parse::recognise(&String::from_utf8_lossy(&w.text)));
+        // Its runtime's words explain an exit only with that runtime's code for them.
+        let announced = error
+            .as_ref()
+            .filter(|d| term_sig == 0 && code != 0 && d.explains_exit(code));
         let kind = if case.oom {
             Kind::OomKill
         } else if let Some(g) = &case.go {
@@ -320,6 +344,13 @@ impl Assembler {
             Kind::GoFatal
         } else if signal.is_some() || term_sig != 0 {
             Kind::Signal
+        } else if let Some(d) = announced {
+            // A Go binary's first run dies before its uprobes are attached.
+            match (d.runtime, d.reason) {
+                ("go", "panic") => Kind::GoPanic,
+                ("go", _) => Kind::GoFatal,
+                _ => Kind::RuntimeError,
+            }
         } else if code != 0 && self.report_nonzero_exits {
             Kind::Exit
         } else {
@@ -333,6 +364,8 @@ impl Assembler {
             status: x.status,
             go: case.go,
             output: case.output,
+            last_words: case.last_words,
+            error,
         })
     }
 

@@ -105,6 +105,7 @@ pub fn run() -> bool {
             pending_window_ns: 0,
             args_max: 0,
             stack_copy: 0,
+            last_words: crate::probe::writes::Mode::Auto,
         };
         let loaded = crate::probe::Probe::load(settings);
         if let Ok(p) = &loaded {
@@ -113,6 +114,19 @@ pub fn run() -> bool {
                 l.warn = true;
                 lines.push(l);
             }
+            use crate::probe::writes::Attached;
+            // Without last words the agent still runs: a warning.
+            let mut l = line(
+                true,
+                "last words",
+                p.last_words.to_string(),
+                "fentry needs a kernel that lets BPF trampolines attach (no lockdown or LSM refusing them); --last-words off spares the syscall path and drops last words",
+            );
+            l.warn = matches!(
+                p.last_words,
+                Attached::Tracepoint(_) | Attached::Unavailable(_)
+            );
+            lines.push(l);
         }
         lines.push(line(
             loaded.is_ok(),

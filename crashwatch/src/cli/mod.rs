@@ -8,7 +8,11 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::{agent, probe::go::Limits, sink};
+use crate::{
+    agent,
+    probe::{go::Limits, writes},
+    sink,
+};
 
 #[derive(Parser)]
 #[command(
@@ -56,6 +60,16 @@ enum Cmd {
         /// off), so code built without frame pointers can be unwound from its CFI.
         #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(0..=16384))]
         stack_copy: u32,
+        /// How what processes write to stderr is watched, so a dying process's last words
+        /// (a Python traceback, a Rust panic) are in its report: fentry where the kernel
+        /// allows it, else the syscall tracepoints (every syscall on the host takes a slower
+        /// path: `auto` says so at start), or off.
+        #[arg(long, value_enum, default_value_t = writes::Mode::Auto)]
+        last_words: writes::Mode,
+        /// Bytes of a dying process's last words kept in its report (at most 16384: the
+        /// first lines of its runtime's message and the last ones).
+        #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(0..=16384))]
+        last_words_max: u32,
         /// Bytes of parsed symbol data kept in memory, shared by all processes; least recently
         /// used binaries are dropped first.
         #[arg(long, default_value_t = 256 << 20)]
@@ -146,6 +160,8 @@ pub fn main() -> ExitCode {
             go_stderr_max,
             cmdline_max,
             stack_copy,
+            last_words,
+            last_words_max,
             symbol_cache_bytes,
             go_max_binaries,
             go_release_after,
@@ -168,6 +184,8 @@ pub fn main() -> ExitCode {
                 go_stderr_max,
                 cmdline_max,
                 stack_copy,
+                last_words,
+                last_words_max: last_words_max as usize,
                 symbol_cache_bytes,
                 go: Limits {
                     max_binaries: go_max_binaries as usize,

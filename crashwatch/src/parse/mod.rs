@@ -85,6 +85,25 @@ pub struct Death {
     pub start: usize,
 }
 
+impl Death {
+    /// Whether a process that exited with `code` died of this (rather than printed it and
+    /// went on to exit for another reason): each runtime's exit code for its unhandled
+    /// errors. Deaths by signal need no such check.
+    pub fn explains_exit(&self, code: u32) -> bool {
+        match (self.runtime, self.reason) {
+            (_, "stack_overflow" | "out_of_memory") if code == 134 => true,
+            ("go", _) => code == 2,
+            ("rust", _) => code == 101,
+            ("python", "uncaught_exception") => code == 1,
+            ("node", _) => code == 1 || code == 7,
+            ("java", "uncaught_exception") => code == 1,
+            // ASan's default exitcode; LeakSanitizer's too.
+            ("sanitizer", _) => code == 1 || code == 23,
+            _ => false,
+        }
+    }
+}
+
 /// The last death any runtime's parser recognises in `text`.
 pub fn recognise(text: &str) -> Option<Death> {
     let lines = Lines::of(text);

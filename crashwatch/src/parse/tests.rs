@@ -43,6 +43,7 @@ fn go_nested_panics_keep_the_chain_root_first() {
     assert_eq!(d.headline, "panic: first [recovered, repanicked]");
     assert!(d.chain[0].recovered);
     assert_eq!(d.chain[1].message, "second");
+    assert!(d.explains_exit(2) && !d.explains_exit(1));
 }
 
 #[test]
@@ -77,6 +78,7 @@ fn rust_panics_in_both_formats_with_and_without_a_backtrace() {
         d.headline,
         "thread 'worker-7' panicked at p.rs:5:25: index out of bounds: the len is 0 but the index is 4"
     );
+    assert!(d.explains_exit(101) && !d.explains_exit(1));
 
     let d = death("rust_main_nobt.txt");
     assert_eq!(
@@ -96,6 +98,7 @@ fn rust_panics_in_both_formats_with_and_without_a_backtrace() {
         (d.reason, d.thread.as_deref()),
         ("stack_overflow", Some("main"))
     );
+    assert!(d.explains_exit(134));
 }
 
 #[test]
@@ -122,6 +125,7 @@ fn python_chains_groups_and_fatal_errors() {
     );
     assert_eq!(func(&d.chain[0].frames[0]), "parse");
     assert_eq!(d.start, 0);
+    assert!(d.explains_exit(1));
 
     let d = death("py_during.txt");
     assert_eq!(d.error_type.as_deref(), Some("AttributeError"));
@@ -174,6 +178,7 @@ fn node_uncaught_exceptions_start_at_their_source_line() {
         (d.message.as_str(), d.frames[0].file.as_deref()),
         ("async boom", Some("[eval]"))
     );
+    assert!(d.explains_exit(1));
 
     let d = recognise("<--- Last few GCs --->\n\n[1:0x1]   100 ms: Mark-Compact\n\nFATAL ERROR: Reached heap limit Allocation failed - JavaScript heap out of memory\n").unwrap();
     assert_eq!((d.runtime, d.reason, d.start), ("node", "out_of_memory", 0));
@@ -201,6 +206,7 @@ fn java_exceptions_keep_their_causes() {
     assert_eq!(d.chain[1].relation, Some("caused_by"));
     assert_eq!(d.chain[1].message, "For input string: \"x1\"");
     assert_eq!(func(&d.chain[1].frames[3]), "Main.parse");
+    assert!(d.explains_exit(1));
 }
 
 #[test]
@@ -250,6 +256,7 @@ fn c_and_cpp_library_messages() {
     );
     assert_eq!(d.frames.len(), 4);
     assert!(text[d.start..].starts_with("====="));
+    assert!(d.explains_exit(1));
 }
 
 #[test]
@@ -266,7 +273,7 @@ fn ordinary_output_is_no_death() {
 }
 
 #[test]
-fn the_last_death_wins() {
+fn the_last_death_wins_and_its_exit_must_match() {
     // A handled traceback logged early, then the panic that killed the process.
     let text = format!(
         "{}\nserving\n{}",
@@ -275,6 +282,9 @@ fn the_last_death_wins() {
     );
     let d = recognise(&text).unwrap();
     assert_eq!(d.runtime, "rust");
+    // A program that prints a traceback and exits 0, or 1 for its own reasons.
+    let d = death("py_chained.txt");
+    assert!(!d.explains_exit(0) && !d.explains_exit(2));
     // A log line after the exception is not part of it.
     let d = recognise(&format!("{}INFO: shutting down\n", data("py_during.txt"))).unwrap();
     assert_eq!(d.chain.len(), 2);

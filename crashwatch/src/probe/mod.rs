@@ -12,6 +12,7 @@
 pub mod btf;
 pub mod go;
 mod uprobe_multi;
+pub mod writes;
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
@@ -42,6 +43,8 @@ pub struct Settings {
     pub args_max: u32,
     /// Bytes of user stack copied at a fatal signal or Go fatal path.
     pub stack_copy: u32,
+    /// How writes to stderr are watched for last words.
+    pub last_words: writes::Mode,
 }
 
 /// One Go binary's probes in the kernel; they go away with [`Probe::detach_go`].
@@ -64,6 +67,8 @@ pub struct Probe {
     multi: std::result::Result<uprobe_multi::MultiProgram, String>,
     /// A uprobe_multi link was made: later refusals are about the binary, not the kernel.
     multi_worked: bool,
+    /// How last words are captured here.
+    pub last_words: writes::Attached,
 }
 
 /// Reads the kernel side's loss counters; independent of [`Probe`], so the record loop can
@@ -201,6 +206,7 @@ impl Probe {
                 .with_context(|| format!("attaching {prog} to tracepoint {tp}"))?;
             attached.push(prog);
         }
+        let last_words = writes::attach(&mut ebpf, &kernel_btf, settings.last_words, &mut attached);
         let p: &mut UProbe = ebpf
             .program_mut(GO_PROGRAM)
             .with_context(|| format!("program {GO_PROGRAM} missing from the object"))?
@@ -221,6 +227,7 @@ impl Probe {
             layout,
             multi,
             multi_worked: false,
+            last_words,
         })
     }
 

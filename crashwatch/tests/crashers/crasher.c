@@ -2,6 +2,7 @@
  * Each mode prints facts the test checks (addresses, tids) on stdout, one "key=value" per line,
  * and flushes before dying. */
 #define _GNU_SOURCE
+#include <assert.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
@@ -91,6 +92,13 @@ int main(int argc, char **argv) {
         pause();
     } else if (!strcmp(m, "oom")) oom();
     else if (!strcmp(m, "libc-on-usr1")) libc_on_usr1();
+    /* Dying words from glibc: one write for the assertion, one writev for the double free. */
+    else if (!strcmp(m, "assert")) { say("line", __LINE__); assert(argc < 2); }
+    else if (!strcmp(m, "double-free")) {
+        char *volatile p = malloc(32);
+        free(p);
+        free(p);
+    }
     else { fprintf(stderr, "unknown mode %s\n", m); return 64; }
     return 99; /* a crash mode that did not crash */
 }

@@ -209,7 +209,7 @@ fn a_long_command_line_is_marked_truncated() {
 }
 
 /// 10. A JVM takes SIGSEGV on purpose (its CPU-feature probe); an uncaught exception then
-///     ends it with exit 1. That is an exit, not a segfault.
+///     ends it with exit 1. That is the exception (its last words say so), not a segfault.
 #[test]
 fn a_jvm_exiting_after_an_uncaught_exception_is_not_a_segfault() {
     let a = agent(); // --exits nonzero: the exit itself is reported
@@ -230,7 +230,11 @@ fn a_jvm_exiting_after_an_uncaught_exception_is_not_a_segfault() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let r = a.report_for(pid);
-    assert_eq!(r["kind"], "exit", "{r:#}");
+    assert_eq!(r["kind"], "runtime_error", "{r:#}");
+    assert_eq!(
+        r["error"]["type"], "java.lang.IllegalStateException",
+        "{r:#}"
+    );
     assert!(
         r.get("signal").is_none(),
         "blamed on a routine fault: {r:#}"

@@ -150,6 +150,20 @@ pub enum Record {
     Go(Go),
     GoOutput(GoOutput),
     Stack(Stack),
+    LastWords(LastWords),
+}
+
+/// What a process wrote to stderr before it died abnormally, put back in order: the head (a
+/// little before the first line a runtime prints when it dies, and on from there), a marker
+/// for what neither end kept, and the tail.
+#[derive(Clone, Debug, Default)]
+pub struct LastWords {
+    pub head: Head,
+    pub text: Vec<u8>,
+    /// Bytes the process wrote in all.
+    pub written: u64,
+    /// `text` is not all of it.
+    pub truncated: bool,
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Record> {
@@ -206,6 +220,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
             })
         }
         c::KIND_STACK => Record::Stack(stack(bytes)?),
+        c::KIND_LAST_WORDS => Record::LastWords(last_words(bytes)?),
         c::KIND_EXIT => {
             let r: c::ExitRecord = read(bytes)?;
             Record::Exit(Exit {
@@ -330,6 +345,60 @@ fn stack(bytes: &[u8]) -> Result<Stack> {
     })
 }
 
+/// A last-words record: the fixed fields, the tail ring whole, the head as far as it goes.
+fn last_words(bytes: &[u8]) -> Result<LastWords> {
+    let at = c::WORDS_FIXED + c::WORDS_TAIL;
+    if bytes.len() < at {
+        bail!("last-words record truncated: {} bytes", bytes.len());
+    }
+    let mut whole = vec![0u8; std::mem::size_of::<c::LastWordsRecord>()];
+    let n = bytes.len().min(whole.len());
+    whole[..n].copy_from_slice(&bytes[..n]);
+    let r: Box<c::LastWordsRecord> = Box::new(read(&whole)?);
+    let (total, head_len, lookback) = (r.total, r.head_len as usize, r.lookback as u64);
+    if head_len > c::WORDS_HEAD || head_len > bytes.len() - at || lookback > head_len as u64 {
+        bail!("last-words record with a head of {head_len} bytes ({lookback} looked back)");
+    }
+    if r.marked > total + 1 {
+        bail!("last-words record marked past its end");
+    }
+    // The tail ring in order.
+    let kept = total.min(c::WORDS_TAIL as u64) as usize;
+    let mut tail = Vec::with_capacity(kept);
+    if total as usize <= c::WORDS_TAIL {
+        tail.extend_from_slice(&r.tail[..kept]);
+    } else {
+        let wrap = (total % c::WORDS_TAIL as u64) as usize;
+        tail.extend_from_slice(&r.tail[wrap..]);
+        tail.extend_from_slice(&r.tail[..wrap]);
+    }
+    let tail_start = total - kept as u64;
+    let mut text = Vec::new();
+    let mut gap = tail_start;
+    if r.marked != 0 && head_len > 0 {
+        let head_start = (r.marked - 1).saturating_sub(lookback);
+        let head_end = (head_start + head_len as u64).min(total);
+        text.extend_from_slice(&r.head[..head_len]);
+        gap = tail_start.saturating_sub(head_end);
+        // The tail from where the head ends (they overlap when little was written).
+        let skip = head_end.saturating_sub(tail_start).min(kept as u64) as usize;
+        if gap > 0 {
+            text.extend_from_slice(
+                format!("\n[... crashwatch: {gap} bytes not kept ...]\n").as_bytes(),
+            );
+        }
+        text.extend_from_slice(&tail[skip..]);
+    } else {
+        text = tail;
+    }
+    Ok(LastWords {
+        head: head(&r.hdr),
+        text,
+        written: total + r.skipped,
+        truncated: gap > 0 || r.skipped > 0,
+    })
+}
+
 fn read<T: Copy>(bytes: &[u8]) -> Result<T> {
     if bytes.len() < std::mem::size_of::<T>() {
         bail!(
@@ -407,122 +476,4 @@ fn cgroup_path(p: &c::CgroupPath) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bytes_of<T>(v: &T) -> Vec<u8> {
-        // SAFETY: reading the bytes of a plain-data record.
-        unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) }
-            .to_vec()
-    }
-
-    #[test]
-    fn exit_record_round_trips() {
-        let mut r = c::ExitRecord::default();
-        r.hdr.kind = c::KIND_EXIT;
-        r.hdr.pid = 42;
-        r.hdr.comm[..4].copy_from_slice(b"grep");
-        r.status = 1 << 8;
-        let Record::Exit(e) = decode(&bytes_of(&r)).unwrap() else {
-            panic!("not an exit")
-        };
-        assert_eq!(
-            (e.head.pid, e.head.comm.as_str(), e.status),
-            (42, "grep", 256)
-        );
-    }
-
-    #[test]
-    fn truncated_and_unknown_records_are_errors() {
-        let mut r = c::ExitRecord::default();
-        r.hdr.kind = c::KIND_EXIT;
-        let b = bytes_of(&r);
-        assert!(decode(&b[..10])
-            .unwrap_err()
-            .to_string()
-            .contains("truncated"));
-        assert!(decode(&[1, 2]).is_err());
-        assert!(decode(&99u32.to_ne_bytes())
-            .unwrap_err()
-            .to_string()
-            .contains("unknown"));
-    }
-
-    #[test]
-    fn records_sent_only_as_far_as_their_args_decode_whole() {
-        let mut r: c::ExecRecord = unsafe { std::mem::zeroed() };
-        r.hdr.kind = c::KIND_EXEC;
-        r.hdr.pid = 7;
-        r.args[..6].copy_from_slice(b"ls\0-l\0");
-        r.args_len = 6;
-        r.args_total = 9000;
-        r.ino = 12;
-        let head = std::mem::offset_of!(c::ExecRecord, args);
-        let Record::Exec(e) = decode(&bytes_of(&r)[..head + 6]).unwrap() else {
-            panic!("not an exec")
-        };
-        assert_eq!(
-            (e.head.pid, e.file.ino, e.args.as_slice()),
-            (7, 12, &["ls".to_string(), "-l".to_string()][..])
-        );
-        assert!(e.args_truncated);
-        assert!(
-            decode(&bytes_of(&r)[..head - 1]).is_err(),
-            "shorter than its fixed part"
-        );
-    }
-
-    /// The kernel's packed form: fixed fields, only the module entries used, then the copy.
-    #[test]
-    fn stack_records_decode_from_their_packed_form() {
-        let mut r: Box<c::StackRecord> = Box::new(unsafe { std::mem::zeroed() });
-        r.hdr.kind = c::KIND_STACK;
-        r.hdr.tid = 9;
-        r.sp = 0x7000;
-        r.copy_len = 100;
-        r.modules_len = 2;
-        let mut m: c::ModuleRec = unsafe { std::mem::zeroed() };
-        m.bias = 0x5000;
-        m.path[..9].copy_from_slice(b"/lib/x.so");
-        m.path_len = 10;
-        let mods = 2 * c::MODULE_SIZE;
-        r.body[c::MODULE_SIZE..mods].copy_from_slice(&bytes_of(&m));
-        r.body[mods..mods + 100].fill(0xab);
-        let packed = bytes_of(&*r)[..c::STACK_HEAD + mods + 100].to_vec();
-        let Record::Stack(st) = decode(&packed).unwrap() else {
-            panic!("not a stack")
-        };
-        assert_eq!((st.head.tid, st.sp, st.data.len()), (9, 0x7000, 100));
-        assert!(st.data.iter().all(|&b| b == 0xab));
-        assert_eq!(st.modules.len(), 2);
-        assert_eq!(
-            (st.modules[1].bias, st.modules[1].path.as_str()),
-            (0x5000, "/lib/x.so")
-        );
-        // A copy cut short by the record's end is kept as far as it came.
-        let Record::Stack(st) = decode(&packed[..packed.len() - 40]).unwrap() else {
-            panic!("not a stack")
-        };
-        assert_eq!(st.data.len(), 60);
-        // Module entries the record does not hold, or more than the kernel ever sends.
-        assert!(decode(&packed[..c::STACK_HEAD + mods - 1])
-            .unwrap_err()
-            .to_string()
-            .contains("truncated"));
-        r.modules_len = c::MODULES_MAX as u32 + 1;
-        assert!(decode(&bytes_of(&*r)).is_err());
-    }
-
-    #[test]
-    fn args_and_cgroups_are_split() {
-        assert_eq!(split_args(b"ls\0-l\0/tmp\0"), ["ls", "-l", "/tmp"]);
-        assert!(split_args(b"").is_empty());
-        let mut p = c::CgroupPath {
-            names: [[0; c::CGROUP_NAME_LEN]; c::CGROUP_DEPTH],
-        };
-        p.names[0][..3].copy_from_slice(b"abc");
-        p.names[1][..4].copy_from_slice(b"pod1");
-        p.names[2][..1].copy_from_slice(b"/");
-        assert_eq!(cgroup_path(&p), "/pod1/abc");
-    }
-}
+mod tests;

@@ -1,0 +1,275 @@
+//! Last words: what each process writes to stderr (fd 2), through `write` and `writev`, kept
+//! per process in a kernel map from its first instruction and sent only if it dies
+//! abnormally (`exec_exit` sends or drops it at death). Independent of uprobes: a freshly
+//! built binary that panics in its first millisecond is covered.
+//!
+//! Two ways in, chosen by the agent at load: fentry on `ksys_write` and `do_writev` (a few ns
+//! per write), else the `syscalls:sys_enter_write`/`sys_enter_writev` tracepoints where the
+//! kernel refuses fentry (they put every task on the slow syscall path: the agent says so).
+//!
+//! Per process: the last `WORDS_TAIL` bytes in a ring, and a head that starts
+//! `WORDS_LOOKBACK` bytes before the first write that begins the way a runtime begins its
+//! dying words (`panic: `, `Traceback (most recent call last):`, ...), so a long goroutine
+//! dump keeps both its first lines and its last. A head long complete is replaced by the next
+//! such write: a service that logged a handled traceback hours ago still gets its real death.
+//! Threads writing at once may interleave, as they do on the terminal.
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_buf, bpf_probe_read_user_buf},
+    macros::{fentry, map, tracepoint},
+    maps::{LruHashMap, PerCpuArray},
+    programs::{FEntryContext, TracePointContext},
+};
+use crashwatch_common::*;
+
+/// Per process (tgid). An entry is made at a process's first write to stderr and removed at
+/// its death; the least recently written go first when full.
+#[map]
+pub static WORDS: LruHashMap<u32, LastWordsRecord> = LruHashMap::with_max_entries(256, 0);
+/// Never written: the source of a new entry's zeroes.
+#[map]
+static WORDS_ZERO: PerCpuArray<LastWordsRecord> = PerCpuArray::with_max_entries(1, 0);
+
+const BPF_NOEXIST: u64 = 1;
+/// iovecs of one `writev` looked at (glibc's fatal messages use a handful).
+const IOVECS: u64 = 6;
+
+/// How runtimes begin their dying words, as the first bytes of a write.
+static MARKERS: [Marker; 21] = [
+    marker(b"panic: "),
+    marker(b"fatal error: "),
+    marker(b"thread '"),
+    marker(b"\nthread '"),
+    marker(b"Traceback (most "),
+    marker(b"  + Exception Gr"),
+    marker(b"Fatal Python err"),
+    marker(b"Exception in thr"),
+    marker(b"terminate called"),
+    marker(b"FATAL ERROR: "),
+    marker(b"<--- Last few GC"),
+    marker(b"*** "),
+    marker(b"memory allocatio"),
+    marker(b"free(): "),
+    marker(b"malloc(): "),
+    marker(b"realloc(): "),
+    marker(b"double free or c"),
+    marker(b"corrupted "),
+    marker(b"munmap_chunk(): "),
+    marker(b"================"),
+    marker(b"fatal runtime er"),
+];
+
+/// A prefix of up to 16 bytes as two little-endian words and their masks: numbers only, so
+/// the table needs no relocation in the program's read-only data (a table of slices would).
+struct Marker {
+    words: [u64; 2],
+    masks: [u64; 2],
+    len: usize,
+}
+
+const fn marker(s: &[u8]) -> Marker {
+    let mut m = Marker {
+        words: [0; 2],
+        masks: [0; 2],
+        len: s.len(),
+    };
+    let mut i = 0;
+    while i < s.len() && i < 16 {
+        m.words[i / 8] |= (s[i] as u64) << (8 * (i % 8));
+        m.masks[i / 8] |= 0xff << (8 * (i % 8));
+        i += 1;
+    }
+    m
+}
+
+#[fentry(function = "ksys_write")]
+pub fn write_fentry(ctx: FEntryContext) -> u32 {
+    let fd: u64 = ctx.arg(0);
+    on_write(fd, ctx.arg(1), ctx.arg(2));
+    0
+}
+
+#[fentry(function = "do_writev")]
+pub fn writev_fentry(ctx: FEntryContext) -> u32 {
+    let fd: u64 = ctx.arg(0);
+    on_writev(fd, ctx.arg(1), ctx.arg(2));
+    0
+}
+
+// `syscalls:sys_enter_*`: the arguments at 16, 24, 32 (after the common fields and the
+// syscall number).
+#[tracepoint]
+pub fn write_tp(ctx: TracePointContext) -> u32 {
+    // SAFETY: reads of the tracepoint's record at its format's offsets.
+    let args = unsafe { ctx.read_at::<[u64; 3]>(16) }.unwrap_or([0; 3]);
+    on_write(args[0], args[1], args[2]);
+    0
+}
+
+#[tracepoint]
+pub fn writev_tp(ctx: TracePointContext) -> u32 {
+    // SAFETY: as above.
+    let args = unsafe { ctx.read_at::<[u64; 3]>(16) }.unwrap_or([0; 3]);
+    on_writev(args[0], args[1], args[2]);
+    0
+}
+
+#[inline(always)]
+fn on_write(fd: u64, buf: u64, count: u64) {
+    if fd as u32 != 2 || count == 0 {
+        return;
+    }
+    if let Some(w) = words() {
+        keep(w, buf, count, true);
+    }
+}
+
+#[inline(always)]
+fn on_writev(fd: u64, vec: u64, vlen: u64) {
+    if fd as u32 != 2 || vlen == 0 {
+        return;
+    }
+    let Some(w) = words() else {
+        return;
+    };
+    // Only a message's first piece can start it.
+    let first = iovec(vec, 0);
+    if first[1] != 0 {
+        keep(w, first[0], first[1], true);
+    }
+    for i in 1..IOVECS {
+        if i >= vlen {
+            break;
+        }
+        let iov = iovec(vec, i);
+        if iov[1] != 0 {
+            keep(w, iov[0], iov[1], false);
+        }
+    }
+}
+
+/// The `i`-th `struct iovec` (base, length) of the array at `vec`; zeroes when unreadable.
+#[inline(always)]
+fn iovec(vec: u64, i: u64) -> [u64; 2] {
+    // SAFETY: bpf_probe_read_user faults safely.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_user((vec + 16 * i) as *const [u64; 2]) }
+        .unwrap_or([0; 2])
+}
+
+/// This process's entry, made on its first write.
+#[inline(always)]
+fn words() -> Option<&'static mut LastWordsRecord> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(p) = WORDS.get_ptr_mut(tgid) {
+        // SAFETY: a map value; other threads of the process may write it too (see above).
+        return Some(unsafe { &mut *p });
+    }
+    let zero = WORDS_ZERO.get_ptr(0)?;
+    // SAFETY: the zero template is a map value of the same type.
+    #[allow(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value it would be copied onto the 512-byte BPF stack"
+    )]
+    let _ = WORDS.insert(tgid, unsafe { &*zero }, BPF_NOEXIST);
+    WORDS.get_ptr_mut(tgid).map(|p| unsafe { &mut *p })
+}
+
+/// A mask the compiler cannot see through: it drops masks it can prove change nothing, and
+/// the verifier needs them.
+#[inline(always)]
+fn masked(v: usize, mask: usize) -> usize {
+    // SAFETY: a read of a local.
+    unsafe { core::ptr::read_volatile(&v) & mask }
+}
+
+#[inline(always)]
+fn keep(w: &mut LastWordsRecord, buf: u64, count: u64, may_start: bool) {
+    let n = if count >= WORDS_CHUNK as u64 {
+        WORDS_CHUNK - 1
+    } else {
+        count as usize
+    };
+    w.skipped += count - n as u64;
+    let pos = w.total;
+    let head_done = w.head_len as usize >= WORDS_HEAD
+        && pos >= w.marked.wrapping_sub(1).saturating_add(WORDS_HEAD as u64);
+    if may_start && (w.marked == 0 || head_done) && starts_dying_words(buf, n) {
+        mark(w, pos);
+    }
+    // The tail ring, in at most two pieces.
+    let at = masked(pos as usize, WORDS_TAIL - 1);
+    let first = masked(n.min(WORDS_TAIL - at), WORDS_CHUNK - 1);
+    // SAFETY (both reads): `at` < WORDS_TAIL and each length < WORDS_CHUNK: inside the tail
+    // and the head behind it (the wrap keeps the bytes in the tail).
+    unsafe {
+        let dst = core::slice::from_raw_parts_mut(w.tail.as_mut_ptr().add(at), first);
+        let _ = bpf_probe_read_user_buf(buf as *const u8, dst);
+        let rest = masked(n - first, WORDS_CHUNK - 1);
+        let dst = core::slice::from_raw_parts_mut(w.tail.as_mut_ptr(), rest);
+        let _ = bpf_probe_read_user_buf((buf + first as u64) as *const u8, dst);
+    }
+    let h = w.head_len as usize;
+    if w.marked != 0 && h < WORDS_HEAD {
+        let h = masked(h, WORDS_HEAD - 1);
+        let k = masked(n.min(WORDS_HEAD - h), WORDS_CHUNK - 1);
+        // SAFETY: h < WORDS_HEAD and k < WORDS_CHUNK = WORDS_SLACK.
+        let dst = unsafe { core::slice::from_raw_parts_mut(w.head.as_mut_ptr().add(h), k) };
+        if unsafe { bpf_probe_read_user_buf(buf as *const u8, dst) }.is_ok() {
+            w.head_len = (h + k) as u32;
+        }
+    }
+    w.total = pos + n as u64;
+}
+
+/// Starts the head at stream position `pos`, with the look-back the tail still holds.
+#[inline(always)]
+fn mark(w: &mut LastWordsRecord, pos: u64) {
+    let lb = (pos as usize).min(WORDS_LOOKBACK);
+    let from = masked((pos as usize).wrapping_sub(lb), WORDS_TAIL - 1);
+    let first = masked(lb.min(WORDS_TAIL - from), 2 * WORDS_LOOKBACK - 1);
+    let rest = masked(lb - first, 2 * WORDS_LOOKBACK - 1);
+    // SAFETY: sources inside the record (from < WORDS_TAIL, lengths < 2 KiB, the head after
+    // the tail), destinations inside the head.
+    unsafe {
+        let src = w.tail.as_ptr().add(from);
+        let dst = core::slice::from_raw_parts_mut(w.head.as_mut_ptr(), first);
+        let a = bpf_probe_read_kernel_buf(src, dst);
+        let dst = core::slice::from_raw_parts_mut(w.head.as_mut_ptr().add(first), rest);
+        let b = bpf_probe_read_kernel_buf(w.tail.as_ptr(), dst);
+        let lb = if a.is_ok() && b.is_ok() { lb } else { 0 };
+        w.lookback = lb as u32;
+        w.head_len = lb as u32;
+    }
+    w.marked = pos + 1;
+}
+
+/// The write's first bytes are one of [`MARKERS`], or a Go signal dump's `SIGSEGV: `.
+#[inline(always)]
+fn starts_dying_words(buf: u64, n: usize) -> bool {
+    let mut b = [0u8; 16];
+    // SAFETY: faults safely; a short write's trailing bytes are only compared within `n`.
+    if unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut b) }.is_err() {
+        return false;
+    }
+    let words = [
+        u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+        u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]),
+    ];
+    for m in MARKERS.iter() {
+        if m.len <= n && words[0] & m.masks[0] == m.words[0] && words[1] & m.masks[1] == m.words[1]
+        {
+            return true;
+        }
+    }
+    // `SIGSEGV: segmentation violation`, `SIGABRT: abort`: SIG, capitals, `: `.
+    if n >= 6 && b[..3] == *b"SIG" {
+        for i in 3..12 {
+            if b[i] == b':' {
+                return i > 3 && b[i + 1] == b' ';
+            }
+            if !b[i].is_ascii_uppercase() {
+                return false;
+            }
+        }
+    }
+    false
+}

@@ -1,0 +1,277 @@
+//! Last words: real programs of every runtime installed here die under the real agent, and
+//! their reports carry what they printed and what it means. Needs root and the toolchains
+//! `scripts/setup.sh` installs (Go, rustc, CPython, Node, a JDK, g++).
+mod common;
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::OnceLock,
+};
+
+use common::Agent;
+use serde_json::Value;
+
+/// One agent for the file, without `--exits nonzero`: an exit is reported only when its
+/// last words explain it.
+fn agent() -> &'static Agent {
+    static A: OnceLock<Agent> = OnceLock::new();
+    A.get_or_init(|| Agent::start(&[]))
+}
+
+fn dir() -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("lastwords-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn write(name: &str, text: &str) -> PathBuf {
+    let p = dir().join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Runs `cmd` to its end with stdout and stderr discarded (the words go to fd 2 all the
+/// same); its pid and wait status.
+fn run(cmd: &mut Command) -> (u32, std::process::ExitStatus) {
+    let mut c = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let pid = c.id();
+    (pid, c.wait().unwrap())
+}
+
+fn compile(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn error(r: &Value) -> (&str, &str, &str) {
+    let e = &r["error"];
+    (
+        r["kind"].as_str().unwrap_or("?"),
+        e["runtime"].as_str().unwrap_or("?"),
+        e["reason"].as_str().unwrap_or("?"),
+    )
+}
+
+/// Freshly built Go binaries, each run once, die before their uprobes could be attached:
+/// a panic in `init` and a deadlock at once. 20 distinct binaries (a different string linked
+/// into each), all reported with the runtime's kind and message.
+#[test]
+fn fresh_go_binaries_dying_at_once_are_reported() {
+    let a = agent();
+    let src = dir().join("gofresh");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("go.mod"), "module gofresh\n\ngo 1.19\n").unwrap();
+    std::fs::write(
+        src.join("main.go"),
+        "package main\n\nimport \"os\"\n\nvar id string\n\nfunc init() {\n\tif os.Getenv(\"DEADLOCK\") != \"\" {\n\t\tselect {}\n\t}\n\tpanic(\"init failed in \" + id)\n}\n\nfunc main() {}\n",
+    )
+    .unwrap();
+    let go = common::gobuild::go_tool("1.19");
+    for i in 0..20 {
+        let bin = src.join(format!("fresh-{i}"));
+        compile(
+            Command::new(&go)
+                .args(["build", "-o"])
+                .arg(&bin)
+                .arg(format!("-ldflags=-X main.id=build{i}"))
+                .arg(".")
+                .current_dir(&src)
+                .env("GOTOOLCHAIN", "local")
+                .env("GOFLAGS", "-buildvcs=false"),
+        );
+        let deadlock = i % 4 == 3;
+        let mut cmd = Command::new(&bin);
+        if deadlock {
+            cmd.env("DEADLOCK", "1");
+        }
+        let (pid, st) = run(&mut cmd);
+        assert_eq!(st.code(), Some(2), "{}", bin.display());
+        let r = a.report_for(pid);
+        if deadlock {
+            assert_eq!(r["kind"], "go_fatal", "{r}");
+            assert_eq!(
+                r["error"]["message"],
+                "all goroutines are asleep - deadlock!"
+            );
+        } else {
+            assert_eq!(r["kind"], "go_panic", "{r}");
+            assert_eq!(r["error"]["message"], format!("init failed in build{i}"));
+            assert_eq!(r["error"]["frames"][0]["function"], "main.init.0", "{r}");
+        }
+    }
+}
+
+#[test]
+fn python_uncaught_exception_with_its_cause() {
+    let a = agent();
+    let py = write(
+        "chained.py",
+        "def parse(s):\n    return int(s)\n\ndef load():\n    try:\n        parse('x1')\n    except ValueError as e:\n        raise RuntimeError('config broken') from e\n\nload()\n",
+    );
+    let (pid, st) = run(Command::new("python3").arg(&py));
+    assert_eq!(st.code(), Some(1));
+    let r = a.report_for(pid);
+    assert_eq!(
+        error(&r),
+        ("runtime_error", "python", "uncaught_exception"),
+        "{r}"
+    );
+    let e = &r["error"];
+    assert_eq!(e["headline"], "RuntimeError: config broken");
+    assert_eq!(e["chain"][0]["type"], "ValueError");
+    assert_eq!(e["chain"][1]["relation"], "direct_cause");
+    assert_eq!(
+        (
+            e["frames"][0]["function"].as_str(),
+            e["frames"][0]["line"].as_u64()
+        ),
+        (Some("load"), Some(8))
+    );
+    // What the process wrote before (here, maybe a pyenv shim's complaint) is looked back
+    // at, then the whole traceback.
+    let words = r["last_words"]["text"].as_str().unwrap();
+    assert!(
+        words.contains("\nTraceback (most recent call last):\n")
+            || words.starts_with("Traceback (most recent call last):\n"),
+        "{words:?}"
+    );
+    assert!(
+        words.ends_with("RuntimeError: config broken\n"),
+        "{words:?}"
+    );
+}
+
+#[test]
+fn node_throw() {
+    let a = agent();
+    let js = write(
+        "throw.js",
+        "function load(cfg) {\n  if (!cfg) throw new TypeError('cfg is required');\n}\nload(null);\n",
+    );
+    let (pid, st) = run(Command::new("node").arg(&js));
+    assert_eq!(st.code(), Some(1));
+    let r = a.report_for(pid);
+    assert_eq!(
+        error(&r),
+        ("runtime_error", "node", "uncaught_exception"),
+        "{r}"
+    );
+    assert_eq!(r["error"]["headline"], "TypeError: cfg is required");
+    assert_eq!(r["error"]["frames"][0]["function"], "load");
+    assert_eq!(r["error"]["location"]["line"], 2);
+}
+
+#[test]
+fn java_uncaught_exception_with_caused_by() {
+    let a = agent();
+    let d = dir().join("java");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("Main.java"),
+        "public class Main {\n  static void parse(String s) { Integer.parseInt(s); }\n  public static void main(String[] a) {\n    try { parse(\"x1\"); } catch (NumberFormatException e) { throw new IllegalStateException(\"config broken\", e); }\n  }\n}\n",
+    )
+    .unwrap();
+    compile(Command::new("javac").arg("Main.java").current_dir(&d));
+    let (pid, st) = run(Command::new("java")
+        .args(["-cp", "."])
+        .arg("Main")
+        .current_dir(&d));
+    assert_eq!(st.code(), Some(1));
+    let r = a.report_for(pid);
+    assert_eq!(
+        error(&r),
+        ("runtime_error", "java", "uncaught_exception"),
+        "{r}"
+    );
+    let e = &r["error"];
+    assert_eq!(e["type"], "java.lang.IllegalStateException");
+    assert_eq!(e["thread"], "main");
+    assert_eq!(e["chain"][1]["relation"], "caused_by");
+    assert_eq!(e["chain"][1]["type"], "java.lang.NumberFormatException");
+}
+
+/// A panic in a named thread of a program built with `panic=abort`: the process dies of
+/// SIGABRT and the report says which thread panicked, where and why.
+#[test]
+fn rust_panic_in_a_named_thread_takes_the_process_down() {
+    let a = agent();
+    let src = write(
+        "worker.rs",
+        "fn main() {\n    let h = std::thread::Builder::new().name(\"worker-7\".into()).spawn(|| {\n        let v: Vec<u32> = Vec::new();\n        v[std::env::args().count() + 3]\n    }).unwrap();\n    h.join().unwrap();\n}\n",
+    );
+    let bin = dir().join("worker");
+    compile(
+        Command::new("rustc")
+            .args(["-C", "panic=abort", "-o"])
+            .arg(&bin)
+            .arg(&src),
+    );
+    let (pid, st) = run(Command::new(&bin).env_remove("RUST_BACKTRACE"));
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(st.signal(), Some(libc::SIGABRT));
+    let r = a.report_for(pid);
+    assert_eq!(error(&r), ("signal", "rust", "panic"), "{r}");
+    let e = &r["error"];
+    assert_eq!(e["thread"], "worker-7");
+    assert_eq!(
+        e["message"],
+        "index out of bounds: the len is 0 but the index is 4"
+    );
+    assert_eq!(e["location"]["line"], 4);
+    // An unwinding panic exits 101 instead.
+    let bin = dir().join("worker-unwind");
+    compile(Command::new("rustc").arg("-o").arg(&bin).arg(&src));
+    let (pid, st) = run(Command::new(&bin).env_remove("RUST_BACKTRACE"));
+    assert_eq!(st.code(), Some(101));
+    let r = a.report_for(pid);
+    assert_eq!(error(&r), ("runtime_error", "rust", "panic"), "{r}");
+}
+
+#[test]
+fn cpp_uncaught_exception() {
+    let a = agent();
+    let src = write(
+        "throw.cc",
+        "#include <stdexcept>\nint main() { throw std::runtime_error(\"config broken\"); }\n",
+    );
+    let bin = dir().join("throw-cc");
+    compile(Command::new("g++").arg("-o").arg(&bin).arg(&src));
+    let (pid, _) = run(&mut Command::new(&bin));
+    let r = a.report_for(pid);
+    assert_eq!(error(&r), ("signal", "c++", "uncaught_exception"), "{r}");
+    assert_eq!(r["error"]["type"], "std::runtime_error");
+    assert_eq!(r["error"]["message"], "config broken");
+}
+
+/// What looks like dying words is nothing without the death it explains: a fake traceback
+/// then exit 0, and a usage message then exit 1, give no report.
+#[test]
+fn words_without_the_death_they_explain_are_no_crash() {
+    let a = agent();
+    let fake = "import sys\nsys.stderr.write('Traceback (most recent call last):\\n  File \"x\", line 1, in <module>\\nValueError: fake\\n')\n";
+    let (pid, st) = run(Command::new("python3").args(["-c", fake]));
+    assert_eq!(st.code(), Some(0));
+    a.assert_no_report(pid);
+    let usage = "import sys\nsys.stderr.write('usage: tool [-h] FILE\\n')\nsys.exit(1)\n";
+    let (pid, st) = run(Command::new("python3").args(["-c", usage]));
+    assert_eq!(st.code(), Some(1));
+    a.assert_no_report(pid);
+    // The same traceback with exit 1 is a crash.
+    let real = format!("{fake}sys.exit(1)\n");
+    let (pid, _) = run(Command::new("python3").args(["-c", &real]));
+    assert_eq!(
+        error(&a.report_for(pid)),
+        ("runtime_error", "python", "uncaught_exception")
+    );
+}
