@@ -31,10 +31,17 @@ pub fn run(rounds: usize, storm: usize, idle_secs: u64) -> Result<()> {
     let all = vec![
         Observer::None,
         Observer::Crashwatch,
+        Observer::CrashwatchQuiet,
         Observer::Bpftrace,
         Observer::Libbpf,
     ];
     let two = vec![Observer::None, Observer::Crashwatch];
+    // The write hooks' cost: crashwatch with and without them, side by side.
+    let words = vec![
+        Observer::None,
+        Observer::Crashwatch,
+        Observer::CrashwatchQuiet,
+    ];
     let mut workloads = vec![
         Workload {
             name: "exec/exit storm: 5,000 short processes".into(),
@@ -42,14 +49,33 @@ pub fn run(rounds: usize, storm: usize, idle_secs: u64) -> Result<()> {
             observers: all.clone(),
         },
         Workload {
-            name: "2,000,000 write(2) of 64 B to /dev/null (C)".into(),
+            name: "2,000,000 write(2) of 64 B to /dev/null, not fd 2 (C)".into(),
             cmd: vec![s(&t.writes), "2000000".into(), "devnull".into()],
-            observers: two.clone(),
+            observers: words.clone(),
         },
         Workload {
-            name: "2,000,000 write(2) of 64 B via fd 2 (C)".into(),
+            name: "2,000,000 write(2) of 64 B via fd 2 to /dev/null (C)".into(),
             cmd: vec![s(&t.writes), "2000000".into(), "stderr".into()],
-            observers: two.clone(),
+            observers: words.clone(),
+        },
+        Workload {
+            name: "2,000,000 write(2) of 64 B via fd 2 to a pipe (C)".into(),
+            cmd: vec![s(&t.writes), "2000000".into(), "pipe".into()],
+            observers: words.clone(),
+        },
+        Workload {
+            name: "2,000,000 getppid(2): syscalls that write nothing (C)".into(),
+            cmd: vec![s(&t.writes), "2000000".into(), "getppid".into()],
+            observers: words.clone(),
+        },
+        Workload {
+            name: "Python logging 500,000 lines to stderr".into(),
+            cmd: vec![
+                "/usr/bin/python3".into(),
+                "-c".into(),
+                "import logging, sys\nlogging.basicConfig(stream=sys.stderr)\nlog = logging.getLogger('bench')\nfor i in range(500000): log.warning('line %d of the benchmark', i)".into(),
+            ],
+            observers: words.clone(),
         },
         Workload {
             name: "100,000 handled signals (C, SIGUSR1)".into(),
@@ -69,6 +95,8 @@ pub fn run(rounds: usize, storm: usize, idle_secs: u64) -> Result<()> {
         .map(|w| vec![Vec::new(); w.observers.len()])
         .collect();
     let mut lost_runs = Vec::new();
+    // How the agent attached its write hooks here, from its ready line.
+    let mut words_mode: Option<String> = None;
     for round in 0..rounds {
         let mut order = all.clone();
         order.rotate_left(round % all.len());
@@ -93,6 +121,9 @@ pub fn run(rounds: usize, storm: usize, idle_secs: u64) -> Result<()> {
             }
             let log = running.stop();
             if o == Observer::Crashwatch {
+                if let Some(l) = log.iter().find_map(|l| l.split_once("last words: ")) {
+                    words_mode.get_or_insert_with(|| l.1.to_string());
+                }
                 lost_runs.extend(
                     log.into_iter()
                         .filter(|l| l.contains("stopped (kernel losses")),
@@ -109,7 +140,10 @@ pub fn run(rounds: usize, storm: usize, idle_secs: u64) -> Result<()> {
         rounds,
         &workloads,
         &mut times,
-        &lost_runs,
+        &report::AgentNotes {
+            lost_runs,
+            words_mode,
+        },
         &crashes,
         &symbolization,
     )

@@ -19,6 +19,8 @@ pub const BPFTRACE: &str =
 pub enum Observer {
     None,
     Crashwatch,
+    /// crashwatch with `--last-words off`: what the write hooks cost, beside it.
+    CrashwatchQuiet,
     Bpftrace,
     Libbpf,
 }
@@ -28,6 +30,7 @@ impl Observer {
         match self {
             Observer::None => "no observer",
             Observer::Crashwatch => "crashwatch",
+            Observer::CrashwatchQuiet => "crashwatch --last-words off",
             Observer::Bpftrace => "bpftrace one-liner",
             Observer::Libbpf => "exitsnoop + sigsnoop",
         }
@@ -94,9 +97,12 @@ impl Running {
         let mut children = Vec::new();
         match o {
             Observer::None => {}
-            Observer::Crashwatch => {
+            Observer::Crashwatch | Observer::CrashwatchQuiet => {
                 let mut c = Command::new(agent);
                 c.args(["run", "--output", "json"]);
+                if o == Observer::CrashwatchQuiet {
+                    c.args(["--last-words", "off"]);
+                }
                 children.push(spawn_ready(
                     c,
                     "crashwatch: ready",

@@ -12,12 +12,18 @@ use super::{
 
 /// Writes docs/benchmarks.md under `root` (and prints it). `times[w][o]`: the wall times of
 /// workload `w` under its observer `o`, one per round.
+/// What the agent said over the rounds: its stop lines and how it attached its write hooks.
+pub struct AgentNotes {
+    pub lost_runs: Vec<String>,
+    pub words_mode: Option<String>,
+}
+
 pub fn write(
     root: &Path,
     rounds: usize,
     workloads: &[Workload],
     times: &mut [Vec<Vec<f64>>],
-    lost_runs: &[String],
+    agent: &AgentNotes,
     s: &Storm,
     symbolization: &str,
 ) -> Result<()> {
@@ -60,14 +66,14 @@ pub fn write(
     )?;
     writeln!(md, "- kernel: Linux {uname}")?;
     writeln!(md, "- date: {date}")?;
-    writeln!(md, "- observers: `crashwatch run --output json` (reports to a pipe); `bpftrace -e '{BPFTRACE}'`; `stdbuf -oL exitsnoop` and `stdbuf -oL sigsnoop` (libbpf-tools) together")?;
+    writeln!(md, "- observers: `crashwatch run --output json` (reports to a pipe), and the same with `--last-words off` (no write hooks: fentry, or on kernels that refuse it the syscalls tracepoints, whichever the agent said it attached); `bpftrace -e '{BPFTRACE}'`; `stdbuf -oL exitsnoop` and `stdbuf -oL sigsnoop` (libbpf-tools) together")?;
     writeln!(md, "- method: each round starts each observer in turn (the order rotates every round), runs every workload under it, stops it; the table gives the median wall time over rounds and ratios of medians. The peers do less than crashwatch: they print events, they do not assemble, symbolize or probe Go binaries.\n")?;
     writeln!(
         md,
         "## Workloads under each observer (median seconds; ratio to no observer)\n"
     )?;
-    writeln!(md, "| workload | command | no observer | crashwatch | bpftrace one-liner | exitsnoop + sigsnoop | crashwatch / bpftrace | crashwatch / libbpf-tools |")?;
-    writeln!(md, "|---|---|---|---|---|---|---|---|")?;
+    writeln!(md, "| workload | command | no observer | crashwatch | crashwatch --last-words off | bpftrace one-liner | exitsnoop + sigsnoop | crashwatch / bpftrace | crashwatch / libbpf-tools |")?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|")?;
     for (wi, w) in workloads.iter().enumerate() {
         let med: Vec<f64> = times[wi].iter_mut().map(|v| median(v)).collect();
         let get = |o: Observer| w.observers.iter().position(|x| *x == o).map(|i| med[i]);
@@ -84,15 +90,16 @@ pub fn write(
         let cmd = w
             .cmd
             .iter()
-            .map(|c| c.rsplit('/').next().unwrap_or(c).to_string())
+            .map(|c| c.rsplit('/').next().unwrap_or(c).replace('\n', "; "))
             .collect::<Vec<_>>()
             .join(" ");
         writeln!(
             md,
-            "| {} | `{cmd}` | {} | {} | {} | {} | {} | {} |",
+            "| {} | `{cmd}` | {} | {} | {} | {} | {} | {} | {} |",
             w.name,
             cell(Observer::None),
             cell(Observer::Crashwatch),
+            cell(Observer::CrashwatchQuiet),
             cell(Observer::Bpftrace),
             cell(Observer::Libbpf),
             vs(Observer::Bpftrace),
@@ -101,11 +108,19 @@ pub fn write(
     }
     writeln!(
         md,
+        "\nLast words were captured with: {}. The rows with `crashwatch --last-words off` beside `crashwatch` are what the write hooks cost.",
+        agent
+            .words_mode
+            .as_deref()
+            .unwrap_or("(the agent did not say)")
+    )?;
+    writeln!(
+        md,
         "\nKernel losses reported by crashwatch at the end of each round: {}\n",
-        if lost_runs.is_empty() {
+        if agent.lost_runs.is_empty() {
             "none logged".into()
         } else {
-            lost_runs.join("; ")
+            agent.lost_runs.join("; ")
         }
     )?;
     writeln!(md, "## Crash storm\n")?;
