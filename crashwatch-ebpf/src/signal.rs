@@ -31,7 +31,6 @@ static SCRATCH_STACK: PerCpuArray<StackRecord> = PerCpuArray::with_max_entries(C
 pub static PENDING: LruHashMap<u32, SignalRecord> = LruHashMap::with_max_entries(2048, 0);
 /// The stack record of each `PENDING` signal. Fewer slots (32 KiB each, allocated up front):
 /// a signal whose stack was evicted is still reported, unwound by frame pointers only.
-///
 #[map]
 pub static PENDING_STACK: LruHashMap<u32, StackRecord> = LruHashMap::with_max_entries(256, 0);
 
