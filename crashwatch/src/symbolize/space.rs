@@ -74,14 +74,19 @@ impl Space {
             .frame_rule(m.bytes(), pc.wrapping_sub(p.bias))
     }
 
-    /// Adds `other`'s modules where they overlap none of these.
+    /// Adds `other`'s modules where they overlap none of these, and in place of any of these
+    /// without its file: maps read while the process tore down its memory can list the
+    /// executable whose file could no longer be opened through the process, and that empty
+    /// placement must not hide the kernel's, which has the file (the Go matrix in the VMs
+    /// lost the stack copy's unwinding that way, now and then).
     pub fn add(&mut self, other: Space) {
+        let overlap =
+            |a: &Placed, b: &Placed| a.range.start < b.range.end && b.range.start < a.range.end;
         for p in other.placed {
-            let overlaps = self
-                .placed
-                .iter()
-                .any(|q| q.range.start < p.range.end && p.range.start < q.range.end);
-            if !overlaps {
+            if p.file.is_ok() {
+                self.placed.retain(|q| q.file.is_ok() || !overlap(q, &p));
+            }
+            if !self.placed.iter().any(|q| overlap(q, &p)) {
                 self.placed.push(p);
             }
         }
@@ -216,5 +221,50 @@ fn placed_at(path: String, bias: u64, file: Result<Rc<ModuleFile>, &'static str>
         bias,
         path,
         file,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placed(range: Range<u64>, file: Result<Rc<ModuleFile>, &'static str>) -> Placed {
+        Placed {
+            bias: range.start,
+            range,
+            path: "/x".into(),
+            file,
+        }
+    }
+
+    /// A placement without its file gives way to an overlapping one with it; one with its
+    /// file stays, and what overlaps nothing is added.
+    #[test]
+    fn a_placement_with_its_file_replaces_one_without() {
+        let mut cache = FileCache::new(usize::MAX);
+        let f = cache.load(File::open("/bin/true").unwrap()).unwrap();
+        let mut space = Space {
+            placed: vec![
+                placed(
+                    0x1000..0x9000,
+                    Err("the file could not be opened through the process"),
+                ),
+                placed(0x20000..0x28000, Ok(f.clone())),
+            ],
+        };
+        space.add(Space {
+            placed: vec![
+                placed(0x1000..0x5000, Ok(f.clone())),
+                placed(0x21000..0x22000, Ok(f.clone())),
+                placed(0x40000..0x41000, Ok(f)),
+            ],
+        });
+        let got: Vec<(u64, bool)> = space
+            .placed
+            .iter()
+            .map(|p| (p.range.start, p.file.is_ok()))
+            .collect();
+        assert_eq!(got, [(0x20000, true), (0x1000, true), (0x40000, true)]);
+        assert!(space.find(0x1500).unwrap().file.is_ok());
     }
 }
