@@ -219,7 +219,8 @@ const _: () = assert!(core::mem::size_of::<StackRecord>() == STACK_RECORD_SIZE);
 const _: () = assert!(MODULES_ROOM + STACK_COPY_MAX + STACK_COPY_SLACK <= STACK_BODY);
 const _: () = assert!(MODULES_MAX * MODULE_SIZE <= MODULES_ROOM);
 
-/// The tail of what a process wrote to stderr, kept in a ring.
+/// The tail of what a process wrote to stderr (and to stdout once the JVM's fatal-error
+/// banner began there), kept in a ring.
 pub const WORDS_TAIL: usize = 8192;
 /// The head of a death: from a little before the first line a runtime prints when it dies.
 pub const WORDS_HEAD: usize = 8192;
@@ -249,6 +250,10 @@ pub struct LastWordsRecord {
     pub head_len: u32,
     /// Bytes of the head before the marked write (the look-back).
     pub lookback: u32,
+    /// 1 once the process began the JVM's fatal-error banner on stdout: its later stdout
+    /// writes are kept too.
+    pub stdout: u32,
+    pub _pad: u32,
     pub tail: [u8; WORDS_TAIL],
     pub head: [u8; WORDS_HEAD + WORDS_SLACK],
 }

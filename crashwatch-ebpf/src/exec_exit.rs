@@ -18,7 +18,7 @@ use crate::{
         count_lost, fill_header, output, output_stack, output_with_args, rd, read_args, EVENTS,
     },
     signal::{PENDING, PENDING_STACK},
-    writes::WORDS,
+    writes::{stdout_done, WORDS},
 };
 
 /// Scratch space for the exec record (too large for the 512-byte BPF stack), one per program
@@ -119,6 +119,7 @@ fn exit_common(task: u64) {
             w.hdr.kind = KIND_LAST_WORDS;
             output_last_words(w);
         }
+        stdout_done(w, pid);
         let _ = WORDS.remove(pid);
     }
     output(&rec);

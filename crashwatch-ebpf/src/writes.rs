@@ -3,6 +3,10 @@
 //! abnormally (`exec_exit` sends or drops it at death). Independent of uprobes: a freshly
 //! built binary that panics in its first millisecond is covered.
 //!
+//! Stdout (fd 1) is kept only from a `write` that begins the JVM's fatal-error banner (the
+//! JVM prints it there, in dozens of small writes): ordinary stdout writes cost a length test
+//! and one array read ([`STDOUT_KEPT`]).
+//!
 //! Two ways in, chosen by the agent at load: fentry on `ksys_write` and `do_writev` (a few ns
 //! per write), else the `syscalls:sys_enter_write`/`sys_enter_writev` tracepoints where the
 //! kernel refuses fentry (they put every task on the slow syscall path: the agent says so).
@@ -16,7 +20,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_buf, bpf_probe_read_user_buf},
     macros::{fentry, map, tracepoint},
-    maps::{LruHashMap, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray},
     programs::{FEntryContext, TracePointContext},
 };
 use crashwatch_common::*;
@@ -29,12 +33,23 @@ pub static WORDS: LruHashMap<u32, LastWordsRecord> = LruHashMap::with_max_entrie
 #[map]
 static WORDS_ZERO: PerCpuArray<LastWordsRecord> = PerCpuArray::with_max_entries(1, 0);
 
+/// Processes whose stdout is being kept (see the module doc), each in slot `tgid % 64`:
+/// plain stores, as the BPF target has no atomic read-modify-write in Rust. Two processes
+/// mid-banner in one slot at once: the later keeps its stdout, the earlier only what it had.
+#[map]
+pub static STDOUT_KEPT: Array<[u32; STDOUT_SLOTS]> = Array::with_max_entries(1, 0);
+const STDOUT_SLOTS: usize = 64;
+
 const BPF_NOEXIST: u64 = 1;
+/// `# A fatal error has been detected by the Java Runtime Environment:`, with or without its
+/// newline, as one write: only stdout writes of its length are looked at.
+const BANNER_LEN: core::ops::RangeInclusive<u64> = 66..=67;
+const BANNER: Marker = marker(b"# A fatal error ");
 /// iovecs of one `writev` looked at (glibc's fatal messages use a handful).
 const IOVECS: u64 = 6;
 
 /// How runtimes begin their dying words, as the first bytes of a write.
-static MARKERS: [Marker; 21] = [
+static MARKERS: [Marker; 22] = [
     marker(b"panic: "),
     marker(b"fatal error: "),
     marker(b"thread '"),
@@ -56,6 +71,7 @@ static MARKERS: [Marker; 21] = [
     marker(b"munmap_chunk(): "),
     marker(b"================"),
     marker(b"fatal runtime er"),
+    BANNER,
 ];
 
 /// A prefix of up to 16 bytes as two little-endian words and their masks: numbers only, so
@@ -115,20 +131,32 @@ pub fn writev_tp(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn on_write(fd: u64, buf: u64, count: u64) {
-    if fd as u32 != 2 || count == 0 {
+    if count == 0 {
         return;
     }
-    if let Some(w) = words() {
+    let w = match fd as u32 {
+        2 => words(),
+        1 if BANNER_LEN.contains(&count) && begins(buf, &BANNER) => banner_begun(),
+        1 => stdout_kept(),
+        _ => None,
+    };
+    if let Some(w) = w {
         keep(w, buf, count, true);
     }
 }
 
 #[inline(always)]
 fn on_writev(fd: u64, vec: u64, vlen: u64) {
-    if fd as u32 != 2 || vlen == 0 {
+    if vlen == 0 {
         return;
     }
-    let Some(w) = words() else {
+    // The banner starts with a `write`; a `writev` to stdout is kept only after it.
+    let w = match fd as u32 {
+        2 => words(),
+        1 => stdout_kept(),
+        _ => None,
+    };
+    let Some(w) = w else {
         return;
     };
     // Only a message's first piece can start it.
@@ -171,6 +199,50 @@ fn words() -> Option<&'static mut LastWordsRecord> {
     )]
     let _ = WORDS.insert(tgid, unsafe { &*zero }, BPF_NOEXIST);
     WORDS.get_ptr_mut(tgid).map(|p| unsafe { &mut *p })
+}
+
+/// This process began the JVM banner on stdout: keep its stdout from now on.
+#[inline(always)]
+fn banner_begun() -> Option<&'static mut LastWordsRecord> {
+    let w = words()?;
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(slots) = STDOUT_KEPT.get_ptr_mut(0) {
+        // SAFETY: a map value; the index is masked into the array.
+        unsafe { (*slots)[tgid as usize & (STDOUT_SLOTS - 1)] = tgid };
+        w.stdout = 1;
+    }
+    Some(w)
+}
+
+/// This process's entry if its stdout is being kept.
+#[inline(always)]
+fn stdout_kept() -> Option<&'static mut LastWordsRecord> {
+    let slots = STDOUT_KEPT.get_ptr(0)?;
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: a map value; the index is masked into the array.
+    if unsafe { (*slots)[tgid as usize & (STDOUT_SLOTS - 1)] } != tgid {
+        return None;
+    }
+    // SAFETY: a map value; other threads of the process may write it too (see above).
+    let w = unsafe { &mut *WORDS.get_ptr_mut(tgid)? };
+    (w.stdout != 0).then_some(w)
+}
+
+/// Process `tgid`'s entry is going: its slot is free again.
+#[inline(always)]
+pub fn stdout_done(w: &LastWordsRecord, tgid: u32) {
+    if w.stdout == 0 {
+        return;
+    }
+    if let Some(slots) = STDOUT_KEPT.get_ptr_mut(0) {
+        let i = tgid as usize & (STDOUT_SLOTS - 1);
+        // SAFETY: as in `banner_begun`.
+        unsafe {
+            if (*slots)[i] == tgid {
+                (*slots)[i] = 0;
+            }
+        }
+    }
 }
 
 /// A mask the compiler cannot see through: it drops masks it can prove change nothing, and
@@ -242,21 +314,39 @@ fn mark(w: &mut LastWordsRecord, pos: u64) {
     w.marked = pos + 1;
 }
 
-/// The write's first bytes are one of [`MARKERS`], or a Go signal dump's `SIGSEGV: `.
+/// The first 16 bytes at `buf`, and as two little-endian words; `None` when unreadable (a
+/// short write's trailing bytes are only compared within its length).
 #[inline(always)]
-fn starts_dying_words(buf: u64, n: usize) -> bool {
+fn first_bytes(buf: u64) -> Option<([u8; 16], [u64; 2])> {
     let mut b = [0u8; 16];
-    // SAFETY: faults safely; a short write's trailing bytes are only compared within `n`.
-    if unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut b) }.is_err() {
-        return false;
-    }
+    // SAFETY: faults safely.
+    unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut b) }.ok()?;
     let words = [
         u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
         u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]),
     ];
+    Some((b, words))
+}
+
+#[inline(always)]
+fn matches(m: &Marker, words: &[u64; 2], n: usize) -> bool {
+    m.len <= n && words[0] & m.masks[0] == m.words[0] && words[1] & m.masks[1] == m.words[1]
+}
+
+/// The write at `buf` (at least 16 bytes long) begins with `m`.
+#[inline(always)]
+fn begins(buf: u64, m: &Marker) -> bool {
+    first_bytes(buf).is_some_and(|(_, w)| matches(m, &w, 16))
+}
+
+/// The write's first bytes are one of [`MARKERS`], or a Go signal dump's `SIGSEGV: `.
+#[inline(always)]
+fn starts_dying_words(buf: u64, n: usize) -> bool {
+    let Some((b, words)) = first_bytes(buf) else {
+        return false;
+    };
     for m in MARKERS.iter() {
-        if m.len <= n && words[0] & m.masks[0] == m.words[0] && words[1] & m.masks[1] == m.words[1]
-        {
+        if matches(m, &words, n) {
             return true;
         }
     }

@@ -201,6 +201,67 @@ fn java_uncaught_exception_with_caused_by() {
     assert_eq!(e["chain"][1]["type"], "java.lang.NumberFormatException");
 }
 
+/// A JVM dying of a native fault prints its fatal-error banner to stdout, in dozens of small
+/// writes, then aborts (or exits 1 with `-XX:-CreateCoredumpOnCrash`): both are reported with
+/// the banner's headline and problematic frame. Stdout is otherwise not kept: a program that
+/// prints a Java exception to stdout and exits 1 gives no report.
+#[test]
+fn jvm_fatal_error_banner_on_stdout() {
+    let a = agent();
+    let d = dir().join("jvm");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("Crash.java"),
+        "public class Crash {\n  public static void main(String[] a) throws Exception {\n    System.out.println(\"before-the-banner\");\n    java.lang.reflect.Field f = sun.misc.Unsafe.class.getDeclaredField(\"theUnsafe\");\n    f.setAccessible(true);\n    ((sun.misc.Unsafe) f.get(null)).putAddress(0, 0);\n  }\n}\n",
+    )
+    .unwrap();
+    compile(
+        Command::new("javac")
+            .args(["-nowarn", "Crash.java"])
+            .current_dir(&d),
+    );
+    let java = |extra: &[&str]| {
+        run(Command::new("java")
+            .args(["-Xshare:auto", "-XX:ErrorFile=/dev/null", "-cp", "."])
+            .args(extra)
+            .arg("Crash")
+            .current_dir(&d))
+    };
+    use std::os::unix::process::ExitStatusExt;
+    let (pid, st) = java(&[]);
+    assert_eq!(st.signal(), Some(libc::SIGABRT), "{st:?}");
+    let r = a.report_for(pid);
+    assert_eq!(error(&r), ("signal", "java", "fatal_error"), "{r}");
+    let e = &r["error"];
+    assert!(
+        e["headline"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("SIGSEGV (0xb) at pc=")),
+        "{r}"
+    );
+    assert!(
+        e["frames"][0]["function"]
+            .as_str()
+            .is_some_and(|f| f.contains("libjvm.so")),
+        "{r}"
+    );
+    let words = r["last_words"]["text"].as_str().unwrap_or_default();
+    assert!(
+        !words.contains("before-the-banner"),
+        "stdout before the banner kept: {r}"
+    );
+
+    let (pid, st) = java(&["-XX:-CreateCoredumpOnCrash"]);
+    assert_eq!(st.code(), Some(1), "{st:?}");
+    let r = a.report_for(pid);
+    assert_eq!(error(&r), ("runtime_error", "java", "fatal_error"), "{r}");
+
+    let fake = "import os, sys\nos.write(1, b'Exception in thread \"main\" java.lang.IllegalStateException: x\\n')\nsys.exit(1)\n";
+    let (pid, st) = run(Command::new("python3").args(["-c", fake]));
+    assert_eq!(st.code(), Some(1));
+    a.assert_no_report(pid);
+}
+
 /// A panic in a named thread of a program built with `panic=abort`: the process dies of
 /// SIGABRT and the report says which thread panicked, where and why.
 #[test]

@@ -1,6 +1,7 @@
 /* N calls of one kind, for what a write hook costs:
  *   devnull  write(2) of 64 bytes to an fd open on /dev/null (not fd 2);
  *   stderr   write(2) of 64 bytes to fd 2 as given;
+ *   stdout   write(2) of 64 bytes to fd 1 as given;
  *   pipe     write(2) of 64 bytes to fd 2 made a pipe, drained by a child;
  *   getppid  getppid(2), a syscall that writes nothing. */
 #include <fcntl.h>
@@ -12,7 +13,7 @@
 #include <unistd.h>
 
 int main(int argc, char **argv) {
-    if (argc < 3) { fprintf(stderr, "usage: writes N devnull|stderr|pipe|getppid\n"); return 64; }
+    if (argc < 3) { fprintf(stderr, "usage: writes N devnull|stderr|stdout|pipe|getppid\n"); return 64; }
     long n = atol(argv[1]);
     const char *m = argv[2];
     if (!strcmp(m, "getppid")) {
@@ -22,6 +23,7 @@ int main(int argc, char **argv) {
     int fd = 2;
     pid_t drain = -1;
     if (!strcmp(m, "devnull")) fd = open("/dev/null", O_WRONLY);
+    else if (!strcmp(m, "stdout")) fd = 1;
     else if (!strcmp(m, "pipe")) {
         int p[2];
         if (pipe(p) != 0) { perror("pipe"); return 1; }

@@ -96,7 +96,8 @@ impl Death {
             ("rust", _) => code == 101,
             ("python", "uncaught_exception") => code == 1,
             ("node", _) => code == 1 || code == 7,
-            ("java", "uncaught_exception") => code == 1,
+            // The JVM exits 1 after its fatal-error banner with -XX:-CreateCoredumpOnCrash.
+            ("java", _) => code == 1,
             // ASan's default exitcode; LeakSanitizer's too.
             ("sanitizer", _) => code == 1 || code == 23,
             _ => false,

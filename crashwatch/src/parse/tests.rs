@@ -184,6 +184,25 @@ fn node_uncaught_exceptions_start_at_their_source_line() {
     assert_eq!((d.runtime, d.reason, d.start), ("node", "out_of_memory", 0));
 }
 
+/// The JVM's banner as it reached stdout, and as the kernel keeps it (from its second line).
+#[test]
+fn jvm_fatal_error_banner() {
+    let text = data("jvm_fatal.txt");
+    for t in [text.as_str(), text.strip_prefix("#\n").unwrap()] {
+        let d = recognise(t).expect("the banner");
+        assert_eq!((d.runtime, d.reason), ("java", "fatal_error"));
+        assert_eq!(
+            d.headline,
+            "SIGSEGV (0xb) at pc=0x00007f82600d2f94, pid=17899, tid=17902"
+        );
+        assert_eq!(
+            func(&d.frames[0]),
+            "V  [libjvm.so+0xed2f94]  Unsafe_PutLong+0x124"
+        );
+        assert!(d.explains_exit(1) && !d.explains_exit(2));
+    }
+}
+
 #[test]
 fn java_exceptions_keep_their_causes() {
     let d = death("java_exc.txt");

@@ -59,6 +59,11 @@ pub fn run(rounds: usize, storm: usize, idle_secs: u64) -> Result<()> {
             observers: words.clone(),
         },
         Workload {
+            name: "2,000,000 write(2) of 64 B via fd 1 to /dev/null (C)".into(),
+            cmd: vec![s(&t.writes), "2000000".into(), "stdout".into()],
+            observers: words.clone(),
+        },
+        Workload {
             name: "2,000,000 write(2) of 64 B via fd 2 to a pipe (C)".into(),
             cmd: vec![s(&t.writes), "2000000".into(), "pipe".into()],
             observers: words.clone(),
