@@ -79,18 +79,24 @@ pub fn later_copy(site: u32, last: bool) -> bool {
 }
 
 /// The three copies of a tracepoint's program, attached by the agent in this order. `$body`
-/// takes the context and the copy's index (its scratch slot).
+/// takes the context and the copy's index (its scratch slot). `$wanted` is the first test of
+/// every copy, before the guard: events no program wants (a non-fatal signal, a thread that
+/// is not the last of its process) leave at once and cost the guard nothing. It must give
+/// the same answer in each copy for one event.
 macro_rules! three_copies {
-    ($tp:tt, $site:expr, $body:ident, $first:ident, $second:ident, $third:ident) => {
+    ($tp:tt, $site:expr, $wanted:ident, $body:ident, $first:ident, $second:ident, $third:ident) => {
         #[aya_ebpf::macros::btf_tracepoint(function = $tp)]
         pub fn $first(ctx: aya_ebpf::programs::BtfTracePointContext) -> u32 {
+            if !$wanted(&ctx) {
+                return 0;
+            }
             $crate::copies::note_done($site);
             $body(&ctx, 0)
         }
 
         #[aya_ebpf::macros::btf_tracepoint(function = $tp)]
         pub fn $second(ctx: aya_ebpf::programs::BtfTracePointContext) -> u32 {
-            if $crate::copies::later_copy($site, false) {
+            if $wanted(&ctx) && $crate::copies::later_copy($site, false) {
                 $body(&ctx, 1)
             } else {
                 0
@@ -99,7 +105,7 @@ macro_rules! three_copies {
 
         #[aya_ebpf::macros::btf_tracepoint(function = $tp)]
         pub fn $third(ctx: aya_ebpf::programs::BtfTracePointContext) -> u32 {
-            if $crate::copies::later_copy($site, true) {
+            if $wanted(&ctx) && $crate::copies::later_copy($site, true) {
                 $body(&ctx, 2)
             } else {
                 0

@@ -50,11 +50,17 @@ fn read_cgroup(task: u64, out: &mut CgroupPath) {
 three_copies!(
     "sched_process_exec",
     SITE_EXEC,
+    every_exec,
     on_exec,
     sched_process_exec,
     sched_process_exec_2,
     sched_process_exec_3
 );
+
+#[inline(always)]
+fn every_exec(_ctx: &BtfTracePointContext) -> bool {
+    true
+}
 
 #[inline(always)]
 fn on_exec(ctx: &BtfTracePointContext, copy: u32) -> u32 {
@@ -152,6 +158,7 @@ fn output_last_words(w: &LastWordsRecord) {
 three_copies!(
     "sched_process_exit",
     SITE_EXIT,
+    last_thread,
     exit_live,
     sched_process_exit,
     sched_process_exit_2,
@@ -159,13 +166,15 @@ three_copies!(
 );
 
 #[inline(always)]
-fn exit_live(_ctx: &BtfTracePointContext, _copy: u32) -> u32 {
+fn last_thread(_ctx: &BtfTracePointContext) -> bool {
     let task = unsafe { bpf_get_current_task() };
     let signal: u64 = rd(task, config!(off.task_signal));
-    let live: i32 = rd(signal, config!(off.signal_live));
-    if live == 0 {
-        exit_common(task);
-    }
+    rd::<i32>(signal, config!(off.signal_live)) == 0
+}
+
+#[inline(always)]
+fn exit_live(_ctx: &BtfTracePointContext, _copy: u32) -> u32 {
+    exit_common(unsafe { bpf_get_current_task() });
     0
 }
 
@@ -173,6 +182,7 @@ fn exit_live(_ctx: &BtfTracePointContext, _copy: u32) -> u32 {
 three_copies!(
     "sched_process_exit",
     SITE_EXIT,
+    group_dead,
     exit_group_dead,
     sched_process_exit_gd,
     sched_process_exit_gd_2,
@@ -180,10 +190,12 @@ three_copies!(
 );
 
 #[inline(always)]
-fn exit_group_dead(ctx: &BtfTracePointContext, _copy: u32) -> u32 {
-    let group_dead: u64 = ctx.arg(1);
-    if group_dead & 0xff != 0 {
-        exit_common(unsafe { bpf_get_current_task() });
-    }
+fn group_dead(ctx: &BtfTracePointContext) -> bool {
+    ctx.arg::<u64>(1) & 0xff != 0
+}
+
+#[inline(always)]
+fn exit_group_dead(_ctx: &BtfTracePointContext, _copy: u32) -> u32 {
+    exit_common(unsafe { bpf_get_current_task() });
     0
 }

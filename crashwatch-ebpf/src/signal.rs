@@ -49,24 +49,29 @@ fn fault_class(sig: i32) -> bool {
 three_copies!(
     "signal_deliver",
     SITE_SIGNAL,
+    may_end_the_process,
     on_signal,
     signal_deliver,
     signal_deliver_2,
     signal_deliver_3
 );
 
+/// A signal that can end the process: default-action fatal, or a fault it handles itself.
+#[inline(always)]
+fn may_end_the_process(ctx: &BtfTracePointContext) -> bool {
+    let sig: i32 = ctx.arg(0);
+    if !fatal_class(sig) {
+        return false;
+    }
+    let handler: u64 = rd(ctx.arg::<u64>(2), config!(off.ksig_handler));
+    // SIG_IGN (1) never kills; a handled signal matters only if it is a fault.
+    !(handler == 1 || (handler != 0 && !fault_class(sig)))
+}
+
 #[inline(always)]
 fn on_signal(ctx: &BtfTracePointContext, copy: u32) -> u32 {
     let sig: i32 = ctx.arg(0);
-    if !fatal_class(sig) {
-        return 0;
-    }
-    let ka: u64 = ctx.arg(2);
-    let handler: u64 = rd(ka, config!(off.ksig_handler));
-    // SIG_IGN (1) never kills; a handled signal matters only if it is a fault.
-    if handler == 1 || (handler != 0 && !fault_class(sig)) {
-        return 0;
-    }
+    let handler: u64 = rd(ctx.arg::<u64>(2), config!(off.ksig_handler));
     let task = unsafe { bpf_get_current_task() };
     if sig == SIGKILL {
         // exit_group, coredumps and the fast path of other fatal signals SIGKILL every thread;
