@@ -28,6 +28,14 @@ pub const KIND_GO: u32 = 5;
 pub const KIND_GO_OUTPUT: u32 = 6;
 pub const KIND_STACK: u32 = 7;
 pub const KIND_LAST_WORDS: u32 = 8;
+/// An [`ExecRecord`] read from a dying process at its first crash sign (a fatal signal, a
+/// handled fault, last words at death) because its exec was not sent: the executable comes
+/// from `mm->exe_file`, and `filename` is empty.
+pub const KIND_IDENT: u32 = 9;
+
+/// [`KnownFile::flags`]: the agent has classified the file; its execs need no record. Files
+/// not in the map (new, or Go binaries, whose probes follow their processes) are sent.
+pub const KNOWN_QUIET: u32 = 1;
 
 /// Most bytes of the user stack copied at a fatal signal or Go fatal path (`--stack-copy`).
 pub const STACK_COPY_MAX: usize = 16384;
@@ -123,6 +131,29 @@ pub struct ExecRecord {
     pub filename: [u8; PATH_LEN],
     pub cgroup: CgroupPath,
     pub args: [u8; ARGS_LEN],
+}
+
+/// An executable's identity as the kernel sees it, the key of the known-files map (what
+/// [`ExecRecord`] carries as `dev`, `ino`, `ctime_ns`, `size`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+    pub ctime_ns: u64,
+    pub size: u64,
+}
+
+/// What the agent said about a file, written by the agent into the known-files map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KnownFile {
+    /// [`KNOWN_QUIET`].
+    pub flags: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` after which the answer is stale and the next exec is sent again.
+    pub until_ns: u64,
 }
 
 /// Cgroup path components from the leaf upwards, each NUL-terminated; empty ends the list.
@@ -250,12 +281,19 @@ pub struct LastWordsRecord {
     pub head_len: u32,
     /// Bytes of the head before the marked write (the look-back).
     pub lookback: u32,
+    /// 1 when `ident` was filled.
+    pub has_ident: u32,
+    pub _pad1: u32,
     /// 1 once the process began the JVM's fatal-error banner on stdout: its later stdout
     /// writes are kept too.
     pub stdout: u32,
     pub _pad: u32,
     pub tail: [u8; WORDS_TAIL],
     pub head: [u8; WORDS_HEAD + WORDS_SLACK],
+    /// Who the process is, read at its first write when its exec was not sent (at death its
+    /// memory is gone): sent before the last words as a [`KIND_IDENT`] record. Never part of
+    /// the last-words record itself.
+    pub ident: ExecRecord,
 }
 
 /// Bytes of a [`LastWordsRecord`] before its tail.
@@ -345,6 +383,7 @@ pub struct Offsets {
     pub mm_start_code: u32,
     pub mm_end_code: u32,
     pub mm_saved_auxv: u32,
+    pub mm_exe_file: u32,
     pub bprm_filename: u32,
     pub bprm_file: u32,
     pub file_inode: u32,
@@ -383,11 +422,17 @@ pub struct Config {
     pub pending_window_ns: u64,
     /// Bytes of user stack copied (at most [`STACK_COPY_MAX`]); 0 turns the copy off.
     pub stack_copy: u32,
-    pub _pad: u32,
+    /// Non-zero: every exec is sent (`--exits nonzero`: a plain exit's command line and
+    /// executable can only be read at exec).
+    pub exec_all: u32,
 }
 
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain #[repr(C)] data with explicit padding, no pointers.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FileKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::KnownFile {}
 }

@@ -1,12 +1,14 @@
 //! `sched_process_exec` and `sched_process_exit`: who runs what, and how each process ended.
 //!
-//! An exec record names the executable (its file identity), the command line and the cgroup
-//! while the new image is in place. An exit record is sent for the last thread of a process
-//! only (a whole-process death), with its wait status; a parked handled fault of that process
-//! goes out just before it when the death came within the pending window, and so do its last
-//! words (`writes`) when it died abnormally.
+//! An exec is sent only when the agent has something to learn from it (see `ident`): then
+//! its record names the executable (its file identity), the command line and the cgroup while
+//! the new image is in place. An exit is sent for the last thread of a process only (a
+//! whole-process death), and only when it is abnormal or the agent tracks the process; a
+//! parked handled fault of that process goes out just before it when the death came within
+//! the pending window, and so do its last words (`writes`) when it died abnormally, with its
+//! identity when the agent had none.
 use aya_ebpf::{
-    helpers::{bpf_get_current_task, bpf_probe_read_kernel_str_bytes},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
     macros::map,
     maps::PerCpuArray,
     programs::BtfTracePointContext,
@@ -14,9 +16,8 @@ use aya_ebpf::{
 use crashwatch_common::*;
 
 use crate::{
-    shared::{
-        count_lost, fill_header, output, output_stack, output_with_args, rd, read_args, EVENTS,
-    },
+    ident,
+    shared::{count_lost, fill_header, output, output_stack, output_with_args, rd, EVENTS},
     signal::{PENDING, PENDING_STACK},
     writes::{stdout_done, WORDS},
 };
@@ -25,27 +26,6 @@ use crate::{
 /// copy: the copies can all be mid-run on one CPU when tasks are preempted.
 #[map]
 static SCRATCH_EXEC: PerCpuArray<ExecRecord> = PerCpuArray::with_max_entries(COPIES, 0);
-
-fn read_cgroup(task: u64, out: &mut CgroupPath) {
-    let css_set: u64 = rd(task, config!(off.task_cgroups));
-    let mut cg: u64 = rd(css_set, config!(off.cgroup_hop1));
-    if config!(off.cgroup_hop2) != NO_OFFSET {
-        cg = rd(cg, config!(off.cgroup_hop2));
-    }
-    let mut kn: u64 = rd(cg, config!(off.cgroup_kn));
-    for i in 0..CGROUP_DEPTH {
-        out.names[i][0] = 0;
-        if kn == 0 {
-            continue;
-        }
-        let name: u64 = rd(kn, config!(off.kn_name));
-        if name != 0 {
-            let _ =
-                unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut out.names[i]) };
-        }
-        kn = rd(kn, config!(off.kn_parent));
-    }
-}
 
 three_copies!(
     "sched_process_exec",
@@ -64,37 +44,35 @@ fn every_exec(_ctx: &BtfTracePointContext) -> bool {
 
 #[inline(always)]
 fn on_exec(ctx: &BtfTracePointContext, copy: u32) -> u32 {
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let bprm: u64 = ctx.arg(2);
+    let key = ident::file_key(rd(bprm, config!(off.bprm_file)));
+    let tracked = ident::is_tracked(pid);
+    if !tracked && config!(exec_all) == 0 && ident::quiet(&key) {
+        return 0;
+    }
     let Some(rec) = SCRATCH_EXEC.get_ptr_mut(copy) else {
         return 0;
     };
     // SAFETY: per-CPU scratch slot owned by this program invocation.
     let rec = unsafe { &mut *rec };
     let task = unsafe { bpf_get_current_task() };
-    let bprm: u64 = ctx.arg(2);
-    fill_header(&mut rec.hdr, KIND_EXEC, task);
-    let file: u64 = rd(bprm, config!(off.bprm_file));
-    let inode: u64 = rd(file, config!(off.file_inode));
-    let sb: u64 = rd(inode, config!(off.inode_sb));
-    rec.ino = rd(inode, config!(off.inode_ino));
-    rec.dev = rd(sb, config!(off.sb_dev));
-    rec.size = rd(inode, config!(off.inode_size));
-    let sec: u64 = rd(inode, config!(off.inode_ctime_sec));
-    let nsec: u32 = rd(inode, config!(off.inode_ctime_nsec));
-    // Since 6.13 the top bit of i_ctime_nsec flags a queried time: not part of the time.
-    rec.ctime_ns = sec
-        .wrapping_mul(1_000_000_000)
-        .wrapping_add((nsec & 0x3fff_ffff) as u64);
+    ident::fill(rec, KIND_EXEC, task, &key);
     rec.filename[0] = 0;
     let name: u64 = rd(bprm, config!(off.bprm_filename));
     if name != 0 {
-        let _ = unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut rec.filename) };
+        let _ = unsafe {
+            aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(name as *const u8, &mut rec.filename)
+        };
     }
-    (rec.args_len, rec.args_total) = read_args(task, &mut rec.args);
-    read_cgroup(task, &mut rec.cgroup);
-    // A new image is not to blame for a fault its predecessor handled.
-    let _ = PENDING.remove(rec.hdr.pid);
-    let _ = PENDING_STACK.remove(rec.hdr.pid);
-    output_with_args(rec, core::mem::offset_of!(ExecRecord, args), rec.args_len);
+    if tracked {
+        // A new image is not to blame for a fault its predecessor handled (only tracked
+        // processes have parked faults: parking sends their identity).
+        let _ = PENDING.remove(pid);
+        let _ = PENDING_STACK.remove(pid);
+    }
+    ident::send(rec);
+    ident::track(pid);
     0
 }
 
@@ -102,25 +80,42 @@ fn exit_common(task: u64) {
     let signal: u64 = rd(task, config!(off.task_signal));
     let gec: u32 = rd(signal, config!(off.signal_group_exit_code));
     let code: u32 = rd(task, config!(off.task_exit_code));
+    let status = if gec != 0 { gec } else { code };
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let tracked = ident::untrack(pid);
+    if status == 0 && !tracked {
+        // Lived and ended normally: nothing to send, only its last-words entry to drop.
+        if let Some(w) = WORDS.get_ptr_mut(pid) {
+            // SAFETY: the dying process's entry; its threads are gone.
+            stdout_done(unsafe { &*w }, pid);
+            let _ = WORDS.remove(pid);
+        }
+        return;
+    }
     let mut rec = ExitRecord::default();
     fill_header(&mut rec.hdr, KIND_EXIT, task);
-    rec.status = if gec != 0 { gec } else { code };
-    let pid = rec.hdr.pid;
-    if let Some(p) = unsafe { PENDING.get(pid) } {
-        let fresh = rec.hdr.ktime_ns.wrapping_sub(p.hdr.ktime_ns) <= config!(pending_window_ns);
-        if rec.status != 0 && fresh {
-            if let Some(st) = unsafe { PENDING_STACK.get(pid) } {
-                output_stack(st);
+    rec.status = status;
+    if tracked {
+        // Only tracked processes have parked faults (see `on_exec`).
+        if let Some(p) = unsafe { PENDING.get(pid) } {
+            let fresh = rec.hdr.ktime_ns.wrapping_sub(p.hdr.ktime_ns) <= config!(pending_window_ns);
+            if rec.status != 0 && fresh {
+                if let Some(st) = unsafe { PENDING_STACK.get(pid) } {
+                    output_stack(st);
+                }
+                output_with_args(p, core::mem::offset_of!(SignalRecord, args), p.args_len);
             }
-            output_with_args(p, core::mem::offset_of!(SignalRecord, args), p.args_len);
+            let _ = PENDING.remove(pid);
+            let _ = PENDING_STACK.remove(pid);
         }
-        let _ = PENDING.remove(pid);
-        let _ = PENDING_STACK.remove(pid);
     }
     if let Some(w) = WORDS.get_ptr_mut(pid) {
         // SAFETY: the dying process's entry; its threads are gone.
         let w = unsafe { &mut *w };
         if rec.status != 0 {
+            if !tracked && w.has_ident != 0 {
+                ident::send(&w.ident);
+            }
             w.hdr = rec.hdr;
             w.hdr.kind = KIND_LAST_WORDS;
             output_last_words(w);

@@ -1,10 +1,13 @@
 //! crashwatch's kernel side: BTF tracepoints and Go runtime uprobes feeding one ring buffer.
 //!
 //! Filtering happens here so userspace sees only what can matter: fatal-class signals,
-//! whole-process deaths, OOM victims, and execs. Struct fields are read at offsets the agent
+//! abnormal whole-process deaths, OOM victims, and the execs the agent has something to
+//! learn from. Struct fields are read at offsets the agent
 //! computes from BTF (`CONFIG`). One file per hook family:
 //! - `signal`: `signal_deliver` (and the parked handled faults),
 //! - `exec_exit`: `sched_process_exec`, `sched_process_exit`,
+//! - `ident`: who a process is (executable, command line, cgroup), sent only when the agent
+//!   needs it, and the maps that decide when,
 //! - `oom`: `oom/mark_victim`,
 //! - `go`: uprobes on the Go runtime's fatal paths and its stderr writer,
 //! - `stack`: the stack copy and loaded-object list that go with a signal or Go record,
@@ -20,6 +23,7 @@ mod shared;
 mod copies;
 mod exec_exit;
 mod go;
+mod ident;
 mod oom;
 mod signal;
 mod stack;

@@ -131,9 +131,11 @@ fn on_signal(ctx: &BtfTracePointContext, copy: u32) -> u32 {
         0
     };
     crate::stack::capture(st, task, sp);
+    // Before the crash's records: who the process is, when the agent does not know.
+    let pid = rec.hdr.pid;
+    crate::ident::send_ident_once(pid, copy);
     if handler != 0 {
-        // Survivors must cost nothing downstream: keep it until the process exits.
-        let pid = rec.hdr.pid;
+        // Survivors cost no signal records downstream: keep it until the process exits.
         let _ = PENDING.insert(pid, rec, 0);
         let _ = PENDING_STACK.insert(pid, st, 0);
     } else {

@@ -18,7 +18,10 @@
 //! such write: a service that logged a handled traceback hours ago still gets its real death.
 //! Threads writing at once may interleave, as they do on the terminal.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_buf, bpf_probe_read_user_buf},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel_buf,
+        bpf_probe_read_user_buf,
+    },
     macros::{fentry, map, tracepoint},
     maps::{Array, LruHashMap, PerCpuArray},
     programs::{FEntryContext, TracePointContext},
@@ -197,8 +200,17 @@ fn words() -> Option<&'static mut LastWordsRecord> {
         clippy::needless_borrows_for_generic_args,
         reason = "by value it would be copied onto the 512-byte BPF stack"
     )]
-    let _ = WORDS.insert(tgid, unsafe { &*zero }, BPF_NOEXIST);
-    WORDS.get_ptr_mut(tgid).map(|p| unsafe { &mut *p })
+    if WORDS.insert(tgid, unsafe { &*zero }, BPF_NOEXIST).is_err() {
+        return WORDS.get_ptr_mut(tgid).map(|p| unsafe { &mut *p });
+    }
+    // SAFETY: the entry just made.
+    let w = unsafe { &mut *WORDS.get_ptr_mut(tgid)? };
+    // At death its memory is gone: who it is must be read now, if the agent will not know.
+    if !crate::ident::is_tracked(tgid) {
+        crate::ident::fill_ident(&mut w.ident, unsafe { bpf_get_current_task() });
+        w.has_ident = 1;
+    }
+    Some(w)
 }
 
 /// This process began the JVM banner on stdout: keep its stdout from now on.

@@ -29,6 +29,7 @@ use crate::{
     escape::Esc,
     probe::{
         go::{GoProbes, GoView, Limits},
+        known::KnownFiles,
         LossReader, Losses, Probe, Settings,
     },
     sink::{Format, Sink},
@@ -64,6 +65,18 @@ struct Pipeline {
     stdout_closed: Arc<AtomicBool>,
     /// Containers' roots, noted at exec.
     roots: Arc<Roots>,
+    /// Executables classified, marked in the kernel so their execs stop coming.
+    known: KnownFiles,
+    /// Records handled, by kind, for the stop line.
+    counts: Counts,
+}
+
+/// Records that reached the agent: what processes that do not crash still cost it.
+#[derive(Default)]
+struct Counts {
+    execs: u64,
+    idents: u64,
+    exits: u64,
 }
 
 /// Crashes waiting for the report thread. Each holds at most a stack copy and a process's
@@ -153,12 +166,14 @@ pub async fn run(opts: Options) -> Result<()> {
         args_max: opts.cmdline_max,
         stack_copy: opts.stack_copy,
         last_words: opts.last_words,
+        exec_all: opts.report_nonzero_exits,
     })?;
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd until the loop ends.
     let mut ring = unsafe { AsyncFd::register(probe.take_events()?) }
         .map_err(std::io::Error::from)
         .context("polling the ring buffer")?;
     let losses = probe.take_losses()?;
+    let known = probe.take_known()?;
     let programs = probe.program_names().join(", ");
     let go_mode = probe.go_attach_mode();
     let last_words = probe.last_words.to_string();
@@ -196,6 +211,8 @@ pub async fn run(opts: Options) -> Result<()> {
         reports: jobs,
         stdout_closed,
         roots,
+        known,
+        counts: Counts::default(),
     };
     for off in crate::privileges::Caps::current().degraded(uprobe_multi) {
         eprintln!("crashwatch: running with less: {off}");
@@ -277,6 +294,8 @@ pub async fn run(opts: Options) -> Result<()> {
         decode_errors,
         reports,
         roots,
+        known,
+        counts,
         ..
     } = p;
     // Every crash queued is reported before the stop line.
@@ -295,6 +314,18 @@ pub async fn run(opts: Options) -> Result<()> {
         go.probed_now,
         go.released,
         go.over_limit,
+    );
+    eprintln!(
+        "crashwatch: records from the kernel: {} execs (of files not yet known, Go binaries, or tracked processes), {} identities read at a crash sign, {} exits; {} executables marked known{}",
+        counts.execs,
+        counts.idents,
+        counts.exits,
+        known.marked,
+        if known.mark_errors > 0 {
+            format!(" ({} marks refused by the kernel)", known.mark_errors)
+        } else {
+            String::new()
+        }
     );
     let (held, over) = roots.stats();
     eprintln!(
@@ -344,12 +375,27 @@ impl Pipeline {
         };
         // Capture what only exists while the process does, before it is gone.
         match &mut rec {
-            Record::Exec(e) => {
+            Record::Exec(e) if e.at_exec => {
+                self.counts.execs += 1;
                 enrich::resolve_exe(e);
                 e.root = self.roots.note(e.head.pid);
                 let shown = e.exe.as_deref().unwrap_or(&e.filename);
                 self.go.request(e.head.pid, e.file, shown);
+                self.known.learn(e, self.go.verdict(e.file));
             }
+            Record::Exec(e) => {
+                // Read at a crash sign: the process may be gone already, but its file was
+                // most likely exec'd before, where the agent saw its path.
+                self.counts.idents += 1;
+                enrich::resolve_exe(e);
+                if e.exe.is_none() {
+                    e.exe = self.known.path_of(e.file).map(str::to_string);
+                }
+                e.root = self.roots.note(e.head.pid);
+                let shown = e.exe.as_deref().unwrap_or("?");
+                self.go.request(e.head.pid, e.file, shown);
+            }
+            Record::Exit(_) => self.counts.exits += 1,
             Record::Signal(s) => s.maps = Maps::capture(s.head.pid).map(std::sync::Arc::new),
             Record::Go(g) => g.maps = Maps::capture(g.head.pid).map(std::sync::Arc::new),
             _ => {}

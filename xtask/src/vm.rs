@@ -1,7 +1,7 @@
 //! `cargo xtask integration-test`: the crash matrix on other kernels, in QEMU.
 //!
-//! Builds a static agent, the test binaries (the very same `crashes` and `go_crashes` tests
-//! the host runs) and the crash programs, fetches Debian cloud kernels once into
+//! Builds a static agent, the test binaries (the very same `crashes`, `go_crashes` and `quiet`
+//! tests the host runs) and the crash programs, fetches Debian cloud kernels once into
 //! `target/vm/kernels`, packs everything into an initramfs whose /init runs the tests and a
 //! watching agent, boots each kernel under TCG and reads the results from a second serial port.
 use std::{
@@ -15,6 +15,8 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 
 /// Kernels by name: (Debian suite, meta-package version prefix).
+/// The test binaries a VM runs (see `INIT`).
+pub const TEST_BINARIES: [&str; 3] = ["crashes", "go_crashes", "quiet"];
 pub const KERNELS: [(&str, &str); 3] = [("6.1", "6.1."), ("6.12", "6.12."), ("7.3", "7.3.")];
 
 const SOURCES: &str = "deb http://deb.debian.org/debian bookworm main
@@ -222,11 +224,11 @@ pub fn initramfs(p: &Paths) -> Result<PathBuf> {
             "--no-run",
             "--message-format=json",
         ])
-        .args(["--test", "crashes", "--test", "go_crashes"])
+        .args(TEST_BINARIES.iter().flat_map(|t| ["--test", t]))
         .envs(static_env)
         .current_dir(&p.root))?;
     for line in json.lines().filter(|l| l.contains("\"executable\":\"")) {
-        for name in ["crashes", "go_crashes"] {
+        for name in TEST_BINARIES {
             if line.contains(&format!("\"name\":\"{name}\"")) {
                 let exe = line
                     .split("\"executable\":\"")
@@ -237,7 +239,7 @@ pub fn initramfs(p: &Paths) -> Result<PathBuf> {
             }
         }
     }
-    for name in ["crashes", "go_crashes"] {
+    for name in TEST_BINARIES {
         if !cw.join(name).exists() {
             bail!("test binary {name} was not built");
         }
@@ -337,7 +339,9 @@ watch=$!
 echo "== crashes exit $?" >> /tmp/t.log
 /crashwatch/go_crashes --test-threads=2 --show-output --skip podman > /tmp/g.log 2>&1
 echo "== go_crashes exit $?" >> /tmp/g.log
-cat /tmp/t.log /tmp/g.log > $out
+/crashwatch/quiet --show-output > /tmp/q.log 2>&1
+echo "== quiet exit $?" >> /tmp/q.log
+cat /tmp/t.log /tmp/g.log /tmp/q.log > $out
 kill -INT $watch
 sleep 2
 grep -a 'crashwatch: stopped' /tmp/watch.log > $out
@@ -436,7 +440,7 @@ pub fn boot(
             {
                 o.tests.insert(name.trim().into(), res.trim().into());
             }
-        } else if l.starts_with("Go matrix") {
+        } else if l.starts_with("Go matrix") || l.starts_with("records: ") {
             o.notes.push(l.trim().into());
         } else if l.contains("crashwatch: stopped") {
             o.losses = l.trim().into();

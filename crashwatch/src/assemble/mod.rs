@@ -1,7 +1,7 @@
 //! Assemble: folds the kernel's records into exactly one [`Crash`] per dying process.
 //!
-//! Owns the per-process state: what each live process runs (from exec records and the start-up
-//! scan) and the open case of each process that showed a crash sign (a fatal signal, an OOM
+//! Owns the per-process state: what each live process runs (from exec and identity records
+//! and the start-up scan) and the open case of each process that showed a crash sign (a fatal signal, an OOM
 //! mark). The process's whole-group exit closes its case: only then is the kind known (SIGTERM
 //! by default action is a crash). A Go process's case also gathers its runtime's fatal-path
 //! record and printed output.
@@ -19,7 +19,8 @@ use crate::{
     parse::Death,
 };
 
-/// What a process runs, captured at exec (or by the start-up scan of /proc).
+/// What a process runs, captured at exec, at its first crash sign when its exec was not sent,
+/// or by the start-up scan of /proc.
 #[derive(Clone, Debug, Default)]
 pub struct ProcInfo {
     /// Absolute path of the executable in the process's view; None when it could not be
@@ -220,8 +221,11 @@ impl Assembler {
     pub fn push_with(&mut self, rec: Record, is_go: &dyn Fn(FileId) -> bool) -> Option<Crash> {
         match rec {
             Record::Exec(e) => {
-                // A process that execs survived whatever signal came before.
-                self.cases.remove(&e.head.pid);
+                // A process that execs survived whatever signal came before (an identity
+                // read at a crash sign comes before that crash's records).
+                if e.at_exec {
+                    self.cases.remove(&e.head.pid);
+                }
                 if self.procs.len() < PROCS_MAX || self.procs.contains_key(&e.head.pid) {
                     self.procs.insert(e.head.pid, ProcInfo::from(&e));
                 }

@@ -67,7 +67,32 @@ fn exec(pid: u32, ino: u64) -> Record {
         cgroup: "/".into(),
         exe: None,
         root: None,
+        at_exec: true,
     })
+}
+
+/// An identity read at a crash sign (no exec was sent): it names the process and leaves
+/// the open case alone, where an exec would close it.
+#[test]
+fn an_identity_at_a_crash_sign_names_the_process_and_keeps_its_case() {
+    let mut a = Assembler::new(false, 64);
+    assert!(a.push(sig(7, 7, 11, false)).is_none());
+    let Record::Exec(mut id) = exec(7, 42) else {
+        unreachable!()
+    };
+    id.at_exec = false;
+    id.filename.clear();
+    id.exe = Some("/usr/bin/crash".into());
+    assert!(a.push(Record::Exec(id)).is_none());
+    let c = a
+        .push(exit(7, 11))
+        .expect("the signal's case survives the identity");
+    assert_eq!(c.kind, Kind::Signal);
+    let p = c.proc.expect("named by the identity");
+    assert_eq!(
+        (p.exe.as_deref(), p.file.map(|f| f.ino)),
+        (Some("/usr/bin/crash"), Some(42))
+    );
 }
 
 #[test]

@@ -106,6 +106,7 @@ pub fn run() -> bool {
             args_max: 0,
             stack_copy: 0,
             last_words: crate::probe::writes::Mode::Auto,
+            exec_all: false,
         };
         let loaded = crate::probe::Probe::load(settings);
         if let Ok(p) = &loaded {

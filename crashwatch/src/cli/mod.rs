@@ -37,7 +37,9 @@ enum Cmd {
         /// Report format: readable blocks on a terminal, JSON lines (schema: docs/report.md).
         #[arg(long, value_enum, default_value_t = sink::Format::Auto)]
         output: sink::Format,
-        /// Which plain exits are crashes: none, or every non-zero exit code.
+        /// Which plain exits are crashes: none, or every non-zero exit code (`nonzero` has
+        /// the kernel send every exec, which costs each process a record: a plain exit's
+        /// command line can only be read at exec).
         #[arg(long, value_enum, default_value_t = Exits::None)]
         exits: Exits,
         /// Kernel ring buffer size in bytes: a power of two, at least 4096. It holds the

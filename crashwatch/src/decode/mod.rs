@@ -33,6 +33,9 @@ pub struct Exec {
     /// The process's root directory when it is not the agent's (a container), noted by the
     /// agent when the record arrives.
     pub root: Option<crate::symbolize::RootKey>,
+    /// Sent at the exec itself; false for an identity read at a crash sign of a process
+    /// whose exec was not sent (`filename` is empty then).
+    pub at_exec: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -174,7 +177,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
         bail!("record of {} bytes has no header", bytes.len())
     };
     Ok(match kind {
-        c::KIND_EXEC => {
+        c::KIND_EXEC | c::KIND_IDENT => {
             let r: c::ExecRecord =
                 read_with_args(bytes, std::mem::offset_of!(c::ExecRecord, args))?;
             let n = (r.args_len as usize).min(c::ARGS_LEN);
@@ -192,6 +195,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
                 cgroup: cgroup_path(&r.cgroup),
                 exe: None,
                 root: None,
+                at_exec: r.hdr.kind == c::KIND_EXEC,
             })
         }
         c::KIND_SIGNAL => {

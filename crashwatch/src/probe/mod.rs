@@ -11,6 +11,7 @@
 //! [`uprobe_multi`]), else as one perf-event uprobe per function through aya.
 pub mod btf;
 pub mod go;
+pub mod known;
 mod uprobe_multi;
 pub mod writes;
 
@@ -45,6 +46,8 @@ pub struct Settings {
     pub stack_copy: u32,
     /// How writes to stderr are watched for last words.
     pub last_words: writes::Mode,
+    /// Send every exec, not only those of files the agent has not classified.
+    pub exec_all: bool,
 }
 
 /// One Go binary's probes in the kernel; they go away with [`Probe::detach_go`].
@@ -179,11 +182,12 @@ impl Probe {
     pub fn load(settings: Settings) -> Result<Probe> {
         raise_memlock();
         raise_nofile();
-        let layout = btf::load(
+        let mut layout = btf::load(
             settings.pending_window_ns,
             settings.args_max,
             settings.stack_copy,
         )?;
+        layout.config.exec_all = settings.exec_all as u32;
         let kernel_btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&kernel_btf))
@@ -251,6 +255,15 @@ impl Probe {
             .take_map("EVENTS")
             .context("map EVENTS missing or already taken")?;
         Ok(RingBuf::try_from(map)?)
+    }
+
+    /// The known-files map the agent marks classified executables in; call once.
+    pub fn take_known(&mut self) -> Result<known::KnownFiles> {
+        known::KnownFiles::new(
+            self.ebpf
+                .take_map("KNOWN")
+                .context("map KNOWN missing or already taken")?,
+        )
     }
 
     /// The loss counters, readable from elsewhere; call once.

@@ -187,6 +187,15 @@ impl GoProbes {
         }
     }
 
+    /// Whether `id` is a Go binary, once the prober has an answer.
+    pub fn verdict(&self, id: FileId) -> Option<bool> {
+        match self.shared.known.lock().unwrap().get(&id)? {
+            State::Pending => None,
+            State::Go { .. } => Some(true),
+            State::NotGo { .. } => Some(false),
+        }
+    }
+
     /// `id` is a Go binary (probed or not).
     pub fn is_go(&self, id: FileId) -> bool {
         matches!(
