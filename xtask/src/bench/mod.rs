@@ -16,12 +16,14 @@ use std::{path::Path, process::Command};
 use anyhow::Result;
 
 use crate::vm::Paths;
-use observer::{time_run, Observer, Running};
+use observer::{cpu_and_rss, time_run, Observer, Running};
 
 pub struct Workload {
     pub name: String,
     pub cmd: Vec<String>,
     pub observers: Vec<Observer>,
+    /// Processes it execs: the agent's CPU is taken around it, per 1,000 execs.
+    pub execs: usize,
 }
 
 pub fn run(rounds: usize, storm: usize, idle_secs: u64) -> Result<()> {
@@ -35,6 +37,7 @@ pub fn run(rounds: usize, storm: usize, idle_secs: u64) -> Result<()> {
         Observer::Bpftrace,
         Observer::Libbpf,
     ];
+    // Go's own writes: only crashwatch probes them.
     let two = vec![Observer::None, Observer::Crashwatch];
     // The write hooks' cost: crashwatch with and without them, side by side.
     let words = vec![
@@ -42,64 +45,86 @@ pub fn run(rounds: usize, storm: usize, idle_secs: u64) -> Result<()> {
         Observer::Crashwatch,
         Observer::CrashwatchQuiet,
     ];
+    let row = |name: &str, cmd: Vec<String>, observers: &Vec<Observer>| Workload {
+        name: name.into(),
+        cmd,
+        observers: observers.clone(),
+        execs: 0,
+    };
+    let writes = |n: &str, mode: &str| vec![s(&t.writes), n.into(), mode.into()];
     let mut workloads = vec![
         Workload {
-            name: "exec/exit storm: 5,000 short processes".into(),
-            cmd: vec![s(&t.spawn), "5000".into(), "/bin/true".into()],
-            observers: all.clone(),
+            execs: 5000,
+            ..row(
+                "exec/exit storm: 5,000 short processes",
+                vec![s(&t.spawn), "5000".into(), "/bin/true".into()],
+                &all,
+            )
         },
-        Workload {
-            name: "2,000,000 write(2) of 64 B to /dev/null, not fd 2 (C)".into(),
-            cmd: vec![s(&t.writes), "2000000".into(), "devnull".into()],
-            observers: words.clone(),
-        },
-        Workload {
-            name: "2,000,000 write(2) of 64 B via fd 2 to /dev/null (C)".into(),
-            cmd: vec![s(&t.writes), "2000000".into(), "stderr".into()],
-            observers: words.clone(),
-        },
-        Workload {
-            name: "2,000,000 write(2) of 64 B via fd 1 to /dev/null (C)".into(),
-            cmd: vec![s(&t.writes), "2000000".into(), "stdout".into()],
-            observers: words.clone(),
-        },
-        Workload {
-            name: "2,000,000 write(2) of 64 B via fd 2 to a pipe (C)".into(),
-            cmd: vec![s(&t.writes), "2000000".into(), "pipe".into()],
-            observers: words.clone(),
-        },
-        Workload {
-            name: "2,000,000 getppid(2): syscalls that write nothing (C)".into(),
-            cmd: vec![s(&t.writes), "2000000".into(), "getppid".into()],
-            observers: words.clone(),
-        },
-        Workload {
-            name: "Python logging 500,000 lines to stderr".into(),
-            cmd: vec![
+        row(
+            "fork storm: 10,000 forks that exit at once, no exec (C)",
+            vec![s(&t.spawn), "10000".into(), "--fork".into()],
+            &all,
+        ),
+        row(
+            "thread storm: 50,000 threads created and joined (C)",
+            vec![s(&t.spawn), "50000".into(), "--thread".into()],
+            &all,
+        ),
+        row(
+            "100,000 handled signals (C, SIGUSR1)",
+            vec![s(&t.signals), "100000".into()],
+            &all,
+        ),
+        row(
+            "2,000,000 getppid(2): syscalls that write nothing (C)",
+            writes("2000000", "getppid"),
+            &all,
+        ),
+        row(
+            "2,000,000 write(2) of 64 B to /dev/null, not fd 1 or 2 (C)",
+            writes("2000000", "devnull"),
+            &words,
+        ),
+        row(
+            "2,000,000 write(2) of 64 B via fd 2 to /dev/null (C)",
+            writes("2000000", "stderr"),
+            &words,
+        ),
+        row(
+            "2,000,000 write(2) of 64 B via fd 1 to /dev/null (C)",
+            writes("2000000", "stdout"),
+            &words,
+        ),
+        row(
+            "2,000,000 write(2) of 64 B via fd 2 to a pipe (C)",
+            writes("2000000", "pipe"),
+            &words,
+        ),
+        row(
+            "Python logging 500,000 lines to stderr",
+            vec![
                 "/usr/bin/python3".into(),
                 "-c".into(),
                 "import logging, sys\nlogging.basicConfig(stream=sys.stderr)\nlog = logging.getLogger('bench')\nfor i in range(500000): log.warning('line %d of the benchmark', i)".into(),
             ],
-            observers: words.clone(),
-        },
-        Workload {
-            name: "100,000 handled signals (C, SIGUSR1)".into(),
-            cmd: vec![s(&t.signals), "100000".into()],
-            observers: two.clone(),
-        },
+            &words,
+        ),
     ];
     for (v, bin) in &t.gowrite {
-        workloads.push(Workload {
-            name: format!("2,000,000 os.Stderr.Write of 64 B (Go {v}, probed binary)"),
-            cmd: vec![s(bin), "2000000".into()],
-            observers: two.clone(),
-        });
+        workloads.push(row(
+            &format!("2,000,000 os.Stderr.Write of 64 B (Go {v}, probed binary)"),
+            vec![s(bin), "2000000".into()],
+            &two,
+        ));
     }
     let mut times: Vec<Vec<Vec<f64>>> = workloads
         .iter()
         .map(|w| vec![Vec::new(); w.observers.len()])
         .collect();
     let mut lost_runs = Vec::new();
+    // The agent's CPU ms per 1,000 execs, per round, for each crashwatch observer.
+    let mut exec_cpu: Vec<(Observer, f64)> = Vec::new();
     // How the agent attached its write hooks here, from its ready line.
     let mut words_mode: Option<String> = None;
     for round in 0..rounds {
@@ -122,7 +147,13 @@ pub fn run(rounds: usize, storm: usize, idle_secs: u64) -> Result<()> {
                 };
                 let mut cmd = Command::new(&w.cmd[0]);
                 cmd.args(&w.cmd[1..]);
+                let agent = running.pid().filter(|_| w.execs > 0 && o.is_crashwatch());
+                let before = agent.map(|p| cpu_and_rss(p).0);
                 times[wi][oi].push(time_run(&mut cmd)?);
+                if let (Some(p), Some(b)) = (agent, before) {
+                    // CPU ms per 1,000 execs.
+                    exec_cpu.push((o, (cpu_and_rss(p).0 - b) * 1e6 / w.execs as f64));
+                }
             }
             let log = running.stop();
             if o == Observer::Crashwatch {
@@ -144,10 +175,11 @@ pub fn run(rounds: usize, storm: usize, idle_secs: u64) -> Result<()> {
         &p.root,
         rounds,
         &workloads,
-        &mut times,
+        &times,
         &report::AgentNotes {
             lost_runs,
             words_mode,
+            exec_cpu,
         },
         &crashes,
         &symbolization,

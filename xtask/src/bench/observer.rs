@@ -26,6 +26,10 @@ pub enum Observer {
 }
 
 impl Observer {
+    pub fn is_crashwatch(self) -> bool {
+        matches!(self, Observer::Crashwatch | Observer::CrashwatchQuiet)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Observer::None => "no observer",

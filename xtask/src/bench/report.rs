@@ -10,19 +10,21 @@ use super::{
     Workload,
 };
 
-/// Writes docs/benchmarks.md under `root` (and prints it). `times[w][o]`: the wall times of
-/// workload `w` under its observer `o`, one per round.
 /// What the agent said over the rounds: its stop lines and how it attached its write hooks.
 pub struct AgentNotes {
     pub lost_runs: Vec<String>,
     pub words_mode: Option<String>,
+    /// The agent's CPU milliseconds per 1,000 execs in the exec storm, one per round.
+    pub exec_cpu: Vec<(Observer, f64)>,
 }
 
+/// Writes docs/benchmarks.md under `root` (and prints it). `times[w][o]`: the wall times of
+/// workload `w` under its observer `o`, one per round, in round order.
 pub fn write(
     root: &Path,
     rounds: usize,
     workloads: &[Workload],
-    times: &mut [Vec<Vec<f64>>],
+    times: &[Vec<Vec<f64>>],
     agent: &AgentNotes,
     s: &Storm,
     symbolization: &str,
@@ -67,7 +69,7 @@ pub fn write(
     writeln!(md, "- kernel: Linux {uname}")?;
     writeln!(md, "- date: {date}")?;
     writeln!(md, "- observers: `crashwatch run --output json` (reports to a pipe), and the same with `--last-words off` (no write hooks: fentry, or on kernels that refuse it the syscalls tracepoints, whichever the agent said it attached); `bpftrace -e '{BPFTRACE}'`; `stdbuf -oL exitsnoop` and `stdbuf -oL sigsnoop` (libbpf-tools) together")?;
-    writeln!(md, "- method: each round starts each observer in turn (the order rotates every round), runs every workload under it, stops it; the table gives the median wall time over rounds and ratios of medians. The peers do less than crashwatch: they print events, they do not assemble, symbolize or probe Go binaries.\n")?;
+    writeln!(md, "- method: each round starts each observer in turn (the order rotates every round), runs every workload under it, stops it. A cell gives the median wall time over rounds; under an observer, the median of the per-round ratios to no observer in the same round and, in brackets, their range (min–max over rounds). The no-observer cell's ± is the median absolute deviation of its own times, in %: the noise a ratio must clear. The peers do less than crashwatch: they print events, they do not assemble, symbolize or probe Go binaries.\n")?;
     writeln!(
         md,
         "## Workloads under each observer (median seconds; ratio to no observer)\n"
@@ -75,16 +77,29 @@ pub fn write(
     writeln!(md, "| workload | command | no observer | crashwatch | crashwatch --last-words off | bpftrace one-liner | exitsnoop + sigsnoop | crashwatch / bpftrace | crashwatch / libbpf-tools |")?;
     writeln!(md, "|---|---|---|---|---|---|---|---|---|")?;
     for (wi, w) in workloads.iter().enumerate() {
-        let med: Vec<f64> = times[wi].iter_mut().map(|v| median(v)).collect();
-        let get = |o: Observer| w.observers.iter().position(|x| *x == o).map(|i| med[i]);
-        let base = get(Observer::None).unwrap();
+        // Round order is kept: medians sort copies.
+        let rounds_of = |i: usize| times[wi][i].clone();
+        let get = |o: Observer| w.observers.iter().position(|x| *x == o);
+        let base = rounds_of(get(Observer::None).expect("every workload runs bare"));
+        let med: Vec<f64> = (0..w.observers.len())
+            .map(|i| median(&mut rounds_of(i)))
+            .collect();
+        // Each round runs every observer once: a ratio pairs times of the same round.
+        let ratios =
+            |i: usize| -> Vec<f64> { rounds_of(i).iter().zip(&base).map(|(t, b)| t / b).collect() };
         let cell = |o: Observer| match get(o) {
-            Some(m) if o == Observer::None => format!("{m:.3}"),
-            Some(m) => format!("{m:.3} ({:.2}×)", m / base),
+            Some(i) if o == Observer::None => {
+                format!("{:.3} ±{:.1}%", med[i], 100.0 * mad(&base) / med[i])
+            }
+            Some(i) => {
+                let mut r = ratios(i);
+                let (lo, hi) = min_max(&r);
+                format!("{:.3} ({:.3}× [{lo:.2}–{hi:.2}])", med[i], median(&mut r))
+            }
             None => "–".into(),
         };
         let vs = |o: Observer| match (get(Observer::Crashwatch), get(o)) {
-            (Some(c), Some(m)) => format!("{:.2}", c / m),
+            (Some(c), Some(m)) => format!("{:.2}", med[c] / med[m]),
             _ => "–".into(),
         };
         let cmd = w
@@ -193,6 +208,29 @@ pub fn write(
         smax / 1024,
         smean / 1024
     )?;
+    for o in [Observer::Crashwatch, Observer::CrashwatchQuiet] {
+        let mut v: Vec<f64> = agent
+            .exec_cpu
+            .iter()
+            .filter(|(x, _)| *x == o)
+            .map(|(_, ms)| *ms)
+            .collect();
+        if v.is_empty() {
+            continue;
+        }
+        let (lo, hi) = min_max(&v);
+        writeln!(
+            md,
+            "| exec/exit storm, `{}` | {:.1} ms per 1,000 execs [{lo:.1}–{hi:.1}] over {} rounds | – | – |",
+            o.name(),
+            median(&mut v),
+            v.len()
+        )?;
+    }
+    writeln!(
+        md,
+        "\nCPU is user + system time from `/proc/PID/stat` (clock ticks: 10 ms granularity)."
+    )?;
     md.push('\n');
     md.push_str(symbolization);
     let out = root.join("docs/benchmarks.md");
@@ -200,6 +238,21 @@ pub fn write(
     println!("{md}");
     eprintln!("xtask bench: wrote {}", out.display());
     Ok(())
+}
+
+fn min_max(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+            (lo.min(*x), hi.max(*x))
+        })
+}
+
+/// Median absolute deviation from the median.
+fn mad(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    let m = median(&mut v);
+    let mut d: Vec<f64> = v.iter().map(|x| (x - m).abs()).collect();
+    median(&mut d)
 }
 
 pub fn median(v: &mut [f64]) -> f64 {
