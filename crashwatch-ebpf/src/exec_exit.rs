@@ -95,19 +95,18 @@ fn exit_common(task: u64) {
     let mut rec = ExitRecord::default();
     fill_header(&mut rec.hdr, KIND_EXIT, task);
     rec.status = status;
-    if tracked {
-        // Only tracked processes have parked faults (see `on_exec`).
-        if let Some(p) = unsafe { PENDING.get(pid) } {
-            let fresh = rec.hdr.ktime_ns.wrapping_sub(p.hdr.ktime_ns) <= config!(pending_window_ns);
-            if rec.status != 0 && fresh {
-                if let Some(st) = unsafe { PENDING_STACK.get(pid) } {
-                    output_stack(st);
-                }
-                output_with_args(p, core::mem::offset_of!(SignalRecord, args), p.args_len);
+    // Parked faults belong to tracked processes (parking sends the identity), but one whose
+    // tracking was evicted still dies with its fault: looked up on every death sent.
+    if let Some(p) = unsafe { PENDING.get(pid) } {
+        let fresh = rec.hdr.ktime_ns.wrapping_sub(p.hdr.ktime_ns) <= config!(pending_window_ns);
+        if rec.status != 0 && fresh {
+            if let Some(st) = unsafe { PENDING_STACK.get(pid) } {
+                output_stack(st);
             }
-            let _ = PENDING.remove(pid);
-            let _ = PENDING_STACK.remove(pid);
+            output_with_args(p, core::mem::offset_of!(SignalRecord, args), p.args_len);
         }
+        let _ = PENDING.remove(pid);
+        let _ = PENDING_STACK.remove(pid);
     }
     if let Some(w) = WORDS.get_ptr_mut(pid) {
         // SAFETY: the dying process's entry; its threads are gone.
