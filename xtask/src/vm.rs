@@ -345,6 +345,7 @@ cat /tmp/t.log /tmp/g.log /tmp/q.log > $out
 kill -INT $watch
 sleep 2
 grep -a 'crashwatch: stopped' /tmp/watch.log > $out
+grep -a 'crashwatch: records from the kernel' /tmp/watch.log > $out
 # Where losses happened: the watcher's loss lines, and the first reports that followed one.
 grep -a 'kernel lost' /tmp/watch.log | head -5 > $out
 grep -av '"lost_before":0' /tmp/watch.json | head -3 | cut -c1-700 > $out
@@ -440,7 +441,10 @@ pub fn boot(
             {
                 o.tests.insert(name.trim().into(), res.trim().into());
             }
-        } else if l.starts_with("Go matrix") || l.starts_with("records: ") {
+        } else if l.starts_with("Go matrix")
+            || l.starts_with("records: ")
+            || l.starts_with("crashwatch: records from the kernel")
+        {
             o.notes.push(l.trim().into());
         } else if l.contains("crashwatch: stopped") {
             o.losses = l.trim().into();
