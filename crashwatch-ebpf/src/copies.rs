@@ -14,7 +14,7 @@ use aya_ebpf::{
     macros::map,
     maps::PerCpuArray,
 };
-use crashwatch_common::SITES;
+use crashwatch_common::{COPIES, SITES};
 
 /// Tasks (`task_struct` addresses) whose current event a copy has handled and the last copy
 /// has not yet seen, per CPU and site. A few slots: several tasks can be preempted between
@@ -25,6 +25,23 @@ static DONE: PerCpuArray<[u64; SLOTS]> = PerCpuArray::with_max_entries(SITES, 0)
 /// Runs a later copy made because the kernel skipped the earlier ones, per CPU and site.
 #[map]
 static COVERED: PerCpuArray<u64> = PerCpuArray::with_max_entries(SITES, 0);
+/// Events each copy turned away at its first test, per CPU and site. The guard never sees
+/// those, so its redo count cannot tell a first-copy miss of such an event (nothing lost)
+/// from a loss: the agent counts the first copy's misses of unwanted events as how many more
+/// the busiest copy turned away.
+#[map]
+static REJECTED: PerCpuArray<[u64; COPIES as usize]> = PerCpuArray::with_max_entries(SITES, 0);
+
+/// Counts an event copy `copy` turned away at `site`: one per-CPU increment.
+#[inline(always)]
+pub fn rejected(site: u32, copy: usize) {
+    if let Some(r) = REJECTED.get_ptr_mut(site) {
+        // SAFETY: per-CPU slot; a preempting run's lost increment only under-counts.
+        if let Some(n) = unsafe { (*r).get_mut(copy) } {
+            *n += 1;
+        }
+    }
+}
 
 /// Notes that the current task's event at `site` is handled.
 #[inline(always)]
@@ -81,13 +98,14 @@ pub fn later_copy(site: u32, last: bool) -> bool {
 /// The three copies of a tracepoint's program, attached by the agent in this order. `$body`
 /// takes the context and the copy's index (its scratch slot). `$wanted` is the first test of
 /// every copy, before the guard: events no program wants (a non-fatal signal, a thread that
-/// is not the last of its process) leave at once and cost the guard nothing. It must give
-/// the same answer in each copy for one event.
+/// is not the last of its process) leave at once, counted in `REJECTED` and unseen by the
+/// guard. It must give the same answer in each copy for one event.
 macro_rules! three_copies {
     ($tp:tt, $site:expr, $wanted:ident, $body:ident, $first:ident, $second:ident, $third:ident) => {
         #[aya_ebpf::macros::btf_tracepoint(function = $tp)]
         pub fn $first(ctx: aya_ebpf::programs::BtfTracePointContext) -> u32 {
             if !$wanted(&ctx) {
+                $crate::copies::rejected($site, 0);
                 return 0;
             }
             $crate::copies::note_done($site);
@@ -96,7 +114,11 @@ macro_rules! three_copies {
 
         #[aya_ebpf::macros::btf_tracepoint(function = $tp)]
         pub fn $second(ctx: aya_ebpf::programs::BtfTracePointContext) -> u32 {
-            if $wanted(&ctx) && $crate::copies::later_copy($site, false) {
+            if !$wanted(&ctx) {
+                $crate::copies::rejected($site, 1);
+                return 0;
+            }
+            if $crate::copies::later_copy($site, false) {
                 $body(&ctx, 1)
             } else {
                 0
@@ -105,7 +127,11 @@ macro_rules! three_copies {
 
         #[aya_ebpf::macros::btf_tracepoint(function = $tp)]
         pub fn $third(ctx: aya_ebpf::programs::BtfTracePointContext) -> u32 {
-            if $wanted(&ctx) && $crate::copies::later_copy($site, true) {
+            if !$wanted(&ctx) {
+                $crate::copies::rejected($site, 2);
+                return 0;
+            }
+            if $crate::copies::later_copy($site, true) {
                 $body(&ctx, 2)
             } else {
                 0
