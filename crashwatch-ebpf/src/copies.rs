@@ -14,7 +14,7 @@ use aya_ebpf::{
     macros::map,
     maps::PerCpuArray,
 };
-use crashwatch_common::{COPIES, SITES};
+use crashwatch_common::SITES;
 
 /// Tasks (`task_struct` addresses) whose current event a copy has handled and the last copy
 /// has not yet seen, per CPU and site. A few slots: several tasks can be preempted between
@@ -25,20 +25,53 @@ static DONE: PerCpuArray<[u64; SLOTS]> = PerCpuArray::with_max_entries(SITES, 0)
 /// Runs a later copy made because the kernel skipped the earlier ones, per CPU and site.
 #[map]
 static COVERED: PerCpuArray<u64> = PerCpuArray::with_max_entries(SITES, 0);
-/// Events each copy turned away at its first test, per CPU and site. The guard never sees
-/// those, so its redo count cannot tell a first-copy miss of such an event (nothing lost)
-/// from a loss: the agent counts the first copy's misses of unwanted events as how many more
-/// the busiest copy turned away.
+/// Whether the first and the second copy are mid-run on this CPU, per site: set at a copy's
+/// entry, cleared at its end. While one is held by a preempted task the kernel skips it for
+/// every other task on the CPU, so a later copy that turns an unwanted event away while an
+/// earlier one is held knows that copy missed it: nothing was lost, and `UNWANTED_MISSES`
+/// says so. The guard itself never sees unwanted events.
 #[map]
-static REJECTED: PerCpuArray<[u64; COPIES as usize]> = PerCpuArray::with_max_entries(SITES, 0);
+static HELD: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(SITES, 0);
+/// First-copy misses of events no copy wanted, per CPU and site: not losses.
+#[map]
+static UNWANTED_MISSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(SITES, 0);
 
-/// Counts an event copy `copy` turned away at `site`: one per-CPU increment.
+/// Marks copy `copy` (0 or 1) of `site` mid-run on this CPU; give the result to [`leave`].
 #[inline(always)]
-pub fn rejected(site: u32, copy: usize) {
-    if let Some(r) = REJECTED.get_ptr_mut(site) {
-        // SAFETY: per-CPU slot; a preempting run's lost increment only under-counts.
-        if let Some(n) = unsafe { (*r).get_mut(copy) } {
-            *n += 1;
+pub fn enter(site: u32, copy: usize) -> Option<*mut [u64; 2]> {
+    let h = HELD.get_ptr_mut(site)?;
+    // SAFETY: per-CPU slot; only this copy writes its half, and the kernel runs no second
+    // instance of it on this CPU meanwhile.
+    if let Some(x) = unsafe { (*h).get_mut(copy) } {
+        *x = 1;
+    }
+    Some(h)
+}
+
+#[inline(always)]
+pub fn leave(held: Option<*mut [u64; 2]>, copy: usize) {
+    if let Some(h) = held {
+        // SAFETY: as in `enter`.
+        if let Some(x) = unsafe { (*h).get_mut(copy) } {
+            *x = 0;
+        }
+    }
+}
+
+/// A later copy (1 or 2) turned an unwanted event away: counts it when every earlier copy
+/// is held by another task, i.e. was skipped for this event.
+#[inline(always)]
+pub fn unwanted(site: u32, copy: usize) {
+    let Some(h) = HELD.get_ptr(site) else {
+        return;
+    };
+    // SAFETY: per-CPU slot, read only.
+    let h = unsafe { &*h };
+    let skipped = h[0] != 0 && (copy < 2 || h[1] != 0);
+    if skipped {
+        if let Some(n) = UNWANTED_MISSES.get_ptr_mut(site) {
+            // SAFETY: per-CPU counter; a lost increment only over-reports losses.
+            unsafe { *n += 1 };
         }
     }
 }
@@ -98,37 +131,43 @@ pub fn later_copy(site: u32, last: bool) -> bool {
 /// The three copies of a tracepoint's program, attached by the agent in this order. `$body`
 /// takes the context and the copy's index (its scratch slot). `$wanted` is the first test of
 /// every copy, before the guard: events no program wants (a non-fatal signal, a thread that
-/// is not the last of its process) leave at once, counted in `REJECTED` and unseen by the
-/// guard. It must give the same answer in each copy for one event.
+/// is not the last of its process) leave at once, unseen by the guard (`HELD` tells a later
+/// copy whether an earlier one missed such an event). It must give the same answer in each
+/// copy for one event.
 macro_rules! three_copies {
     ($tp:tt, $site:expr, $wanted:ident, $body:ident, $first:ident, $second:ident, $third:ident) => {
         #[aya_ebpf::macros::btf_tracepoint(function = $tp)]
         pub fn $first(ctx: aya_ebpf::programs::BtfTracePointContext) -> u32 {
-            if !$wanted(&ctx) {
-                $crate::copies::rejected($site, 0);
-                return 0;
-            }
-            $crate::copies::note_done($site);
-            $body(&ctx, 0)
+            let held = $crate::copies::enter($site, 0);
+            let r = if $wanted(&ctx) {
+                $crate::copies::note_done($site);
+                $body(&ctx, 0)
+            } else {
+                0
+            };
+            $crate::copies::leave(held, 0);
+            r
         }
 
         #[aya_ebpf::macros::btf_tracepoint(function = $tp)]
         pub fn $second(ctx: aya_ebpf::programs::BtfTracePointContext) -> u32 {
-            if !$wanted(&ctx) {
-                $crate::copies::rejected($site, 1);
-                return 0;
-            }
-            if $crate::copies::later_copy($site, false) {
+            let held = $crate::copies::enter($site, 1);
+            let r = if !$wanted(&ctx) {
+                $crate::copies::unwanted($site, 1);
+                0
+            } else if $crate::copies::later_copy($site, false) {
                 $body(&ctx, 1)
             } else {
                 0
-            }
+            };
+            $crate::copies::leave(held, 1);
+            r
         }
 
         #[aya_ebpf::macros::btf_tracepoint(function = $tp)]
         pub fn $third(ctx: aya_ebpf::programs::BtfTracePointContext) -> u32 {
             if !$wanted(&ctx) {
-                $crate::copies::rejected($site, 2);
+                $crate::copies::unwanted($site, 2);
                 return 0;
             }
             if $crate::copies::later_copy($site, true) {

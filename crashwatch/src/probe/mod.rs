@@ -79,8 +79,8 @@ pub struct Probe {
 pub struct LossReader {
     lost: PerCpuArray<MapData, u64>,
     covered: PerCpuArray<MapData, u64>,
-    /// Events each copy turned away at its first test, per site.
-    rejected: PerCpuArray<MapData, [u64; COPIES as usize]>,
+    /// First-copy misses of events no copy wanted, per site: no loss.
+    unwanted: PerCpuArray<MapData, u64>,
     programs: Vec<(&'static str, std::os::fd::OwnedFd)>,
 }
 
@@ -280,10 +280,10 @@ impl Probe {
                 .take_map("COVERED")
                 .context("map COVERED missing or already taken")?,
         )?;
-        let rejected = PerCpuArray::try_from(
+        let unwanted = PerCpuArray::try_from(
             self.ebpf
-                .take_map("REJECTED")
-                .context("map REJECTED missing or already taken")?,
+                .take_map("UNWANTED_MISSES")
+                .context("map UNWANTED_MISSES missing or already taken")?,
         )?;
         let mut programs = Vec::new();
         for name in &self.attached {
@@ -294,7 +294,7 @@ impl Probe {
         Ok(LossReader {
             lost,
             covered,
-            rejected,
+            unwanted,
             programs,
         })
     }
@@ -410,17 +410,12 @@ impl LossReader {
                         .get(&site, 0)
                         .map(|v| v.iter().sum())
                         .unwrap_or(0);
-                    // Misses of events no copy wanted lose nothing: the first copy turned
-                    // away that many fewer than the copy that turned away the most.
-                    let mut turned = [0u64; COPIES as usize];
-                    if let Ok(v) = self.rejected.get(&site, 0) {
-                        for cpu in v.iter() {
-                            for (t, n) in turned.iter_mut().zip(cpu) {
-                                *t += n;
-                            }
-                        }
-                    }
-                    let unwanted = turned.iter().max().copied().unwrap_or(0) - turned[0];
+                    // Misses of events no copy wanted lose nothing.
+                    let unwanted: u64 = self
+                        .unwanted
+                        .get(&site, 0)
+                        .map(|v| v.iter().sum())
+                        .unwrap_or(0);
                     let wanted = n.saturating_sub(unwanted);
                     out.recursion_misses += wanted.saturating_sub(redone);
                     out.redone += redone.min(wanted);
