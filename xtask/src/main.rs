@@ -31,8 +31,9 @@ enum Cmd {
     },
     /// Measure crashwatch's cost against no observer and peer tools; writes docs/benchmarks.md.
     Bench {
-        /// Interleaved rounds per workload and observer (10: the ratios' spread shows a 2%
-        /// difference on a quiet machine; see each baseline's ± in the table).
+        /// Interleaved rounds per workload and observer; each ratio is shown with its range
+        /// over rounds and each baseline with its noise (±MAD). Up to 3 more passes measure
+        /// the programs' own time per event with the kernel's BPF statistics.
         #[arg(long, default_value_t = 10)]
         rounds: usize,
         /// Crashing processes in the crash storm.

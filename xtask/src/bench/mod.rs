@@ -3,15 +3,16 @@
 //! written to docs/benchmarks.md. Results, not assertions: nothing here fails on a timing.
 //!
 //! [`tools`] builds what runs, [`observer`] starts and stops the observers and takes
-//! readings, [`storm`] measures the crash storm and the idle agent, [`symbols`] the
+//! readings, [`bpfstats`] reads the kernel's per-program run times for the cost breakdown, [`storm`] measures the crash storm and the idle agent, [`symbols`] the
 //! symbolizer beside Go's own, [`report`] writes the page; the rounds are here.
+mod bpfstats;
 mod observer;
 mod report;
 mod storm;
 mod symbols;
 mod tools;
 
-use std::{path::Path, process::Command};
+use std::{collections::BTreeMap, path::Path, process::Command};
 
 use anyhow::Result;
 
@@ -24,6 +25,16 @@ pub struct Workload {
     pub observers: Vec<Observer>,
     /// Processes it execs: the agent's CPU is taken around it, per 1,000 execs.
     pub execs: usize,
+    /// How many of what it does (execs, signals, writes…): the kernel-side cost is shown per
+    /// one of these.
+    pub events: (usize, &'static str),
+}
+
+/// One pass of the cost breakdown: each workload under crashwatch with the kernel's BPF
+/// statistics on, the programs' time and the agent's CPU taken around it.
+pub struct Breakdown {
+    /// Per workload: the programs that ran (name → time and runs), and the agent's CPU ns.
+    pub per_workload: Vec<(BTreeMap<String, bpfstats::Counters>, u64)>,
 }
 
 pub fn run(rounds: usize, storm: usize, idle_secs: u64) -> Result<()> {
@@ -45,11 +56,12 @@ pub fn run(rounds: usize, storm: usize, idle_secs: u64) -> Result<()> {
         Observer::Crashwatch,
         Observer::CrashwatchQuiet,
     ];
-    let row = |name: &str, cmd: Vec<String>, observers: &Vec<Observer>| Workload {
+    let row = |name: &str, cmd: Vec<String>, observers: &Vec<Observer>, events| Workload {
         name: name.into(),
         cmd,
         observers: observers.clone(),
         execs: 0,
+        events,
     };
     let writes = |n: &str, mode: &str| vec![s(&t.writes), n.into(), mode.into()];
     let mut workloads = vec![
@@ -59,47 +71,56 @@ pub fn run(rounds: usize, storm: usize, idle_secs: u64) -> Result<()> {
                 "exec/exit storm: 5,000 short processes",
                 vec![s(&t.spawn), "5000".into(), "/bin/true".into()],
                 &all,
+                (5000, "exec"),
             )
         },
         row(
             "fork storm: 10,000 forks that exit at once, no exec (C)",
             vec![s(&t.spawn), "10000".into(), "--fork".into()],
             &all,
+            (10000, "fork"),
         ),
         row(
             "thread storm: 50,000 threads created and joined (C)",
             vec![s(&t.spawn), "50000".into(), "--thread".into()],
             &all,
+            (50000, "thread"),
         ),
         row(
             "100,000 handled signals (C, SIGUSR1)",
             vec![s(&t.signals), "100000".into()],
             &all,
+            (100000, "signal"),
         ),
         row(
             "2,000,000 getppid(2): syscalls that write nothing (C)",
             writes("2000000", "getppid"),
             &all,
+            (2000000, "syscall"),
         ),
         row(
             "2,000,000 write(2) of 64 B to /dev/null, not fd 1 or 2 (C)",
             writes("2000000", "devnull"),
             &words,
+            (2000000, "write"),
         ),
         row(
             "2,000,000 write(2) of 64 B via fd 2 to /dev/null (C)",
             writes("2000000", "stderr"),
             &words,
+            (2000000, "write"),
         ),
         row(
             "2,000,000 write(2) of 64 B via fd 1 to /dev/null (C)",
             writes("2000000", "stdout"),
             &words,
+            (2000000, "write"),
         ),
         row(
             "2,000,000 write(2) of 64 B via fd 2 to a pipe (C)",
             writes("2000000", "pipe"),
             &words,
+            (2000000, "write"),
         ),
         row(
             "Python logging 500,000 lines to stderr",
@@ -109,6 +130,7 @@ pub fn run(rounds: usize, storm: usize, idle_secs: u64) -> Result<()> {
                 "import logging, sys\nlogging.basicConfig(stream=sys.stderr)\nlog = logging.getLogger('bench')\nfor i in range(500000): log.warning('line %d of the benchmark', i)".into(),
             ],
             &words,
+            (500000, "line"),
         ),
     ];
     for (v, bin) in &t.gowrite {
@@ -116,6 +138,7 @@ pub fn run(rounds: usize, storm: usize, idle_secs: u64) -> Result<()> {
             &format!("2,000,000 os.Stderr.Write of 64 B (Go {v}, probed binary)"),
             vec![s(bin), "2000000".into()],
             &two,
+            (2000000, "write"),
         ));
     }
     let mut times: Vec<Vec<Vec<f64>>> = workloads
@@ -168,6 +191,9 @@ pub fn run(rounds: usize, storm: usize, idle_secs: u64) -> Result<()> {
         }
     }
 
+    let breakdown = (0..rounds.clamp(1, 3))
+        .map(|_| breakdown(&workloads, &t.agent))
+        .collect::<Result<Vec<_>>>()?;
     let crashes = storm::run(&t, storm, idle_secs)?;
     let mut sides = symbols::run(&t, rounds)?;
     let symbolization = symbols::markdown(&mut sides, &crashes.symbolization, crashes.frames_named);
@@ -180,8 +206,29 @@ pub fn run(rounds: usize, storm: usize, idle_secs: u64) -> Result<()> {
             lost_runs,
             words_mode,
             exec_cpu,
+            breakdown,
         },
         &crashes,
         &symbolization,
     )
+}
+
+/// The cost breakdown: every workload once under crashwatch with the kernel's BPF statistics
+/// on (apart from the timed rounds: the statistics cost ~20 ns per program run).
+fn breakdown(workloads: &[Workload], agent: &Path) -> Result<Breakdown> {
+    let _stats = bpfstats::Enabled::new()?;
+    let running = Running::start(Observer::Crashwatch, agent)?;
+    let pid = running.pid().expect("crashwatch has a process");
+    let names = bpfstats::loaded_names(&running.log.lock().unwrap());
+    let mut per_workload = Vec::new();
+    for w in workloads {
+        let mut cmd = Command::new(&w.cmd[0]);
+        cmd.args(&w.cmd[1..]);
+        let (b, cpu0) = (bpfstats::snapshot(pid, &names)?, cpu_and_rss(pid).0);
+        time_run(&mut cmd)?;
+        let (a, cpu1) = (bpfstats::snapshot(pid, &names)?, cpu_and_rss(pid).0);
+        per_workload.push((bpfstats::delta(&b, &a), ((cpu1 - cpu0) * 1e9) as u64));
+    }
+    running.stop();
+    Ok(Breakdown { per_workload })
 }

@@ -163,24 +163,11 @@ pub fn time_run(cmd: &mut Command) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
-/// CPU seconds (user + system) a process has used, and its resident set in KiB.
+/// CPU seconds a process has used, and its resident set in KiB. The CPU time is the
+/// scheduler's own count in nanoseconds (`/proc/PID/task/*/schedstat`, summed over the
+/// threads alive now); where that file is missing, user + system clock ticks from
+/// `/proc/PID/stat` (10 ms granularity, too coarse for a short storm).
 pub fn cpu_and_rss(pid: u32) -> (f64, u64) {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(") ")
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let cpu = fields
-        .get(11)
-        .and_then(|u| u.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|s| s.parse::<f64>().ok())
-            .unwrap_or(0.0);
     let rss = fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -189,5 +176,32 @@ pub fn cpu_and_rss(pid: u32) -> (f64, u64) {
                 .and_then(|v| v.split_whitespace().next()?.parse().ok())
         })
         .unwrap_or(0);
-    (cpu / ticks, rss)
+    if let Some(ns) = schedstat_ns(pid) {
+        return (ns as f64 / 1e9, rss);
+    }
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(") ")
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|u| u.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    ((field(11) + field(12)) / ticks, rss)
+}
+
+/// Nanoseconds on a CPU, summed over the process's threads; None without schedstat.
+fn schedstat_ns(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for t in fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let s = fs::read_to_string(t.ok()?.path().join("schedstat")).ok()?;
+        total += s.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
 }
