@@ -425,6 +425,10 @@ pub struct Config {
     /// Non-zero: every exec is sent (`--exits nonzero`: a plain exit's command line and
     /// executable can only be read at exec).
     pub exec_all: u32,
+    /// Copies of each tracepoint program attached (1 or [`COPIES`]): with one, the first
+    /// copy skips the bookkeeping only later copies read.
+    pub guard_copies: u32,
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]

@@ -9,6 +9,11 @@
 //! work, notes it and counts it in `COVERED`; the last clears the note. An event is lost only
 //! when all three copies were skipped. Two were not enough: while the first is held, the second
 //! does every task's work and is as likely to be preempted in turn.
+//!
+//! Before 7.0 the tracepoint runs its programs with preemption off, and these tracepoints
+//! (exec, exit, signal delivery) fire only in task context, so no run can find its own
+//! program busy: the agent attaches the first copy alone there (`CONFIG.guard_copies` = 1)
+//! and it skips the marks only later copies read. Any miss it still has is counted a loss.
 use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_ktime_get_ns},
     macros::map,
@@ -138,9 +143,18 @@ macro_rules! three_copies {
     ($tp:tt, $site:expr, $wanted:ident, $body:ident, $first:ident, $second:ident, $third:ident) => {
         #[aya_ebpf::macros::btf_tracepoint(function = $tp)]
         pub fn $first(ctx: aya_ebpf::programs::BtfTracePointContext) -> u32 {
-            let held = $crate::copies::enter($site, 0);
+            // Alone (kernels whose tracepoint programs cannot be preempted), no later copy
+            // reads the marks.
+            let alone = config!(guard_copies) <= 1;
+            let held = if alone {
+                None
+            } else {
+                $crate::copies::enter($site, 0)
+            };
             let r = if $wanted(&ctx) {
-                $crate::copies::note_done($site);
+                if !alone {
+                    $crate::copies::note_done($site);
+                }
                 $body(&ctx, 0)
             } else {
                 0

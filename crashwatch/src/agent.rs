@@ -47,6 +47,8 @@ pub struct Options {
     pub cmdline_max: u32,
     pub stack_copy: u32,
     pub last_words: crate::probe::writes::Mode,
+    /// Copies of each tracepoint program; None: by kernel version.
+    pub guard_copies: Option<u32>,
     /// Bytes of a dying process's last words kept in its report.
     pub last_words_max: usize,
     pub symbol_cache_bytes: usize,
@@ -167,7 +169,9 @@ pub async fn run(opts: Options) -> Result<()> {
         stack_copy: opts.stack_copy,
         last_words: opts.last_words,
         exec_all: opts.report_nonzero_exits,
+        guard_copies: opts.guard_copies,
     })?;
+    let copies = probe.layout.config.guard_copies;
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd until the loop ends.
     let mut ring = unsafe { AsyncFd::register(probe.take_events()?) }
         .map_err(std::io::Error::from)
@@ -230,9 +234,10 @@ pub async fn run(opts: Options) -> Result<()> {
         p.asm.seed(pid, info);
     }
     eprintln!(
-        "crashwatch: ready: {} programs loaded ({programs}), {n} running processes known (Go binaries among them are probed in the background: {go_mode}), ring buffer {} KiB, last words: {last_words}",
+        "crashwatch: ready: {} programs loaded ({programs}), {n} running processes known (Go binaries among them are probed in the background: {go_mode}), ring buffer {} KiB, recursion guard: {copies} {} of each tracepoint program, last words: {last_words}",
         programs.split(", ").count(),
-        opts.ring_bytes / 1024
+        opts.ring_bytes / 1024,
+        if copies == 1 { "copy" } else { "copies" },
     );
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -276,6 +281,9 @@ pub async fn run(opts: Options) -> Result<()> {
                 p.asm.expire(enrich::monotonic_ns(), window_ns, |pid| {
                     !every_minute || std::path::Path::new(&format!("/proc/{pid}")).exists()
                 });
+                if ticks == 5 || every_minute {
+                    give_back_freed_memory();
+                }
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -342,6 +350,17 @@ pub async fn run(opts: Options) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Returns the heap's free pages to the kernel. Start-up (the kernel's BTF, /proc, the
+/// first Go binaries' tables) and crash bursts free megabytes that glibc's allocator would
+/// otherwise keep resident for the life of the agent; a few ms a minute.
+fn give_back_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// What the kernel's recursion guard skipped, by program, and how much later copies redid.

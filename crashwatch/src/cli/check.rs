@@ -107,6 +107,7 @@ pub fn run() -> bool {
             stack_copy: 0,
             last_words: crate::probe::writes::Mode::Auto,
             exec_all: false,
+            guard_copies: None,
         };
         let loaded = crate::probe::Probe::load(settings);
         if let Ok(p) = &loaded {

@@ -72,6 +72,16 @@ enum Cmd {
         /// first lines of its runtime's message and the last ones).
         #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(0..=16384))]
         last_words_max: u32,
+        /// Copies of each tracepoint program attached, so a run the kernel skips (the same
+        /// program busy on that CPU) is done by the next. Default: 3 on Linux 7.0+, where a
+        /// task preempted inside a tracepoint program makes the kernel skip that program for
+        /// the CPU's other tasks; 1 before, where nothing can interrupt a run. Skipped runs
+        /// are counted either way.
+        #[arg(long, value_parser = clap::builder::TypedValueParser::map(
+            clap::builder::PossibleValuesParser::new(["1", "3"]),
+            |s| s.parse::<u32>().unwrap_or(3),
+        ))]
+        guard_copies: Option<u32>,
         /// Bytes of parsed symbol data kept in memory, shared by all processes; least recently
         /// used binaries are dropped first.
         #[arg(long, default_value_t = 256 << 20)]
@@ -164,6 +174,7 @@ pub fn main() -> ExitCode {
             stack_copy,
             last_words,
             last_words_max,
+            guard_copies,
             symbol_cache_bytes,
             go_max_binaries,
             go_release_after,
@@ -188,6 +199,7 @@ pub fn main() -> ExitCode {
                 stack_copy,
                 last_words,
                 last_words_max: last_words_max as usize,
+                guard_copies,
                 symbol_cache_bytes,
                 go: Limits {
                     max_binaries: go_max_binaries as usize,

@@ -110,6 +110,8 @@ pub fn load(pending_window_ns: u64, args_max: u32, stack_copy: u32) -> Result<Ke
             pending_window_ns,
             stack_copy: stack_copy.min(crashwatch_common::STACK_COPY_MAX as u32),
             exec_all: 0,
+            guard_copies: crashwatch_common::COPIES,
+            _pad: 0,
         },
         exit_has_group_dead: exit_args.len() >= 2,
         pt_regs_names,

@@ -4,7 +4,9 @@
 //! Each tracepoint's program is attached as three copies, in order (see the eBPF crate's docs):
 //! the kernel's recursion guard skips a program on a CPU where a preempted task is inside it,
 //! and a later copy redoes what an earlier one was kept from. A run skipped by the first copy
-//! is a lost event only if no later copy redid it.
+//! is a lost event only if no later copy redid it. Before Linux 7.0 tracepoint programs run
+//! with preemption off and these tracepoints fire only in task context, so nothing can find a
+//! program busy: the first copy goes in alone (`--guard-copies` overrides).
 //!
 //! Go binaries get the one Go uprobe program at each probed runtime function, told apart by the
 //! attach cookie: as one uprobe_multi link per binary where the kernel has them (6.6+, see
@@ -48,6 +50,28 @@ pub struct Settings {
     pub last_words: writes::Mode,
     /// Send every exec, not only those of files the agent has not classified.
     pub exec_all: bool,
+    /// Copies of each tracepoint program (1 or 3); None: [`default_guard_copies`].
+    pub guard_copies: Option<u32>,
+}
+
+/// Three copies where tracepoint programs are preemptible (Linux 7.0+), else one. A
+/// release this cannot read gets three: the safe side.
+pub fn default_guard_copies(release: &str) -> u32 {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    match (
+        parts.next().and_then(|m| m.parse::<u32>().ok()),
+        parts.next().and_then(|m| m.parse::<u32>().ok()),
+    ) {
+        (Some(major), Some(_)) if major < 7 => 1,
+        _ => COPIES,
+    }
+}
+
+/// The running kernel's release (`uname -r`).
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// One Go binary's probes in the kernel; they go away with [`Probe::detach_go`].
@@ -101,8 +125,9 @@ enum Role {
     Later,
 }
 
-/// Every tracepoint program in attach order: a tracepoint's copies first to last.
-fn tracepoint_programs() -> Vec<TracepointProgram> {
+/// Every tracepoint program in attach order: a tracepoint's copies first to last, `copies`
+/// of each.
+fn tracepoint_programs(copies: u32) -> Vec<TracepointProgram> {
     type Copies = [&'static str; COPIES as usize];
     let sites: [(Copies, &str, u32, Option<bool>); 4] = [
         (
@@ -143,8 +168,8 @@ fn tracepoint_programs() -> Vec<TracepointProgram> {
         ),
     ];
     let mut out = Vec::new();
-    for (copies, tracepoint, site, group_dead) in sites {
-        for (i, name) in copies.into_iter().enumerate() {
+    for (names, tracepoint, site, group_dead) in sites {
+        for (i, name) in names.into_iter().enumerate().take(copies as usize) {
             let role = if i == 0 { Role::First } else { Role::Later };
             out.push(TracepointProgram {
                 name,
@@ -190,6 +215,11 @@ impl Probe {
             settings.stack_copy,
         )?;
         layout.config.exec_all = settings.exec_all as u32;
+        let guard_copies = settings
+            .guard_copies
+            .unwrap_or_else(|| default_guard_copies(&kernel_release()))
+            .clamp(1, COPIES);
+        layout.config.guard_copies = guard_copies;
         let kernel_btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&kernel_btf))
@@ -198,7 +228,7 @@ impl Probe {
             .load(PROGRAMS)
             .context("loading the eBPF programs into the kernel")?;
         let mut attached = Vec::new();
-        let programs = tracepoint_programs().into_iter();
+        let programs = tracepoint_programs(guard_copies).into_iter();
         for t in programs.filter(|t| t.group_dead.is_none_or(|g| g == layout.exit_has_group_dead)) {
             let (prog, tp) = (t.name, t.tracepoint);
             let p: &mut BtfTracePoint = ebpf
@@ -396,7 +426,7 @@ impl LossReader {
             ring_full,
             ..Losses::default()
         };
-        for t in tracepoint_programs() {
+        for t in tracepoint_programs(COPIES) {
             let n = misses
                 .iter()
                 .find(|(name, _)| *name == t.name)
@@ -497,4 +527,25 @@ fn raise_memlock() {
     };
     // SAFETY: plain syscall on a valid struct; failure only matters on old kernels.
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_guard_copies;
+
+    #[test]
+    fn three_copies_from_7_0_and_when_the_release_is_unreadable() {
+        for (release, copies) in [
+            ("6.1.0-13-amd64", 1),
+            ("6.18.44-fc-v657", 1),
+            ("6.12.58", 1),
+            ("7.0.0-rc1", 3),
+            ("7.3.1", 3),
+            ("10.2.0", 3),
+            ("", 3),
+            ("garbage", 3),
+        ] {
+            assert_eq!(default_guard_copies(release), copies, "{release}");
+        }
+    }
 }
