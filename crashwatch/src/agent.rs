@@ -1,5 +1,5 @@
 //! The agent's main loop: drives records through the pipeline
-//! probe → decode → assemble → symbolize → enrich → sink, and watches the kernel's loss
+//! probe → decode → assemble → symbolize → context (enrich) → sink, and watches the kernel's loss
 //! counters. The record loop only does what cannot wait (decode, reading a dying process's
 //! maps while it exists, assembling) and hands each finished crash to the report thread
 //! ([`Reporter`]: symbolize, enrich, sink), so a slow report (a cold parse of a large binary's
@@ -24,8 +24,8 @@ use tokio::{
 
 use crate::{
     assemble::{Assembler, Crash},
+    context::{self, Enricher},
     decode::{self, Record},
-    enrich::{self, Enricher},
     escape::Esc,
     probe::{
         go::{GoProbes, GoView, Limits},
@@ -224,7 +224,7 @@ pub async fn run(opts: Options) -> Result<()> {
     if last_words.starts_with("unavailable") {
         eprintln!("crashwatch: running with less: no last words ({last_words}): runtimes' dying messages are not in reports, and exits they explain are not reported");
     }
-    let seeded = enrich::scan_proc();
+    let seeded = context::scan_proc();
     let n = seeded.len();
     for (pid, mut info) in seeded {
         info.root = p.roots.note(pid);
@@ -278,7 +278,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 if ticks.is_multiple_of(10) {
                     p.roots.sweep();
                 }
-                p.asm.expire(enrich::monotonic_ns(), window_ns, |pid| {
+                p.asm.expire(context::monotonic_ns(), window_ns, |pid| {
                     !every_minute || std::path::Path::new(&format!("/proc/{pid}")).exists()
                 });
                 if ticks == 5 || every_minute {
@@ -396,7 +396,7 @@ impl Pipeline {
         match &mut rec {
             Record::Exec(e) if e.at_exec => {
                 self.counts.execs += 1;
-                enrich::resolve_exe(e);
+                context::resolve_exe(e);
                 e.root = self.roots.note(e.head.pid);
                 let shown = e.exe.as_deref().unwrap_or(&e.filename);
                 self.go.request(e.head.pid, e.file, shown);
@@ -406,7 +406,7 @@ impl Pipeline {
                 // Read at a crash sign: the process may be gone already, but its file was
                 // most likely exec'd before, where the agent saw its path.
                 self.counts.idents += 1;
-                enrich::resolve_exe(e);
+                context::resolve_exe(e);
                 if e.exe.is_none() {
                     e.exe = self.known.path_of(e.file).map(str::to_string);
                 }

@@ -2,15 +2,15 @@
 //! abnormal exit of any process on the host, seen from the kernel, reported once per process.
 //!
 //! Stages, data flowing one way: [`probe`] (load, attach, loss counters) → [`decode`] →
-//! [`assemble`] → [`symbolize`] → [`enrich`] → [`sink`]; [`agent`] drives them, [`cli`] holds
+//! [`assemble`] → [`symbolize`] → [`context`] → [`sink`]; [`agent`] drives them, [`cli`] holds
 //! the commands. [`elf`] and [`gobin`] read the binaries processes run; [`goroutines`] parses
 //! what the Go runtime prints.
 mod agent;
 mod assemble;
 mod cli;
+mod context;
 mod decode;
 mod elf;
-mod enrich;
 mod escape;
 mod gobin;
 /// Builds the Go test programs; shared with the integration tests.

@@ -60,7 +60,7 @@ impl KnownFiles {
         if is_go != Some(false) {
             return;
         }
-        let until_ns = crate::enrich::monotonic_ns() + KNOWN_TTL.as_nanos() as u64;
+        let until_ns = crate::context::monotonic_ns() + KNOWN_TTL.as_nanos() as u64;
         let v = KnownFile {
             flags: KNOWN_QUIET,
             _pad: 0,

@@ -1,6 +1,6 @@
-//! Enrich: adds what the kernel records do not carry (host name, resolved executable path,
-//! signal and register names, wall-clock time) and builds the [`Report`]. Also owns reading
-//! /proc for processes that were running before the agent started.
+//! Context (the enrich stage): adds what the kernel records do not carry (host name, resolved
+//! executable path, signal and register names, wall-clock time) and builds the [`Report`].
+//! Also owns reading /proc for processes that were running before the agent started.
 use std::collections::BTreeMap;
 
 use crate::{
