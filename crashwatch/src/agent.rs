@@ -24,7 +24,7 @@ use tokio::{
 
 use crate::{
     assemble::{Assembler, Crash},
-    context::{self, Enricher},
+    context::{self, container::Containers, Enricher},
     decode::{self, Record},
     escape::Esc,
     probe::{
@@ -49,6 +49,9 @@ pub struct Options {
     pub last_words: crate::probe::writes::Mode,
     /// Copies of each tracepoint program; None: by kernel version.
     pub guard_copies: Option<u32>,
+    /// Where the host's filesystem is (`/`, or a DaemonSet's mount of it): the container
+    /// runtimes' files are read under it.
+    pub host_root: std::path::PathBuf,
     /// Bytes of a dying process's last words kept in its report.
     pub last_words_max: usize,
     pub symbol_cache_bytes: usize,
@@ -71,6 +74,8 @@ struct Pipeline {
     known: KnownFiles,
     /// Records handled, by kind, for the stop line.
     counts: Counts,
+    /// Containers and pods, read at a process's first sight while the container exists.
+    containers: Arc<Containers>,
 }
 
 /// Records that reached the agent: what processes that do not crash still cost it.
@@ -182,7 +187,16 @@ pub async fn run(opts: Options) -> Result<()> {
     let go_mode = probe.go_attach_mode();
     let last_words = probe.last_words.to_string();
     let uprobe_multi = probe.has_uprobe_multi();
-    let enricher = Enricher::new(probe.layout.pt_regs_names.clone(), opts.last_words_max);
+    let host = context::hostname();
+    let containers = Arc::new(Containers::new(
+        opts.host_root.clone(),
+        context::container::node_name(&host),
+    ));
+    let enricher = Enricher::new(
+        probe.layout.pt_regs_names.clone(),
+        opts.last_words_max,
+        containers.clone(),
+    );
     let go = GoProbes::start(probe, opts.go);
     let stdout_closed = Arc::new(AtomicBool::new(false));
     let (jobs, queue) = mpsc::sync_channel::<Job>(REPORT_QUEUE);
@@ -217,6 +231,7 @@ pub async fn run(opts: Options) -> Result<()> {
         roots,
         known,
         counts: Counts::default(),
+        containers,
     };
     for off in crate::privileges::Caps::current().degraded(uprobe_multi) {
         eprintln!("crashwatch: running with less: {off}");
@@ -228,6 +243,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let n = seeded.len();
     for (pid, mut info) in seeded {
         info.root = p.roots.note(pid);
+        p.containers.note(&info.cgroup);
         if let Some(id) = info.file {
             p.go.request(pid, id, info.exe.as_deref().unwrap_or("?"));
         }
@@ -398,6 +414,7 @@ impl Pipeline {
                 self.counts.execs += 1;
                 context::resolve_exe(e);
                 e.root = self.roots.note(e.head.pid);
+                self.containers.note(&e.cgroup);
                 let shown = e.exe.as_deref().unwrap_or(&e.filename);
                 self.go.request(e.head.pid, e.file, shown);
                 self.known.learn(e, self.go.verdict(e.file));
@@ -411,6 +428,7 @@ impl Pipeline {
                     e.exe = self.known.path_of(e.file).map(str::to_string);
                 }
                 e.root = self.roots.note(e.head.pid);
+                self.containers.note(&e.cgroup);
                 let shown = e.exe.as_deref().unwrap_or("?");
                 self.go.request(e.head.pid, e.file, shown);
             }

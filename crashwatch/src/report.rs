@@ -25,6 +25,12 @@ pub struct Report {
     /// `cmdline` is the start of a longer argument list (`--cmdline-max`).
     pub cmdline_truncated: bool,
     pub cgroup: Option<String>,
+    /// The container it ran in, from the cgroup path and the runtime's files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<crate::context::container::ContainerInfo>,
+    /// Its Kubernetes pod, for a container in one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub k8s: Option<crate::context::container::K8sInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signal: Option<SignalInfo>,
     pub exit: ExitInfo,

@@ -87,7 +87,7 @@ pub fn pretty(r: &Report, color: bool) -> String {
         r.time,
         esc(&r.host)
     );
-    let field = |s: &mut String, k: &str, v: &str| *s += &format!("  {dim}{k:<8}{reset} {v}\n");
+    let field = |s: &mut String, k: &str, v: &str| *s += &format!("  {dim}{k:<9}{reset} {v}\n");
     if let Some(exe) = &r.exe {
         field(&mut s, "exe", &esc(exe));
     }
@@ -99,6 +99,31 @@ pub fn pretty(r: &Report, color: bool) -> String {
     field(&mut s, "process", &format!("ppid {} uid {}", r.ppid, r.uid));
     if let Some(cg) = &r.cgroup {
         field(&mut s, "cgroup", &esc(cg));
+    }
+    if let Some(c) = &r.container {
+        let mut v = format!("{} {}", c.runtime.name(), esc(&c.id));
+        if let Some(n) = &c.name {
+            v = format!("{} ({v})", esc(n));
+        }
+        if let Some(i) = &c.image {
+            v += &format!(" image {}", esc(i));
+        }
+        field(&mut s, "container", &v);
+    }
+    if let Some(k) = &r.k8s {
+        let opt = |v: &Option<String>| v.as_deref().map_or("?".to_string(), |x| esc(x).to_string());
+        field(
+            &mut s,
+            "pod",
+            &format!(
+                "{}/{} container {} uid {} node {}",
+                opt(&k.namespace),
+                opt(&k.pod),
+                opt(&k.container),
+                opt(&k.pod_uid),
+                esc(&k.node)
+            ),
+        );
     }
     if let Some(sig) = &r.signal {
         let mut parts = vec![format!("{} ({}) code {}", sig.name, sig.number, sig.code)];

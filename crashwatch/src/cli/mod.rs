@@ -82,6 +82,11 @@ enum Cmd {
             |s| s.parse::<u32>().unwrap_or(3),
         ))]
         guard_copies: Option<u32>,
+        /// Where the host's filesystem is mounted, for a DaemonSet that mounts it elsewhere:
+        /// the container runtimes' files (containerd's and CRI-O's bundles, podman's and
+        /// docker's container lists, the kubelet's /var/log/pods) are read under it.
+        #[arg(long, default_value = "/", env = "CRASHWATCH_HOST_ROOT")]
+        host_root: std::path::PathBuf,
         /// Bytes of parsed symbol data kept in memory, shared by all processes; least recently
         /// used binaries are dropped first.
         #[arg(long, default_value_t = 256 << 20)]
@@ -175,6 +180,7 @@ pub fn main() -> ExitCode {
             last_words,
             last_words_max,
             guard_copies,
+            host_root,
             symbol_cache_bytes,
             go_max_binaries,
             go_release_after,
@@ -200,6 +206,7 @@ pub fn main() -> ExitCode {
                 last_words,
                 last_words_max: last_words_max as usize,
                 guard_copies,
+                host_root,
                 symbol_cache_bytes,
                 go: Limits {
                     max_binaries: go_max_binaries as usize,

@@ -1,6 +1,10 @@
 //! Context (the enrich stage): adds what the kernel records do not carry (host name, resolved
-//! executable path, signal and register names, wall-clock time) and builds the [`Report`].
-//! Also owns reading /proc for processes that were running before the agent started.
+//! executable path, signal and register names, wall-clock time, the container and pod from
+//! the cgroup path: [`cgroup`]) and builds the [`Report`]. Also owns reading /proc for
+//! processes that were running before the agent started.
+pub mod cgroup;
+pub mod container;
+
 use std::collections::BTreeMap;
 
 use crate::{
@@ -15,6 +19,8 @@ use crate::{
 
 pub struct Enricher {
     host: String,
+    /// Containers and pods, noted by the record loop at a process's first sight.
+    containers: std::sync::Arc<container::Containers>,
     /// `struct pt_regs` member names and byte offsets, from BTF.
     regs: Vec<(String, u32)>,
     last_words_max: usize,
@@ -22,9 +28,14 @@ pub struct Enricher {
 
 impl Enricher {
     /// `last_words_max`: bytes of a process's last words kept in its report.
-    pub fn new(regs: Vec<(String, u32)>, last_words_max: usize) -> Self {
+    pub fn new(
+        regs: Vec<(String, u32)>,
+        last_words_max: usize,
+        containers: std::sync::Arc<container::Containers>,
+    ) -> Self {
         Enricher {
             host: hostname(),
+            containers,
             regs,
             last_words_max,
         }
@@ -94,6 +105,7 @@ impl Enricher {
                 .map(|p| (p.args.clone(), p.args_truncated))
                 .unwrap_or_default(),
         };
+        let place = proc.and_then(|p| self.containers.note(&p.cgroup));
         let go_info = go_info(
             c,
             go,
@@ -112,6 +124,8 @@ impl Enricher {
             cmdline,
             cmdline_truncated,
             cgroup: proc.map(|p| p.cgroup.clone()).filter(|g| !g.is_empty()),
+            container: place.as_ref().and_then(|p| p.container.clone()),
+            k8s: place.as_ref().and_then(|p| p.k8s.clone()),
             signal,
             exit: ExitInfo::from_status(c.status),
             // From the last words; a Go binary's own runtime output otherwise (the kernel

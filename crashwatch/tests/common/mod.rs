@@ -227,6 +227,11 @@ impl Agent {
         self.wait_for(|| self.reports_for(pid).into_iter().next())
     }
 
+    /// Every report so far.
+    pub fn reports(&self) -> Vec<Value> {
+        self.reports.0.lock().unwrap().clone()
+    }
+
     pub fn reports_for(&self, pid: u32) -> Vec<Value> {
         let lock = &self.reports.0;
         lock.lock()

@@ -95,6 +95,11 @@ pub struct Container {
 
 impl Container {
     pub fn run(image: &Image, args: &[&str]) -> Container {
+        Self::run_with(image, &[], args)
+    }
+
+    /// `options` go to `podman run` (`--name`, `--annotation`…), `args` to the container.
+    pub fn run_with(image: &Image, options: &[&str], args: &[&str]) -> Container {
         let mut all = vec![
             "run",
             "-d",
@@ -102,8 +107,9 @@ impl Container {
             "nofile=20000:20000",
             "--ulimit",
             "nproc=32768:32768",
-            &image.name,
         ];
+        all.extend_from_slice(options);
+        all.push(&image.name);
         all.extend_from_slice(args);
         let id = podman(&all);
         let pid = podman(&["inspect", "-f", "{{.State.Pid}}", &id])
