@@ -1,5 +1,5 @@
 //! The agent's main loop: drives records through the pipeline
-//! probe → decode → assemble → symbolize → context (enrich) → sink, and watches the kernel's loss
+//! probe → decode → assemble → symbolize → context (enrich) → cluster → sink, and watches the kernel's loss
 //! counters. The record loop only does what cannot wait (decode, reading a dying process's
 //! maps while it exists, assembling) and hands each finished crash to the report thread
 //! ([`Reporter`]: symbolize, enrich, sink), so a slow report (a cold parse of a large binary's
@@ -24,6 +24,7 @@ use tokio::{
 
 use crate::{
     assemble::{Assembler, Crash},
+    cluster,
     context::{self, container::Containers, Enricher},
     decode::{self, Record},
     escape::Esc,
@@ -145,7 +146,8 @@ impl Reporter {
             .as_ref()
             .and_then(|p| p.file)
             .and_then(|id| self.go.lookup(id));
-        let report = self.enricher.report(crash, stack, lost, bin.as_deref());
+        let mut report = self.enricher.report(crash, stack, lost, bin.as_deref());
+        report.fingerprint = cluster::fingerprint::fingerprint(&report).value;
         match self.sink.emit(&report) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {

@@ -2,12 +2,13 @@
 //! abnormal exit of any process on the host, seen from the kernel, reported once per process.
 //!
 //! Stages, data flowing one way: [`probe`] (load, attach, loss counters) → [`decode`] →
-//! [`assemble`] → [`symbolize`] → [`context`] → [`sink`]; [`agent`] drives them, [`cli`] holds
+//! [`assemble`] → [`symbolize`] → [`context`] → [`cluster`] → [`sink`]; [`agent`] drives them, [`cli`] holds
 //! the commands. [`elf`] and [`gobin`] read the binaries processes run; [`goroutines`] parses
 //! what the Go runtime prints.
 mod agent;
 mod assemble;
 mod cli;
+mod cluster;
 mod context;
 mod decode;
 mod elf;

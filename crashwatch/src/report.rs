@@ -6,7 +6,7 @@ use serde::{Serialize, Serializer};
 
 use crate::symbolize::Frame;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Report {
     /// Time of death (the kernel's exit timestamp), RFC 3339 UTC.
     pub time: String,
@@ -45,6 +45,8 @@ pub struct Report {
     /// What the process wrote to stderr before it died.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_words: Option<LastWordsInfo>,
+    /// Which crashes are the same bug: `v1:<16 hex>` (docs/fingerprint.md).
+    pub fingerprint: String,
     /// Kernel events lost (ring buffer full, recursion misses not redone) since the previous report.
     pub lost_before: u64,
 }
@@ -87,7 +89,7 @@ pub struct Sender {
     pub uid: u32,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct GoInfo {
     /// Toolchain that built the binary (`go1.21.13`).
     pub version: Option<String>,
@@ -114,7 +116,7 @@ pub struct GoInfo {
     pub registers: BTreeMap<String, String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct ExitInfo {
     /// Exit code when the process exited, null when a signal ended it.
     pub code: Option<u32>,

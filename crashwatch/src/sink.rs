@@ -125,6 +125,9 @@ pub fn pretty(r: &Report, color: bool) -> String {
             ),
         );
     }
+    if !r.fingerprint.is_empty() {
+        field(&mut s, "group", &r.fingerprint);
+    }
     if let Some(sig) = &r.signal {
         let mut parts = vec![format!("{} ({}) code {}", sig.name, sig.number, sig.code)];
         if let Some(a) = sig.addr {

@@ -39,6 +39,32 @@ fn null_write_reports_the_address_written() {
     assert!(r["cgroup"].as_str().unwrap().starts_with('/'));
 }
 
+/// Fingerprint v1 on real crashes: two runs of one bug (other pids, other stack addresses
+/// under ASLR) group; another signal or another site does not.
+#[test]
+fn one_bug_has_one_fingerprint_and_others_differ() {
+    let a = agent();
+    let fp = |mode: &str| {
+        let c = Crasher::run(mode);
+        let r = a.report_for(c.pid);
+        let v = r["fingerprint"].as_str().unwrap_or_default().to_string();
+        assert!(
+            v.starts_with("v1:") && v.len() == 19,
+            "fingerprint {v:?} in {r:#}"
+        );
+        (v, hex(&r["stack"][0]["ip"]))
+    };
+    let (first, ip1) = fp("null");
+    let (second, ip2) = fp("null");
+    assert_ne!(ip1, ip2, "ASLR moved the code between runs");
+    assert_eq!(first, second);
+    let (fpe, _) = fp("fpe");
+    let (abort, _) = fp("abort");
+    assert_ne!(first, fpe);
+    assert_ne!(first, abort);
+    assert_ne!(fpe, abort);
+}
+
 #[test]
 fn abort_reports_sigabrt_and_the_core_flag() {
     let a = agent();

@@ -144,6 +144,8 @@ impl Enricher {
             }),
             go: go_info,
             stack,
+            // The cluster stage's.
+            fingerprint: String::new(),
             lost_before,
         }
     }
