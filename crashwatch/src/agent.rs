@@ -24,7 +24,7 @@ use tokio::{
 
 use crate::{
     assemble::{Assembler, Crash},
-    cluster,
+    cluster::{self, Clusters},
     context::{self, container::Containers, Enricher},
     decode::{self, Record},
     escape::Esc,
@@ -34,6 +34,7 @@ use crate::{
         LossReader, Losses, Probe, Settings,
     },
     sink::{Format, Sink},
+    store,
     symbolize::{Maps, Roots, Symbolizer},
 };
 
@@ -53,6 +54,12 @@ pub struct Options {
     /// Where the host's filesystem is (`/`, or a DaemonSet's mount of it): the container
     /// runtimes' files are read under it.
     pub host_root: std::path::PathBuf,
+    /// The crash history's directory; None: no history.
+    pub state_dir: Option<std::path::PathBuf>,
+    pub retention: store::Retention,
+    /// A cluster with this many crashes within `loop_window` is a crash loop.
+    pub loop_count: u32,
+    pub loop_window: Duration,
     /// Bytes of a dying process's last words kept in its report.
     pub last_words_max: usize,
     pub symbol_cache_bytes: usize,
@@ -108,12 +115,18 @@ struct Reporter {
     stdout_closed: Arc<AtomicBool>,
     /// Reports that could not be written.
     unwritten: u64,
+    /// Crashes counted by fingerprint.
+    clusters: Clusters,
+    /// The crash history's thread, when there is one.
+    store: Option<store::Writer>,
 }
 
 /// What the report thread says when it ends.
 struct Reported {
     unwritten: u64,
     symbolization: String,
+    /// Reports queued for the crash history, and not stored; None without one.
+    stored: Option<(u64, u64)>,
 }
 
 impl Reporter {
@@ -128,6 +141,7 @@ impl Reporter {
         Reported {
             unwritten: self.unwritten,
             symbolization: self.sym.summary(),
+            stored: self.store.take().map(store::Writer::finish),
         }
     }
 
@@ -148,6 +162,15 @@ impl Reporter {
             .and_then(|id| self.go.lookup(id));
         let mut report = self.enricher.report(crash, stack, lost, bin.as_deref());
         report.fingerprint = cluster::fingerprint::fingerprint(&report).value;
+        let (cluster, info) = self.clusters.observe(&report, store::now_ns());
+        report.cluster = Some(info);
+        if let Some(w) = &mut self.store {
+            w.write(store::Write {
+                cluster,
+                facts: store::Facts::of(&report),
+                json: serde_json::to_string(&report).unwrap_or_default(),
+            });
+        }
         match self.sink.emit(&report) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
@@ -203,6 +226,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let stdout_closed = Arc::new(AtomicBool::new(false));
     let (jobs, queue) = mpsc::sync_channel::<Job>(REPORT_QUEUE);
     let roots = Arc::new(Roots::default());
+    let (clusters, store) = open_store(&opts);
     let reporter = {
         let (go, closed, roots) = (go.view(), stdout_closed.clone(), roots.clone());
         let (format, cache) = (opts.format, opts.symbol_cache_bytes);
@@ -217,6 +241,8 @@ pub async fn run(opts: Options) -> Result<()> {
                     sink: Sink::new(format),
                     stdout_closed: closed,
                     unwritten: 0,
+                    clusters,
+                    store,
                 }
                 .run(queue)
             })
@@ -329,7 +355,11 @@ pub async fn run(opts: Options) -> Result<()> {
     let done = reporter.join().unwrap_or_else(|_| Reported {
         unwritten: 0,
         symbolization: "the report thread panicked".into(),
+        stored: None,
     });
+    if let Some((queued, dropped)) = done.stored {
+        eprintln!("crashwatch: crash history: {queued} reports sent to the store, {dropped} not stored (queue full or write failed)");
+    }
     eprintln!(
         "crashwatch: stopped (kernel losses: ring buffer full {}, recursion misses {}, undecodable records {}; reports not written {}) ({}) (Go binaries: {} probed at the end, {} released, {} left unprobed over --go-max-binaries)",
         l.ring_full,
@@ -368,6 +398,36 @@ pub async fn run(opts: Options) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The crash history and the clusters it knows; without one (`--no-store`, or a directory
+/// the agent cannot use), clusters are counted from zero in memory and the agent says so.
+fn open_store(opts: &Options) -> (Clusters, Option<store::Writer>) {
+    let fresh = || Clusters::new(Vec::new(), opts.loop_count, opts.loop_window);
+    let Some(dir) = &opts.state_dir else {
+        return (fresh(), None);
+    };
+    let opened = store::Store::open(dir).and_then(|s| {
+        let known = s.clusters()?;
+        Ok((known, store::Writer::spawn(s, opts.retention)?))
+    });
+    match opened {
+        Ok((known, w)) => {
+            eprintln!(
+                "crashwatch: crash history in {}: {} clusters known",
+                dir.display(),
+                known.len()
+            );
+            (
+                Clusters::new(known, opts.loop_count, opts.loop_window),
+                Some(w),
+            )
+        }
+        Err(e) => {
+            eprintln!("crashwatch: running with less: no crash history ({e:#}); clusters are counted from zero");
+            (fresh(), None)
+        }
+    }
 }
 
 /// Returns the heap's free pages to the kernel. Start-up (the kernel's BTF, /proc, the

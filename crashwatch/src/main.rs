@@ -24,6 +24,7 @@ mod probe;
 mod report;
 mod signals;
 mod sink;
+mod store;
 mod symbolize;
 
 fn main() -> std::process::ExitCode {

@@ -47,6 +47,9 @@ pub struct Report {
     pub last_words: Option<LastWordsInfo>,
     /// Which crashes are the same bug: `v1:<16 hex>` (docs/fingerprint.md).
     pub fingerprint: String,
+    /// Its cluster on this node: how often, since when, looping.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterInfo>,
     /// Kernel events lost (ring buffer full, recursion misses not redone) since the previous report.
     pub lost_before: u64,
 }

@@ -125,8 +125,24 @@ pub fn pretty(r: &Report, color: bool) -> String {
             ),
         );
     }
-    if !r.fingerprint.is_empty() {
-        field(&mut s, "group", &r.fingerprint);
+    if let Some(c) = &r.cluster {
+        let mut v = format!(
+            "#{} {}: {} crash{} since {}",
+            c.id,
+            r.fingerprint,
+            c.count,
+            if c.count == 1 { "" } else { "es" },
+            c.first_seen
+        );
+        if c.new {
+            v += ", new";
+        }
+        if c.looping {
+            v += &format!(", CRASH LOOP: {} in {} s", c.recent, c.window_secs);
+        }
+        field(&mut s, "cluster", &v);
+    } else if !r.fingerprint.is_empty() {
+        field(&mut s, "cluster", &r.fingerprint);
     }
     if let Some(sig) = &r.signal {
         let mut parts = vec![format!("{} ({}) code {}", sig.name, sig.number, sig.code)];

@@ -1,7 +1,9 @@
 //! The command line: what each command takes, and handing it to the stages. Thin on purpose:
 //! `run` starts the agent ([`crate::agent`]), `check` probes the host ([`check`]),
-//! `symbolize` names addresses as reports do ([`symbolize`]).
+//! `symbolize` names addresses as reports do ([`symbolize`]), `report` reads the crash
+//! history ([`report`]).
 mod check;
+mod report;
 mod symbolize;
 
 use std::{process::ExitCode, time::Duration};
@@ -32,6 +34,38 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// The crash history (what `run` stored under --state-dir): clusters, most recent activity
+    /// first, with counts, first and last seen, what they hit and crash loops; or one cluster
+    /// with its latest reports. Reads while the agent runs.
+    Report {
+        /// One cluster, by its number (`cluster.id` in reports).
+        cluster: Option<i64>,
+        #[arg(long, default_value_os_t = crate::store::default_dir())]
+        state_dir: std::path::PathBuf,
+        /// Only clusters with a crash in this past window (30m, 12h, 7d).
+        #[arg(long, value_parser = report::parse_age)]
+        since: Option<Duration>,
+        /// Only this kind (signal, go_panic, go_fatal, runtime_error, oom_kill, exit).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only clusters that hit this Kubernetes namespace.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Clusters listed at most.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Reports shown with one cluster.
+        #[arg(long, default_value_t = 3)]
+        reports: u32,
+        /// A crash loop, as `run` flags it: this many crashes within --loop-window seconds.
+        #[arg(long, default_value_t = 5)]
+        loop_count: u32,
+        #[arg(long, default_value_t = 600)]
+        loop_window: u64,
+    },
     /// Watch the host and report each crash (stop with Ctrl-C or SIGTERM).
     Run {
         /// Report format: readable blocks on a terminal, JSON lines (schema: docs/report.md).
@@ -87,6 +121,8 @@ enum Cmd {
         /// docker's container lists, the kubelet's /var/log/pods) are read under it.
         #[arg(long, default_value = "/", env = "CRASHWATCH_HOST_ROOT")]
         host_root: std::path::PathBuf,
+        #[command(flatten)]
+        history: report::History,
         /// Bytes of parsed symbol data kept in memory, shared by all processes; least recently
         /// used binaries are dropped first.
         #[arg(long, default_value_t = 256 << 20)]
@@ -154,6 +190,29 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Cmd::Report {
+            cluster,
+            state_dir,
+            since,
+            kind,
+            namespace,
+            json,
+            limit,
+            reports,
+            loop_count,
+            loop_window,
+        } => report::run(report::ReportArgs {
+            state_dir,
+            cluster,
+            since,
+            kind,
+            namespace,
+            json,
+            limit,
+            reports,
+            loop_count,
+            loop_window: Duration::from_secs(loop_window),
+        }),
         Cmd::Symbolize {
             exe,
             pid,
@@ -181,6 +240,7 @@ pub fn main() -> ExitCode {
             last_words_max,
             guard_copies,
             host_root,
+            history,
             symbol_cache_bytes,
             go_max_binaries,
             go_release_after,
@@ -207,6 +267,10 @@ pub fn main() -> ExitCode {
                 last_words_max: last_words_max as usize,
                 guard_copies,
                 host_root,
+                state_dir: (!history.no_store).then(|| history.state_dir.clone()),
+                retention: history.retention(),
+                loop_count: history.loop_count,
+                loop_window: Duration::from_secs(history.loop_window),
                 symbol_cache_bytes,
                 go: Limits {
                     max_binaries: go_max_binaries as usize,

@@ -1,3 +1,215 @@
-//! Cluster: which reports are the same bug. [`fingerprint`] computes the versioned value each
-//! report carries (docs/fingerprint.md); the store that counts clusters comes after it.
+//! Cluster: which reports are the same bug, and how often it happens. [`fingerprint`]
+//! computes the versioned value each report carries (docs/fingerprint.md); [`Clusters`]
+//! counts each fingerprint's crashes in memory (loaded from the store at start), so a report
+//! leaves with its cluster's count and loop flag without waiting on the disk, and flags a
+//! cluster that crashes `loop_count` times within `loop_window` as a crash loop.
 pub mod fingerprint;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    time::Duration,
+};
+
+use serde::Serialize;
+
+use crate::report::Report;
+
+/// `cluster` in a report.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ClusterInfo {
+    /// The cluster's number in this node's store (stable across restarts).
+    pub id: i64,
+    /// Crashes in the cluster, this one included.
+    pub count: u64,
+    /// RFC 3339 UTC.
+    pub first_seen: String,
+    pub last_seen: String,
+    /// This crash opened the cluster.
+    pub new: bool,
+    /// The cluster crashed at least `--loop-count` times within `--loop-window`.
+    #[serde(rename = "loop")]
+    pub looping: bool,
+    /// Its crashes within the loop window, this one included.
+    pub recent: u32,
+    pub window_secs: u64,
+}
+
+/// One cluster as the store and the listing know it.
+#[derive(Clone, Debug, Default)]
+pub struct Cluster {
+    pub id: i64,
+    pub fingerprint: String,
+    pub kind: String,
+    pub headline: String,
+    pub top_frame: String,
+    pub count: u64,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    /// Times of its latest crashes (at most the loop count), oldest first.
+    pub recent: VecDeque<u64>,
+}
+
+/// Every cluster this agent knows, by fingerprint.
+pub struct Clusters {
+    by_fingerprint: HashMap<String, Cluster>,
+    next_id: i64,
+    loop_count: u32,
+    loop_window: Duration,
+}
+
+impl Clusters {
+    /// `known`: the store's clusters (their recent crash times are not kept there: a loop
+    /// in progress across a restart is seen again after `loop_count` crashes).
+    pub fn new(known: Vec<Cluster>, loop_count: u32, loop_window: Duration) -> Clusters {
+        let next_id = known.iter().map(|c| c.id).max().unwrap_or(0) + 1;
+        Clusters {
+            by_fingerprint: known
+                .into_iter()
+                .map(|c| (c.fingerprint.clone(), c))
+                .collect(),
+            next_id,
+            loop_count: loop_count.max(1),
+            loop_window,
+        }
+    }
+
+    /// Counts report `r` (its `fingerprint` set) as crashing at `now_ns` (Unix time); the
+    /// cluster as it is now, and what the report says of it.
+    pub fn observe(&mut self, r: &Report, now_ns: u64) -> (Cluster, ClusterInfo) {
+        let new = !self.by_fingerprint.contains_key(&r.fingerprint);
+        let next_id = &mut self.next_id;
+        let c = self
+            .by_fingerprint
+            .entry(r.fingerprint.clone())
+            .or_insert_with(|| {
+                let id = *next_id;
+                *next_id += 1;
+                Cluster {
+                    id,
+                    fingerprint: r.fingerprint.clone(),
+                    kind: r.kind.to_string(),
+                    headline: headline(r),
+                    top_frame: top_frame(r),
+                    first_seen_ns: now_ns,
+                    ..Cluster::default()
+                }
+            });
+        c.count += 1;
+        c.last_seen_ns = now_ns;
+        // The latest message and frame: the listing shows the cluster's current face.
+        c.headline = headline(r);
+        c.top_frame = top_frame(r);
+        let window = self.loop_window.as_nanos() as u64;
+        c.recent.push_back(now_ns);
+        while c.recent.len() > self.loop_count as usize
+            || c.recent
+                .front()
+                .is_some_and(|t| now_ns.saturating_sub(*t) > window)
+        {
+            c.recent.pop_front();
+        }
+        let info = ClusterInfo {
+            id: c.id,
+            count: c.count,
+            first_seen: crate::context::rfc3339(c.first_seen_ns),
+            last_seen: crate::context::rfc3339(c.last_seen_ns),
+            new,
+            looping: c.recent.len() >= self.loop_count as usize,
+            recent: c.recent.len() as u32,
+            window_secs: self.loop_window.as_secs(),
+        };
+        (c.clone(), info)
+    }
+}
+
+/// One line that says what the crash was: the runtime's error line, a Go panic or fatal
+/// error, the signal, the exit.
+pub fn headline(r: &Report) -> String {
+    let line = if let Some(e) = &r.error {
+        e.headline.clone()
+    } else if let Some(m) = r.go.as_ref().and_then(|g| g.fatal_message.as_ref()) {
+        format!("fatal error: {m}")
+    } else if let Some(v) = r.go.as_ref().and_then(|g| g.panic_value.as_ref()) {
+        format!("panic: {v}")
+    } else if let Some(s) = &r.signal {
+        match s.code_name {
+            Some(code) => format!("{} ({code})", s.name),
+            None => s.name.clone(),
+        }
+    } else if r.kind == "oom_kill" {
+        "killed by the OOM killer".into()
+    } else {
+        match r.exit.code {
+            Some(c) => format!("exit {c}"),
+            None => "exit".into(),
+        }
+    };
+    line.chars().take(512).collect()
+}
+
+/// The innermost in-app frame as `function (file:line)`, or the fingerprint's frame.
+pub fn top_frame(r: &Report) -> String {
+    let basis = fingerprint::fingerprint(r).basis;
+    let Some(name) = basis.iter().find_map(|l| l.strip_prefix("frame:")) else {
+        return String::new();
+    };
+    let at = r
+        .stack
+        .iter()
+        .find(|f| f.function.as_deref().map(fingerprint::clean).as_deref() == Some(name))
+        .and_then(|f| Some(format!("{}:{}", f.file.as_deref()?, f.line?)));
+    match at {
+        Some(at) => format!("{name} ({at})"),
+        None => name.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(fp: &str) -> Report {
+        Report {
+            kind: "signal",
+            fingerprint: fp.into(),
+            ..Report::default()
+        }
+    }
+
+    #[test]
+    fn counts_and_ids_per_fingerprint() {
+        let mut c = Clusters::new(Vec::new(), 5, Duration::from_secs(600));
+        let (_, a) = c.observe(&report("v1:a"), 1_000);
+        let (_, b) = c.observe(&report("v1:b"), 2_000);
+        let (_, a2) = c.observe(&report("v1:a"), 3_000);
+        assert_eq!((a.id, a.count, a.new), (1, 1, true));
+        assert_eq!((b.id, b.count, b.new), (2, 1, true));
+        assert_eq!((a2.id, a2.count, a2.new), (1, 2, false));
+    }
+
+    #[test]
+    fn ids_continue_after_the_stores() {
+        let known = vec![Cluster {
+            id: 41,
+            fingerprint: "v1:a".into(),
+            count: 7,
+            ..Cluster::default()
+        }];
+        let mut c = Clusters::new(known, 5, Duration::from_secs(600));
+        let (_, a) = c.observe(&report("v1:a"), 1);
+        let (_, b) = c.observe(&report("v1:b"), 2);
+        assert_eq!((a.id, a.count, a.new), (41, 8, false));
+        assert_eq!(b.id, 42);
+    }
+
+    #[test]
+    fn a_loop_is_n_crashes_within_the_window() {
+        let s = 1_000_000_000u64;
+        let mut c = Clusters::new(Vec::new(), 3, Duration::from_secs(60));
+        let flags: Vec<bool> = [0, 10, 20, 100, 200, 201, 202]
+            .iter()
+            .map(|t| c.observe(&report("v1:a"), t * s).1.looping)
+            .collect();
+        assert_eq!(flags, [false, false, true, false, false, false, true]);
+    }
+}

@@ -146,6 +146,7 @@ impl Enricher {
             stack,
             // The cluster stage's.
             fingerprint: String::new(),
+            cluster: None,
             lost_before,
         }
     }

@@ -62,6 +62,12 @@ impl Agent {
             "crashwatch's integration tests load eBPF programs: run them as root"
         );
         let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        // A crash history of its own, so no test counts another's crashes (and none writes
+        // to this host's /var/lib/crashwatch).
+        if !args.iter().any(|a| a == "--state-dir" || a == "--no-store") {
+            args.push("--state-dir".into());
+            args.push(state_dir("agent").display().to_string());
+        }
         if !setup.text {
             args.splice(0..0, ["--output".to_string(), "json".to_string()]);
         }
@@ -309,6 +315,16 @@ impl Agent {
 }
 
 /// The agent under test: this build's, or `CRASHWATCH_AGENT` (the VM runs a static one).
+/// A fresh directory under the system's temp dir (the VMs run these tests too, where the
+/// build's target dir does not exist), unique to this process and call.
+pub fn state_dir(tag: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("crashwatch-state-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
 pub fn agent_bin() -> PathBuf {
     std::env::var_os("CRASHWATCH_AGENT")
         .map(PathBuf::from)

@@ -49,6 +49,13 @@ pub struct Running {
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
+/// The crash history the bench's agents keep, emptied at each start.
+pub fn state_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("crashwatch-bench-state-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&d);
+    d
+}
+
 pub fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -104,6 +111,8 @@ impl Running {
             Observer::Crashwatch | Observer::CrashwatchQuiet => {
                 let mut c = Command::new(agent);
                 c.args(["run", "--output", "json"]);
+                // A crash history of the run's own, not this host's.
+                c.arg("--state-dir").arg(state_dir());
                 if o == Observer::CrashwatchQuiet {
                     c.args(["--last-words", "off"]);
                 }

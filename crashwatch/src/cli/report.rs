@@ -1,0 +1,185 @@
+//! `crashwatch report`: the crash history, read from the store while the agent runs; and the
+//! history's flags of `run`, which the two commands share.
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::Args;
+
+use crate::{
+    escape::escape as esc,
+    store::{self, ClusterRow, Filter, Store},
+};
+
+/// Where the crash history is kept, and how long.
+#[derive(Args, Clone, Debug)]
+pub struct History {
+    /// Directory of the crash history (SQLite, `crashwatch.db`; made 0700, the file 0600).
+    #[arg(long, default_value_os_t = store::default_dir())]
+    pub state_dir: PathBuf,
+    /// Keep no history: clusters are counted in memory from zero at each start.
+    #[arg(long)]
+    pub no_store: bool,
+    /// Reports kept per cluster (the latest); the cluster's count goes on.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_per_cluster: u32,
+    /// Days a report is kept.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep_days: u64,
+    /// MiB the history may take; the oldest reports go first.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
+    pub store_max_mib: u64,
+    /// A cluster that crashes this many times within --loop-window is a crash loop.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..))]
+    pub loop_count: u32,
+    /// Seconds of the crash-loop window.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub loop_window: u64,
+}
+
+impl History {
+    pub fn retention(&self) -> store::Retention {
+        store::Retention {
+            per_cluster: self.keep_per_cluster,
+            max_age: Duration::from_secs(self.keep_days * 86_400),
+            max_bytes: self.store_max_mib << 20,
+        }
+    }
+}
+
+pub struct ReportArgs {
+    pub state_dir: PathBuf,
+    pub cluster: Option<i64>,
+    pub since: Option<Duration>,
+    pub kind: Option<String>,
+    pub namespace: Option<String>,
+    pub json: bool,
+    pub limit: u32,
+    pub reports: u32,
+    pub loop_count: u32,
+    pub loop_window: Duration,
+}
+
+/// `30s`, `15m`, `2h`, `7d`.
+pub fn parse_age(s: &str) -> Result<Duration, String> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: a number and s, m, h or d (30m, 7d)"))?;
+    let secs = match unit {
+        "s" | "" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: the unit is s, m, h or d")),
+    };
+    Ok(Duration::from_secs(n.saturating_mul(secs)))
+}
+
+pub fn run(a: ReportArgs) -> ExitCode {
+    let store = match Store::open_read(&a.state_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("crashwatch: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let filter = Filter {
+        since_ns: a
+            .since
+            .map(|d| store::now_ns().saturating_sub(d.as_nanos() as u64)),
+        kind: a.kind,
+        namespace: a.namespace,
+        limit: a.limit,
+        loop_count: a.loop_count,
+        loop_window_ns: a.loop_window.as_nanos() as u64,
+    };
+    let shown = match a.cluster {
+        Some(id) => one(&store, id, a.reports, &filter, a.json),
+        None => all(&store, &filter, a.json),
+    };
+    match shown {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("crashwatch: reading the crash history: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn all(store: &Store, f: &Filter, json: bool) -> anyhow::Result<bool> {
+    let rows = store.list(f)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(true);
+    }
+    if rows.is_empty() {
+        println!(
+            "no crashes recorded{}",
+            if f.since_ns.is_some() || f.kind.is_some() || f.namespace.is_some() {
+                " that match"
+            } else {
+                ""
+            }
+        );
+    }
+    for r in &rows {
+        print!("{}", summary(r));
+    }
+    Ok(true)
+}
+
+fn one(store: &Store, id: i64, n: u32, f: &Filter, json: bool) -> anyhow::Result<bool> {
+    let Some((row, reports)) = store.cluster(id, n, f)? else {
+        eprintln!("crashwatch: no cluster {id} in the crash history");
+        return Ok(false);
+    };
+    let reports: Vec<serde_json::Value> = reports
+        .iter()
+        .filter_map(|j| serde_json::from_str(j).ok())
+        .collect();
+    if json {
+        let v = serde_json::json!({ "cluster": row, "reports": reports });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(true);
+    }
+    print!("{}", summary(&row));
+    for r in &reports {
+        println!("\n{}", serde_json::to_string_pretty(r)?);
+    }
+    Ok(true)
+}
+
+/// One cluster as a block of text; every value a process could choose is escaped.
+fn summary(r: &ClusterRow) -> String {
+    let mut s = format!(
+        "#{} {} {}{} — {} crash{}, first {}, last {}\n",
+        r.id,
+        r.kind,
+        esc(&r.headline),
+        if r.looping { " [CRASH LOOP]" } else { "" },
+        r.count,
+        if r.count == 1 { "" } else { "es" },
+        r.first_seen,
+        r.last_seen
+    );
+    let list = |v: &[String]| {
+        v.iter()
+            .map(|x| esc(x).to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (k, v) in [
+        ("at", vec![r.top_frame.clone()]),
+        ("binaries", r.binaries.clone()),
+        ("containers", r.containers.clone()),
+        ("pods", r.pods.clone()),
+        ("nodes", r.nodes.clone()),
+        ("revisions", r.revisions.clone()),
+    ] {
+        if v.iter().any(|x| !x.is_empty()) {
+            s += &format!("    {k:<10} {}\n", list(&v));
+        }
+    }
+    s += &format!("    {:<10} {}\n", "group", r.fingerprint);
+    s
+}

@@ -1,0 +1,352 @@
+//! Store: this node's crash history in SQLite (rusqlite, bundled) under `--state-dir`:
+//! clusters and their reports with the full report JSON, kept by count per cluster, by age
+//! and by size. The agent writes through [`Writer`], a thread of its own behind a bounded
+//! queue, so a slow disk delays no report; `crashwatch report` reads it while the agent
+//! runs (WAL).
+//!
+//! The agent never crash-loops on its own state: a database it cannot open or read is moved
+//! aside with one warning and a fresh one started; a directory it cannot write leaves the
+//! agent without a history, said at start.
+mod query;
+
+use std::{
+    fs,
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc, Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use rusqlite::{params, Connection, OpenFlags};
+
+pub use query::{ClusterRow, Filter};
+
+use crate::cluster::Cluster;
+
+pub const FILE: &str = "crashwatch.db";
+/// Reports waiting for the disk; beyond, a report is not stored (and counted).
+const QUEUE: usize = 1024;
+
+/// What is kept.
+#[derive(Clone, Copy, Debug)]
+pub struct Retention {
+    /// Reports kept per cluster (the latest).
+    pub per_cluster: u32,
+    /// Reports older than this are deleted (clusters stay, with their counts).
+    pub max_age: Duration,
+    /// Past this size, the oldest reports go first.
+    pub max_bytes: u64,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS clusters (
+    id INTEGER PRIMARY KEY,
+    fingerprint TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    headline TEXT NOT NULL,
+    top_frame TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reports (
+    id INTEGER PRIMARY KEY,
+    cluster INTEGER NOT NULL REFERENCES clusters(id),
+    time INTEGER NOT NULL,
+    exe TEXT,
+    container TEXT,
+    namespace TEXT,
+    pod TEXT,
+    node TEXT,
+    revision TEXT,
+    json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reports_by_cluster ON reports(cluster, id);
+CREATE INDEX IF NOT EXISTS reports_by_time ON reports(time);
+PRAGMA user_version = 1;
+";
+
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (or makes) the database for writing: the directory 0700, the file 0600, WAL.
+    pub fn open(dir: &Path) -> Result<Store> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("making the state directory {}", dir.display()))?;
+        let path = dir.join(FILE);
+        match Self::open_rw(&path) {
+            Ok(s) => Ok(s),
+            Err(e) if path.exists() => {
+                let aside = dir.join(format!(
+                    "{FILE}.unreadable-{}",
+                    crate::context::rfc3339(now_ns()).replace(':', "")
+                ));
+                eprintln!(
+                    "crashwatch: the crash history {} cannot be used ({e:#}): moved to {} and starting a new one",
+                    path.display(),
+                    aside.display()
+                );
+                fs::rename(&path, &aside).context("moving the database aside")?;
+                for side in ["-wal", "-shm"] {
+                    let _ = fs::remove_file(format!("{}{side}", path.display()));
+                }
+                Self::open_rw(&path)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn open_rw(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path)?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Reads every table: a damaged file fails here, not at the first crash.
+        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        anyhow::ensure!(check == "ok", "quick_check: {check}");
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store { conn })
+    }
+
+    /// Opens an existing database read-only (`crashwatch report`).
+    pub fn open_read(dir: &Path) -> Result<Store> {
+        let path = dir.join(FILE);
+        anyhow::ensure!(
+            path.exists(),
+            "no crash history at {} yet: `crashwatch run --state-dir {}` keeps one",
+            path.display(),
+            dir.display()
+        );
+        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .with_context(|| format!("opening {}", path.display()))?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        Ok(Store { conn })
+    }
+
+    /// Every cluster, for the agent's counts at start.
+    pub fn clusters(&self) -> Result<Vec<Cluster>> {
+        let mut st = self.conn.prepare(
+            "SELECT id, fingerprint, kind, headline, top_frame, count, first_seen, last_seen FROM clusters",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(Cluster {
+                id: r.get(0)?,
+                fingerprint: r.get(1)?,
+                kind: r.get(2)?,
+                headline: r.get(3)?,
+                top_frame: r.get(4)?,
+                count: r.get::<_, i64>(5)? as u64,
+                first_seen_ns: r.get::<_, i64>(6)? as u64,
+                last_seen_ns: r.get::<_, i64>(7)? as u64,
+                ..Cluster::default()
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn insert(&mut self, w: &Write, keep: &Retention) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        let c = &w.cluster;
+        tx.execute(
+            "INSERT INTO clusters (id, fingerprint, kind, headline, top_frame, count, first_seen, last_seen)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT(id) DO UPDATE SET headline = ?4, top_frame = ?5, count = ?6, last_seen = ?8",
+            params![
+                c.id,
+                c.fingerprint,
+                c.kind,
+                c.headline,
+                c.top_frame,
+                c.count as i64,
+                c.first_seen_ns as i64,
+                c.last_seen_ns as i64
+            ],
+        )?;
+        let f = &w.facts;
+        tx.execute(
+            "INSERT INTO reports (cluster, time, exe, container, namespace, pod, node, revision, json)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                c.id,
+                c.last_seen_ns as i64,
+                f.exe,
+                f.container,
+                f.namespace,
+                f.pod,
+                f.node,
+                f.revision,
+                w.json
+            ],
+        )?;
+        tx.execute(
+            "DELETE FROM reports WHERE cluster = ?1 AND id <= (
+                 SELECT id FROM reports WHERE cluster = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+            params![c.id, keep.per_cluster],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deletes reports past the age and size bounds; how many went.
+    fn prune(&mut self, keep: &Retention) -> Result<u64> {
+        let cutoff = now_ns().saturating_sub(keep.max_age.as_nanos() as u64);
+        let mut gone = self.conn.execute(
+            "DELETE FROM reports WHERE time < ?1",
+            params![cutoff as i64],
+        )? as u64;
+        while self.bytes()? > keep.max_bytes {
+            let n = self.conn.execute(
+                "DELETE FROM reports WHERE id IN (SELECT id FROM reports ORDER BY id LIMIT 1000)",
+                [],
+            )?;
+            gone += n as u64;
+            self.conn
+                .execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM;")?;
+            if n == 0 {
+                break;
+            }
+        }
+        Ok(gone)
+    }
+
+    /// Bytes the database's pages take.
+    pub fn bytes(&self) -> Result<u64> {
+        let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        let size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        Ok((pages * size) as u64)
+    }
+}
+
+/// What the listing filters and shows by, taken from the report.
+#[derive(Clone, Debug, Default)]
+pub struct Facts {
+    pub exe: Option<String>,
+    pub container: Option<String>,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub node: Option<String>,
+    pub revision: Option<String>,
+}
+
+impl Facts {
+    pub fn of(r: &crate::report::Report) -> Facts {
+        let container = r.container.as_ref().map(|c| {
+            let name = c
+                .name
+                .clone()
+                .unwrap_or_else(|| c.id.chars().take(12).collect());
+            match &c.image {
+                Some(i) => format!("{name} ({i})"),
+                None => name,
+            }
+        });
+        Facts {
+            exe: r.exe.clone(),
+            container,
+            namespace: r.k8s.as_ref().and_then(|k| k.namespace.clone()),
+            pod: r.k8s.as_ref().and_then(|k| k.pod.clone()),
+            node: r.k8s.as_ref().map(|k| k.node.clone()),
+            revision: r
+                .go
+                .as_ref()
+                .and_then(|g| g.build.as_ref())
+                .and_then(|b| b.vcs_revision.clone()),
+        }
+    }
+}
+
+/// One report on its way to the disk.
+pub struct Write {
+    pub cluster: Cluster,
+    pub facts: Facts,
+    pub json: String,
+}
+
+/// The store's thread, fed through a bounded queue.
+pub struct Writer {
+    queue: Option<mpsc::SyncSender<Write>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    sent: u64,
+    /// Reports not stored: the queue full, or the write failed.
+    dropped: Arc<AtomicU64>,
+}
+
+impl Writer {
+    pub fn spawn(mut store: Store, keep: Retention) -> Result<Writer> {
+        let (queue, rx) = mpsc::sync_channel::<Write>(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let lost = dropped.clone();
+        let thread = std::thread::Builder::new()
+            .name("store".into())
+            .spawn(move || {
+                let mut written = 0u64;
+                for w in rx {
+                    if let Err(e) = store.insert(&w, &keep) {
+                        if lost.fetch_add(1, Ordering::Relaxed) < 10 {
+                            eprintln!("crashwatch: storing a report failed: {e:#}");
+                        }
+                    }
+                    written += 1;
+                    // Age and size: at the first report and every 256th.
+                    if written % 256 == 1 {
+                        if let Err(e) = store.prune(&keep) {
+                            eprintln!("crashwatch: pruning the crash history failed: {e:#}");
+                        }
+                    }
+                }
+            })
+            .context("starting the store thread")?;
+        Ok(Writer {
+            queue: Some(queue),
+            thread: Some(thread),
+            sent: 0,
+            dropped,
+        })
+    }
+
+    /// Queues a report for the disk; never waits.
+    pub fn write(&mut self, w: Write) {
+        self.sent += 1;
+        let full = match &self.queue {
+            Some(q) => q.try_send(w).is_err(),
+            None => true,
+        };
+        if full {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits for the queue to drain: (reports sent, reports not stored).
+    pub fn finish(mut self) -> (u64, u64) {
+        self.queue.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        (self.sent, self.dropped.load(Ordering::Relaxed))
+    }
+}
+
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// The default state directory.
+pub fn default_dir() -> PathBuf {
+    PathBuf::from("/var/lib/crashwatch")
+}
+
+#[cfg(test)]
+mod tests;

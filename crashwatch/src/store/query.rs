@@ -1,0 +1,150 @@
+//! What `crashwatch report` asks of the store: the clusters, most recent activity first, with
+//! what they hit; one cluster with its latest reports. Each answer is bounded by what was
+//! asked for (a page of clusters, a few names per cluster, N reports).
+use anyhow::Result;
+use rusqlite::params;
+use serde::Serialize;
+
+use super::Store;
+
+/// Names shown per cluster for each of binaries, containers, pods, nodes and revisions.
+const NAMES: i64 = 5;
+
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Clusters with a crash at or after this Unix time (ns).
+    pub since_ns: Option<u64>,
+    pub kind: Option<String>,
+    pub namespace: Option<String>,
+    /// Clusters listed at most.
+    pub limit: u32,
+    /// A loop: this many crashes within `loop_window_ns`.
+    pub loop_count: u32,
+    pub loop_window_ns: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ClusterRow {
+    pub id: i64,
+    pub fingerprint: String,
+    pub kind: String,
+    pub headline: String,
+    pub top_frame: String,
+    pub count: u64,
+    pub first_seen: String,
+    pub last_seen: String,
+    #[serde(rename = "loop")]
+    pub looping: bool,
+    pub binaries: Vec<String>,
+    pub containers: Vec<String>,
+    pub pods: Vec<String>,
+    pub nodes: Vec<String>,
+    pub revisions: Vec<String>,
+}
+
+impl Store {
+    pub fn list(&self, f: &Filter) -> Result<Vec<ClusterRow>> {
+        let mut st = self.conn.prepare(
+            "SELECT id, fingerprint, kind, headline, top_frame, count, first_seen, last_seen
+             FROM clusters c
+             WHERE last_seen >= ?1
+               AND (?2 IS NULL OR kind = ?2)
+               AND (?3 IS NULL OR EXISTS (
+                   SELECT 1 FROM reports r WHERE r.cluster = c.id AND r.namespace = ?3))
+             ORDER BY last_seen DESC LIMIT ?4",
+        )?;
+        let rows = st.query_map(
+            params![f.since_ns.unwrap_or(0) as i64, f.kind, f.namespace, f.limit],
+            |r| {
+                Ok(ClusterRow {
+                    id: r.get(0)?,
+                    fingerprint: r.get(1)?,
+                    kind: r.get(2)?,
+                    headline: r.get(3)?,
+                    top_frame: r.get(4)?,
+                    count: r.get::<_, i64>(5)? as u64,
+                    first_seen: crate::context::rfc3339(r.get::<_, i64>(6)? as u64),
+                    last_seen: crate::context::rfc3339(r.get::<_, i64>(7)? as u64),
+                    ..ClusterRow::default()
+                })
+            },
+        )?;
+        let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+        for c in &mut out {
+            self.fill(c, f)?;
+        }
+        Ok(out)
+    }
+
+    /// What the cluster hit, and whether it is looping now.
+    fn fill(&self, c: &mut ClusterRow, f: &Filter) -> Result<()> {
+        let names = |col: &str| -> Result<Vec<String>> {
+            let mut st = self.conn.prepare(&format!(
+                "SELECT DISTINCT {col} FROM reports WHERE cluster = ?1 AND {col} IS NOT NULL
+                 ORDER BY {col} LIMIT ?2"
+            ))?;
+            let v = st.query_map(params![c.id, NAMES], |r| r.get::<_, String>(0))?;
+            Ok(v.collect::<rusqlite::Result<_>>()?)
+        };
+        c.binaries = names("exe")?;
+        c.containers = names("container")?;
+        c.pods = {
+            let mut st = self.conn.prepare(
+                "SELECT DISTINCT namespace || '/' || pod FROM reports
+                 WHERE cluster = ?1 AND pod IS NOT NULL LIMIT ?2",
+            )?;
+            let v = st.query_map(params![c.id, NAMES], |r| r.get::<_, String>(0))?;
+            v.collect::<rusqlite::Result<_>>()?
+        };
+        c.nodes = names("node")?;
+        c.revisions = names("revision")?;
+        let since = super::now_ns().saturating_sub(f.loop_window_ns);
+        let recent: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM reports WHERE cluster = ?1 AND time >= ?2 LIMIT ?3)",
+            params![c.id, since as i64, f.loop_count],
+            |r| r.get(0),
+        )?;
+        c.looping = f.loop_count > 0 && recent >= f.loop_count as i64;
+        Ok(())
+    }
+
+    /// One cluster and its latest `reports` reports (their JSON), newest first.
+    pub fn cluster(
+        &self,
+        id: i64,
+        reports: u32,
+        f: &Filter,
+    ) -> Result<Option<(ClusterRow, Vec<String>)>> {
+        let row = self.conn.query_row(
+            "SELECT id, fingerprint, kind, headline, top_frame, count, first_seen, last_seen
+             FROM clusters WHERE id = ?1",
+            params![id],
+            |r| {
+                Ok(ClusterRow {
+                    id: r.get(0)?,
+                    fingerprint: r.get(1)?,
+                    kind: r.get(2)?,
+                    headline: r.get(3)?,
+                    top_frame: r.get(4)?,
+                    count: r.get::<_, i64>(5)? as u64,
+                    first_seen: crate::context::rfc3339(r.get::<_, i64>(6)? as u64),
+                    last_seen: crate::context::rfc3339(r.get::<_, i64>(7)? as u64),
+                    ..ClusterRow::default()
+                })
+            },
+        );
+        let mut row = match row {
+            Ok(r) => r,
+            Err(rusqlite::Error::QueryReturnedNoRows) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        self.fill(&mut row, f)?;
+        let mut st = self
+            .conn
+            .prepare("SELECT json FROM reports WHERE cluster = ?1 ORDER BY id DESC LIMIT ?2")?;
+        let json = st
+            .query_map(params![id, reports], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(Some((row, json)))
+    }
+}

@@ -1,0 +1,173 @@
+//! The crash history: clusters counted on the reports, a crash loop flagged, counts kept
+//! across an agent restart, a damaged database moved aside, and `crashwatch report` (text
+//! and JSON) showing the crashes this test caused. Needs root (CI runs as root).
+mod common;
+
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::{agent_bin, state_dir, Agent, Crasher};
+use serde_json::Value;
+
+/// Every agent sees every crash on the host: one test at a time, or each counts the other's.
+static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    ALONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn report_cmd(dir: &Path, extra: &[&str]) -> (bool, String, String) {
+    let out = Command::new(agent_bin())
+        .arg("report")
+        .arg("--state-dir")
+        .arg(dir)
+        // The loop the test's agents flag.
+        .args(["--loop-count", "3"])
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `report --json` once the store holds `count` crashes of cluster `id` (its writes are
+/// asynchronous).
+fn listing_when(dir: &Path, id: i64, count: u64) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ok, out, err) = report_cmd(dir, &["--json"]);
+        if ok {
+            let v: Vec<Value> = serde_json::from_str(&out).unwrap();
+            if v.iter().any(|c| c["id"] == id && c["count"] == count) {
+                return v;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the store never showed {count} crashes in cluster {id}: {out}{err}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn clusters_loops_restarts_and_the_report_command() {
+    let _alone = alone();
+    let dir = state_dir("history");
+    let d = dir.display().to_string();
+    let args = [
+        "--state-dir",
+        &d,
+        "--loop-count",
+        "3",
+        "--loop-window",
+        "600",
+    ];
+    let (ok, _, err) = report_cmd(&dir, &[]);
+    assert!(!ok && err.contains("no crash history"), "{err}");
+
+    let a = Agent::start(&args);
+    let clusters: Vec<Value> = (0..4)
+        .map(|_| {
+            let c = Crasher::run("null");
+            a.report_for(c.pid)["cluster"].clone()
+        })
+        .collect();
+    let id = clusters[0]["id"].as_i64().unwrap();
+    for (i, c) in clusters.iter().enumerate() {
+        assert_eq!(c["id"], id, "one bug, one cluster: {c}");
+        assert_eq!(c["count"], i as u64 + 1);
+        assert_eq!(c["new"], i == 0);
+        assert_eq!(c["loop"], i >= 2, "3 crashes within 600 s are a loop: {c}");
+    }
+    let abort = Crasher::run("abort");
+    let other = a.report_for(abort.pid)["cluster"].clone();
+    assert_ne!(other["id"], id);
+    assert_eq!(
+        (other["count"].as_u64(), other["new"].as_bool()),
+        (Some(1), Some(true))
+    );
+
+    let listing = listing_when(&dir, other["id"].as_i64().unwrap(), 1);
+    let listing = if listing.iter().any(|c| c["id"] == id && c["count"] == 4) {
+        listing
+    } else {
+        listing_when(&dir, id, 4)
+    };
+    assert_eq!(listing.len(), 2, "{listing:#?}");
+    assert_eq!(listing[0]["id"], other["id"], "most recent first");
+    let null = &listing[1];
+    assert_eq!(null["loop"], true);
+    assert_eq!(null["kind"], "signal");
+    assert_eq!(null["headline"], "SIGSEGV (SEGV_MAPERR)");
+    assert!(
+        null["top_frame"]
+            .as_str()
+            .unwrap()
+            .starts_with("null_write"),
+        "{null}"
+    );
+    assert_eq!(null["binaries"][0].as_str(), common::crasher_bin().to_str());
+
+    let (ok, text, _) = report_cmd(&dir, &[]);
+    assert!(ok);
+    assert!(
+        text.contains(&format!(
+            "#{id} signal SIGSEGV (SEGV_MAPERR) [CRASH LOOP] — 4 crashes"
+        )),
+        "{text}"
+    );
+    let (ok, one, _) = report_cmd(&dir, &[&id.to_string(), "--json"]);
+    assert!(ok);
+    let one: Value = serde_json::from_str(&one).unwrap();
+    assert_eq!(one["reports"].as_array().unwrap().len(), 3, "the latest 3");
+    assert_eq!(one["reports"][0]["cluster"]["count"], 4);
+    let (ok, none, _) = report_cmd(&dir, &["--kind", "go_panic"]);
+    assert!(
+        ok && none.contains("no crashes recorded that match"),
+        "{none}"
+    );
+    let (ok, _, err) = report_cmd(&dir, &["999"]);
+    assert!(!ok && err.contains("no cluster 999"), "{err}");
+
+    // The counts outlive the agent.
+    a.signal(libc::SIGTERM);
+    a.wait_exit(Duration::from_secs(30))
+        .expect("the agent stops");
+    let b = Agent::start(&args);
+    let c = Crasher::run("null");
+    let again = b.report_for(c.pid)["cluster"].clone();
+    assert_eq!(
+        (again["id"].as_i64(), again["count"].as_u64()),
+        (Some(id), Some(5))
+    );
+    assert_eq!(again["new"], false);
+    assert!(b.log().contains("2 clusters known"), "{}", b.log());
+}
+
+#[test]
+fn a_damaged_history_is_moved_aside_and_the_agent_runs_on() {
+    let _alone = alone();
+    let dir = state_dir("damaged");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("crashwatch.db"), vec![0xa5u8; 64 * 1024]).unwrap();
+    let d = dir.display().to_string();
+    let a = Agent::start(&["--state-dir", &d]);
+    let c = Crasher::run("null");
+    let r = a.report_for(c.pid);
+    assert_eq!(r["cluster"]["new"], true);
+    assert!(a.log().contains("cannot be used"), "{}", a.log());
+    let aside = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("crashwatch.db.unreadable-"))
+        .count();
+    assert_eq!(aside, 1);
+    listing_when(&dir, r["cluster"]["id"].as_i64().unwrap(), 1);
+}
