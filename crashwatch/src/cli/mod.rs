@@ -37,35 +37,7 @@ enum Cmd {
     /// The crash history (what `run` stored under --state-dir): clusters, most recent activity
     /// first, with counts, first and last seen, what they hit and crash loops; or one cluster
     /// with its latest reports. Reads while the agent runs.
-    Report {
-        /// One cluster, by its number (`cluster.id` in reports).
-        cluster: Option<i64>,
-        #[arg(long, default_value_os_t = crate::store::default_dir())]
-        state_dir: std::path::PathBuf,
-        /// Only clusters with a crash in this past window (30m, 12h, 7d).
-        #[arg(long, value_parser = report::parse_age)]
-        since: Option<Duration>,
-        /// Only this kind (signal, go_panic, go_fatal, runtime_error, oom_kill, exit).
-        #[arg(long)]
-        kind: Option<String>,
-        /// Only clusters that hit this Kubernetes namespace.
-        #[arg(long)]
-        namespace: Option<String>,
-        /// JSON instead of text.
-        #[arg(long)]
-        json: bool,
-        /// Clusters listed at most.
-        #[arg(long, default_value_t = 50)]
-        limit: u32,
-        /// Reports shown with one cluster.
-        #[arg(long, default_value_t = 3)]
-        reports: u32,
-        /// A crash loop, as `run` flags it: this many crashes within --loop-window seconds.
-        #[arg(long, default_value_t = 5)]
-        loop_count: u32,
-        #[arg(long, default_value_t = 600)]
-        loop_window: u64,
-    },
+    Report(report::ReportArgs),
     /// Watch the host and report each crash (stop with Ctrl-C or SIGTERM).
     Run {
         /// Report format: readable blocks on a terminal, JSON lines (schema: docs/report.md).
@@ -190,29 +162,7 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Cmd::Report {
-            cluster,
-            state_dir,
-            since,
-            kind,
-            namespace,
-            json,
-            limit,
-            reports,
-            loop_count,
-            loop_window,
-        } => report::run(report::ReportArgs {
-            state_dir,
-            cluster,
-            since,
-            kind,
-            namespace,
-            json,
-            limit,
-            reports,
-            loop_count,
-            loop_window: Duration::from_secs(loop_window),
-        }),
+        Cmd::Report(args) => report::run(args),
         Cmd::Symbolize {
             exe,
             pid,

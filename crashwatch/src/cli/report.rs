@@ -45,17 +45,35 @@ impl History {
     }
 }
 
+#[derive(Args, Clone, Debug)]
 pub struct ReportArgs {
-    pub state_dir: PathBuf,
+    /// One cluster, by its number (`cluster.id` in reports).
     pub cluster: Option<i64>,
+    #[arg(long, default_value_os_t = store::default_dir())]
+    pub state_dir: PathBuf,
+    /// Only clusters with a crash in this past window (30m, 12h, 7d).
+    #[arg(long, value_parser = parse_age)]
     pub since: Option<Duration>,
+    /// Only this kind (signal, go_panic, go_fatal, runtime_error, oom_kill, exit).
+    #[arg(long)]
     pub kind: Option<String>,
+    /// Only clusters that hit this Kubernetes namespace.
+    #[arg(long)]
     pub namespace: Option<String>,
+    /// JSON instead of text.
+    #[arg(long)]
     pub json: bool,
+    /// Clusters listed at most.
+    #[arg(long, default_value_t = 50)]
     pub limit: u32,
+    /// Reports shown with one cluster.
+    #[arg(long, default_value_t = 3)]
     pub reports: u32,
+    /// A crash loop, as `run` flags it: this many crashes within --loop-window seconds.
+    #[arg(long, default_value_t = 5)]
     pub loop_count: u32,
-    pub loop_window: Duration,
+    #[arg(long, default_value_t = 600)]
+    pub loop_window: u64,
 }
 
 /// `30s`, `15m`, `2h`, `7d`.
@@ -90,7 +108,7 @@ pub fn run(a: ReportArgs) -> ExitCode {
         namespace: a.namespace,
         limit: a.limit,
         loop_count: a.loop_count,
-        loop_window_ns: a.loop_window.as_nanos() as u64,
+        loop_window_ns: a.loop_window.saturating_mul(1_000_000_000),
     };
     let shown = match a.cluster {
         Some(id) => one(&store, id, a.reports, &filter, a.json),

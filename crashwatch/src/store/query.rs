@@ -42,6 +42,21 @@ pub struct ClusterRow {
     pub revisions: Vec<String>,
 }
 
+/// A `clusters` row, its columns selected in table order.
+fn row(r: &rusqlite::Row) -> rusqlite::Result<ClusterRow> {
+    Ok(ClusterRow {
+        id: r.get(0)?,
+        fingerprint: r.get(1)?,
+        kind: r.get(2)?,
+        headline: r.get(3)?,
+        top_frame: r.get(4)?,
+        count: r.get::<_, i64>(5)? as u64,
+        first_seen: crate::context::rfc3339(r.get::<_, i64>(6)? as u64),
+        last_seen: crate::context::rfc3339(r.get::<_, i64>(7)? as u64),
+        ..ClusterRow::default()
+    })
+}
+
 impl Store {
     pub fn list(&self, f: &Filter) -> Result<Vec<ClusterRow>> {
         let mut st = self.conn.prepare(
@@ -55,19 +70,7 @@ impl Store {
         )?;
         let rows = st.query_map(
             params![f.since_ns.unwrap_or(0) as i64, f.kind, f.namespace, f.limit],
-            |r| {
-                Ok(ClusterRow {
-                    id: r.get(0)?,
-                    fingerprint: r.get(1)?,
-                    kind: r.get(2)?,
-                    headline: r.get(3)?,
-                    top_frame: r.get(4)?,
-                    count: r.get::<_, i64>(5)? as u64,
-                    first_seen: crate::context::rfc3339(r.get::<_, i64>(6)? as u64),
-                    last_seen: crate::context::rfc3339(r.get::<_, i64>(7)? as u64),
-                    ..ClusterRow::default()
-                })
-            },
+            row,
         )?;
         let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
         for c in &mut out {
@@ -119,19 +122,7 @@ impl Store {
             "SELECT id, fingerprint, kind, headline, top_frame, count, first_seen, last_seen
              FROM clusters WHERE id = ?1",
             params![id],
-            |r| {
-                Ok(ClusterRow {
-                    id: r.get(0)?,
-                    fingerprint: r.get(1)?,
-                    kind: r.get(2)?,
-                    headline: r.get(3)?,
-                    top_frame: r.get(4)?,
-                    count: r.get::<_, i64>(5)? as u64,
-                    first_seen: crate::context::rfc3339(r.get::<_, i64>(6)? as u64),
-                    last_seen: crate::context::rfc3339(r.get::<_, i64>(7)? as u64),
-                    ..ClusterRow::default()
-                })
-            },
+            row,
         );
         let mut row = match row {
             Ok(r) => r,
