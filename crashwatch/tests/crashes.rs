@@ -313,3 +313,42 @@ fn tempdir(tag: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// A short run the agent only read after it was gone (a busy agent, here a stopped one)
+/// taught it the file's path all the same: once the file is classified its runs send no
+/// exec, and a later crash of it, read at its signal after it was gone too, is still named
+/// (from the path it was started by, checked through its parent's view against the file the
+/// kernel ran).
+#[test]
+fn a_process_gone_before_the_agent_looked_is_still_named() {
+    // An agent of its own: stopping it must not delay other tests' reports.
+    let a = Agent::start(&[]);
+    let bin = std::env::temp_dir().join(format!("gone-crasher-{}", std::process::id()));
+    std::fs::copy(common::crasher_bin(), &bin).unwrap();
+    let gone = |mode: &str| {
+        a.signal(libc::SIGSTOP);
+        // A copy another test thread's fork may still hold open for writing: ETXTBSY.
+        let child = (0..50)
+            .find_map(|_| match Crasher::command_of(&bin, mode).spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    None
+                }
+                r => Some(r.unwrap()),
+            })
+            .expect("the copy stayed busy");
+        let c = Crasher::finish(child);
+        assert!(!std::path::Path::new(&format!("/proc/{}", c.pid)).exists());
+        a.signal(libc::SIGCONT);
+        c
+    };
+    gone("ok");
+    // Classified: not a Go binary, marked known in the kernel.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    a.flush();
+    let c = gone("null");
+    let r = a.report_for(c.pid);
+    let _ = std::fs::remove_file(&bin);
+    assert_eq!(r["exe"].as_str(), bin.to_str(), "{r}");
+    assert_eq!(r["stack"][0]["function"], "null_write", "{r}");
+}

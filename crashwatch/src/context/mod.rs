@@ -235,7 +235,16 @@ pub fn resolve_exe(e: &mut Exec) {
         e.exe = path.map(|p| p.to_string_lossy().into_owned());
         return;
     }
-    if e.filename.starts_with('/') || e.filename.is_empty() || e.head.ppid == 0 {
+    if e.filename.is_empty() || e.head.ppid == 0 {
+        return;
+    }
+    // The process is gone already (a short run, a busy agent): the path it was started by,
+    // looked up through its parent's view, if the file there is the one the kernel ran.
+    if e.filename.starts_with('/') {
+        let through_parent = format!("/proc/{}/root{}", e.head.ppid, e.filename);
+        if e.file.open_at(through_parent).is_some() {
+            e.exe = Some(e.filename.clone());
+        }
         return;
     }
     let cwd = format!("/proc/{}/cwd", e.head.ppid);
