@@ -42,6 +42,12 @@ enum Cmd {
         /// Seconds the idle agent is watched.
         #[arg(long, default_value_t = 60)]
         idle_secs: u64,
+        /// Crashes stored in the crash-history measurement.
+        #[arg(long, default_value_t = 100_000)]
+        history: usize,
+        /// Measure the crash history alone and put its section into docs/benchmarks.md.
+        #[arg(long)]
+        history_only: bool,
     },
 }
 
@@ -70,7 +76,9 @@ fn main() -> Result<()> {
             rounds,
             storm,
             idle_secs,
-        } => bench::run(rounds, storm, idle_secs),
+            history,
+            history_only,
+        } => bench::run(rounds, storm, idle_secs, history, history_only),
     }
 }
 

@@ -23,6 +23,9 @@ fn as_nobody_with(caps: &[&str]) -> Vec<String> {
         "--clear-groups",
         &format!("--inh-caps={list}"),
         &format!("--ambient-caps={list}"),
+        // A credential change clears the parent-death signal the harness set: without it, a
+        // failed test left its agent running for good.
+        "--pdeathsig=TERM",
         "--",
     ]
     .iter()

@@ -3,9 +3,11 @@
 //! written to docs/benchmarks.md. Results, not assertions: nothing here fails on a timing.
 //!
 //! [`tools`] builds what runs, [`observer`] starts and stops the observers and takes
-//! readings, [`bpfstats`] reads the kernel's per-program run times for the cost breakdown, [`storm`] measures the crash storm and the idle agent, [`symbols`] the
+//! readings, [`bpfstats`] reads the kernel's per-program run times for the cost breakdown,
+//! [`history`] loads the crash history with a storm and times `crashwatch report` over it, [`storm`] measures the crash storm and the idle agent, [`symbols`] the
 //! symbolizer beside Go's own, [`report`] writes the page; the rounds are here.
 mod bpfstats;
+mod history;
 mod observer;
 mod report;
 mod storm;
@@ -37,9 +39,19 @@ pub struct Breakdown {
     pub per_workload: Vec<(BTreeMap<String, bpfstats::Counters>, u64)>,
 }
 
-pub fn run(rounds: usize, storm: usize, idle_secs: u64) -> Result<()> {
+pub fn run(
+    rounds: usize,
+    storm: usize,
+    idle_secs: u64,
+    history_crashes: usize,
+    history_only: bool,
+) -> Result<()> {
     let p = Paths::new()?;
     let t = tools::build(&p)?;
+    if history_only {
+        let section = history::markdown(&history::run(&t, history_crashes)?);
+        return history::splice(&p.root.join("docs/benchmarks.md"), &section);
+    }
     let s = |x: &Path| x.display().to_string();
     let all = vec![
         Observer::None,
@@ -195,6 +207,7 @@ pub fn run(rounds: usize, storm: usize, idle_secs: u64) -> Result<()> {
         .map(|_| breakdown(&workloads, &t.agent))
         .collect::<Result<Vec<_>>>()?;
     let crashes = storm::run(&t, storm, idle_secs)?;
+    let history = history::markdown(&history::run(&t, history_crashes)?);
     let mut sides = symbols::run(&t, rounds)?;
     let symbolization = symbols::markdown(&mut sides, &crashes.symbolization, crashes.frames_named);
     report::write(
@@ -209,7 +222,7 @@ pub fn run(rounds: usize, storm: usize, idle_secs: u64) -> Result<()> {
             breakdown,
         },
         &crashes,
-        &symbolization,
+        &format!("{history}\n{symbolization}"),
     )
 }
 

@@ -147,11 +147,22 @@ impl Running {
         self.children.first().map(|c| c.id())
     }
 
+    /// SIGINT, again every 5 s while it runs (bpftrace once sat through one for 13 minutes
+    /// in round 7), SIGKILL after 30 s.
     pub fn stop(mut self) -> Vec<String> {
-        for c in &self.children {
-            unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
-        }
         for c in &mut self.children {
+            let t0 = Instant::now();
+            let mut next = t0;
+            while matches!(c.try_wait(), Ok(None)) {
+                if t0.elapsed() > Duration::from_secs(30) {
+                    eprintln!("xtask bench: {} ignored SIGINT for 30 s: SIGKILL", c.id());
+                    let _ = c.kill();
+                } else if Instant::now() >= next {
+                    unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+                    next += Duration::from_secs(5);
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
             let _ = c.wait();
         }
         thread::sleep(Duration::from_millis(200));

@@ -1,0 +1,227 @@
+//! The crash history under load: an agent that keeps every report (`--keep-per-cluster`
+//! above the storm) takes a storm of C crashes, then the store's size per report, the
+//! agent's RSS with that history, how fast the store took the reports, and how long
+//! `crashwatch report` takes over them.
+use std::{
+    fs,
+    path::Path,
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Result};
+
+use super::{
+    observer::{cpu_and_rss, spawn_ready, state_dir},
+    report::median,
+    tools::Tools,
+};
+
+pub struct History {
+    pub crashes: usize,
+    /// Reports the agent printed.
+    pub received: usize,
+    pub storm_secs: f64,
+    /// From the storm's start until the agent's store thread had written every report.
+    pub stored_secs: f64,
+    pub stored: u64,
+    pub not_stored: u64,
+    pub db_bytes: u64,
+    pub rss_kib: u64,
+    /// Median milliseconds of `crashwatch report`, `report --json` and `report ID`.
+    pub list_ms: f64,
+    pub list_json_ms: f64,
+    pub one_ms: f64,
+}
+
+pub fn run(t: &Tools, crashes: usize) -> Result<History> {
+    eprintln!("xtask bench: crash history of {crashes} reports");
+    let dir = state_dir();
+    let mut c = Command::new(&t.agent);
+    c.args(["run", "--output", "json", "--state-dir"])
+        .arg(&dir)
+        .args(["--keep-per-cluster", "10000000", "--store-max-mib", "65536"]);
+    let log: Arc<Mutex<Vec<String>>> = Default::default();
+    let out: Arc<Mutex<Vec<(String, u64)>>> = Default::default();
+    let mut agent = spawn_ready(c, "crashwatch: ready", out.clone(), log.clone())?;
+    let pid = agent.id();
+    let t0 = Instant::now();
+    let workers: Vec<_> = (0..2)
+        .map(|w| {
+            let crasher = t.crasher.clone();
+            let n = crashes / 2;
+            thread::spawn(move || {
+                for i in 0..n {
+                    let mode = ["null", "abort", "fpe"][(i + w) % 3];
+                    let _ = Command::new(&crasher)
+                        .arg(mode)
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    let storm_secs = t0.elapsed().as_secs_f64();
+    // Everything in the store (or nothing more arriving for 10 s: a report can be lost,
+    // and the agent counts it), then the agent's RSS with its history.
+    let crashed = (crashes / 2) * 2;
+    let (mut last, mut still) = (0, Instant::now());
+    loop {
+        let n = stored_count(&t.agent, &dir)?;
+        if n >= crashed as u64 || still.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        if n != last {
+            (last, still) = (n, Instant::now());
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+    let stored_secs = t0.elapsed().as_secs_f64();
+    let rss_kib = cpu_and_rss(pid).1;
+    // SAFETY: a plain kill of our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let _ = agent.wait();
+    thread::sleep(Duration::from_millis(200));
+    let (stored, not_stored) = log
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|l| {
+            let rest = l.strip_prefix("crashwatch: crash history: ")?;
+            let n: Vec<u64> = rest
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            Some((n.first().copied()?, n.get(1).copied()?))
+        })
+        .unwrap_or((0, 0));
+    let db_bytes = ["crashwatch.db", "crashwatch.db-wal"]
+        .iter()
+        .filter_map(|f| fs::metadata(dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum();
+    let report = |args: &[&str]| -> Result<f64> {
+        let mut v = Vec::new();
+        for _ in 0..5 {
+            let start = Instant::now();
+            let st = Command::new(&t.agent)
+                .arg("report")
+                .arg("--state-dir")
+                .arg(&dir)
+                .args(args)
+                .stdout(Stdio::null())
+                .status()?;
+            if !st.success() {
+                bail!("crashwatch report {args:?} failed");
+            }
+            v.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(median(&mut v))
+    };
+    let received = out.lock().unwrap().len();
+    let history = History {
+        received,
+        crashes: crashed,
+        storm_secs,
+        stored_secs,
+        stored,
+        not_stored,
+        db_bytes,
+        rss_kib,
+        list_ms: report(&[])?,
+        list_json_ms: report(&["--json"])?,
+        one_ms: report(&["1"])?,
+    };
+    let _ = fs::remove_dir_all(&dir);
+    Ok(history)
+}
+
+/// Crashes the store holds: the clusters' counts (`report --json`), which each insert keeps.
+fn stored_count(agent: &Path, dir: &Path) -> Result<u64> {
+    let out = Command::new(agent)
+        .arg("report")
+        .arg("--state-dir")
+        .arg(dir)
+        .args(["--json", "--limit", "100000"])
+        .stderr(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        return Ok(0);
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(v.as_array()
+        .map(|a| a.iter().filter_map(|c| c["count"].as_u64()).sum())
+        .unwrap_or(0))
+}
+
+/// The page's section on the crash history.
+pub fn markdown(h: &History) -> String {
+    let per = |x: f64| x / h.crashes.max(1) as f64;
+    format!(
+        "## Crash history\n\n\
+         {n} C crashes (null write, abort, divide by zero in rotation, two at a time) under an agent \
+         that keeps every report (`--keep-per-cluster 10000000`): three clusters, {n} reports \
+         with their full JSON.\n\n\
+         | measure | value |\n|---|---|\n\
+         | crashes run | {n} in {storm:.1} s |\n\
+         | reports received on the agent's stdout | {received} |\n\
+         | reports stored / not stored (agent's count at stop) | {stored} / {lost} |\n\
+         | the store's last report | {stored_secs:.1} s after the storm's start: at least {rate:.0} reports/s (the storm's own pace bounds it) |\n\
+         | database size | {mib:.1} MiB, {per_report:.0} bytes per report |\n\
+         | agent RSS with that history | {rss} MiB |\n\
+         | `crashwatch report` (the cluster list) | {list:.0} ms |\n\
+         | `crashwatch report --json` | {json:.0} ms |\n\
+         | `crashwatch report 1` (one cluster, its latest 3 reports) | {one:.0} ms |\n\n\
+         Times are medians of 5 runs of the command, process start included.\n",
+        n = h.crashes,
+        received = h.received,
+        storm = h.storm_secs,
+        stored = h.stored,
+        lost = h.not_stored,
+        stored_secs = h.stored_secs,
+        rate = h.stored as f64 / h.stored_secs.max(0.001),
+        mib = h.db_bytes as f64 / (1 << 20) as f64,
+        per_report = per(h.db_bytes as f64),
+        rss = h.rss_kib / 1024,
+        list = h.list_ms,
+        json = h.list_json_ms,
+        one = h.one_ms,
+    )
+}
+
+/// Puts `section` into the page in place of its crash-history section (or before the
+/// symbolization section), dated: it was measured apart from the rest.
+pub fn splice(page: &Path, section: &str) -> Result<()> {
+    let md = fs::read_to_string(page)?;
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())?;
+    let section = section.replacen(
+        "\n\n",
+        &format!("\n\n(Measured {date} by `cargo xtask bench --history-only`.)\n\n"),
+        1,
+    );
+    let start = md.find("## Crash history\n");
+    let end = start.and_then(|s| md[s + 3..].find("\n## ").map(|e| s + 3 + e + 1));
+    let out = match (start, end) {
+        (Some(s), Some(e)) => format!("{}{section}\n{}", &md[..s], &md[e..]),
+        _ => match md.find("## Symbolization") {
+            Some(at) => format!("{}{section}\n{}", &md[..at], &md[at..]),
+            None => format!("{md}\n{section}"),
+        },
+    };
+    fs::write(page, &out)?;
+    println!("{section}");
+    eprintln!(
+        "xtask bench: wrote the crash history into {}",
+        page.display()
+    );
+    Ok(())
+}
