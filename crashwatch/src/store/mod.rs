@@ -30,6 +30,8 @@ use crate::cluster::Cluster;
 pub const FILE: &str = "crashwatch.db";
 /// Reports waiting for the disk; beyond, a report is not stored (and counted).
 const QUEUE: usize = 1024;
+/// Reports stored in one transaction at most.
+const BATCH: usize = 256;
 
 /// What is kept.
 #[derive(Clone, Copy, Debug)]
@@ -154,8 +156,18 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    fn insert(&mut self, w: &Write, keep: &Retention) -> Result<()> {
+    /// Stores a batch of reports in one transaction (whatever queued while the last one was
+    /// written).
+    fn insert(&mut self, batch: &[Write], keep: &Retention) -> Result<()> {
         let tx = self.conn.transaction()?;
+        for w in batch {
+            Self::insert_one(&tx, w, keep)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn insert_one(tx: &rusqlite::Transaction, w: &Write, keep: &Retention) -> Result<()> {
         let c = &w.cluster;
         tx.execute(
             "INSERT INTO clusters (id, fingerprint, kind, headline, top_frame, count, first_seen, last_seen)
@@ -188,12 +200,15 @@ impl Store {
                 w.json
             ],
         )?;
-        tx.execute(
-            "DELETE FROM reports WHERE cluster = ?1 AND id <= (
-                 SELECT id FROM reports WHERE cluster = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
-            params![c.id, keep.per_cluster],
-        )?;
-        tx.commit()?;
+        // Only a cluster that can hold more than it keeps: the query walks up to
+        // `per_cluster` index entries, which for a large limit made every insert slow.
+        if c.count > keep.per_cluster as u64 {
+            tx.execute(
+                "DELETE FROM reports WHERE cluster = ?1 AND id <= (
+                     SELECT id FROM reports WHERE cluster = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                params![c.id, keep.per_cluster],
+            )?;
+        }
         Ok(())
     }
 
@@ -290,19 +305,27 @@ impl Writer {
             .name("store".into())
             .spawn(move || {
                 let mut written = 0u64;
-                for w in rx {
-                    if let Err(e) = store.insert(&w, &keep) {
-                        if lost.fetch_add(1, Ordering::Relaxed) < 10 {
-                            eprintln!("crashwatch: storing a report failed: {e:#}");
+                // Whatever is queued goes in with the report that woke the thread.
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < BATCH {
+                        match rx.try_recv() {
+                            Ok(w) => batch.push(w),
+                            Err(_) => break,
                         }
                     }
-                    written += 1;
-                    // Age and size: at the first report and every 256th.
-                    if written % 256 == 1 {
+                    if let Err(e) = store.insert(&batch, &keep) {
+                        if lost.fetch_add(batch.len() as u64, Ordering::Relaxed) < 10 {
+                            eprintln!("crashwatch: storing {} reports failed: {e:#}", batch.len());
+                        }
+                    }
+                    // Age and size: at the first batch and about every 256 reports.
+                    if written == 0 || written / 256 != (written + batch.len() as u64) / 256 {
                         if let Err(e) = store.prune(&keep) {
                             eprintln!("crashwatch: pruning the crash history failed: {e:#}");
                         }
                     }
+                    written += batch.len() as u64;
                 }
             })
             .context("starting the store thread")?;

@@ -66,9 +66,9 @@ fn clusters_and_their_latest_reports_survive_a_reopen() {
     {
         let mut s = Store::open(&d.0).unwrap();
         for n in 1..=5 {
-            s.insert(&write(1, n, now + n, None), &keep()).unwrap();
+            s.insert(&[write(1, n, now + n, None)], &keep()).unwrap();
         }
-        s.insert(&write(2, 1, now + 10, Some("shop")), &keep())
+        s.insert(&[write(2, 1, now + 10, Some("shop"))], &keep())
             .unwrap();
     }
     let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -94,9 +94,10 @@ fn filters_by_kind_namespace_and_time() {
     let d = Dir::new("filter");
     let now = now_ns();
     let mut s = Store::open(&d.0).unwrap();
-    s.insert(&write(1, 1, now - 7_200_000_000_000, None), &keep())
+    s.insert(&[write(1, 1, now - 7_200_000_000_000, None)], &keep())
         .unwrap();
-    s.insert(&write(2, 1, now, Some("shop")), &keep()).unwrap();
+    s.insert(&[write(2, 1, now, Some("shop"))], &keep())
+        .unwrap();
     let ids = |f: Filter| -> Vec<i64> { s.list(&f).unwrap().iter().map(|c| c.id).collect() };
     assert_eq!(
         ids(Filter {
@@ -124,14 +125,14 @@ fn old_reports_go_and_the_size_is_bounded() {
     let d = Dir::new("prune");
     let mut s = Store::open(&d.0).unwrap();
     let old = now_ns() - 7_200_000_000_000;
-    s.insert(&write(1, 1, old, None), &keep()).unwrap();
-    s.insert(&write(2, 1, now_ns(), None), &keep()).unwrap();
+    s.insert(&[write(1, 1, old, None)], &keep()).unwrap();
+    s.insert(&[write(2, 1, now_ns(), None)], &keep()).unwrap();
     assert_eq!(s.prune(&keep()).unwrap(), 1);
     let big = "x".repeat(100_000);
     for n in 0..50 {
         let mut w = write(3 + n, 1, now_ns(), None);
         w.json = big.clone();
-        s.insert(&w, &keep()).unwrap();
+        s.insert(&[w], &keep()).unwrap();
     }
     let tight = Retention {
         max_bytes: 1 << 20,

@@ -171,7 +171,7 @@ pub fn markdown(h: &History) -> String {
          | measure | value |\n|---|---|\n\
          | crashes run | {n} in {storm:.1} s |\n\
          | reports received on the agent's stdout | {received} |\n\
-         | reports stored / not stored (agent's count at stop) | {stored} / {lost} |\n\
+         | reports sent to the store / not stored (the agent's counts at stop) | {stored} / {lost} |\n\
          | the store's last report | {stored_secs:.1} s after the storm's start: at least {rate:.0} reports/s (the storm's own pace bounds it) |\n\
          | database size | {mib:.1} MiB, {per_report:.0} bytes per report |\n\
          | agent RSS with that history | {rss} MiB |\n\
@@ -185,7 +185,7 @@ pub fn markdown(h: &History) -> String {
         stored = h.stored,
         lost = h.not_stored,
         stored_secs = h.stored_secs,
-        rate = h.stored as f64 / h.stored_secs.max(0.001),
+        rate = h.stored.saturating_sub(h.not_stored) as f64 / h.stored_secs.max(0.001),
         mib = h.db_bytes as f64 / (1 << 20) as f64,
         per_report = per(h.db_bytes as f64),
         rss = h.rss_kib / 1024,
