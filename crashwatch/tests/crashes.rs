@@ -39,8 +39,9 @@ fn null_write_reports_the_address_written() {
     assert!(r["cgroup"].as_str().unwrap().starts_with('/'));
 }
 
-/// Fingerprint v1 on real crashes: two runs of one bug (other pids, other stack addresses
-/// under ASLR) group; another signal or another site does not.
+/// Fingerprint v1 on real crashes: two runs of one bug (other pids; other code addresses
+/// under ASLR where the crasher is PIE, as on the host but not in the VMs) group; another
+/// signal or another site does not.
 #[test]
 fn one_bug_has_one_fingerprint_and_others_differ() {
     let a = agent();
@@ -52,14 +53,13 @@ fn one_bug_has_one_fingerprint_and_others_differ() {
             v.starts_with("v1:") && v.len() == 19,
             "fingerprint {v:?} in {r:#}"
         );
-        (v, hex(&r["stack"][0]["ip"]))
+        v
     };
-    let (first, ip1) = fp("null");
-    let (second, ip2) = fp("null");
-    assert_ne!(ip1, ip2, "ASLR moved the code between runs");
+    let first = fp("null");
+    let second = fp("null");
     assert_eq!(first, second);
-    let (fpe, _) = fp("fpe");
-    let (abort, _) = fp("abort");
+    let fpe = fp("fpe");
+    let abort = fp("abort");
     assert_ne!(first, fpe);
     assert_ne!(first, abort);
     assert_ne!(fpe, abort);
