@@ -88,8 +88,6 @@ impl Clusters {
                     id,
                     fingerprint: r.fingerprint.clone(),
                     kind: r.kind.to_string(),
-                    headline: headline(r),
-                    top_frame: top_frame(r),
                     first_seen_ns: now_ns,
                     ..Cluster::default()
                 }

@@ -122,7 +122,8 @@ fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
-fn is_hex_id(s: &str) -> bool {
+/// A 64-hex container id: the only kind ever looked up as a file.
+pub fn is_hex_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 

@@ -33,7 +33,7 @@ use std::{
 use serde::Serialize;
 use serde_json::Value;
 
-use super::cgroup::{self, Runtime};
+use super::cgroup::{self, is_hex_id, Runtime};
 
 /// Containers remembered; the oldest seen goes first.
 const REMEMBERED: usize = 4096;
@@ -294,10 +294,6 @@ impl Containers {
             }
         }
     }
-}
-
-fn is_hex_id(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn bounded(s: &str) -> String {
