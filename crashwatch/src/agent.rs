@@ -57,9 +57,8 @@ pub struct Options {
     /// The crash history's directory; None: no history.
     pub state_dir: Option<std::path::PathBuf>,
     pub retention: store::Retention,
-    /// A cluster with this many crashes within `loop_window` is a crash loop.
-    pub loop_count: u32,
-    pub loop_window: Duration,
+    /// Crash loops and regressions.
+    pub policy: cluster::Policy,
     /// Bytes of a dying process's last words kept in its report.
     pub last_words_max: usize,
     pub symbol_cache_bytes: usize,
@@ -125,13 +124,26 @@ struct Reporter {
 struct Reported {
     unwritten: u64,
     symbolization: String,
-    /// Reports queued for the crash history, and not stored; None without one.
-    stored: Option<(u64, u64)>,
+    /// Reports queued for the crash history, not stored, and build sightings not stored;
+    /// None without one.
+    stored: Option<(u64, u64, u64)>,
+    /// Build sightings the report thread took too late to keep.
+    seen_dropped: u64,
 }
 
 impl Reporter {
     fn run(mut self, jobs: mpsc::Receiver<Job>) -> Reported {
-        for job in jobs {
+        loop {
+            // Builds the prober read are taken in before each report (a crash of a binary
+            // just deployed is judged against its exec) and every few seconds, so their
+            // first sightings reach the store without a crash.
+            let job = jobs.recv_timeout(Duration::from_secs(5));
+            self.note_builds();
+            let job = match job {
+                Ok(j) => j,
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             if self.stdout_closed.load(Ordering::Relaxed) {
                 self.unwritten += 1;
                 continue;
@@ -142,6 +154,29 @@ impl Reporter {
             unwritten: self.unwritten,
             symbolization: self.sym.summary(),
             stored: self.store.take().map(store::Writer::finish),
+            seen_dropped: self.go.seen_dropped(),
+        }
+    }
+
+    fn note_builds(&mut self) {
+        for seen in self.go.take_seen() {
+            let Some((program, revision)) = cluster::attribution::build_of_binary(
+                &seen.exe,
+                seen.build.as_ref(),
+                seen.gnu_build_id.as_deref(),
+            ) else {
+                continue;
+            };
+            let s = cluster::attribution::Sighting {
+                program,
+                revision,
+                at_ns: seen.at_ns,
+            };
+            if self.clusters.see_build(&s) {
+                if let Some(w) = &mut self.store {
+                    w.write_build(s);
+                }
+            }
         }
     }
 
@@ -162,12 +197,15 @@ impl Reporter {
             .and_then(|id| self.go.lookup(id));
         let mut report = self.enricher.report(crash, stack, lost, bin.as_deref());
         report.fingerprint = cluster::fingerprint::fingerprint(&report).value;
-        let (cluster, info) = self.clusters.observe(&report, store::now_ns());
-        report.cluster = Some(info);
+        let seen = self.clusters.observe(&report, store::now_ns());
+        report.cluster = Some(seen.info);
         if let Some(w) = &mut self.store {
+            if let Some(s) = seen.new_build {
+                w.write_build(s);
+            }
             w.write(store::Write {
-                cluster,
-                facts: store::Facts::of(&report),
+                cluster: seen.cluster,
+                facts: store::Facts::of(&report, seen.build),
                 json: serde_json::to_string(&report).unwrap_or_default(),
             });
         }
@@ -356,9 +394,13 @@ pub async fn run(opts: Options) -> Result<()> {
         unwritten: 0,
         symbolization: "the report thread panicked".into(),
         stored: None,
+        seen_dropped: 0,
     });
-    if let Some((queued, dropped)) = done.stored {
-        eprintln!("crashwatch: crash history: {queued} reports sent to the store, {dropped} not stored (queue full or write failed)");
+    if let Some((queued, dropped, builds_dropped)) = done.stored {
+        eprintln!(
+            "crashwatch: crash history: {queued} reports sent to the store, {dropped} not stored (queue full or write failed); build sightings not stored: {} (queue full), {} (taken too late)",
+            builds_dropped, done.seen_dropped
+        );
     }
     eprintln!(
         "crashwatch: stopped (kernel losses: ring buffer full {}, recursion misses {}, undecodable records {}; reports not written {}) ({}) (Go binaries: {} probed at the end, {} released, {} left unprobed over --go-max-binaries)",
@@ -403,25 +445,22 @@ pub async fn run(opts: Options) -> Result<()> {
 /// The crash history and the clusters it knows; without one (`--no-store`, or a directory
 /// the agent cannot use), clusters are counted from zero in memory and the agent says so.
 fn open_store(opts: &Options) -> (Clusters, Option<store::Writer>) {
-    let fresh = || Clusters::new(Vec::new(), opts.loop_count, opts.loop_window);
+    let fresh = || Clusters::new(Vec::new(), Vec::new(), opts.policy);
     let Some(dir) = &opts.state_dir else {
         return (fresh(), None);
     };
     let opened = store::Store::open(dir).and_then(|s| {
-        let known = s.clusters()?;
-        Ok((known, store::Writer::spawn(s, opts.retention)?))
+        let (known, builds) = (s.clusters()?, s.builds()?);
+        Ok((known, builds, store::Writer::spawn(s, opts.retention)?))
     });
     match opened {
-        Ok((known, w)) => {
+        Ok((known, builds, w)) => {
             eprintln!(
                 "crashwatch: crash history in {}: {} clusters known",
                 dir.display(),
                 known.len()
             );
-            (
-                Clusters::new(known, opts.loop_count, opts.loop_window),
-                Some(w),
-            )
+            (Clusters::new(known, builds, opts.policy), Some(w))
         }
         Err(e) => {
             eprintln!("crashwatch: running with less: no crash history ({e:#}); clusters are counted from zero");

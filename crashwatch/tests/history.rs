@@ -171,3 +171,107 @@ fn a_damaged_history_is_moved_aside_and_the_agent_runs_on() {
     assert_eq!(aside, 1);
     listing_when(&dir, r["cluster"]["id"].as_i64().unwrap(), 1);
 }
+
+/// The crasher with its GNU build id's first bytes set to `tag`: a new build of the same
+/// program, as a deploy would bring (no compiler needed: the VMs have none).
+fn build_of_crasher(tag: u8) -> (Vec<u8>, String) {
+    use object::{Object, ObjectSection};
+    let mut bytes = std::fs::read(common::crasher_bin()).unwrap();
+    let (off, size) = {
+        let obj = object::File::parse(&*bytes).unwrap();
+        let sec = obj
+            .section_by_name(".note.gnu.build-id")
+            .expect("the crasher has a GNU build id (gcc's default)");
+        let (off, size) = sec.file_range().unwrap();
+        (off as usize, size as usize)
+    };
+    // The note's descriptor, the id itself, ends the section (after 12 bytes of header and
+    // "GNU\0").
+    let id = &mut bytes[off + 16..off + size];
+    id[..4].copy_from_slice(&[tag; 4]);
+    let hex = id.iter().map(|b| format!("{b:02x}")).collect();
+    (bytes, hex)
+}
+
+/// Puts a build in place the way a deploy does (a new file renamed over the old one).
+fn deploy(dir: &Path, bytes: &[u8]) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let next = dir.join("svc.next");
+    std::fs::write(&next, bytes).unwrap();
+    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let to = dir.join("svc");
+    std::fs::rename(&next, &to).unwrap();
+    to
+}
+
+#[test]
+fn a_cluster_that_opens_after_a_deploy_is_a_regression_of_the_new_build() {
+    let _alone = alone();
+    let dir = state_dir("regression");
+    let d = dir.display().to_string();
+    let a = Agent::start(&["--state-dir", &d]);
+    let bin_dir = state_dir("regression-bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let (old, old_id) = build_of_crasher(0xa1);
+    let (new, new_id) = build_of_crasher(0xb2);
+    assert_ne!(old_id, new_id);
+
+    let svc = deploy(&bin_dir, &old);
+    let run = |mode: &str| {
+        let c = Crasher::finish(common::spawn(&mut Crasher::command_of(&svc, mode)));
+        a.report_for(c.pid)["cluster"].clone()
+    };
+    let first = run("null");
+    assert_eq!(first["new"], true);
+    assert_eq!(
+        first["regression"],
+        Value::Null,
+        "the first build seen blames nothing: {first}"
+    );
+
+    deploy(&bin_dir, &new);
+    let broke = run("abort");
+    assert_eq!(broke["new"], true);
+    let reg = &broke["regression"];
+    assert_eq!(reg["program"], "svc", "{broke}");
+    assert_eq!(reg["revision"].as_str(), Some(new_id.as_str()), "{broke}");
+    assert_eq!(reg["previous"].as_str(), Some(old_id.as_str()), "{broke}");
+    // The old bug in the new build is not the new build's.
+    let again = run("null");
+    assert_eq!(
+        (again["id"].clone(), again["new"].clone()),
+        (first["id"].clone(), false.into())
+    );
+    assert_eq!(again["regression"], Value::Null);
+
+    // The history keeps both builds of the old bug and the regression of the new one.
+    let old_bug = first["id"].as_i64().unwrap();
+    listing_when(&dir, old_bug, 2);
+    let listing = listing_when(&dir, broke["id"].as_i64().unwrap(), 1);
+    let row = |id: &Value| listing.iter().find(|c| c["id"] == *id).unwrap().clone();
+    let old_row = row(&first["id"]);
+    let revisions: Vec<&str> = old_row["builds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["revision"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        revisions,
+        [new_id.as_str(), old_id.as_str()],
+        "newest first"
+    );
+    assert_eq!(
+        row(&broke["id"])["regression"].as_str(),
+        Some(new_id.as_str())
+    );
+    let (ok, text, _) = report_cmd(&dir, &[&broke["id"].to_string()]);
+    assert!(
+        ok && text.contains(&format!(
+            "regression opened right after build {}",
+            &new_id[..12]
+        )),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&bin_dir);
+}

@@ -219,8 +219,7 @@ pub fn main() -> ExitCode {
                 host_root,
                 state_dir: (!history.no_store).then(|| history.state_dir.clone()),
                 retention: history.retention(),
-                loop_count: history.loop_count,
-                loop_window: Duration::from_secs(history.loop_window),
+                policy: history.policy(),
                 symbol_cache_bytes,
                 go: Limits {
                     max_binaries: go_max_binaries as usize,

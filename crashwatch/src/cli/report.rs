@@ -33,9 +33,21 @@ pub struct History {
     /// Seconds of the crash-loop window.
     #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     pub loop_window: u64,
+    /// Hours after a program's new build first appears on the node during which a crash
+    /// cluster it opens is marked a regression of that build.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=8760))]
+    pub regression_window_hours: u64,
 }
 
 impl History {
+    pub fn policy(&self) -> crate::cluster::Policy {
+        crate::cluster::Policy {
+            loop_count: self.loop_count,
+            loop_window: Duration::from_secs(self.loop_window),
+            regression_window: Duration::from_secs(self.regression_window_hours * 3600),
+        }
+    }
+
     pub fn retention(&self) -> store::Retention {
         store::Retention {
             per_cluster: self.keep_per_cluster,
@@ -167,6 +179,14 @@ fn one(store: &Store, id: i64, n: u32, f: &Filter, json: bool) -> anyhow::Result
     Ok(true)
 }
 
+/// A revision as people quote one: 12 digits of a git hash or build id.
+fn short(rev: &str) -> &str {
+    match rev.char_indices().nth(12) {
+        Some((i, _)) if rev[..i].bytes().all(|b| b.is_ascii_hexdigit()) => &rev[..i],
+        _ => rev,
+    }
+}
+
 /// One cluster as a block of text; every value a process could choose is escaped.
 fn summary(r: &ClusterRow) -> String {
     let mut s = format!(
@@ -192,11 +212,34 @@ fn summary(r: &ClusterRow) -> String {
         ("containers", r.containers.clone()),
         ("pods", r.pods.clone()),
         ("nodes", r.nodes.clone()),
-        ("revisions", r.revisions.clone()),
     ] {
         if v.iter().any(|x| !x.is_empty()) {
             s += &format!("    {k:<10} {}\n", list(&v));
         }
+    }
+    if let Some(rev) = &r.regression {
+        s += &format!(
+            "    {:<10} opened right after build {} appeared\n",
+            "regression",
+            esc(short(rev))
+        );
+    }
+    // One line per build: revision, version, image, and when it was hit.
+    for (i, b) in r.builds.iter().enumerate() {
+        let what = [short(&b.revision), &b.version, &b.image]
+            .iter()
+            .filter(|x| !x.is_empty())
+            .map(|x| esc(x).to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
+        s += &format!(
+            "    {:<10} {what} — {} crash{}, {} .. {}\n",
+            if i == 0 { "builds" } else { "" },
+            b.count,
+            if b.count == 1 { "" } else { "es" },
+            b.first_seen,
+            b.last_seen
+        );
     }
     s += &format!("    {:<10} {}\n", "group", r.fingerprint);
     s

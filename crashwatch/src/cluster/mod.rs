@@ -2,7 +2,9 @@
 //! computes the versioned value each report carries (docs/fingerprint.md); [`Clusters`]
 //! counts each fingerprint's crashes in memory (loaded from the store at start), so a report
 //! leaves with its cluster's count and loop flag without waiting on the disk, and flags a
-//! cluster that crashes `loop_count` times within `loop_window` as a crash loop.
+//! cluster that crashes `loop_count` times within `loop_window` as a crash loop, and
+//! [`attribution`] says which build a new cluster is a regression of.
+pub mod attribution;
 pub mod fingerprint;
 
 use std::{
@@ -32,6 +34,9 @@ pub struct ClusterInfo {
     /// Its crashes within the loop window, this one included.
     pub recent: u32,
     pub window_secs: u64,
+    /// This crash opened the cluster soon after a new build of its program appeared on the
+    /// node: that build is the likely cause (`cluster::attribution`); null otherwise.
+    pub regression: Option<attribution::Regression>,
 }
 
 /// One cluster as the store and the listing know it.
@@ -47,20 +52,47 @@ pub struct Cluster {
     pub last_seen_ns: u64,
     /// Times of its latest crashes (at most the loop count), oldest first.
     pub recent: VecDeque<u64>,
+    /// The build it is a regression of (`attribution`), set when it opened.
+    pub regression: Option<String>,
+}
+
+/// What [`Clusters::observe`] makes of a report.
+pub struct Observed {
+    pub cluster: Cluster,
+    pub info: ClusterInfo,
+    /// The crashed build, when it has a revision: the store keeps it per cluster.
+    pub build: Option<(String, String)>,
+    /// A build seen for the first time: the store keeps when.
+    pub new_build: Option<attribution::Sighting>,
+}
+
+/// When a cluster is a loop, and when a regression.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    /// A cluster with this many crashes within `loop_window` is a crash loop.
+    pub loop_count: u32,
+    pub loop_window: Duration,
+    /// How long after a build first appears a new cluster of its program is blamed on it.
+    pub regression_window: Duration,
 }
 
 /// Every cluster this agent knows, by fingerprint.
 pub struct Clusters {
     by_fingerprint: HashMap<String, Cluster>,
     next_id: i64,
-    loop_count: u32,
-    loop_window: Duration,
+    policy: Policy,
+    builds: attribution::Builds,
 }
 
 impl Clusters {
     /// `known`: the store's clusters (their recent crash times are not kept there: a loop
     /// in progress across a restart is seen again after `loop_count` crashes).
-    pub fn new(known: Vec<Cluster>, loop_count: u32, loop_window: Duration) -> Clusters {
+    /// `builds`: the store's first sightings of each build.
+    pub fn new(
+        known: Vec<Cluster>,
+        builds: Vec<attribution::Sighting>,
+        policy: Policy,
+    ) -> Clusters {
         let next_id = known.iter().map(|c| c.id).max().unwrap_or(0) + 1;
         Clusters {
             by_fingerprint: known
@@ -68,15 +100,37 @@ impl Clusters {
                 .map(|c| (c.fingerprint.clone(), c))
                 .collect(),
             next_id,
-            loop_count: loop_count.max(1),
-            loop_window,
+            policy: Policy {
+                loop_count: policy.loop_count.max(1),
+                ..policy
+            },
+            builds: attribution::Builds::new(builds),
         }
     }
 
-    /// Counts report `r` (its `fingerprint` set) as crashing at `now_ns` (Unix time); the
+    /// A build seen at exec; true when it is new (the store should keep it).
+    pub fn see_build(&mut self, s: &attribution::Sighting) -> bool {
+        self.builds.see(s)
+    }
+
+    /// Counts report `r` (its `fingerprint` set) as crashing at `now_ns` (Unix time): the
     /// cluster as it is now, and what the report says of it.
-    pub fn observe(&mut self, r: &Report, now_ns: u64) -> (Cluster, ClusterInfo) {
+    pub fn observe(&mut self, r: &Report, now_ns: u64) -> Observed {
         let new = !self.by_fingerprint.contains_key(&r.fingerprint);
+        let build = attribution::build_of(r);
+        let new_build = build.as_ref().and_then(|(program, revision)| {
+            let s = attribution::Sighting {
+                program: program.clone(),
+                revision: revision.clone(),
+                at_ns: now_ns,
+            };
+            self.builds.see(&s).then_some(s)
+        });
+        let window = self.policy.regression_window.as_nanos() as u64;
+        let regression = match (&build, new) {
+            (Some((p, rev)), true) => self.builds.regression(p, rev, now_ns, window),
+            _ => None,
+        };
         let next_id = &mut self.next_id;
         let c = self
             .by_fingerprint
@@ -89,6 +143,7 @@ impl Clusters {
                     fingerprint: r.fingerprint.clone(),
                     kind: r.kind.to_string(),
                     first_seen_ns: now_ns,
+                    regression: regression.as_ref().map(|g| g.revision.clone()),
                     ..Cluster::default()
                 }
             });
@@ -97,9 +152,9 @@ impl Clusters {
         // The latest message and frame: the listing shows the cluster's current face.
         c.headline = headline(r);
         c.top_frame = top_frame(r);
-        let window = self.loop_window.as_nanos() as u64;
+        let window = self.policy.loop_window.as_nanos() as u64;
         c.recent.push_back(now_ns);
-        while c.recent.len() > self.loop_count as usize
+        while c.recent.len() > self.policy.loop_count as usize
             || c.recent
                 .front()
                 .is_some_and(|t| now_ns.saturating_sub(*t) > window)
@@ -112,11 +167,17 @@ impl Clusters {
             first_seen: crate::context::rfc3339(c.first_seen_ns),
             last_seen: crate::context::rfc3339(c.last_seen_ns),
             new,
-            looping: c.recent.len() >= self.loop_count as usize,
+            looping: c.recent.len() >= self.policy.loop_count as usize,
             recent: c.recent.len() as u32,
-            window_secs: self.loop_window.as_secs(),
+            window_secs: self.policy.loop_window.as_secs(),
+            regression,
         };
-        (c.clone(), info)
+        Observed {
+            cluster: c.clone(),
+            info,
+            build,
+            new_build,
+        }
     }
 }
 
@@ -166,6 +227,14 @@ pub fn top_frame(r: &Report) -> String {
 mod tests {
     use super::*;
 
+    fn policy(loop_count: u32, loop_secs: u64) -> Policy {
+        Policy {
+            loop_count,
+            loop_window: Duration::from_secs(loop_secs),
+            regression_window: Duration::from_secs(86_400),
+        }
+    }
+
     fn report(fp: &str) -> Report {
         Report {
             kind: "signal",
@@ -176,10 +245,10 @@ mod tests {
 
     #[test]
     fn counts_and_ids_per_fingerprint() {
-        let mut c = Clusters::new(Vec::new(), 5, Duration::from_secs(600));
-        let (_, a) = c.observe(&report("v1:a"), 1_000);
-        let (_, b) = c.observe(&report("v1:b"), 2_000);
-        let (_, a2) = c.observe(&report("v1:a"), 3_000);
+        let mut c = Clusters::new(Vec::new(), Vec::new(), policy(5, 600));
+        let a = c.observe(&report("v1:a"), 1_000).info;
+        let b = c.observe(&report("v1:b"), 2_000).info;
+        let a2 = c.observe(&report("v1:a"), 3_000).info;
         assert_eq!((a.id, a.count, a.new), (1, 1, true));
         assert_eq!((b.id, b.count, b.new), (2, 1, true));
         assert_eq!((a2.id, a2.count, a2.new), (1, 2, false));
@@ -193,9 +262,9 @@ mod tests {
             count: 7,
             ..Cluster::default()
         }];
-        let mut c = Clusters::new(known, 5, Duration::from_secs(600));
-        let (_, a) = c.observe(&report("v1:a"), 1);
-        let (_, b) = c.observe(&report("v1:b"), 2);
+        let mut c = Clusters::new(known, Vec::new(), policy(5, 600));
+        let a = c.observe(&report("v1:a"), 1).info;
+        let b = c.observe(&report("v1:b"), 2).info;
         assert_eq!((a.id, a.count, a.new), (41, 8, false));
         assert_eq!(b.id, 42);
     }
@@ -203,11 +272,67 @@ mod tests {
     #[test]
     fn a_loop_is_n_crashes_within_the_window() {
         let s = 1_000_000_000u64;
-        let mut c = Clusters::new(Vec::new(), 3, Duration::from_secs(60));
+        let mut c = Clusters::new(Vec::new(), Vec::new(), policy(3, 60));
         let flags: Vec<bool> = [0, 10, 20, 100, 200, 201, 202]
             .iter()
-            .map(|t| c.observe(&report("v1:a"), t * s).1.looping)
+            .map(|t| c.observe(&report("v1:a"), t * s).info.looping)
             .collect();
         assert_eq!(flags, [false, false, true, false, false, false, true]);
+    }
+
+    fn go_report(fp: &str, revision: &str) -> Report {
+        Report {
+            kind: "go_panic",
+            fingerprint: fp.into(),
+            exe: Some("/srv/api".into()),
+            go: Some(crate::report::GoInfo {
+                build: Some(crate::gobin::BuildInfo {
+                    path: Some("example.com/api".into()),
+                    vcs_revision: Some(revision.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Report::default()
+        }
+    }
+
+    #[test]
+    fn a_cluster_opened_by_a_new_build_is_its_regression() {
+        let h = 3_600_000_000_000u64;
+        let mut c = Clusters::new(Vec::new(), Vec::new(), policy(5, 600));
+        let first = c.observe(&go_report("v1:old", "aaa"), 0);
+        assert!(first.new_build.is_some());
+        assert_eq!(
+            first.info.regression, None,
+            "the first build seen blames nothing"
+        );
+        // The deploy: build bbb seen at exec, then a crash nobody had seen before.
+        let s = attribution::Sighting {
+            program: "example.com/api".into(),
+            revision: "bbb".into(),
+            at_ns: 10 * h,
+        };
+        assert!(c.see_build(&s));
+        let o = c.observe(&go_report("v1:new", "bbb"), 11 * h);
+        let r = o.info.regression.expect("a regression of bbb");
+        assert_eq!((r.revision.as_str(), r.previous.as_str()), ("bbb", "aaa"));
+        assert_eq!(o.cluster.regression.as_deref(), Some("bbb"));
+        assert_eq!(o.new_build, None, "bbb was known from its exec");
+        assert_eq!(o.build, Some(("example.com/api".into(), "bbb".into())));
+        // The old bug in the new build: not new, so not the new build's fault.
+        assert_eq!(
+            c.observe(&go_report("v1:old", "bbb"), 12 * h)
+                .info
+                .regression,
+            None
+        );
+        // A new bug two days after the deploy: not attributed to it.
+        assert_eq!(
+            c.observe(&go_report("v1:late", "bbb"), 60 * h)
+                .info
+                .regression,
+            None
+        );
     }
 }

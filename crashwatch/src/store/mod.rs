@@ -25,7 +25,10 @@ use rusqlite::{params, Connection, OpenFlags};
 
 pub use query::{ClusterRow, Filter};
 
-use crate::cluster::Cluster;
+use crate::cluster::{
+    attribution::{Sighting, MAX_BUILDS},
+    Cluster,
+};
 
 pub const FILE: &str = "crashwatch.db";
 /// Reports waiting for the disk; beyond, a report is not stored (and counted).
@@ -53,7 +56,8 @@ CREATE TABLE IF NOT EXISTS clusters (
     top_frame TEXT NOT NULL,
     count INTEGER NOT NULL,
     first_seen INTEGER NOT NULL,
-    last_seen INTEGER NOT NULL
+    last_seen INTEGER NOT NULL,
+    regression TEXT
 );
 CREATE TABLE IF NOT EXISTS reports (
     id INTEGER PRIMARY KEY,
@@ -69,8 +73,27 @@ CREATE TABLE IF NOT EXISTS reports (
 );
 CREATE INDEX IF NOT EXISTS reports_by_cluster ON reports(cluster, id);
 CREATE INDEX IF NOT EXISTS reports_by_time ON reports(time);
-PRAGMA user_version = 1;
+CREATE TABLE IF NOT EXISTS cluster_builds (
+    cluster INTEGER NOT NULL,
+    revision TEXT NOT NULL,
+    version TEXT NOT NULL,
+    image TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    PRIMARY KEY (cluster, revision, version, image)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS builds (
+    program TEXT NOT NULL,
+    revision TEXT NOT NULL,
+    first_seen INTEGER NOT NULL,
+    PRIMARY KEY (program, revision)
+) WITHOUT ROWID;
+PRAGMA user_version = 2;
 ";
+
+/// Builds kept per cluster (the most recently hit).
+const BUILDS_PER_CLUSTER: i64 = 50;
 
 pub struct Store {
     conn: Connection,
@@ -117,6 +140,15 @@ impl Store {
         let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
         anyhow::ensure!(check == "ok", "quick_check: {check}");
         conn.execute_batch(SCHEMA)?;
+        // Version 1 had no regression column; CREATE TABLE IF NOT EXISTS left it out.
+        let has: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('clusters') WHERE name = 'regression'",
+            [],
+            |r| r.get(0),
+        )?;
+        if has == 0 {
+            conn.execute_batch("ALTER TABLE clusters ADD COLUMN regression TEXT")?;
+        }
         Ok(Store { conn })
     }
 
@@ -138,7 +170,8 @@ impl Store {
     /// Every cluster, for the agent's counts at start.
     pub fn clusters(&self) -> Result<Vec<Cluster>> {
         let mut st = self.conn.prepare(
-            "SELECT id, fingerprint, kind, headline, top_frame, count, first_seen, last_seen FROM clusters",
+            "SELECT id, fingerprint, kind, headline, top_frame, count, first_seen, last_seen,
+                    regression FROM clusters",
         )?;
         let rows = st.query_map([], |r| {
             Ok(Cluster {
@@ -150,7 +183,23 @@ impl Store {
                 count: r.get::<_, i64>(5)? as u64,
                 first_seen_ns: r.get::<_, i64>(6)? as u64,
                 last_seen_ns: r.get::<_, i64>(7)? as u64,
+                regression: r.get(8)?,
                 ..Cluster::default()
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// When each build was first seen (the newest [`MAX_BUILDS`] sightings).
+    pub fn builds(&self) -> Result<Vec<Sighting>> {
+        let mut st = self.conn.prepare(
+            "SELECT program, revision, first_seen FROM builds ORDER BY first_seen DESC LIMIT ?1",
+        )?;
+        let rows = st.query_map(params![MAX_BUILDS as i64], |r| {
+            Ok(Sighting {
+                program: r.get(0)?,
+                revision: r.get(1)?,
+                at_ns: r.get::<_, i64>(2)? as u64,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -158,10 +207,19 @@ impl Store {
 
     /// Stores a batch of reports in one transaction (whatever queued while the last one was
     /// written).
-    fn insert(&mut self, batch: &[Write], keep: &Retention) -> Result<()> {
+    fn insert(&mut self, batch: &[Item], keep: &Retention) -> Result<()> {
         let tx = self.conn.transaction()?;
-        for w in batch {
-            Self::insert_one(&tx, w, keep)?;
+        for item in batch {
+            match item {
+                Item::Report(w) => Self::insert_one(&tx, w, keep)?,
+                Item::Build(s) => {
+                    tx.execute(
+                        "INSERT INTO builds (program, revision, first_seen) VALUES (?1, ?2, ?3)
+                         ON CONFLICT DO UPDATE SET first_seen = min(first_seen, ?3)",
+                        params![s.program, s.revision, s.at_ns as i64],
+                    )?;
+                }
+            }
         }
         tx.commit()?;
         Ok(())
@@ -170,8 +228,8 @@ impl Store {
     fn insert_one(tx: &rusqlite::Transaction, w: &Write, keep: &Retention) -> Result<()> {
         let c = &w.cluster;
         tx.execute(
-            "INSERT INTO clusters (id, fingerprint, kind, headline, top_frame, count, first_seen, last_seen)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+            "INSERT INTO clusters (id, fingerprint, kind, headline, top_frame, count, first_seen, last_seen, regression)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
              ON CONFLICT(id) DO UPDATE SET headline = ?4, top_frame = ?5, count = ?6, last_seen = ?8",
             params![
                 c.id,
@@ -181,7 +239,8 @@ impl Store {
                 c.top_frame,
                 c.count as i64,
                 c.first_seen_ns as i64,
-                c.last_seen_ns as i64
+                c.last_seen_ns as i64,
+                c.regression
             ],
         )?;
         let f = &w.facts;
@@ -200,6 +259,26 @@ impl Store {
                 w.json
             ],
         )?;
+        if let Some(rev) = &f.revision {
+            let (version, image) = (
+                f.version.as_deref().unwrap_or(""),
+                f.image.as_deref().unwrap_or(""),
+            );
+            let new = tx.execute(
+                "INSERT INTO cluster_builds VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5)
+                 ON CONFLICT DO UPDATE SET count = count + 1, last_seen = ?5",
+                params![c.id, rev, version, image, c.last_seen_ns as i64],
+            )?;
+            // A cluster hit by build after build keeps the latest.
+            if new > 0 && c.count as i64 > BUILDS_PER_CLUSTER {
+                tx.execute(
+                    "DELETE FROM cluster_builds WHERE cluster = ?1 AND last_seen < (
+                         SELECT last_seen FROM cluster_builds WHERE cluster = ?1
+                         ORDER BY last_seen DESC LIMIT 1 OFFSET ?2)",
+                    params![c.id, BUILDS_PER_CLUSTER - 1],
+                )?;
+            }
+        }
         // Only a cluster that can hold more than it keeps: the query walks up to
         // `per_cluster` index entries, which for a large limit made every insert slow.
         if c.count > keep.per_cluster as u64 {
@@ -250,11 +329,16 @@ pub struct Facts {
     pub namespace: Option<String>,
     pub pod: Option<String>,
     pub node: Option<String>,
+    /// The crashed build (`cluster::attribution`).
     pub revision: Option<String>,
+    /// The Go main module's version, when it is a real one.
+    pub version: Option<String>,
+    pub image: Option<String>,
 }
 
 impl Facts {
-    pub fn of(r: &crate::report::Report) -> Facts {
+    /// `build`: the crashed build as [`crate::cluster::Observed`] found it.
+    pub fn of(r: &crate::report::Report, build: Option<(String, String)>) -> Facts {
         let container = r.container.as_ref().map(|c| {
             let name = c
                 .name
@@ -271,13 +355,23 @@ impl Facts {
             namespace: r.k8s.as_ref().and_then(|k| k.namespace.clone()),
             pod: r.k8s.as_ref().and_then(|k| k.pod.clone()),
             node: r.k8s.as_ref().map(|k| k.node.clone()),
-            revision: r
+            revision: build.map(|(_, rev)| rev),
+            version: r
                 .go
                 .as_ref()
                 .and_then(|g| g.build.as_ref())
-                .and_then(|b| b.vcs_revision.clone()),
+                .and_then(|b| b.main_version.clone())
+                .filter(|v| v != "(devel)"),
+            image: r.container.as_ref().and_then(|c| c.image.clone()),
         }
     }
+}
+
+/// What goes to the disk.
+pub enum Item {
+    Report(Box<Write>),
+    /// A build seen for the first time.
+    Build(Sighting),
 }
 
 /// One report on its way to the disk.
@@ -289,16 +383,18 @@ pub struct Write {
 
 /// The store's thread, fed through a bounded queue.
 pub struct Writer {
-    queue: Option<mpsc::SyncSender<Write>>,
+    queue: Option<mpsc::SyncSender<Item>>,
     thread: Option<std::thread::JoinHandle<()>>,
     sent: u64,
     /// Reports not stored: the queue full, or the write failed.
     dropped: Arc<AtomicU64>,
+    /// Build sightings not stored: the queue full.
+    builds_dropped: u64,
 }
 
 impl Writer {
     pub fn spawn(mut store: Store, keep: Retention) -> Result<Writer> {
-        let (queue, rx) = mpsc::sync_channel::<Write>(QUEUE);
+        let (queue, rx) = mpsc::sync_channel::<Item>(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let lost = dropped.clone();
         let thread = std::thread::Builder::new()
@@ -315,8 +411,12 @@ impl Writer {
                         }
                     }
                     if let Err(e) = store.insert(&batch, &keep) {
-                        if lost.fetch_add(batch.len() as u64, Ordering::Relaxed) < 10 {
-                            eprintln!("crashwatch: storing {} reports failed: {e:#}", batch.len());
+                        let reports = batch
+                            .iter()
+                            .filter(|i| matches!(i, Item::Report(_)))
+                            .count();
+                        if lost.fetch_add(reports as u64, Ordering::Relaxed) < 10 {
+                            eprintln!("crashwatch: storing {} reports failed: {e:#}", reports);
                         }
                     }
                     // Age and size: at the first batch and about every 256 reports.
@@ -334,28 +434,44 @@ impl Writer {
             thread: Some(thread),
             sent: 0,
             dropped,
+            builds_dropped: 0,
         })
     }
 
     /// Queues a report for the disk; never waits.
     pub fn write(&mut self, w: Write) {
         self.sent += 1;
-        let full = match &self.queue {
-            Some(q) => q.try_send(w).is_err(),
-            None => true,
-        };
-        if full {
+        if !self.send(Item::Report(Box::new(w))) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Waits for the queue to drain: (reports sent, reports not stored).
-    pub fn finish(mut self) -> (u64, u64) {
+    /// Queues a build's first sighting; never waits. One lost to a full queue is seen again
+    /// at the program's next exec after a restart, later than it was.
+    pub fn write_build(&mut self, s: Sighting) {
+        if !self.send(Item::Build(s)) {
+            self.builds_dropped += 1;
+        }
+    }
+
+    fn send(&self, item: Item) -> bool {
+        self.queue
+            .as_ref()
+            .is_some_and(|q| q.try_send(item).is_ok())
+    }
+
+    /// Waits for the queue to drain: (reports sent, reports not stored, build sightings not
+    /// stored).
+    pub fn finish(mut self) -> (u64, u64, u64) {
         self.queue.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        (self.sent, self.dropped.load(Ordering::Relaxed))
+        (
+            self.sent,
+            self.dropped.load(Ordering::Relaxed),
+            self.builds_dropped,
+        )
     }
 }
 

@@ -40,6 +40,28 @@ pub struct ClusterRow {
     pub pods: Vec<String>,
     pub nodes: Vec<String>,
     pub revisions: Vec<String>,
+    /// The builds it hit, most recently hit first (at most a few).
+    pub builds: Vec<BuildRow>,
+    /// The build whose arrival it followed (`cluster.regression.revision` in its first
+    /// report), if any.
+    pub regression: Option<String>,
+}
+
+/// One build a cluster hit: revision (Go `vcs.revision` or GNU build id), Go module version,
+/// container image; each empty when unknown.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BuildRow {
+    pub revision: String,
+    pub version: String,
+    pub image: String,
+    pub count: u64,
+    pub first_seen: String,
+    pub last_seen: String,
+}
+
+/// Column `i`, Unix ns, as RFC 3339.
+fn when(r: &rusqlite::Row, i: usize) -> rusqlite::Result<String> {
+    Ok(crate::context::rfc3339(r.get::<_, i64>(i)? as u64))
 }
 
 /// A `clusters` row, its columns selected in table order.
@@ -51,8 +73,9 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<ClusterRow> {
         headline: r.get(3)?,
         top_frame: r.get(4)?,
         count: r.get::<_, i64>(5)? as u64,
-        first_seen: crate::context::rfc3339(r.get::<_, i64>(6)? as u64),
-        last_seen: crate::context::rfc3339(r.get::<_, i64>(7)? as u64),
+        first_seen: when(r, 6)?,
+        last_seen: when(r, 7)?,
+        regression: r.get(8)?,
         ..ClusterRow::default()
     })
 }
@@ -60,7 +83,8 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<ClusterRow> {
 impl Store {
     pub fn list(&self, f: &Filter) -> Result<Vec<ClusterRow>> {
         let mut st = self.conn.prepare(
-            "SELECT id, fingerprint, kind, headline, top_frame, count, first_seen, last_seen
+            "SELECT id, fingerprint, kind, headline, top_frame, count, first_seen, last_seen,
+                    regression
              FROM clusters c
              WHERE last_seen >= ?1
                AND (?2 IS NULL OR kind = ?2)
@@ -101,6 +125,22 @@ impl Store {
         };
         c.nodes = names("node")?;
         c.revisions = names("revision")?;
+        let mut st = self.conn.prepare(
+            "SELECT revision, version, image, count, first_seen, last_seen FROM cluster_builds
+             WHERE cluster = ?1 ORDER BY last_seen DESC LIMIT ?2",
+        )?;
+        c.builds = st
+            .query_map(params![c.id, NAMES], |r| {
+                Ok(BuildRow {
+                    revision: r.get(0)?,
+                    version: r.get(1)?,
+                    image: r.get(2)?,
+                    count: r.get::<_, i64>(3)? as u64,
+                    first_seen: when(r, 4)?,
+                    last_seen: when(r, 5)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
         let since = super::now_ns().saturating_sub(f.loop_window_ns);
         let recent: i64 = self.conn.query_row(
             "SELECT COUNT(*) FROM (SELECT 1 FROM reports WHERE cluster = ?1 AND time >= ?2 LIMIT ?3)",
@@ -119,7 +159,8 @@ impl Store {
         f: &Filter,
     ) -> Result<Option<(ClusterRow, Vec<String>)>> {
         let row = self.conn.query_row(
-            "SELECT id, fingerprint, kind, headline, top_frame, count, first_seen, last_seen
+            "SELECT id, fingerprint, kind, headline, top_frame, count, first_seen, last_seen,
+                    regression
              FROM clusters WHERE id = ?1",
             params![id],
             row,

@@ -27,7 +27,11 @@ fn keep() -> Retention {
     }
 }
 
-fn write(id: i64, count: u64, t: u64, ns: Option<&str>) -> Write {
+fn write(id: i64, count: u64, t: u64, ns: Option<&str>) -> Item {
+    Item::Report(Box::new(report(id, count, t, ns)))
+}
+
+fn report(id: i64, count: u64, t: u64, ns: Option<&str>) -> Write {
     Write {
         cluster: Cluster {
             id,
@@ -130,9 +134,9 @@ fn old_reports_go_and_the_size_is_bounded() {
     assert_eq!(s.prune(&keep()).unwrap(), 1);
     let big = "x".repeat(100_000);
     for n in 0..50 {
-        let mut w = write(3 + n, 1, now_ns(), None);
+        let mut w = report(3 + n, 1, now_ns(), None);
         w.json = big.clone();
-        s.insert(&[w], &keep()).unwrap();
+        s.insert(&[Item::Report(Box::new(w))], &keep()).unwrap();
     }
     let tight = Retention {
         max_bytes: 1 << 20,
@@ -172,4 +176,84 @@ fn reading_without_a_store_says_so() {
     let d = Dir::new("none");
     let e = Store::open_read(&d.0).err().unwrap().to_string();
     assert!(e.contains("no crash history"), "{e}");
+}
+
+#[test]
+fn builds_per_cluster_and_first_sightings_are_kept() {
+    let d = Dir::new("builds");
+    let h = 3_600_000_000_000u64;
+    let t0 = now_ns() - 10 * h;
+    let sighting = |rev: &str, at| Sighting {
+        program: "example.com/api".into(),
+        revision: rev.into(),
+        at_ns: at,
+    };
+    let hit = |count, at, rev: &str, image: &str| {
+        let mut w = report(1, count, at, None);
+        w.facts.revision = Some(rev.into());
+        w.facts.version = Some("v1.2.3".into());
+        w.facts.image = Some(image.into());
+        Item::Report(Box::new(w))
+    };
+    {
+        let mut s = Store::open(&d.0).unwrap();
+        let mut first = report(1, 1, t0, None);
+        first.cluster.regression = Some("bbb".into());
+        first.facts.revision = Some("bbb".into());
+        s.insert(
+            &[
+                Item::Build(sighting("aaa", t0 - h)),
+                Item::Build(sighting("bbb", t0)),
+                Item::Report(Box::new(first)),
+                hit(2, t0 + h, "bbb", "api:2"),
+                hit(3, t0 + 2 * h, "ccc", "api:3"),
+                // Seen again later: the first sighting stays.
+                Item::Build(sighting("bbb", t0 + 5 * h)),
+            ],
+            &keep(),
+        )
+        .unwrap();
+    }
+    let s = Store::open_read(&d.0).unwrap();
+    let mut builds = s.builds().unwrap();
+    builds.sort_by_key(|b| b.at_ns);
+    assert_eq!(builds, [sighting("aaa", t0 - h), sighting("bbb", t0)]);
+    assert_eq!(s.clusters().unwrap()[0].regression.as_deref(), Some("bbb"));
+    let (row, _) = s.cluster(1, 1, &filter()).unwrap().unwrap();
+    assert_eq!(row.regression.as_deref(), Some("bbb"));
+    let got: Vec<_> = row
+        .builds
+        .iter()
+        .map(|b| (b.revision.as_str(), b.image.as_str(), b.count))
+        .collect();
+    // Newest first; the first report had no image, the second the same revision with one.
+    assert_eq!(
+        got,
+        [("ccc", "api:3", 1), ("bbb", "api:2", 1), ("bbb", "", 1)]
+    );
+}
+
+#[test]
+fn a_version_1_database_gains_the_regression_column() {
+    let d = Dir::new("v1");
+    fs::create_dir_all(&d.0).unwrap();
+    {
+        let c = Connection::open(d.0.join(FILE)).unwrap();
+        c.execute_batch(
+            "CREATE TABLE clusters (id INTEGER PRIMARY KEY, fingerprint TEXT NOT NULL UNIQUE,
+                 kind TEXT NOT NULL, headline TEXT NOT NULL, top_frame TEXT NOT NULL,
+                 count INTEGER NOT NULL, first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL);
+             INSERT INTO clusters VALUES (7, 'v1:0000000000000007', 'signal', 'SIGSEGV', '', 3, 1, 2);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let mut s = Store::open(&d.0).unwrap();
+    let known = s.clusters().unwrap();
+    assert_eq!(
+        (known[0].id, known[0].count, known[0].regression.clone()),
+        (7, 3, None)
+    );
+    s.insert(&[write(7, 4, now_ns(), None)], &keep()).unwrap();
+    assert_eq!(s.clusters().unwrap()[0].count, 4);
 }

@@ -28,6 +28,7 @@ mod stats;
 mod unwind;
 
 pub use maps::Maps;
+pub use names::hex;
 pub use roots::{RootKey, Roots, ROOTS_MAX};
 use serde::Serialize;
 

@@ -97,6 +97,7 @@ pub fn name(space: &Space, step: &Step) -> Vec<Frame> {
     }
 }
 
-fn hex(b: &[u8]) -> String {
+/// Bytes as lowercase hex (build ids).
+pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -67,6 +67,7 @@ struct Counters {
     probed_now: AtomicU64,
     released: AtomicU64,
     over_limit: AtomicU64,
+    seen_dropped: AtomicU64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -82,7 +83,23 @@ pub struct GoStats {
 struct Shared {
     known: Mutex<HashMap<FileId, State>>,
     counters: Counters,
+    /// Executables read since the report thread last looked, at most [`SEEN_MAX`].
+    seen: Mutex<Vec<Seen>>,
 }
+
+/// An executable the prober read (every new one is read once, Go or not): what says which
+/// build it is, for the crash clusters' attribution.
+pub struct Seen {
+    /// Where the process says it is.
+    pub exe: String,
+    pub build: Option<crate::gobin::BuildInfo>,
+    pub gnu_build_id: Option<Vec<u8>>,
+    /// Unix time (ns).
+    pub at_ns: u64,
+}
+
+/// Sightings waiting for the report thread; past this, the oldest are dropped (and counted).
+const SEEN_MAX: usize = 4096;
 
 struct Request {
     pid: u32,
@@ -117,6 +134,16 @@ impl GoView {
     pub fn held_file(&self, id: FileId) -> Option<std::fs::File> {
         self.lookup(id)?.file_handle()
     }
+
+    /// The executables read since the last call.
+    pub fn take_seen(&self) -> Vec<Seen> {
+        std::mem::take(&mut *self.shared.seen.lock().unwrap())
+    }
+
+    /// Sightings dropped because the report thread did not take them in time.
+    pub fn seen_dropped(&self) -> u64 {
+        self.shared.counters.seen_dropped.load(Ordering::Relaxed)
+    }
 }
 
 pub struct GoProbes {
@@ -131,6 +158,7 @@ impl GoProbes {
         let shared = Arc::new(Shared {
             known: Mutex::new(HashMap::new()),
             counters: Counters::default(),
+            seen: Mutex::new(Vec::new()),
         });
         let (tx, rx) = mpsc::channel::<Msg>();
         let s = shared.clone();

@@ -10,7 +10,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{FileId, Limits, Msg, Request, Shared, State, KNOWN_MAX, NOT_GO_TTL, OVER_LIMIT_RETRY};
+use object::Object;
+
+use super::{
+    FileId, Limits, Msg, Request, Seen, Shared, State, KNOWN_MAX, NOT_GO_TTL, OVER_LIMIT_RETRY,
+    SEEN_MAX,
+};
 use crate::{
     elf::Mapped,
     escape::Esc,
@@ -109,11 +114,23 @@ impl Prober {
             }
         };
         let parsed = gobin::parse(map.bytes(), file.try_clone().ok());
+        let gnu_build_id = object::read::File::parse(map.bytes())
+            .ok()
+            .and_then(|o| o.build_id().ok().flatten().map(<[u8]>::to_vec));
         if map.damaged() {
             eprintln!("crashwatch: {shown} shrank while it was read: not probed this time");
             return None;
         }
         drop(map);
+        let build = parsed.as_ref().ok().and_then(|g| g.as_ref()?.build.clone());
+        if build.is_some() || gnu_build_id.is_some() {
+            self.seen(Seen {
+                exe: req.shown_as.clone(),
+                build,
+                gnu_build_id,
+                at_ns: now_ns(),
+            });
+        }
         let mut g = match parsed {
             Ok(Some(g)) => g,
             Ok(None) | Err(_) => return Some(not_go()),
@@ -189,6 +206,18 @@ impl Prober {
     /// Releases binaries that changed on disk, and those no process runs any more: at once
     /// when the file is deleted (it cannot be exec'd again by path), after `release_after`
     /// otherwise. Forgets old "not Go" answers.
+    fn seen(&self, s: Seen) {
+        let mut seen = self.shared.seen.lock().unwrap();
+        if seen.len() >= SEEN_MAX {
+            seen.remove(0);
+            self.shared
+                .counters
+                .seen_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        seen.push(s);
+    }
+
     fn sweep(&mut self) {
         // One fstat per held binary: rewritten, deleted, or as it was.
         let files: Vec<(FileId, Option<FileNow>)> = self
@@ -310,6 +339,12 @@ fn open(req: &Request) -> Option<File> {
             let p = &req.shown_as;
             p.starts_with('/').then(|| req.id.open_at(p)).flatten()
         })
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 fn not_go() -> State {
