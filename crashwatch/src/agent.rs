@@ -54,6 +54,8 @@ pub struct Options {
     /// Where the host's filesystem is (`/`, or a DaemonSet's mount of it): the container
     /// runtimes' files are read under it.
     pub host_root: std::path::PathBuf,
+    /// Where on the host the runtimes keep their files.
+    pub sources: context::container::Sources,
     /// The crash history's directory; None: no history.
     pub state_dir: Option<std::path::PathBuf>,
     pub retention: store::Retention,
@@ -253,6 +255,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let host = context::hostname();
     let containers = Arc::new(Containers::new(
         opts.host_root.clone(),
+        opts.sources.clone(),
         context::container::node_name(&host),
     ));
     let enricher = Enricher::new(

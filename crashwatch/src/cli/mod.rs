@@ -94,6 +94,8 @@ enum Cmd {
         #[arg(long, default_value = "/", env = "CRASHWATCH_HOST_ROOT")]
         host_root: std::path::PathBuf,
         #[command(flatten)]
+        runtime_files: RuntimeFiles,
+        #[command(flatten)]
         history: report::History,
         /// Bytes of parsed symbol data kept in memory, shared by all processes; least recently
         /// used binaries are dropped first.
@@ -190,6 +192,7 @@ pub fn main() -> ExitCode {
             last_words_max,
             guard_copies,
             host_root,
+            runtime_files,
             history,
             symbol_cache_bytes,
             go_max_binaries,
@@ -217,6 +220,7 @@ pub fn main() -> ExitCode {
                 last_words_max: last_words_max as usize,
                 guard_copies,
                 host_root,
+                sources: runtime_files.sources(),
                 state_dir: (!history.no_store).then(|| history.state_dir.clone()),
                 retention: history.retention(),
                 policy: history.policy(),
@@ -233,6 +237,45 @@ pub fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Where the container runtimes keep their files on the host (read under `--host-root`), for
+/// nodes that moved them.
+#[derive(clap::Args, Clone, Debug)]
+struct RuntimeFiles {
+    /// A containers/storage root (podman's, CRI-O's `graphroot` or `runroot`); repeatable.
+    /// Default: /var/lib/containers/storage and /run/containers/storage.
+    #[arg(long, value_name = "DIR")]
+    containers_storage: Vec<std::path::PathBuf>,
+    /// containerd's state directory (k3s: /run/k3s/containerd).
+    #[arg(long, value_name = "DIR", default_value = "/run/containerd")]
+    containerd_state: std::path::PathBuf,
+    /// docker's data root.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/docker")]
+    docker_root: std::path::PathBuf,
+    /// The kubelet's pod log directory.
+    #[arg(long, value_name = "DIR", default_value = "/var/log/pods")]
+    pod_log_dir: std::path::PathBuf,
+    /// The kubelet's per-container log links.
+    #[arg(long, value_name = "DIR", default_value = "/var/log/containers")]
+    container_log_dir: std::path::PathBuf,
+}
+
+impl RuntimeFiles {
+    fn sources(&self) -> crate::context::container::Sources {
+        let d = crate::context::container::Sources::default();
+        crate::context::container::Sources {
+            containers_storage: if self.containers_storage.is_empty() {
+                d.containers_storage
+            } else {
+                self.containers_storage.clone()
+            },
+            containerd_state: self.containerd_state.clone(),
+            docker_root: self.docker_root.clone(),
+            pod_logs: self.pod_log_dir.clone(),
+            container_logs: self.container_log_dir.clone(),
         }
     }
 }

@@ -8,7 +8,8 @@
 //! bounded table, so a container removed before its report is built (`podman run --rm`, a
 //! pod deleted right after a crash) keeps its name, image and pod.
 //!
-//! Sources, under `--host-root` (for a DaemonSet that mounts the host's paths elsewhere):
+//! Sources ([`Sources`]: each root configurable), under `--host-root` (for a DaemonSet that
+//! mounts the host's paths elsewhere):
 //! - the OCI bundle's `config.json` annotations: containerd
 //!   (`run/containerd/io.containerd.runtime.v2.task/<namespace>/<id>/`), CRI-O
 //!   (`run/containers/storage/overlay-containers/<id>/userdata/`) and rootful podman
@@ -72,10 +73,43 @@ pub struct Identity {
     pub k8s: Option<K8sInfo>,
 }
 
+/// Where the runtimes keep their files: absolute paths on the host, read under
+/// `--host-root`. The defaults are the runtimes' own; a node that moved one
+/// (containers-storage's `graphroot`/`runroot`, docker's `data-root`, containerd's `state`,
+/// the kubelet's `--pod-log-dir` equivalents) says where.
+#[derive(Clone, Debug)]
+pub struct Sources {
+    /// containers/storage roots (podman's, CRI-O's): bundles and `containers.json`.
+    pub containers_storage: Vec<PathBuf>,
+    /// containerd's state directory: `io.containerd.runtime.v2.task/<namespace>/<id>/`.
+    pub containerd_state: PathBuf,
+    /// docker's data root: `containers/<id>/config.v2.json`.
+    pub docker_root: PathBuf,
+    /// The kubelet's pod log tree and its per-container links.
+    pub pod_logs: PathBuf,
+    pub container_logs: PathBuf,
+}
+
+impl Default for Sources {
+    fn default() -> Sources {
+        Sources {
+            containers_storage: vec![
+                "/var/lib/containers/storage".into(),
+                "/run/containers/storage".into(),
+            ],
+            containerd_state: "/run/containerd".into(),
+            docker_root: "/var/lib/docker".into(),
+            pod_logs: "/var/log/pods".into(),
+            container_logs: "/var/log/containers".into(),
+        }
+    }
+}
+
 /// The table of containers seen, shared by the record loop (which notes) and the report
 /// thread (which reads).
 pub struct Containers {
     host_root: PathBuf,
+    sources: Sources,
     node: String,
     seen: Mutex<Seen>,
 }
@@ -87,9 +121,10 @@ struct Seen {
 }
 
 impl Containers {
-    pub fn new(host_root: PathBuf, node: String) -> Containers {
+    pub fn new(host_root: PathBuf, sources: Sources, node: String) -> Containers {
         Containers {
             host_root,
+            sources,
             node,
             seen: Mutex::default(),
         }
@@ -155,26 +190,38 @@ impl Containers {
         }
     }
 
-    fn path(&self, rel: &str) -> PathBuf {
-        self.host_root.join(rel)
+    /// Host path `base`/`rel` under the host root.
+    fn path(&self, base: &Path, rel: &str) -> PathBuf {
+        let base = base.strip_prefix("/").unwrap_or(base);
+        let p = self.host_root.join(base);
+        if rel.is_empty() {
+            p
+        } else {
+            p.join(rel)
+        }
     }
 
     /// The OCI bundle's annotations, wherever a runtime keeps it.
     fn read_bundle(&self, c: &mut ContainerInfo, k8s: &mut K8sInfo) {
         let id = &c.id;
-        let mut places = vec![
-            format!("var/lib/containers/storage/overlay-containers/{id}/userdata/config.json"),
-            format!("run/containers/storage/overlay-containers/{id}/userdata/config.json"),
-        ];
+        let src = &self.sources;
+        let mut places: Vec<PathBuf> = src
+            .containers_storage
+            .iter()
+            .map(|root| {
+                self.path(
+                    root,
+                    &format!("overlay-containers/{id}/userdata/config.json"),
+                )
+            })
+            .collect();
         for ns in ["k8s.io", "moby", "default"] {
-            places.push(format!(
-                "run/containerd/io.containerd.runtime.v2.task/{ns}/{id}/config.json"
+            places.push(self.path(
+                &src.containerd_state,
+                &format!("io.containerd.runtime.v2.task/{ns}/{id}/config.json"),
             ));
         }
-        let Some(config) = places
-            .iter()
-            .find_map(|p| read_json(&self.path(p), CONFIG_MAX))
-        else {
+        let Some(config) = places.iter().find_map(|p| read_json(p, CONFIG_MAX)) else {
             return;
         };
         let Some(a) = config.get("annotations").and_then(Value::as_object) else {
@@ -208,8 +255,8 @@ impl Containers {
 
     /// containers/storage's list (podman; CRI-O shares the library): name and image name.
     fn read_podman_list(&self, c: &mut ContainerInfo) {
-        for root in ["var/lib/containers/storage", "run/containers/storage"] {
-            let list = self.path(&format!("{root}/overlay-containers/containers.json"));
+        for root in &self.sources.containers_storage {
+            let list = self.path(root, "overlay-containers/containers.json");
             let Some(Value::Array(all)) = read_json(&list, LIST_MAX) else {
                 continue;
             };
@@ -236,10 +283,10 @@ impl Containers {
     }
 
     fn read_docker(&self, c: &mut ContainerInfo) {
-        let p = self.path(&format!(
-            "var/lib/docker/containers/{}/config.v2.json",
-            c.id
-        ));
+        let p = self.path(
+            &self.sources.docker_root,
+            &format!("containers/{}/config.v2.json", c.id),
+        );
         let Some(v) = read_json(&p, CONFIG_MAX) else {
             return;
         };
@@ -258,7 +305,7 @@ impl Containers {
     /// The kubelet's log tree: `var/log/pods/<namespace>_<pod>_<uid>/<container>/`, and
     /// `var/log/containers/<pod>_<namespace>_<container>-<id>.log` for which container.
     fn read_pod_logs(&self, uid: String, c: Option<&ContainerInfo>, k8s: &mut K8sInfo) {
-        let Ok(dir) = std::fs::read_dir(self.path("var/log/pods")) else {
+        let Ok(dir) = std::fs::read_dir(self.path(&self.sources.pod_logs, "")) else {
             return;
         };
         let suffix = format!("_{uid}");
@@ -281,7 +328,7 @@ impl Containers {
         // the '-' before the id.
         let want = format!("{pod}_{ns}_");
         let tail = format!("-{}.log", c.id);
-        if let Ok(dir) = std::fs::read_dir(self.path("var/log/containers")) {
+        if let Ok(dir) = std::fs::read_dir(self.path(&self.sources.container_logs, "")) {
             let found = dir
                 .take(LOG_DIR_MAX)
                 .filter_map(|e| e.ok()?.file_name().into_string().ok())

@@ -25,7 +25,11 @@ impl Root {
     }
 
     fn containers(&self) -> Containers {
-        Containers::new(self.0.clone(), "node-7".into())
+        self.containers_with(Sources::default())
+    }
+
+    fn containers_with(&self, sources: Sources) -> Containers {
+        Containers::new(self.0.clone(), sources, "node-7".into())
     }
 }
 
@@ -262,4 +266,56 @@ fn the_table_is_bounded() {
 fn names_are_bounded() {
     assert_eq!(bounded(&"é".repeat(1000)).len(), NAME_MAX);
     assert_eq!(bounded("short"), "short");
+}
+
+#[test]
+fn runtimes_whose_roots_moved_are_found_where_they_are_said_to_be() {
+    let r = Root::new("moved");
+    // k3s keeps containerd's state in /run/k3s/containerd; a storage.conf moved graphroot.
+    r.put(
+        &format!("run/k3s/containerd/io.containerd.runtime.v2.task/k8s.io/{ID}/config.json"),
+        r#"{"annotations":{"io.kubernetes.cri.container-name":"api",
+            "io.kubernetes.cri.sandbox-name":"api-1","io.kubernetes.cri.sandbox-namespace":"k3s"}}"#,
+    );
+    r.put(
+        "data/storage/overlay-containers/containers.json",
+        &format!(
+            r#"[{{"id":"{}","names":["moved-podman"]}}]"#,
+            "d".repeat(64)
+        ),
+    );
+    r.put(&format!("logs/pods/batch_job-1_{UID}/worker/0.log"), "");
+    let moved = Sources {
+        containers_storage: vec!["/data/storage".into()],
+        containerd_state: "/run/k3s/containerd".into(),
+        pod_logs: "/logs/pods".into(),
+        ..Sources::default()
+    };
+    let path = format!("/kubepods/besteffort/pod{UID}/{ID}");
+    let k8s = note(&r.containers_with(moved.clone()), &path).k8s.unwrap();
+    assert_eq!(
+        (
+            k8s.namespace.as_deref(),
+            k8s.pod.as_deref(),
+            k8s.container.as_deref()
+        ),
+        (Some("k3s"), Some("api-1"), Some("api"))
+    );
+    // Not at the defaults.
+    assert_eq!(note(&r.containers(), &path).k8s.unwrap().pod, None);
+    let podman = note(
+        &r.containers_with(moved.clone()),
+        &format!("/libpod_parent/libpod-{}", "d".repeat(64)),
+    );
+    assert_eq!(
+        podman.container.unwrap().name.as_deref(),
+        Some("moved-podman")
+    );
+    // A pod without a bundle: names from the moved log tree.
+    let other = format!("/kubepods/burstable/pod{UID}/{}", "e".repeat(64));
+    let k8s = note(&r.containers_with(moved), &other).k8s.unwrap();
+    assert_eq!(
+        (k8s.namespace.as_deref(), k8s.pod.as_deref()),
+        (Some("batch"), Some("job-1"))
+    );
 }
