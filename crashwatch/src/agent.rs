@@ -126,9 +126,8 @@ struct Reporter {
 struct Reported {
     unwritten: u64,
     symbolization: String,
-    /// Reports queued for the crash history, not stored, and build sightings not stored;
-    /// None without one.
-    stored: Option<(u64, u64, u64)>,
+    /// What the crash history's thread did; None without one.
+    stored: Option<store::Stored>,
     /// Build sightings the report thread took too late to keep.
     seen_dropped: u64,
 }
@@ -399,10 +398,16 @@ pub async fn run(opts: Options) -> Result<()> {
         stored: None,
         seen_dropped: 0,
     });
-    if let Some((queued, dropped, builds_dropped)) = done.stored {
+    if let Some(s) = done.stored {
+        let busy = s.busy.as_secs_f64();
         eprintln!(
-            "crashwatch: crash history: {queued} reports sent to the store, {dropped} not stored (queue full or write failed); build sightings not stored: {} (queue full), {} (taken too late)",
-            builds_dropped, done.seen_dropped
+            "crashwatch: crash history: {} reports sent to the store, {} not stored (queue full or write failed); {:.0} ms of store time, {:.0} reports/s while writing; build sightings not stored: {} (queue full), {} (taken too late)",
+            s.sent,
+            s.dropped,
+            busy * 1e3,
+            s.sent as f64 / busy.max(1e-9),
+            s.builds_dropped,
+            done.seen_dropped
         );
     }
     eprintln!(

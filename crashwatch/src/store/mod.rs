@@ -390,6 +390,19 @@ pub struct Writer {
     dropped: Arc<AtomicU64>,
     /// Build sightings not stored: the queue full.
     builds_dropped: u64,
+    /// Time the store thread spent writing (and pruning).
+    busy_ns: Arc<AtomicU64>,
+}
+
+/// What the store thread did, for the agent's stop line.
+pub struct Stored {
+    /// Reports queued for the disk, and those not stored (queue full, or the write failed).
+    pub sent: u64,
+    pub dropped: u64,
+    /// Build sightings not stored (queue full).
+    pub builds_dropped: u64,
+    /// Time spent writing: the store's capacity is `sent / busy` reports a second.
+    pub busy: Duration,
 }
 
 impl Writer {
@@ -397,6 +410,8 @@ impl Writer {
         let (queue, rx) = mpsc::sync_channel::<Item>(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let lost = dropped.clone();
+        let busy_ns = Arc::new(AtomicU64::new(0));
+        let busy = busy_ns.clone();
         let thread = std::thread::Builder::new()
             .name("store".into())
             .spawn(move || {
@@ -410,6 +425,7 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
+                    let t0 = std::time::Instant::now();
                     if let Err(e) = store.insert(&batch, &keep) {
                         let reports = batch
                             .iter()
@@ -426,6 +442,7 @@ impl Writer {
                         }
                     }
                     written += batch.len() as u64;
+                    busy.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 }
             })
             .context("starting the store thread")?;
@@ -435,6 +452,7 @@ impl Writer {
             sent: 0,
             dropped,
             builds_dropped: 0,
+            busy_ns,
         })
     }
 
@@ -460,18 +478,18 @@ impl Writer {
             .is_some_and(|q| q.try_send(item).is_ok())
     }
 
-    /// Waits for the queue to drain: (reports sent, reports not stored, build sightings not
-    /// stored).
-    pub fn finish(mut self) -> (u64, u64, u64) {
+    /// Waits for the queue to drain.
+    pub fn finish(mut self) -> Stored {
         self.queue.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        (
-            self.sent,
-            self.dropped.load(Ordering::Relaxed),
-            self.builds_dropped,
-        )
+        Stored {
+            sent: self.sent,
+            dropped: self.dropped.load(Ordering::Relaxed),
+            builds_dropped: self.builds_dropped,
+            busy: Duration::from_nanos(self.busy_ns.load(Ordering::Relaxed)),
+        }
     }
 }
 

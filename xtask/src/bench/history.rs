@@ -28,6 +28,8 @@ pub struct History {
     pub stored_secs: f64,
     pub stored: u64,
     pub not_stored: u64,
+    /// The agent's own count at stop: reports per second of its store thread's busy time.
+    pub store_rate: f64,
     pub db_bytes: u64,
     pub rss_kib: u64,
     /// Median milliseconds of `crashwatch report`, `report --json` and `report ID`.
@@ -101,6 +103,15 @@ pub fn run(t: &Tools, crashes: usize) -> Result<History> {
             Some((n.first().copied()?, n.get(1).copied()?))
         })
         .unwrap_or((0, 0));
+    let store_rate = log
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|l| {
+            let (head, _) = l.split_once(" reports/s while writing")?;
+            head.rsplit(' ').next()?.parse().ok()
+        })
+        .unwrap_or(0.0);
     let db_bytes = ["crashwatch.db", "crashwatch.db-wal"]
         .iter()
         .filter_map(|f| fs::metadata(dir.join(f)).ok())
@@ -132,6 +143,7 @@ pub fn run(t: &Tools, crashes: usize) -> Result<History> {
         stored_secs,
         stored,
         not_stored,
+        store_rate,
         db_bytes,
         rss_kib,
         list_ms: report(&[])?,
@@ -173,6 +185,7 @@ pub fn markdown(h: &History) -> String {
          | reports received on the agent's stdout | {received} |\n\
          | reports sent to the store / not stored (the agent's counts at stop) | {stored} / {lost} |\n\
          | the store's last report | {stored_secs:.1} s after the storm's start: at least {rate:.0} reports/s (the storm's own pace bounds it) |\n\
+         | the store's capacity (reports per second of its thread's busy time, the agent's count) | {store_rate:.0} reports/s |\n\
          | database size | {mib:.1} MiB, {per_report:.0} bytes per report |\n\
          | agent RSS with that history | {rss} MiB |\n\
          | `crashwatch report` (the cluster list) | {list:.0} ms |\n\
@@ -184,6 +197,7 @@ pub fn markdown(h: &History) -> String {
         storm = h.storm_secs,
         stored = h.stored,
         lost = h.not_stored,
+        store_rate = h.store_rate,
         stored_secs = h.stored_secs,
         rate = h.stored.saturating_sub(h.not_stored) as f64 / h.stored_secs.max(0.001),
         mib = h.db_bytes as f64 / (1 << 20) as f64,
