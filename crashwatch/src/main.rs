@@ -21,6 +21,7 @@ mod gobuild;
 mod parse;
 mod privileges;
 mod probe;
+mod redact;
 mod report;
 mod signals;
 mod sink;

@@ -3,6 +3,7 @@
 //! `symbolize` names addresses as reports do ([`symbolize`]), `report` reads the crash
 //! history ([`report`]).
 mod check;
+mod outputs;
 mod report;
 mod symbolize;
 
@@ -32,6 +33,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// The crash history (what `run` stored under --state-dir): clusters, most recent activity
@@ -41,8 +44,11 @@ enum Cmd {
     /// Watch the host and report each crash (stop with Ctrl-C or SIGTERM).
     Run {
         /// Report format: readable blocks on a terminal, JSON lines (schema: docs/report.md).
+        /// `none`: nothing on stdout (with --output-file, or the crash history alone).
         #[arg(long, value_enum, default_value_t = sink::Format::Auto)]
         output: sink::Format,
+        #[command(flatten)]
+        outputs: outputs::OutputArgs,
         /// Which plain exits are crashes: none, or every non-zero exit code (`nonzero` has
         /// the kernel send every exec, which costs each process a record: a plain exit's
         /// command line can only be read at exec).
@@ -182,6 +188,7 @@ pub fn main() -> ExitCode {
         }),
         Cmd::Run {
             output,
+            outputs,
             exits,
             ring_size,
             pending_window,
@@ -198,6 +205,18 @@ pub fn main() -> ExitCode {
             go_max_binaries,
             go_release_after,
         } => {
+            let redactor = match outputs.redactor() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("crashwatch: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            let file = outputs.file();
+            if output == sink::Format::None && file.is_none() && history.no_store {
+                eprintln!("crashwatch: --output none with --no-store and no --output-file: reports would go nowhere");
+                return ExitCode::from(2);
+            }
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -221,6 +240,8 @@ pub fn main() -> ExitCode {
                 guard_copies,
                 host_root,
                 sources: runtime_files.sources(),
+                redactor,
+                file,
                 state_dir: (!history.no_store).then(|| history.state_dir.clone()),
                 retention: history.retention(),
                 policy: history.policy(),

@@ -1,13 +1,14 @@
-//! The agent's main loop: drives records through the pipeline
-//! probe → decode → assemble → symbolize → context (enrich) → cluster → sink, and watches the kernel's loss
-//! counters. The record loop only does what cannot wait (decode, reading a dying process's
-//! maps while it exists, assembling) and hands each finished crash to the report thread
-//! ([`Reporter`]: symbolize, enrich, sink), so a slow report (a cold parse of a large binary's
+//! The agent's main loop: drives records through the pipeline probe → decode → assemble →
+//! symbolize → context (enrich) → redact → cluster → store → sink, and watches the kernel's
+//! loss counters. The record loop only does what cannot wait (decode, reading a dying
+//! process's maps while it exists, assembling) and hands each finished crash to the report
+//! thread ([`reporter`]: symbolize, enrich, redact, cluster, store, sinks), so a slow report (a cold parse of a large binary's
 //! symbols) never keeps the ring buffer from draining. Go binaries are probed on a thread of
 //! their own ([`GoProbes`]): the record loop never waits for an attach.
 //!
-//! Stdout is the only sink today: when it is closed (a reader that went away), the agent says
-//! so and stops rather than fail once per report forever.
+//! When stdout is the only output and it is closed (a reader that went away), the agent says
+//! so and stops rather than fail once per report forever; with other outputs (`--output-file`)
+//! it says so once and goes on without stdout.
 use std::{
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -22,18 +23,23 @@ use tokio::{
     signal::unix::{signal, SignalKind},
 };
 
+mod reporter;
+
+use reporter::{Job, Reported, Reporter};
+
 use crate::{
-    assemble::{Assembler, Crash},
+    assemble::Assembler,
     cluster::{self, Clusters},
     context::{self, container::Containers, Enricher},
     decode::{self, Record},
     escape::Esc,
     probe::{
-        go::{GoProbes, GoView, Limits},
+        go::{GoProbes, Limits},
         known::KnownFiles,
         LossReader, Losses, Probe, Settings,
     },
-    sink::{Format, Sink},
+    redact::Redactor,
+    sink::{self, Format, Outputs, Stdout},
     store,
     symbolize::{Maps, Roots, Symbolizer},
 };
@@ -61,6 +67,10 @@ pub struct Options {
     pub retention: store::Retention,
     /// Crash loops and regressions.
     pub policy: cluster::Policy,
+    /// Masks secrets before anything is stored or sent.
+    pub redactor: Redactor,
+    /// `--output-file`.
+    pub file: Option<sink::FileOptions>,
     /// Bytes of a dying process's last words kept in its report.
     pub last_words_max: usize,
     pub symbol_cache_bytes: usize,
@@ -100,134 +110,6 @@ struct Counts {
 /// whose losses are counted, takes the rest.
 const REPORT_QUEUE: usize = 1024;
 
-/// A finished crash, and the kernel losses since the previous one.
-struct Job {
-    crash: Crash,
-    lost: u64,
-}
-
-/// The report thread: symbolizes, enriches and writes each crash in the order assembled.
-struct Reporter {
-    go: GoView,
-    roots: Arc<Roots>,
-    sym: Symbolizer,
-    enricher: Enricher,
-    sink: Sink,
-    stdout_closed: Arc<AtomicBool>,
-    /// Reports that could not be written.
-    unwritten: u64,
-    /// Crashes counted by fingerprint.
-    clusters: Clusters,
-    /// The crash history's thread, when there is one.
-    store: Option<store::Writer>,
-}
-
-/// What the report thread says when it ends.
-struct Reported {
-    unwritten: u64,
-    symbolization: String,
-    /// What the crash history's thread did; None without one.
-    stored: Option<store::Stored>,
-    /// Build sightings the report thread took too late to keep.
-    seen_dropped: u64,
-}
-
-impl Reporter {
-    fn run(mut self, jobs: mpsc::Receiver<Job>) -> Reported {
-        loop {
-            // Builds the prober read are taken in before each report (a crash of a binary
-            // just deployed is judged against its exec) and every few seconds, so their
-            // first sightings reach the store without a crash.
-            let job = jobs.recv_timeout(Duration::from_secs(5));
-            self.note_builds();
-            let job = match job {
-                Ok(j) => j,
-                Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            };
-            if self.stdout_closed.load(Ordering::Relaxed) {
-                self.unwritten += 1;
-                continue;
-            }
-            self.report(&job.crash, job.lost);
-        }
-        Reported {
-            unwritten: self.unwritten,
-            symbolization: self.sym.summary(),
-            stored: self.store.take().map(store::Writer::finish),
-            seen_dropped: self.go.seen_dropped(),
-        }
-    }
-
-    fn note_builds(&mut self) {
-        for seen in self.go.take_seen() {
-            let Some((program, revision)) = cluster::attribution::build_of_binary(
-                &seen.exe,
-                seen.build.as_ref(),
-                seen.gnu_build_id.as_deref(),
-            ) else {
-                continue;
-            };
-            let s = cluster::attribution::Sighting {
-                program,
-                revision,
-                at_ns: seen.at_ns,
-            };
-            if self.clusters.see_build(&s) {
-                if let Some(w) = &mut self.store {
-                    w.write_build(s);
-                }
-            }
-        }
-    }
-
-    fn report(&mut self, crash: &Crash, lost: u64) {
-        let go = &self.go;
-        let root = crash
-            .proc
-            .as_ref()
-            .and_then(|p| p.root)
-            .and_then(|k| self.roots.get(k));
-        let stack = self
-            .sym
-            .frames(crash, &|id| go.held_file(id), root.as_deref());
-        let bin = crash
-            .proc
-            .as_ref()
-            .and_then(|p| p.file)
-            .and_then(|id| self.go.lookup(id));
-        let mut report = self.enricher.report(crash, stack, lost, bin.as_deref());
-        report.fingerprint = cluster::fingerprint::fingerprint(&report).value;
-        let seen = self.clusters.observe(&report, store::now_ns());
-        report.cluster = Some(seen.info);
-        if let Some(w) = &mut self.store {
-            if let Some(s) = seen.new_build {
-                w.write_build(s);
-            }
-            w.write(store::Write {
-                cluster: seen.cluster,
-                facts: store::Facts::of(&report, seen.build),
-                json: serde_json::to_string(&report).unwrap_or_default(),
-            });
-        }
-        match self.sink.emit(&report) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                self.unwritten += 1;
-                self.stdout_closed.store(true, Ordering::Relaxed);
-            }
-            Err(e) => {
-                self.unwritten += 1;
-                eprintln!(
-                    "crashwatch: writing the report of pid {} ({}) failed: {e}",
-                    report.pid,
-                    Esc(&report.comm)
-                );
-            }
-        }
-    }
-}
-
 pub async fn run(opts: Options) -> Result<()> {
     crate::privileges::require_privileges()?;
     let window_ns = opts.pending_window.as_nanos() as u64;
@@ -262,6 +144,7 @@ pub async fn run(opts: Options) -> Result<()> {
         opts.last_words_max,
         containers.clone(),
     );
+    let outputs = start_outputs(opts.file.clone())?;
     let go = GoProbes::start(probe, opts.go);
     let stdout_closed = Arc::new(AtomicBool::new(false));
     let (jobs, queue) = mpsc::sync_channel::<Job>(REPORT_QUEUE);
@@ -270,6 +153,8 @@ pub async fn run(opts: Options) -> Result<()> {
     let reporter = {
         let (go, closed, roots) = (go.view(), stdout_closed.clone(), roots.clone());
         let (format, cache) = (opts.format, opts.symbol_cache_bytes);
+        let redactor = opts.redactor;
+        let outputs = outputs;
         std::thread::Builder::new()
             .name("reports".into())
             .spawn(move || {
@@ -278,7 +163,9 @@ pub async fn run(opts: Options) -> Result<()> {
                     roots,
                     sym: Symbolizer::new(cache),
                     enricher,
-                    sink: Sink::new(format),
+                    redactor,
+                    stdout: Some(Stdout::new(format)),
+                    outputs,
                     stdout_closed: closed,
                     unwritten: 0,
                     clusters,
@@ -397,7 +284,11 @@ pub async fn run(opts: Options) -> Result<()> {
         symbolization: "the report thread panicked".into(),
         stored: None,
         seen_dropped: 0,
+        outputs: Vec::new(),
     });
+    for line in &done.outputs {
+        eprintln!("crashwatch: {line}");
+    }
     if let Some(s) = done.stored {
         let busy = s.busy.as_secs_f64();
         eprintln!(
@@ -448,6 +339,21 @@ pub async fn run(opts: Options) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The outputs besides stdout.
+fn start_outputs(file: Option<sink::FileOptions>) -> Result<Outputs> {
+    let mut outputs = Outputs::default();
+    if let Some(f) = file {
+        let shown = f.path.display().to_string();
+        let (sink, warning) = sink::FileSink::open(f)?;
+        if let Some(w) = warning {
+            eprintln!("crashwatch: {}", Esc(&w));
+        }
+        outputs.add("file", sink)?;
+        eprintln!("crashwatch: reports also go to {}", Esc(&shown));
+    }
+    Ok(outputs)
 }
 
 /// The crash history and the clusters it knows; without one (`--no-store`, or a directory

@@ -1,53 +1,8 @@
-//! Sink: writes reports out, one per crash. JSON lines are flushed per report so a consumer
-//! (a pipe, a log shipper, the tests) sees each crash as it happens. The readable form escapes
-//! every string a process could have chosen ([`crate::escape`]): names, command lines, paths,
-//! panic messages, function names.
-use std::io::{self, Write};
+//! The readable form of a report, for a terminal. It escapes every string a process could
+//! have chosen ([`crate::escape`]): names, command lines, paths, panic messages, function
+//! names.
 
 use crate::{escape::escape as esc, report::Report, symbolize::Frame};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    /// Pretty on a terminal, JSON lines otherwise.
-    Auto,
-    Pretty,
-    Json,
-}
-
-pub struct Sink {
-    json: bool,
-    color: bool,
-    out: io::Stdout,
-}
-
-impl Sink {
-    pub fn new(format: Format) -> Self {
-        use std::io::IsTerminal;
-        let tty = io::stdout().is_terminal();
-        let json = match format {
-            Format::Auto => !tty,
-            Format::Pretty => false,
-            Format::Json => true,
-        };
-        let color = tty && std::env::var_os("NO_COLOR").is_none();
-        Sink {
-            json,
-            color,
-            out: io::stdout(),
-        }
-    }
-
-    pub fn emit(&mut self, r: &Report) -> io::Result<()> {
-        let mut out = self.out.lock();
-        if self.json {
-            serde_json::to_writer(&mut out, r)?;
-            out.write_all(b"\n")?;
-        } else {
-            out.write_all(pretty(r, self.color).as_bytes())?;
-        }
-        out.flush()
-    }
-}
 
 /// A readable block per crash.
 pub fn pretty(r: &Report, color: bool) -> String {

@@ -1,0 +1,173 @@
+//! The report thread: each finished crash, in the order assembled, is symbolized, enriched,
+//! redacted, counted into its cluster, queued for the crash history and each output, and
+//! written to stdout. Builds the Go prober read are taken in between reports.
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
+    time::Duration,
+};
+
+use crate::{
+    assemble::Crash,
+    cluster::{self, Clusters},
+    context::Enricher,
+    escape::Esc,
+    probe::go::GoView,
+    redact::Redactor,
+    sink::{self, Outputs, Stdout},
+    store,
+    symbolize::{Roots, Symbolizer},
+};
+
+/// A finished crash, and the kernel losses since the previous one.
+pub(super) struct Job {
+    pub(super) crash: Crash,
+    pub(super) lost: u64,
+}
+
+/// The report thread: symbolizes, enriches and writes each crash in the order assembled.
+pub(super) struct Reporter {
+    pub(super) go: GoView,
+    pub(super) roots: Arc<Roots>,
+    pub(super) sym: Symbolizer,
+    pub(super) enricher: Enricher,
+    pub(super) redactor: Redactor,
+    pub(super) stdout: Option<Stdout>,
+    /// The outputs besides stdout, each on its own thread.
+    pub(super) outputs: Outputs,
+    pub(super) stdout_closed: Arc<AtomicBool>,
+    /// Reports that could not be written to stdout.
+    pub(super) unwritten: u64,
+    /// Crashes counted by fingerprint.
+    pub(super) clusters: Clusters,
+    /// The crash history's thread, when there is one.
+    pub(super) store: Option<store::Writer>,
+}
+
+/// What the report thread says when it ends.
+pub(super) struct Reported {
+    pub(super) unwritten: u64,
+    pub(super) symbolization: String,
+    /// What the crash history's thread did; None without one.
+    pub(super) stored: Option<store::Stored>,
+    /// Build sightings the report thread took too late to keep.
+    pub(super) seen_dropped: u64,
+    /// One line per output besides stdout.
+    pub(super) outputs: Vec<String>,
+}
+
+impl Reporter {
+    pub(super) fn run(mut self, jobs: mpsc::Receiver<Job>) -> Reported {
+        loop {
+            // Builds the prober read are taken in before each report (a crash of a binary
+            // just deployed is judged against its exec) and every few seconds, so their
+            // first sightings reach the store without a crash.
+            let job = jobs.recv_timeout(Duration::from_secs(5));
+            self.note_builds();
+            let job = match job {
+                Ok(j) => j,
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            if self.stdout_closed.load(Ordering::Relaxed) {
+                self.unwritten += 1;
+                continue;
+            }
+            self.report(&job.crash, job.lost);
+        }
+        Reported {
+            unwritten: self.unwritten,
+            symbolization: self.sym.summary(),
+            stored: self.store.take().map(store::Writer::finish),
+            seen_dropped: self.go.seen_dropped(),
+            outputs: std::mem::take(&mut self.outputs).finish(),
+        }
+    }
+
+    fn note_builds(&mut self) {
+        for seen in self.go.take_seen() {
+            let Some((program, revision)) = cluster::attribution::build_of_binary(
+                &seen.exe,
+                seen.build.as_ref(),
+                seen.gnu_build_id.as_deref(),
+            ) else {
+                continue;
+            };
+            let s = cluster::attribution::Sighting {
+                program,
+                revision,
+                at_ns: seen.at_ns,
+            };
+            if self.clusters.see_build(&s) {
+                if let Some(w) = &mut self.store {
+                    w.write_build(s);
+                }
+            }
+        }
+    }
+
+    fn report(&mut self, crash: &Crash, lost: u64) {
+        let go = &self.go;
+        let root = crash
+            .proc
+            .as_ref()
+            .and_then(|p| p.root)
+            .and_then(|k| self.roots.get(k));
+        let stack = self
+            .sym
+            .frames(crash, &|id| go.held_file(id), root.as_deref());
+        let bin = crash
+            .proc
+            .as_ref()
+            .and_then(|p| p.file)
+            .and_then(|id| self.go.lookup(id));
+        let mut report = self.enricher.report(crash, stack, lost, bin.as_deref());
+        self.redactor.report(&mut report);
+        report.fingerprint = cluster::fingerprint::fingerprint(&report).value;
+        let seen = self.clusters.observe(&report, store::now_ns());
+        report.cluster = Some(seen.info);
+        let json = serde_json::to_string(&report).unwrap_or_default();
+        if let Some(w) = &mut self.store {
+            if let Some(s) = seen.new_build {
+                w.write_build(s);
+            }
+            w.write(store::Write {
+                cluster: seen.cluster,
+                facts: store::Facts::of(&report, seen.build),
+                json: json.clone(),
+            });
+        }
+        self.emit_stdout(&report, &json);
+        if !self.outputs.is_empty() {
+            self.outputs.send(Arc::new(sink::Item { report, json }));
+        }
+    }
+
+    fn emit_stdout(&mut self, report: &crate::report::Report, json: &str) {
+        let Some(out) = &mut self.stdout else {
+            return;
+        };
+        match out.emit(report, json) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.unwritten += 1;
+                if self.outputs.is_empty() {
+                    self.stdout_closed.store(true, Ordering::Relaxed);
+                } else {
+                    eprintln!("crashwatch: stdout is closed (broken pipe): reports go to the other outputs only");
+                    self.stdout = None;
+                }
+            }
+            Err(e) => {
+                self.unwritten += 1;
+                eprintln!(
+                    "crashwatch: writing the report of pid {} ({}) failed: {e}",
+                    report.pid,
+                    Esc(&report.comm)
+                );
+            }
+        }
+    }
+}

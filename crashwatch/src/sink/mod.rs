@@ -1,0 +1,198 @@
+//! Sink: where reports go once they are whole (symbolized, enriched, redacted, clustered).
+//!
+//! Stdout ([`Stdout`]) is written on the report thread itself, flushed per report so a pipe
+//! or a log shipper sees each crash as it happens. Every other output ([`Output`]: the file,
+//! and the network sinks to come) runs on a thread of its own behind a bounded queue
+//! ([`Outputs`]), so a slow or failing one never holds up the report thread or another
+//! output: a report that finds an output's queue full is dropped for that output and
+//! counted, and every report an output could not deliver is counted ([`SinkStats`]) and
+//! said at stop.
+mod file;
+pub mod pretty;
+
+use std::{
+    io::{self, Write},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc, Arc,
+    },
+    thread::JoinHandle,
+};
+
+pub use file::{FileOptions, FileSink};
+pub use pretty::{frame, pretty};
+
+use crate::{escape::Esc, report::Report};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Pretty on a terminal, JSON lines otherwise.
+    Auto,
+    Pretty,
+    Json,
+    /// Nothing on stdout: the other outputs only.
+    None,
+}
+
+pub struct Stdout {
+    json: bool,
+    color: bool,
+    off: bool,
+    out: io::Stdout,
+}
+
+impl Stdout {
+    pub fn new(format: Format) -> Self {
+        use std::io::IsTerminal;
+        let tty = io::stdout().is_terminal();
+        let json = match format {
+            Format::Auto => !tty,
+            Format::Pretty => false,
+            Format::Json | Format::None => true,
+        };
+        let color = tty && std::env::var_os("NO_COLOR").is_none();
+        Stdout {
+            json,
+            color,
+            off: format == Format::None,
+            out: io::stdout(),
+        }
+    }
+
+    /// Writes one report; `json` is its JSON text.
+    pub fn emit(&mut self, r: &Report, json: &str) -> io::Result<()> {
+        if self.off {
+            return Ok(());
+        }
+        let mut out = self.out.lock();
+        if self.json {
+            out.write_all(json.as_bytes())?;
+            out.write_all(b"\n")?;
+        } else {
+            out.write_all(pretty(r, self.color).as_bytes())?;
+        }
+        out.flush()
+    }
+}
+
+/// One report on its way out: shared by every output's queue.
+pub struct Item {
+    pub report: Report,
+    /// The report as JSON (one line).
+    pub json: String,
+}
+
+/// An output on a thread of its own.
+pub trait Output: Send + 'static {
+    /// Writes one report; an error counts it as not delivered.
+    fn write(&mut self, item: &Item) -> anyhow::Result<()>;
+    /// Called when the queue is empty after a batch: make what was written durable.
+    fn flush(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// What one output did.
+#[derive(Default)]
+pub struct SinkStats {
+    pub delivered: AtomicU64,
+    /// Reports not delivered: the write failed, or the queue was full.
+    pub errors: AtomicU64,
+}
+
+/// Reports waiting for one output; past this, reports are dropped for it and counted.
+const QUEUE: usize = 4096;
+
+struct Worker {
+    name: &'static str,
+    queue: Option<mpsc::SyncSender<Arc<Item>>>,
+    thread: Option<JoinHandle<()>>,
+    stats: Arc<SinkStats>,
+}
+
+/// The outputs besides stdout.
+#[derive(Default)]
+pub struct Outputs {
+    workers: Vec<Worker>,
+}
+
+impl Outputs {
+    /// Starts `out` on its own thread.
+    pub fn add(&mut self, name: &'static str, mut out: impl Output) -> anyhow::Result<()> {
+        let (queue, rx) = mpsc::sync_channel::<Arc<Item>>(QUEUE);
+        let stats = Arc::new(SinkStats::default());
+        let st = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("sink-{name}"))
+            .spawn(move || {
+                let mut said = 0u32;
+                let mut fail = |what: &str, e: anyhow::Error| {
+                    if said < 10 {
+                        said += 1;
+                        eprintln!("crashwatch: {name} output: {what} failed: {e:#}");
+                    }
+                };
+                while let Ok(first) = rx.recv() {
+                    let mut next = Some(first);
+                    while let Some(item) = next {
+                        match out.write(&item) {
+                            Ok(()) => st.delivered.fetch_add(1, Ordering::Relaxed),
+                            Err(e) => {
+                                fail(&format!("the report of pid {}", item.report.pid), e);
+                                st.errors.fetch_add(1, Ordering::Relaxed)
+                            }
+                        };
+                        next = rx.try_recv().ok();
+                    }
+                    if let Err(e) = out.flush() {
+                        fail("syncing", e);
+                    }
+                }
+            })?;
+        self.workers.push(Worker {
+            name,
+            queue: Some(queue),
+            thread: Some(thread),
+            stats,
+        });
+        Ok(())
+    }
+
+    /// Queues a report for every output; never waits.
+    pub fn send(&self, item: Arc<Item>) {
+        for w in &self.workers {
+            let sent = w
+                .queue
+                .as_ref()
+                .is_some_and(|q| q.try_send(item.clone()).is_ok());
+            if !sent {
+                w.stats.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+
+    /// Drains every queue; one line per output for the stop line.
+    pub fn finish(mut self) -> Vec<String> {
+        for w in &mut self.workers {
+            w.queue.take();
+        }
+        self.workers
+            .iter_mut()
+            .map(|w| {
+                if let Some(t) = w.thread.take() {
+                    let _ = t.join();
+                }
+                format!(
+                    "{} output: {} reports delivered, {} not (write failed or queue full)",
+                    Esc(w.name),
+                    w.stats.delivered.load(Ordering::Relaxed),
+                    w.stats.errors.load(Ordering::Relaxed)
+                )
+            })
+            .collect()
+    }
+}
