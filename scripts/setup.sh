@@ -10,6 +10,7 @@ need_root
 export DEBIAN_FRONTEND=noninteractive
 APT_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev gcc libc6-dev pkg-config
           golang-go git tar podman runc python3-pip cpio
+          prometheus                    # the server the metrics test has scrape the agent
           binutils util-linux           # objcopy and setpriv: the hostile tests' corpus and capabilities
           openjdk-17-jdk-headless       # a JVM whose routine faults must not be blamed
           nodejs g++                    # runtimes whose dying words the last-words tests read

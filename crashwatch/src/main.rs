@@ -27,6 +27,7 @@ mod signals;
 mod sink;
 mod store;
 mod symbolize;
+mod web;
 
 fn main() -> std::process::ExitCode {
     cli::main()

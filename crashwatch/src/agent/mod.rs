@@ -71,6 +71,8 @@ pub struct Options {
     pub redactor: Redactor,
     /// `--output-file`.
     pub file: Option<sink::FileOptions>,
+    /// Where `/metrics` is served; None: nowhere.
+    pub listen: Option<std::net::SocketAddr>,
     /// Bytes of a dying process's last words kept in its report.
     pub last_words_max: usize,
     pub symbol_cache_bytes: usize,
@@ -144,17 +146,31 @@ pub async fn run(opts: Options) -> Result<()> {
         opts.last_words_max,
         containers.clone(),
     );
-    let outputs = start_outputs(opts.file.clone())?;
+    let metrics = sink::metrics::Metrics::new();
+    let outputs = start_outputs(opts.file.clone(), &metrics)?;
+    if let Some(addr) = opts.listen {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                let at = l.local_addr().map_or(addr, |a| a);
+                eprintln!("crashwatch: metrics on http://{at}/metrics");
+                tokio::spawn(crate::web::serve(l, metrics.clone()));
+            }
+            // The agent's job is the crashes: without the listener it still reports them.
+            Err(e) => eprintln!(
+                "crashwatch: running with less: no HTTP listener on {addr} ({e}): no /metrics"
+            ),
+        }
+    }
     let go = GoProbes::start(probe, opts.go);
     let stdout_closed = Arc::new(AtomicBool::new(false));
     let (jobs, queue) = mpsc::sync_channel::<Job>(REPORT_QUEUE);
     let roots = Arc::new(Roots::default());
-    let (clusters, store) = open_store(&opts);
+    let (clusters, store) = open_store(&opts, &metrics);
     let reporter = {
         let (go, closed, roots) = (go.view(), stdout_closed.clone(), roots.clone());
         let (format, cache) = (opts.format, opts.symbol_cache_bytes);
         let redactor = opts.redactor;
-        let outputs = outputs;
+        let (outputs, m) = (outputs, metrics.clone());
         std::thread::Builder::new()
             .name("reports".into())
             .spawn(move || {
@@ -170,6 +186,8 @@ pub async fn run(opts: Options) -> Result<()> {
                     unwritten: 0,
                     clusters,
                     store,
+                    stdout_errors: m.sink_errors("stdout"),
+                    metrics: m,
                 }
                 .run(queue)
             })
@@ -214,6 +232,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut logged = p.reported;
+    let mut exported = (p.reported, 0);
     let mut ticks: u64 = 0;
     loop {
         tokio::select! {
@@ -232,6 +251,12 @@ pub async fn run(opts: Options) -> Result<()> {
             _ = tick.tick() => {
                 ticks += 1;
                 let now = p.losses.losses();
+                let (was, was_undecodable) = exported;
+                metrics.lost("ring_full", now.ring_full - was.ring_full);
+                metrics.lost("recursion_miss", now.recursion_misses - was.recursion_misses);
+                metrics.lost("undecodable", p.decode_errors - was_undecodable);
+                exported = (now, p.decode_errors);
+                metrics.go_probed.set(p.go.stats().probed_now as i64);
                 if now.total() != logged.total() {
                     // Recursion misses: a program was preempted and re-entered on the same CPU
                     // (preemptible kernels); a full ring buffer: raise --ring-size.
@@ -342,7 +367,10 @@ pub async fn run(opts: Options) -> Result<()> {
 }
 
 /// The outputs besides stdout.
-fn start_outputs(file: Option<sink::FileOptions>) -> Result<Outputs> {
+fn start_outputs(
+    file: Option<sink::FileOptions>,
+    metrics: &sink::metrics::Metrics,
+) -> Result<Outputs> {
     let mut outputs = Outputs::default();
     if let Some(f) = file {
         let shown = f.path.display().to_string();
@@ -350,7 +378,7 @@ fn start_outputs(file: Option<sink::FileOptions>) -> Result<Outputs> {
         if let Some(w) = warning {
             eprintln!("crashwatch: {}", Esc(&w));
         }
-        outputs.add("file", sink)?;
+        outputs.add("file", sink, metrics)?;
         eprintln!("crashwatch: reports also go to {}", Esc(&shown));
     }
     Ok(outputs)
@@ -358,14 +386,21 @@ fn start_outputs(file: Option<sink::FileOptions>) -> Result<Outputs> {
 
 /// The crash history and the clusters it knows; without one (`--no-store`, or a directory
 /// the agent cannot use), clusters are counted from zero in memory and the agent says so.
-fn open_store(opts: &Options) -> (Clusters, Option<store::Writer>) {
+fn open_store(
+    opts: &Options,
+    metrics: &sink::metrics::Metrics,
+) -> (Clusters, Option<store::Writer>) {
     let fresh = || Clusters::new(Vec::new(), Vec::new(), opts.policy);
     let Some(dir) = &opts.state_dir else {
         return (fresh(), None);
     };
     let opened = store::Store::open(dir).and_then(|s| {
         let (known, builds) = (s.clusters()?, s.builds()?);
-        Ok((known, builds, store::Writer::spawn(s, opts.retention)?))
+        Ok((
+            known,
+            builds,
+            store::Writer::spawn(s, opts.retention, metrics.sink_errors("store"))?,
+        ))
     });
     match opened {
         Ok((known, builds, w)) => {

@@ -44,6 +44,9 @@ pub(super) struct Reporter {
     pub(super) clusters: Clusters,
     /// The crash history's thread, when there is one.
     pub(super) store: Option<store::Writer>,
+    pub(super) metrics: Arc<sink::metrics::Metrics>,
+    /// `crashwatch_sink_errors_total{sink="stdout"}`.
+    pub(super) stdout_errors: prometheus_client::metrics::counter::Counter,
 }
 
 /// What the report thread says when it ends.
@@ -66,6 +69,10 @@ impl Reporter {
             // first sightings reach the store without a crash.
             let job = jobs.recv_timeout(Duration::from_secs(5));
             self.note_builds();
+            // Loops end by time as well as begin by crashes.
+            self.metrics
+                .loops
+                .set(self.clusters.looping_now(store::now_ns()) as i64);
             let job = match job {
                 Ok(j) => j,
                 Err(mpsc::RecvTimeoutError::Timeout) => continue,
@@ -128,6 +135,7 @@ impl Reporter {
         report.fingerprint = cluster::fingerprint::fingerprint(&report).value;
         let seen = self.clusters.observe(&report, store::now_ns());
         report.cluster = Some(seen.info);
+        self.metrics.crashed(&report);
         let json = serde_json::to_string(&report).unwrap_or_default();
         if let Some(w) = &mut self.store {
             if let Some(s) = seen.new_build {
@@ -153,6 +161,7 @@ impl Reporter {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
                 self.unwritten += 1;
+                self.stdout_errors.inc();
                 if self.outputs.is_empty() {
                     self.stdout_closed.store(true, Ordering::Relaxed);
                 } else {
@@ -162,6 +171,7 @@ impl Reporter {
             }
             Err(e) => {
                 self.unwritten += 1;
+                self.stdout_errors.inc();
                 eprintln!(
                     "crashwatch: writing the report of pid {} ({}) failed: {e}",
                     report.pid,

@@ -242,6 +242,7 @@ pub fn main() -> ExitCode {
                 sources: runtime_files.sources(),
                 redactor,
                 file,
+                listen: outputs.listen(),
                 state_dir: (!history.no_store).then(|| history.state_dir.clone()),
                 retention: history.retention(),
                 policy: history.policy(),

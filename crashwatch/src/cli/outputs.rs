@@ -31,6 +31,24 @@ pub struct OutputArgs {
     /// Authorization: headers; AWS access key ids; a --password flag's next argument).
     #[arg(long)]
     no_default_redact: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (and /healthz); `off` for none. The
+    /// default is loopback only; the agent keeps running, said at start, when it cannot
+    /// listen.
+    #[arg(long, value_name = "ADDR|off", default_value = crate::web::DEFAULT_LISTEN,
+          value_parser = parse_listen)]
+    listen: Listen,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Listen(Option<std::net::SocketAddr>);
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    if s == "off" {
+        return Ok(Listen(None));
+    }
+    s.parse()
+        .map(|a| Listen(Some(a)))
+        .map_err(|_| format!("{s:?}: an address and port (127.0.0.1:9721, [::]:9721) or off"))
 }
 
 impl OutputArgs {
@@ -40,6 +58,10 @@ impl OutputArgs {
             max_bytes: self.output_file_max_bytes,
             keep: self.output_file_keep,
         })
+    }
+
+    pub fn listen(&self) -> Option<std::net::SocketAddr> {
+        self.listen.0
     }
 
     pub fn redactor(&self) -> Result<Redactor> {

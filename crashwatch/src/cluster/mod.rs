@@ -113,6 +113,21 @@ impl Clusters {
         self.builds.see(s)
     }
 
+    /// Clusters in a crash loop at `now_ns`: `loop_count` crashes within the window before it.
+    pub fn looping_now(&self, now_ns: u64) -> usize {
+        let window = self.policy.loop_window.as_nanos() as u64;
+        let n = self.policy.loop_count as usize;
+        self.by_fingerprint
+            .values()
+            .filter(|c| {
+                c.recent.len() >= n
+                    && c.recent
+                        .front()
+                        .is_some_and(|t| now_ns.saturating_sub(*t) <= window)
+            })
+            .count()
+    }
+
     /// Counts report `r` (its `fingerprint` set) as crashing at `now_ns` (Unix time): the
     /// cluster as it is now, and what the report says of it.
     pub fn observe(&mut self, r: &Report, now_ns: u64) -> Observed {
@@ -278,6 +293,8 @@ mod tests {
             .map(|t| c.observe(&report("v1:a"), t * s).info.looping)
             .collect();
         assert_eq!(flags, [false, false, true, false, false, false, true]);
+        assert_eq!(c.looping_now(202 * s), 1);
+        assert_eq!(c.looping_now(300 * s), 0, "the window has passed");
     }
 
     fn go_report(fp: &str, revision: &str) -> Report {

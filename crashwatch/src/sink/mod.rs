@@ -8,6 +8,7 @@
 //! counted, and every report an output could not deliver is counted ([`SinkStats`]) and
 //! said at stop.
 mod file;
+pub mod metrics;
 pub mod pretty;
 
 use std::{
@@ -22,7 +23,7 @@ use std::{
 pub use file::{FileOptions, FileSink};
 pub use pretty::{frame, pretty};
 
-use crate::{escape::Esc, report::Report};
+use crate::report::Report;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -98,6 +99,15 @@ pub struct SinkStats {
     pub delivered: AtomicU64,
     /// Reports not delivered: the write failed, or the queue was full.
     pub errors: AtomicU64,
+    /// The same count, exported (`crashwatch_sink_errors_total`).
+    exported: prometheus_client::metrics::counter::Counter,
+}
+
+impl SinkStats {
+    fn error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.exported.inc();
+    }
 }
 
 /// Reports waiting for one output; past this, reports are dropped for it and counted.
@@ -118,9 +128,17 @@ pub struct Outputs {
 
 impl Outputs {
     /// Starts `out` on its own thread.
-    pub fn add(&mut self, name: &'static str, mut out: impl Output) -> anyhow::Result<()> {
+    pub fn add(
+        &mut self,
+        name: &'static str,
+        mut out: impl Output,
+        metrics: &metrics::Metrics,
+    ) -> anyhow::Result<()> {
         let (queue, rx) = mpsc::sync_channel::<Arc<Item>>(QUEUE);
-        let stats = Arc::new(SinkStats::default());
+        let stats = Arc::new(SinkStats {
+            exported: metrics.sink_errors(name),
+            ..SinkStats::default()
+        });
         let st = stats.clone();
         let thread = std::thread::Builder::new()
             .name(format!("sink-{name}"))
@@ -136,12 +154,14 @@ impl Outputs {
                     let mut next = Some(first);
                     while let Some(item) = next {
                         match out.write(&item) {
-                            Ok(()) => st.delivered.fetch_add(1, Ordering::Relaxed),
+                            Ok(()) => {
+                                st.delivered.fetch_add(1, Ordering::Relaxed);
+                            }
                             Err(e) => {
                                 fail(&format!("the report of pid {}", item.report.pid), e);
-                                st.errors.fetch_add(1, Ordering::Relaxed)
+                                st.error();
                             }
-                        };
+                        }
                         next = rx.try_recv().ok();
                     }
                     if let Err(e) = out.flush() {
@@ -166,7 +186,7 @@ impl Outputs {
                 .as_ref()
                 .is_some_and(|q| q.try_send(item.clone()).is_ok());
             if !sent {
-                w.stats.errors.fetch_add(1, Ordering::Relaxed);
+                w.stats.error();
             }
         }
     }
@@ -188,7 +208,7 @@ impl Outputs {
                 }
                 format!(
                     "{} output: {} reports delivered, {} not (write failed or queue full)",
-                    Esc(w.name),
+                    w.name,
                     w.stats.delivered.load(Ordering::Relaxed),
                     w.stats.errors.load(Ordering::Relaxed)
                 )

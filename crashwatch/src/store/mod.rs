@@ -392,6 +392,7 @@ pub struct Writer {
     builds_dropped: u64,
     /// Time the store thread spent writing (and pruning).
     busy_ns: Arc<AtomicU64>,
+    exported: prometheus_client::metrics::counter::Counter,
 }
 
 /// What the store thread did, for the agent's stop line.
@@ -406,10 +407,16 @@ pub struct Stored {
 }
 
 impl Writer {
-    pub fn spawn(mut store: Store, keep: Retention) -> Result<Writer> {
+    /// `exported`: `crashwatch_sink_errors_total{sink="store"}`, counted with `dropped`.
+    pub fn spawn(
+        mut store: Store,
+        keep: Retention,
+        exported: prometheus_client::metrics::counter::Counter,
+    ) -> Result<Writer> {
         let (queue, rx) = mpsc::sync_channel::<Item>(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let lost = dropped.clone();
+        let lost_exported = exported.clone();
         let busy_ns = Arc::new(AtomicU64::new(0));
         let busy = busy_ns.clone();
         let thread = std::thread::Builder::new()
@@ -431,6 +438,7 @@ impl Writer {
                             .iter()
                             .filter(|i| matches!(i, Item::Report(_)))
                             .count();
+                        lost_exported.inc_by(reports as u64);
                         if lost.fetch_add(reports as u64, Ordering::Relaxed) < 10 {
                             eprintln!("crashwatch: storing {} reports failed: {e:#}", reports);
                         }
@@ -453,6 +461,7 @@ impl Writer {
             dropped,
             builds_dropped: 0,
             busy_ns,
+            exported,
         })
     }
 
@@ -461,6 +470,7 @@ impl Writer {
         self.sent += 1;
         if !self.send(Item::Report(Box::new(w))) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.exported.inc();
         }
     }
 

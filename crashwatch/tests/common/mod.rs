@@ -71,6 +71,11 @@ impl Agent {
         if !setup.text {
             args.splice(0..0, ["--output".to_string(), "json".to_string()]);
         }
+        // Agents run side by side: each listens on a port of its own (see `metrics_addr`).
+        if !args.iter().any(|a| a == "--listen") {
+            args.push("--listen".into());
+            args.push("127.0.0.1:0".into());
+        }
         let reports = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let text = Arc::new(Mutex::new(Vec::new()));
@@ -307,6 +312,13 @@ impl Agent {
             "agent never logged {needle:?}; log:\n{}",
             self.log()
         );
+    }
+
+    /// Where the agent serves /metrics (from its log).
+    pub fn metrics_addr(&self) -> Option<String> {
+        let log = self.log();
+        let at = log.split("metrics on http://").nth(1)?;
+        Some(at.split('/').next()?.to_string())
     }
 
     pub fn log(&self) -> String {
