@@ -73,6 +73,8 @@ pub struct Options {
     pub file: Option<sink::FileOptions>,
     /// Where `/metrics` is served; None: nowhere.
     pub listen: Option<std::net::SocketAddr>,
+    /// `--webhook`s.
+    pub webhooks: Vec<sink::WebhookOptions>,
     /// Bytes of a dying process's last words kept in its report.
     pub last_words_max: usize,
     pub symbol_cache_bytes: usize,
@@ -147,7 +149,7 @@ pub async fn run(opts: Options) -> Result<()> {
         containers.clone(),
     );
     let metrics = sink::metrics::Metrics::new();
-    let outputs = start_outputs(opts.file.clone(), &metrics)?;
+    let outputs = start_outputs(opts.file.clone(), opts.webhooks.clone(), &metrics)?;
     if let Some(addr) = opts.listen {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
@@ -369,6 +371,7 @@ pub async fn run(opts: Options) -> Result<()> {
 /// The outputs besides stdout.
 fn start_outputs(
     file: Option<sink::FileOptions>,
+    webhooks: Vec<sink::WebhookOptions>,
     metrics: &sink::metrics::Metrics,
 ) -> Result<Outputs> {
     let mut outputs = Outputs::default();
@@ -380,6 +383,13 @@ fn start_outputs(
         }
         outputs.add("file", sink, metrics)?;
         eprintln!("crashwatch: reports also go to {}", Esc(&shown));
+    }
+    for w in webhooks {
+        let url = w.url.clone();
+        let hook =
+            sink::Webhook::start(w, metrics.sink_errors("webhook"), metrics.spooled.clone())?;
+        outputs.add("webhook", hook, metrics)?;
+        eprintln!("crashwatch: reports also go to the webhook {}", Esc(&url));
     }
     Ok(outputs)
 }

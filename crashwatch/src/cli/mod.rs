@@ -213,7 +213,12 @@ pub fn main() -> ExitCode {
                 }
             };
             let file = outputs.file();
-            if output == sink::Format::None && file.is_none() && history.no_store {
+            let webhooks = outputs.webhooks(&history.state_dir);
+            if output == sink::Format::None
+                && file.is_none()
+                && webhooks.is_empty()
+                && history.no_store
+            {
                 eprintln!("crashwatch: --output none with --no-store and no --output-file: reports would go nowhere");
                 return ExitCode::from(2);
             }
@@ -243,6 +248,7 @@ pub fn main() -> ExitCode {
                 redactor,
                 file,
                 listen: outputs.listen(),
+                webhooks,
                 state_dir: (!history.no_store).then(|| history.state_dir.clone()),
                 retention: history.retention(),
                 policy: history.policy(),

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::{redact::Redactor, sink::FileOptions};
+use crate::{
+    redact::Redactor,
+    sink::{FileOptions, WebhookFormat, WebhookOptions},
+};
 
 #[derive(Args, Clone, Debug)]
 pub struct OutputArgs {
@@ -22,6 +25,30 @@ pub struct OutputArgs {
     #[arg(long, value_name = "N", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     output_file_keep: u32,
+    /// POST each report to this http(s) URL (repeatable: each gets every report). Reports
+    /// wait in a spool under --state-dir while the endpoint is down and are delivered in
+    /// order when it returns, across restarts.
+    #[arg(long, value_name = "URL")]
+    webhook: Vec<String>,
+    /// A header sent with every webhook request, `Name: value` (repeatable).
+    #[arg(long, value_name = "NAME: VALUE", value_parser = parse_header)]
+    webhook_header: Vec<(String, String)>,
+    /// What a webhook request carries: the report's JSON, or Slack's `{"text": ...}`.
+    #[arg(long, value_enum, default_value_t = WebhookFormat::Json)]
+    webhook_format: WebhookFormat,
+    /// Trust only the PEM certificates in this file for https webhooks (default: the
+    /// system's CA store).
+    #[arg(long, value_name = "FILE")]
+    webhook_ca: Option<PathBuf>,
+    /// Longest wait between two attempts at an endpoint that is down (it doubles from 1 s).
+    #[arg(long, value_name = "SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    webhook_retry_max: u64,
+    /// MiB of reports each network output's spool may hold; past it the oldest are dropped
+    /// (and counted).
+    #[arg(long, value_name = "MIB", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    spool_max_mib: u64,
     /// Mask every match of this regular expression (Rust regex syntax) in command lines,
     /// error messages, runtime output and last words before anything is stored or sent;
     /// repeatable. Matches read `[REDACTED]`.
@@ -42,6 +69,22 @@ pub struct OutputArgs {
 #[derive(Clone, Copy, Debug)]
 struct Listen(Option<std::net::SocketAddr>);
 
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: `Name: value`"))?;
+    let k = k.trim();
+    let ok = !k.is_empty()
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+    if !ok || v.bytes().any(|b| b == b'\r' || b == b'\n') {
+        return Err(format!(
+            "{s:?}: a header name of letters, digits and -, then `: value`"
+        ));
+    }
+    Ok((k.to_string(), v.trim().to_string()))
+}
+
 fn parse_listen(s: &str) -> Result<Listen, String> {
     if s == "off" {
         return Ok(Listen(None));
@@ -58,6 +101,26 @@ impl OutputArgs {
             max_bytes: self.output_file_max_bytes,
             keep: self.output_file_keep,
         })
+    }
+
+    /// One set of options per `--webhook`, each with a spool of its own under `state_dir`.
+    pub fn webhooks(&self, state_dir: &std::path::Path) -> Vec<WebhookOptions> {
+        self.webhook
+            .iter()
+            .map(|url| {
+                // The spool is the URL's: another URL must not replay this one's reports.
+                let h = crate::cluster::fingerprint::fnv1a(url.as_bytes());
+                WebhookOptions {
+                    url: url.clone(),
+                    headers: self.webhook_header.clone(),
+                    format: self.webhook_format,
+                    ca: self.webhook_ca.clone(),
+                    spool_dir: state_dir.join(format!("spool/webhook-{h:016x}")),
+                    spool_max_bytes: self.spool_max_mib << 20,
+                    retry_max: std::time::Duration::from_secs(self.webhook_retry_max),
+                }
+            })
+            .collect()
     }
 
     pub fn listen(&self) -> Option<std::net::SocketAddr> {

@@ -60,6 +60,8 @@ pub struct Metrics {
     lost: Family<ReasonLabel, Counter>,
     pub go_probed: Gauge,
     sink_errors: Family<SinkLabel, Counter>,
+    /// Reports waiting in the network outputs' spools.
+    pub spooled: Gauge,
 }
 
 impl Metrics {
@@ -95,6 +97,12 @@ impl Metrics {
             "Reports an output did not deliver (write failed, queue full), by output",
             sink_errors.clone(),
         );
+        let spooled = Gauge::default();
+        registry.register(
+            "crashwatch_reports_spooled",
+            "Reports waiting in the network outputs' spools (an endpoint down)",
+            spooled.clone(),
+        );
         let build = Family::<VersionLabel, Gauge>::default();
         build
             .get_or_create(&VersionLabel {
@@ -111,6 +119,7 @@ impl Metrics {
             lost,
             go_probed,
             sink_errors,
+            spooled,
         })
     }
 

@@ -10,6 +10,8 @@
 mod file;
 pub mod metrics;
 pub mod pretty;
+mod spool;
+mod webhook;
 
 use std::{
     io::{self, Write},
@@ -22,6 +24,7 @@ use std::{
 
 pub use file::{FileOptions, FileSink};
 pub use pretty::{frame, pretty};
+pub use webhook::{Webhook, WebhookFormat, WebhookOptions};
 
 use crate::report::Report;
 
@@ -91,6 +94,11 @@ pub trait Output: Send + 'static {
     fn flush(&mut self) -> anyhow::Result<()> {
         Ok(())
     }
+    /// The agent stops: finish up; what the output did, when it has more to say than the
+    /// reports it took.
+    fn close(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// What one output did.
@@ -116,7 +124,7 @@ const QUEUE: usize = 4096;
 struct Worker {
     name: &'static str,
     queue: Option<mpsc::SyncSender<Arc<Item>>>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<Option<String>>>,
     stats: Arc<SinkStats>,
 }
 
@@ -168,6 +176,7 @@ impl Outputs {
                         fail("syncing", e);
                     }
                 }
+                out.close()
             })?;
         self.workers.push(Worker {
             name,
@@ -203,15 +212,17 @@ impl Outputs {
         self.workers
             .iter_mut()
             .map(|w| {
-                if let Some(t) = w.thread.take() {
-                    let _ = t.join();
-                }
-                format!(
-                    "{} output: {} reports delivered, {} not (write failed or queue full)",
+                let more = w.thread.take().and_then(|t| t.join().ok().flatten());
+                let took = format!(
+                    "{} output: {} reports taken, {} not (write failed or queue full)",
                     w.name,
                     w.stats.delivered.load(Ordering::Relaxed),
                     w.stats.errors.load(Ordering::Relaxed)
-                )
+                );
+                match more {
+                    Some(m) => format!("{took}; {m}"),
+                    None => took,
+                }
             })
             .collect()
     }
