@@ -63,6 +63,14 @@ for v in 1.21.13 1.23.9 1.25.5 1.26.6 1.27.3; do
   fi
 done
 
+# The OTLP test's receiver decodes with OpenTelemetry's own protobuf definitions (PyPI).
+d=/opt/crashwatch-py/otlp
+if ! PYTHONPATH=$d python3 -S -c 'import opentelemetry.proto.collector.logs.v1.logs_service_pb2' 2>/dev/null; then
+  log "pip install opentelemetry-proto -> $d"
+  python3 -m pip install -q --target "$d" opentelemetry-proto==1.45.2 protobuf==7.36.2 2>&1 \
+    | grep -v 'WARNING: Running pip as' || true
+fi
+
 # The agent needs tracefs for tracepoints and uprobes.
 if [ ! -e /sys/kernel/tracing/events ]; then
   log "mount tracefs"

@@ -118,12 +118,17 @@ fn the_file_holds_whole_reports_through_a_kill_9_and_a_torn_tail() {
 }
 
 #[test]
-fn secrets_are_masked_on_stdout_in_the_file_and_in_the_history() {
+fn secrets_are_masked_in_every_output() {
     let _alone = alone();
     let dir = state_dir("redact");
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("crashes.jsonl");
     let (f, d) = (file.display().to_string(), dir.display().to_string());
+    let (ep, rx) = (Endpoint::start(), OtlpReceiver::start(&dir));
+    let (hook, otlp) = (
+        format!("http://127.0.0.1:{}/", ep.port),
+        format!("http://127.0.0.1:{}", rx.server.port),
+    );
     let a = Agent::start(&[
         "--output-file",
         &f,
@@ -131,6 +136,11 @@ fn secrets_are_masked_on_stdout_in_the_file_and_in_the_history() {
         &d,
         "--redact",
         r"card-[0-9]{4}",
+        "--webhook",
+        &hook,
+        "--otlp-endpoint",
+        &otlp,
+        "--otlp-cmdline",
     ]);
     let args = [
         "null",
@@ -180,14 +190,47 @@ fn secrets_are_masked_on_stdout_in_the_file_and_in_the_history() {
     });
     clean("the crash history", &history);
     assert!(history.contains("password=[REDACTED]"), "{history}");
+    wait_until("the webhook's report", || {
+        ep.pids().contains(&(c.pid as u64))
+    });
+    let bodies: String = ep
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|g| g.body.clone())
+        .collect();
+    clean("the webhook", &bodies);
+    wait_until("the OTLP record", || {
+        rx.records()
+            .iter()
+            .any(|r| r["attributes"]["process.pid"] == c.pid)
+    });
+    let records = std::fs::read_to_string(&rx.got).unwrap();
+    clean("OTLP", &records);
+    assert!(
+        records.contains("db?user=app&password=[REDACTED]"),
+        "{records}"
+    );
+    ep.take_down();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One request a test endpoint took.
+#[derive(Clone)]
+struct Hit {
+    key: String,
+    /// The `X-Test` header.
+    header: String,
+    pid: u64,
+    body: String,
 }
 
 /// A webhook endpoint: records each request's idempotency key, a test header and the
 /// report's pid; can be taken down (connections refused) and brought back on its port.
 struct Endpoint {
     port: u16,
-    got: std::sync::Arc<std::sync::Mutex<Vec<(String, String, u64)>>>,
+    got: std::sync::Arc<std::sync::Mutex<Vec<Hit>>>,
     up: std::sync::Arc<AtomicBool>,
 }
 
@@ -237,9 +280,14 @@ impl Endpoint {
                 let mut body = vec![0; len];
                 r.read_exact(&mut body).unwrap();
                 let v: Value = serde_json::from_slice(&body).unwrap();
-                got.lock()
-                    .unwrap()
-                    .push((key, test, v["pid"].as_u64().unwrap()));
+                let pid = v["pid"].as_u64().unwrap();
+                let text = String::from_utf8_lossy(&body).into_owned();
+                got.lock().unwrap().push(Hit {
+                    key,
+                    header: test,
+                    pid,
+                    body: text,
+                });
                 let _ = (&s).write_all(
                     b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
                 );
@@ -253,7 +301,7 @@ impl Endpoint {
     }
 
     fn pids(&self) -> Vec<u64> {
-        self.got.lock().unwrap().iter().map(|g| g.2).collect()
+        self.got.lock().unwrap().iter().map(|g| g.pid).collect()
     }
 }
 
@@ -314,23 +362,61 @@ fn a_webhook_down_for_30_s_and_an_agent_restart_lose_and_reorder_nothing() {
         "every report once, in the order of the crashes"
     );
     let got = ep.got.lock().unwrap().clone();
-    let mut keys: Vec<&String> = got.iter().map(|g| &g.0).collect();
+    let mut keys: Vec<&String> = got.iter().map(|g| &g.key).collect();
     keys.sort();
     keys.dedup();
     assert_eq!(keys.len(), 10, "an idempotency key per report");
     assert!(
-        got.iter().all(|g| g.1 == "yes"),
+        got.iter().all(|g| g.header == "yes"),
         "the configured header on every request"
     );
     ep.take_down();
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A Python program serving on a free loopback port (its first argument), in `dir`; killed
+/// on drop.
+struct PyServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl PyServer {
+    /// `-S` and `pythonpath`: only the modules setup.sh installed there, not the host's.
+    fn start(dir: &Path, script: &str, pythonpath: Option<&str>) -> PyServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = Command::new("python3");
+        if let Some(p) = pythonpath {
+            cmd.arg("-S").env("PYTHONPATH", p);
+        }
+        let child = cmd
+            .args(["-c", script, &port.to_string()])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until("the Python server", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        PyServer { child, port }
+    }
+}
+
+impl Drop for PyServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A private CA, and an https endpoint (Python's http.server behind ssl) whose certificate
 /// it signed for 127.0.0.1; the endpoint appends each body to `got`.
 struct HttpsEndpoint {
-    child: std::process::Child,
-    port: u16,
+    server: PyServer,
     ca: std::path::PathBuf,
     got: std::path::PathBuf,
 }
@@ -352,11 +438,6 @@ impl HttpsEndpoint {
             openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr -subj /CN=127.0.0.1
             printf 'subjectAltName=IP:127.0.0.1\\n' > ext
             openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 1 -extfile ext");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let server = r#"
 import http.server, ssl, sys
 class H(http.server.BaseHTTPRequestHandler):
@@ -375,29 +456,11 @@ c.load_cert_chain('srv.pem', 'srv.key')
 s.socket = c.wrap_socket(s.socket, server_side=True)
 s.serve_forever()
 "#;
-        let child = Command::new("python3")
-            .args(["-c", server, &port.to_string()])
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_until("the https endpoint", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
         HttpsEndpoint {
-            child,
-            port,
+            server: PyServer::start(dir, server, None),
             ca: dir.join("ca.pem"),
             got: dir.join("got"),
         }
-    }
-}
-
-impl Drop for HttpsEndpoint {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -407,7 +470,7 @@ fn https_webhooks_trust_the_given_ca_and_refuse_an_unknown_one() {
     let dir = state_dir("https");
     std::fs::create_dir_all(&dir).unwrap();
     let ep = HttpsEndpoint::start(&dir);
-    let url = format!("https://127.0.0.1:{}/hook", ep.port);
+    let url = format!("https://127.0.0.1:{}/hook", ep.server.port);
     let ca = ep.ca.display().to_string();
     // The private CA given: delivered, in Slack's format.
     let a = Agent::start(&[
@@ -447,5 +510,137 @@ fn https_webhooks_trust_the_given_ca_and_refuse_an_unknown_one() {
             .contains(&format!("(pid {})", c2.pid)),
         "delivered to an endpoint whose certificate nobody trusted"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An OTLP/HTTP logs receiver: Python's http.server decoding each request with
+/// OpenTelemetry's own protobuf definitions (PyPI's opentelemetry-proto, installed by
+/// scripts/setup.sh) and writing each LogRecord as a JSON line.
+struct OtlpReceiver {
+    server: PyServer,
+    got: std::path::PathBuf,
+}
+
+impl OtlpReceiver {
+    fn start(dir: &Path) -> OtlpReceiver {
+        let server = r#"
+import http.server, json, sys
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+def value(v):
+    kind = v.WhichOneof('value')
+    if kind == 'array_value':
+        return [value(x) for x in v.array_value.values]
+    return getattr(v, kind) if kind else None
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        req = ExportLogsServiceRequest()
+        req.ParseFromString(self.rfile.read(int(self.headers['Content-Length'])))
+        with open('got', 'a') as f:
+            for rl in req.resource_logs:
+                res = {a.key: value(a.value) for a in rl.resource.attributes}
+                for sl in rl.scope_logs:
+                    for r in sl.log_records:
+                        f.write(json.dumps({
+                            'path': self.path,
+                            'content_type': self.headers['Content-Type'],
+                            'resource': res,
+                            'severity_number': r.severity_number,
+                            'severity_text': r.severity_text,
+                            'time_unix_nano': r.time_unix_nano,
+                            'body': value(r.body),
+                            'attributes': {a.key: value(a.value) for a in r.attributes},
+                        }) + '\n')
+        self.send_response(200)
+        self.send_header('Content-Type', 'application/x-protobuf')
+        self.send_header('Content-Length', '0')
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()
+"#;
+        OtlpReceiver {
+            server: PyServer::start(dir, server, Some("/opt/crashwatch-py/otlp")),
+            got: dir.join("got"),
+        }
+    }
+
+    fn records(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.got)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+#[test]
+fn an_otlp_receiver_gets_one_fatal_log_record_per_crash() {
+    let _alone = alone();
+    let dir = state_dir("otlp");
+    std::fs::create_dir_all(&dir).unwrap();
+    let rx = OtlpReceiver::start(&dir);
+    let endpoint = format!("http://127.0.0.1:{}", rx.server.port);
+    let a = Agent::start(&["--otlp-endpoint", &endpoint]);
+    let mut cmd = Crasher::command("null");
+    cmd.arg("token=t0ps3cret");
+    let c = Crasher::finish(common::spawn(&mut cmd));
+    let rep = a.report_for(c.pid);
+    wait_until("the log record", || {
+        rx.records()
+            .iter()
+            .any(|r| r["attributes"]["process.pid"] == c.pid)
+    });
+    let all = rx.records();
+    let r = all
+        .iter()
+        .find(|r| r["attributes"]["process.pid"] == c.pid)
+        .unwrap();
+    assert_eq!(r["path"], "/v1/logs");
+    assert_eq!(r["content_type"], "application/x-protobuf");
+    assert_eq!(
+        (r["severity_number"].as_u64(), r["severity_text"].as_str()),
+        (Some(21), Some("FATAL"))
+    );
+    assert_eq!(r["body"], "SIGSEGV (SEGV_MAPERR)");
+    assert_eq!(r["resource"]["service.name"], "crashwatch");
+    assert_eq!(r["resource"]["host.name"], rep["host"]);
+    let at = &r["attributes"];
+    assert_eq!(at["exception.type"], "SIGSEGV");
+    assert_eq!(at["exception.message"], "SEGV_MAPERR");
+    assert!(
+        at["exception.stacktrace"]
+            .as_str()
+            .unwrap()
+            .contains("null_write"),
+        "{}",
+        at["exception.stacktrace"]
+    );
+    assert_eq!(at["process.parent_pid"], rep["ppid"]);
+    assert_eq!(at["process.executable.path"], rep["exe"]);
+    assert_eq!(at["crashwatch.kind"], "signal");
+    assert_eq!(at["crashwatch.fingerprint"], rep["fingerprint"]);
+    assert_eq!(at["crashwatch.cluster.count"], rep["cluster"]["count"]);
+    assert!(
+        at["process.executable.build_id.gnu"]
+            .as_str()
+            .is_some_and(|b| b.len() == 40),
+        "{at}"
+    );
+    assert!(
+        at.get("process.command_args").is_none(),
+        "no command line without --otlp-cmdline"
+    );
+    // The report's own time of death, not the time it was sent.
+    assert_eq!(r["time_unix_nano"].as_u64().unwrap() / 1000, {
+        let t = rep["time"].as_str().unwrap();
+        let secs = std::process::Command::new("date")
+            .args(["-u", "-d", t, "+%s%6N"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&secs.stdout)
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    });
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -73,7 +73,7 @@ pub struct Options {
     pub file: Option<sink::FileOptions>,
     /// Where `/metrics` is served; None: nowhere.
     pub listen: Option<std::net::SocketAddr>,
-    /// `--webhook`s.
+    /// `--webhook`s and `--otlp-endpoint`.
     pub webhooks: Vec<sink::WebhookOptions>,
     /// Bytes of a dying process's last words kept in its report.
     pub last_words_max: usize,

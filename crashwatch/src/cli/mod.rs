@@ -213,7 +213,8 @@ pub fn main() -> ExitCode {
                 }
             };
             let file = outputs.file();
-            let webhooks = outputs.webhooks(&history.state_dir);
+            let mut webhooks = outputs.webhooks(&history.state_dir);
+            webhooks.extend(outputs.otlp(&history.state_dir));
             if output == sink::Format::None
                 && file.is_none()
                 && webhooks.is_empty()

@@ -49,6 +49,21 @@ pub struct OutputArgs {
     #[arg(long, value_name = "MIB", default_value_t = 64,
           value_parser = clap::value_parser!(u64).range(1..))]
     spool_max_mib: u64,
+    /// Send each report as an OpenTelemetry log record (OTLP/HTTP, protobuf) to this
+    /// collector: `http://collector:4318` (`/v1/logs` is added) or the full logs URL. Spooled
+    /// and retried as webhooks are.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// A header sent with every OTLP request, `Name: value` (repeatable).
+    #[arg(long, value_name = "NAME: VALUE", value_parser = parse_header)]
+    otlp_header: Vec<(String, String)>,
+    /// Include the command line (`process.command_args`) in OTLP records; off by default, as
+    /// the semantic conventions advise (a command line can hold secrets --redact misses).
+    #[arg(long)]
+    otlp_cmdline: bool,
+    /// Trust only the PEM certificates in this file for an https OTLP endpoint.
+    #[arg(long, value_name = "FILE")]
+    otlp_ca: Option<PathBuf>,
     /// Mask every match of this regular expression (Rust regex syntax) in command lines,
     /// error messages, runtime output and last words before anything is stored or sent;
     /// repeatable. Matches read `[REDACTED]`.
@@ -111,6 +126,8 @@ impl OutputArgs {
                 // The spool is the URL's: another URL must not replay this one's reports.
                 let h = crate::cluster::fingerprint::fnv1a(url.as_bytes());
                 WebhookOptions {
+                    name: "webhook",
+                    otlp: None,
                     url: url.clone(),
                     headers: self.webhook_header.clone(),
                     format: self.webhook_format,
@@ -121,6 +138,28 @@ impl OutputArgs {
                 }
             })
             .collect()
+    }
+
+    /// The OTLP output's options, with a spool of its own under `state_dir`.
+    pub fn otlp(&self, state_dir: &std::path::Path) -> Option<WebhookOptions> {
+        let base = self.otlp_endpoint.as_ref()?;
+        let url = if base.trim_end_matches('/').ends_with("/v1/logs") {
+            base.clone()
+        } else {
+            format!("{}/v1/logs", base.trim_end_matches('/'))
+        };
+        let h = crate::cluster::fingerprint::fnv1a(url.as_bytes());
+        Some(WebhookOptions {
+            name: "otlp",
+            otlp: Some(self.otlp_cmdline),
+            headers: self.otlp_header.clone(),
+            format: WebhookFormat::Json,
+            ca: self.otlp_ca.clone(),
+            spool_dir: state_dir.join(format!("spool/otlp-{h:016x}")),
+            spool_max_bytes: self.spool_max_mib << 20,
+            retry_max: std::time::Duration::from_secs(self.webhook_retry_max),
+            url,
+        })
     }
 
     pub fn listen(&self) -> Option<std::net::SocketAddr> {

@@ -344,9 +344,54 @@ pub fn rfc3339(unix_ns: u64) -> String {
     )
 }
 
+/// Unix ns of an RFC 3339 UTC time as [`rfc3339`] writes it (`YYYY-MM-DDTHH:MM:SS[.f]Z`).
+pub fn parse_rfc3339(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || !s.ends_with('Z') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    let frac = &s[19..s.len() - 1];
+    let ns = match frac.strip_prefix('.') {
+        Some(f) if !f.is_empty() && f.len() <= 9 && f.bytes().all(|c| c.is_ascii_digit()) => {
+            f.parse::<u64>().ok()? * 10u64.pow(9 - f.len() as u32)
+        }
+        None if frac.is_empty() => 0,
+        _ => return None,
+    };
+    // Days since 1970-01-01 from a civil date (the inverse of rfc3339's).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    Some(u64::try_from(secs).ok()? * 1_000_000_000 + ns)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_round_trips() {
+        for ns in [0u64, 1_764_680_000_123_456_000, 951_782_400_000_000_000] {
+            assert_eq!(parse_rfc3339(&rfc3339(ns)), Some(ns));
+        }
+        assert_eq!(
+            parse_rfc3339("2026-12-02T13:00:00Z"),
+            Some(1_796_216_400_000_000_000)
+        );
+        assert_eq!(parse_rfc3339("2026-13-02T13:00:00Z"), None);
+        assert_eq!(parse_rfc3339("yesterday"), None);
+    }
 
     #[test]
     fn formats_utc_times() {

@@ -9,6 +9,7 @@
 //! said at stop.
 mod file;
 pub mod metrics;
+mod otlp;
 pub mod pretty;
 mod spool;
 mod webhook;

@@ -1,7 +1,8 @@
-//! The webhook output (`--webhook URL`): one POST per report, the report's JSON (or, with
-//! `--webhook-format slack`, a Slack-compatible `{"text": …}`), with an `Idempotency-Key`
-//! header that is the same for every attempt at one report, so a receiver can drop a
-//! duplicate (a POST whose answer was lost is sent again).
+//! The HTTP outputs: webhooks (`--webhook URL`) and OTLP/HTTP logs (`--otlp-endpoint`, its
+//! body from [`super::otlp`]). One POST per report: the report's JSON (or, with
+//! `--webhook-format slack`, a Slack-compatible `{"text": …}`; for OTLP, protobuf), with an
+//! `Idempotency-Key` header that is the same for every attempt at one report, so a receiver
+//! can drop a duplicate (a POST whose answer was lost is sent again).
 //!
 //! Every report goes through the spool ([`super::spool`]) first: a sender thread delivers the
 //! oldest waiting report, and only a 2xx answer removes it. A connection error, a timeout, a
@@ -34,6 +35,10 @@ pub enum WebhookFormat {
 
 #[derive(Clone, Debug)]
 pub struct WebhookOptions {
+    /// `webhook` or `otlp`: in log lines and the exported error count.
+    pub name: &'static str,
+    /// OTLP logs (with the command line or not) instead of the webhook's formats.
+    pub otlp: Option<bool>,
     pub url: String,
     pub headers: Vec<(String, String)>,
     pub format: WebhookFormat,
@@ -74,9 +79,9 @@ impl Webhook {
         let uri: ureq::http::Uri = opts
             .url
             .parse()
-            .with_context(|| format!("--webhook {:?}", opts.url))?;
+            .with_context(|| format!("{} {:?}", opts.name, opts.url))?;
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-            bail!("--webhook {:?}: an http:// or https:// URL", opts.url);
+            bail!("{} {:?}: an http:// or https:// URL", opts.name, opts.url);
         }
         let agent = client(&opts)?;
         let spool = Arc::new(Spool::open(&opts.spool_dir, opts.spool_max_bytes)?);
@@ -119,7 +124,8 @@ fn client(opts: &WebhookOptions) -> Result<ureq::Agent> {
     use ureq::tls::{Certificate, RootCerts, TlsConfig};
     let roots = match &opts.ca {
         Some(p) => {
-            let pem = std::fs::read(p).with_context(|| format!("--webhook-ca {}", p.display()))?;
+            let pem =
+                std::fs::read(p).with_context(|| format!("{} CA {}", opts.name, p.display()))?;
             let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
                 .filter_map(|i| match i {
                     Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
@@ -127,7 +133,7 @@ fn client(opts: &WebhookOptions) -> Result<ureq::Agent> {
                 })
                 .collect();
             if certs.is_empty() {
-                bail!("--webhook-ca {}: no PEM certificate in it", p.display());
+                bail!("{} CA {}: no PEM certificate in it", opts.name, p.display());
             }
             RootCerts::new_with_certs(&certs)
         }
@@ -143,9 +149,10 @@ fn client(opts: &WebhookOptions) -> Result<ureq::Agent> {
 
 impl Output for Webhook {
     fn write(&mut self, item: &Item) -> Result<()> {
-        let body = match self.opts.format {
-            WebhookFormat::Json => item.json.clone().into_bytes(),
-            WebhookFormat::Slack => serde_json::to_vec(&serde_json::json!({
+        let body = match (self.opts.otlp, self.opts.format) {
+            (Some(cmdline), _) => super::otlp::encode(&item.report, cmdline),
+            (None, WebhookFormat::Json) => item.json.clone().into_bytes(),
+            (None, WebhookFormat::Slack) => serde_json::to_vec(&serde_json::json!({
                 "text": slack_text(&item.report)
             }))?,
         };
@@ -154,8 +161,8 @@ impl Output for Webhook {
         if dropped > 0 {
             self.errors.inc_by(dropped);
             eprintln!(
-                "crashwatch: webhook {}: the spool is full: dropped the {dropped} oldest reports",
-                self.opts.url
+                "crashwatch: {} {}: the spool is full: dropped the {dropped} oldest reports",
+                self.opts.name, self.opts.url
             );
         }
         let _ = self.wake.send(());
@@ -169,7 +176,8 @@ impl Output for Webhook {
             let _ = t.join();
         }
         Some(format!(
-            "webhook {}: {} reports delivered, {} refused by the endpoint, {} dropped from a full spool, {} retries; {} left in the spool for the next start",
+            "{} {}: {} reports delivered, {} refused by the endpoint, {} dropped from a full spool, {} retries; {} left in the spool for the next start",
+            self.opts.name,
             self.opts.url,
             self.counts.delivered.load(Ordering::Relaxed),
             self.counts.refused.load(Ordering::Relaxed),
@@ -213,7 +221,10 @@ impl Sender {
                     self.spooled.dec();
                     self.counts.delivered.fetch_add(1, Ordering::Relaxed);
                     if said_down {
-                        eprintln!("crashwatch: webhook {}: delivering again", self.opts.url);
+                        eprintln!(
+                            "crashwatch: {} {}: delivering again",
+                            self.opts.name, self.opts.url
+                        );
                         said_down = false;
                     }
                     failures = 0;
@@ -224,15 +235,16 @@ impl Sender {
                     self.errors.inc();
                     self.counts.refused.fetch_add(1, Ordering::Relaxed);
                     eprintln!(
-                        "crashwatch: webhook {}: refused a report for good ({why}): dropped",
-                        self.opts.url
+                        "crashwatch: {} {}: refused a report for good ({why}): dropped",
+                        self.opts.name, self.opts.url
                     );
                 }
                 Outcome::Retry(why) => {
                     self.counts.retries.fetch_add(1, Ordering::Relaxed);
                     if !said_down {
                         eprintln!(
-                            "crashwatch: webhook {}: not delivered ({why}): {} reports wait in the spool, retrying",
+                            "crashwatch: {} {}: not delivered ({why}): {} reports wait in the spool, retrying",
+                            self.opts.name,
                             self.opts.url,
                             self.spool.len()
                         );
@@ -269,7 +281,13 @@ impl Sender {
         let mut req = self
             .agent
             .post(&self.opts.url)
-            .header("Content-Type", "application/json")
+            .header(
+                "Content-Type",
+                match self.opts.otlp {
+                    Some(_) => "application/x-protobuf",
+                    None => "application/json",
+                },
+            )
             .header("Idempotency-Key", &s.key)
             .header(
                 "User-Agent",
