@@ -4,26 +4,13 @@
 mod common;
 
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{state_dir, Agent, Crasher};
+use common::{http_get as get, state_dir, Agent, Crasher};
 use serde_json::Value;
-
-/// (status line and headers, body) of `GET path` at `addr`.
-fn get(addr: &str, path: &str) -> Option<(String, String)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut all = String::new();
-    s.read_to_string(&mut all).ok()?;
-    let (head, body) = all.split_once("\r\n\r\n")?;
-    Some((head.to_string(), body.to_string()))
-}
 
 fn url_encode(s: &str) -> String {
     s.bytes()

@@ -53,6 +53,7 @@ fn the_file_holds_whole_reports_through_a_kill_9_and_a_torn_tail() {
 
     // A storm of 2,000 crashes; the agent is killed with SIGKILL once a few hundred are in.
     let stop = AtomicBool::new(false);
+    let acknowledged = std::sync::atomic::AtomicU64::new(0);
     let crashed = std::thread::scope(|s| {
         let workers: Vec<_> = (0..2)
             .map(|_| {
@@ -73,9 +74,14 @@ fn the_file_holds_whole_reports_through_a_kill_9_and_a_torn_tail() {
         wait_until("300 reports in the file", || {
             std::fs::read_to_string(&file).map_or(0, |t| t.lines().count()) >= 300
         });
+        // What the agent says it wrote to the file: none of it may be missing after the kill.
+        let acked = a
+            .metric(r#"crashwatch_reports_delivered_total{sink="file"}"#)
+            .expect("the file output's count on /metrics");
         a.signal(libc::SIGKILL);
         a.wait_exit(Duration::from_secs(10))
             .expect("the agent died");
+        acknowledged.store(acked as u64, Ordering::Relaxed);
         // Some more crashes with nobody watching, then the rest of the storm is called off.
         std::thread::sleep(Duration::from_millis(200));
         stop.store(true, Ordering::Relaxed);
@@ -85,9 +91,10 @@ fn the_file_holds_whole_reports_through_a_kill_9_and_a_torn_tail() {
             .sum::<usize>()
     });
     let before = lines(&file);
+    let acked = acknowledged.load(Ordering::Relaxed) as usize;
     assert!(
-        before.len() >= 300 && before.len() <= crashed,
-        "{} lines",
+        acked >= 300 && before.len() >= acked && before.len() <= crashed,
+        "{} lines, {acked} acknowledged on /metrics before the kill",
         before.len()
     );
     let mut pids: Vec<u64> = before.iter().map(|r| r["pid"].as_u64().unwrap()).collect();

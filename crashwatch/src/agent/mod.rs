@@ -189,6 +189,7 @@ pub async fn run(opts: Options) -> Result<()> {
                     clusters,
                     store,
                     stdout_errors: m.sink_errors("stdout"),
+                    stdout_delivered: m.delivered("stdout"),
                     metrics: m,
                 }
                 .run(queue)
@@ -385,11 +386,13 @@ fn start_outputs(
         eprintln!("crashwatch: reports also go to {}", Esc(&shown));
     }
     for w in webhooks {
-        let url = w.url.clone();
-        let hook =
-            sink::Webhook::start(w, metrics.sink_errors("webhook"), metrics.spooled.clone())?;
-        outputs.add("webhook", hook, metrics)?;
-        eprintln!("crashwatch: reports also go to the webhook {}", Esc(&url));
+        let (name, url) = (w.name, w.url.clone());
+        let hook = sink::Webhook::start(w, metrics)?;
+        outputs.add(name, hook, metrics)?;
+        eprintln!(
+            "crashwatch: reports also go to the {name} output {}",
+            Esc(&url)
+        );
     }
     Ok(outputs)
 }
@@ -409,7 +412,12 @@ fn open_store(
         Ok((
             known,
             builds,
-            store::Writer::spawn(s, opts.retention, metrics.sink_errors("store"))?,
+            store::Writer::spawn(
+                s,
+                opts.retention,
+                metrics.sink_errors("store"),
+                metrics.delivered("store"),
+            )?,
         ))
     });
     match opened {

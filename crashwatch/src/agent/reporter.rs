@@ -47,6 +47,7 @@ pub(super) struct Reporter {
     pub(super) metrics: Arc<sink::metrics::Metrics>,
     /// `crashwatch_sink_errors_total{sink="stdout"}`.
     pub(super) stdout_errors: prometheus_client::metrics::counter::Counter,
+    pub(super) stdout_delivered: prometheus_client::metrics::counter::Counter,
 }
 
 /// What the report thread says when it ends.
@@ -158,7 +159,9 @@ impl Reporter {
             return;
         };
         match out.emit(report, json) {
-            Ok(()) => {}
+            Ok(()) => {
+                self.stdout_delivered.inc();
+            }
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
                 self.unwritten += 1;
                 self.stdout_errors.inc();

@@ -60,6 +60,7 @@ pub struct Metrics {
     lost: Family<ReasonLabel, Counter>,
     pub go_probed: Gauge,
     sink_errors: Family<SinkLabel, Counter>,
+    delivered: Family<SinkLabel, Counter>,
     /// Reports waiting in the network outputs' spools.
     pub spooled: Gauge,
 }
@@ -97,6 +98,12 @@ impl Metrics {
             "Reports an output did not deliver (write failed, queue full), by output",
             sink_errors.clone(),
         );
+        let delivered = Family::<SinkLabel, Counter>::default();
+        registry.register(
+            "crashwatch_reports_delivered",
+            "Reports an output delivered: written (stdout, file, store) or accepted with a 2xx (webhook, otlp)",
+            delivered.clone(),
+        );
         let spooled = Gauge::default();
         registry.register(
             "crashwatch_reports_spooled",
@@ -119,6 +126,7 @@ impl Metrics {
             lost,
             go_probed,
             sink_errors,
+            delivered,
             spooled,
         })
     }
@@ -173,6 +181,13 @@ impl Metrics {
     /// A handle on output `sink`'s error counter.
     pub fn sink_errors(&self, sink: &str) -> Counter {
         self.sink_errors
+            .get_or_create(&SinkLabel { sink: sink.into() })
+            .clone()
+    }
+
+    /// A handle on output `sink`'s delivered counter.
+    pub fn delivered(&self, sink: &str) -> Counter {
+        self.delivered
             .get_or_create(&SinkLabel { sink: sink.into() })
             .clone()
     }

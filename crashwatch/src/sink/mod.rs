@@ -100,6 +100,11 @@ pub trait Output: Send + 'static {
     fn close(&mut self) -> Option<String> {
         None
     }
+    /// A report written is delivered (the file); false for an output that only queues it
+    /// (the spooled ones count their own deliveries).
+    fn delivers_on_write(&self) -> bool {
+        true
+    }
 }
 
 /// What one output did.
@@ -110,6 +115,8 @@ pub struct SinkStats {
     pub errors: AtomicU64,
     /// The same count, exported (`crashwatch_sink_errors_total`).
     exported: prometheus_client::metrics::counter::Counter,
+    /// `crashwatch_reports_delivered_total`, for outputs that deliver on write.
+    delivered_exported: Option<prometheus_client::metrics::counter::Counter>,
 }
 
 impl SinkStats {
@@ -146,6 +153,7 @@ impl Outputs {
         let (queue, rx) = mpsc::sync_channel::<Arc<Item>>(QUEUE);
         let stats = Arc::new(SinkStats {
             exported: metrics.sink_errors(name),
+            delivered_exported: out.delivers_on_write().then(|| metrics.delivered(name)),
             ..SinkStats::default()
         });
         let st = stats.clone();
@@ -165,6 +173,9 @@ impl Outputs {
                         match out.write(&item) {
                             Ok(()) => {
                                 st.delivered.fetch_add(1, Ordering::Relaxed);
+                                if let Some(c) = &st.delivered_exported {
+                                    c.inc();
+                                }
                             }
                             Err(e) => {
                                 fail(&format!("the report of pid {}", item.report.pid), e);

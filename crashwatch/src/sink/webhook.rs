@@ -71,11 +71,9 @@ pub struct Webhook {
 impl Webhook {
     /// Checks the options, opens the spool (with what an earlier agent left) and starts the
     /// sender. `errors`, `spooled`: the exported counts.
-    pub fn start(
-        opts: WebhookOptions,
-        errors: prometheus_client::metrics::counter::Counter,
-        spooled: prometheus_client::metrics::gauge::Gauge,
-    ) -> Result<Webhook> {
+    pub fn start(opts: WebhookOptions, metrics: &super::metrics::Metrics) -> Result<Webhook> {
+        let (errors, spooled) = (metrics.sink_errors(opts.name), metrics.spooled.clone());
+        let delivered = metrics.delivered(opts.name);
         let uri: ureq::http::Uri = opts
             .url
             .parse()
@@ -92,6 +90,7 @@ impl Webhook {
         let sender = {
             let (spool, stop, counts) = (spool.clone(), stop.clone(), counts.clone());
             let (opts, errors, spooled) = (opts.clone(), errors.clone(), spooled.clone());
+            let delivered = delivered.clone();
             std::thread::Builder::new()
                 .name("webhook".into())
                 .spawn(move || {
@@ -103,6 +102,7 @@ impl Webhook {
                         counts,
                         errors,
                         spooled,
+                        delivered,
                     }
                     .run(woken)
                 })?
@@ -169,6 +169,10 @@ impl Output for Webhook {
         Ok(())
     }
 
+    fn delivers_on_write(&self) -> bool {
+        false
+    }
+
     fn close(&mut self) -> Option<String> {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.wake.send(());
@@ -196,6 +200,7 @@ struct Sender {
     counts: Arc<Counts>,
     errors: prometheus_client::metrics::counter::Counter,
     spooled: prometheus_client::metrics::gauge::Gauge,
+    delivered: prometheus_client::metrics::counter::Counter,
 }
 
 /// What became of one attempt.
@@ -220,6 +225,7 @@ impl Sender {
                     self.spool.pop(next.seq);
                     self.spooled.dec();
                     self.counts.delivered.fetch_add(1, Ordering::Relaxed);
+                    self.delivered.inc();
                     if said_down {
                         eprintln!(
                             "crashwatch: {} {}: delivering again",

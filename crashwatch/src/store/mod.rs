@@ -407,11 +407,13 @@ pub struct Stored {
 }
 
 impl Writer {
-    /// `exported`: `crashwatch_sink_errors_total{sink="store"}`, counted with `dropped`.
+    /// `exported`: `crashwatch_sink_errors_total{sink="store"}`, counted with `dropped`;
+    /// `stored`: `crashwatch_reports_delivered_total{sink="store"}`.
     pub fn spawn(
         mut store: Store,
         keep: Retention,
         exported: prometheus_client::metrics::counter::Counter,
+        stored: prometheus_client::metrics::counter::Counter,
     ) -> Result<Writer> {
         let (queue, rx) = mpsc::sync_channel::<Item>(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
@@ -433,16 +435,21 @@ impl Writer {
                         }
                     }
                     let t0 = std::time::Instant::now();
-                    if let Err(e) = store.insert(&batch, &keep) {
-                        let reports = batch
-                            .iter()
-                            .filter(|i| matches!(i, Item::Report(_)))
-                            .count();
-                        lost_exported.inc_by(reports as u64);
-                        if lost.fetch_add(reports as u64, Ordering::Relaxed) < 10 {
-                            eprintln!("crashwatch: storing {} reports failed: {e:#}", reports);
+                    let reports = batch
+                        .iter()
+                        .filter(|i| matches!(i, Item::Report(_)))
+                        .count();
+                    match store.insert(&batch, &keep) {
+                        Ok(()) => {
+                            stored.inc_by(reports as u64);
                         }
-                    }
+                        Err(e) => {
+                            lost_exported.inc_by(reports as u64);
+                            if lost.fetch_add(reports as u64, Ordering::Relaxed) < 10 {
+                                eprintln!("crashwatch: storing {reports} reports failed: {e:#}");
+                            }
+                        }
+                    };
                     // Age and size: at the first batch and about every 256 reports.
                     if written == 0 || written / 256 != (written + batch.len() as u64) / 256 {
                         if let Err(e) = store.prune(&keep) {

@@ -329,6 +329,27 @@ impl Agent {
 /// The agent under test: this build's, or `CRASHWATCH_AGENT` (the VM runs a static one).
 /// A fresh directory under the system's temp dir (the VMs run these tests too, where the
 /// build's target dir does not exist), unique to this process and call.
+/// (status line and headers, body) of a plain `GET path` at `addr` (HTTP/1.0).
+pub fn http_get(addr: &str, path: &str) -> Option<(String, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut all = String::new();
+    s.read_to_string(&mut all).ok()?;
+    let (head, body) = all.split_once("\r\n\r\n")?;
+    Some((head.to_string(), body.to_string()))
+}
+
+impl Agent {
+    /// A sample's value on the agent's /metrics (`name{labels}` exactly as exposed).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = http_get(&self.metrics_addr()?, "/metrics")?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+}
+
 pub fn state_dir(tag: &str) -> PathBuf {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
