@@ -67,13 +67,19 @@ impl Prometheus {
 
     /// The value of an instant query returning one series, None when it returns none.
     fn value(&self, query: &str) -> Option<f64> {
-        let (_, body) = get(
-            &self.addr,
-            &format!("/api/v1/query?query={}", url_encode(query)),
-        )?;
-        let v: Value = serde_json::from_str(&body).ok()?;
+        self.query(query)["data"]["result"][0]["value"][1]
+            .as_str()?
+            .parse()
+            .ok()
+    }
+
+    /// An instant query's answer; the test fails on anything but success.
+    fn query(&self, query: &str) -> Value {
+        let path = format!("/api/v1/query?query={}", url_encode(query));
+        let (_, body) = get(&self.addr, &path).expect("Prometheus answers");
+        let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["status"], "success", "{query}: {body}");
-        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+        v
     }
 
     fn until(&self, what: &str, mut f: impl FnMut() -> bool) {
@@ -128,4 +134,57 @@ fn prometheus_scrapes_the_crashes_this_test_caused() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(prom.value(query), Some(before + 3.0));
     assert_eq!(prom.value("crashwatch_crash_loops"), Some(0.0));
+
+    // Every panel of the Grafana dashboard, with Grafana's variables as a dashboard set to
+    // "All" would send them, is a query Prometheus accepts; the crash panels show ours.
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/grafana/crashwatch.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let panels = dash["panels"].as_array().unwrap();
+    assert!(panels.len() >= 8);
+    for p in panels {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "1m")
+                .replace("$job", "crashwatch")
+                .replace("$namespace", ".*");
+            assert!(!expr.contains('$'), "a variable left in {expr}");
+            let v = prom.query(&expr);
+            let result = v["data"]["result"].as_array().unwrap();
+            if p["title"].as_str().unwrap().starts_with("Crashes by") {
+                assert!(!result.is_empty(), "{}: no series for {expr}", p["title"]);
+            }
+        }
+    }
+    for var in dash["templating"]["list"].as_array().unwrap() {
+        let Some(def) = var["definition"].as_str() else {
+            continue;
+        };
+        // label_values(metric, label)
+        let (metric, label) = def
+            .strip_prefix("label_values(")
+            .and_then(|d| d.strip_suffix(')'))
+            .and_then(|d| d.split_once(", "))
+            .unwrap_or_else(|| panic!("{def}"));
+        let (_, body) = get(
+            &prom.addr,
+            &format!(
+                "/api/v1/label/{label}/values?match[]={}",
+                url_encode(metric)
+            ),
+        )
+        .unwrap();
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["status"], "success", "{def}: {body}");
+        if label == "job" {
+            assert_eq!(v["data"], serde_json::json!(["crashwatch"]), "{def}");
+        }
+    }
 }
