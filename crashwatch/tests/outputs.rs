@@ -287,7 +287,8 @@ impl Endpoint {
                 let mut body = vec![0; len];
                 r.read_exact(&mut body).unwrap();
                 let v: Value = serde_json::from_slice(&body).unwrap();
-                let pid = v["pid"].as_u64().unwrap();
+                // `check --sinks` sends a test message without one.
+                let pid = v["pid"].as_u64().unwrap_or(0);
                 let text = String::from_utf8_lossy(&body).into_owned();
                 got.lock().unwrap().push(Hit {
                     key,
@@ -649,5 +650,55 @@ fn an_otlp_receiver_gets_one_fatal_log_record_per_crash() {
             .parse::<u64>()
             .unwrap()
     });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn check_sinks_tries_each_output_once() {
+    let _alone = alone();
+    let dir = state_dir("check-sinks");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ep, rx) = (Endpoint::start(), OtlpReceiver::start(&dir));
+    let file = dir.join("out/crashes.jsonl");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let check = |extra: &[&str]| {
+        let out = Command::new(agent_bin())
+            .args(["check", "--sinks", "--state-dir"])
+            .arg(&dir)
+            .args(["--output-file"])
+            .arg(&file)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let hook = format!("http://127.0.0.1:{}/", ep.port);
+    let otlp = format!("http://127.0.0.1:{}", rx.server.port);
+    let (ok, text) = check(&["--webhook", &hook, "--otlp-endpoint", &otlp]);
+    assert!(ok, "{text}");
+    for l in [
+        "ok   crash history",
+        "ok   file",
+        "ok   webhook",
+        "ok   otlp",
+        "ok   listen",
+        "every output works",
+    ] {
+        assert!(text.contains(l), "{l:?} missing:\n{text}");
+    }
+    assert!(!file.exists(), "the check writes no report");
+    assert_eq!(ep.pids(), [0], "one test message at the webhook");
+    // An endpoint nobody listens on fails the check, with the cause.
+    ep.take_down();
+    let (ok, text) = check(&["--webhook", &hook]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("FAIL webhook") && text.contains("some outputs do not work"),
+        "{text}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -144,8 +144,76 @@ pub fn run() -> bool {
             "report this with the output of `crashwatch check`: the kernel refused a program",
         ));
     }
+    print(
+        &lines,
+        "crashwatch can run on this host",
+        "crashwatch cannot run on this host yet",
+    )
+}
+
+/// `check --sinks`: each configured output tried once.
+pub fn sinks(outputs: &super::outputs::OutputArgs, state_dir: &Path) -> bool {
+    let mut lines = Vec::new();
+    let fix = "see the detail; `crashwatch run --help` describes the flag";
+    let mut record = |what: &str, r: anyhow::Result<String>, fix: &str| {
+        lines.push(match r {
+            Ok(d) => line(true, what, d, fix),
+            Err(e) => line(false, what, format!("{e:#}"), fix),
+        })
+    };
+    record(
+        "crash history",
+        crate::store::Store::open(state_dir).map(|s| {
+            format!(
+                "{} usable ({} clusters)",
+                state_dir.join(crate::store::FILE).display(),
+                s.clusters().map_or(0, |c| c.len())
+            )
+        }),
+        "give --state-dir a directory root can write, or run with --no-store",
+    );
+    if let Some(f) = outputs.file() {
+        record("file", crate::sink::FileSink::probe(&f), fix);
+    }
+    let mut hooks = outputs.webhooks(state_dir);
+    hooks.extend(outputs.otlp(state_dir));
+    for w in &hooks {
+        record(
+            w.name,
+            crate::sink::Webhook::probe(w),
+            "check the URL, the endpoint and its TLS certificate (--webhook-ca, --otlp-ca)",
+        );
+    }
+    if let Some(addr) = outputs.listen() {
+        let fix = "pick a free address with --listen, or --listen off";
+        lines.push(match std::net::TcpListener::bind(addr) {
+            Ok(_) => line(
+                true,
+                "listen",
+                format!("{addr} can be bound for /metrics"),
+                fix,
+            ),
+            // Most likely the agent itself: a warning, not a failure.
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                let mut l = line(
+                    true,
+                    "listen",
+                    format!("{addr} is in use (a running agent, or another program)"),
+                    fix,
+                );
+                l.warn = true;
+                l
+            }
+            Err(e) => line(false, "listen", format!("{addr}: {e}"), fix),
+        });
+    }
+    print(&lines, "every output works", "some outputs do not work")
+}
+
+/// Prints the lines; whether all passed.
+fn print(lines: &[Line], good: &str, bad: &str) -> bool {
     let mut ok = true;
-    for l in &lines {
+    for l in lines {
         ok &= l.ok;
         let mark = match (l.ok, l.warn) {
             (true, false) => "ok  ",
@@ -157,14 +225,7 @@ pub fn run() -> bool {
             println!("     {:<19} fix: {}", "", l.fix);
         }
     }
-    println!(
-        "{}",
-        if ok {
-            "crashwatch can run on this host"
-        } else {
-            "crashwatch cannot run on this host yet"
-        }
-    );
+    println!("{}", if ok { good } else { bad });
     ok
 }
 

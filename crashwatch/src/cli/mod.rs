@@ -115,8 +115,20 @@ enum Cmd {
         #[arg(long, default_value_t = 600)]
         go_release_after: u64,
     },
-    /// Tell whether crashwatch can run on this host, and what to do if not.
-    Check,
+    /// Tell whether crashwatch can run on this host, and what to do if not; with --sinks,
+    /// try each output `run` would use with the same flags once instead.
+    Check {
+        /// Try the outputs: open the --output-file for appending (writing nothing), send
+        /// each --webhook a test message and --otlp-endpoint an empty export, bind --listen,
+        /// open the crash history under --state-dir.
+        #[arg(long)]
+        sinks: bool,
+        #[command(flatten)]
+        outputs: outputs::OutputArgs,
+        /// The crash history's directory, as `run` takes it.
+        #[arg(long, default_value_os_t = crate::store::default_dir())]
+        state_dir: std::path::PathBuf,
+    },
     /// Name addresses the way reports name frames: function, file and line (Go frames from
     /// the pclntab, others from ELF symbols and DWARF), one line per frame, inlined calls
     /// first.
@@ -163,7 +175,18 @@ fn parse_ring_size(s: &str) -> Result<u32, String> {
 
 pub fn main() -> ExitCode {
     match Cli::parse().cmd {
-        Cmd::Check => {
+        Cmd::Check {
+            sinks: true,
+            outputs,
+            state_dir,
+        } => {
+            if check::sinks(&outputs, &state_dir) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Cmd::Check { .. } => {
             if check::run() {
                 ExitCode::SUCCESS
             } else {

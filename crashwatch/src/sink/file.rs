@@ -59,6 +59,35 @@ impl FileSink {
         Ok((sink, warning))
     }
 
+    /// Whether the agent could write reports there, changing nothing: an existing file is
+    /// opened for appending; for a new one, the directory must take a file.
+    pub fn probe(opts: &FileOptions) -> Result<String> {
+        let p = &opts.path;
+        if p.exists() {
+            let f = OpenOptions::new()
+                .append(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(p)
+                .with_context(|| format!("opening {} to append", p.display()))?;
+            let len = f.metadata()?.len();
+            return Ok(format!(
+                "{} can be appended to ({len} bytes now)",
+                p.display()
+            ));
+        }
+        let dir = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let trial = dir.join(format!(".crashwatch-check-{}", std::process::id()));
+        File::create(&trial).with_context(|| format!("making a file in {}", dir.display()))?;
+        let _ = fs::remove_file(&trial);
+        Ok(format!(
+            "{} will be made (its directory takes files)",
+            p.display()
+        ))
+    }
+
     fn rotate(&mut self) -> Result<()> {
         self.file.sync_data()?;
         let p = &self.opts.path;

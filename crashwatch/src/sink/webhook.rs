@@ -120,6 +120,47 @@ impl Webhook {
     }
 }
 
+impl Webhook {
+    /// One request to the endpoint, as `crashwatch check --sinks` makes it: a test message
+    /// for a webhook (`{"crashwatch": "check", ...}`, or a Slack text), an empty export for
+    /// OTLP. Ok: what the endpoint answered.
+    pub fn probe(opts: &WebhookOptions) -> Result<String> {
+        let agent = client(opts)?;
+        let host = crate::context::hostname();
+        let (body, ctype) = match (opts.otlp, opts.format) {
+            (Some(_), _) => (
+                prost::Message::encode_to_vec(
+                    &opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest::default(),
+                ),
+                "application/x-protobuf",
+            ),
+            (None, WebhookFormat::Slack) => (
+                serde_json::to_vec(&serde_json::json!({
+                    "text": format!("crashwatch check: {host} sends its crash reports here")
+                }))?,
+                "application/json",
+            ),
+            (None, WebhookFormat::Json) => (
+                serde_json::to_vec(&serde_json::json!({ "crashwatch": "check", "host": host }))?,
+                "application/json",
+            ),
+        };
+        let mut req = agent.post(&opts.url).header("Content-Type", ctype).header(
+            "Idempotency-Key",
+            format!("crashwatch-check-{}", crate::store::now_ns()),
+        );
+        for (k, v) in &opts.headers {
+            req = req.header(k, v);
+        }
+        let resp = req.send(&body[..]).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let code = resp.status().as_u16();
+        if !(200..300).contains(&code) {
+            bail!("the endpoint answered HTTP {code}");
+        }
+        Ok(format!("{} answered HTTP {code}", opts.url))
+    }
+}
+
 fn client(opts: &WebhookOptions) -> Result<ureq::Agent> {
     use ureq::tls::{Certificate, RootCerts, TlsConfig};
     let roots = match &opts.ca {
