@@ -48,6 +48,10 @@ enum Cmd {
         /// Measure the crash history alone and put its section into docs/benchmarks.md.
         #[arg(long)]
         history_only: bool,
+        /// Measure the outputs alone (a storm of --storm crashes) and put their section into
+        /// docs/benchmarks.md.
+        #[arg(long)]
+        sinks_only: bool,
     },
 }
 
@@ -78,7 +82,8 @@ fn main() -> Result<()> {
             idle_secs,
             history,
             history_only,
-        } => bench::run(rounds, storm, idle_secs, history, history_only),
+            sinks_only,
+        } => bench::run(rounds, storm, idle_secs, history, history_only, sinks_only),
     }
 }
 

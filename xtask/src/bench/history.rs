@@ -208,34 +208,3 @@ pub fn markdown(h: &History) -> String {
         one = h.one_ms,
     )
 }
-
-/// Puts `section` into the page in place of its crash-history section (or before the
-/// symbolization section), dated: it was measured apart from the rest.
-pub fn splice(page: &Path, section: &str) -> Result<()> {
-    let md = fs::read_to_string(page)?;
-    let date = Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())?;
-    let section = section.replacen(
-        "\n\n",
-        &format!("\n\n(Measured {date} by `cargo xtask bench --history-only`.)\n\n"),
-        1,
-    );
-    let start = md.find("## Crash history\n");
-    let end = start.and_then(|s| md[s + 3..].find("\n## ").map(|e| s + 3 + e + 1));
-    let out = match (start, end) {
-        (Some(s), Some(e)) => format!("{}{section}\n{}", &md[..s], &md[e..]),
-        _ => match md.find("## Symbolization") {
-            Some(at) => format!("{}{section}\n{}", &md[..at], &md[at..]),
-            None => format!("{md}\n{section}"),
-        },
-    };
-    fs::write(page, &out)?;
-    println!("{section}");
-    eprintln!(
-        "xtask bench: wrote the crash history into {}",
-        page.display()
-    );
-    Ok(())
-}

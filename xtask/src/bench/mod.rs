@@ -4,12 +4,15 @@
 //!
 //! [`tools`] builds what runs, [`observer`] starts and stops the observers and takes
 //! readings, [`bpfstats`] reads the kernel's per-program run times for the cost breakdown,
-//! [`history`] loads the crash history with a storm and times `crashwatch report` over it, [`storm`] measures the crash storm and the idle agent, [`symbols`] the
-//! symbolizer beside Go's own, [`report`] writes the page; the rounds are here.
+//! [`history`] loads the crash history with a storm and times `crashwatch report` over it,
+//! [`sinks`] the outputs under a storm and their spools' replay, [`storm`] measures the crash
+//! storm and the idle agent, [`symbols`] the symbolizer beside Go's own, [`report`] writes
+//! the page; the rounds are here.
 mod bpfstats;
 mod history;
 mod observer;
 mod report;
+mod sinks;
 mod storm;
 mod symbols;
 mod tools;
@@ -45,12 +48,18 @@ pub fn run(
     idle_secs: u64,
     history_crashes: usize,
     history_only: bool,
+    sinks_only: bool,
 ) -> Result<()> {
     let p = Paths::new()?;
     let t = tools::build(&p)?;
+    let page = p.root.join("docs/benchmarks.md");
     if history_only {
         let section = history::markdown(&history::run(&t, history_crashes)?);
-        return history::splice(&p.root.join("docs/benchmarks.md"), &section);
+        return report::splice(&page, "## Crash history", "--history-only", &section);
+    }
+    if sinks_only {
+        let section = sinks::markdown(&sinks::run(&t, storm)?);
+        return report::splice(&page, "## Outputs", "--sinks-only", &section);
     }
     let s = |x: &Path| x.display().to_string();
     let all = vec![
@@ -208,6 +217,7 @@ pub fn run(
         .collect::<Result<Vec<_>>>()?;
     let crashes = storm::run(&t, storm, idle_secs)?;
     let history = history::markdown(&history::run(&t, history_crashes)?);
+    let outputs = sinks::markdown(&sinks::run(&t, storm)?);
     let mut sides = symbols::run(&t, rounds)?;
     let symbolization = symbols::markdown(&mut sides, &crashes.symbolization, crashes.frames_named);
     report::write(
@@ -222,7 +232,7 @@ pub fn run(
             breakdown,
         },
         &crashes,
-        &format!("{history}\n{symbolization}"),
+        &format!("{history}\n{outputs}\n{symbolization}"),
     )
 }
 

@@ -365,3 +365,32 @@ pub fn percentile(v: &mut [u64], p: f64) -> u64 {
     }
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
+
+/// Puts `section` (which starts with `heading`) into the page in place of the section with
+/// that heading, or before the symbolization section, dated: it was measured apart from the
+/// rest, by `cargo xtask bench FLAG`.
+pub fn splice(page: &Path, heading: &str, flag: &str, section: &str) -> Result<()> {
+    let md = fs::read_to_string(page)?;
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())?;
+    let section = section.replacen(
+        "\n\n",
+        &format!("\n\n(Measured {date} by `cargo xtask bench {flag}`.)\n\n"),
+        1,
+    );
+    let start = md.find(&format!("{heading}\n"));
+    let end = start.and_then(|s| md[s + 3..].find("\n## ").map(|e| s + 3 + e + 1));
+    let out = match (start, end) {
+        (Some(s), Some(e)) => format!("{}{section}\n{}", &md[..s], &md[e..]),
+        _ => match md.find("## Symbolization") {
+            Some(at) => format!("{}{section}\n{}", &md[..at], &md[at..]),
+            None => format!("{md}\n{section}"),
+        },
+    };
+    fs::write(page, &out)?;
+    println!("{section}");
+    eprintln!("xtask bench: wrote {heading:?} into {}", page.display());
+    Ok(())
+}

@@ -10,6 +10,7 @@ use anyhow::{bail, Result};
 
 use crate::vm::Paths;
 
+#[derive(Clone)]
 pub struct Tools {
     pub agent: PathBuf,
     pub spawn: PathBuf,

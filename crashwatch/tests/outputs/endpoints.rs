@@ -1,0 +1,254 @@
+//! The test endpoints the outputs talk to: a webhook endpoint in this process that can be
+//! taken down and brought back, an https endpoint behind a private CA and an OTLP receiver
+//! (both Python's http.server, the latter decoding with OpenTelemetry's own protobuf
+//! definitions).
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use super::wait_until;
+
+/// One request a test endpoint took.
+#[derive(Clone)]
+pub struct Hit {
+    pub key: String,
+    /// The `X-Test` header.
+    pub header: String,
+    pub pid: u64,
+    pub body: String,
+}
+
+/// A webhook endpoint: records each request's idempotency key, a test header and the
+/// report's pid; can be taken down (connections refused) and brought back on its port.
+pub struct Endpoint {
+    pub port: u16,
+    pub got: std::sync::Arc<std::sync::Mutex<Vec<Hit>>>,
+    pub up: std::sync::Arc<AtomicBool>,
+}
+
+impl Endpoint {
+    pub fn start() -> Endpoint {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let e = Endpoint {
+            port,
+            got: Default::default(),
+            up: std::sync::Arc::new(AtomicBool::new(false)),
+        };
+        e.bring_up();
+        e
+    }
+
+    /// Serves on the port until taken down.
+    pub fn bring_up(&self) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let l = std::net::TcpListener::bind(("127.0.0.1", self.port)).unwrap();
+        l.set_nonblocking(true).unwrap();
+        self.up.store(true, Ordering::SeqCst);
+        let (got, up) = (self.got.clone(), self.up.clone());
+        std::thread::spawn(move || {
+            while up.load(Ordering::SeqCst) {
+                let Ok((s, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                s.set_nonblocking(false).unwrap();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let (mut len, mut key, mut test) = (0usize, String::new(), String::new());
+                let mut line = String::new();
+                while r.read_line(&mut line).unwrap_or(0) > 2 {
+                    let l = line.trim_end().to_string();
+                    line.clear();
+                    if let Some((k, v)) = l.split_once(": ") {
+                        match k.to_ascii_lowercase().as_str() {
+                            "content-length" => len = v.parse().unwrap(),
+                            "idempotency-key" => key = v.to_string(),
+                            "x-test" => test = v.to_string(),
+                            _ => {}
+                        }
+                    }
+                }
+                let mut body = vec![0; len];
+                r.read_exact(&mut body).unwrap();
+                let v: Value = serde_json::from_slice(&body).unwrap();
+                // `check --sinks` sends a test message without one.
+                let pid = v["pid"].as_u64().unwrap_or(0);
+                let text = String::from_utf8_lossy(&body).into_owned();
+                got.lock().unwrap().push(Hit {
+                    key,
+                    header: test,
+                    pid,
+                    body: text,
+                });
+                let _ = (&s).write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+    }
+
+    pub fn take_down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    pub fn pids(&self) -> Vec<u64> {
+        self.got.lock().unwrap().iter().map(|g| g.pid).collect()
+    }
+}
+
+/// A Python program serving on a free loopback port (its first argument), in `dir`; killed
+/// on drop.
+pub struct PyServer {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl PyServer {
+    /// `-S` and `pythonpath`: only the modules setup.sh installed there, not the host's.
+    pub fn start(dir: &Path, script: &str, pythonpath: Option<&str>) -> PyServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = Command::new("python3");
+        if let Some(p) = pythonpath {
+            cmd.arg("-S").env("PYTHONPATH", p);
+        }
+        let child = cmd
+            .args(["-c", script, &port.to_string()])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until("the Python server", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        PyServer { child, port }
+    }
+}
+
+impl Drop for PyServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A private CA, and an https endpoint (Python's http.server behind ssl) whose certificate
+/// it signed for 127.0.0.1; the endpoint appends each body to `got`.
+pub struct HttpsEndpoint {
+    pub server: PyServer,
+    pub ca: std::path::PathBuf,
+    pub got: std::path::PathBuf,
+}
+
+impl HttpsEndpoint {
+    pub fn start(dir: &Path) -> HttpsEndpoint {
+        let sh = |script: &str| {
+            let st = Command::new("sh")
+                .arg("-ec")
+                .arg(script)
+                .current_dir(dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(st.success(), "{script}");
+        };
+        sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=crashwatch-test-ca
+            openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr -subj /CN=127.0.0.1
+            printf 'subjectAltName=IP:127.0.0.1\\n' > ext
+            openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 1 -extfile ext");
+        let server = r#"
+import http.server, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers['Content-Length']))
+        with open('got', 'ab') as f:
+            f.write(body + b'\n')
+        self.send_response(200)
+        self.send_header('Content-Length', '0')
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+s = http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H)
+c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+c.load_cert_chain('srv.pem', 'srv.key')
+s.socket = c.wrap_socket(s.socket, server_side=True)
+s.serve_forever()
+"#;
+        HttpsEndpoint {
+            server: PyServer::start(dir, server, None),
+            ca: dir.join("ca.pem"),
+            got: dir.join("got"),
+        }
+    }
+}
+
+/// An OTLP/HTTP logs receiver: Python's http.server decoding each request with
+/// OpenTelemetry's own protobuf definitions (PyPI's opentelemetry-proto, installed by
+/// scripts/setup.sh) and writing each LogRecord as a JSON line.
+pub struct OtlpReceiver {
+    pub server: PyServer,
+    pub got: std::path::PathBuf,
+}
+
+impl OtlpReceiver {
+    pub fn start(dir: &Path) -> OtlpReceiver {
+        let server = r#"
+import http.server, json, sys
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+def value(v):
+    kind = v.WhichOneof('value')
+    if kind == 'array_value':
+        return [value(x) for x in v.array_value.values]
+    return getattr(v, kind) if kind else None
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        req = ExportLogsServiceRequest()
+        req.ParseFromString(self.rfile.read(int(self.headers['Content-Length'])))
+        with open('got', 'a') as f:
+            for rl in req.resource_logs:
+                res = {a.key: value(a.value) for a in rl.resource.attributes}
+                for sl in rl.scope_logs:
+                    for r in sl.log_records:
+                        f.write(json.dumps({
+                            'path': self.path,
+                            'content_type': self.headers['Content-Type'],
+                            'resource': res,
+                            'severity_number': r.severity_number,
+                            'severity_text': r.severity_text,
+                            'time_unix_nano': r.time_unix_nano,
+                            'body': value(r.body),
+                            'attributes': {a.key: value(a.value) for a in r.attributes},
+                        }) + '\n')
+        self.send_response(200)
+        self.send_header('Content-Type', 'application/x-protobuf')
+        self.send_header('Content-Length', '0')
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()
+"#;
+        OtlpReceiver {
+            server: PyServer::start(dir, server, Some("/opt/crashwatch-py/otlp")),
+            got: dir.join("got"),
+        }
+    }
+
+    pub fn records(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.got)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
