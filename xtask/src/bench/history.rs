@@ -50,25 +50,7 @@ pub fn run(t: &Tools, crashes: usize) -> Result<History> {
     let mut agent = spawn_ready(c, "crashwatch: ready", out.clone(), log.clone())?;
     let pid = agent.id();
     let t0 = Instant::now();
-    let workers: Vec<_> = (0..2)
-        .map(|w| {
-            let crasher = t.crasher.clone();
-            let n = crashes / 2;
-            thread::spawn(move || {
-                for i in 0..n {
-                    let mode = ["null", "abort", "fpe"][(i + w) % 3];
-                    let _ = Command::new(&crasher)
-                        .arg(mode)
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .status();
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        let _ = w.join();
-    }
+    super::sinks::storm(t, crashes);
     let storm_secs = t0.elapsed().as_secs_f64();
     // Everything in the store (or nothing more arriving for 10 s: a report can be lost,
     // and the agent counts it), then the agent's RSS with its history.

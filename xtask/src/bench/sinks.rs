@@ -146,7 +146,8 @@ pub struct Sinks {
     pub replay: (u64, BTreeMap<String, f64>),
 }
 
-fn storm(t: &Tools, n: usize) {
+/// `n` C crashes (null write, abort, divide by zero in rotation), two at a time.
+pub fn storm(t: &Tools, n: usize) {
     let workers: Vec<_> = (0..2)
         .map(|w| {
             let crasher = t.crasher.clone();
