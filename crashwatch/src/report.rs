@@ -52,6 +52,10 @@ pub struct Report {
     pub cluster: Option<crate::cluster::ClusterInfo>,
     /// Kernel events lost (ring buffer full, recursion misses not redone) since the previous report.
     pub lost_before: u64,
+    /// Why this report is less than whole (building it failed; what is here was known
+    /// without it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report_error: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]

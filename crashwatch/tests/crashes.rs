@@ -352,3 +352,46 @@ fn a_process_gone_before_the_agent_looked_is_still_named() {
     assert_eq!(r["exe"].as_str(), bin.to_str(), "{r}");
     assert_eq!(r["stack"][0]["function"], "null_write", "{r}");
 }
+
+/// A report whose building panics (here by the agent's fault-injection point; in the wild, a
+/// parser meeting a binary it did not expect) is still sent, without its stack and saying
+/// why, and the next crash gets its full report: the report thread lives on.
+#[test]
+fn a_report_that_cannot_be_built_is_sent_degraded_and_the_agent_goes_on() {
+    let doomed = "cw-doomed";
+    let a = Agent::start_with(
+        &[],
+        common::Setup {
+            wrap: vec![
+                "env".into(),
+                format!("CRASHWATCH_FAILPOINT_REPORT_PANIC={doomed}"),
+            ],
+            ..common::Setup::default()
+        },
+    );
+    let dir = std::env::temp_dir().join(format!("cw-doomed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join(doomed);
+    std::fs::copy(common::crasher_bin(), &bin).unwrap();
+    let c = Crasher::finish(common::spawn(&mut Crasher::command_of(&bin, "null")));
+    let r = a.report_for(c.pid);
+    assert_eq!(r["signal"]["name"], "SIGSEGV", "what was known: {r}");
+    assert_eq!(r["stack"].as_array().map(Vec::len), Some(0));
+    assert!(
+        r["report_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("failpoint")),
+        "{r}"
+    );
+    assert!(a.log().contains("panicked"), "{}", a.log());
+    let next = Crasher::run("null");
+    let full = a.report_for(next.pid);
+    assert!(full.get("report_error").is_none(), "{full}");
+    assert!(
+        full["stack"][0]["function"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("null_write")),
+        "{full}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -190,6 +190,10 @@ pub async fn run(opts: Options) -> Result<()> {
                     store,
                     stdout_errors: m.sink_errors("stdout"),
                     stdout_delivered: m.delivered("stdout"),
+                    cache_bytes: cache,
+                    build_panics: 0,
+                    unbuilt: 0,
+                    failpoint: std::env::var("CRASHWATCH_FAILPOINT_REPORT_PANIC").ok(),
                     metrics: m,
                 }
                 .run(queue)
@@ -313,7 +317,15 @@ pub async fn run(opts: Options) -> Result<()> {
         stored: None,
         seen_dropped: 0,
         outputs: Vec::new(),
+        build_panics: 0,
+        unbuilt: 0,
     });
+    if done.build_panics + done.unbuilt > 0 {
+        eprintln!(
+            "crashwatch: reports whose building panicked: {} (sent without their stack), {} not sent at all",
+            done.build_panics, done.unbuilt
+        );
+    }
     for line in &done.outputs {
         eprintln!("crashwatch: {line}");
     }

@@ -48,10 +48,21 @@ pub(super) struct Reporter {
     /// `crashwatch_sink_errors_total{sink="stdout"}`.
     pub(super) stdout_errors: prometheus_client::metrics::counter::Counter,
     pub(super) stdout_delivered: prometheus_client::metrics::counter::Counter,
+    /// The symbolizer's memory bound, to start it afresh after a panic.
+    pub(super) cache_bytes: usize,
+    /// Reports whose building panicked (sent without their stack), and crashes that could
+    /// not be reported at all.
+    pub(super) build_panics: u64,
+    pub(super) unbuilt: u64,
+    /// Fault injection for the tests (`CRASHWATCH_FAILPOINT_REPORT_PANIC=COMM`): building
+    /// the report of a process with this name panics.
+    pub(super) failpoint: Option<String>,
 }
 
 /// What the report thread says when it ends.
 pub(super) struct Reported {
+    pub(super) build_panics: u64,
+    pub(super) unbuilt: u64,
     pub(super) unwritten: u64,
     pub(super) symbolization: String,
     /// What the crash history's thread did; None without one.
@@ -83,9 +94,14 @@ impl Reporter {
                 self.unwritten += 1;
                 continue;
             }
-            self.report(&job.crash, job.lost);
+            let Some(report) = self.build_guarded(&job.crash, job.lost) else {
+                continue;
+            };
+            self.publish(report);
         }
         Reported {
+            build_panics: self.build_panics,
+            unbuilt: self.unbuilt,
             unwritten: self.unwritten,
             symbolization: self.sym.summary(),
             stored: self.store.take().map(store::Writer::finish),
@@ -116,7 +132,54 @@ impl Reporter {
         }
     }
 
-    fn report(&mut self, crash: &Crash, lost: u64) {
+    /// Builds the report; when that panics (a parser of some binary's tables, ours or a
+    /// crate's, meeting input it did not expect), says so, starts the symbolizer afresh (it
+    /// may be half-updated) and reports what is known without the stack and the binary's
+    /// details, with `report_error` saying why. The report thread goes on either way.
+    fn build_guarded(&mut self, crash: &Crash, lost: u64) -> Option<crate::report::Report> {
+        use std::panic::{catch_unwind, AssertUnwindSafe};
+        let err = match catch_unwind(AssertUnwindSafe(|| self.build(crash, lost))) {
+            Ok(r) => return Some(r),
+            Err(e) => e,
+        };
+        let why = err
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| err.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        self.build_panics += 1;
+        eprintln!(
+            "crashwatch: building the report of pid {} ({}) panicked ({}): reporting it without its stack",
+            crash.head.pid,
+            Esc(&crash.head.comm),
+            Esc(&why)
+        );
+        self.sym = Symbolizer::new(self.cache_bytes);
+        match catch_unwind(AssertUnwindSafe(|| {
+            self.enricher.report(crash, Vec::new(), lost, None)
+        })) {
+            Ok(mut r) => {
+                r.report_error = Some(format!(
+                    "building the full report failed ({why}): no stack, no Go binary details"
+                ));
+                Some(r)
+            }
+            Err(_) => {
+                self.unbuilt += 1;
+                None
+            }
+        }
+    }
+
+    /// Symbolizes and enriches one crash.
+    fn build(&mut self, crash: &Crash, lost: u64) -> crate::report::Report {
+        if self
+            .failpoint
+            .as_deref()
+            .is_some_and(|f| f == crash.head.comm)
+        {
+            panic!("failpoint CRASHWATCH_FAILPOINT_REPORT_PANIC");
+        }
         let go = &self.go;
         let root = crash
             .proc
@@ -131,7 +194,11 @@ impl Reporter {
             .as_ref()
             .and_then(|p| p.file)
             .and_then(|id| self.go.lookup(id));
-        let mut report = self.enricher.report(crash, stack, lost, bin.as_deref());
+        self.enricher.report(crash, stack, lost, bin.as_deref())
+    }
+
+    /// Redacts, clusters, stores and writes out one report.
+    fn publish(&mut self, mut report: crate::report::Report) {
         self.redactor.report(&mut report);
         report.fingerprint = cluster::fingerprint::fingerprint(&report).value;
         let seen = self.clusters.observe(&report, store::now_ns());

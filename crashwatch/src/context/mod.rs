@@ -148,6 +148,7 @@ impl Enricher {
             fingerprint: String::new(),
             cluster: None,
             lost_before,
+            report_error: None,
         }
     }
 }
