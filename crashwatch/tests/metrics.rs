@@ -116,6 +116,31 @@ fn prometheus_scrapes_the_crashes_this_test_caused() {
         assert!(body.contains(name), "{name} missing:\n{body}");
     }
 
+    // The probes a kubelet would ask.
+    for (path, answer) in [("/healthz", "ok\n"), ("/readyz", "ready\n")] {
+        let (head, body) = get(&addr, path).unwrap();
+        assert!(
+            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+            "{path}: {head}"
+        );
+        assert_eq!(body, answer);
+    }
+    // The version and the revision it was built from, on /metrics and --version alike.
+    let version = std::process::Command::new(common::agent_bin())
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&version.stdout).into_owned();
+    let revision = version
+        .split("(revision ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_else(|| panic!("no revision in {version:?}"));
+    assert!(
+        body.contains(&format!("revision=\"{revision}\"")),
+        "{revision} not in crashwatch_build_info:\n{body}"
+    );
+
     let prom = Prometheus::start(&addr);
     prom.until("a first scrape of the agent", || {
         prom.value(r#"up{job="crashwatch"}"#) == Some(1.0)

@@ -149,13 +149,15 @@ pub async fn run(opts: Options) -> Result<()> {
         containers.clone(),
     );
     let metrics = sink::metrics::Metrics::new();
+    let health = Arc::new(crate::web::Health::default());
+    health.turned();
     let outputs = start_outputs(opts.file.clone(), opts.webhooks.clone(), &metrics)?;
     if let Some(addr) = opts.listen {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
                 let at = l.local_addr().map_or(addr, |a| a);
                 eprintln!("crashwatch: metrics on http://{at}/metrics");
-                tokio::spawn(crate::web::serve(l, metrics.clone()));
+                tokio::spawn(crate::web::serve(l, metrics.clone(), health.clone()));
             }
             // The agent's job is the crashes: without the listener it still reports them.
             Err(e) => eprintln!(
@@ -235,6 +237,7 @@ pub async fn run(opts: Options) -> Result<()> {
         opts.ring_bytes / 1024,
         if copies == 1 { "copy" } else { "copies" },
     );
+    health.ready.store(true, Ordering::Relaxed);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -257,6 +260,7 @@ pub async fn run(opts: Options) -> Result<()> {
             }
             _ = tick.tick() => {
                 ticks += 1;
+                health.turned();
                 let now = p.losses.losses();
                 let (was, was_undecodable) = exported;
                 metrics.lost("ring_full", now.ring_full - was.ring_full);

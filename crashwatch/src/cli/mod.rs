@@ -19,7 +19,7 @@ use crate::{
 
 #[derive(Parser)]
 #[command(
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (revision ", env!("CRASHWATCH_REVISION"), ")"),
     about,
     long_about = "crashwatch watches every process on this host from the kernel \
 (eBPF on signal_deliver, sched_process_exec/exit, oom/mark_victim and the Go runtime's fatal \

@@ -50,6 +50,7 @@ struct SinkLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: String,
+    revision: String,
 }
 
 pub struct Metrics {
@@ -114,9 +115,14 @@ impl Metrics {
         build
             .get_or_create(&VersionLabel {
                 version: env!("CARGO_PKG_VERSION").into(),
+                revision: env!("CRASHWATCH_REVISION").into(),
             })
             .set(1);
-        registry.register("crashwatch_build_info", "The agent's version", build);
+        registry.register(
+            "crashwatch_build_info",
+            "The agent's version and the git revision it was built from",
+            build,
+        );
         registry.register_collector(Box::new(ProcessCollector));
         Arc::new(Metrics {
             registry,
