@@ -1,5 +1,5 @@
-//! What reports say: no borrowed frames, escaped text, senders, long command lines, and no
-//! blame for a runtime's routine faults.
+//! What reports say: no borrowed frames, escaped text, senders, long command lines, no
+//! blame for a runtime's routine faults, and a report sent even when building it fails.
 use std::{
     fs,
     process::{Command, Stdio},
@@ -239,4 +239,47 @@ fn a_jvm_exiting_after_an_uncaught_exception_is_not_a_segfault() {
         r.get("signal").is_none(),
         "blamed on a routine fault: {r:#}"
     );
+}
+
+/// A report whose building panics (here by the agent's fault-injection point; in the wild, a
+/// parser meeting a binary it did not expect) is still sent, without its stack and saying
+/// why, and the next crash gets its full report: the report thread lives on.
+#[test]
+fn a_report_that_cannot_be_built_is_sent_degraded_and_the_agent_goes_on() {
+    let doomed = "cw-doomed";
+    let a = Agent::start_with(
+        &[],
+        Setup {
+            wrap: vec![
+                "env".into(),
+                format!("CRASHWATCH_FAILPOINT_REPORT_PANIC={doomed}"),
+            ],
+            ..Setup::default()
+        },
+    );
+    let dir = std::env::temp_dir().join(format!("cw-doomed-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join(doomed);
+    fs::copy(crasher_bin(), &bin).unwrap();
+    let c = Crasher::finish(spawn(&mut Crasher::command_of(&bin, "null")));
+    let r = a.report_for(c.pid);
+    assert_eq!(r["signal"]["name"], "SIGSEGV", "what was known: {r}");
+    assert_eq!(r["stack"].as_array().map(Vec::len), Some(0));
+    assert!(
+        r["report_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("failpoint")),
+        "{r}"
+    );
+    assert!(a.log().contains("panicked"), "{}", a.log());
+    let next = Crasher::run("null");
+    let full = a.report_for(next.pid);
+    assert!(full.get("report_error").is_none(), "{full}");
+    assert!(
+        full["stack"][0]["function"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("null_write")),
+        "{full}"
+    );
+    let _ = fs::remove_dir_all(&dir);
 }
