@@ -203,9 +203,8 @@ impl Prober {
         }
     }
 
-    /// Releases binaries that changed on disk, and those no process runs any more: at once
-    /// when the file is deleted (it cannot be exec'd again by path), after `release_after`
-    /// otherwise. Forgets old "not Go" answers.
+    /// Hands an executable's build over to the report thread (attribution), dropping the
+    /// oldest waiting one, counted, when it falls behind.
     fn seen(&self, s: Seen) {
         let mut seen = self.shared.seen.lock().unwrap();
         if seen.len() >= SEEN_MAX {
@@ -218,6 +217,9 @@ impl Prober {
         seen.push(s);
     }
 
+    /// Releases binaries that changed on disk, and those no process runs any more: at once
+    /// when the file is deleted (it cannot be exec'd again by path), after `release_after`
+    /// otherwise. Forgets old "not Go" answers.
     fn sweep(&mut self) {
         // One fstat per held binary: rewritten, deleted, or as it was.
         let files: Vec<(FileId, Option<FileNow>)> = self
