@@ -122,44 +122,51 @@ impl OutputArgs {
     pub fn webhooks(&self, state_dir: &std::path::Path) -> Vec<WebhookOptions> {
         self.webhook
             .iter()
-            .map(|url| {
-                // The spool is the URL's: another URL must not replay this one's reports.
-                let h = crate::cluster::fingerprint::fnv1a(url.as_bytes());
-                WebhookOptions {
-                    name: "webhook",
-                    otlp: None,
-                    url: url.clone(),
-                    headers: self.webhook_header.clone(),
-                    format: self.webhook_format,
-                    ca: self.webhook_ca.clone(),
-                    spool_dir: state_dir.join(format!("spool/webhook-{h:016x}")),
-                    spool_max_bytes: self.spool_max_mib << 20,
-                    retry_max: std::time::Duration::from_secs(self.webhook_retry_max),
-                }
+            .map(|url| WebhookOptions {
+                headers: self.webhook_header.clone(),
+                format: self.webhook_format,
+                ca: self.webhook_ca.clone(),
+                ..self.http_output("webhook", url.clone(), state_dir)
             })
             .collect()
     }
 
     /// The OTLP output's options, with a spool of its own under `state_dir`.
     pub fn otlp(&self, state_dir: &std::path::Path) -> Option<WebhookOptions> {
-        let base = self.otlp_endpoint.as_ref()?;
-        let url = if base.trim_end_matches('/').ends_with("/v1/logs") {
-            base.clone()
+        let base = self.otlp_endpoint.as_ref()?.trim_end_matches('/');
+        let url = if base.ends_with("/v1/logs") {
+            base.to_string()
         } else {
-            format!("{}/v1/logs", base.trim_end_matches('/'))
+            format!("{base}/v1/logs")
         };
-        let h = crate::cluster::fingerprint::fnv1a(url.as_bytes());
         Some(WebhookOptions {
-            name: "otlp",
             otlp: Some(self.otlp_cmdline),
             headers: self.otlp_header.clone(),
-            format: WebhookFormat::Json,
             ca: self.otlp_ca.clone(),
-            spool_dir: state_dir.join(format!("spool/otlp-{h:016x}")),
+            ..self.http_output("otlp", url, state_dir)
+        })
+    }
+
+    /// What every HTTP output shares: its spool, named for its URL (another URL must not
+    /// replay this one's reports), and the retry policy.
+    fn http_output(
+        &self,
+        name: &'static str,
+        url: String,
+        state_dir: &std::path::Path,
+    ) -> WebhookOptions {
+        let h = crate::cluster::fingerprint::fnv1a(url.as_bytes());
+        WebhookOptions {
+            name,
+            otlp: None,
+            headers: Vec::new(),
+            format: WebhookFormat::Json,
+            ca: None,
+            spool_dir: state_dir.join(format!("spool/{name}-{h:016x}")),
             spool_max_bytes: self.spool_max_mib << 20,
             retry_max: std::time::Duration::from_secs(self.webhook_retry_max),
             url,
-        })
+        }
     }
 
     pub fn listen(&self) -> Option<std::net::SocketAddr> {
