@@ -128,7 +128,7 @@ impl Prober {
                 exe: req.shown_as.clone(),
                 build,
                 gnu_build_id,
-                at_ns: now_ns(),
+                at_ns: crate::store::now_ns(),
             });
         }
         let mut g = match parsed {
@@ -341,12 +341,6 @@ fn open(req: &Request) -> Option<File> {
             let p = &req.shown_as;
             p.starts_with('/').then(|| req.id.open_at(p)).flatten()
         })
-}
-
-fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 fn not_go() -> State {
