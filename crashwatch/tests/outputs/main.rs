@@ -367,6 +367,15 @@ fn an_otlp_receiver_gets_one_fatal_log_record_per_crash() {
         .find(|r| r["attributes"]["process.pid"] == c.pid)
         .unwrap();
     assert_eq!(r["path"], "/v1/logs");
+    // Counted as OTLP's own, not as a webhook's.
+    wait_until("the OTLP delivery on /metrics", || {
+        a.metric(r#"crashwatch_reports_delivered_total{sink="otlp"}"#)
+            .is_some_and(|n| n >= 1.0)
+    });
+    assert_eq!(
+        a.metric(r#"crashwatch_reports_delivered_total{sink="webhook"}"#),
+        None
+    );
     assert_eq!(r["content_type"], "application/x-protobuf");
     assert_eq!(
         (r["severity_number"].as_u64(), r["severity_text"].as_str()),
