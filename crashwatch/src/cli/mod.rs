@@ -3,13 +3,14 @@
 //! `symbolize` names addresses as reports do ([`symbolize`]), `report` reads the crash
 //! history ([`report`]).
 mod check;
+mod config;
 mod outputs;
 mod report;
 mod symbolize;
 
 use std::{process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::{
     agent,
@@ -43,6 +44,12 @@ enum Cmd {
     Report(report::ReportArgs),
     /// Watch the host and report each crash (stop with Ctrl-C or SIGTERM).
     Run {
+        #[command(flatten)]
+        config: ConfigFile,
+        /// Print the effective configuration (every key, where its value came from, secrets
+        /// masked) as a configuration file would say it, and exit.
+        #[arg(long)]
+        print_config: bool,
         /// Report format: readable blocks on a terminal, JSON lines (schema: docs/report.md).
         /// `none`: nothing on stdout (with --output-file, or the crash history alone).
         #[arg(long, value_enum, default_value_t = sink::Format::Auto)]
@@ -118,6 +125,8 @@ enum Cmd {
     /// Tell whether crashwatch can run on this host, and what to do if not; with --sinks,
     /// try each output `run` would use with the same flags once instead.
     Check {
+        #[command(flatten)]
+        config: ConfigFile,
         /// Try the outputs: open the --output-file for appending (writing nothing), send
         /// each --webhook a test message and --otlp-endpoint an empty export, bind --listen,
         /// open the crash history under --state-dir.
@@ -173,12 +182,56 @@ fn parse_ring_size(s: &str) -> Result<u32, String> {
     Ok(n)
 }
 
+/// `--config`, taken by the commands that read the configuration ([`config`]).
+#[derive(clap::Args, Clone, Debug)]
+pub struct ConfigFile {
+    /// Read flags from this TOML file: keys are `run`'s long flag names (`output-file =
+    /// "/var/log/crashwatch.json"`, `webhook = ["https://..."]`, `no-store = true`).
+    /// Precedence: flag > CRASHWATCH_<FLAG> environment > file > default. Default:
+    /// /etc/crashwatch/config.toml when it exists.
+    #[arg(long, value_name = "FILE", env = "CRASHWATCH_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+}
+
 pub fn main() -> ExitCode {
-    match Cli::parse().cmd {
+    let cmd = config::command(Cli::command());
+    let mut matches = cmd.clone().get_matches();
+    let mut from_file = None;
+    if let Some((name, sub)) = matches.subcommand() {
+        if ["run", "check", "report"].contains(&name) {
+            let file = match config::from_file(&cmd, name, sub) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("crashwatch: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            if !file.args.is_empty() {
+                let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+                argv.extend(file.args.iter().cloned());
+                matches = match cmd.clone().try_get_matches_from(argv) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        if let Some(p) = &file.path {
+                            eprintln!("crashwatch: in the configuration file {}:", p.display());
+                        }
+                        e.exit()
+                    }
+                };
+            }
+            from_file = Some(file);
+        }
+    }
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    match cli.cmd {
         Cmd::Check {
             sinks: true,
             outputs,
             state_dir,
+            ..
         } => {
             if check::sinks(&outputs, &state_dir) {
                 ExitCode::SUCCESS
@@ -210,6 +263,14 @@ pub fn main() -> ExitCode {
             addrs,
         }),
         Cmd::Run {
+            print_config: true, ..
+        } => {
+            let run = matches.subcommand_matches("run").expect("run was parsed");
+            let file = from_file.expect("run reads the configuration");
+            print!("{}", config::print(&cmd, run, &file));
+            ExitCode::SUCCESS
+        }
+        Cmd::Run {
             output,
             outputs,
             exits,
@@ -227,6 +288,7 @@ pub fn main() -> ExitCode {
             symbol_cache_bytes,
             go_max_binaries,
             go_release_after,
+            ..
         } => {
             let redactor = match outputs.redactor() {
                 Ok(r) => r,

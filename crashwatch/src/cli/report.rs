@@ -61,6 +61,8 @@ impl History {
 pub struct ReportArgs {
     /// One cluster, by its number (`cluster.id` in reports).
     pub cluster: Option<i64>,
+    #[command(flatten)]
+    pub config: super::ConfigFile,
     #[arg(long, default_value_os_t = store::default_dir())]
     pub state_dir: PathBuf,
     /// Only clusters with a crash in this past window (30m, 12h, 7d).

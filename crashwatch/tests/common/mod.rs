@@ -94,6 +94,11 @@ impl Agent {
                 None => Command::new(agent_bin()),
             };
             cmd.arg("run").args(&args);
+            // A test's agent is configured by its flags alone, never by the machine's
+            // /etc/crashwatch/config.toml (an empty file is an empty configuration).
+            if std::env::var_os("CRASHWATCH_CONFIG").is_none() {
+                cmd.env("CRASHWATCH_CONFIG", "/dev/null");
+            }
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
             unsafe {
                 cmd.pre_exec(|| {

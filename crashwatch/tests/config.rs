@@ -1,0 +1,172 @@
+//! The configuration file and environment, through the real binary: precedence flag >
+//! CRASHWATCH_* > file > default as `run --print-config` states it, secrets masked, unknown
+//! keys and bad values refused with the file and key named, and a file's settings taking
+//! effect (`check --sinks` opens the output file and state directory the file names).
+mod common;
+
+use std::{collections::HashMap, path::Path, process::Command};
+
+use common::{agent_bin, state_dir};
+
+/// `key -> (value, source)` from `--print-config`.
+fn effective(
+    config: &Path,
+    env: &[(&str, &str)],
+    flags: &[&str],
+) -> HashMap<String, (String, String)> {
+    let out = Command::new(agent_bin())
+        .args(["run", "--print-config", "--config"])
+        .arg(config)
+        .args(flags)
+        .env_remove("CRASHWATCH_HOST_ROOT")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            let (kv, source) = l.rsplit_once("   # ").unwrap();
+            let (k, v) = kv.split_once(" = ").unwrap();
+            (k.to_string(), (v.to_string(), source.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn precedence_is_flag_then_environment_then_file_then_default() {
+    let dir = state_dir("config");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("config.toml");
+    std::fs::write(
+        &file,
+        "output-file = \"/from/file\"\nring-size = 16777216\nstack-copy = 1024\n\
+         no-store = true\nwebhook = [\"https://hooks.example/services/T0/SECRETPATH\"]\n\
+         webhook-header = \"Authorization: Bearer SECRETTOKEN\"\n",
+    )
+    .unwrap();
+    let e = effective(
+        &file,
+        &[
+            ("CRASHWATCH_OUTPUT_FILE", "/from/env"),
+            ("CRASHWATCH_STACK_COPY", "2048"),
+        ],
+        &["--stack-copy", "0"],
+    );
+    let get = |k: &str| {
+        e.get(k)
+            .unwrap_or_else(|| panic!("{k} missing: {e:?}"))
+            .clone()
+    };
+    assert_eq!(get("stack-copy"), ("0".into(), "flag".into()));
+    assert_eq!(
+        get("output-file"),
+        (
+            "\"/from/env\"".into(),
+            "environment CRASHWATCH_OUTPUT_FILE".into()
+        )
+    );
+    assert_eq!(get("ring-size"), ("16777216".into(), "file".into()));
+    assert_eq!(get("no-store"), ("true".into(), "file".into()));
+    assert_eq!(get("keep-days"), ("30".into(), "default".into()));
+    assert_eq!(get("exits"), ("\"none\"".into(), "default".into()));
+    let all = format!("{e:?}");
+    assert!(!all.contains("SECRET"), "a secret was printed: {all}");
+    assert_eq!(
+        get("webhook").0,
+        "[\"https://hooks.example/***\"]",
+        "the host stays visible"
+    );
+    assert_eq!(get("webhook-header").0, "[\"Authorization: ***\"]");
+}
+
+fn refused(config_text: &str) -> String {
+    let dir = state_dir("config-bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("config.toml");
+    std::fs::write(&file, config_text).unwrap();
+    let out = Command::new(agent_bin())
+        .args(["run", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        err.contains(file.to_str().unwrap()),
+        "the file is named: {err}"
+    );
+    err
+}
+
+#[test]
+fn unknown_keys_and_bad_values_are_refused_by_name() {
+    let err = refused("output-file = \"/x\"\nwebhok = \"http://typo\"\n");
+    assert!(err.contains("unknown key `webhok`"), "{err}");
+    let err = refused("ring-size = 5000\n");
+    assert!(
+        err.contains("--ring-size") && err.contains("power of two"),
+        "{err}"
+    );
+    let err = refused("no-store = \"yes\"\n");
+    assert!(err.contains("`no-store` is a switch"), "{err}");
+    let err = refused("exits = [\"none\"]\n");
+    assert!(err.contains("`exits` takes one value"), "{err}");
+    let err = refused("exits = \n");
+    assert!(err.contains("not valid TOML"), "{err}");
+    let out = Command::new(agent_bin())
+        .args(["run", "--config", "/nonexistent/crashwatch.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an explicit file must exist: {out:?}"
+    );
+}
+
+#[test]
+fn the_files_settings_take_effect() {
+    let dir = state_dir("config-effect");
+    std::fs::create_dir_all(&dir).unwrap();
+    let output = dir.join("reports.json");
+    let state = dir.join("state");
+    let file = dir.join("config.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "output-file = {:?}\nstate-dir = {:?}\nlisten = \"off\"\n",
+            output.to_str().unwrap(),
+            state.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(agent_bin())
+        .args(["check", "--sinks", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("file                {}", output.display())),
+        "check --sinks tried the file's output-file: {text}"
+    );
+    assert!(
+        state.join("crashwatch.db").exists(),
+        "and opened its state-dir: {text}"
+    );
+    assert!(
+        !text.contains("listen"),
+        "and no listener (`listen = \"off\"`): {text}"
+    );
+}
