@@ -4,7 +4,10 @@
 //!   the crash matrix (crashwatch/tests: the same test binaries the host runs) in QEMU on
 //!   Debian cloud kernels, or on this host; prints a kernel × case table.
 //! - `cargo xtask bench`: overhead beside no observer and peer tools → docs/benchmarks.md.
+//! - `cargo xtask dist`: the static binary and a release tarball; `cargo xtask image`: an OCI
+//!   image of it (podman, offline) → target/dist.
 mod bench;
+mod dist;
 mod vm;
 
 use std::{collections::BTreeSet, process::Command, time::Duration};
@@ -29,6 +32,14 @@ enum Cmd {
         #[arg(long, default_value_t = 40)]
         timeout_minutes: u64,
     },
+    /// Build the static binary (eBPF programs inside) and target/dist/crashwatch-VERSION-
+    /// x86_64-linux.tar.gz with it, its --help text, the docs, licenses and deploy files.
+    Dist,
+    /// Build the dist binary into an OCI image with podman (deploy/Containerfile, no base
+    /// image, no network) tagged localhost/crashwatch:VERSION, saved as an OCI archive too.
+    Image,
+    /// Render deploy/helm/crashwatch into deploy/kubernetes (the plain manifests).
+    Manifests,
     /// Measure crashwatch's cost against no observer and peer tools; writes docs/benchmarks.md.
     Bench {
         /// Interleaved rounds per workload and observer; each ratio is shown with its range
@@ -84,6 +95,9 @@ fn main() -> Result<()> {
             history_only,
             sinks_only,
         } => bench::run(rounds, storm, idle_secs, history, history_only, sinks_only),
+        Cmd::Dist => dist::dist().map(|_| ()),
+        Cmd::Image => dist::image(),
+        Cmd::Manifests => dist::manifests(),
     }
 }
 

@@ -41,7 +41,7 @@ impl Paths {
     }
 }
 
-fn run(cmd: &mut Command) -> Result<String> {
+pub fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(
@@ -200,19 +200,12 @@ pub fn initramfs(p: &Paths) -> Result<PathBuf> {
     let _ = fs::remove_dir_all(&stage);
     let cw = stage.join("crashwatch");
     fs::create_dir_all(&cw)?;
-    let target = "x86_64-unknown-linux-gnu";
+    let target = crate::dist::TARGET;
     let cargo = env!("CARGO");
     let static_env = [("RUSTFLAGS", "-C target-feature=+crt-static")];
 
-    eprintln!("xtask: building the static agent and test binaries");
-    run(Command::new(cargo)
-        .args(["build", "--release", "-p", "crashwatch", "--target", target])
-        .envs(static_env)
-        .current_dir(&p.root))?;
-    fs::copy(
-        p.root.join(format!("target/{target}/release/crashwatch")),
-        cw.join("crashwatch"),
-    )?;
+    fs::copy(crate::dist::static_agent(&p.root)?, cw.join("crashwatch"))?;
+    eprintln!("xtask: building the static test binaries");
     let json = run(Command::new(cargo)
         .args([
             "test",
