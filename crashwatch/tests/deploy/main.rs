@@ -1,0 +1,329 @@
+//! The deploy files, checked offline with the real tools: the Helm chart rendered by helm,
+//! every manifest validated against Kubernetes' own schemas (PyPI kubernetes-validate,
+//! strict: unknown fields fail) for the oldest and newest versions it knows, the plain
+//! manifests equal to the chart's rendering, the chart's config.toml accepted by the agent,
+//! the systemd unit verified by systemd-analyze. Each check has a negative control: a broken
+//! copy must fail it. The image is run as the DaemonSet says in image.rs.
+//! Needs scripts/setup.sh (helm, kubernetes-validate).
+#[path = "../common/mod.rs"]
+mod common;
+mod image;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use common::{agent_bin, state_dir};
+use serde_json::Value;
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn chart() -> PathBuf {
+    root().join("deploy/helm/crashwatch")
+}
+
+pub fn helm() -> PathBuf {
+    let pinned = PathBuf::from("/opt/crashwatch-py/helm/bin/helm");
+    if pinned.exists() {
+        pinned
+    } else {
+        PathBuf::from("helm")
+    }
+}
+
+fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (scripts/setup.sh)"));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// `helm template crashwatch CHART --namespace crashwatch EXTRA…`
+pub fn render(extra: &[&str]) -> String {
+    let out = Command::new(helm())
+        .args(["template", "crashwatch"])
+        .arg(chart())
+        .args(["--namespace", "crashwatch"])
+        .args(extra)
+        .output()
+        .expect("helm (scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The YAML documents as JSON, parsed by PyYAML (kubernetes-validate's own dependency).
+pub fn documents(yaml: &str) -> Vec<Value> {
+    let mut child = Command::new("python3")
+        .args([
+            "-S",
+            "-c",
+            "import sys, json, yaml\n\
+             print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))",
+        ])
+        .env("PYTHONPATH", "/opt/crashwatch-py/k8s")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+pub fn kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} in {docs:?}"))
+}
+
+/// kubernetes-validate --strict against Kubernetes `version`.
+fn validate(file: &Path, version: &str) -> (bool, String) {
+    run(Command::new("python3")
+        .args([
+            "-S",
+            "-m",
+            "kubernetes_validate",
+            "--strict",
+            "--no-warn",
+            "-k",
+            version,
+        ])
+        .arg(file)
+        .env("PYTHONPATH", "/opt/crashwatch-py/k8s"))
+}
+
+fn write_tmp(name: &str, text: &str) -> PathBuf {
+    let dir = state_dir("deploy");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Every sink and switch of the chart set, for the renderings that must cover them.
+const ALL_SINKS: &[&str] = &[
+    "--set-json",
+    r#"sinks={"outputFile":"/var/lib/crashwatch/reports.json","webhooks":["https://hooks.example/T0/B0/SECRETPATH","http://receiver:8080/crash"],"webhookHeaders":["Authorization: Bearer SECRETTOKEN"],"webhookFormat":"slack","otlpEndpoint":"http://otel-collector:4318","otlpHeaders":["X-Tenant: a"],"redact":["session=[^ ]+"]}"#,
+    "--set",
+    "sysAdmin=true",
+    "--set",
+    "serviceMonitor.enabled=true",
+    "--set-json",
+    r#"config={"output":"json","exits":"nonzero","keep-days":7,"no-default-redact":false}"#,
+];
+
+#[test]
+fn the_plain_manifests_are_the_chart_rendered() {
+    let committed =
+        std::fs::read_to_string(root().join("deploy/kubernetes/crashwatch.yaml")).unwrap();
+    let rendered = render(&["--set", "namespace.create=true"]);
+    assert!(
+        committed.ends_with(&rendered),
+        "deploy/kubernetes/crashwatch.yaml differs from the chart: run `cargo xtask manifests`"
+    );
+    let monitor =
+        std::fs::read_to_string(root().join("deploy/kubernetes/optional/servicemonitor.yaml"))
+            .unwrap();
+    assert!(monitor.ends_with(&render(&[
+        "--set",
+        "serviceMonitor.enabled=true",
+        "--show-only",
+        "templates/servicemonitor.yaml"
+    ])));
+    let (ok, out) = run(Command::new(helm())
+        .arg("lint")
+        .arg("--strict")
+        .arg(chart()));
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn manifests_and_chart_validate_against_the_kubernetes_schemas() {
+    let plain = root().join("deploy/kubernetes/crashwatch.yaml");
+    let every = write_tmp("every-sink.yaml", &render(ALL_SINKS));
+    let secret = write_tmp(
+        "secret.yaml",
+        &render(&["--set", "configSecret=crashwatch-config"]),
+    );
+    for version in ["1.30.0", "1.37.0"] {
+        for f in [&plain, &every, &secret] {
+            let (ok, out) = validate(f, version);
+            // The ServiceMonitor is a CRD the schemas do not hold; it is checked below.
+            let out: String = out
+                .lines()
+                .filter(|l| !l.contains("servicemonitor"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            assert!(ok, "{} on {version}: {out}", f.display());
+            assert!(out.contains("daemonset/crashwatch"), "{out}");
+        }
+    }
+    // Negative control: a wrong type and an unknown field are caught.
+    let text = std::fs::read_to_string(&plain).unwrap();
+    for (from, to) in [
+        ("hostPID: true", "hostPID: \"yes\""),
+        ("readOnlyRootFilesystem", "readOnlyRootFs"),
+    ] {
+        assert!(text.contains(from));
+        let broken = write_tmp("broken.yaml", &text.replace(from, to));
+        let (ok, out) = validate(&broken, "1.37.0");
+        assert!(!ok, "the validator let `{to}` through: {out}");
+    }
+}
+
+#[test]
+fn the_daemonset_runs_the_agent_as_the_readme_says() {
+    let docs = documents(
+        &std::fs::read_to_string(root().join("deploy/kubernetes/crashwatch.yaml")).unwrap(),
+    );
+    let ds = kind(&docs, "DaemonSet");
+    let pod = &ds["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(pod["hostPID"], true);
+    assert_eq!(pod["tolerations"][0]["operator"], "Exists");
+    let sc = &c["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["privileged"], Value::Null, "not privileged");
+    assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+    let caps: Vec<&str> = sc["capabilities"]["add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(caps, ["BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH"]);
+    assert_eq!(c["env"][0]["name"], "NODE_NAME");
+    assert_eq!(
+        c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let mounts: Vec<&str> = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    for want in [
+        "/sys/kernel/btf",
+        "/sys/kernel/tracing",
+        "/sys/fs/bpf",
+        "/run/containerd",
+        "/run/containers",
+        "/var/log/pods",
+        "/var/log/containers",
+        "/var/lib/crashwatch",
+        "/etc/crashwatch",
+    ] {
+        assert!(mounts.contains(&want), "{want} not mounted: {mounts:?}");
+    }
+    assert!(c["resources"]["requests"]["memory"].is_string());
+    assert!(c["resources"]["limits"]["memory"].is_string());
+    // The Service and the ServiceMonitor find the pods and the port.
+    let svc = kind(&docs, "Service");
+    for (k, v) in svc["spec"]["selector"].as_object().unwrap() {
+        assert_eq!(&ds["spec"]["template"]["metadata"]["labels"][k], v);
+    }
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], c["ports"][0]["name"]);
+    let sm = documents(
+        &std::fs::read_to_string(root().join("deploy/kubernetes/optional/servicemonitor.yaml"))
+            .unwrap(),
+    );
+    let sm = kind(&sm, "ServiceMonitor");
+    for (k, v) in sm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(
+            &svc["metadata"]["labels"][k], v,
+            "the ServiceMonitor selects the Service"
+        );
+    }
+    assert_eq!(
+        sm["spec"]["endpoints"][0]["port"],
+        svc["spec"]["ports"][0]["name"]
+    );
+}
+
+/// The chart's config.toml with every sink is a configuration the agent accepts, each value
+/// from the file, secrets masked.
+#[test]
+fn the_charts_configuration_is_accepted_by_the_agent() {
+    let docs = documents(&render(ALL_SINKS));
+    let toml = kind(&docs, "ConfigMap")["data"]["config.toml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let file = write_tmp("config.toml", &toml);
+    let out = Command::new(agent_bin())
+        .args(["run", "--print-config", "--config"])
+        .arg(&file)
+        .env_clear()
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{toml}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "listen = \"0.0.0.0:9721\"   # file",
+        "output-file = \"/var/lib/crashwatch/reports.json\"   # file",
+        "webhook = [\"https://hooks.example/***\", \"http://receiver:8080/***\"]   # file",
+        "webhook-header = [\"Authorization: ***\"]   # file",
+        "webhook-format = \"slack\"   # file",
+        "otlp-endpoint = \"http://otel-collector:4318\"   # file",
+        "redact = [\"session=[^ ]+\"]   # file",
+        "exits = \"nonzero\"   # file",
+        "keep-days = 7   # file",
+    ] {
+        assert!(text.contains(line), "missing `{line}` in\n{text}");
+    }
+    assert!(!text.contains("SECRET"), "{text}");
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(root().join("deploy/systemd/crashwatch.service")).unwrap();
+    // verify wants the ExecStart binary to exist: point it at the one the tests built.
+    let unit = unit.replace("/usr/local/bin/crashwatch", agent_bin().to_str().unwrap());
+    let verify = |text: &str| {
+        let f = write_tmp("crashwatch.service", text);
+        run(Command::new("systemd-analyze").arg("verify").arg(&f))
+    };
+    let (ok, out) = verify(&unit);
+    assert!(ok && out.trim().is_empty(), "systemd-analyze verify: {out}");
+    for key in [
+        "CapabilityBoundingSet=",
+        "ProtectSystem=strict",
+        "ProtectHome=",
+        "StateDirectory=crashwatch",
+    ] {
+        assert!(unit.contains(key), "{key}");
+    }
+    let (_, out) = verify(&unit.replace("NoNewPrivileges=", "NoNewPrivilege="));
+    assert!(
+        out.contains("Unknown key"),
+        "the negative control passed: {out}"
+    );
+}
