@@ -18,6 +18,7 @@ mod gobin;
 #[cfg(test)]
 #[path = "../tests/common/gobuild.rs"]
 mod gobuild;
+mod log;
 mod parse;
 mod privileges;
 mod probe;

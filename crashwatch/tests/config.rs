@@ -1,7 +1,8 @@
 //! The configuration file and environment, through the real binary: precedence flag >
 //! CRASHWATCH_* > file > default as `run --print-config` states it, secrets masked, unknown
 //! keys and bad values refused with the file and key named, and a file's settings taking
-//! effect (`check --sinks` opens the output file and state directory the file names).
+//! effect (`check --sinks` opens the output file and state directory the file names); and
+//! `--log-format json` turning every line of the agent's log into a JSON object.
 mod common;
 
 use std::{collections::HashMap, path::Path, process::Command};
@@ -168,5 +169,75 @@ fn the_files_settings_take_effect() {
     assert!(
         !text.contains("listen"),
         "and no listener (`listen = \"off\"`): {text}"
+    );
+}
+
+/// `--log-format json`: every line the agent writes to stderr, from start to stop, is a JSON
+/// object with a timestamp, a level and the message; a warning (its listener's port taken)
+/// says WARN.
+#[test]
+fn the_agents_own_log_can_be_json_lines() {
+    use std::io::{BufRead, BufReader};
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut child = Command::new(agent_bin())
+        .args([
+            "run",
+            "--log-format",
+            "json",
+            "--no-store",
+            "--output",
+            "json",
+            "--listen",
+            &addr,
+        ])
+        .env("CRASHWATCH_CONFIG", "/dev/null")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let ready = v["message"].as_str().unwrap().starts_with("ready: ");
+        seen.push(v);
+        if ready {
+            break;
+        }
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    for line in lines {
+        let line = line.unwrap();
+        seen.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")));
+    }
+    assert!(child.wait().unwrap().success());
+    for v in &seen {
+        assert!(
+            v["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{v}"
+        );
+        assert!(
+            ["INFO", "WARN", "ERROR"].contains(&v["level"].as_str().unwrap()),
+            "{v}"
+        );
+    }
+    let warned = seen.iter().find(|v| {
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("no HTTP listener on {addr}"))
+    });
+    assert_eq!(
+        warned.map(|v| v["level"].clone()),
+        Some("WARN".into()),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|v| v["message"].as_str().unwrap().starts_with("stopped ")),
+        "the stop line is logged too: {seen:?}"
     );
 }

@@ -156,13 +156,13 @@ pub async fn run(opts: Options) -> Result<()> {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
                 let at = l.local_addr().map_or(addr, |a| a);
-                eprintln!("crashwatch: metrics on http://{at}/metrics");
+                tracing::info!("metrics on http://{at}/metrics");
                 tokio::spawn(crate::web::serve(l, metrics.clone(), health.clone()));
             }
             // The agent's job is the crashes: without the listener it still reports them.
-            Err(e) => eprintln!(
-                "crashwatch: running with less: no HTTP listener on {addr} ({e}): no /metrics"
-            ),
+            Err(e) => {
+                tracing::warn!("running with less: no HTTP listener on {addr} ({e}): no /metrics")
+            }
         }
     }
     let go = GoProbes::start(probe, opts.go);
@@ -216,10 +216,10 @@ pub async fn run(opts: Options) -> Result<()> {
         containers,
     };
     for off in crate::privileges::Caps::current().degraded(uprobe_multi) {
-        eprintln!("crashwatch: running with less: {off}");
+        tracing::warn!("running with less: {off}");
     }
     if last_words.starts_with("unavailable") {
-        eprintln!("crashwatch: running with less: no last words ({last_words}): runtimes' dying messages are not in reports, and exits they explain are not reported");
+        tracing::warn!("running with less: no last words ({last_words}): runtimes' dying messages are not in reports, and exits they explain are not reported");
     }
     let seeded = context::scan_proc();
     let n = seeded.len();
@@ -231,8 +231,8 @@ pub async fn run(opts: Options) -> Result<()> {
         }
         p.asm.seed(pid, info);
     }
-    eprintln!(
-        "crashwatch: ready: {} programs loaded ({programs}), {n} running processes known (Go binaries among them are probed in the background: {go_mode}), ring buffer {} KiB, recursion guard: {copies} {} of each tracepoint program, last words: {last_words}",
+    tracing::info!(
+        "ready: {} programs loaded ({programs}), {n} running processes known (Go binaries among them are probed in the background: {go_mode}), ring buffer {} KiB, recursion guard: {copies} {} of each tracepoint program, last words: {last_words}",
         programs.split(", ").count(),
         opts.ring_bytes / 1024,
         if copies == 1 { "copy" } else { "copies" },
@@ -254,7 +254,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 }
                 guard.clear_ready();
                 if p.stdout_closed.load(Ordering::Relaxed) {
-                    eprintln!("crashwatch: stdout is closed (broken pipe) and it is where reports go: stopping");
+                    tracing::warn!("stdout is closed (broken pipe) and it is where reports go: stopping");
                     break;
                 }
             }
@@ -271,8 +271,8 @@ pub async fn run(opts: Options) -> Result<()> {
                 if now.total() != logged.total() {
                     // Recursion misses: a program was preempted and re-entered on the same CPU
                     // (preemptible kernels); a full ring buffer: raise --ring-size.
-                    eprintln!(
-                        "crashwatch: kernel lost {} events (ring buffer full: {}, recursion misses: {}; {})",
+                    tracing::warn!(
+                        "kernel lost {} events (ring buffer full: {}, recursion misses: {}; {})",
                         now.total() - logged.total(),
                         now.ring_full - logged.ring_full,
                         now.recursion_misses - logged.recursion_misses,
@@ -325,18 +325,19 @@ pub async fn run(opts: Options) -> Result<()> {
         unbuilt: 0,
     });
     if done.build_panics + done.unbuilt > 0 {
-        eprintln!(
-            "crashwatch: reports whose building panicked: {} (sent without their stack), {} not sent at all",
-            done.build_panics, done.unbuilt
+        tracing::warn!(
+            "reports whose building panicked: {} (sent without their stack), {} not sent at all",
+            done.build_panics,
+            done.unbuilt
         );
     }
     for line in &done.outputs {
-        eprintln!("crashwatch: {line}");
+        tracing::info!("{line}");
     }
     if let Some(s) = done.stored {
         let busy = s.busy.as_secs_f64();
-        eprintln!(
-            "crashwatch: crash history: {} reports sent to the store, {} not stored (queue full or write failed); {:.0} ms of store time, {:.0} reports/s while writing; build sightings not stored: {} (queue full), {} (taken too late)",
+        tracing::info!(
+            "crash history: {} reports sent to the store, {} not stored (queue full or write failed); {:.0} ms of store time, {:.0} reports/s while writing; build sightings not stored: {} (queue full), {} (taken too late)",
             s.sent,
             s.dropped,
             busy * 1e3,
@@ -345,8 +346,8 @@ pub async fn run(opts: Options) -> Result<()> {
             done.seen_dropped
         );
     }
-    eprintln!(
-        "crashwatch: stopped (kernel losses: ring buffer full {}, recursion misses {}, undecodable records {}; reports not written {}) ({}) (Go binaries: {} probed at the end, {} released, {} left unprobed over --go-max-binaries)",
+    tracing::info!(
+        "stopped (kernel losses: ring buffer full {}, recursion misses {}, undecodable records {}; reports not written {}) ({}) (Go binaries: {} probed at the end, {} released, {} left unprobed over --go-max-binaries)",
         l.ring_full,
         l.recursion_misses,
         decode_errors,
@@ -356,8 +357,8 @@ pub async fn run(opts: Options) -> Result<()> {
         go.released,
         go.over_limit,
     );
-    eprintln!(
-        "crashwatch: records from the kernel: {} execs (of files not yet known, Go binaries, or tracked processes), {} identities read at a crash sign, {} exits; {} executables marked known{}",
+    tracing::info!(
+        "records from the kernel: {} execs (of files not yet known, Go binaries, or tracked processes), {} identities read at a crash sign, {} exits; {} executables marked known{}",
         counts.execs,
         counts.idents,
         counts.exits,
@@ -369,15 +370,15 @@ pub async fn run(opts: Options) -> Result<()> {
         }
     );
     let (held, over) = roots.stats();
-    eprintln!(
-        "crashwatch: symbolization per report: {}; container roots held {held}, {over} not held over the limit of {}",
+    tracing::info!(
+        "symbolization per report: {}; container roots held {held}, {over} not held over the limit of {}",
         done.symbolization,
         crate::symbolize::ROOTS_MAX
     );
     let took = probes.shutdown();
     if go.probed_now > 0 {
-        eprintln!(
-            "crashwatch: released the probes on {} Go binaries in {} ms",
+        tracing::info!(
+            "released the probes on {} Go binaries in {} ms",
             go.probed_now,
             took.as_millis()
         );
@@ -396,19 +397,16 @@ fn start_outputs(
         let shown = f.path.display().to_string();
         let (sink, warning) = sink::FileSink::open(f)?;
         if let Some(w) = warning {
-            eprintln!("crashwatch: {}", Esc(&w));
+            tracing::info!("{}", Esc(&w));
         }
         outputs.add("file", sink, metrics)?;
-        eprintln!("crashwatch: reports also go to {}", Esc(&shown));
+        tracing::info!("reports also go to {}", Esc(&shown));
     }
     for w in webhooks {
         let (name, url) = (w.name, w.url.clone());
         let hook = sink::Webhook::start(w, metrics)?;
         outputs.add(name, hook, metrics)?;
-        eprintln!(
-            "crashwatch: reports also go to the {name} output {}",
-            Esc(&url)
-        );
+        tracing::info!("reports also go to the {name} output {}", Esc(&url));
     }
     Ok(outputs)
 }
@@ -438,15 +436,17 @@ fn open_store(
     });
     match opened {
         Ok((known, builds, w)) => {
-            eprintln!(
-                "crashwatch: crash history in {}: {} clusters known",
+            tracing::info!(
+                "crash history in {}: {} clusters known",
                 dir.display(),
                 known.len()
             );
             (Clusters::new(known, builds, opts.policy), Some(w))
         }
         Err(e) => {
-            eprintln!("crashwatch: running with less: no crash history ({e:#}); clusters are counted from zero");
+            tracing::warn!(
+                "running with less: no crash history ({e:#}); clusters are counted from zero"
+            );
             (fresh(), None)
         }
     }
@@ -487,7 +487,7 @@ impl Pipeline {
             Err(e) => {
                 self.decode_errors += 1;
                 if self.decode_errors <= 10 {
-                    eprintln!("crashwatch: dropped a kernel record: {e:#}");
+                    tracing::warn!("dropped a kernel record: {e:#}");
                 }
                 return;
             }

@@ -148,8 +148,8 @@ impl Reporter {
             .or_else(|| err.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "a panic".into());
         self.build_panics += 1;
-        eprintln!(
-            "crashwatch: building the report of pid {} ({}) panicked ({}): reporting it without its stack",
+        tracing::warn!(
+            "building the report of pid {} ({}) panicked ({}): reporting it without its stack",
             crash.head.pid,
             Esc(&crash.head.comm),
             Esc(&why)
@@ -235,15 +235,17 @@ impl Reporter {
                 if self.outputs.is_empty() {
                     self.stdout_closed.store(true, Ordering::Relaxed);
                 } else {
-                    eprintln!("crashwatch: stdout is closed (broken pipe): reports go to the other outputs only");
+                    tracing::warn!(
+                        "stdout is closed (broken pipe): reports go to the other outputs only"
+                    );
                     self.stdout = None;
                 }
             }
             Err(e) => {
                 self.unwritten += 1;
                 self.stdout_errors.inc();
-                eprintln!(
-                    "crashwatch: writing the report of pid {} ({}) failed: {e}",
+                tracing::warn!(
+                    "writing the report of pid {} ({}) failed: {e}",
                     report.pid,
                     Esc(&report.comm)
                 );

@@ -50,6 +50,13 @@ enum Cmd {
         /// masked) as a configuration file would say it, and exit.
         #[arg(long)]
         print_config: bool,
+        /// The agent's own messages on stderr: `text` lines (`crashwatch: ...`) or one JSON
+        /// object per line (timestamp, level, message) for log pipelines.
+        #[arg(long, value_enum, default_value_t = crate::log::Format::Text)]
+        log_format: crate::log::Format,
+        /// The least severe of the agent's own messages shown (`debug` adds detail).
+        #[arg(long, value_enum, default_value_t = crate::log::Level::Info)]
+        log_level: crate::log::Level,
         /// Report format: readable blocks on a terminal, JSON lines (schema: docs/report.md).
         /// `none`: nothing on stdout (with --output-file, or the crash history alone).
         #[arg(long, value_enum, default_value_t = sink::Format::Auto)]
@@ -271,6 +278,8 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Run {
+            log_format,
+            log_level,
             output,
             outputs,
             exits,
@@ -308,6 +317,7 @@ pub fn main() -> ExitCode {
                 eprintln!("crashwatch: --output none with --no-store and no --output-file: reports would go nowhere");
                 return ExitCode::from(2);
             }
+            crate::log::init(log_format, log_level);
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -355,8 +355,8 @@ fn bounded(s: &str) -> String {
 fn read_json(p: &Path, max: u64) -> Option<Value> {
     let f = std::fs::File::open(p).ok()?;
     if f.metadata().ok()?.len() > max {
-        eprintln!(
-            "crashwatch: not reading {}: larger than {max} bytes",
+        tracing::info!(
+            "not reading {}: larger than {max} bytes",
             crate::escape::Esc(&p.display().to_string())
         );
         return None;

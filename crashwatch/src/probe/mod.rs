@@ -350,7 +350,9 @@ impl Probe {
                             matches!(io.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP))
                         }) =>
                 {
-                    eprintln!("crashwatch: uprobe_multi refused ({e:#}): attaching Go probes as perf events");
+                    tracing::warn!(
+                        "uprobe_multi refused ({e:#}): attaching Go probes as perf events"
+                    );
                     self.multi = Err(format!("{e:#}"));
                 }
                 Err(e) => return Err(e),

@@ -164,7 +164,7 @@ impl Outputs {
                 let mut fail = |what: &str, e: anyhow::Error| {
                     if said < 10 {
                         said += 1;
-                        eprintln!("crashwatch: {name} output: {what} failed: {e:#}");
+                        tracing::warn!("{name} output: {what} failed: {e:#}");
                     }
                 };
                 while let Ok(first) = rx.recv() {

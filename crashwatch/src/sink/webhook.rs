@@ -201,9 +201,10 @@ impl Output for Webhook {
         self.spooled.inc_by(1 - dropped as i64);
         if dropped > 0 {
             self.errors.inc_by(dropped);
-            eprintln!(
-                "crashwatch: {} {}: the spool is full: dropped the {dropped} oldest reports",
-                self.opts.name, self.opts.url
+            tracing::warn!(
+                "{} {}: the spool is full: dropped the {dropped} oldest reports",
+                self.opts.name,
+                self.opts.url
             );
         }
         let _ = self.wake.send(());
@@ -268,10 +269,7 @@ impl Sender {
                     self.counts.delivered.fetch_add(1, Ordering::Relaxed);
                     self.delivered.inc();
                     if said_down {
-                        eprintln!(
-                            "crashwatch: {} {}: delivering again",
-                            self.opts.name, self.opts.url
-                        );
+                        tracing::info!("{} {}: delivering again", self.opts.name, self.opts.url);
                         said_down = false;
                     }
                     failures = 0;
@@ -281,16 +279,17 @@ impl Sender {
                     self.spooled.dec();
                     self.errors.inc();
                     self.counts.refused.fetch_add(1, Ordering::Relaxed);
-                    eprintln!(
-                        "crashwatch: {} {}: refused a report for good ({why}): dropped",
-                        self.opts.name, self.opts.url
+                    tracing::warn!(
+                        "{} {}: refused a report for good ({why}): dropped",
+                        self.opts.name,
+                        self.opts.url
                     );
                 }
                 Outcome::Retry(why) => {
                     self.counts.retries.fetch_add(1, Ordering::Relaxed);
                     if !said_down {
-                        eprintln!(
-                            "crashwatch: {} {}: not delivered ({why}): {} reports wait in the spool, retrying",
+                        tracing::warn!(
+                            "{} {}: not delivered ({why}): {} reports wait in the spool, retrying",
                             self.opts.name,
                             self.opts.url,
                             self.spool.len()

@@ -115,8 +115,8 @@ impl Store {
                     "{FILE}.unreadable-{}",
                     crate::context::rfc3339(now_ns()).replace(':', "")
                 ));
-                eprintln!(
-                    "crashwatch: the crash history {} cannot be used ({e:#}): moved to {} and starting a new one",
+                tracing::warn!(
+                    "the crash history {} cannot be used ({e:#}): moved to {} and starting a new one",
                     path.display(),
                     aside.display()
                 );
@@ -446,14 +446,14 @@ impl Writer {
                         Err(e) => {
                             lost_exported.inc_by(reports as u64);
                             if lost.fetch_add(reports as u64, Ordering::Relaxed) < 10 {
-                                eprintln!("crashwatch: storing {reports} reports failed: {e:#}");
+                                tracing::warn!("storing {reports} reports failed: {e:#}");
                             }
                         }
                     };
                     // Age and size: at the first batch and about every 256 reports.
                     if written == 0 || written / 256 != (written + batch.len() as u64) / 256 {
                         if let Err(e) = store.prune(&keep) {
-                            eprintln!("crashwatch: pruning the crash history failed: {e:#}");
+                            tracing::warn!("pruning the crash history failed: {e:#}");
                         }
                     }
                     written += batch.len() as u64;

@@ -56,7 +56,7 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, hea
         .route("/readyz", get(readyz))
         .with_state(Shared { metrics, health });
     if let Err(e) = axum::serve(listener, app).await {
-        eprintln!("crashwatch: the HTTP listener stopped: {e}");
+        tracing::warn!("the HTTP listener stopped: {e}");
     }
 }
 

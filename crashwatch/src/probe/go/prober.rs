@@ -109,7 +109,7 @@ impl Prober {
         let map = match Mapped::new(&file) {
             Ok(m) => m,
             Err(e) => {
-                eprintln!("crashwatch: cannot map {shown}: {e}");
+                tracing::warn!("cannot map {shown}: {e}");
                 return Some(not_go());
             }
         };
@@ -118,7 +118,7 @@ impl Prober {
             .ok()
             .and_then(|o| o.build_id().ok().flatten().map(<[u8]>::to_vec));
         if map.damaged() {
-            eprintln!("crashwatch: {shown} shrank while it was read: not probed this time");
+            tracing::warn!("{shown} shrank while it was read: not probed this time");
             return None;
         }
         drop(map);
@@ -136,14 +136,16 @@ impl Prober {
             Ok(None) | Err(_) => return Some(not_go()),
         };
         for p in &g.problems {
-            eprintln!("crashwatch: Go binary {shown}: {}", Esc(p));
+            tracing::info!("Go binary {shown}: {}", Esc(p));
         }
         let version = g
             .version
             .clone()
             .unwrap_or_else(|| "version unknown".into());
         if g.probes.is_empty() {
-            eprintln!("crashwatch: not probing Go binary {shown} ({version}): no probe address could be confirmed");
+            tracing::warn!(
+                "not probing Go binary {shown} ({version}): no probe address could be confirmed"
+            );
             g.close();
             return Some(go(Arc::new(g), false, NOT_GO_TTL));
         }
@@ -155,8 +157,8 @@ impl Prober {
                 let c = &self.shared.counters;
                 let n = c.over_limit.fetch_add(1, Ordering::Relaxed) + 1;
                 if n == 1 || n.is_multiple_of(100) {
-                    eprintln!(
-                        "crashwatch: not probing Go binary {shown}: {} binaries are probed already (--go-max-binaries); {n} left unprobed so far",
+                    tracing::warn!(
+                        "not probing Go binary {shown}: {} binaries are probed already (--go-max-binaries); {n} left unprobed so far",
                         self.held.len()
                     );
                 }
@@ -168,8 +170,8 @@ impl Prober {
         let target = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
         match self.probe.attach_go(&target, &g.probes) {
             Ok(links) => {
-                eprintln!(
-                    "crashwatch: probing Go binary {shown} ({version}, {} uprobes{}) in {} ms",
+                tracing::info!(
+                    "probing Go binary {shown} ({version}, {} uprobes{}) in {} ms",
                     g.probes.len(),
                     if g.from_pclntab {
                         ", stripped: offsets from the pclntab"
@@ -196,7 +198,7 @@ impl Prober {
                 Some(go(bin, true, Duration::ZERO))
             }
             Err(e) => {
-                eprintln!("crashwatch: not probing {shown}: {e:#}");
+                tracing::warn!("not probing {shown}: {e:#}");
                 g.close();
                 Some(go(Arc::new(g), false, NOT_GO_TTL))
             }
@@ -233,8 +235,8 @@ impl Prober {
             .map(|(id, _)| *id)
             .collect();
         for id in &changed {
-            eprintln!(
-                "crashwatch: releasing the probes on Go binary {}: the file was rewritten",
+            tracing::info!(
+                "releasing the probes on Go binary {}: the file was rewritten",
                 Esc(&self.held[id].shown_as)
             );
         }
@@ -263,8 +265,8 @@ impl Prober {
             let (running, unseen) = running_inodes();
             if let (Some(pid), false) = (unseen, self.warned_unseen) {
                 self.warned_unseen = true;
-                eprintln!(
-                    "crashwatch: cannot see which binary pid {pid} runs (neither its exe nor its maps are readable): a Go binary only it runs may lose its probes after --go-release-after"
+                tracing::warn!(
+                    "cannot see which binary pid {pid} runs (neither its exe nor its maps are readable): a Go binary only it runs may lose its probes after --go-release-after"
                 );
             }
             let (still, gone): (Vec<FileId>, Vec<FileId>) = idle
@@ -286,8 +288,8 @@ impl Prober {
 
     fn release(&mut self, id: FileId, why: Option<&str>) {
         if let (Some(h), Some(why)) = (self.held.get(&id), why) {
-            eprintln!(
-                "crashwatch: releasing the probes on Go binary {}: {why}",
+            tracing::info!(
+                "releasing the probes on Go binary {}: {why}",
                 Esc(&h.shown_as)
             );
         }
