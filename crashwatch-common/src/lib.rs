@@ -429,6 +429,9 @@ pub struct Config {
     /// copy skips the bookkeeping only later copies read.
     pub guard_copies: u32,
     pub _pad: u32,
+    /// This load's generation when its state is pinned (see `ACTIVE`): a program does nothing
+    /// unless it is the active one. 0: not pinned, always active.
+    pub generation: u64,
 }
 
 #[cfg(feature = "user")]

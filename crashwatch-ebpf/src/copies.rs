@@ -143,6 +143,9 @@ macro_rules! three_copies {
     ($tp:tt, $site:expr, $wanted:ident, $body:ident, $first:ident, $second:ident, $third:ident) => {
         #[aya_ebpf::macros::btf_tracepoint(function = $tp)]
         pub fn $first(ctx: aya_ebpf::programs::BtfTracePointContext) -> u32 {
+            if !$crate::shared::active() {
+                return 0;
+            }
             // Alone (kernels whose tracepoint programs cannot be preempted), no later copy
             // reads the marks.
             let alone = config!(guard_copies) <= 1;
@@ -165,6 +168,9 @@ macro_rules! three_copies {
 
         #[aya_ebpf::macros::btf_tracepoint(function = $tp)]
         pub fn $second(ctx: aya_ebpf::programs::BtfTracePointContext) -> u32 {
+            if !$crate::shared::active() {
+                return 0;
+            }
             let held = $crate::copies::enter($site, 1);
             let r = if !$wanted(&ctx) {
                 $crate::copies::unwanted($site, 1);
@@ -180,6 +186,9 @@ macro_rules! three_copies {
 
         #[aya_ebpf::macros::btf_tracepoint(function = $tp)]
         pub fn $third(ctx: aya_ebpf::programs::BtfTracePointContext) -> u32 {
+            if !$crate::shared::active() {
+                return 0;
+            }
             if !$wanted(&ctx) {
                 $crate::copies::unwanted($site, 2);
                 return 0;

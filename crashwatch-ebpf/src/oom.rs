@@ -11,6 +11,9 @@ use crate::shared::{fill_header, output};
 
 #[btf_tracepoint(function = "mark_victim")]
 pub fn mark_victim(ctx: BtfTracePointContext) -> u32 {
+    if !crate::shared::active() {
+        return 0;
+    }
     // Read the argument as a plain number: it is a `task_struct *` or an `int pid` by kernel.
     let arg: u64 = unsafe { bpf_probe_read_kernel(ctx.as_ptr() as *const u64) }.unwrap_or(0);
     let mut rec = OomRecord::default();

@@ -6,7 +6,7 @@ use aya_ebpf::{
         bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user_buf, generated::bpf_get_stack,
     },
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
 };
 use crashwatch_common::*;
 
@@ -20,6 +20,14 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// `[generation, layout, losses acknowledged, 0]`: the programs that do the work, and the
+/// ring-buffer losses an agent has already made visible (so the next one reports the rest). With the agent's state pinned,
+/// two generations are attached for a moment during a restart (the new one attached before
+/// the old one's links go); the agent switches them with one write here, so an event is
+/// handled by one of them, never by none.
+#[map]
+static ACTIVE: Array<[u64; 4]> = Array::with_max_entries(1, 0);
+
 /// Reads a field of `CONFIG`. Volatile: the compiler would otherwise fold the all-zero
 /// initializer into the code, and the loader's values would never be seen.
 macro_rules! config {
@@ -27,6 +35,13 @@ macro_rules! config {
         // SAFETY: CONFIG is a read-only global the loader fills in before verification.
         unsafe { core::ptr::read_volatile(core::ptr::addr_of!($crate::shared::CONFIG.$($f).+)) }
     };
+}
+
+/// Whether this program's generation is the active one (always, unpinned).
+#[inline(always)]
+pub fn active() -> bool {
+    let mine: u64 = config!(generation);
+    mine == 0 || ACTIVE.get(0).is_some_and(|a| a[0] == mine)
 }
 
 #[inline(always)]

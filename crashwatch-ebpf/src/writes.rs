@@ -189,6 +189,11 @@ fn iovec(vec: u64, i: u64) -> [u64; 2] {
 /// This process's entry, made on its first write.
 #[inline(always)]
 fn words() -> Option<&'static mut LastWordsRecord> {
+    // Checked here, past the cheap fd test every write takes: an inactive generation must
+    // not append a second copy of the words.
+    if !crate::shared::active() {
+        return None;
+    }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if let Some(p) = WORDS.get_ptr_mut(tgid) {
         // SAFETY: a map value; other threads of the process may write it too (see above).
@@ -229,6 +234,9 @@ fn banner_begun() -> Option<&'static mut LastWordsRecord> {
 /// This process's entry if its stdout is being kept.
 #[inline(always)]
 fn stdout_kept() -> Option<&'static mut LastWordsRecord> {
+    if !crate::shared::active() {
+        return None;
+    }
     let slots = STDOUT_KEPT.get_ptr(0)?;
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: a map value; the index is masked into the array.

@@ -112,6 +112,7 @@ pub fn load(pending_window_ns: u64, args_max: u32, stack_copy: u32) -> Result<Ke
             exec_all: 0,
             guard_copies: crashwatch_common::COPIES,
             _pad: 0,
+            generation: 0,
         },
         exit_has_group_dead: exit_args.len() >= 2,
         pt_regs_names,
