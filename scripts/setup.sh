@@ -87,6 +87,13 @@ if [ ! -x $d/bin/helm ]; then
   chmod +x $d/bin/helm
 fi
 
+# The kernel state the agent pins lives in a BPF filesystem (systemd mounts one at boot;
+# the agent mounts it when it can, a container cannot).
+if ! grep -q ' /sys/fs/bpf bpf ' /proc/mounts; then
+  log "mount bpffs"
+  mount -t bpf bpf /sys/fs/bpf || true
+fi
+
 # The agent needs tracefs for tracepoints and uprobes.
 if [ ! -e /sys/kernel/tracing/events ]; then
   log "mount tracefs"

@@ -186,6 +186,7 @@ fn the_agents_own_log_can_be_json_lines() {
             "--log-format",
             "json",
             "--no-store",
+            "--no-pin",
             "--output",
             "json",
             "--listen",

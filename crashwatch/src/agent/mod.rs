@@ -23,23 +23,24 @@ use tokio::{
     signal::unix::{signal, SignalKind},
 };
 
+mod handover;
+mod open;
 mod reporter;
 
 use reporter::{Job, Reported, Reporter};
 
 use crate::{
     assemble::Assembler,
-    cluster::{self, Clusters},
+    cluster,
     context::{self, container::Containers, Enricher},
     decode::{self, Record},
-    escape::Esc,
     probe::{
         go::{GoProbes, Limits},
         known::KnownFiles,
         LossReader, Losses, Probe, Settings,
     },
     redact::Redactor,
-    sink::{self, Format, Outputs, Stdout},
+    sink::{self, Format, Stdout},
     store,
     symbolize::{Maps, Roots, Symbolizer},
 };
@@ -79,9 +80,12 @@ pub struct Options {
     pub last_words_max: usize,
     pub symbol_cache_bytes: usize,
     pub go: Limits,
+    /// Where the kernel state is pinned to outlive the agent; None: it ends with the agent.
+    pub pin_dir: Option<std::path::PathBuf>,
 }
 
 struct Pipeline {
+    handover: handover::Handover,
     go: GoProbes,
     losses: LossReader,
     asm: Assembler,
@@ -117,22 +121,67 @@ const REPORT_QUEUE: usize = 1024;
 pub async fn run(opts: Options) -> Result<()> {
     crate::privileges::require_privileges()?;
     let window_ns = opts.pending_window.as_nanos() as u64;
-    let mut probe = Probe::load(Settings {
-        ring_bytes: opts.ring_bytes,
-        pending_window_ns: window_ns,
-        args_max: opts.cmdline_max,
-        stack_copy: opts.stack_copy,
-        last_words: opts.last_words,
-        exec_all: opts.report_nonzero_exits,
-        guard_copies: opts.guard_copies,
-    })?;
+    let mut probe = Probe::load(
+        Settings {
+            ring_bytes: opts.ring_bytes,
+            pending_window_ns: window_ns,
+            args_max: opts.cmdline_max,
+            stack_copy: opts.stack_copy,
+            last_words: opts.last_words,
+            exec_all: opts.report_nonzero_exits,
+            guard_copies: opts.guard_copies,
+        },
+        opts.pin_dir.as_deref(),
+    )?;
+    let pinned = match &probe.pins {
+        None => "not pinned (the programs end with the agent)".to_string(),
+        Some(p) => {
+            if let Some(r) = &p.replaced {
+                tracing::warn!("{r}");
+            }
+            match p.previous {
+                Some(g) => format!(
+                    "pinned under {}: took over from generation {g} (what it recorded meanwhile is reported now)",
+                    opts.pin_dir.as_deref().unwrap_or(std::path::Path::new("?")).display()
+                ),
+                None => format!(
+                    "pinned under {} (recording goes on while no agent runs)",
+                    opts.pin_dir.as_deref().unwrap_or(std::path::Path::new("?")).display()
+                ),
+            }
+        }
+    };
     let copies = probe.layout.config.guard_copies;
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd until the loop ends.
     let mut ring = unsafe { AsyncFd::register(probe.take_events()?) }
         .map_err(std::io::Error::from)
         .context("polling the ring buffer")?;
     let losses = probe.take_losses()?;
-    let known = probe.take_known()?;
+    // With pinned programs: the losses said so far, for the next agent; and who the programs
+    // think this agent knows, forgotten at a clean stop so that a crash in the gap brings
+    // its own identity to the next agent.
+    let mut acker = probe.pins.as_ref().and_then(|p| p.acker().ok());
+    let lost_acked = probe
+        .pins
+        .as_ref()
+        .filter(|p| p.previous.is_some())
+        .map(|p| p.lost_acked);
+    let probe_switched_ns = probe.pins.as_ref().and_then(|p| p.switched_ns);
+    let tracked = if probe.pinned() {
+        probe.take_tracked()
+    } else {
+        None
+    };
+    let mut known = probe.take_known()?;
+    // The previous agent's executable paths, for processes that died while none ran.
+    let paths_file = opts
+        .state_dir
+        .as_ref()
+        .filter(|_| probe.pinned())
+        .map(|d| d.join("known-paths.jsonl"));
+    if let (Some(f), Some(_)) = (&paths_file, lost_acked) {
+        known.load(f);
+    }
     let programs = probe.program_names().join(", ");
     let go_mode = probe.go_attach_mode();
     let last_words = probe.last_words.to_string();
@@ -151,7 +200,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let metrics = sink::metrics::Metrics::new();
     let health = Arc::new(crate::web::Health::default());
     health.turned();
-    let outputs = start_outputs(opts.file.clone(), opts.webhooks.clone(), &metrics)?;
+    let outputs = open::start_outputs(opts.file.clone(), opts.webhooks.clone(), &metrics)?;
     if let Some(addr) = opts.listen {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
@@ -169,7 +218,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let stdout_closed = Arc::new(AtomicBool::new(false));
     let (jobs, queue) = mpsc::sync_channel::<Job>(REPORT_QUEUE);
     let roots = Arc::new(Roots::default());
-    let (clusters, store) = open_store(&opts, &metrics);
+    let (clusters, store) = open::open_store(&opts, &metrics);
     let reporter = {
         let (go, closed, roots) = (go.view(), stdout_closed.clone(), roots.clone());
         let (format, cache) = (opts.format, opts.symbol_cache_bytes);
@@ -202,8 +251,14 @@ pub async fn run(opts: Options) -> Result<()> {
             })
             .context("starting the report thread")?
     };
+    let mut baseline = losses.losses();
+    if let Some(acked) = lost_acked {
+        // What the ring buffer lost while no agent read it is this agent's to report.
+        baseline.ring_full = acked.min(baseline.ring_full);
+    }
     let mut p = Pipeline {
-        reported: losses.losses(),
+        handover: handover::Handover::new(probe_switched_ns),
+        reported: baseline,
         go,
         losses,
         asm: Assembler::new(opts.report_nonzero_exits, opts.go_stderr_max),
@@ -221,6 +276,10 @@ pub async fn run(opts: Options) -> Result<()> {
     if last_words.starts_with("unavailable") {
         tracing::warn!("running with less: no last words ({last_words}): runtimes' dying messages are not in reports, and exits they explain are not reported");
     }
+    // Before "ready": a stop asked for from then on must take the orderly way out (write
+    // what is queued), not the default action of the signal.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
     let seeded = context::scan_proc();
     let n = seeded.len();
     for (pid, mut info) in seeded {
@@ -228,18 +287,19 @@ pub async fn run(opts: Options) -> Result<()> {
         p.containers.note(&info.cgroup);
         if let Some(id) = info.file {
             p.go.request(pid, id, info.exe.as_deref().unwrap_or("?"));
+            if let Some(exe) = &info.exe {
+                p.known.remember(id, exe);
+            }
         }
         p.asm.seed(pid, info);
     }
     tracing::info!(
-        "ready: {} programs loaded ({programs}), {n} running processes known (Go binaries among them are probed in the background: {go_mode}), ring buffer {} KiB, recursion guard: {copies} {} of each tracepoint program, last words: {last_words}",
+        "ready: {} programs loaded ({programs}), {n} running processes known (Go binaries among them are probed in the background: {go_mode}), ring buffer {} KiB, recursion guard: {copies} {} of each tracepoint program, last words: {last_words}, kernel state {pinned}",
         programs.split(", ").count(),
         opts.ring_bytes / 1024,
         if copies == 1 { "copy" } else { "copies" },
     );
     health.ready.store(true, Ordering::Relaxed);
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut logged = p.reported;
     let mut exported = (p.reported, 0);
@@ -280,6 +340,9 @@ pub async fn run(opts: Options) -> Result<()> {
                     );
                     logged = now;
                 }
+                if let Some(a) = &mut acker {
+                    a.ack(logged.ring_full);
+                }
                 // Forgetting exited processes walks /proc: once a minute is plenty.
                 let every_minute = ticks.is_multiple_of(60);
                 if ticks.is_multiple_of(10) {
@@ -302,6 +365,16 @@ pub async fn run(opts: Options) -> Result<()> {
         p.handle(&item);
     }
     let l = p.losses.losses();
+    if let Some(a) = &mut acker {
+        // The stop line below says them.
+        a.ack(l.ring_full);
+    }
+    if let Some(mut t) = tracked {
+        let pids: Vec<u32> = t.keys().flatten().collect();
+        for pid in pids {
+            let _ = t.remove(&pid);
+        }
+    }
     let go = p.go.stats();
     let Pipeline {
         go: probes,
@@ -310,9 +383,21 @@ pub async fn run(opts: Options) -> Result<()> {
         reports,
         roots,
         known,
+        handover,
         counts,
         ..
     } = p;
+    if handover.dropped > 0 {
+        tracing::info!(
+            "dropped {} records both program generations made of one event at the takeover",
+            handover.dropped
+        );
+    }
+    if let Some(f) = &paths_file {
+        if let Err(e) = known.save(f) {
+            tracing::warn!("saving {} for the next agent: {e}", f.display());
+        }
+    }
     // Every crash queued is reported before the stop line.
     drop(reports);
     let done = reporter.join().unwrap_or_else(|_| Reported {
@@ -386,72 +471,6 @@ pub async fn run(opts: Options) -> Result<()> {
     Ok(())
 }
 
-/// The outputs besides stdout.
-fn start_outputs(
-    file: Option<sink::FileOptions>,
-    webhooks: Vec<sink::WebhookOptions>,
-    metrics: &sink::metrics::Metrics,
-) -> Result<Outputs> {
-    let mut outputs = Outputs::default();
-    if let Some(f) = file {
-        let shown = f.path.display().to_string();
-        let (sink, warning) = sink::FileSink::open(f)?;
-        if let Some(w) = warning {
-            tracing::info!("{}", Esc(&w));
-        }
-        outputs.add("file", sink, metrics)?;
-        tracing::info!("reports also go to {}", Esc(&shown));
-    }
-    for w in webhooks {
-        let (name, url) = (w.name, w.url.clone());
-        let hook = sink::Webhook::start(w, metrics)?;
-        outputs.add(name, hook, metrics)?;
-        tracing::info!("reports also go to the {name} output {}", Esc(&url));
-    }
-    Ok(outputs)
-}
-
-/// The crash history and the clusters it knows; without one (`--no-store`, or a directory
-/// the agent cannot use), clusters are counted from zero in memory and the agent says so.
-fn open_store(
-    opts: &Options,
-    metrics: &sink::metrics::Metrics,
-) -> (Clusters, Option<store::Writer>) {
-    let fresh = || Clusters::new(Vec::new(), Vec::new(), opts.policy);
-    let Some(dir) = &opts.state_dir else {
-        return (fresh(), None);
-    };
-    let opened = store::Store::open(dir).and_then(|s| {
-        let (known, builds) = (s.clusters()?, s.builds()?);
-        Ok((
-            known,
-            builds,
-            store::Writer::spawn(
-                s,
-                opts.retention,
-                metrics.sink_errors("store"),
-                metrics.delivered("store"),
-            )?,
-        ))
-    });
-    match opened {
-        Ok((known, builds, w)) => {
-            tracing::info!(
-                "crash history in {}: {} clusters known",
-                dir.display(),
-                known.len()
-            );
-            (Clusters::new(known, builds, opts.policy), Some(w))
-        }
-        Err(e) => {
-            tracing::warn!(
-                "running with less: no crash history ({e:#}); clusters are counted from zero"
-            );
-            (fresh(), None)
-        }
-    }
-}
-
 /// Returns the heap's free pages to the kernel. Start-up (the kernel's BTF, /proc, the
 /// first Go binaries' tables) and crash bursts free megabytes that glibc's allocator would
 /// otherwise keep resident for the life of the agent; a few ms a minute.
@@ -492,6 +511,9 @@ impl Pipeline {
                 return;
             }
         };
+        if self.handover.duplicate(&rec) {
+            return;
+        }
         // Capture what only exists while the process does, before it is gone.
         match &mut rec {
             Record::Exec(e) if e.at_exec => {

@@ -109,7 +109,7 @@ pub fn run() -> bool {
             exec_all: false,
             guard_copies: None,
         };
-        let loaded = crate::probe::Probe::load(settings);
+        let loaded = crate::probe::Probe::load(settings, None);
         if let Ok(p) = &loaded {
             for off in caps.degraded(p.has_uprobe_multi()) {
                 let mut l = line(true, "less", off, "grant the capability it names");

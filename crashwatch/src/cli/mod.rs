@@ -121,6 +121,15 @@ enum Cmd {
         /// used binaries are dropped first.
         #[arg(long, default_value_t = 256 << 20)]
         symbol_cache_bytes: usize,
+        /// Let the kernel state end with the agent, as before pinning: crashes while no agent
+        /// runs are not recorded.
+        #[arg(long)]
+        no_pin: bool,
+        /// Where the programs' links, the ring buffer and the per-process maps are pinned, so
+        /// the kernel goes on recording while no agent runs and the next agent takes over
+        /// (a BPF filesystem; the DaemonSet mounts the host's /sys/fs/bpf).
+        #[arg(long, value_name = "DIR", default_value = crate::probe::pin::DEFAULT_DIR)]
+        pin_dir: std::path::PathBuf,
         /// Go binaries probed at once at most; more are reported without probes and counted.
         #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         go_max_binaries: u64,
@@ -144,6 +153,13 @@ enum Cmd {
         /// The crash history's directory, as `run` takes it.
         #[arg(long, default_value_os_t = crate::store::default_dir())]
         state_dir: std::path::PathBuf,
+    },
+    /// Remove the kernel state `run` pins (programs, links, ring buffer, maps) so nothing of
+    /// crashwatch stays in the kernel once no agent runs. Stop the agent first.
+    UninstallBpf {
+        /// The directory `run` pinned into (its --pin-dir).
+        #[arg(long, value_name = "DIR", default_value = crate::probe::pin::DEFAULT_DIR)]
+        pin_dir: std::path::PathBuf,
     },
     /// Name addresses the way reports name frames: function, file and line (Go frames from
     /// the pclntab, others from ELF symbols and DWARF), one line per frame, inlined calls
@@ -254,6 +270,20 @@ pub fn main() -> ExitCode {
             }
         }
         Cmd::Report(args) => report::run(args),
+        Cmd::UninstallBpf { pin_dir } => match crate::probe::pin::uninstall(&pin_dir) {
+            Ok(0) => {
+                println!("nothing pinned under {}", pin_dir.display());
+                ExitCode::SUCCESS
+            }
+            Ok(n) => {
+                println!("removed {n} pinned objects under {}", pin_dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("crashwatch: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Symbolize {
             exe,
             pid,
@@ -297,6 +327,8 @@ pub fn main() -> ExitCode {
             symbol_cache_bytes,
             go_max_binaries,
             go_release_after,
+            no_pin,
+            pin_dir,
             ..
         } => {
             let redactor = match outputs.redactor() {
@@ -353,6 +385,7 @@ pub fn main() -> ExitCode {
                     max_binaries: go_max_binaries as usize,
                     release_after: Duration::from_secs(go_release_after),
                 },
+                pin_dir: (!no_pin).then_some(pin_dir),
             };
             match rt.block_on(agent::run(opts)) {
                 Ok(()) => ExitCode::SUCCESS,

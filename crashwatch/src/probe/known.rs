@@ -72,6 +72,74 @@ impl KnownFiles {
         }
     }
 
+    /// A running process's file, found by the scan at start.
+    pub fn remember(&mut self, id: FileId, path: &str) {
+        if self.paths.len() < PATHS_MAX {
+            self.paths.insert(id, path.to_string());
+        }
+    }
+
+    /// Writes the paths to `file` (JSON lines) for the next agent: with pinned programs, a
+    /// process that dies while no agent runs is reported by the next one, which never saw it
+    /// run. Returns how many.
+    pub fn save(&self, file: &std::path::Path) -> std::io::Result<usize> {
+        use std::io::Write;
+        let tmp = file.with_extension("tmp");
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        for (id, path) in &self.paths {
+            let line = serde_json::json!({
+                "dev": id.dev, "ino": id.ino, "ctime_ns": id.ctime_ns, "size": id.size, "path": path,
+            });
+            writeln!(w, "{line}")?;
+        }
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, file)?;
+        Ok(self.paths.len())
+    }
+
+    /// Reads what [`save`](Self::save) wrote; a missing or damaged file gives what it can.
+    /// Only names: a binary is opened at its path only when the file there is still the one
+    /// the kernel named (device, inode, change time, size).
+    pub fn load(&mut self, file: &std::path::Path) -> usize {
+        use std::io::{BufRead, Read};
+        let Ok(f) = std::fs::File::open(file) else {
+            return 0;
+        };
+        // Bounded by what save can write: PATHS_MAX lines of a path each.
+        let reader = std::io::BufReader::new(f.take((PATHS_MAX as u64) * 4200));
+        let mut n = 0;
+        for line in reader.lines().map_while(Result::ok) {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let num = |k: &str| v[k].as_u64();
+            let (Some(dev), Some(ino), Some(ctime_ns), Some(size), Some(path)) = (
+                num("dev"),
+                num("ino"),
+                num("ctime_ns"),
+                num("size"),
+                v["path"].as_str(),
+            ) else {
+                continue;
+            };
+            if self.paths.len() >= PATHS_MAX || !path.starts_with('/') || path.len() > 4096 {
+                continue;
+            }
+            self.paths
+                .entry(FileId {
+                    dev,
+                    ino,
+                    ctime_ns,
+                    size,
+                })
+                .or_insert_with(|| {
+                    n += 1;
+                    path.to_string()
+                });
+        }
+        n
+    }
+
     /// Where file `id` was when a process last exec'd it.
     pub fn path_of(&self, id: FileId) -> Option<&str> {
         self.paths.get(&id).map(String::as_str)

@@ -14,12 +14,14 @@
 pub mod btf;
 pub mod go;
 pub mod known;
+mod losses;
+pub mod pin;
 mod uprobe_multi;
 pub mod writes;
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{
@@ -29,6 +31,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use crashwatch_common::{COPIES, SITE_EXEC, SITE_EXIT, SITE_SIGNAL};
+pub use losses::{LossReader, Losses};
 
 use crate::gobin::GoProbe;
 
@@ -96,16 +99,8 @@ pub struct Probe {
     multi_worked: bool,
     /// How last words are captured here.
     pub last_words: writes::Attached,
-}
-
-/// Reads the kernel side's loss counters; independent of [`Probe`], so the record loop can
-/// keep it while another thread attaches uprobes.
-pub struct LossReader {
-    lost: PerCpuArray<MapData, u64>,
-    covered: PerCpuArray<MapData, u64>,
-    /// First-copy misses of events no copy wanted, per site: no loss.
-    unwanted: PerCpuArray<MapData, u64>,
-    programs: Vec<(&'static str, std::os::fd::OwnedFd)>,
+    /// The pinned state this agent's programs live in, unless unpinned.
+    pub pins: Option<pin::Pins>,
 }
 
 /// A tracepoint program: its name, its tracepoint, and for the copied ones which copy it is
@@ -188,25 +183,10 @@ fn tracepoint_programs(copies: u32) -> Vec<TracepointProgram> {
     out
 }
 
-/// Everything the kernel side dropped so far.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Losses {
-    /// Ring buffer reserves that failed (buffer full), summed over CPUs.
-    pub ring_full: u64,
-    /// Events lost to the kernel's recursion guard: runs it skipped that no later copy redid.
-    pub recursion_misses: u64,
-    /// Runs the guard skipped in a first copy that a later copy redid: nothing lost.
-    pub redone: u64,
-}
-
-impl Losses {
-    pub fn total(&self) -> u64 {
-        self.ring_full + self.recursion_misses
-    }
-}
-
 impl Probe {
-    pub fn load(settings: Settings) -> Result<Probe> {
+    /// Loads and attaches the programs; with `pin_dir`, into the state pinned there (adopting
+    /// a previous agent's, see [`pin`]).
+    pub fn load(settings: Settings, pin_dir: Option<&std::path::Path>) -> Result<Probe> {
         raise_memlock();
         raise_nofile();
         let mut layout = btf::load(
@@ -221,10 +201,39 @@ impl Probe {
             .clamp(1, COPIES);
         layout.config.guard_copies = guard_copies;
         let kernel_btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
-        let mut ebpf = EbpfLoader::new()
+        let pins = match pin_dir {
+            None => {
+                if std::path::Path::new(pin::DEFAULT_DIR).exists() {
+                    tracing::warn!(
+                        "programs pinned by an earlier agent under {} are still attached and \
+                         recording (for nobody, with --no-pin): `crashwatch uninstall-bpf` \
+                         removes them",
+                        pin::DEFAULT_DIR
+                    );
+                }
+                None
+            }
+            Some(dir) => match pin::layout(PROGRAMS).and_then(|l| pin::Pins::prepare(dir, l)) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(
+                        "running with less: kernel state not pinned ({e:#}): crashes while no \
+                         agent runs are not recorded"
+                    );
+                    None
+                }
+            },
+        };
+        layout.config.generation = pins.as_ref().map_or(0, |p| p.generation);
+        let mut loader = EbpfLoader::new();
+        loader
             .btf(Some(&kernel_btf))
             .override_global("CONFIG", &layout.config, true)
-            .map_max_entries("EVENTS", settings.ring_bytes)
+            .map_max_entries("EVENTS", settings.ring_bytes);
+        if let Some(p) = &pins {
+            p.apply(&mut loader);
+        }
+        let mut ebpf = loader
             .load(PROGRAMS)
             .context("loading the eBPF programs into the kernel")?;
         let mut attached = Vec::new();
@@ -238,11 +247,21 @@ impl Probe {
             p.load(tp, &kernel_btf)
                 .map_err(|e| anyhow::anyhow!("{}", short_log(&format!("{e:#}"))))
                 .with_context(|| format!("the kernel refused {prog} for tracepoint {tp}"))?;
-            p.attach()
+            let id = p
+                .attach()
                 .with_context(|| format!("attaching {prog} to tracepoint {tp}"))?;
+            if let Some(pins) = &pins {
+                pins.pin_link(p.take_link(id)?.into(), prog)?;
+            }
             attached.push(prog);
         }
-        let last_words = writes::attach(&mut ebpf, &kernel_btf, settings.last_words, &mut attached);
+        let last_words = writes::attach(
+            &mut ebpf,
+            &kernel_btf,
+            settings.last_words,
+            &mut attached,
+            pins.as_ref(),
+        );
         let p: &mut UProbe = ebpf
             .program_mut(GO_PROGRAM)
             .with_context(|| format!("program {GO_PROGRAM} missing from the object"))?
@@ -257,6 +276,11 @@ impl Probe {
         } else {
             Err("the kernel has no uprobe_multi links (6.6+)".into())
         };
+        let mut pins = pins;
+        if let Some(p) = &mut pins {
+            p.activate(&mut ebpf)
+                .context("switching to this agent's programs")?;
+        }
         Ok(Probe {
             ebpf,
             attached,
@@ -264,6 +288,7 @@ impl Probe {
             multi,
             multi_worked: false,
             last_words,
+            pins,
         })
     }
 
@@ -335,12 +360,24 @@ impl Probe {
 
     /// Attaches the Go runtime probes to one binary (`target` is a path the kernel can open
     /// now, e.g. `/proc/self/fd/N`).
-    pub fn attach_go(&mut self, target: &std::path::Path, probes: &[GoProbe]) -> Result<GoLinks> {
+    /// `key`: the binary's (device, inode), naming its pinned link.
+    pub fn attach_go(
+        &mut self,
+        target: &std::path::Path,
+        probes: &[GoProbe],
+        key: (u64, u64),
+    ) -> Result<GoLinks> {
         if let Ok(m) = &self.multi {
             let points: Vec<(u64, u64)> = probes.iter().map(|p| (p.offset, p.cookie)).collect();
             match m.attach(target, &points) {
                 Ok(fd) => {
                     self.multi_worked = true;
+                    if let Some(pins) = &self.pins {
+                        // Unpinned, the probes still work; they just end with this agent.
+                        if let Err(e) = pins.pin_go(fd.as_fd(), key) {
+                            tracing::warn!("{e:#}: this binary's probes end with this agent");
+                        }
+                    }
                     return Ok(GoLinks::Multi(fd));
                 }
                 // The kernel does not know the link type after all: perf events from now on.
@@ -389,6 +426,29 @@ impl Probe {
         Ok(GoLinks::Perf(links))
     }
 
+    /// The processes whose identity the programs believe the agent holds; call once.
+    pub fn take_tracked(&mut self) -> Option<aya::maps::HashMap<MapData, u32, u32>> {
+        aya::maps::HashMap::try_from(self.ebpf.take_map("TRACKED")?).ok()
+    }
+
+    /// Unpins a binary's uprobe_multi link, so that closing it detaches it.
+    pub fn unpin_go(&self, key: (u64, u64)) {
+        if let Some(pins) = &self.pins {
+            pins.unpin_go(key);
+        }
+    }
+
+    /// The kernel state outlives the agent: probes are left in place at exit.
+    pub fn pinned(&self) -> bool {
+        self.pins.is_some()
+    }
+
+    /// Detaches what is left of the previous agent's Go probes once the handover is over;
+    /// returns how many binaries' links.
+    pub fn sweep_previous_go(&mut self) -> usize {
+        self.pins.as_mut().map_or(0, |p| p.sweep_previous_go())
+    }
+
     /// Removes one binary's probes (slow in the kernel for perf-event links: a grace period
     /// each).
     pub fn detach_go(&mut self, links: GoLinks) {
@@ -407,89 +467,6 @@ impl Probe {
             }
         }
     }
-}
-
-impl LossReader {
-    /// Programs that lost runs to the kernel's recursion guard, and how many.
-    pub fn recursion_misses(&self) -> Vec<(&'static str, u64)> {
-        self.programs
-            .iter()
-            .map(|(name, fd)| (*name, prog_recursion_misses(fd.as_raw_fd()).unwrap_or(0)))
-            .filter(|(_, n)| *n > 0)
-            .collect()
-    }
-
-    pub fn losses(&self) -> Losses {
-        let ring_full = self.lost.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);
-        // Misses before redos: a redo always follows its miss, so this order never shows a
-        // loss that a redo already made good.
-        let misses = self.recursion_misses();
-        let mut out = Losses {
-            ring_full,
-            ..Losses::default()
-        };
-        for t in tracepoint_programs(COPIES) {
-            let n = misses
-                .iter()
-                .find(|(name, _)| *name == t.name)
-                .map_or(0, |m| m.1);
-            match t.copy {
-                // Alone, a later copy's miss loses nothing: the first copy ran.
-                Some((Role::Later, _)) => {}
-                Some((Role::First, site)) => {
-                    let redone: u64 = self
-                        .covered
-                        .get(&site, 0)
-                        .map(|v| v.iter().sum())
-                        .unwrap_or(0);
-                    // Misses of events no copy wanted lose nothing.
-                    let unwanted: u64 = self
-                        .unwanted
-                        .get(&site, 0)
-                        .map(|v| v.iter().sum())
-                        .unwrap_or(0);
-                    let wanted = n.saturating_sub(unwanted);
-                    out.recursion_misses += wanted.saturating_sub(redone);
-                    out.redone += redone.min(wanted);
-                }
-                None => out.recursion_misses += n,
-            }
-        }
-        out
-    }
-}
-
-/// `bpf_prog_info.recursion_misses`, which aya's ProgramInfo does not expose.
-fn prog_recursion_misses(fd: i32) -> Result<u64> {
-    #[repr(C)]
-    struct InfoAttr {
-        bpf_fd: u32,
-        info_len: u32,
-        info: u64,
-    }
-    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
-    let mut attr = InfoAttr {
-        bpf_fd: fd as u32,
-        info_len: std::mem::size_of_val(&info) as u32,
-        info: &mut info as *mut _ as u64,
-    };
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    // SAFETY: attr and info outlive the call; the kernel writes at most info_len bytes.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &mut attr as *mut InfoAttr,
-            std::mem::size_of::<InfoAttr>(),
-        )
-    };
-    if rc != 0 {
-        bail!(
-            "BPF_OBJ_GET_INFO_BY_FD: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(info.recursion_misses)
 }
 
 /// A verifier log can run to thousands of lines: keep its head and its tail.

@@ -154,3 +154,17 @@ fn tail(log: &str) -> String {
     }
     format!("\n{}", lines[lines.len().saturating_sub(6)..].join("\n"))
 }
+
+/// Pins a BPF object (a link) at `path` in a BPF filesystem (BPF_OBJ_PIN).
+pub fn pin_fd(fd: RawFd, path: &Path) -> Result<()> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| anyhow!("{} holds a NUL byte", path.display()))?;
+    // SAFETY: an all-zero bpf_attr is valid; the obj_pin fields are set below.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the BPF_OBJ_PIN member of the union.
+    let u = unsafe { &mut attr.__bindgen_anon_4 };
+    u.bpf_fd = fd as u32;
+    u.pathname = c.as_ptr() as u64;
+    bpf(bpf_cmd::BPF_OBJ_PIN, &mut attr).with_context(|| format!("pinning {}", path.display()))?;
+    Ok(())
+}

@@ -60,11 +60,17 @@ const TRACEPOINTS: [(&str, &str); 2] = [
 ];
 
 /// Attaches by `mode`; the names of the programs attached go to `names`.
-pub fn attach(ebpf: &mut Ebpf, btf: &Btf, mode: Mode, names: &mut Vec<&'static str>) -> Attached {
+pub fn attach(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    mode: Mode,
+    names: &mut Vec<&'static str>,
+    pins: Option<&super::pin::Pins>,
+) -> Attached {
     let fentry_refused = match mode {
         Mode::Off => return Attached::Off,
         Mode::Tracepoint => None,
-        Mode::Auto | Mode::Fentry => match fentry(ebpf, btf) {
+        Mode::Auto | Mode::Fentry => match fentry(ebpf, btf, pins) {
             Ok(()) => {
                 names.extend(FENTRY.map(|p| p.0));
                 return Attached::Fentry;
@@ -75,7 +81,7 @@ pub fn attach(ebpf: &mut Ebpf, btf: &Btf, mode: Mode, names: &mut Vec<&'static s
             Err(e) => Some(terse(&format!("{e:#}"))),
         },
     };
-    match tracepoints(ebpf) {
+    match tracepoints(ebpf, pins) {
         Ok(()) => {
             names.extend(TRACEPOINTS.map(|p| p.0));
             Attached::Tracepoint(fentry_refused)
@@ -96,10 +102,11 @@ fn terse(e: &str) -> String {
         .to_string()
 }
 
-fn fentry(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
+fn fentry(ebpf: &mut Ebpf, btf: &Btf, pins: Option<&super::pin::Pins>) -> Result<()> {
     let mut done = Vec::new();
+    let mut links = Vec::new();
     for (prog, func) in FENTRY {
-        let r = (|| -> Result<()> {
+        let r = (|| -> Result<aya::programs::fentry::FEntryLinkId> {
             let p: &mut FEntry = ebpf
                 .program_mut(prog)
                 .with_context(|| format!("program {prog} missing from the object"))?
@@ -108,8 +115,7 @@ fn fentry(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("{}", super::short_log(&format!("{e:#}"))))
                 .with_context(|| format!("loading {prog} for {func}"))?;
             p.attach()
-                .with_context(|| format!("attaching {prog} to {func}"))?;
-            Ok(())
+                .with_context(|| format!("attaching {prog} to {func}"))
         })();
         if let Err(e) = r {
             // Half of the pair would see only `write`s: take both out.
@@ -123,12 +129,25 @@ fn fentry(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
             }
             return Err(e);
         }
+        if let Ok(id) = r {
+            links.push((prog, id));
+        }
         done.push(prog);
+    }
+    // Pinned once both are in, so taking the pair out above never leaves a pinned half.
+    if let Some(pins) = pins {
+        for (prog, id) in links {
+            let p: &mut FEntry = ebpf
+                .program_mut(prog)
+                .context("fentry program")?
+                .try_into()?;
+            pins.pin_link(p.take_link(id)?.into(), prog)?;
+        }
     }
     Ok(())
 }
 
-fn tracepoints(ebpf: &mut Ebpf) -> Result<()> {
+fn tracepoints(ebpf: &mut Ebpf, pins: Option<&super::pin::Pins>) -> Result<()> {
     for (prog, tp) in TRACEPOINTS {
         let p: &mut TracePoint = ebpf
             .program_mut(prog)
@@ -137,8 +156,15 @@ fn tracepoints(ebpf: &mut Ebpf) -> Result<()> {
         p.load()
             .map_err(|e| anyhow::anyhow!("{}", super::short_log(&format!("{e:#}"))))
             .with_context(|| format!("loading {prog}"))?;
-        p.attach("syscalls", tp)
+        let id = p
+            .attach("syscalls", tp)
             .with_context(|| format!("attaching {prog} to syscalls:{tp}"))?;
+        if let Some(pins) = pins {
+            let link = aya::programs::links::FdLink::try_from(p.take_link(id)?).context(
+                "a tracepoint link that cannot be pinned (Linux 5.15+ makes them bpf links)",
+            )?;
+            pins.pin_link(link, prog)?;
+        }
     }
     Ok(())
 }

@@ -71,6 +71,11 @@ impl Agent {
         if !setup.text {
             args.splice(0..0, ["--output".to_string(), "json".to_string()]);
         }
+        // Agents run side by side: none may take over another's pinned programs, so only a
+        // test that names a pin directory of its own pins.
+        if !args.iter().any(|a| a == "--pin-dir") {
+            args.push("--no-pin".into());
+        }
         // Agents run side by side: each listens on a port of its own (see `metrics_addr`).
         if !args.iter().any(|a| a == "--listen") {
             args.push("--listen".into());

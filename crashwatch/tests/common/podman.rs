@@ -5,10 +5,13 @@ use std::{
     process::Command,
 };
 
+/// podman's settings on this host (no systemd: cgroupfs, file events).
+pub const GLOBAL: [&str; 2] = ["--cgroup-manager=cgroupfs", "--events-backend=file"];
+
 /// Runs `podman ARGS` and returns its stdout, trimmed; fails the test when podman fails.
 pub fn podman(args: &[&str]) -> String {
     let out = Command::new("podman")
-        .args(["--cgroup-manager=cgroupfs", "--events-backend=file"])
+        .args(GLOBAL)
         .args(args)
         .output()
         .expect("podman (scripts/setup.sh installs it)");
@@ -22,10 +25,7 @@ pub fn podman(args: &[&str]) -> String {
 
 /// Runs `podman ARGS` for cleanup: what it says does not matter.
 fn cleanup(args: &[&str]) {
-    let _ = Command::new("podman")
-        .args(["--cgroup-manager=cgroupfs", "--events-backend=file"])
-        .args(args)
-        .output();
+    let _ = Command::new("podman").args(GLOBAL).args(args).output();
 }
 
 /// A local image holding only the given files; removed when dropped.

@@ -42,6 +42,17 @@ fn build_image() -> String {
         .unwrap_or_else(|| panic!("no image tag in: {err}"))
 }
 
+/// Removes the agent's pinned programs: a test leaves nothing attached.
+struct Unpin(String);
+
+impl Drop for Unpin {
+    fn drop(&mut self) {
+        let _ = Command::new(common::agent_bin())
+            .args(["uninstall-bpf", "--pin-dir", &self.0])
+            .output();
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -136,11 +147,16 @@ fn podman_options(docs: &[Value], dir: &std::path::Path, node: &str) -> Vec<Stri
 fn the_image_runs_as_the_daemonset_says() {
     let tag = build_image();
     let port = free_port();
+    // Pinned where this test can remove it afterwards, not where a real agent would be.
+    let pin_dir = format!("/sys/fs/bpf/crashwatch-image-test-{}", std::process::id());
+    let _unpin = Unpin(pin_dir.clone());
     let docs = documents(&render(&[
         "--set",
         &format!("port={port}"),
         "--set",
         &format!("image.repository={}", tag.split(':').next().unwrap()),
+        "--set",
+        &format!("config.pin-dir={pin_dir}"),
     ]));
     let ds = kind(&docs, "DaemonSet");
     let c = &ds["spec"]["template"]["spec"]["containers"][0];
@@ -180,6 +196,17 @@ fn the_image_runs_as_the_daemonset_says() {
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!("image: ready {:?} after podman run", started.elapsed());
+    // The agent's own messages: podman gives the container's stderr on its stderr.
+    let said = Command::new("podman")
+        .args(common::podman::GLOBAL)
+        .args(["logs", &id])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&said.stderr);
+    assert!(
+        said.contains(&format!("kernel state pinned under {pin_dir}")),
+        "the host's /sys/fs/bpf serves the pins: {said}"
+    );
 
     let report = |pred: &dyn Fn(&Value) -> bool| -> Value {
         let t = Instant::now();

@@ -42,7 +42,7 @@ pub fn run(t: &Tools, crashes: usize) -> Result<History> {
     eprintln!("xtask bench: crash history of {crashes} reports");
     let dir = state_dir();
     let mut c = Command::new(&t.agent);
-    c.args(["run", "--output", "json", "--state-dir"])
+    c.args(["run", "--no-pin", "--output", "json", "--state-dir"])
         .arg(&dir)
         .args(["--keep-per-cluster", "10000000", "--store-max-mib", "65536"]);
     let log: Arc<Mutex<Vec<String>>> = Default::default();

@@ -110,7 +110,8 @@ impl Running {
             Observer::None => {}
             Observer::Crashwatch | Observer::CrashwatchQuiet => {
                 let mut c = Command::new(agent);
-                c.args(["run", "--output", "json"]);
+                // Unpinned: nothing of a measured agent may stay attached after it.
+                c.args(["run", "--no-pin", "--output", "json"]);
                 // A crash history of the run's own, not this host's.
                 c.arg("--state-dir").arg(state_dir());
                 if o == Observer::CrashwatchQuiet {

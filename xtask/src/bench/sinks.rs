@@ -177,6 +177,8 @@ impl Agent {
         let mut c = Command::new(&t.agent);
         c.args([
             "run",
+            // Unpinned: nothing of a measured agent may stay attached after it.
+            "--no-pin",
             "--output",
             "json",
             "--listen",

@@ -75,6 +75,11 @@ impl Prober {
                 self.last_sweep = Instant::now();
             }
         }
+        if self.probe.pinned() {
+            // Pinned links stay attached for the next agent: closing ours detaches nothing.
+            self.held.clear();
+            return;
+        }
         let ids: Vec<FileId> = self.held.keys().copied().collect();
         self.release_many(ids);
     }
@@ -168,7 +173,7 @@ impl Prober {
         }
         // Attach through our own descriptor: the process may be gone by now, the file is not.
         let target = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-        match self.probe.attach_go(&target, &g.probes) {
+        match self.probe.attach_go(&target, &g.probes, (id.dev, id.ino)) {
             Ok(links) => {
                 tracing::info!(
                     "probing Go binary {shown} ({version}, {} uprobes{}) in {} ms",
@@ -223,6 +228,12 @@ impl Prober {
     /// when the file is deleted (it cannot be exec'd again by path), after `release_after`
     /// otherwise. Forgets old "not Go" answers.
     fn sweep(&mut self) {
+        let old = self.probe.sweep_previous_go();
+        if old > 0 {
+            tracing::info!(
+                "detached the previous agent's probes on {old} Go binaries no process runs now"
+            );
+        }
         // One fstat per held binary: rewritten, deleted, or as it was.
         let files: Vec<(FileId, Option<FileNow>)> = self
             .held
@@ -306,7 +317,10 @@ impl Prober {
                 continue;
             };
             match h.links {
-                GoLinks::Multi(fd) => fds.push(fd),
+                GoLinks::Multi(fd) => {
+                    self.probe.unpin_go((id.dev, id.ino));
+                    fds.push(fd)
+                }
                 perf => self.probe.detach_go(perf),
             }
         }

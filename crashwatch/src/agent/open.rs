@@ -1,0 +1,73 @@
+//! What the agent opens at start besides the kernel side: the outputs behind stdout and the
+//! crash history with the clusters it knows. Each says what it opened, and a history that
+//! cannot be opened leaves the agent running with clusters counted from zero.
+use anyhow::Result;
+
+use super::Options;
+use crate::{cluster::Clusters, escape::Esc, sink, sink::Outputs, store};
+
+/// The outputs besides stdout.
+pub(super) fn start_outputs(
+    file: Option<sink::FileOptions>,
+    webhooks: Vec<sink::WebhookOptions>,
+    metrics: &sink::metrics::Metrics,
+) -> Result<Outputs> {
+    let mut outputs = Outputs::default();
+    if let Some(f) = file {
+        let shown = f.path.display().to_string();
+        let (sink, warning) = sink::FileSink::open(f)?;
+        if let Some(w) = warning {
+            tracing::info!("{}", Esc(&w));
+        }
+        outputs.add("file", sink, metrics)?;
+        tracing::info!("reports also go to {}", Esc(&shown));
+    }
+    for w in webhooks {
+        let (name, url) = (w.name, w.url.clone());
+        let hook = sink::Webhook::start(w, metrics)?;
+        outputs.add(name, hook, metrics)?;
+        tracing::info!("reports also go to the {name} output {}", Esc(&url));
+    }
+    Ok(outputs)
+}
+
+/// The crash history and the clusters it knows; without one (`--no-store`, or a directory
+/// the agent cannot use), clusters are counted from zero in memory and the agent says so.
+pub(super) fn open_store(
+    opts: &Options,
+    metrics: &sink::metrics::Metrics,
+) -> (Clusters, Option<store::Writer>) {
+    let fresh = || Clusters::new(Vec::new(), Vec::new(), opts.policy);
+    let Some(dir) = &opts.state_dir else {
+        return (fresh(), None);
+    };
+    let opened = store::Store::open(dir).and_then(|s| {
+        let (known, builds) = (s.clusters()?, s.builds()?);
+        Ok((
+            known,
+            builds,
+            store::Writer::spawn(
+                s,
+                opts.retention,
+                metrics.sink_errors("store"),
+                metrics.delivered("store"),
+            )?,
+        ))
+    });
+    match opened {
+        Ok((known, builds, w)) => {
+            tracing::info!(
+                "crash history in {}: {} clusters known",
+                dir.display(),
+                known.len()
+            );
+            (Clusters::new(known, builds, opts.policy), Some(w))
+        }
+        Err(e) => {
+            tracing::warn!(
+                "running with less: no crash history ({e:#}); clusters are counted from zero"
+            );
+            (fresh(), None)
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! The kernel state pinned across agent restarts (`--pin-dir`): crashes while no agent runs
+//! are reported by the next one with their own time of death, a Go program probed by the
+//! first agent panicking in the gap keeps its uprobe details, a `kill -9` in the middle of a
+//! crash storm loses only what the killed agent had taken from the kernel and not yet
+//! written, an incompatible pinned state is replaced and said, and `uninstall-bpf` leaves
+//! nothing. Each test pins in a directory of its own and removes it. Needs root.
+mod common;
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant, SystemTime},
+};
+
+use common::{
+    agent_bin, crasher_bin,
+    gobuild::{self, Flavour},
+    Agent, Crasher, Setup,
+};
+
+/// A pin directory of the test's own, removed (with `uninstall-bpf`) at the end.
+struct Pins(PathBuf);
+
+impl Pins {
+    fn new(tag: &str) -> Pins {
+        let p = PathBuf::from(format!(
+            "/sys/fs/bpf/crashwatch-test-{tag}-{}",
+            std::process::id()
+        ));
+        uninstall(&p);
+        Pins(p)
+    }
+
+    fn arg(&self) -> [&str; 2] {
+        ["--pin-dir", self.0.to_str().unwrap()]
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        uninstall(&self.0);
+    }
+}
+
+fn uninstall(dir: &std::path::Path) -> String {
+    let out = Command::new(agent_bin())
+        .args(["uninstall-bpf", "--pin-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A child killed if the test ends early, so no pipe stays open after it.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Seconds since the epoch of a report's `time` (`2026-12-02T16:54:41.004656Z`).
+fn unix_time(t: &str) -> f64 {
+    let num = |s: &str| s.parse::<i64>().unwrap();
+    let (date, clock) = t.trim_end_matches('Z').split_once('T').unwrap();
+    let d: Vec<i64> = date.split('-').map(num).collect();
+    let (y, m) = if d[1] <= 2 {
+        (d[0] - 1, d[1] + 9)
+    } else {
+        (d[0], d[1] - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d[2] - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let c: Vec<f64> = clock.split(':').map(|s| s.parse().unwrap()).collect();
+    days as f64 * 86_400.0 + c[0] * 3600.0 + c[1] * 60.0 + c[2]
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[test]
+fn crashes_while_no_agent_runs_are_reported_by_the_next() {
+    let pins = Pins::new("gap");
+    // A Go program the first agent probes; it panics while no agent runs.
+    let go_bin = gobuild::build("1.27", Flavour::Stripped);
+    let mut go = Reap(
+        Command::new(&go_bin)
+            .arg("on-usr1")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // One node: the agents share the state directory as they share the pins.
+    let state = common::state_dir("restart");
+    let [flag, dir] = pins.arg();
+    let args = [flag, dir, "--state-dir", state.to_str().unwrap()];
+    let t = Instant::now();
+    let a = Agent::start(&args);
+    let fresh = t.elapsed();
+    a.wait_log("kernel state pinned under");
+    a.wait_log(&format!("probing Go binary {}", go_bin.display()));
+    let before = Crasher::run("null");
+    a.report_for(before.pid);
+    a.signal(libc::SIGTERM);
+    a.wait_exit(Duration::from_secs(10))
+        .expect("the agent stopped");
+
+    // A 5 s gap: crashes all through it, and the Go panic.
+    let gap_start = now();
+    let mut in_gap = Vec::new();
+    for _ in 0..20 {
+        in_gap.push(Crasher::run("bus").pid);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    unsafe { libc::kill(go.0.id() as i32, libc::SIGUSR1) };
+    assert_eq!(go.0.wait().unwrap().code(), Some(2), "a Go panic exits 2");
+    std::thread::sleep(Duration::from_secs_f64((gap_start + 5.0 - now()).max(0.0)));
+
+    let t = Instant::now();
+    let b_start = now();
+    let b = Agent::start(&args);
+    let adopting = t.elapsed();
+    b.wait_log("took over from generation 1");
+    for pid in &in_gap {
+        let r = b.report_for(*pid);
+        assert_eq!(r["signal"]["name"], "SIGBUS");
+        let died = unix_time(r["time"].as_str().unwrap());
+        assert!(
+            died > gap_start - 0.5 && died < b_start,
+            "time of death {} is in the gap [{gap_start}, {b_start}]",
+            r["time"]
+        );
+        assert_eq!(b.reports_for(*pid).len(), 1, "once");
+    }
+    let g = b.report_for(go.0.id());
+    assert_eq!(g["kind"], "go_panic");
+    assert_eq!(g["go"]["panic_value"], "boom: on SIGUSR1");
+    assert_eq!(
+        g["go"]["panic_type"], "string",
+        "the first agent's pinned Go probes fired in the gap: {g}"
+    );
+    b.flush();
+    b.assert_no_report(before.pid);
+    eprintln!(
+        "restart: ready in {fresh:?} fresh, {adopting:?} taking over; {} crashes in a 5 s gap, {} reported after it",
+        in_gap.len() + 1,
+        in_gap.iter().filter(|p| b.try_report_for(**p).is_some()).count()
+            + usize::from(b.try_report_for(go.0.id()).is_some())
+    );
+    b.signal(libc::SIGTERM);
+    b.wait_exit(Duration::from_secs(10))
+        .expect("the agent stopped");
+    let said = uninstall(&pins.0);
+    assert!(said.starts_with("removed "), "{said}");
+    assert!(!pins.0.exists());
+    // Nothing records any more: the next agent starts fresh.
+    let lost = Crasher::run("null");
+    let c = Agent::start(&pins.arg());
+    assert!(!c.log().contains("took over"), "{}", c.log());
+    c.flush();
+    c.assert_no_report(lost.pid);
+}
+
+#[test]
+fn a_kill_9_in_a_crash_storm_loses_only_what_the_agent_had_in_hand() {
+    let pins = Pins::new("storm");
+    let [flag, dir] = pins.arg();
+    // A kernel buffer that holds the whole gap (the default holds some 400 crashes).
+    let args = [flag, dir, "--ring-size", "67108864"];
+    let a = Agent::start(&args);
+    let stop = AtomicBool::new(false);
+    let (pids, b) = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut pids = Vec::new();
+                    while pids.len() < 1000 && !stop.load(Ordering::Relaxed) {
+                        let mut c = Command::new(crasher_bin())
+                            .arg("null")
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .spawn()
+                            .unwrap();
+                        pids.push(c.id());
+                        let _ = c.wait();
+                    }
+                    pids
+                })
+            })
+            .collect();
+        let t = Instant::now();
+        while a.reports().len() < 300 {
+            assert!(t.elapsed() < Duration::from_secs(120), "{}", a.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        a.signal(libc::SIGKILL);
+        a.wait_exit(Duration::from_secs(10))
+            .expect("the agent died");
+        // A second with nobody reading, then the next agent while the storm goes on.
+        std::thread::sleep(Duration::from_secs(1));
+        let b = Agent::start_with(&args, Setup::default());
+        let pids: Vec<u32> = workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect();
+        (pids, b)
+    });
+    stop.store(true, Ordering::Relaxed);
+    b.flush();
+    let mut times: HashMap<u32, usize> = HashMap::new();
+    for r in a.reports().into_iter().chain(b.reports()) {
+        *times.entry(r["pid"].as_u64().unwrap() as u32).or_default() += 1;
+    }
+    let missing: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|p| !times.contains_key(p))
+        .collect();
+    let twice = times.values().filter(|n| **n > 1).count();
+    let (by_a, by_b) = (a.reports().len(), b.reports().len());
+    eprintln!(
+        "storm: {} crashes; {by_a} reported before the kill -9, {by_b} after it by the next agent; {} missing, {twice} twice",
+        pids.len(),
+        missing.len()
+    );
+    for (pid, _) in times.iter().filter(|(_, n)| **n > 1) {
+        for (who, agent) in [("before", &a), ("after", &b)] {
+            for r in agent.reports_for(*pid) {
+                eprintln!(
+                    "twice: {who}: pid {pid} kind {} time {} signal {} exit {}",
+                    r["kind"], r["time"], r["signal"]["name"], r["exit"]
+                );
+            }
+        }
+    }
+    // The record the killed agent was handling when it died is still the kernel's (it is
+    // released once handled), so it can come twice; nothing else may.
+    assert!(twice <= 1, "{twice} crashes reported twice");
+    assert!(by_b > 0, "the next agent reported the rest");
+    // What the killed agent had released from the kernel but not written (its report
+    // queue, crashes waiting for their exit) is gone with it; everything else arrives.
+    let lost: u64 = b
+        .reports()
+        .iter()
+        .map(|r| r["lost_before"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(lost, 0, "the kernel's buffer held the gap");
+    assert!(
+        missing.len() <= 64,
+        "{} missing: more than the killed agent had in hand",
+        missing.len()
+    );
+}
+
+/// The kernel's buffer fills while no agent reads it: what it could not hold is counted by
+/// the next agent, not lost silently.
+#[test]
+fn what_the_buffer_lost_in_the_gap_is_said() {
+    let pins = Pins::new("lost");
+    let [flag, dir] = pins.arg();
+    // 64 KiB: a few crashes with their stack copies.
+    let args = [flag, dir, "--ring-size", "65536"];
+    let a = Agent::start(&args);
+    a.signal(libc::SIGTERM);
+    a.wait_exit(Duration::from_secs(10))
+        .expect("the agent stopped");
+    let pids: Vec<u32> = (0..30).map(|_| Crasher::run("null").pid).collect();
+    let b = Agent::start(&args);
+    assert!(
+        b.wait_log_count("ring buffer full: ", 1, Duration::from_secs(10)),
+        "{}",
+        b.log()
+    );
+    let c = Crasher::run("null");
+    b.report_for(c.pid);
+    b.flush();
+    // Every report is in by now (flush): no waiting for those that cannot come.
+    let seen: std::collections::HashSet<u64> = b
+        .reports()
+        .iter()
+        .filter_map(|r| r["pid"].as_u64())
+        .collect();
+    let reported = pids
+        .iter()
+        .filter(|p| seen.contains(&u64::from(**p)))
+        .count();
+    assert!(reported < pids.len(), "64 KiB held all {reported}?");
+    eprintln!(
+        "lost: {reported} of {} gap crashes fit in 64 KiB; the log says: {}",
+        pids.len(),
+        b.log()
+            .lines()
+            .find(|l| l.contains("ring buffer full"))
+            .unwrap_or("")
+    );
+}
+
+#[test]
+fn an_incompatible_pinned_state_is_replaced_and_said() {
+    let pins = Pins::new("layout");
+    let a = Agent::start(&pins.arg());
+    a.signal(libc::SIGTERM);
+    a.wait_exit(Duration::from_secs(10))
+        .expect("the agent stopped");
+    // An agent whose shared maps mean something else (a failpoint changes its layout hash).
+    let b = Agent::start_with(
+        &pins.arg(),
+        Setup {
+            wrap: vec!["env".into(), "CRASHWATCH_FAILPOINT_PIN_LAYOUT=1".into()],
+            ..Setup::default()
+        },
+    );
+    assert!(
+        b.log()
+            .contains("pinned by an incompatible crashwatch (generation 1) were removed"),
+        "{}",
+        b.log()
+    );
+    assert!(!b.log().contains("took over"), "{}", b.log());
+    let c = Crasher::run("null");
+    b.report_for(c.pid);
+}
