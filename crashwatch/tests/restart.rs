@@ -36,6 +36,11 @@ impl Pins {
     fn arg(&self) -> [&str; 2] {
         ["--pin-dir", self.0.to_str().unwrap()]
     }
+
+    /// With a kernel buffer of `ring` bytes.
+    fn with_ring<'a>(&'a self, ring: &'a str) -> [&'a str; 4] {
+        ["--pin-dir", self.0.to_str().unwrap(), "--ring-size", ring]
+    }
 }
 
 impl Drop for Pins {
@@ -175,9 +180,8 @@ fn crashes_while_no_agent_runs_are_reported_by_the_next() {
 #[test]
 fn a_kill_9_in_a_crash_storm_loses_only_what_the_agent_had_in_hand() {
     let pins = Pins::new("storm");
-    let [flag, dir] = pins.arg();
     // A kernel buffer that holds the whole gap (the default holds some 400 crashes).
-    let args = [flag, dir, "--ring-size", "67108864"];
+    let args = pins.with_ring("67108864");
     let a = Agent::start(&args);
     let stop = AtomicBool::new(false);
     let (pids, b) = std::thread::scope(|s| {
@@ -268,9 +272,8 @@ fn a_kill_9_in_a_crash_storm_loses_only_what_the_agent_had_in_hand() {
 #[test]
 fn what_the_buffer_lost_in_the_gap_is_said() {
     let pins = Pins::new("lost");
-    let [flag, dir] = pins.arg();
     // 64 KiB: a few crashes with their stack copies.
-    let args = [flag, dir, "--ring-size", "65536"];
+    let args = pins.with_ring("65536");
     let a = Agent::start(&args);
     a.signal(libc::SIGTERM);
     a.wait_exit(Duration::from_secs(10))

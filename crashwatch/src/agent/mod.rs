@@ -139,15 +139,10 @@ pub async fn run(opts: Options) -> Result<()> {
             if let Some(r) = &p.replaced {
                 tracing::warn!("{r}");
             }
+            let dir = p.dir().display();
             match p.previous {
-                Some(g) => format!(
-                    "pinned under {}: took over from generation {g} (what it recorded meanwhile is reported now)",
-                    opts.pin_dir.as_deref().unwrap_or(std::path::Path::new("?")).display()
-                ),
-                None => format!(
-                    "pinned under {} (recording goes on while no agent runs)",
-                    opts.pin_dir.as_deref().unwrap_or(std::path::Path::new("?")).display()
-                ),
+                Some(g) => format!("pinned under {dir}: took over from generation {g} (what it recorded meanwhile is reported now)"),
+                None => format!("pinned under {dir} (recording goes on while no agent runs)"),
             }
         }
     };
@@ -161,11 +156,8 @@ pub async fn run(opts: Options) -> Result<()> {
     // think this agent knows, forgotten at a clean stop so that a crash in the gap brings
     // its own identity to the next agent.
     let mut acker = probe.pins.as_ref().and_then(|p| p.acker().ok());
-    let lost_acked = probe
-        .pins
-        .as_ref()
-        .filter(|p| p.previous.is_some())
-        .map(|p| p.lost_acked);
+    let lost_acked = probe.pins.as_ref().map(|p| p.lost_acked);
+    let adopted = probe.pins.as_ref().is_some_and(|p| p.previous.is_some());
     let probe_switched_ns = probe.pins.as_ref().and_then(|p| p.switched_ns);
     let tracked = if probe.pinned() {
         probe.take_tracked()
@@ -179,7 +171,7 @@ pub async fn run(opts: Options) -> Result<()> {
         .as_ref()
         .filter(|_| probe.pinned())
         .map(|d| d.join("known-paths.jsonl"));
-    if let (Some(f), Some(_)) = (&paths_file, lost_acked) {
+    if let (Some(f), true) = (&paths_file, adopted) {
         known.load(f);
     }
     let programs = probe.program_names().join(", ");

@@ -122,10 +122,7 @@ pub fn load(pending_window_ns: u64, args_max: u32, stack_copy: u32) -> Result<Ke
 
 fn cgroup2_only() -> bool {
     const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid C string and out-pointer.
-    let rc = unsafe { libc::statfs(c"/sys/fs/cgroup".as_ptr(), &mut st) };
-    rc == 0 && st.f_type as i64 == CGROUP2_SUPER_MAGIC
+    super::fs_magic(std::path::Path::new("/sys/fs/cgroup")) == Some(CGROUP2_SUPER_MAGIC)
 }
 
 struct Kernel {

@@ -469,6 +469,15 @@ impl Probe {
     }
 }
 
+/// The type (`statfs` magic) of the filesystem holding `path`.
+pub(crate) fn fs_magic(path: &std::path::Path) -> Option<i64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: all-zero is a valid statfs buffer.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a statfs buffer.
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0).then_some(st.f_type as i64)
+}
+
 /// A verifier log can run to thousands of lines: keep its head and its tail.
 fn short_log(s: &str) -> String {
     let lines: Vec<&str> = s.lines().collect();

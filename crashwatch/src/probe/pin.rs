@@ -121,12 +121,7 @@ pub fn layout(object: &[u8]) -> Result<u64> {
 }
 
 fn is_bpffs(dir: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a NUL-terminated path and a statfs buffer.
-    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+    super::fs_magic(dir) == Some(BPF_FS_MAGIC)
 }
 
 fn mount_bpffs(at: &Path) -> bool {
@@ -228,6 +223,10 @@ impl Pins {
             started: Instant::now(),
             go_swept: previous.is_none(),
         })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Has the loader reuse (or create and pin) the shared maps.
