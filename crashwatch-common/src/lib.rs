@@ -126,7 +126,10 @@ pub struct ExecRecord {
     /// Bytes of the argument list in the process (`arg_end - arg_start`); more than
     /// `args_len` when it was cut.
     pub args_total: u32,
-    pub _pad: u32,
+    /// The process's mount namespace (`nsproxy->mnt_ns->ns.inum`, the inode number of
+    /// `/proc/<pid>/ns/mnt`); 0 when unread. Lets the agent find the process's view of files
+    /// after it is gone.
+    pub mnt_ns: u32,
     /// `bprm->filename`: the path given to execve, as the process saw it (maybe relative).
     pub filename: [u8; PATH_LEN],
     pub cgroup: CgroupPath,
@@ -406,6 +409,10 @@ pub struct Offsets {
     pub cgroup_kn: u32,
     pub kn_name: u32,
     pub kn_parent: u32,
+    pub task_nsproxy: u32,
+    pub nsproxy_mnt_ns: u32,
+    /// `mnt_namespace.ns.inum`.
+    pub mnt_ns_inum: u32,
 }
 
 /// Everything the programs read from their one global.

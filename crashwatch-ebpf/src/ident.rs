@@ -108,6 +108,9 @@ pub fn fill(rec: &mut ExecRecord, kind: u32, task: u64, key: &FileKey) {
     rec.size = key.size;
     (rec.args_len, rec.args_total) = read_args(task, &mut rec.args);
     read_cgroup(task, &mut rec.cgroup);
+    let ns: u64 = rd(task, config!(off.task_nsproxy));
+    let mnt: u64 = rd(ns, config!(off.nsproxy_mnt_ns));
+    rec.mnt_ns = rd(mnt, config!(off.mnt_ns_inum));
 }
 
 /// Fills `rec` as a `KIND_IDENT` record of the current process, read from its memory map.

@@ -511,7 +511,7 @@ impl Pipeline {
             Record::Exec(e) if e.at_exec => {
                 self.counts.execs += 1;
                 context::resolve_exe(e);
-                e.root = self.roots.note(e.head.pid);
+                e.root = self.roots.note_exec(e.head.pid, e.head.ppid, e.mnt_ns);
                 self.containers.note(&e.cgroup);
                 let shown = e.exe.as_deref().unwrap_or(&e.filename);
                 self.go.request(e.head.pid, e.file, shown);
@@ -525,7 +525,7 @@ impl Pipeline {
                 if e.exe.is_none() {
                     e.exe = self.known.path_of(e.file).map(str::to_string);
                 }
-                e.root = self.roots.note(e.head.pid);
+                e.root = self.roots.note_exec(e.head.pid, e.head.ppid, e.mnt_ns);
                 self.containers.note(&e.cgroup);
                 let shown = e.exe.as_deref().unwrap_or("?");
                 self.go.request(e.head.pid, e.file, shown);

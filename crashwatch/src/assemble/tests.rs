@@ -67,6 +67,7 @@ fn exec(pid: u32, ino: u64) -> Record {
         cgroup: "/".into(),
         exe: None,
         root: None,
+        mnt_ns: 0,
         at_exec: true,
     })
 }

@@ -33,6 +33,8 @@ pub struct Exec {
     /// The process's root directory when it is not the agent's (a container), noted by the
     /// agent when the record arrives.
     pub root: Option<crate::symbolize::RootKey>,
+    /// The process's mount namespace as the kernel read it (0: unread).
+    pub mnt_ns: u32,
     /// Sent at the exec itself; false for an identity read at a crash sign of a process
     /// whose exec was not sent (`filename` is empty then).
     pub at_exec: bool,
@@ -195,6 +197,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
                 cgroup: cgroup_path(&r.cgroup),
                 exe: None,
                 root: None,
+                mnt_ns: r.mnt_ns,
                 at_exec: r.hdr.kind == c::KIND_EXEC,
             })
         }

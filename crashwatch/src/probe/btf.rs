@@ -94,6 +94,9 @@ pub fn load(pending_window_ns: u64, args_max: u32, stack_copy: u32) -> Result<Ke
         kn_parent: k
             .off("kernfs_node", "__parent")
             .or_else(|_| k.off("kernfs_node", "parent"))?,
+        task_nsproxy: k.off("task_struct", "nsproxy")?,
+        nsproxy_mnt_ns: k.off("nsproxy", "mnt_ns")?,
+        mnt_ns_inum: k.off("mnt_namespace", "ns")? + k.off("ns_common", "inum")?,
     };
     let exit_args = k.tracepoint_args("sched_process_exit")?;
     let oom_arg_is_task = match k.tracepoint_args("mark_victim") {

@@ -12,6 +12,14 @@
 //! that handle with `openat2(RESOLVE_IN_ROOT)`, which keeps `..` and absolute symlinks inside
 //! the container, and still opened only if they are regular files (see `elf::id`).
 //!
+//! A process can be gone before its exec record is read (one that crashes on its first
+//! instruction): then its root cannot be stat'ed, and the kernel's record names its mount
+//! namespace instead. A root already met in that namespace is used, else that of its parent
+//! or of pid 1 when either is in that namespace still (a view is shared by everything in
+//! one namespace unless a process chroots; the executable's identity check catches that).
+//! This matters most when the agent itself runs in a container: every host process is then
+//! in a view other than the agent's.
+//!
 //! Held roots are bounded ([`ROOTS_MAX`]) and let go once no process has run in them for
 //! [`RELEASE_AFTER`] (a sweep of `/proc` every few seconds). A handle pins the container's root
 //! mount the way an open file inside it would, nothing more: the runtime can still unmount and
@@ -41,6 +49,8 @@ struct Held {
 #[derive(Default)]
 struct Inner {
     held: HashMap<RootKey, Held>,
+    /// Mount namespace → the root met in it, for held roots only.
+    by_ns: HashMap<u32, RootKey>,
     /// Roots not held because [`ROOTS_MAX`] were.
     over_limit: u64,
 }
@@ -50,7 +60,25 @@ struct Inner {
 pub struct Roots {
     /// The agent's own root: processes there need nothing held.
     ours: Option<RootKey>,
+    /// The agent's own mount namespace.
+    our_ns: Option<u32>,
+    /// Fault injection for the tests (`CRASHWATCH_FAILPOINT_EXEC_READ_LATE`): every process
+    /// is taken as gone when its exec is read, as a fast crasher's is.
+    late: bool,
     inner: Mutex<Inner>,
+}
+
+/// What `/proc/<pid>/root` showed.
+enum Seen {
+    Ours,
+    Other(RootKey),
+    Gone,
+}
+
+/// The mount namespace of `pid` (the inode number of its `ns/mnt`).
+fn ns_of(pid: &str) -> Option<u32> {
+    let md = std::fs::metadata(format!("/proc/{pid}/ns/mnt")).ok()?;
+    u32::try_from(md.ino()).ok()
 }
 
 fn key_of(md: &std::fs::Metadata) -> RootKey {
@@ -61,6 +89,8 @@ impl Default for Roots {
     fn default() -> Self {
         Roots {
             ours: std::fs::metadata("/").ok().map(|m| key_of(&m)),
+            our_ns: ns_of("self"),
+            late: std::env::var_os("CRASHWATCH_FAILPOINT_EXEC_READ_LATE").is_some(),
             inner: Mutex::default(),
         }
     }
@@ -69,37 +99,91 @@ impl Default for Roots {
 impl Roots {
     /// Process `pid`'s root when it is not the agent's own, held from now on.
     pub fn note(&self, pid: u32) -> Option<RootKey> {
-        let path = format!("/proc/{pid}/root");
-        let key = key_of(&std::fs::metadata(&path).ok()?);
-        if Some(key) == self.ours {
+        match self.look(pid) {
+            Seen::Other(key) => Some(key),
+            Seen::Ours | Seen::Gone => None,
+        }
+    }
+
+    /// [`Roots::note`] for a process the kernel saw in mount namespace `mnt_ns` (0: unknown)
+    /// with parent `ppid`: when the process is gone already, the root of that namespace.
+    pub fn note_exec(&self, pid: u32, ppid: u32, mnt_ns: u32) -> Option<RootKey> {
+        let seen = if self.late {
+            Seen::Gone
+        } else {
+            self.look(pid)
+        };
+        match seen {
+            Seen::Other(key) => return Some(key),
+            Seen::Ours => return None,
+            Seen::Gone => {}
+        }
+        if mnt_ns == 0 || Some(mnt_ns) == self.our_ns {
             return None;
         }
+        if let Some(&key) = self.inner.lock().unwrap().by_ns.get(&mnt_ns) {
+            return Some(key);
+        }
+        for other in [ppid, 1] {
+            if other != 0 && ns_of(&other.to_string()) == Some(mnt_ns) {
+                match self.look(other) {
+                    Seen::Other(key) => return Some(key),
+                    Seen::Ours => return None,
+                    Seen::Gone => {}
+                }
+            }
+        }
+        None
+    }
+
+    fn look(&self, pid: u32) -> Seen {
+        let path = format!("/proc/{pid}/root");
+        let Some(key) = std::fs::metadata(&path).ok().map(|m| key_of(&m)) else {
+            return Seen::Gone;
+        };
+        if Some(key) == self.ours {
+            return Seen::Ours;
+        }
+        let ns = ns_of(&pid.to_string());
         let mut inner = self.inner.lock().unwrap();
         if let Some(h) = inner.held.get_mut(&key) {
             h.last_seen = Instant::now();
-            return Some(key);
+            if let Some(ns) = ns {
+                if inner.by_ns.len() < 4 * ROOTS_MAX {
+                    inner.by_ns.insert(ns, key);
+                }
+            }
+            return Seen::Other(key);
         }
         if inner.held.len() >= ROOTS_MAX {
             inner.over_limit += 1;
-            return Some(key);
+            return Seen::Other(key);
         }
         use std::os::unix::fs::OpenOptionsExt;
         let dir = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
-            .open(&path)
-            .ok()?;
+            .open(&path);
         // The pid may have exited and been reused between the stat and the open.
-        if dir.metadata().ok().map(|m| key_of(&m)) == Some(key) {
-            inner.held.insert(
-                key,
-                Held {
-                    dir: Arc::new(dir),
-                    last_seen: Instant::now(),
-                },
-            );
+        match dir {
+            Ok(dir) if dir.metadata().ok().map(|m| key_of(&m)) == Some(key) => {
+                inner.held.insert(
+                    key,
+                    Held {
+                        dir: Arc::new(dir),
+                        last_seen: Instant::now(),
+                    },
+                );
+                if let Some(ns) = ns {
+                    if inner.by_ns.len() < 4 * ROOTS_MAX {
+                        inner.by_ns.insert(ns, key);
+                    }
+                }
+                Seen::Other(key)
+            }
+            Ok(_) => Seen::Other(key),
+            Err(_) => Seen::Gone,
         }
-        Some(key)
     }
 
     pub fn get(&self, key: RootKey) -> Option<Arc<File>> {
@@ -132,6 +216,8 @@ impl Roots {
             }
             now.duration_since(h.last_seen) < RELEASE_AFTER
         });
+        let Inner { held, by_ns, .. } = &mut *inner;
+        by_ns.retain(|_, k| held.contains_key(k));
     }
 
     /// (roots held now, roots left unheld over [`ROOTS_MAX`] so far).
@@ -199,6 +285,31 @@ mod tests {
         );
         assert_eq!(read("/lib/dev"), None);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// An agent in a container sees host processes in a view other than its own; one that
+    /// is gone before its exec is read is placed through its parent in the same namespace.
+    #[test]
+    fn a_process_gone_before_its_exec_is_read_gets_its_namespaces_root() {
+        let roots = Roots {
+            // As if the agent's own root were elsewhere (a container's).
+            ours: Some((u64::MAX, u64::MAX)),
+            our_ns: None,
+            late: false,
+            inner: Mutex::default(),
+        };
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert_eq!(roots.note(pid), None, "gone: nothing to stat");
+        let ns = ns_of("self").unwrap();
+        let me = std::process::id();
+        assert_eq!(roots.note_exec(pid, me, ns ^ 1), None, "another namespace");
+        let ours = key_of(&std::fs::metadata("/").unwrap());
+        assert_eq!(roots.note_exec(pid, me, ns), Some(ours));
+        assert!(roots.get(ours).is_some(), "held");
+        // Met once, the namespace names its root without asking the parent again.
+        assert_eq!(roots.note_exec(pid, 0, ns), Some(ours));
     }
 
     #[test]
