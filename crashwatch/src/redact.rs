@@ -57,6 +57,11 @@ impl Redactor {
         self.rules.is_empty()
     }
 
+    /// The rules, the flag rule among them.
+    pub fn len(&self) -> usize {
+        self.rules.len() + usize::from(self.flag.is_some())
+    }
+
     /// Masks every match in `s`.
     pub fn text(&self, s: &mut String) {
         for (re, with) in &self.rules {

@@ -2,7 +2,8 @@
 //! CRASHWATCH_* > file > default as `run --print-config` states it, secrets masked, unknown
 //! keys and bad values refused with the file and key named, and a file's settings taking
 //! effect (`check --sinks` opens the output file and state directory the file names); and
-//! `--log-format json` turning every line of the agent's log into a JSON object.
+//! `--log-format json` turning every line of the agent's log into a JSON object; SIGHUP
+//! applying a changed file's outputs and redaction rules.
 mod common;
 
 use std::{collections::HashMap, path::Path, process::Command};
@@ -241,4 +242,101 @@ fn the_agents_own_log_can_be_json_lines() {
             .any(|v| v["message"].as_str().unwrap().starts_with("stopped ")),
         "the stop line is logged too: {seen:?}"
     );
+}
+
+/// SIGHUP: the file's outputs and redaction rules change under the running agent, between
+/// two reports; a key that needs a restart is said; a file that would be refused at start is
+/// refused, and the running configuration stays.
+#[test]
+fn sighup_reloads_the_outputs_and_redaction_rules() {
+    use common::{Agent, Crasher, Setup};
+    let dir = state_dir("config-reload");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (a, b, file) = (
+        dir.join("a.json"),
+        dir.join("b.json"),
+        dir.join("config.toml"),
+    );
+    std::fs::write(&file, format!("output-file = {:?}\n", a.to_str().unwrap())).unwrap();
+    let f = file.clone();
+    let agent = Agent::start_with(
+        &[],
+        Setup {
+            command: Some(Box::new(move |c| {
+                c.env("CRASHWATCH_CONFIG", &f);
+            })),
+            ..Setup::default()
+        },
+    );
+    let crash = |word: &str| {
+        let mut cmd = Crasher::command("null");
+        cmd.arg(word);
+        let c = Crasher::finish(cmd.spawn().unwrap());
+        (c.pid, agent.report_for(c.pid))
+    };
+    let pids_in = |path: &Path| -> Vec<u64> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["pid"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let in_file = |path: &Path, pid: u32| {
+        agent
+            .wait_for(|| pids_in(path).contains(&(pid as u64)).then_some(()))
+            .is_some()
+    };
+
+    let (first, r) = crash("hunter2-first");
+    assert!(r["cmdline"].to_string().contains("hunter2-first"), "{r}");
+    assert!(in_file(&a, first), "the first file takes the first crash");
+
+    std::fs::write(
+        &file,
+        format!(
+            "output-file = {:?}\nredact = [\"hunter2\"]\nring-size = 16777216\n",
+            b.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    agent.signal(libc::SIGHUP);
+    agent.wait_log("reloaded the configuration: 1 outputs besides stdout");
+    assert!(
+        agent
+            .log()
+            .contains("`ring-size` changed: it takes effect at the next start"),
+        "{}",
+        agent.log()
+    );
+    let (second, r) = crash("hunter2-second");
+    let cmdline = r["cmdline"].to_string();
+    assert!(
+        !cmdline.contains("hunter2") && cmdline.contains("[REDACTED]-second"),
+        "the new rule masks: {cmdline}"
+    );
+    assert!(in_file(&b, second), "the new file takes the next crash");
+    assert!(
+        !pids_in(&a).contains(&(second as u64)),
+        "the old one does not"
+    );
+
+    std::fs::write(&file, "no-such-key = 1\n").unwrap();
+    agent.signal(libc::SIGHUP);
+    agent.wait_log("reload refused, the running configuration stays");
+    assert!(
+        agent.log().contains("unknown key `no-such-key`"),
+        "{}",
+        agent.log()
+    );
+    let (third, r) = crash("hunter2-third");
+    assert!(r["cmdline"].to_string().contains("[REDACTED]-third"), "{r}");
+    assert!(in_file(&b, third), "still the second file");
+
+    agent.signal(libc::SIGTERM);
+    let st = agent.wait_exit(std::time::Duration::from_secs(10));
+    assert!(st.is_some_and(|s| s.success()), "{:?}\n{}", st, agent.log());
 }

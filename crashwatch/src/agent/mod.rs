@@ -25,8 +25,10 @@ use tokio::{
 
 mod handover;
 mod open;
+mod reload;
 mod reporter;
 
+pub use reload::{Reload, Reloader};
 use reporter::{Job, Reported, Reporter};
 
 use crate::{
@@ -82,6 +84,8 @@ pub struct Options {
     pub go: Limits,
     /// Where the kernel state is pinned to outlive the agent; None: it ends with the agent.
     pub pin_dir: Option<std::path::PathBuf>,
+    /// Reads the configuration again at SIGHUP; None: SIGHUP is ignored, said.
+    pub reload: Option<Reloader>,
 }
 
 struct Pipeline {
@@ -118,7 +122,7 @@ struct Counts {
 /// whose losses are counted, takes the rest.
 const REPORT_QUEUE: usize = 1024;
 
-pub async fn run(opts: Options) -> Result<()> {
+pub async fn run(mut opts: Options) -> Result<()> {
     crate::privileges::require_privileges()?;
     let window_ns = opts.pending_window.as_nanos() as u64;
     let mut probe = Probe::load(
@@ -216,6 +220,10 @@ pub async fn run(opts: Options) -> Result<()> {
         let (format, cache) = (opts.format, opts.symbol_cache_bytes);
         let redactor = opts.redactor;
         let (outputs, m) = (outputs, metrics.clone());
+        let opened = reload::Opened {
+            file: opts.file.clone(),
+            webhooks: opts.webhooks.clone(),
+        };
         std::thread::Builder::new()
             .name("reports".into())
             .spawn(move || {
@@ -227,6 +235,7 @@ pub async fn run(opts: Options) -> Result<()> {
                     redactor,
                     stdout: Some(Stdout::new(format)),
                     outputs,
+                    opened,
                     stdout_closed: closed,
                     unwritten: 0,
                     clusters,
@@ -272,6 +281,8 @@ pub async fn run(opts: Options) -> Result<()> {
     // what is queued), not the default action of the signal.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let reloader = opts.reload.take();
     let seeded = context::scan_proc();
     let n = seeded.len();
     for (pid, mut info) in seeded {
@@ -347,6 +358,18 @@ pub async fn run(opts: Options) -> Result<()> {
                     give_back_freed_memory();
                 }
             }
+            _ = sighup.recv() => match &reloader {
+                None => tracing::warn!("SIGHUP: nothing to reload (no configuration reader)"),
+                Some(read) => match read() {
+                    Ok(r) => {
+                        for key in &r.fixed_changed {
+                            tracing::warn!("reload: `{key}` changed: it takes effect at the next start");
+                        }
+                        let _ = p.reports.send(Job::Reload(Box::new(r)));
+                    }
+                    Err(e) => tracing::error!("reload refused, the running configuration stays: {e:#}"),
+                },
+            },
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
@@ -543,6 +566,6 @@ impl Pipeline {
         let lost = now.total().saturating_sub(self.reported.total());
         self.reported = now;
         // Waits when the report thread is a full queue behind; gone only once it has ended.
-        let _ = self.reports.send(Job { crash, lost });
+        let _ = self.reports.send(Job::Crash { crash, lost });
     }
 }

@@ -21,10 +21,14 @@ use crate::{
     symbolize::{Roots, Symbolizer},
 };
 
-/// A finished crash, and the kernel losses since the previous one.
-pub(super) struct Job {
-    pub(super) crash: Crash,
-    pub(super) lost: u64,
+/// What the report thread does next, in the order queued.
+// Nearly every job is a crash: boxing the large variant would only add an allocation to each.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Job {
+    /// A finished crash, and the kernel losses since the previous one.
+    Crash { crash: Crash, lost: u64 },
+    /// SIGHUP: new outputs and redaction rules from here on.
+    Reload(Box<super::reload::Reload>),
 }
 
 /// The report thread: symbolizes, enriches and writes each crash in the order assembled.
@@ -37,6 +41,8 @@ pub(super) struct Reporter {
     pub(super) stdout: Option<Stdout>,
     /// The outputs besides stdout, each on its own thread.
     pub(super) outputs: Outputs,
+    /// What `outputs` were opened from.
+    pub(super) opened: super::reload::Opened,
     pub(super) stdout_closed: Arc<AtomicBool>,
     /// Reports that could not be written to stdout.
     pub(super) unwritten: u64,
@@ -85,8 +91,12 @@ impl Reporter {
             self.metrics
                 .loops
                 .set(self.clusters.looping_now(store::now_ns()) as i64);
-            let job = match job {
-                Ok(j) => j,
+            let (crash, lost) = match job {
+                Ok(Job::Crash { crash, lost }) => (crash, lost),
+                Ok(Job::Reload(r)) => {
+                    self.reload(*r);
+                    continue;
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => continue,
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             };
@@ -94,7 +104,7 @@ impl Reporter {
                 self.unwritten += 1;
                 continue;
             }
-            let Some(report) = self.build_guarded(&job.crash, job.lost) else {
+            let Some(report) = self.build_guarded(&crash, lost) else {
                 continue;
             };
             self.publish(report);

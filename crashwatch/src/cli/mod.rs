@@ -5,6 +5,7 @@
 mod check;
 mod config;
 mod outputs;
+mod reload;
 mod report;
 mod symbolize;
 
@@ -42,7 +43,8 @@ enum Cmd {
     /// first, with counts, first and last seen, what they hit and crash loops; or one cluster
     /// with its latest reports. Reads while the agent runs.
     Report(report::ReportArgs),
-    /// Watch the host and report each crash (stop with Ctrl-C or SIGTERM).
+    /// Watch the host and report each crash (stop with Ctrl-C or SIGTERM; SIGHUP reads the
+    /// configuration file again for the outputs and redaction rules).
     Run {
         #[command(flatten)]
         config: ConfigFile,
@@ -211,7 +213,8 @@ pub struct ConfigFile {
     /// Read flags from this TOML file: keys are `run`'s long flag names (`output-file =
     /// "/var/log/crashwatch.json"`, `webhook = ["https://..."]`, `no-store = true`).
     /// Precedence: flag > CRASHWATCH_<FLAG> environment > file > default. Default:
-    /// /etc/crashwatch/config.toml when it exists.
+    /// /etc/crashwatch/config.toml when it exists. `run` reads it again at SIGHUP (outputs
+    /// and redaction rules; other keys at the next start).
     #[arg(long, value_name = "FILE", env = "CRASHWATCH_CONFIG")]
     pub config: Option<std::path::PathBuf>,
 }
@@ -331,6 +334,7 @@ pub fn main() -> ExitCode {
             pin_dir,
             ..
         } => {
+            let run_matches = matches.subcommand_matches("run").expect("run was parsed");
             let redactor = match outputs.redactor() {
                 Ok(r) => r,
                 Err(e) => {
@@ -386,6 +390,16 @@ pub fn main() -> ExitCode {
                     release_after: Duration::from_secs(go_release_after),
                 },
                 pin_dir: (!no_pin).then_some(pin_dir),
+                reload: Some(reload::reloader(
+                    cmd.clone(),
+                    std::env::args_os().collect(),
+                    config::print(
+                        &cmd,
+                        run_matches,
+                        from_file.as_ref().expect("run reads the configuration"),
+                    ),
+                    history.state_dir.clone(),
+                )),
             };
             match rt.block_on(agent::run(opts)) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -216,6 +216,10 @@ impl Outputs {
         self.workers.is_empty()
     }
 
+    pub fn len(&self) -> usize {
+        self.workers.len()
+    }
+
     /// Drains every queue; one line per output for the stop line.
     pub fn finish(mut self) -> Vec<String> {
         for w in &mut self.workers {
