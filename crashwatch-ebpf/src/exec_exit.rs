@@ -13,6 +13,7 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::BtfTracePointContext,
 };
+use aya_log_ebpf::debug;
 use crashwatch_common::*;
 
 use crate::{
@@ -122,7 +123,12 @@ fn exit_common(task: u64) {
         stdout_done(w, pid);
         let _ = WORDS.remove(pid);
     }
-    output(&rec);
+    if !output(&rec) {
+        debug!(
+            &(),
+            "pid {} exit status {:x}: lost to a full ring buffer", pid, status
+        );
+    }
 }
 
 /// The fixed fields, the whole tail and the head as far as it goes.
@@ -145,6 +151,10 @@ fn output_last_words(w: &LastWordsRecord) {
     };
     if r.is_err() {
         count_lost();
+        debug!(
+            &(),
+            "pid {}: last words lost to a full ring buffer", w.hdr.pid
+        );
     }
 }
 

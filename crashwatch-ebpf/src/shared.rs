@@ -60,10 +60,13 @@ pub fn count_lost() {
     }
 }
 
-pub fn output<T>(rec: &T) {
-    if EVENTS.output::<T>(rec, 0).is_err() {
+/// Sends `rec`; false when it was lost (counted).
+pub fn output<T>(rec: &T) -> bool {
+    let sent = EVENTS.output::<T>(rec, 0).is_ok();
+    if !sent {
         count_lost();
     }
+    sent
 }
 
 /// Fills the header from `task` (any thread of the process).
@@ -111,14 +114,14 @@ pub fn read_args(task: u64, dst: &mut [u8; ARGS_LEN]) -> (u32, u32) {
 /// Sends `rec`, whose last field is an args array of [`ARGS_LEN`] bytes starting at `head`,
 /// only as far as `args_len` of them: most command lines are short.
 #[inline(always)]
-pub fn output_with_args<T>(rec: &T, head: usize, args_len: u32) {
+pub fn output_with_args<T>(rec: &T, head: usize, args_len: u32) -> bool {
     output_head::<T, ARGS_LEN>(rec, head, args_len)
 }
 
 /// Sends the first `head + n` bytes of `rec` (`n` capped at `MAX`, a power of two, and
-/// `head + MAX` within the record).
+/// `head + MAX` within the record). False when it was lost (counted).
 #[inline(always)]
-pub fn output_head<T, const MAX: usize>(rec: &T, head: usize, n: u32) {
+pub fn output_head<T, const MAX: usize>(rec: &T, head: usize, n: u32) -> bool {
     let bytes = rec as *const T as *const u8;
     let n = n as usize;
     // Two calls with two sizes, each bounded on its own: older verifiers lose a bound merged
@@ -135,11 +138,13 @@ pub fn output_head<T, const MAX: usize>(rec: &T, head: usize, n: u32) {
     if r.is_err() {
         count_lost();
     }
+    r.is_ok()
 }
 
-/// Sends a stack record packed: its fixed fields, its module entries, its copy.
+/// Sends a stack record packed: its fixed fields, its module entries, its copy. False when it
+/// was lost (counted).
 #[inline(always)]
-pub fn output_stack(rec: &StackRecord) {
+pub fn output_stack(rec: &StackRecord) -> bool {
     let copy = (rec.copy_len as usize).min(STACK_COPY_MAX);
     // At most STACK_HEAD + MODULES_ROOM + STACK_COPY_MAX: the mask changes nothing, and gives
     // the verifier (6.1's loses sums of bounded terms) a bound inside the record. Through a
@@ -149,9 +154,11 @@ pub fn output_stack(rec: &StackRecord) {
     let len = unsafe { core::ptr::read_volatile(&len) } & (STACK_RECORD_SIZE - 1);
     // SAFETY: len < STACK_RECORD_SIZE = size_of::<StackRecord>().
     let bytes = unsafe { core::slice::from_raw_parts(rec as *const StackRecord as *const u8, len) };
-    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+    let sent = EVENTS.output::<[u8]>(bytes, 0).is_ok();
+    if !sent {
         count_lost();
     }
+    sent
 }
 
 /// The current thread's user stack (frame pointers), innermost first; returns bytes filled.

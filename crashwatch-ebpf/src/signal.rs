@@ -6,6 +6,10 @@
 //! handled one (Go's and the JVM's handlers) is parked in `PENDING` and sent only if the process
 //! then dies, so processes that survive their faults cost no records. The SIGKILLs `exit_group`
 //! sends to sibling threads are dropped.
+//!
+//! What goes missing from a record (registers, the frame-pointer stack, the record itself on a
+//! full ring buffer) is said through aya-log at debug level: the agent turns it on only with
+//! `--log-level debug`, and off it costs one load of a constant the verifier prunes on.
 use aya_ebpf::{
     helpers::{
         bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel_buf,
@@ -17,6 +21,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use crashwatch_common::*;
+
+use aya_log_ebpf::debug;
 
 use crate::shared::{fill_header, output_stack, output_with_args, rd, read_args, user_stack};
 
@@ -116,7 +122,19 @@ fn on_signal(ctx: &BtfTracePointContext, copy: u32) -> u32 {
             rec.regs_len = size as u32;
         }
     }
+    if rec.regs_len == 0 {
+        debug!(
+            ctx,
+            "pid {} signal {}: registers unreadable", rec.hdr.pid, sig
+        );
+    }
     rec.stack_len = user_stack(ctx.as_ptr(), &mut rec.stack);
+    if rec.stack_len == 0 {
+        debug!(
+            ctx,
+            "pid {} signal {}: no frame-pointer stack", rec.hdr.pid, sig
+        );
+    }
     let Some(st) = SCRATCH_STACK.get_ptr_mut(copy) else {
         return 0;
     };
@@ -136,11 +154,22 @@ fn on_signal(ctx: &BtfTracePointContext, copy: u32) -> u32 {
     crate::ident::send_ident_once(pid, copy);
     if handler != 0 {
         // Survivors cost no signal records downstream: keep it until the process exits.
-        let _ = PENDING.insert(pid, rec, 0);
-        let _ = PENDING_STACK.insert(pid, st, 0);
+        if PENDING.insert(pid, rec, 0).is_err() || PENDING_STACK.insert(pid, st, 0).is_err() {
+            debug!(ctx, "pid {} signal {}: handled fault not parked", pid, sig);
+        }
     } else {
-        output_stack(st);
-        output_with_args(rec, core::mem::offset_of!(SignalRecord, args), rec.args_len);
+        let stack = output_stack(st);
+        let sent = output_with_args(rec, core::mem::offset_of!(SignalRecord, args), rec.args_len);
+        if !(stack && sent) {
+            debug!(
+                ctx,
+                "pid {} signal {}: lost to a full ring buffer (stack sent: {}, signal sent: {})",
+                pid,
+                sig,
+                stack as u8,
+                sent as u8
+            );
+        }
     }
     0
 }

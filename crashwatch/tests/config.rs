@@ -3,7 +3,8 @@
 //! keys and bad values refused with the file and key named, and a file's settings taking
 //! effect (`check --sinks` opens the output file and state directory the file names); and
 //! `--log-format json` turning every line of the agent's log into a JSON object; SIGHUP
-//! applying a changed file's outputs and redaction rules.
+//! applying a changed file's outputs and redaction rules; the kernel programs' own
+//! diagnostics at `--log-level debug` only.
 mod common;
 
 use std::{collections::HashMap, path::Path, process::Command};
@@ -339,4 +340,23 @@ fn sighup_reloads_the_outputs_and_redaction_rules() {
     agent.signal(libc::SIGTERM);
     let st = agent.wait_exit(std::time::Duration::from_secs(10));
     assert!(st.is_some_and(|s| s.success()), "{:?}\n{}", st, agent.log());
+}
+
+/// `--log-level debug` turns on the kernel programs' own diagnostics: with a ring buffer too
+/// small for a stack record, the signal program says whose stack it lost. At the default
+/// level they say nothing (the loss is still counted).
+#[test]
+fn kernel_diagnostics_come_at_debug_level() {
+    use common::{Agent, Crasher};
+    let debug = Agent::start(&["--log-level", "debug", "--ring-size", "4096"]);
+    let quiet = Agent::start(&["--ring-size", "4096"]);
+    let c = Crasher::run("null");
+    let said = format!(
+        "kernel: pid {} signal 11: lost to a full ring buffer",
+        c.pid
+    );
+    debug.wait_log(&said);
+    let r = quiet.report_for(c.pid);
+    assert_eq!(r["signal"]["name"], "SIGSEGV");
+    assert!(!quiet.log().contains("kernel: "), "{}", quiet.log());
 }

@@ -156,6 +156,17 @@ pub async fn run(mut opts: Options) -> Result<()> {
         .map_err(std::io::Error::from)
         .context("polling the ring buffer")?;
     let losses = probe.take_losses()?;
+    // SAFETY: the logger owns its ring buffer's fd and lives inside the AsyncFd.
+    let mut klog = match probe.klog.take() {
+        Some(k) => match unsafe { AsyncFd::register(k) } {
+            Ok(k) => Some(k),
+            Err(e) => {
+                tracing::warn!("no kernel diagnostics: {}", std::io::Error::from(e));
+                None
+            }
+        },
+        None => None,
+    };
     // With pinned programs: the losses said so far, for the next agent; and who the programs
     // think this agent knows, forgotten at a clean stop so that a crash in the gap brings
     // its own identity to the next agent.
@@ -321,6 +332,22 @@ pub async fn run(mut opts: Options) -> Result<()> {
                     break;
                 }
             }
+            guard = async {
+                match klog.as_mut() {
+                    Some(k) => k.readable_mut().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let mut read = false;
+                if let Ok(mut g) = guard {
+                    read = crate::probe::klog::drain(g.get_inner_mut());
+                    g.clear_ready();
+                }
+                if !read {
+                    tracing::warn!("kernel diagnostics stopped: a record could not be read");
+                    klog = None;
+                }
+            }
             _ = tick.tick() => {
                 ticks += 1;
                 health.turned();
@@ -358,18 +385,7 @@ pub async fn run(mut opts: Options) -> Result<()> {
                     give_back_freed_memory();
                 }
             }
-            _ = sighup.recv() => match &reloader {
-                None => tracing::warn!("SIGHUP: nothing to reload (no configuration reader)"),
-                Some(read) => match read() {
-                    Ok(r) => {
-                        for key in &r.fixed_changed {
-                            tracing::warn!("reload: `{key}` changed: it takes effect at the next start");
-                        }
-                        let _ = p.reports.send(Job::Reload(Box::new(r)));
-                    }
-                    Err(e) => tracing::error!("reload refused, the running configuration stays: {e:#}"),
-                },
-            },
+            _ = sighup.recv() => reload::on_sighup(reloader.as_ref(), &p.reports),
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }

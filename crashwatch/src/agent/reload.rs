@@ -11,7 +11,12 @@
 //! old outputs are drained and closed before the new ones open (a webhook's spool
 //! directory is one endpoint's, whichever sink holds it), so no report is lost or sent
 //! twice across it.
-use super::{open, reporter::Reporter};
+use std::sync::mpsc;
+
+use super::{
+    open,
+    reporter::{Job, Reporter},
+};
 use crate::{redact::Redactor, sink};
 
 /// What a SIGHUP can change.
@@ -25,6 +30,23 @@ pub struct Reload {
 
 /// Reads the configuration again.
 pub type Reloader = Box<dyn Fn() -> anyhow::Result<Reload> + Send>;
+
+/// SIGHUP: reads the configuration and queues what it says behind the crashes queued so far.
+pub(super) fn on_sighup(reader: Option<&Reloader>, reports: &mpsc::SyncSender<Job>) {
+    let Some(read) = reader else {
+        tracing::warn!("SIGHUP: nothing to reload (no configuration reader)");
+        return;
+    };
+    match read() {
+        Ok(r) => {
+            for key in &r.fixed_changed {
+                tracing::warn!("reload: `{key}` changed: it takes effect at the next start");
+            }
+            let _ = reports.send(Job::Reload(Box::new(r)));
+        }
+        Err(e) => tracing::error!("reload refused, the running configuration stays: {e:#}"),
+    }
+}
 
 /// The outputs a reload can replace, as last opened: restored when new ones fail to open.
 #[derive(Clone, Default)]

@@ -13,6 +13,7 @@
 //! [`uprobe_multi`]), else as one perf-event uprobe per function through aya.
 pub mod btf;
 pub mod go;
+pub mod klog;
 pub mod known;
 mod losses;
 pub mod pin;
@@ -101,6 +102,8 @@ pub struct Probe {
     pub last_words: writes::Attached,
     /// The pinned state this agent's programs live in, unless unpinned.
     pub pins: Option<pin::Pins>,
+    /// The programs' own diagnostics, when the agent logs at debug.
+    pub klog: Option<klog::KernelLog>,
 }
 
 /// A tracepoint program: its name, its tracepoint, and for the copied ones which copy it is
@@ -225,10 +228,12 @@ impl Probe {
             },
         };
         layout.config.generation = pins.as_ref().map_or(0, |p| p.generation);
+        let log_level = klog::level();
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&kernel_btf))
             .override_global("CONFIG", &layout.config, true)
+            .override_global(klog::LEVEL_GLOBAL, &log_level, false)
             .map_max_entries("EVENTS", settings.ring_bytes);
         if let Some(p) = &pins {
             p.apply(&mut loader);
@@ -236,6 +241,7 @@ impl Probe {
         let mut ebpf = loader
             .load(PROGRAMS)
             .context("loading the eBPF programs into the kernel")?;
+        let klog = klog::start(&mut ebpf);
         let mut attached = Vec::new();
         let programs = tracepoint_programs(guard_copies).into_iter();
         for t in programs.filter(|t| t.group_dead.is_none_or(|g| g == layout.exit_has_group_dead)) {
@@ -289,6 +295,7 @@ impl Probe {
             multi_worked: false,
             last_words,
             pins,
+            klog,
         })
     }
 
