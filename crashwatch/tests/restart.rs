@@ -1,8 +1,8 @@
 //! The kernel state pinned across agent restarts (`--pin-dir`): crashes while no agent runs
 //! are reported by the next one with their own time of death, a Go program probed by the
 //! first agent panicking in the gap keeps its uprobe details, a `kill -9` in the middle of a
-//! crash storm loses only what the killed agent had taken from the kernel and not yet
-//! written, an incompatible pinned state is replaced and said, and `uninstall-bpf` leaves
+//! crash storm loses nothing and repeats at most the one report being written at that
+//! instant, an incompatible pinned state is replaced and said, and `uninstall-bpf` leaves
 //! nothing. Each test pins in a directory of its own and removes it. Needs root.
 mod common;
 
@@ -178,10 +178,14 @@ fn crashes_while_no_agent_runs_are_reported_by_the_next() {
 }
 
 #[test]
-fn a_kill_9_in_a_crash_storm_loses_only_what_the_agent_had_in_hand() {
+fn a_kill_9_in_a_crash_storm_loses_nothing_and_repeats_at_most_the_report_being_written() {
     let pins = Pins::new("storm");
     // A kernel buffer that holds the whole gap (the default holds some 400 crashes).
-    let args = pins.with_ring("67108864");
+    let ring = pins.with_ring("67108864");
+    // One state directory, as on a node: the next agent reads which crashes were written.
+    let state = common::state_dir("storm").display().to_string();
+    let mut args = ring.to_vec();
+    args.extend(["--state-dir", state.as_str()]);
     let a = Agent::start(&args);
     let stop = AtomicBool::new(false);
     let (pids, b) = std::thread::scope(|s| {
@@ -248,23 +252,20 @@ fn a_kill_9_in_a_crash_storm_loses_only_what_the_agent_had_in_hand() {
             }
         }
     }
-    // The record the killed agent was handling when it died is still the kernel's (it is
-    // released once handled), so it can come twice; nothing else may.
+    // The report being written to stdout when the kill came may be there without its key
+    // (the pipe and the keys file cannot be written as one): that one can come twice. The
+    // test kills right after reading a report, when that is likeliest.
     assert!(twice <= 1, "{twice} crashes reported twice");
     assert!(by_b > 0, "the next agent reported the rest");
-    // What the killed agent had released from the kernel but not written (its report
-    // queue, crashes waiting for their exit) is gone with it; everything else arrives.
+    // What the killed agent had read but not written (its report queue, crashes waiting for
+    // their exit) was still the kernel's: the next agent reports it.
     let lost: u64 = b
         .reports()
         .iter()
         .map(|r| r["lost_before"].as_u64().unwrap_or(0))
         .sum();
     assert_eq!(lost, 0, "the kernel's buffer held the gap");
-    assert!(
-        missing.len() <= 64,
-        "{} missing: more than the killed agent had in hand",
-        missing.len()
-    );
+    assert!(missing.is_empty(), "missing: {missing:?}");
 }
 
 /// The kernel's buffer fills while no agent reads it: what it could not hold is counted by

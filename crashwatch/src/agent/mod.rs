@@ -1,9 +1,10 @@
 //! The agent's main loop: drives records through the pipeline probe → decode → assemble →
 //! symbolize → context (enrich) → redact → cluster → store → sink, and watches the kernel's
-//! loss counters. The record loop only does what cannot wait (decode, reading a dying
-//! process's maps while it exists, assembling) and hands each finished crash to the report
-//! thread ([`reporter`]: symbolize, enrich, redact, cluster, store, sinks), so a slow report (a cold parse of a large binary's
-//! symbols) never keeps the ring buffer from draining. Go binaries are probed on a thread of
+//! loss counters. The record loop ([`pipeline`]) only does what cannot wait (decode, reading
+//! a dying process's maps while it exists, assembling) and hands each finished crash to the
+//! report thread ([`reporter`]: symbolize, enrich, redact, cluster, store, sinks), so a slow
+//! report (a cold parse of a large binary's symbols) never keeps the ring buffer from
+//! draining; records go back to the kernel once written ([`hold`]). Go binaries are probed on a thread of
 //! their own ([`GoProbes`]): the record loop never waits for an attach.
 //!
 //! When stdout is the only output and it is closed (a reader that went away), the agent says
@@ -24,10 +25,13 @@ use tokio::{
 };
 
 mod handover;
+mod hold;
 mod open;
+mod pipeline;
 mod reload;
 mod reporter;
 
+use pipeline::{Counts, Pipeline};
 pub use reload::{Reload, Reloader};
 use reporter::{Job, Reported, Reporter};
 
@@ -35,16 +39,14 @@ use crate::{
     assemble::Assembler,
     cluster,
     context::{self, container::Containers, Enricher},
-    decode::{self, Record},
     probe::{
         go::{GoProbes, Limits},
-        known::KnownFiles,
         LossReader, Losses, Probe, Settings,
     },
     redact::Redactor,
     sink::{self, Format, Stdout},
     store,
-    symbolize::{Maps, Roots, Symbolizer},
+    symbolize::{Roots, Symbolizer},
 };
 
 pub struct Options {
@@ -86,35 +88,6 @@ pub struct Options {
     pub pin_dir: Option<std::path::PathBuf>,
     /// Reads the configuration again at SIGHUP; None: SIGHUP is ignored, said.
     pub reload: Option<Reloader>,
-}
-
-struct Pipeline {
-    handover: handover::Handover,
-    go: GoProbes,
-    losses: LossReader,
-    asm: Assembler,
-    /// Loss counters at the previous crash, for `lost_before`.
-    reported: Losses,
-    decode_errors: u64,
-    reports: mpsc::SyncSender<Job>,
-    /// The report thread found stdout, the only sink, closed.
-    stdout_closed: Arc<AtomicBool>,
-    /// Containers' roots, noted at exec.
-    roots: Arc<Roots>,
-    /// Executables classified, marked in the kernel so their execs stop coming.
-    known: KnownFiles,
-    /// Records handled, by kind, for the stop line.
-    counts: Counts,
-    /// Containers and pods, read at a process's first sight while the container exists.
-    containers: Arc<Containers>,
-}
-
-/// Records that reached the agent: what processes that do not crash still cost it.
-#[derive(Default)]
-struct Counts {
-    execs: u64,
-    idents: u64,
-    exits: u64,
 }
 
 /// Crashes waiting for the report thread. Each holds at most a stack copy and a process's
@@ -189,6 +162,18 @@ pub async fn run(mut opts: Options) -> Result<()> {
     if let (Some(f), true) = (&paths_file, adopted) {
         known.load(f);
     }
+    // What the previous agent wrote of the crashes still in the pinned ring buffer.
+    let (keys, already) = match opts.state_dir.as_ref().filter(|_| probe.pinned()) {
+        Some(d) => match hold::Keys::open(d, adopted) {
+            Ok((k, a)) => (Some(k), a),
+            Err(e) => {
+                tracing::warn!("running with less: {}/reported-keys: {e}: after a kill -9 the next agent may report some crashes twice", d.display());
+                (None, Default::default())
+            }
+        },
+        None => (None, Default::default()),
+    };
+    let holds = hold::Holds::new(already);
     let programs = probe.program_names().join(", ");
     let go_mode = probe.go_attach_mode();
     let last_words = probe.last_words.to_string();
@@ -231,6 +216,7 @@ pub async fn run(mut opts: Options) -> Result<()> {
         let (format, cache) = (opts.format, opts.symbol_cache_bytes);
         let redactor = opts.redactor;
         let (outputs, m) = (outputs, metrics.clone());
+        let written = holds.written.clone();
         let opened = reload::Opened {
             file: opts.file.clone(),
             webhooks: opts.webhooks.clone(),
@@ -247,6 +233,8 @@ pub async fn run(mut opts: Options) -> Result<()> {
                     stdout: Some(Stdout::new(format)),
                     outputs,
                     opened,
+                    written,
+                    keys,
                     stdout_closed: closed,
                     unwritten: 0,
                     clusters,
@@ -270,6 +258,7 @@ pub async fn run(mut opts: Options) -> Result<()> {
     }
     let mut p = Pipeline {
         handover: handover::Handover::new(probe_switched_ns),
+        holds,
         reported: baseline,
         go,
         losses,
@@ -318,14 +307,13 @@ pub async fn run(mut opts: Options) -> Result<()> {
     let mut logged = p.reported;
     let mut exported = (p.reported, 0);
     let mut ticks: u64 = 0;
+    let mut poll = tokio::time::interval(Duration::from_millis(20));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
-                    p.handle(&item);
-                }
+                p.drain(guard.get_inner_mut());
                 guard.clear_ready();
                 if p.stdout_closed.load(Ordering::Relaxed) {
                     tracing::warn!("stdout is closed (broken pipe) and it is where reports go: stopping");
@@ -385,16 +373,16 @@ pub async fn run(mut opts: Options) -> Result<()> {
                     give_back_freed_memory();
                 }
             }
+            // The kernel wakes the loop only for records where the consumer position stands:
+            // while it holds records back, the loop looks by itself.
+            _ = poll.tick(), if ring.get_ref().holding() => p.drain(ring.get_mut()),
             _ = sighup.recv() => reload::on_sighup(reloader.as_ref(), &p.reports),
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
     }
     // Whatever the kernel already wrote still gets reported.
-    let rb = ring.get_mut();
-    while let Some(item) = rb.next() {
-        p.handle(&item);
-    }
+    p.drain(ring.get_mut());
     let l = p.losses.losses();
     if let Some(a) = &mut acker {
         // The stop line below says them.
@@ -407,6 +395,7 @@ pub async fn run(mut opts: Options) -> Result<()> {
         }
     }
     let go = p.go.stats();
+    let open = p.asm.min_hold();
     let Pipeline {
         go: probes,
         losses: reader,
@@ -416,6 +405,7 @@ pub async fn run(mut opts: Options) -> Result<()> {
         known,
         handover,
         counts,
+        mut holds,
         ..
     } = p;
     if handover.dropped > 0 {
@@ -440,6 +430,16 @@ pub async fn run(mut opts: Options) -> Result<()> {
         build_panics: 0,
         unbuilt: 0,
     });
+    // Everything is written: only the records of cases still open stay for the next agent.
+    let rb = ring.get_mut();
+    let to = holds.release_point(open, rb.cursor(), rb.size());
+    rb.release(to);
+    if holds.skipped > 0 {
+        tracing::info!(
+            "{} crashes in the ring buffer were written by the agent before (kill -9): not repeated",
+            holds.skipped
+        );
+    }
     if done.build_panics + done.unbuilt > 0 {
         tracing::warn!(
             "reports whose building panicked: {} (sent without their stack), {} not sent at all",
@@ -528,60 +528,4 @@ fn guard_note(reader: &LossReader, l: Losses) -> String {
         by_program.join(", "),
         l.redone
     )
-}
-
-impl Pipeline {
-    fn handle(&mut self, bytes: &[u8]) {
-        let mut rec = match decode::decode(bytes) {
-            Ok(r) => r,
-            Err(e) => {
-                self.decode_errors += 1;
-                if self.decode_errors <= 10 {
-                    tracing::warn!("dropped a kernel record: {e:#}");
-                }
-                return;
-            }
-        };
-        if self.handover.duplicate(&rec) {
-            return;
-        }
-        // Capture what only exists while the process does, before it is gone.
-        match &mut rec {
-            Record::Exec(e) if e.at_exec => {
-                self.counts.execs += 1;
-                context::resolve_exe(e);
-                e.root = self.roots.note_exec(e.head.pid, e.head.ppid, e.mnt_ns);
-                self.containers.note(&e.cgroup);
-                let shown = e.exe.as_deref().unwrap_or(&e.filename);
-                self.go.request(e.head.pid, e.file, shown);
-                self.known.learn(e, self.go.verdict(e.file));
-            }
-            Record::Exec(e) => {
-                // Read at a crash sign: the process may be gone already, but its file was
-                // most likely exec'd before, where the agent saw its path.
-                self.counts.idents += 1;
-                context::resolve_exe(e);
-                if e.exe.is_none() {
-                    e.exe = self.known.path_of(e.file).map(str::to_string);
-                }
-                e.root = self.roots.note_exec(e.head.pid, e.head.ppid, e.mnt_ns);
-                self.containers.note(&e.cgroup);
-                let shown = e.exe.as_deref().unwrap_or("?");
-                self.go.request(e.head.pid, e.file, shown);
-            }
-            Record::Exit(_) => self.counts.exits += 1,
-            Record::Signal(s) => s.maps = Maps::capture(s.head.pid).map(std::sync::Arc::new),
-            Record::Go(g) => g.maps = Maps::capture(g.head.pid).map(std::sync::Arc::new),
-            _ => {}
-        }
-        let go = &self.go;
-        let Some(crash) = self.asm.push_with(rec, &|id| go.is_go(id)) else {
-            return;
-        };
-        let now = self.losses.losses();
-        let lost = now.total().saturating_sub(self.reported.total());
-        self.reported = now;
-        // Waits when the report thread is a full queue behind; gone only once it has ended.
-        let _ = self.reports.send(Job::Crash { crash, lost });
-    }
 }

@@ -43,6 +43,10 @@ pub(super) struct Reporter {
     pub(super) outputs: Outputs,
     /// What `outputs` were opened from.
     pub(super) opened: super::reload::Opened,
+    /// Crashes finished with, for the record loop's release of the ring buffer.
+    pub(super) written: Arc<std::sync::atomic::AtomicU64>,
+    /// Where their keys go for the next agent (with a pinned ring buffer and a state dir).
+    pub(super) keys: Option<super::hold::Keys>,
     pub(super) stdout_closed: Arc<AtomicBool>,
     /// Reports that could not be written to stdout.
     pub(super) unwritten: u64,
@@ -102,12 +106,14 @@ impl Reporter {
             };
             if self.stdout_closed.load(Ordering::Relaxed) {
                 self.unwritten += 1;
-                continue;
+            } else if let Some(report) = self.build_guarded(&crash, lost) {
+                self.publish(report);
             }
-            let Some(report) = self.build_guarded(&crash, lost) else {
-                continue;
-            };
-            self.publish(report);
+            // Done with, written or not: its records may go back to the kernel (see `hold`).
+            if let Some(k) = &mut self.keys {
+                k.note((crash.head.pid, crash.head.start_ns));
+            }
+            self.written.fetch_add(1, Ordering::Release);
         }
         Reported {
             build_panics: self.build_panics,

@@ -33,6 +33,9 @@ pub struct ProcInfo {
     pub file: Option<FileId>,
     /// Its root directory, when not the agent's (a container).
     pub root: Option<crate::symbolize::RootKey>,
+    /// Where its exec record was in the ring buffer, and when (kernel time); None when it
+    /// was not read from there.
+    pub exec_at: Option<(u64, u64)>,
 }
 
 impl From<&Exec> for ProcInfo {
@@ -47,6 +50,7 @@ impl From<&Exec> for ProcInfo {
             cgroup: e.cgroup.clone(),
             file: Some(e.file),
             root: e.root,
+            exec_at: None,
         }
     }
 }
@@ -95,6 +99,9 @@ pub struct Crash {
     pub last_words: Option<LastWords>,
     /// The runtime's own account of the death, from the last words.
     pub error: Option<Death>,
+    /// The ring buffer position of the oldest record this crash was built from (see
+    /// [`Assembler::push_at`]).
+    pub hold: u64,
 }
 
 /// The case's stack record sent with the record of header `h` (same thread and kernel time).
@@ -165,6 +172,8 @@ impl Output {
 
 #[derive(Default)]
 struct Case {
+    /// Ring buffer position from which this case's records (and a recent exec) lie.
+    hold: u64,
     start_ns: u64,
     opened_ns: u64,
     /// The newest record's time: a case is idle, not old, when it expires.
@@ -187,7 +196,14 @@ pub struct Assembler {
     /// Recently closed processes: late duplicates of their records are dropped.
     closed: HashSet<(u32, u64)>,
     closed_order: VecDeque<(u32, u64)>,
+    /// The ring buffer position of the record being folded in.
+    pos: u64,
 }
+
+/// An exec this close before a process's first crash sign is kept with its crash's records
+/// (a short-lived process's identity); an older one is not (the process can be read from
+/// /proc by the next agent, or its identity is sent again at its crash sign).
+const EXEC_HOLD_NS: u64 = 10_000_000_000;
 
 const CLOSED_KEEP: usize = 4096;
 const PROCS_MAX: usize = 1 << 17;
@@ -201,6 +217,42 @@ impl Assembler {
             cases: HashMap::new(),
             closed: HashSet::new(),
             closed_order: VecDeque::new(),
+            pos: 0,
+        }
+    }
+
+    /// [`Assembler::push_with`] for the record at ring buffer position `pos`: the crash it
+    /// completes says from which position its records lie ([`Crash::hold`]).
+    pub fn push_at(
+        &mut self,
+        rec: Record,
+        pos: u64,
+        is_go: &dyn Fn(FileId) -> bool,
+    ) -> Option<Crash> {
+        self.pos = pos;
+        let exec = match &rec {
+            Record::Exec(e) if e.at_exec => Some((e.head.pid, e.head.ktime_ns)),
+            _ => None,
+        };
+        let crash = self.push_with(rec, is_go);
+        if let Some((pid, at)) = exec {
+            if let Some(p) = self.procs.get_mut(&pid) {
+                p.exec_at = Some((pos, at));
+            }
+        }
+        crash
+    }
+
+    /// The oldest ring buffer position an open case still needs.
+    pub fn min_hold(&self) -> Option<u64> {
+        self.cases.values().map(|c| c.hold).min()
+    }
+
+    /// Where a case of `pid` opened now by a record at kernel time `now` starts.
+    fn hold_for(&self, pid: u32, now: u64) -> u64 {
+        match self.procs.get(&pid).and_then(|p| p.exec_at) {
+            Some((pos, at)) if now.saturating_sub(at) <= EXEC_HOLD_NS => pos.min(self.pos),
+            _ => self.pos,
         }
     }
 
@@ -284,11 +336,13 @@ impl Assembler {
         if self.closed.contains(&(h.pid, h.start_ns)) {
             return None;
         }
+        let hold = self.hold_for(h.pid, h.ktime_ns);
         let case = self.cases.entry(h.pid).or_default();
         if case.opened_ns == 0
             || (h.start_ns != 0 && case.start_ns != 0 && case.start_ns != h.start_ns)
         {
             *case = Case {
+                hold,
                 start_ns: h.start_ns,
                 opened_ns: h.ktime_ns,
                 ..Default::default()
@@ -309,11 +363,15 @@ impl Assembler {
                 self.closed.remove(&old);
             }
         }
+        let hold = self.hold_for(x.head.pid, x.head.ktime_ns);
         let case = self
             .cases
             .remove(&x.head.pid)
             .filter(|c| c.start_ns == 0 || x.head.start_ns == 0 || c.start_ns == x.head.start_ns)
-            .unwrap_or_default();
+            .unwrap_or_else(|| Case {
+                hold,
+                ..Case::default()
+            });
         let proc = self
             .procs
             .remove(&x.head.pid)
@@ -370,6 +428,7 @@ impl Assembler {
             output: case.output,
             last_words: case.last_words,
             error,
+            hold: case.hold,
         })
     }
 

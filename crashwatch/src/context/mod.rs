@@ -283,6 +283,7 @@ pub fn scan_proc() -> Vec<(u32, ProcInfo)> {
         Some((
             pid,
             ProcInfo {
+                exec_at: None,
                 exe,
                 args,
                 args_truncated: false,

@@ -17,6 +17,7 @@ pub mod klog;
 pub mod known;
 mod losses;
 pub mod pin;
+pub mod ring;
 mod uprobe_multi;
 pub mod writes;
 
@@ -24,7 +25,7 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use anyhow::{Context, Result};
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{MapData, PerCpuArray},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
         BtfTracePoint, UProbe,
@@ -313,12 +314,12 @@ impl Probe {
     }
 
     /// The ring buffer the programs write to; call once.
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+    pub fn take_events(&mut self) -> Result<ring::Ring> {
         let map = self
             .ebpf
             .take_map("EVENTS")
             .context("map EVENTS missing or already taken")?;
-        Ok(RingBuf::try_from(map)?)
+        ring::Ring::new(map)
     }
 
     /// The known-files map the agent marks classified executables in; call once.
