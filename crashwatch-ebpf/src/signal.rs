@@ -135,6 +135,8 @@ fn on_signal(ctx: &BtfTracePointContext, copy: u32) -> u32 {
             "pid {} signal {}: no frame-pointer stack", rec.hdr.pid, sig
         );
     }
+    #[cfg(feature = "upgrade-test")]
+    debug!(ctx, "pid {} signal {}: upgraded program", rec.hdr.pid, sig);
     let Some(st) = SCRATCH_STACK.get_ptr_mut(copy) else {
         return 0;
     };

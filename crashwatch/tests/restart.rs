@@ -2,7 +2,8 @@
 //! are reported by the next one with their own time of death, a Go program probed by the
 //! first agent panicking in the gap keeps its uprobe details, a `kill -9` in the middle of a
 //! crash storm loses nothing and repeats at most the one report being written at that
-//! instant, an incompatible pinned state is replaced and said, and `uninstall-bpf` leaves
+//! instant, an upgrade to a build with a changed program in such a storm loses and repeats
+//! nothing, an incompatible pinned state is replaced and said, and `uninstall-bpf` leaves
 //! nothing. Each test pins in a directory of its own and removes it. Needs root.
 mod common;
 
@@ -94,8 +95,16 @@ fn now() -> f64 {
         .as_secs_f64()
 }
 
+/// Tests whose buffers must hold a gap take turns: every program records every crash on the
+/// host, so a storm would fill another test's buffer while its agent is away.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn crashes_while_no_agent_runs_are_reported_by_the_next() {
+    let _one = one_at_a_time();
     let pins = Pins::new("gap");
     // A Go program the first agent probes; it panics while no agent runs.
     let go_bin = gobuild::build("1.27", Flavour::Stripped);
@@ -177,16 +186,20 @@ fn crashes_while_no_agent_runs_are_reported_by_the_next() {
     c.assert_no_report(lost.pid);
 }
 
-#[test]
-fn a_kill_9_in_a_crash_storm_loses_nothing_and_repeats_at_most_the_report_being_written() {
-    let pins = Pins::new("storm");
-    // A kernel buffer that holds the whole gap (the default holds some 400 crashes).
-    let ring = pins.with_ring("67108864");
-    // One state directory, as on a node: the next agent reads which crashes were written.
-    let state = common::state_dir("storm").display().to_string();
-    let mut args = ring.to_vec();
-    args.extend(["--state-dir", state.as_str()]);
-    let a = Agent::start(&args);
+/// What a storm of 2,000 crashes across a change of agents came to.
+struct Storm {
+    b: Agent,
+    /// The storm's pids and how many reports each got from both agents.
+    times: HashMap<u32, usize>,
+    missing: Vec<u32>,
+    twice: usize,
+}
+
+/// Two workers crash 1,000 programs each; once the first agent has reported 300, `switch`
+/// replaces it (the storm goes on meanwhile).
+fn storm(args: &[&str], switch: impl FnOnce(&Agent) -> Agent) -> Storm {
+    let _one = one_at_a_time();
+    let a = Agent::start(args);
     let stop = AtomicBool::new(false);
     let (pids, b) = std::thread::scope(|s| {
         let workers: Vec<_> = (0..2)
@@ -212,12 +225,7 @@ fn a_kill_9_in_a_crash_storm_loses_nothing_and_repeats_at_most_the_report_being_
             assert!(t.elapsed() < Duration::from_secs(120), "{}", a.log());
             std::thread::sleep(Duration::from_millis(20));
         }
-        a.signal(libc::SIGKILL);
-        a.wait_exit(Duration::from_secs(10))
-            .expect("the agent died");
-        // A second with nobody reading, then the next agent while the storm goes on.
-        std::thread::sleep(Duration::from_secs(1));
-        let b = Agent::start_with(&args, Setup::default());
+        let b = switch(&a);
         let pids: Vec<u32> = workers
             .into_iter()
             .flat_map(|w| w.join().unwrap())
@@ -236,10 +244,11 @@ fn a_kill_9_in_a_crash_storm_loses_nothing_and_repeats_at_most_the_report_being_
         .filter(|p| !times.contains_key(p))
         .collect();
     let twice = times.values().filter(|n| **n > 1).count();
-    let (by_a, by_b) = (a.reports().len(), b.reports().len());
     eprintln!(
-        "storm: {} crashes; {by_a} reported before the kill -9, {by_b} after it by the next agent; {} missing, {twice} twice",
+        "storm: {} crashes; {} reported before the switch, {} after it by the next agent; {} missing, {twice} twice",
         pids.len(),
+        a.reports().len(),
+        b.reports().len(),
         missing.len()
     );
     for (pid, _) in times.iter().filter(|(_, n)| **n > 1) {
@@ -252,20 +261,134 @@ fn a_kill_9_in_a_crash_storm_loses_nothing_and_repeats_at_most_the_report_being_
             }
         }
     }
-    // The report being written to stdout when the kill came may be there without its key
-    // (the pipe and the keys file cannot be written as one): that one can come twice. The
-    // test kills right after reading a report, when that is likeliest.
-    assert!(twice <= 1, "{twice} crashes reported twice");
-    assert!(by_b > 0, "the next agent reported the rest");
-    // What the killed agent had read but not written (its report queue, crashes waiting for
-    // their exit) was still the kernel's: the next agent reports it.
+    assert!(!b.reports().is_empty(), "the next agent reported the rest");
     let lost: u64 = b
         .reports()
         .iter()
         .map(|r| r["lost_before"].as_u64().unwrap_or(0))
         .sum();
     assert_eq!(lost, 0, "the kernel's buffer held the gap");
-    assert!(missing.is_empty(), "missing: {missing:?}");
+    Storm {
+        b,
+        times,
+        missing,
+        twice,
+    }
+}
+
+/// Both agents on one pin directory with a buffer that holds the whole gap (the default
+/// holds some 400 crashes), and one state directory, as on a node (the next agent reads
+/// which crashes were written).
+fn storm_args(pins: &Pins, state: &str) -> Vec<String> {
+    let mut args: Vec<String> = pins
+        .with_ring("67108864")
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(["--state-dir".to_string(), state.to_string()]);
+    args
+}
+
+#[test]
+fn a_kill_9_in_a_crash_storm_loses_nothing_and_repeats_at_most_the_report_being_written() {
+    let pins = Pins::new("storm");
+    let state = common::state_dir("storm").display().to_string();
+    let args = storm_args(&pins, &state);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let s = storm(&args, |a| {
+        a.signal(libc::SIGKILL);
+        a.wait_exit(Duration::from_secs(10))
+            .expect("the agent died");
+        // A second with nobody reading, then the next agent while the storm goes on.
+        std::thread::sleep(Duration::from_secs(1));
+        Agent::start_with(&args, Setup::default())
+    });
+    // What the killed agent had read but not written (its report queue, crashes waiting for
+    // their exit) was still the kernel's: the next agent reports it.
+    assert!(s.missing.is_empty(), "missing: {:?}", s.missing);
+    // The report being written to stdout when the kill came may be there without its key
+    // (the pipe and the keys file cannot be written as one): that one can come twice. The
+    // test kills right after reading a report, when that is likeliest.
+    assert!(s.twice <= 1, "{} crashes reported twice", s.twice);
+}
+
+/// The agent built with the test's changed signal program (`CRASHWATCH_EBPF_UPGRADE_TEST`),
+/// in a target directory of its own.
+fn upgraded_agent() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = root.join("target/upgrade-test");
+    let out = Command::new(env!("CARGO"))
+        .args(["build", "--release", "-p", "crashwatch", "--target-dir"])
+        .arg(&target)
+        .env("CRASHWATCH_EBPF_UPGRADE_TEST", "1")
+        .current_dir(&root)
+        .output()
+        .expect("running cargo");
+    assert!(
+        out.status.success(),
+        "building the upgraded agent: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    target.join("release/crashwatch")
+}
+
+/// An upgrade in the middle of a storm, the way a service manager does it: SIGTERM to the
+/// running agent, then the new build (whose signal program differs) on the same pins and
+/// state. Nothing is lost, nothing repeated, and crashes after the switch are recorded by
+/// the new program.
+#[test]
+fn an_upgrade_in_a_crash_storm_loses_and_repeats_nothing() {
+    let upgraded = upgraded_agent();
+    let pins = Pins::new("upgrade");
+    let state = common::state_dir("upgrade").display().to_string();
+    let args = storm_args(&pins, &state);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let s = storm(&args, |a| {
+        a.signal(libc::SIGTERM);
+        let st = a
+            .wait_exit(Duration::from_secs(30))
+            .expect("the agent stops");
+        assert!(st.success(), "{}", a.log());
+        let mut with_debug = args.clone();
+        with_debug.extend(["--log-level", "debug"]);
+        Agent::start_with(
+            &with_debug,
+            Setup {
+                program: Some(upgraded.clone()),
+                ..Setup::default()
+            },
+        )
+    });
+    assert!(s.missing.is_empty(), "missing: {:?}", s.missing);
+    assert_eq!(s.twice, 0, "reported twice");
+    assert!(
+        s.b.log().contains("took over from generation"),
+        "{}",
+        s.b.log()
+    );
+    // The new program recorded crashes of the storm after the switch.
+    let upgraded_said: std::collections::HashSet<u32> =
+        s.b.log()
+            .lines()
+            .filter_map(|l| {
+                let rest = l.split("kernel: pid ").nth(1)?;
+                let (pid, said) = rest.split_once(' ')?;
+                said.ends_with("upgraded program")
+                    .then(|| pid.parse().ok())?
+            })
+            .collect();
+    let by_new =
+        s.b.reports()
+            .iter()
+            .map(|r| r["pid"].as_u64().unwrap() as u32)
+            .filter(|pid| s.times.contains_key(pid) && upgraded_said.contains(pid))
+            .count();
+    assert!(
+        by_new > 0,
+        "no crash recorded by the upgraded program:\n{}",
+        s.b.log()
+    );
+    eprintln!("upgrade: {by_new} crashes of the storm recorded by the upgraded program");
 }
 
 /// The kernel's buffer fills while no agent reads it: what it could not hold is counted by

@@ -47,6 +47,8 @@ pub struct Setup {
     /// Run the agent through this command (`setpriv ... --`), the agent's path and arguments
     /// appended.
     pub wrap: Vec<String>,
+    /// Another build of the agent than [`agent_bin`] (the upgrade test's).
+    pub program: Option<PathBuf>,
 }
 
 impl Agent {
@@ -89,14 +91,15 @@ impl Agent {
         let (pid_tx, pid_rx) = mpsc::channel::<(u32, Option<std::process::ChildStdout>)>();
         let (r2, e2, t2, x2) = (reports.clone(), stderr.clone(), text.clone(), exit.clone());
         let (as_text, keep) = (setup.text, setup.keep_stdout);
+        let program = setup.program.clone().unwrap_or_else(agent_bin);
         thread::spawn(move || {
             let mut cmd = match setup.wrap.split_first() {
                 Some((prog, rest)) => {
                     let mut c = Command::new(prog);
-                    c.args(rest).arg(agent_bin());
+                    c.args(rest).arg(&program);
                     c
                 }
-                None => Command::new(agent_bin()),
+                None => Command::new(&program),
             };
             cmd.arg("run").args(&args);
             // A test's agent is configured by its flags alone, never by the machine's
