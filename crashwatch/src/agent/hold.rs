@@ -16,7 +16,8 @@
 //! other outputs behind stdout at the kill is not written again.
 //!
 //! Holding is bounded: never more than a quarter of the ring buffer, so a case open for
-//! minutes (a Go program printing a huge stack) cannot fill it.
+//! minutes (a Go program printing a huge stack) cannot fill it. An unpinned agent (`--no-pin`)
+//! holds nothing: its ring buffer ends with it.
 use std::{
     collections::{HashSet, VecDeque},
     fs::File,
@@ -48,16 +49,20 @@ pub(super) struct Holds {
     already: HashSet<Key>,
     /// Crashes skipped because the previous agent had written them.
     pub(super) skipped: u64,
+    /// The ring buffer outlives this agent (pinned): without that, holding records back
+    /// would only shrink the buffer.
+    pinned: bool,
 }
 
 impl Holds {
-    pub(super) fn new(already: HashSet<Key>) -> Holds {
+    pub(super) fn new(already: HashSet<Key>, pinned: bool) -> Holds {
         Holds {
             inflight: VecDeque::new(),
             sent: 0,
             written: Arc::new(AtomicU64::new(0)),
             already,
             skipped: 0,
+            pinned,
         }
     }
 
@@ -71,7 +76,9 @@ impl Holds {
     /// A crash holding records from `hold` on was queued.
     pub(super) fn sent(&mut self, hold: u64) {
         self.sent += 1;
-        self.inflight.push_back((self.sent, hold));
+        if self.pinned {
+            self.inflight.push_back((self.sent, hold));
+        }
     }
 
     /// Where the kernel's consumer position may move: the oldest record still needed, at
@@ -84,6 +91,9 @@ impl Holds {
             .is_some_and(|&(seq, _)| seq <= written)
         {
             self.inflight.pop_front();
+        }
+        if !self.pinned {
+            return cursor;
         }
         let queued = self.inflight.iter().map(|&(_, h)| h).min();
         let need = [open, queued].into_iter().flatten().min().unwrap_or(cursor);
@@ -225,7 +235,7 @@ mod tests {
 
     #[test]
     fn release_waits_for_the_oldest_unwritten_crash_and_open_case() {
-        let mut h = Holds::new(HashSet::new());
+        let mut h = Holds::new(HashSet::new(), true);
         let size = 1 << 20;
         assert_eq!(h.release_point(None, 1000, size), 1000, "nothing held");
         h.sent(100);
@@ -244,11 +254,18 @@ mod tests {
             size - size / 4,
             "never more than a quarter behind"
         );
+        let mut unpinned = Holds::new(HashSet::new(), false);
+        unpinned.sent(10);
+        assert_eq!(
+            unpinned.release_point(Some(5), 1000, size),
+            1000,
+            "nothing held"
+        );
     }
 
     #[test]
     fn a_crash_written_before_is_skipped_once() {
-        let mut h = Holds::new([(7, 9)].into_iter().collect());
+        let mut h = Holds::new([(7, 9)].into_iter().collect(), true);
         assert!(h.written_before((7, 9)));
         assert!(!h.written_before((7, 9)));
         assert!(!h.written_before((8, 9)));

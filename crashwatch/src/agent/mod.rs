@@ -173,7 +173,7 @@ pub async fn run(mut opts: Options) -> Result<()> {
         },
         None => (None, Default::default()),
     };
-    let holds = hold::Holds::new(already);
+    let holds = hold::Holds::new(already, probe.pinned());
     let programs = probe.program_names().join(", ");
     let go_mode = probe.go_attach_mode();
     let last_words = probe.last_words.to_string();

@@ -72,7 +72,8 @@ enum Cmd {
         exits: Exits,
         /// Kernel ring buffer size in bytes: a power of two, at least 4096. It holds the
         /// crashes the agent has not read yet, about 20 KiB each with the default stack copy:
-        /// 8 MiB takes a burst of some 400 at once.
+        /// 8 MiB takes a burst of some 400 at once. When pinned, up to a quarter of it also
+        /// holds read crashes until they are written (so a killed agent loses none).
         #[arg(long, default_value_t = 8 << 20, value_parser = parse_ring_size)]
         ring_size: u32,
         /// A handled SIGSEGV/SIGBUS/... can be blamed for a death within this many seconds
