@@ -339,6 +339,8 @@ pub async fn run(mut opts: Options) -> Result<()> {
             _ = tick.tick() => {
                 ticks += 1;
                 health.turned();
+                // Insurance against a wakeup the kernel never sent: nothing waits longer.
+                p.drain(ring.get_mut());
                 let now = p.losses.losses();
                 let (was, was_undecodable) = exported;
                 metrics.lost("ring_full", now.ring_full - was.ring_full);

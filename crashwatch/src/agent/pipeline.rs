@@ -46,13 +46,19 @@ pub(super) struct Counts {
 impl Pipeline {
     /// Handles every record there is, then gives back what no unwritten crash needs.
     pub(super) fn drain(&mut self, ring: &mut crate::probe::ring::Ring) {
-        while let Some((pos, bytes)) = ring.next() {
-            self.handle(pos, bytes);
+        loop {
+            while let Some((pos, bytes)) = ring.next() {
+                self.handle(pos, bytes);
+            }
+            let to = self
+                .holds
+                .release_point(self.asm.min_hold(), ring.cursor(), ring.size());
+            ring.release(to);
+            // A record committed before that release saw the old position and woke nobody.
+            if !ring.has_next() {
+                break;
+            }
         }
-        let to = self
-            .holds
-            .release_point(self.asm.min_hold(), ring.cursor(), ring.size());
-        ring.release(to);
     }
 
     fn handle(&mut self, pos: u64, bytes: &[u8]) {

@@ -14,7 +14,8 @@
 //! a busy and a discard bit) and is padded to 8 bytes.
 //!
 //! The kernel wakes a reader only for a record written where the consumer position stands:
-//! while records are held, the agent polls ([`Ring::holding`]).
+//! while records are held, the agent polls ([`Ring::holding`]), and after each release it
+//! looks again ([`Ring::has_next`]) for records committed while the position stood behind.
 use std::{
     os::fd::{AsFd, AsRawFd, RawFd},
     sync::atomic::{fence, AtomicU32, AtomicU64, Ordering},
@@ -153,6 +154,19 @@ impl Ring {
             };
             return Some((pos, data));
         }
+    }
+
+    /// A committed record waits at the cursor. After [`Ring::release`], a record the kernel
+    /// committed while the consumer position stood behind it woke nobody: look with this.
+    pub fn has_next(&self) -> bool {
+        if self.read == self.producer_pos() {
+            return false;
+        }
+        let at = self.page + (self.read & self.mask) as usize;
+        // SAFETY: as in `next`.
+        let header = unsafe { &*((self.producer.ptr as *const u8).add(at) as *const AtomicU32) }
+            .load(Ordering::Acquire);
+        header & BUSY == 0
     }
 
     /// Where the next record will be read.
