@@ -247,15 +247,18 @@ impl Assembler {
     pub fn min_hold(&self) -> Option<u64> {
         self.cases.values().map(|c| c.hold).min()
     }
+}
 
-    /// Where a case of `pid` opened now by a record at kernel time `now` starts.
-    fn hold_for(&self, pid: u32, now: u64) -> u64 {
-        match self.procs.get(&pid).and_then(|p| p.exec_at) {
-            Some((pos, at)) if now.saturating_sub(at) <= EXEC_HOLD_NS => pos.min(self.pos),
-            _ => self.pos,
-        }
+/// Where a case of `pid` opened by the record at `pos`, kernel time `now`, starts: at that
+/// record, or at the process's exec when that was recent.
+fn hold_for(procs: &HashMap<u32, ProcInfo>, pid: u32, pos: u64, now: u64) -> u64 {
+    match procs.get(&pid).and_then(|p| p.exec_at) {
+        Some((at_pos, at)) if now.saturating_sub(at) <= EXEC_HOLD_NS => at_pos.min(pos),
+        _ => pos,
     }
+}
 
+impl Assembler {
     /// Seeds a process that was running before the agent started.
     pub fn seed(&mut self, pid: u32, info: ProcInfo) {
         self.procs.insert(pid, info);
@@ -336,13 +339,12 @@ impl Assembler {
         if self.closed.contains(&(h.pid, h.start_ns)) {
             return None;
         }
-        let hold = self.hold_for(h.pid, h.ktime_ns);
         let case = self.cases.entry(h.pid).or_default();
         if case.opened_ns == 0
             || (h.start_ns != 0 && case.start_ns != 0 && case.start_ns != h.start_ns)
         {
             *case = Case {
-                hold,
+                hold: hold_for(&self.procs, h.pid, self.pos, h.ktime_ns),
                 start_ns: h.start_ns,
                 opened_ns: h.ktime_ns,
                 ..Default::default()
@@ -363,13 +365,12 @@ impl Assembler {
                 self.closed.remove(&old);
             }
         }
-        let hold = self.hold_for(x.head.pid, x.head.ktime_ns);
         let case = self
             .cases
             .remove(&x.head.pid)
             .filter(|c| c.start_ns == 0 || x.head.start_ns == 0 || c.start_ns == x.head.start_ns)
             .unwrap_or_else(|| Case {
-                hold,
+                hold: hold_for(&self.procs, x.head.pid, self.pos, x.head.ktime_ns),
                 ..Case::default()
             });
         let proc = self

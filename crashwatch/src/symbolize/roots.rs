@@ -49,7 +49,8 @@ struct Held {
 #[derive(Default)]
 struct Inner {
     held: HashMap<RootKey, Held>,
-    /// Mount namespace → the root met in it, for held roots only.
+    /// Mount namespace → the root met in it, for held roots only (noted when the root is
+    /// first held).
     by_ns: HashMap<u32, RootKey>,
     /// Roots not held because [`ROOTS_MAX`] were.
     over_limit: u64,
@@ -144,15 +145,9 @@ impl Roots {
         if Some(key) == self.ours {
             return Seen::Ours;
         }
-        let ns = ns_of(&pid.to_string());
         let mut inner = self.inner.lock().unwrap();
         if let Some(h) = inner.held.get_mut(&key) {
             h.last_seen = Instant::now();
-            if let Some(ns) = ns {
-                if inner.by_ns.len() < 4 * ROOTS_MAX {
-                    inner.by_ns.insert(ns, key);
-                }
-            }
             return Seen::Other(key);
         }
         if inner.held.len() >= ROOTS_MAX {
@@ -174,10 +169,10 @@ impl Roots {
                         last_seen: Instant::now(),
                     },
                 );
-                if let Some(ns) = ns {
-                    if inner.by_ns.len() < 4 * ROOTS_MAX {
-                        inner.by_ns.insert(ns, key);
-                    }
+                // Its namespace, read once per root held (not per exec): at most one entry
+                // per held root.
+                if let Some(ns) = ns_of(&pid.to_string()) {
+                    inner.by_ns.insert(ns, key);
                 }
                 Seen::Other(key)
             }
