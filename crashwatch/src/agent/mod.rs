@@ -4,8 +4,8 @@
 //! a dying process's maps while it exists, assembling) and hands each finished crash to the
 //! report thread ([`reporter`]: symbolize, enrich, redact, cluster, store, sinks), so a slow
 //! report (a cold parse of a large binary's symbols) never keeps the ring buffer from
-//! draining; records go back to the kernel once written ([`hold`]). Go binaries are probed on a thread of
-//! their own ([`GoProbes`]): the record loop never waits for an attach.
+//! draining; records go back to the kernel once written ([`hold`]). Go binaries are probed
+//! on a thread of their own ([`GoProbes`]): the record loop never waits for an attach.
 //!
 //! When stdout is the only output and it is closed (a reader that went away), the agent says
 //! so and stops rather than fail once per report forever; with other outputs (`--output-file`)

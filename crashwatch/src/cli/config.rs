@@ -152,6 +152,54 @@ pub fn from_file(cmd: &Command, sub: &str, m: &ArgMatches) -> Result<FromFile> {
     Ok(out)
 }
 
+/// Why a command line and its configuration file do not parse.
+pub enum Refused {
+    /// The command line itself (clap says it, or prints help or the version).
+    Args(clap::Error),
+    /// The file: unreadable, not TOML, an unknown key.
+    File(anyhow::Error),
+    /// A value the file gave, refused by the flag's parser.
+    InFile(Option<PathBuf>, clap::Error),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::Args(e) => write!(f, "{}", e.render()),
+            Refused::File(e) => write!(f, "{e:#}"),
+            Refused::InFile(p, e) => {
+                let at = p.as_ref().map(|p| p.display().to_string());
+                write!(f, "in {}: {}", at.unwrap_or_default(), e.render())
+            }
+        }
+    }
+}
+
+/// `argv` parsed, and for the commands that read the configuration, parsed again with the
+/// file's keys appended (flags and environment were applied by the first parse, so the file
+/// only fills what they left).
+pub fn parse(cmd: &Command, argv: &[OsString]) -> Result<(ArgMatches, Option<FromFile>), Refused> {
+    let matches = cmd
+        .clone()
+        .try_get_matches_from(argv)
+        .map_err(Refused::Args)?;
+    let file = match matches.subcommand() {
+        Some((name, sub)) if CONFIGURED.contains(&name) => {
+            from_file(cmd, name, sub).map_err(Refused::File)?
+        }
+        _ => return Ok((matches, None)),
+    };
+    if file.args.is_empty() {
+        return Ok((matches, Some(file)));
+    }
+    let mut all = argv.to_vec();
+    all.extend(file.args.iter().cloned());
+    match cmd.clone().try_get_matches_from(all) {
+        Ok(m) => Ok((m, Some(file))),
+        Err(e) => Err(Refused::InFile(file.path, e)),
+    }
+}
+
 fn read_bounded(path: &std::path::Path) -> std::io::Result<String> {
     use std::io::Read;
     let f = std::fs::File::open(path)?;

@@ -222,33 +222,21 @@ pub struct ConfigFile {
 
 pub fn main() -> ExitCode {
     let cmd = config::command(Cli::command());
-    let mut matches = cmd.clone().get_matches();
-    let mut from_file = None;
-    if let Some((name, sub)) = matches.subcommand() {
-        if ["run", "check", "report"].contains(&name) {
-            let file = match config::from_file(&cmd, name, sub) {
-                Ok(f) => f,
-                Err(e) => {
-                    eprintln!("crashwatch: {e:#}");
-                    return ExitCode::from(2);
-                }
-            };
-            if !file.args.is_empty() {
-                let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-                argv.extend(file.args.iter().cloned());
-                matches = match cmd.clone().try_get_matches_from(argv) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        if let Some(p) = &file.path {
-                            eprintln!("crashwatch: in the configuration file {}:", p.display());
-                        }
-                        e.exit()
-                    }
-                };
-            }
-            from_file = Some(file);
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let (matches, from_file) = match config::parse(&cmd, &argv) {
+        Ok(parsed) => parsed,
+        Err(config::Refused::Args(e)) => e.exit(),
+        Err(config::Refused::File(e)) => {
+            eprintln!("crashwatch: {e:#}");
+            return ExitCode::from(2);
         }
-    }
+        Err(config::Refused::InFile(path, e)) => {
+            if let Some(p) = path {
+                eprintln!("crashwatch: in the configuration file {}:", p.display());
+            }
+            e.exit()
+        }
+    };
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,
         Err(e) => e.exit(),
@@ -393,7 +381,7 @@ pub fn main() -> ExitCode {
                 pin_dir: (!no_pin).then_some(pin_dir),
                 reload: Some(reload::reloader(
                     cmd.clone(),
-                    std::env::args_os().collect(),
+                    argv,
                     config::print(
                         &cmd,
                         run_matches,

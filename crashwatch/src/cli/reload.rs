@@ -60,24 +60,8 @@ pub fn reloader(
 ) -> agent::Reloader {
     let started = values(&started);
     Box::new(move || {
-        let m = cmd
-            .clone()
-            .try_get_matches_from(&argv)
-            .map_err(|e| anyhow!("{}", e.render()))?;
-        let run = m
-            .subcommand_matches("run")
-            .ok_or_else(|| anyhow!("not the run command"))?;
-        let file = config::from_file(&cmd, "run", run)?;
-        let m = if file.args.is_empty() {
-            m
-        } else {
-            let mut all = argv.clone();
-            all.extend(file.args.iter().cloned());
-            cmd.clone().try_get_matches_from(all).map_err(|e| {
-                let at = file.path.as_ref().map(|p| p.display().to_string());
-                anyhow!("in {}: {}", at.unwrap_or_default(), e.render())
-            })?
-        };
+        let (m, file) = config::parse(&cmd, &argv).map_err(|r| anyhow!("{r}"))?;
+        let file = file.ok_or_else(|| anyhow!("not the run command"))?;
         let run = m
             .subcommand_matches("run")
             .ok_or_else(|| anyhow!("not the run command"))?;

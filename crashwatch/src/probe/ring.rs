@@ -123,12 +123,7 @@ impl Ring {
             if self.read == self.producer_pos() {
                 return None;
             }
-            let at = self.page + (self.read & self.mask) as usize;
-            // SAFETY: `at` is inside the first copy of the data pages; the header is 8-byte
-            // aligned there (records are padded to 8).
-            let header =
-                unsafe { &*((self.producer.ptr as *const u8).add(at) as *const AtomicU32) }
-                    .load(Ordering::Acquire);
+            let header = self.header();
             if header & BUSY != 0 {
                 return None;
             }
@@ -144,6 +139,7 @@ impl Ring {
             if header & DISCARD != 0 {
                 continue;
             }
+            let at = self.page + (pos & self.mask) as usize;
             // SAFETY: header + len lies within the two copies of the data pages (len is at
             // most their size); the kernel does not reuse it before it is released.
             let data = unsafe {
@@ -159,14 +155,17 @@ impl Ring {
     /// A committed record waits at the cursor. After [`Ring::release`], a record the kernel
     /// committed while the consumer position stood behind it woke nobody: look with this.
     pub fn has_next(&self) -> bool {
-        if self.read == self.producer_pos() {
-            return false;
-        }
+        self.read != self.producer_pos() && self.header() & BUSY == 0
+    }
+
+    /// The header word of the record at the cursor (call only while it is behind the
+    /// producer).
+    fn header(&self) -> u32 {
         let at = self.page + (self.read & self.mask) as usize;
-        // SAFETY: as in `next`.
-        let header = unsafe { &*((self.producer.ptr as *const u8).add(at) as *const AtomicU32) }
-            .load(Ordering::Acquire);
-        header & BUSY == 0
+        // SAFETY: `at` is inside the first copy of the data pages; the header is 8-byte
+        // aligned there (records are padded to 8).
+        unsafe { &*((self.producer.ptr as *const u8).add(at) as *const AtomicU32) }
+            .load(Ordering::Acquire)
     }
 
     /// Where the next record will be read.
