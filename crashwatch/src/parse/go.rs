@@ -5,7 +5,7 @@
 //! it serves log files (`crashwatch analyze`) as well as captured stderr.
 use serde::Serialize;
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq, Hash)]
 pub struct Frame {
     pub function: String,
     pub file: Option<String>,
@@ -81,81 +81,130 @@ const STATES: [&str; 8] = [
 ];
 
 pub fn parse(text: &str) -> Traceback {
-    let mut t = Traceback::default();
-    let mut lines = text.lines().peekable();
-    let mut current: Option<Goroutine> = None;
-    // The system stack of a fatal error is not a goroutine: its frames are skipped.
-    let mut skipping = false;
-    while let Some(line) = lines.next() {
+    let mut p = Parser::default();
+    let mut goroutines = Vec::new();
+    for line in text.lines() {
+        goroutines.extend(p.push(line));
+    }
+    goroutines.extend(p.finish());
+    let mut t = p.t;
+    t.goroutines = goroutines;
+    t
+}
+
+/// The parser line by line, for dumps too long to hold: each goroutine is handed back when
+/// its last line has been read, and the rest (panics, fatal error, signal) kept in
+/// [`Parser::t`] (whose `goroutines` it leaves empty).
+#[derive(Default)]
+pub struct Parser {
+    pub t: Traceback,
+    current: Option<Goroutine>,
+    /// The system stack of a fatal error is not a goroutine: its frames are skipped.
+    skipping: bool,
+    /// A panic value being read (it may run over several lines).
+    value: Option<String>,
+    /// The line before named a function (or `created by` one): its location may follow.
+    want_location: Option<Want>,
+    seen_goroutine: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Want {
+    Frame,
+    CreatedBy,
+}
+
+impl Parser {
+    /// One line (without its line end); a goroutine this line completed.
+    pub fn push(&mut self, line: &str) -> Option<Goroutine> {
+        if let Some(v) = self.value.as_mut() {
+            if line.is_empty()
+                || line.starts_with('[')
+                || line.starts_with("\tpanic: ")
+                || line.starts_with("goroutine ")
+            {
+                self.end_value();
+            } else {
+                v.push('\n');
+                v.push_str(line);
+                return None;
+            }
+        }
+        let want_location = self.want_location.take();
         if let Some(v) = line
             .strip_prefix("panic: ")
             .or_else(|| line.strip_prefix("\tpanic: "))
         {
-            let mut value = v.to_string();
-            while let Some(next) = lines.peek() {
-                if next.is_empty()
-                    || next.starts_with('[')
-                    || next.starts_with("\tpanic: ")
-                    || next.starts_with("goroutine ")
-                {
-                    break;
-                }
-                value.push('\n');
-                value.push_str(next);
-                lines.next();
-            }
-            let mut link = PanicLink::default();
-            if let Some(v) = value.strip_suffix(" [recovered, repanicked]") {
-                value = v.to_string();
-                (link.recovered, link.repanicked) = (true, true);
-            } else if let Some(v) = value.strip_suffix(" [recovered]") {
-                value = v.to_string();
-                link.recovered = true;
-            }
-            link.value = value.clone();
-            t.chain.push(link);
-            t.panics.push(value);
+            self.value = Some(v.to_string());
         } else if let Some(m) = line.strip_prefix("fatal error: ") {
-            t.fatal_error.get_or_insert_with(|| m.to_string());
-        } else if is_signal_header(line) && t.goroutines.is_empty() && current.is_none() {
-            t.signal_crash.get_or_insert_with(|| line.to_string());
+            self.t.fatal_error.get_or_insert_with(|| m.to_string());
+        } else if is_signal_header(line) && !self.seen_goroutine && self.current.is_none() {
+            self.t.signal_crash.get_or_insert_with(|| line.to_string());
         } else if line == "signal arrived during cgo execution" {
-            t.in_cgo = true;
+            self.t.in_cgo = true;
         } else if let Some(g) = header(line) {
-            t.goroutines.extend(current.replace(g));
-            skipping = false;
+            self.skipping = false;
+            self.seen_goroutine = true;
+            return self.current.replace(g);
         } else if line == "runtime stack:" {
-            t.goroutines.extend(current.take());
-            skipping = true;
-        } else if skipping || line.is_empty() {
-            continue;
-        } else if let Some(g) = current.as_mut() {
-            if line == "...additional frames elided..." {
+            self.skipping = true;
+            return self.current.take();
+        } else if self.skipping || line.is_empty() {
+        } else if let Some(g) = self.current.as_mut() {
+            if let (Some(want), true) = (want_location, line.starts_with('\t')) {
+                let f = match want {
+                    Want::CreatedBy => g.created_by.as_mut(),
+                    Want::Frame => g.frames.last_mut(),
+                };
+                if let Some(f) = f {
+                    location(f, line);
+                }
+            } else if line == "...additional frames elided..." {
                 g.elided = true;
             } else if let Some(rest) = line.strip_prefix("created by ") {
                 let (func, parent) = match rest.split_once(" in goroutine ") {
                     Some((f, p)) => (f, p.trim().parse().ok()),
                     None => (rest, None),
                 };
-                let mut f = Frame {
+                g.created_by = Some(Frame {
                     function: func.to_string(),
                     ..Default::default()
-                };
-                location(&mut f, lines.peek().copied(), &mut lines);
-                g.created_by = Some(f);
+                });
                 g.created_in = parent;
+                self.want_location = Some(Want::CreatedBy);
             } else if !line.starts_with('\t') && !line.starts_with(' ') {
-                let mut f = Frame {
+                g.frames.push(Frame {
                     function: function_name(line).to_string(),
                     ..Default::default()
-                };
-                location(&mut f, lines.peek().copied(), &mut lines);
-                g.frames.push(f);
+                });
+                self.want_location = Some(Want::Frame);
             }
         }
+        None
     }
-    t.goroutines.extend(current);
-    t
+
+    /// The end of the text: the goroutine still open.
+    pub fn finish(&mut self) -> Option<Goroutine> {
+        self.end_value();
+        self.current.take()
+    }
+
+    fn end_value(&mut self) {
+        let Some(mut value) = self.value.take() else {
+            return;
+        };
+        let mut link = PanicLink::default();
+        if let Some(v) = value.strip_suffix(" [recovered, repanicked]") {
+            value = v.to_string();
+            (link.recovered, link.repanicked) = (true, true);
+        } else if let Some(v) = value.strip_suffix(" [recovered]") {
+            value = v.to_string();
+            link.recovered = true;
+        }
+        link.value = value.clone();
+        self.t.chain.push(link);
+        self.t.panics.push(value);
+    }
 }
 
 /// `SIGSEGV: segmentation violation` (the runtime's sigtable names and descriptions).
@@ -221,20 +270,13 @@ fn function_name(line: &str) -> &str {
     line
 }
 
-/// `\t/src/main.go:49 +0x4b6` on the line after a function.
-fn location<'a>(
-    f: &mut Frame,
-    next: Option<&'a str>,
-    lines: &mut std::iter::Peekable<std::str::Lines<'a>>,
-) {
-    let Some(loc) = next.and_then(|l| l.strip_prefix('\t')) else {
-        return;
-    };
+/// `\t/src/main.go:49 +0x4b6`, the line after a function.
+fn location(f: &mut Frame, line: &str) {
+    let loc = line.trim_start_matches('\t');
     let loc = loc.split(" +0x").next().unwrap_or(loc).trim_end();
     if let Some((file, line)) = loc.rsplit_once(':') {
         f.file = Some(file.to_string());
         f.line = line.parse().ok();
-        lines.next();
     }
 }
 
