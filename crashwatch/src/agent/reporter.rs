@@ -21,6 +21,10 @@ use crate::{
     symbolize::{Roots, Symbolizer},
 };
 
+/// How long a report waits for the Go prober still reading the crashed binary (its first
+/// run): the prober reads a binary in milliseconds; this bounds a stuck read.
+const GO_PROBE_WAIT: Duration = Duration::from_secs(2);
+
 /// What the report thread does next, in the order queued.
 // Nearly every job is a crash: boxing the large variant would only add an allocation to each.
 #[allow(clippy::large_enum_variant)]
@@ -209,7 +213,7 @@ impl Reporter {
             .proc
             .as_ref()
             .and_then(|p| p.file)
-            .and_then(|id| self.go.lookup(id));
+            .and_then(|id| self.go.lookup_settled(id, GO_PROBE_WAIT));
         self.enricher.report(crash, stack, lost, bin.as_deref())
     }
 

@@ -129,6 +129,22 @@ impl GoView {
         }
     }
 
+    /// The Go binary with identity `id`, waiting up to `max` while the prober is still
+    /// reading it: the first run of a new build often dies before the prober is done, and
+    /// its report must name the same program (build info) as every later run's, or the
+    /// crash would fall in a cluster of its own.
+    pub fn lookup_settled(&self, id: FileId, max: Duration) -> Option<Arc<GoBinary>> {
+        let deadline = Instant::now() + max;
+        loop {
+            match self.shared.known.lock().unwrap().get(&id) {
+                Some(State::Go { bin, .. }) => return Some(bin.clone()),
+                Some(State::Pending) if Instant::now() < deadline => {}
+                _ => return None,
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// A new handle on Go binary `id`'s file, while the prober holds it open (it was opened
     /// through a process running it, and checked to be that identity).
     pub fn held_file(&self, id: FileId) -> Option<std::fs::File> {
