@@ -3,9 +3,10 @@
 //!
 //! Stages, data flowing one way: [`probe`] (load, attach, loss counters) → [`decode`] →
 //! [`assemble`] → [`symbolize`] → [`context`] → [`cluster`] → [`sink`]; [`agent`] drives them, [`cli`] holds
-//! the commands. [`elf`] and [`gobin`] read the binaries processes run; [`goroutines`] parses
-//! what the Go runtime prints.
+//! the commands. [`elf`] and [`gobin`] read the binaries processes run; [`parse`] reads what
+//! dying runtimes print, for the agent and for [`analyze`], which finds crashes in logs.
 mod agent;
+mod analyze;
 mod assemble;
 mod cli;
 mod cluster;

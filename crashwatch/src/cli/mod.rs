@@ -1,7 +1,8 @@
 //! The command line: what each command takes, and handing it to the stages. Thin on purpose:
 //! `run` starts the agent ([`crate::agent`]), `check` probes the host ([`check`]),
 //! `symbolize` names addresses as reports do ([`symbolize`]), `report` reads the crash
-//! history ([`report`]).
+//! history ([`report`]), `analyze` finds crashes in logs ([`analyze`]).
+mod analyze;
 mod check;
 mod config;
 mod outputs;
@@ -39,6 +40,11 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
+    /// Find the crashes in logs already written: Go panics (nested too), fatal errors,
+    /// signal and goroutine dumps, the other runtimes' crash texts, and gctrace lines; each
+    /// crash with its line range and the agent's fingerprint, goroutine dumps folded, GC
+    /// statistics. Exit status: 0 no crash, 1 crashes found, 2 an input unreadable.
+    Analyze(analyze::AnalyzeArgs),
     /// The crash history (what `run` stored under --state-dir): clusters, most recent activity
     /// first, with counts, first and last seen, what they hit and crash loops; or one cluster
     /// with its latest reports. Reads while the agent runs.
@@ -262,6 +268,7 @@ pub fn main() -> ExitCode {
             }
         }
         Cmd::Report(args) => report::run(args),
+        Cmd::Analyze(args) => analyze::run(args),
         Cmd::UninstallBpf { pin_dir } => match crate::probe::pin::uninstall(&pin_dir) {
             Ok(0) => {
                 println!("nothing pinned under {}", pin_dir.display());

@@ -227,11 +227,31 @@ pub fn top_frame(r: &Report) -> String {
     let Some(name) = basis.iter().find_map(|l| l.strip_prefix("frame:")) else {
         return String::new();
     };
-    let at = r
-        .stack
-        .iter()
-        .find(|f| f.function.as_deref().map(fingerprint::clean).as_deref() == Some(name))
-        .and_then(|f| Some(format!("{}:{}", f.file.as_deref()?, f.line?)));
+    // The frame went in from the runtime's printed stack when there is one (Python's and
+    // Node's names with `@file`), else from the native one.
+    let is = |function: Option<&str>, file: Option<&str>| {
+        function.map(fingerprint::clean).is_some_and(|f| {
+            f == name
+                || file.is_some_and(|file| {
+                    name.strip_prefix(f.as_str())
+                        .and_then(|rest| rest.strip_prefix('@'))
+                        == Some(file.rsplit('/').next().unwrap_or(file))
+                })
+        })
+    };
+    let printed = r.error.as_ref().and_then(|e| {
+        let f = e
+            .frames
+            .iter()
+            .find(|f| is(f.function.as_deref(), f.file.as_deref()))?;
+        Some(format!("{}:{}", f.file.as_deref()?, f.line?))
+    });
+    let at = printed.or_else(|| {
+        r.stack
+            .iter()
+            .find(|f| is(f.function.as_deref(), f.file.as_deref()))
+            .and_then(|f| Some(format!("{}:{}", f.file.as_deref()?, f.line?)))
+    });
     match at {
         Some(at) => format!("{name} ({at})"),
         None => name.to_string(),

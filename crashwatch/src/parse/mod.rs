@@ -13,8 +13,12 @@
 //! traceback long before the one that kills it).
 use serde::Serialize;
 
+pub mod blocks;
+pub mod dump;
+pub mod gctrace;
 pub mod go;
 mod java;
+pub mod logs;
 mod native;
 mod node;
 mod python;

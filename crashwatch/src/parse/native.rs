@@ -80,7 +80,7 @@ pub(super) fn parse(lines: &Lines) -> Option<Death> {
     }
 }
 
-enum Kind {
+pub(super) enum Kind {
     Terminate,
     Assertion,
     Heap,
@@ -88,7 +88,7 @@ enum Kind {
     Sanitizer,
 }
 
-fn kind(l: &str) -> Option<Kind> {
+pub(super) fn kind(l: &str) -> Option<Kind> {
     if l.starts_with("terminate called ") {
         Some(Kind::Terminate)
     } else if l.ends_with("' failed.") && l.contains(": Assertion `") {

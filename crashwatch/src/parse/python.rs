@@ -23,7 +23,7 @@ pub(super) fn parse(lines: &Lines) -> Option<Death> {
     }
 }
 
-fn is_traceback_start(l: &str) -> bool {
+pub(super) fn is_traceback_start(l: &str) -> bool {
     let t = strip_group(l);
     t == TRACEBACK || t.ends_with(GROUP)
 }

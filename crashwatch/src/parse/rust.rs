@@ -86,6 +86,13 @@ struct Header<'a> {
     message: Option<&'a str>,
 }
 
+/// Whether the runtime starts printing a death with this line.
+pub(super) fn starts(l: &str) -> bool {
+    panic_header(l).is_some()
+        || overflow_thread(l).is_some()
+        || (l.starts_with("memory allocation of ") && l.ends_with(" failed"))
+}
+
 /// `thread 'NAME' (TID) panicked at LOCATION:` or `thread 'NAME' panicked at 'MSG', LOCATION`.
 fn panic_header(line: &str) -> Option<Header<'_>> {
     let (thread, rest) = thread_name(line)?;

@@ -118,6 +118,18 @@ func main() {
 		os.Exit(3)
 	case "cgo":
 		cgoCrash()
+	case "churn":
+		// Garbage for the collector (GODEBUG=gctrace=1 tests), some of it kept so the live
+		// heap grows, then a panic.
+		var keep [][]byte
+		for i := 0; i < 400; i++ {
+			b := make([]byte, 1<<20)
+			if i%20 == 0 {
+				keep = append(keep, b)
+			}
+		}
+		say("kept", len(keep))
+		panic("boom: after churn")
 	case "sleep":
 		time.Sleep(time.Minute)
 	case "on-usr1":
