@@ -41,29 +41,7 @@ enum Cmd {
     /// Render deploy/helm/crashwatch into deploy/kubernetes (the plain manifests).
     Manifests,
     /// Measure crashwatch's cost against no observer and peer tools; writes docs/benchmarks.md.
-    Bench {
-        /// Interleaved rounds per workload and observer; each ratio is shown with its range
-        /// over rounds and each baseline with its noise (±MAD). Up to 3 more passes measure
-        /// the programs' own time per event with the kernel's BPF statistics.
-        #[arg(long, default_value_t = 10)]
-        rounds: usize,
-        /// Crashing processes in the crash storm.
-        #[arg(long, default_value_t = 2000)]
-        storm: usize,
-        /// Seconds the idle agent is watched.
-        #[arg(long, default_value_t = 60)]
-        idle_secs: u64,
-        /// Crashes stored in the crash-history measurement.
-        #[arg(long, default_value_t = 100_000)]
-        history: usize,
-        /// Measure the crash history alone and put its section into docs/benchmarks.md.
-        #[arg(long)]
-        history_only: bool,
-        /// Measure the outputs alone (a storm of --storm crashes) and put their section into
-        /// docs/benchmarks.md.
-        #[arg(long)]
-        sinks_only: bool,
-    },
+    Bench(bench::Args),
 }
 
 fn main() -> Result<()> {
@@ -87,14 +65,7 @@ fn main() -> Result<()> {
             }
             in_vms(&kernels, Duration::from_secs(timeout_minutes * 60))
         }
-        Cmd::Bench {
-            rounds,
-            storm,
-            idle_secs,
-            history,
-            history_only,
-            sinks_only,
-        } => bench::run(rounds, storm, idle_secs, history, history_only, sinks_only),
+        Cmd::Bench(args) => bench::run(args),
         Cmd::Dist => dist::dist().map(|_| ()),
         Cmd::Image => dist::image(),
         Cmd::Manifests => dist::manifests(),

@@ -7,9 +7,11 @@
 //! [`history`] loads the crash history with a storm and times `crashwatch report` over it,
 //! [`sinks`] the outputs under a storm and their spools' replay, [`storm`] measures the crash
 //! storm and the idle agent, [`symbols`] the symbolizer beside Go's own, [`report`] writes
-//! the page; the rounds are here.
+//! the page, [`logs`] `crashwatch analyze` beside grep over a 1 GiB log; the rounds are
+//! here.
 mod bpfstats;
 mod history;
+mod logs;
 mod observer;
 mod report;
 mod sinks;
@@ -42,20 +44,56 @@ pub struct Breakdown {
     pub per_workload: Vec<(BTreeMap<String, bpfstats::Counters>, u64)>,
 }
 
-pub fn run(
-    rounds: usize,
-    storm: usize,
-    idle_secs: u64,
-    history_crashes: usize,
-    history_only: bool,
-    sinks_only: bool,
-) -> Result<()> {
+/// What `cargo xtask bench` is asked to measure.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Interleaved rounds per workload and observer; each ratio is shown with its range
+    /// over rounds and each baseline with its noise (±MAD). Up to 3 more passes measure
+    /// the programs' own time per event with the kernel's BPF statistics.
+    #[arg(long, default_value_t = 10)]
+    pub rounds: usize,
+    /// Crashing processes in the crash storm.
+    #[arg(long, default_value_t = 2000)]
+    pub storm: usize,
+    /// Seconds the idle agent is watched.
+    #[arg(long, default_value_t = 60)]
+    pub idle_secs: u64,
+    /// Crashes stored in the crash-history measurement.
+    #[arg(long, default_value_t = 100_000)]
+    pub history: usize,
+    /// Measure the crash history alone and put its section into docs/benchmarks.md.
+    #[arg(long)]
+    pub history_only: bool,
+    /// Measure the outputs alone (a storm of --storm crashes) and put their section into
+    /// docs/benchmarks.md.
+    #[arg(long)]
+    pub sinks_only: bool,
+    /// Measure `crashwatch analyze` alone (beside grep, over a 1 GiB log) and put its
+    /// section into docs/benchmarks.md.
+    #[arg(long)]
+    pub analyze_only: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let Args {
+        rounds,
+        storm,
+        idle_secs,
+        history: history_crashes,
+        history_only,
+        sinks_only,
+        analyze_only,
+    } = args;
     let p = Paths::new()?;
     let t = tools::build(&p)?;
     let page = p.root.join("docs/benchmarks.md");
     if history_only {
         let section = history::markdown(&history::run(&t, history_crashes)?);
         return report::splice(&page, "## Crash history", "--history-only", &section);
+    }
+    if analyze_only {
+        let section = logs::markdown(&logs::run(&t, &p.root.join("target"))?);
+        return report::splice(&page, "## Log analysis", "--analyze-only", &section);
     }
     if sinks_only {
         let section = sinks::markdown(&sinks::run(&t, storm)?);
@@ -220,6 +258,7 @@ pub fn run(
     let outputs = sinks::markdown(&sinks::run(&t, storm)?);
     let mut sides = symbols::run(&t, rounds)?;
     let symbolization = symbols::markdown(&mut sides, &crashes.symbolization, crashes.frames_named);
+    let analysis = logs::markdown(&logs::run(&t, &p.root.join("target"))?);
     report::write(
         &p.root,
         rounds,
@@ -232,7 +271,7 @@ pub fn run(
             breakdown,
         },
         &crashes,
-        &format!("{history}\n{outputs}\n{symbolization}"),
+        &format!("{history}\n{outputs}\n{analysis}\n{symbolization}"),
     )
 }
 
