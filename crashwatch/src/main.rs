@@ -14,6 +14,7 @@ mod context;
 mod decode;
 mod elf;
 mod escape;
+mod exec;
 mod gobin;
 /// Builds the Go test programs; shared with the integration tests.
 #[cfg(test)]

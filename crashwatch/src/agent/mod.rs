@@ -24,6 +24,7 @@ use tokio::{
     signal::unix::{signal, SignalKind},
 };
 
+pub mod embed;
 mod handover;
 mod hold;
 mod open;
@@ -88,6 +89,8 @@ pub struct Options {
     pub pin_dir: Option<std::path::PathBuf>,
     /// Reads the configuration again at SIGHUP; None: SIGHUP is ignored, said.
     pub reload: Option<Reloader>,
+    /// Run inside `crashwatch exec`: one cgroup's crashes, handed over.
+    pub embed: Option<embed::Embed>,
 }
 
 /// Crashes waiting for the report thread. Each holds at most a stack copy and a process's
@@ -208,6 +211,12 @@ pub async fn run(mut opts: Options) -> Result<()> {
     }
     let go = GoProbes::start(probe, opts.go);
     let stdout_closed = Arc::new(AtomicBool::new(false));
+    let embed = opts.embed.take();
+    let (mut control, ready, hand_over) = match embed {
+        Some(e) => (Some(e.control), e.ready, Some((e.cgroup, e.reports))),
+        None => (None, None, None),
+    };
+    let embedded = hand_over.is_some();
     let (jobs, queue) = mpsc::sync_channel::<Job>(REPORT_QUEUE);
     let roots = Arc::new(Roots::default());
     let (clusters, store) = open::open_store(&opts, &metrics);
@@ -225,12 +234,13 @@ pub async fn run(mut opts: Options) -> Result<()> {
             .name("reports".into())
             .spawn(move || {
                 Reporter {
+                    embed: hand_over,
                     go,
                     roots,
                     sym: Symbolizer::new(cache),
                     enricher,
                     redactor,
-                    stdout: Some(Stdout::new(format)),
+                    stdout: (!embedded).then(|| Stdout::new(format)),
                     outputs,
                     opened,
                     written,
@@ -303,6 +313,9 @@ pub async fn run(mut opts: Options) -> Result<()> {
         if copies == 1 { "copy" } else { "copies" },
     );
     health.ready.store(true, Ordering::Relaxed);
+    if let Some(r) = ready {
+        let _ = r.send(());
+    }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut logged = p.reported;
     let mut exported = (p.reported, 0);
@@ -379,8 +392,21 @@ pub async fn run(mut opts: Options) -> Result<()> {
             // while it holds records back, the loop looks by itself.
             _ = poll.tick(), if ring.get_ref().holding() => p.drain(ring.get_mut()),
             _ = sighup.recv() => reload::on_sighup(reloader.as_ref(), &p.reports),
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            // Embedded, the signals are the command's: it stops the agent when it is done.
+            _ = sigint.recv(), if !embedded => break,
+            _ = sigterm.recv(), if !embedded => break,
+            c = async {
+                match control.as_mut() {
+                    Some(c) => c.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match c {
+                Some(embed::Control::Flush(done)) => {
+                    p.drain(ring.get_mut());
+                    let _ = p.reports.send(Job::Flush(done));
+                }
+                Some(embed::Control::Stop) | None => break,
+            },
         }
     }
     // Whatever the kernel already wrote still gets reported.

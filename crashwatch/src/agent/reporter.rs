@@ -33,10 +33,14 @@ pub(super) enum Job {
     Crash { crash: Crash, lost: u64 },
     /// SIGHUP: new outputs and redaction rules from here on.
     Reload(Box<super::reload::Reload>),
+    /// Answered when every job queued before it is done (`crashwatch exec`).
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 /// The report thread: symbolizes, enriches and writes each crash in the order assembled.
 pub(super) struct Reporter {
+    /// `crashwatch exec`'s cgroup and where its crashes go.
+    pub(super) embed: Option<(String, tokio::sync::mpsc::UnboundedSender<Arc<sink::Item>>)>,
     pub(super) go: GoView,
     pub(super) roots: Arc<Roots>,
     pub(super) sym: Symbolizer,
@@ -103,6 +107,10 @@ impl Reporter {
                 Ok(Job::Crash { crash, lost }) => (crash, lost),
                 Ok(Job::Reload(r)) => {
                     self.reload(*r);
+                    continue;
+                }
+                Ok(Job::Flush(done)) => {
+                    let _ = done.send(());
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => continue,
@@ -219,6 +227,17 @@ impl Reporter {
 
     /// Redacts, clusters, stores and writes out one report.
     fn publish(&mut self, mut report: crate::report::Report) {
+        if let Some((cgroup, to)) = &self.embed {
+            // `crashwatch exec`: its tree's crashes, handed over; nothing else.
+            if !super::embed::within(report.cgroup.as_deref(), cgroup) {
+                return;
+            }
+            self.redactor.report(&mut report);
+            report.fingerprint = cluster::fingerprint::fingerprint(&report).value;
+            let json = serde_json::to_string(&report).unwrap_or_default();
+            let _ = to.send(Arc::new(sink::Item { report, json }));
+            return;
+        }
         self.redactor.report(&mut report);
         report.fingerprint = cluster::fingerprint::fingerprint(&report).value;
         let seen = self.clusters.observe(&report, store::now_ns());

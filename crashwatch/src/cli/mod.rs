@@ -1,10 +1,12 @@
 //! The command line: what each command takes, and handing it to the stages. Thin on purpose:
 //! `run` starts the agent ([`crate::agent`]), `check` probes the host ([`check`]),
 //! `symbolize` names addresses as reports do ([`symbolize`]), `report` reads the crash
-//! history ([`report`]), `analyze` finds crashes in logs ([`analyze`]).
+//! history ([`report`]), `analyze` finds crashes in logs ([`analyze`]), `exec` runs a command and
+//! reports its tree's crashes ([`exec`]).
 mod analyze;
 mod check;
 mod config;
+mod exec;
 mod outputs;
 mod reload;
 mod report;
@@ -45,6 +47,10 @@ enum Cmd {
     /// crash with its line range and the agent's fingerprint, goroutine dumps folded, GC
     /// statistics. Exit status: 0 no crash, 1 crashes found, 2 an input unreadable.
     Analyze(analyze::AnalyzeArgs),
+    /// Run a command and report every crash in its tree (children, grandchildren, daemons
+    /// that double-fork away) and nothing else on the host; exit with a status that fails a
+    /// CI job when anything crashed (README: "crashwatch exec"). Needs what `run` needs.
+    Exec(exec::ExecArgs),
     /// The crash history (what `run` stored under --state-dir): clusters, most recent activity
     /// first, with counts, first and last seen, what they hit and crash loops; or one cluster
     /// with its latest reports. Reads while the agent runs.
@@ -269,6 +275,7 @@ pub fn main() -> ExitCode {
         }
         Cmd::Report(args) => report::run(args),
         Cmd::Analyze(args) => analyze::run(args),
+        Cmd::Exec(args) => exec::run(args),
         Cmd::UninstallBpf { pin_dir } => match crate::probe::pin::uninstall(&pin_dir) {
             Ok(0) => {
                 println!("nothing pinned under {}", pin_dir.display());
@@ -396,6 +403,7 @@ pub fn main() -> ExitCode {
                     ),
                     history.state_dir.clone(),
                 )),
+                embed: None,
             };
             match rt.block_on(agent::run(opts)) {
                 Ok(()) => ExitCode::SUCCESS,

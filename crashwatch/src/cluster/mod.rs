@@ -223,12 +223,29 @@ pub fn headline(r: &Report) -> String {
 
 /// The innermost in-app frame as `function (file:line)`, or the fingerprint's frame.
 pub fn top_frame(r: &Report) -> String {
+    match top_site(r) {
+        Some(Site {
+            name,
+            file: Some(file),
+            line: Some(line),
+        }) => format!("{name} ({file}:{line})"),
+        Some(s) => s.name,
+        None => String::new(),
+    }
+}
+
+/// Where a crash is in the program's own code: the fingerprint's first frame.
+pub struct Site {
+    pub name: String,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+}
+
+/// The fingerprint's first in-app frame, with its file and line from the runtime's printed
+/// stack when there is one (Python's and Node's names with `@file`), else the native one.
+pub fn top_site(r: &Report) -> Option<Site> {
     let basis = fingerprint::fingerprint(r).basis;
-    let Some(name) = basis.iter().find_map(|l| l.strip_prefix("frame:")) else {
-        return String::new();
-    };
-    // The frame went in from the runtime's printed stack when there is one (Python's and
-    // Node's names with `@file`), else from the native one.
+    let name = basis.iter().find_map(|l| l.strip_prefix("frame:"))?;
     let is = |function: Option<&str>, file: Option<&str>| {
         function.map(fingerprint::clean).is_some_and(|f| {
             f == name
@@ -244,18 +261,22 @@ pub fn top_frame(r: &Report) -> String {
             .frames
             .iter()
             .find(|f| is(f.function.as_deref(), f.file.as_deref()))?;
-        Some(format!("{}:{}", f.file.as_deref()?, f.line?))
+        Some((f.file.clone(), f.line))
     });
-    let at = printed.or_else(|| {
-        r.stack
-            .iter()
-            .find(|f| is(f.function.as_deref(), f.file.as_deref()))
-            .and_then(|f| Some(format!("{}:{}", f.file.as_deref()?, f.line?)))
-    });
-    match at {
-        Some(at) => format!("{name} ({at})"),
-        None => name.to_string(),
-    }
+    let (file, line) = printed
+        .or_else(|| {
+            let f = r
+                .stack
+                .iter()
+                .find(|f| is(f.function.as_deref(), f.file.as_deref()))?;
+            Some((f.file.clone(), f.line))
+        })
+        .unwrap_or((None, None));
+    Some(Site {
+        name: name.to_string(),
+        file,
+        line,
+    })
 }
 
 #[cfg(test)]

@@ -123,7 +123,9 @@ pub fn load(pending_window_ns: u64, args_max: u32, stack_copy: u32) -> Result<Ke
     })
 }
 
-fn cgroup2_only() -> bool {
+/// Whether /sys/fs/cgroup is the unified hierarchy alone (else v1 or hybrid: reports name
+/// the memory controller's cgroup).
+pub fn cgroup2_only() -> bool {
     const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
     super::fs_magic(std::path::Path::new("/sys/fs/cgroup")) == Some(CGROUP2_SUPER_MAGIC)
 }
