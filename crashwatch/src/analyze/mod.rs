@@ -362,23 +362,27 @@ fn feed(
     l: Line,
     blocks: &mut Vec<(String, Block)>,
 ) {
-    if !finders.contains_key(l.stream) {
-        if finders.len() >= MAX_STREAMS {
-            let oldest = finders
-                .iter()
-                .min_by_key(|(_, (s, _))| *s)
-                .map(|(k, _)| k.clone());
-            if let Some((k, (_, mut f))) = oldest.and_then(|k| finders.remove_entry(&k)) {
-                f.finish(&mut |b| blocks.push((k.clone(), b)));
-            }
-        }
-        *seq += 1;
-        finders.insert(l.stream.to_string(), (*seq, Finder::default()));
+    if let Some((_, f)) = finders.get_mut(l.stream) {
+        f.push(l.text, l.line, &mut |b| {
+            blocks.push((l.stream.to_string(), b))
+        });
+        return;
     }
-    let (_, f) = finders.get_mut(l.stream).expect("inserted above");
+    if finders.len() >= MAX_STREAMS {
+        let oldest = finders
+            .iter()
+            .min_by_key(|(_, (s, _))| *s)
+            .map(|(k, _)| k.clone());
+        if let Some((k, (_, mut f))) = oldest.and_then(|k| finders.remove_entry(&k)) {
+            f.finish(&mut |b| blocks.push((k.clone(), b)));
+        }
+    }
+    *seq += 1;
+    let mut f = Finder::default();
     f.push(l.text, l.line, &mut |b| {
         blocks.push((l.stream.to_string(), b))
     });
+    finders.insert(l.stream.to_string(), (*seq, f));
 }
 
 /// The kind the agent gives a process that died printing this: Go's own kinds; SIGABRT for

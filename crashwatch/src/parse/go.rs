@@ -209,12 +209,14 @@ impl Parser {
 
 /// `SIGSEGV: segmentation violation` (the runtime's sigtable names and descriptions).
 pub fn is_signal_header(line: &str) -> bool {
-    line.split_once(": ").is_some_and(|(sig, desc)| {
-        sig.len() > 3
-            && sig.starts_with("SIG")
-            && sig[3..].bytes().all(|b| b.is_ascii_uppercase())
-            && !desc.is_empty()
-    })
+    // Asked of every line of a log: the cheap test first.
+    line.starts_with("SIG")
+        && line.split_once(": ").is_some_and(|(sig, desc)| {
+            sig.len() > 3
+                && sig.starts_with("SIG")
+                && sig[3..].bytes().all(|b| b.is_ascii_uppercase())
+                && !desc.is_empty()
+        })
 }
 
 /// `goroutine 18 [chan receive, 2 minutes, locked to thread]:` (with `gp=… m=…` on 1.23+).
