@@ -11,6 +11,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     sync::Mutex,
+    time::Duration,
 };
 
 use serde_json::Value;
@@ -333,4 +334,48 @@ fn go_test_panicking_in_a_goroutine_is_annotated_at_the_test_line() {
         "{line}"
     );
     assert!(line.contains("boom: in a test goroutine"), "{line}");
+}
+
+#[test]
+fn beside_a_pinned_agent_both_report_and_json_goes_to_a_descriptor() {
+    let pins = PathBuf::from(format!(
+        "/sys/fs/bpf/crashwatch-test-exec-{}",
+        std::process::id()
+    ));
+    let uninstall = || {
+        let out = Command::new(common::agent_bin())
+            .args(["uninstall-bpf", "--pin-dir"])
+            .arg(&pins)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    uninstall();
+    let agent = common::Agent::start(&["--pin-dir", pins.to_str().unwrap()]);
+    let d = tmp("beside");
+    let json = d.join("fd3.json");
+    // `--json fd:3`, the descriptor opened by the shell that starts exec.
+    let line = format!(
+        "exec {} exec --json fd:3 -- {} null 3>{}",
+        common::agent_bin().display(),
+        crasher(),
+        json.display()
+    );
+    let out = {
+        let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+        Command::new("sh")
+            .args(["-c", &line])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    assert_eq!(out.status.code(), Some(112), "{}", text(&out.stderr));
+    let lines = json_lines(&json);
+    assert_eq!(lines.len(), 1, "{}", text(&out.stderr));
+    let pid = lines[0]["pid"].as_u64().unwrap() as u32;
+    // The host's agent saw the same crash.
+    assert_eq!(agent.report_for(pid)["signal"]["name"], "SIGSEGV");
+    agent.signal(libc::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(20)).is_some());
+    uninstall();
 }
