@@ -227,19 +227,19 @@ impl Reporter {
 
     /// Redacts, clusters, stores and writes out one report.
     fn publish(&mut self, mut report: crate::report::Report) {
-        if let Some((cgroup, to)) = &self.embed {
-            // `crashwatch exec`: its tree's crashes, handed over; nothing else.
+        // `crashwatch exec`: only its tree's crashes, handed over, never clustered or stored.
+        if let Some((cgroup, _)) = &self.embed {
             if !super::embed::within(report.cgroup.as_deref(), cgroup) {
                 return;
             }
-            self.redactor.report(&mut report);
-            report.fingerprint = cluster::fingerprint::fingerprint(&report).value;
+        }
+        self.redactor.report(&mut report);
+        report.fingerprint = cluster::fingerprint::fingerprint(&report).value;
+        if let Some((_, to)) = &self.embed {
             let json = serde_json::to_string(&report).unwrap_or_default();
             let _ = to.send(Arc::new(sink::Item { report, json }));
             return;
         }
-        self.redactor.report(&mut report);
-        report.fingerprint = cluster::fingerprint::fingerprint(&report).value;
         let seen = self.clusters.observe(&report, store::now_ns());
         report.cluster = Some(seen.info);
         self.metrics.crashed(&report);

@@ -281,6 +281,7 @@ impl Analyzer {
             ..Default::default()
         };
         let fp = fingerprint::fingerprint(&report).value;
+        let (headline, top_frame) = (cluster::headline(&report), cluster::top_frame(&report));
         let at = At {
             file: input.path.clone(),
             line: b.first_line,
@@ -298,8 +299,8 @@ impl Analyzer {
                     Cluster {
                         fingerprint: fp.clone(),
                         kind: report.kind,
-                        headline: cluster::headline(&report),
-                        top_frame: cluster::top_frame(&report),
+                        headline: headline.clone(),
+                        top_frame: top_frame.clone(),
                         count: 1,
                         first: at.clone(),
                         last: at,
@@ -322,8 +323,8 @@ impl Analyzer {
             first_line: b.first_line,
             last_line: b.last_line,
             kind: report.kind,
-            headline: cluster::headline(&report),
-            top_frame: cluster::top_frame(&report),
+            headline,
+            top_frame,
             fingerprint: fp,
             error: report.error.unwrap_or_default(),
             goroutines,
