@@ -120,6 +120,7 @@ pub fn run(a: ReportArgs) -> ExitCode {
             .map(|d| store::now_ns().saturating_sub(d.as_nanos() as u64)),
         kind: a.kind,
         namespace: a.namespace,
+        text: None,
         limit: a.limit,
         loop_count: a.loop_count,
         loop_window_ns: a.loop_window.saturating_mul(1_000_000_000),

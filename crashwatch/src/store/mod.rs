@@ -7,6 +7,7 @@
 //! The agent never crash-loops on its own state: a database it cannot open or read is moved
 //! aside with one warning and a fresh one started; a directory it cannot write leaves the
 //! agent without a history, said at start.
+pub mod page;
 mod query;
 
 use std::{
@@ -23,6 +24,7 @@ use std::{
 use anyhow::{Context, Result};
 use rusqlite::{params, Connection, OpenFlags};
 
+pub use page::{Cursor, ReportRow, Timeline};
 pub use query::{ClusterRow, Filter};
 
 use crate::cluster::{
@@ -89,7 +91,12 @@ CREATE TABLE IF NOT EXISTS builds (
     first_seen INTEGER NOT NULL,
     PRIMARY KEY (program, revision)
 ) WITHOUT ROWID;
-PRAGMA user_version = 2;
+CREATE INDEX IF NOT EXISTS clusters_by_last ON clusters(last_seen, id);
+-- What a listing shows of each cluster, read from the index alone: the reports' rows hold
+-- their JSON, and reading them for a name cost a page each.
+CREATE INDEX IF NOT EXISTS reports_facts
+    ON reports(cluster, time, exe, container, namespace, pod, node, revision);
+PRAGMA user_version = 3;
 ";
 
 /// Builds kept per cluster (the most recently hit).
@@ -139,7 +146,13 @@ impl Store {
         // Reads every table: a damaged file fails here, not at the first crash.
         let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
         anyhow::ensure!(check == "ok", "quick_check: {check}");
+        let had_hours = Self::has_table(&conn, "cluster_exes")?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(page::SCHEMA)?;
+        if !had_hours {
+            // Before version 3 the timeline was not counted: what the kept reports say.
+            page::backfill(&conn)?;
+        }
         // Version 1 had no regression column; CREATE TABLE IF NOT EXISTS left it out.
         let has: i64 = conn.query_row(
             "SELECT COUNT(*) FROM pragma_table_info('clusters') WHERE name = 'regression'",
@@ -150,6 +163,15 @@ impl Store {
             conn.execute_batch("ALTER TABLE clusters ADD COLUMN regression TEXT")?;
         }
         Ok(Store { conn })
+    }
+
+    fn has_table(conn: &Connection, name: &str) -> Result<bool> {
+        let n: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            params![name],
+            |r| r.get(0),
+        )?;
+        Ok(n > 0)
     }
 
     /// Opens an existing database read-only (`crashwatch report`).
@@ -164,6 +186,8 @@ impl Store {
         let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
             .with_context(|| format!("opening {}", path.display()))?;
         conn.busy_timeout(Duration::from_secs(5))?;
+        // The crash page's queries, each prepared once per connection.
+        conn.set_prepared_statement_cache_capacity(64);
         Ok(Store { conn })
     }
 
@@ -244,6 +268,7 @@ impl Store {
             ],
         )?;
         let f = &w.facts;
+        page::record(tx, c.id, c.last_seen_ns, f.exe.as_deref())?;
         tx.execute(
             "INSERT INTO reports (cluster, time, exe, container, namespace, pod, node, revision, json)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -298,6 +323,7 @@ impl Store {
             "DELETE FROM reports WHERE time < ?1",
             params![cutoff as i64],
         )? as u64;
+        page::prune_hours(&self.conn, now_ns())?;
         while self.bytes()? > keep.max_bytes {
             let n = self.conn.execute(
                 "DELETE FROM reports WHERE id IN (SELECT id FROM reports ORDER BY id LIMIT 1000)",
@@ -393,6 +419,8 @@ pub struct Writer {
     /// Time the store thread spent writing (and pruning).
     busy_ns: Arc<AtomicU64>,
     exported: prometheus_client::metrics::counter::Counter,
+    /// Counts up after each batch stored: the crash page follows it.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// What the store thread did, for the agent's stop line.
@@ -421,6 +449,8 @@ impl Writer {
         let lost_exported = exported.clone();
         let busy_ns = Arc::new(AtomicU64::new(0));
         let busy = busy_ns.clone();
+        let changes = tokio::sync::watch::Sender::new(0u64);
+        let changed = changes.clone();
         let thread = std::thread::Builder::new()
             .name("store".into())
             .spawn(move || {
@@ -442,6 +472,9 @@ impl Writer {
                     match store.insert(&batch, &keep) {
                         Ok(()) => {
                             stored.inc_by(reports as u64);
+                            if reports > 0 {
+                                changed.send_modify(|g| *g += 1);
+                            }
                         }
                         Err(e) => {
                             lost_exported.inc_by(reports as u64);
@@ -469,7 +502,13 @@ impl Writer {
             builds_dropped: 0,
             busy_ns,
             exported,
+            changes,
         })
+    }
+
+    /// Follows the stored batches (the crash page's live update).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Queues a report for the disk; never waits.

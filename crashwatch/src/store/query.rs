@@ -16,6 +16,9 @@ pub struct Filter {
     pub since_ns: Option<u64>,
     pub kind: Option<String>,
     pub namespace: Option<String>,
+    /// Words a cluster's kind, headline, top frame, fingerprint or a binary holds (the
+    /// crash page's search; [`Store::list_page`] only).
+    pub text: Option<String>,
     /// Clusters listed at most.
     pub limit: u32,
     /// A loop: this many crashes within `loop_window_ns`.
@@ -33,6 +36,10 @@ pub struct ClusterRow {
     pub count: u64,
     pub first_seen: String,
     pub last_seen: String,
+    #[serde(skip)]
+    pub first_seen_ns: u64,
+    #[serde(skip)]
+    pub last_seen_ns: u64,
     #[serde(rename = "loop")]
     pub looping: bool,
     pub binaries: Vec<String>,
@@ -45,6 +52,9 @@ pub struct ClusterRow {
     /// The build whose arrival it followed (`cluster.regression.revision` in its first
     /// report), if any.
     pub regression: Option<String>,
+    /// Crashes per hour over the last 24 hours (the crash page's listing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_24h: Option<super::Timeline>,
 }
 
 /// One build a cluster hit: revision (Go `vcs.revision` or GNU build id), Go module version,
@@ -65,7 +75,7 @@ fn when(r: &rusqlite::Row, i: usize) -> rusqlite::Result<String> {
 }
 
 /// A `clusters` row, its columns selected in table order.
-fn row(r: &rusqlite::Row) -> rusqlite::Result<ClusterRow> {
+pub(super) fn row(r: &rusqlite::Row) -> rusqlite::Result<ClusterRow> {
     Ok(ClusterRow {
         id: r.get(0)?,
         fingerprint: r.get(1)?,
@@ -75,6 +85,8 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<ClusterRow> {
         count: r.get::<_, i64>(5)? as u64,
         first_seen: when(r, 6)?,
         last_seen: when(r, 7)?,
+        first_seen_ns: r.get::<_, i64>(6)? as u64,
+        last_seen_ns: r.get::<_, i64>(7)? as u64,
         regression: r.get(8)?,
         ..ClusterRow::default()
     })
@@ -104,9 +116,9 @@ impl Store {
     }
 
     /// What the cluster hit, and whether it is looping now.
-    fn fill(&self, c: &mut ClusterRow, f: &Filter) -> Result<()> {
+    pub(super) fn fill(&self, c: &mut ClusterRow, f: &Filter) -> Result<()> {
         let names = |col: &str| -> Result<Vec<String>> {
-            let mut st = self.conn.prepare(&format!(
+            let mut st = self.conn.prepare_cached(&format!(
                 "SELECT DISTINCT {col} FROM reports WHERE cluster = ?1 AND {col} IS NOT NULL
                  ORDER BY {col} LIMIT ?2"
             ))?;
@@ -116,7 +128,7 @@ impl Store {
         c.binaries = names("exe")?;
         c.containers = names("container")?;
         c.pods = {
-            let mut st = self.conn.prepare(
+            let mut st = self.conn.prepare_cached(
                 "SELECT DISTINCT namespace || '/' || pod FROM reports
                  WHERE cluster = ?1 AND pod IS NOT NULL LIMIT ?2",
             )?;
@@ -125,7 +137,7 @@ impl Store {
         };
         c.nodes = names("node")?;
         c.revisions = names("revision")?;
-        let mut st = self.conn.prepare(
+        let mut st = self.conn.prepare_cached(
             "SELECT revision, version, image, count, first_seen, last_seen FROM cluster_builds
              WHERE cluster = ?1 ORDER BY last_seen DESC LIMIT ?2",
         )?;

@@ -257,3 +257,132 @@ fn a_version_1_database_gains_the_regression_column() {
     s.insert(&[write(7, 4, now_ns(), None)], &keep()).unwrap();
     assert_eq!(s.clusters().unwrap()[0].count, 4);
 }
+
+mod page {
+    use super::super::page::Listing;
+    use super::*;
+
+    const HOUR: u64 = super::super::page::HOUR_NS;
+
+    fn ids(l: &Listing) -> Vec<i64> {
+        l.clusters.iter().map(|c| c.id).collect()
+    }
+
+    #[test]
+    fn pages_go_on_from_their_cursor_and_text_matches_headline_or_binary() {
+        let d = Dir::new("page");
+        let mut s = Store::open(&d.0).unwrap();
+        let now = now_ns();
+        let batch: Vec<Item> = (1..=5)
+            .map(|i| write(i, 1, now - (10 - i as u64) * 1_000, None))
+            .collect();
+        s.insert(&batch, &keep()).unwrap();
+        let f = Filter {
+            limit: 2,
+            ..filter()
+        };
+        let p1 = s.list_page(&f, None, now).unwrap();
+        assert_eq!(ids(&p1), [5, 4]);
+        assert!(!p1.partial);
+        let p2 = s.list_page(&f, p1.next, now).unwrap();
+        assert_eq!(ids(&p2), [3, 2]);
+        let p3 = s.list_page(&f, p2.next, now).unwrap();
+        assert_eq!((ids(&p3), p3.next), (vec![1], None));
+        let c = Cursor::parse(&p1.next.unwrap().to_string()).unwrap();
+        assert_eq!(Some(c), p1.next);
+
+        let mut w = report(6, 1, now, None);
+        w.cluster.headline = "panic: Widget Exploded".into();
+        w.facts.exe = Some("/srv/Billing-API".into());
+        s.insert(&[Item::Report(Box::new(w))], &keep()).unwrap();
+        let find = |t: &str| {
+            let f = Filter {
+                text: Some(t.into()),
+                ..filter()
+            };
+            ids(&s.list_page(&f, None, now).unwrap())
+        };
+        assert_eq!(find("widget exploded"), [6]);
+        assert_eq!(find("billing-api"), [6]);
+        assert_eq!(find("null_write").len(), 6);
+        assert!(find("nowhere").is_empty());
+    }
+
+    #[test]
+    fn a_search_walks_a_bounded_number_of_clusters_and_says_where_it_stopped() {
+        let d = Dir::new("scan");
+        let mut s = Store::open(&d.0).unwrap();
+        let now = now_ns();
+        let n = super::super::page::SCAN as i64 + 10;
+        // The oldest cluster is the only go_panic.
+        let batch: Vec<Item> = (1..=n)
+            .map(|i| {
+                let mut w = report(i, 1, now - (n - i) as u64 * 1_000, None);
+                if i == 1 {
+                    w.cluster.kind = "go_panic".into();
+                }
+                Item::Report(Box::new(w))
+            })
+            .collect();
+        s.insert(&batch, &keep()).unwrap();
+        let f = Filter {
+            kind: Some("go_panic".into()),
+            ..filter()
+        };
+        let first = s.list_page(&f, None, now).unwrap();
+        assert!(first.clusters.is_empty() && first.partial && first.next.is_some());
+        let second = s.list_page(&f, first.next, now).unwrap();
+        assert_eq!(ids(&second), [1]);
+        assert!(!second.partial && second.next.is_none());
+    }
+
+    #[test]
+    fn the_timeline_counts_every_crash_though_reports_are_thinned() {
+        let d = Dir::new("timeline");
+        let mut s = Store::open(&d.0).unwrap();
+        let now = now_ns();
+        // 10 crashes this hour, 2 five hours ago; 3 reports kept (keep()).
+        let mut batch: Vec<Item> = (1..=2).map(|c| write(1, c, now - 5 * HOUR, None)).collect();
+        batch.extend((3..=12).map(|c| write(1, c, now, None)));
+        s.insert(&batch, &keep()).unwrap();
+        let t = s.timeline(1, 24, 1, now).unwrap();
+        assert_eq!(t.counts.len(), 24);
+        assert_eq!(t.counts[23], 10);
+        assert_eq!(t.counts[18], 2);
+        assert_eq!(t.counts.iter().sum::<u64>(), 12);
+        let days = s.timeline(1, 30, 24, now).unwrap();
+        assert_eq!(days.counts.iter().sum::<u64>(), 12);
+        assert_eq!(days.bucket_secs, 86_400);
+        let row = s.cluster_row(1, &filter(), now).unwrap().unwrap();
+        assert_eq!(row.last_24h.unwrap().counts[23], 10);
+        let reports = s.reports_of(1, None, 2).unwrap();
+        assert_eq!(reports.len(), 2);
+        let older = s.reports_of(1, Some(reports[1].id), 10).unwrap();
+        assert_eq!(older.len(), 1);
+        assert_eq!(s.latest_report(1).unwrap(), Some(reports[0].id));
+        let (cluster, json) = s.report(reports[0].id).unwrap().unwrap();
+        assert_eq!((cluster, json.as_str()), (1, r#"{"n":12}"#));
+        assert!(s.report(-1).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_version_2_database_gets_its_timeline_from_the_kept_reports() {
+        let d = Dir::new("backfill");
+        let now = now_ns();
+        {
+            let mut s = Store::open(&d.0).unwrap();
+            s.insert(&[write(1, 1, now, None), write(1, 2, now, None)], &keep())
+                .unwrap();
+            s.conn
+                .execute_batch("DROP TABLE cluster_hours; DROP TABLE cluster_exes")
+                .unwrap();
+        }
+        let s = Store::open(&d.0).unwrap();
+        assert_eq!(s.timeline(1, 24, 1, now).unwrap().counts[23], 2);
+        let f = Filter {
+            text: Some("crasher".into()),
+            ..filter()
+        };
+        assert_eq!(ids(&s.list_page(&f, None, now).unwrap()), [1]);
+    }
+}
