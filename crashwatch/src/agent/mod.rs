@@ -77,8 +77,12 @@ pub struct Options {
     pub redactor: Redactor,
     /// `--output-file`.
     pub file: Option<sink::FileOptions>,
-    /// Where `/metrics` is served; None: nowhere.
+    /// Where `/metrics` and the crash page are served; None: nowhere.
     pub listen: Option<std::net::SocketAddr>,
+    /// The bearer token the crash page and API require (`--listen-token-file`).
+    pub listen_token: Option<String>,
+    /// `/metrics` requires it too.
+    pub listen_token_metrics: bool,
     /// `--webhook`s and `--otlp-endpoint`.
     pub webhooks: Vec<sink::WebhookOptions>,
     /// Bytes of a dying process's last words kept in its report.
@@ -196,19 +200,6 @@ pub async fn run(mut opts: Options) -> Result<()> {
     let health = Arc::new(crate::web::Health::default());
     health.turned();
     let outputs = open::start_outputs(opts.file.clone(), opts.webhooks.clone(), &metrics)?;
-    if let Some(addr) = opts.listen {
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => {
-                let at = l.local_addr().map_or(addr, |a| a);
-                tracing::info!("metrics on http://{at}/metrics");
-                tokio::spawn(crate::web::serve(l, metrics.clone(), health.clone()));
-            }
-            // The agent's job is the crashes: without the listener it still reports them.
-            Err(e) => {
-                tracing::warn!("running with less: no HTTP listener on {addr} ({e}): no /metrics")
-            }
-        }
-    }
     let go = GoProbes::start(probe, opts.go);
     let stdout_closed = Arc::new(AtomicBool::new(false));
     let embed = opts.embed.take();
@@ -220,6 +211,7 @@ pub async fn run(mut opts: Options) -> Result<()> {
     let (jobs, queue) = mpsc::sync_channel::<Job>(REPORT_QUEUE);
     let roots = Arc::new(Roots::default());
     let (clusters, store) = open::open_store(&opts, &metrics);
+    open::start_listener(&opts, &metrics, &health, store.as_ref(), &host).await;
     let reporter = {
         let (go, closed, roots) = (go.view(), stdout_closed.clone(), roots.clone());
         let (format, cache) = (opts.format, opts.symbol_cache_bytes);

@@ -1,6 +1,8 @@
 //! What the agent opens at start besides the kernel side: the outputs behind stdout and the
 //! crash history with the clusters it knows. Each says what it opened, and a history that
 //! cannot be opened leaves the agent running with clusters counted from zero.
+use std::sync::Arc;
+
 use anyhow::Result;
 
 use super::Options;
@@ -70,4 +72,56 @@ pub(super) fn open_store(
             (fresh(), None)
         }
     }
+}
+
+/// The HTTP listener: metrics, probes and the crash page. The agent's job is the crashes:
+/// without the listener it still reports them, said.
+pub(super) async fn start_listener(
+    opts: &Options,
+    metrics: &Arc<sink::metrics::Metrics>,
+    health: &Arc<crate::web::Health>,
+    store: Option<&store::Writer>,
+    host: &str,
+) {
+    let Some(addr) = opts.listen else { return };
+    let l = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(
+                "running with less: no HTTP listener on {addr} ({e}): no /metrics, no crash page"
+            );
+            return;
+        }
+    };
+    let at = l.local_addr().map_or(addr, |a| a);
+    let access = crate::web::Access::new(opts.listen_token.clone());
+    let history = match (&opts.state_dir, store) {
+        (Some(dir), Some(_)) => Ok(dir.clone()),
+        (None, _) => Err(
+            "this agent keeps no crash history (--no-store): reports go to its outputs only"
+                .to_string(),
+        ),
+        (Some(dir), None) => Err(format!(
+            "this agent could not open its crash history in {} (its log says why)",
+            dir.display()
+        )),
+    };
+    tracing::info!(
+        "metrics on http://{at}/metrics; crash page on http://{at}/ ({})",
+        access.describe(at)
+    );
+    tokio::spawn(crate::web::serve(
+        l,
+        metrics.clone(),
+        health.clone(),
+        crate::web::PageOptions {
+            history,
+            access,
+            token_for_metrics: opts.listen_token_metrics,
+            changes: store.map(|s| s.changes()),
+            node: crate::context::container::node_name(host),
+            loop_count: opts.policy.loop_count,
+            loop_window_ns: opts.policy.loop_window.as_nanos() as u64,
+        },
+    ));
 }

@@ -206,6 +206,26 @@ pub fn sinks(outputs: &super::outputs::OutputArgs, state_dir: &Path) -> bool {
             }
             Err(e) => line(false, "listen", format!("{addr}: {e}"), fix),
         });
+        lines.push(match outputs.listen_token() {
+            Ok(Some(_)) => line(
+                true,
+                "crash page",
+                "the --listen-token-file token is read: page and API need it".into(),
+                "",
+            ),
+            Ok(None) => line(
+                true,
+                "crash page",
+                "no token: page and API answer this host's loopback connections only".into(),
+                "",
+            ),
+            Err(e) => line(
+                false,
+                "crash page",
+                format!("{e:#}"),
+                "write a token of 16+ printable characters on the file's first line",
+            ),
+        });
     }
     print(&lines, "every output works", "some outputs do not work")
 }

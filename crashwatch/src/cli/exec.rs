@@ -97,6 +97,8 @@ pub fn run(a: ExecArgs) -> ExitCode {
         redactor,
         file: None,
         listen: None,
+        listen_token: None,
+        listen_token_metrics: false,
         webhooks: Vec::new(),
         last_words_max: 16384,
         symbol_cache_bytes: 256 << 20,

@@ -345,6 +345,13 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            let listen_token = match outputs.listen_token() {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("crashwatch: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
             let file = outputs.file();
             let mut webhooks = outputs.webhooks(&history.state_dir);
             webhooks.extend(outputs.otlp(&history.state_dir));
@@ -383,6 +390,8 @@ pub fn main() -> ExitCode {
                 redactor,
                 file,
                 listen: outputs.listen(),
+                listen_token,
+                listen_token_metrics: outputs.listen_token_metrics(),
                 webhooks,
                 state_dir: (!history.no_store).then(|| history.state_dir.clone()),
                 retention: history.retention(),

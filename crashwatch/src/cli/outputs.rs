@@ -73,12 +73,24 @@ pub struct OutputArgs {
     /// Authorization: headers; AWS access key ids; a --password flag's next argument).
     #[arg(long)]
     no_default_redact: bool,
-    /// Serve Prometheus metrics at http://ADDR/metrics (and /healthz); `off` for none. The
-    /// default is loopback only; the agent keeps running, said at start, when it cannot
-    /// listen.
+    /// Serve Prometheus metrics at http://ADDR/metrics (with /healthz and /readyz) and the
+    /// crash page at http://ADDR/ with its JSON API (docs/api.md); `off` for none. The
+    /// default is loopback only. Without --listen-token-file the page and API answer this
+    /// host's own loopback connections only, on any address. The agent keeps running, said
+    /// at start, when it cannot listen.
     #[arg(long, value_name = "ADDR|off", default_value = crate::web::DEFAULT_LISTEN,
           value_parser = parse_listen)]
     listen: Listen,
+    /// A file whose first line is the bearer token the crash page and the API require
+    /// (`Authorization: Bearer TOKEN`, or the browser's /login): at least 16 printable
+    /// characters, e.g. from `openssl rand -hex 32`. /metrics, /healthz and /readyz need
+    /// none unless --listen-token-metrics.
+    #[arg(long, value_name = "FILE")]
+    listen_token_file: Option<PathBuf>,
+    /// /metrics requires the --listen-token-file token too (Prometheus: `authorization`
+    /// in the scrape config).
+    #[arg(long, requires = "listen_token_file")]
+    listen_token_metrics: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -171,6 +183,18 @@ impl OutputArgs {
 
     pub fn listen(&self) -> Option<std::net::SocketAddr> {
         self.listen.0
+    }
+
+    /// The crash page's token, read from `--listen-token-file`.
+    pub fn listen_token(&self) -> anyhow::Result<Option<String>> {
+        self.listen_token_file
+            .as_deref()
+            .map(crate::web::read_token)
+            .transpose()
+    }
+
+    pub fn listen_token_metrics(&self) -> bool {
+        self.listen_token_metrics
     }
 
     pub fn redactor(&self) -> Result<Redactor> {

@@ -1,8 +1,22 @@
 //! Web: the agent's HTTP listener (`--listen`, loopback by default), served by axum on the
-//! agent's own runtime: `/metrics` (Prometheus text format, [`crate::sink::metrics`]),
-//! `/healthz` (alive: the record loop ran within the last 10 s) and `/readyz` (the programs
-//! are attached and the crash history opened). Read-only; each answer costs what its page
-//! holds, nothing a request chooses.
+//! agent's own runtime:
+//!
+//! - `/metrics` (Prometheus text format, [`crate::sink::metrics`]), `/healthz` (alive: the
+//!   record loop ran within the last 10 s) and `/readyz` (programs attached, history opened);
+//! - the crash page (`/`, `/cluster/ID`: [`pages`]) and its JSON API (`/api/...`: [`api`],
+//!   docs/api.md), read from the crash history ([`read`]), guarded by [`auth`].
+//!
+//! Read-only: no request changes the agent or its history, and each answer costs what its
+//! page holds, nothing a request chooses. Every response says `nosniff`, may not be framed,
+//! and carries a content security policy that lets only the agent's own script run.
+mod api;
+mod auth;
+mod pages;
+mod read;
+mod view;
+
+pub use auth::{read_token, Access};
+
 use std::sync::{
     atomic::{AtomicBool, AtomicU64, Ordering},
     Arc,
@@ -48,16 +62,144 @@ struct Shared {
     health: Arc<Health>,
 }
 
+/// What the crash page needs from the agent.
+pub struct PageOptions {
+    /// The crash history's directory, or why there is none.
+    pub history: Result<std::path::PathBuf, String>,
+    pub access: Access,
+    /// `/metrics` needs the token too.
+    pub token_for_metrics: bool,
+    /// Counts up each time the store took reports; None without a history.
+    pub changes: Option<tokio::sync::watch::Receiver<u64>>,
+    pub node: String,
+    pub loop_count: u32,
+    pub loop_window_ns: u64,
+}
+
+/// The page's and the API's state.
+#[derive(Clone)]
+pub struct Site {
+    reader: Arc<read::Reader>,
+    node: Arc<str>,
+    loop_count: u32,
+    loop_window_ns: u64,
+    changes: Option<tokio::sync::watch::Receiver<u64>>,
+    streams: Arc<std::sync::atomic::AtomicUsize>,
+    no_history: Arc<str>,
+}
+
+impl Site {
+    /// The loop flag as the agent counts it.
+    fn filter(&self) -> crate::store::Filter {
+        crate::store::Filter {
+            loop_count: self.loop_count,
+            loop_window_ns: self.loop_window_ns,
+            ..crate::store::Filter::default()
+        }
+    }
+
+    fn no_history(&self) -> String {
+        self.no_history.to_string()
+    }
+}
+
+/// The most a request body (the login form) may hold.
+const MAX_BODY: usize = 4096;
+
 /// Serves until the runtime ends.
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, health: Arc<Health>) {
-    let app = Router::new()
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    page: PageOptions,
+) {
+    use axum::middleware;
+    let no_history = page.history.clone().err().unwrap_or_default();
+    let site = Site {
+        reader: Arc::new(read::Reader::new(page.history)),
+        node: page.node.into(),
+        loop_count: page.loop_count,
+        loop_window_ns: page.loop_window_ns,
+        changes: page.changes,
+        streams: Arc::default(),
+        no_history: no_history.into(),
+    };
+    let access = page.access;
+    let html = Router::new()
+        .route("/", get(pages::index))
+        .route("/cluster/{id}", get(pages::cluster))
+        .with_state(site.clone())
+        .layer(middleware::from_fn_with_state(
+            (access.clone(), false),
+            auth::guard,
+        ));
+    let api = Router::new()
+        .route("/api/clusters", get(api::clusters))
+        .route("/api/clusters/{id}", get(api::cluster))
+        .route("/api/reports/{id}", get(api::report))
+        .route("/api/events", get(api::events))
+        .with_state(site)
+        .layer(middleware::from_fn_with_state(
+            (access.clone(), true),
+            auth::guard,
+        ));
+    let mut metrics_route = Router::new()
         .route("/metrics", get(metrics_page))
+        .with_state(Shared {
+            metrics: metrics.clone(),
+            health: health.clone(),
+        });
+    if page.token_for_metrics {
+        metrics_route = metrics_route.layer(middleware::from_fn_with_state(
+            (access.clone(), true),
+            auth::guard,
+        ));
+    }
+    let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(Shared { metrics, health });
+        .with_state(Shared { metrics, health })
+        .route("/assets/app.css", get(pages::css))
+        .route("/assets/app.js", get(pages::js))
+        .route(
+            "/login",
+            get(pages::login_form).post(auth::login).with_state(access),
+        )
+        .merge(metrics_route)
+        .merge(html)
+        .merge(api)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::map_response(secure));
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     if let Err(e) = axum::serve(listener, app).await {
         tracing::warn!("the HTTP listener stopped: {e}");
     }
+}
+
+/// Headers on every answer: the page's own script only, no framing, no sniffing, no
+/// referrer leaving with a crash's URL.
+async fn secure(mut r: axum::response::Response) -> axum::response::Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+             connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::X_FRAME_OPTIONS,
+        header::HeaderValue::from_static("DENY"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("no-referrer"),
+    );
+    r
 }
 
 async fn metrics_page(State(s): State<Shared>) -> impl IntoResponse {

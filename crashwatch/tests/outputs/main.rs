@@ -458,10 +458,16 @@ fn check_sinks_tries_each_output_once() {
         "ok   webhook",
         "ok   otlp",
         "ok   listen",
+        "ok   crash page",
         "every output works",
     ] {
         assert!(text.contains(l), "{l:?} missing:\n{text}");
     }
+    // A token file that holds no token fails the check, said.
+    let short = dir.join("token");
+    std::fs::write(&short, "short\n").unwrap();
+    let (ok, text) = check(&["--listen-token-file", short.to_str().unwrap()]);
+    assert!(!ok && text.contains("FAIL crash page"), "{text}");
     assert!(!file.exists(), "the check writes no report");
     assert_eq!(ep.pids(), [0], "one test message at the webhook");
     // An endpoint nobody listens on fails the check, with the cause.
