@@ -18,6 +18,7 @@ mod sinks;
 mod storm;
 mod symbols;
 mod tools;
+mod web;
 
 use std::{collections::BTreeMap, path::Path, process::Command};
 
@@ -72,6 +73,10 @@ pub struct Args {
     /// section into docs/benchmarks.md.
     #[arg(long)]
     pub analyze_only: bool,
+    /// Measure the crash page and its API over 10,000 clusters and 100,000 reports alone
+    /// and put its section into docs/benchmarks.md.
+    #[arg(long)]
+    pub web_only: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -83,6 +88,7 @@ pub fn run(args: Args) -> Result<()> {
         history_only,
         sinks_only,
         analyze_only,
+        web_only,
     } = args;
     let p = Paths::new()?;
     let t = tools::build(&p)?;
@@ -94,6 +100,10 @@ pub fn run(args: Args) -> Result<()> {
     if analyze_only {
         let section = logs::markdown(&logs::run(&t, &p.root.join("target"))?);
         return report::splice(&page, "## Log analysis", "--analyze-only", &section);
+    }
+    if web_only {
+        let section = web::markdown(&web::run(&t)?);
+        return report::splice(&page, "## Crash page", "--web-only", &section);
     }
     if sinks_only {
         let section = sinks::markdown(&sinks::run(&t, storm)?);
@@ -259,6 +269,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut sides = symbols::run(&t, rounds)?;
     let symbolization = symbols::markdown(&mut sides, &crashes.symbolization, crashes.frames_named);
     let analysis = logs::markdown(&logs::run(&t, &p.root.join("target"))?);
+    let page = web::markdown(&web::run(&t)?);
     report::write(
         &p.root,
         rounds,
@@ -271,7 +282,7 @@ pub fn run(args: Args) -> Result<()> {
             breakdown,
         },
         &crashes,
-        &format!("{history}\n{outputs}\n{analysis}\n{symbolization}"),
+        &format!("{history}\n{outputs}\n{analysis}\n{page}\n{symbolization}"),
     )
 }
 
