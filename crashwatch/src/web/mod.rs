@@ -98,6 +98,11 @@ impl Site {
         }
     }
 
+    /// The store's batch count now: a page rendered at it ignores the events up to it.
+    fn generation(&self) -> u64 {
+        self.changes.as_ref().map_or(0, |c| *c.borrow())
+    }
+
     fn no_history(&self) -> String {
         self.no_history.to_string()
     }

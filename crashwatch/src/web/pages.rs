@@ -165,6 +165,7 @@ pub async fn index(State(site): State<Site>, Query(q): Query<ListQuery>) -> Resp
         partial => listing.partial,
         first_page => before.is_none(),
         live => format!("/?{rest}{sep}fragment=1"),
+        generation => site.generation(),
     };
     let page = if q.fragment.is_some() {
         "rows.html"
@@ -192,6 +193,7 @@ pub async fn cluster(
     };
     let now = store::now_ns();
     let live = format!("/cluster/{id}?fragment=1");
+    let generation = site.generation();
     let days = view::bars(&detail.timeline_30d, 300.0, 48.0);
     let hours = detail
         .cluster
@@ -250,6 +252,7 @@ pub async fn cluster(
         hours,
         report,
         live,
+        generation,
         older => detail.next_reports.map(|b| format!("/cluster/{id}?before={b}")),
     };
     render("cluster.html", ctx)

@@ -6,6 +6,7 @@
 //! listener's guard over plain HTTP: the token, the login cookie, the Host check.
 #[path = "../common/mod.rs"]
 mod common;
+mod driver;
 mod guard;
 
 use std::{
@@ -15,13 +16,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use driver::Driver;
+
 use common::{
     gobuild::{self, Flavour},
     Agent, Crasher,
-};
-use headless_chrome::{
-    protocol::cdp::{Emulation, Page},
-    Browser, LaunchOptions, Tab,
 };
 use serde_json::Value;
 
@@ -77,31 +76,21 @@ fn wait_cluster(addr: &str, head: &str, count: u64) -> Value {
     }
 }
 
-fn js(tab: &Tab, expr: &str) -> Value {
-    let r = tab
-        .evaluate(expr, false)
-        .unwrap_or_else(|e| panic!("{expr}: {e}"));
-    r.value.unwrap_or(Value::Null)
-}
-
 /// `expr` (a JSON.stringify call) parsed.
-fn js_json(tab: &Tab, expr: &str) -> Value {
-    serde_json::from_str(js(tab, expr).as_str().unwrap_or("null")).unwrap()
+fn js_json(d: &Driver, expr: &str) -> Value {
+    serde_json::from_str(d.js(expr).as_str().unwrap_or("null")).unwrap()
 }
 
-fn wait_js(tab: &Tab, expr: &str, what: &str) {
+fn wait_js(d: &Driver, expr: &str, what: &str) {
     let t0 = Instant::now();
-    while js(tab, expr) != Value::Bool(true) {
+    while d.js(expr) != Value::Bool(true) {
         assert!(
             t0.elapsed() < Duration::from_secs(30),
             "{what}: {expr} never held; the page: {}",
-            js(
-                tab,
-                "JSON.stringify({ updated: document.body.dataset.updated, \
+            d.js("JSON.stringify({ updated: document.body.dataset.updated, \
                 live: document.getElementById('live').className, \
                 rows: [...document.querySelectorAll('.cluster')].map(c => \
-                    c.className + ' ' + c.querySelector('.headline').textContent) })"
-            )
+                    c.className + ' ' + c.querySelector('.headline').textContent) })")
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -116,68 +105,27 @@ fn shots_dir() -> PathBuf {
     d
 }
 
-fn screenshot(tab: &Tab, name: &str) -> PathBuf {
-    let png = tab
-        .capture_screenshot(Page::CaptureScreenshotFormatOption::Png, None, None, true)
-        .unwrap();
+fn screenshot(d: &Driver, name: &str) -> PathBuf {
+    let png = d.screenshot();
     assert!(png.starts_with(b"\x89PNG"), "{name}: not a PNG");
     let p = shots_dir().join(format!("web-{name}.png"));
     std::fs::write(&p, png).unwrap();
     p
 }
 
-fn scheme(tab: &Tab, dark: bool) {
-    tab.call_method(Emulation::SetEmulatedMedia {
-        media: None,
-        features: Some(vec![Emulation::MediaFeature {
-            name: "prefers-color-scheme".into(),
-            value: if dark { "dark" } else { "light" }.into(),
-        }]),
-    })
-    .unwrap();
+fn scheme(d: &Driver, dark: bool) {
+    let value = if dark { "dark" } else { "light" };
+    d.cdp(
+        "Emulation.setEmulatedMedia",
+        serde_json::json!({ "features": [{ "name": "prefers-color-scheme", "value": value }] }),
+    );
 }
 
-fn viewport(tab: &Tab, width: u32, height: u32, mobile: bool) {
-    tab.call_method(Emulation::SetDeviceMetricsOverride {
-        width,
-        height,
-        device_scale_factor: 1.0,
-        mobile,
-        scale: None,
-        screen_width: None,
-        screen_height: None,
-        position_x: None,
-        position_y: None,
-        dont_set_visible_size: None,
-        screen_orientation: None,
-        viewport: None,
-        display_feature: None,
-        device_posture: None,
-    })
-    .unwrap();
-}
-
-fn open(tab: &Tab, url: &str) {
-    tab.navigate_to(url)
-        .unwrap()
-        .wait_until_navigated()
-        .unwrap();
-}
-
-fn click(tab: &Tab, selector: &str) {
-    tab.wait_for_element(selector).unwrap().click().unwrap();
-    tab.wait_until_navigated().unwrap();
-}
-
-fn browser() -> Browser {
-    let opts = LaunchOptions::default_builder()
-        .path(Some(PathBuf::from("/usr/bin/chromium")))
-        .sandbox(false)
-        .window_size(Some((1280, 900)))
-        .idle_browser_timeout(Duration::from_secs(600))
-        .build()
-        .unwrap();
-    Browser::new(opts).expect("launching /usr/bin/chromium (scripts/setup.sh installs it)")
+fn viewport(d: &Driver, width: u32, height: u32, mobile: bool) {
+    d.cdp(
+        "Emulation.setDeviceMetricsOverride",
+        serde_json::json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile }),
+    );
 }
 
 #[test]
@@ -207,22 +155,18 @@ fn the_page_shows_real_crashes_escapes_markup_and_updates_live() {
     assert_eq!(segv["loop"], false);
     assert_eq!(abrt["last_24h"]["counts"][23], 5, "{abrt}");
 
-    let b = browser();
-    let tab = b.new_tab().unwrap();
-    tab.call_method(Page::AddScriptToEvaluateOnNewDocument {
-        source: "window.__alerts = []; window.alert = function (m) { window.__alerts.push(String(m)); };".into(),
-        world_name: None,
-        include_command_line_api: None,
-        run_immediately: None,
-    })
-    .unwrap();
-    viewport(&tab, 1280, 900, false);
-    scheme(&tab, false);
+    let d = Driver::start();
+    d.cdp(
+        "Page.addScriptToEvaluateOnNewDocument",
+        serde_json::json!({ "source": "window.__alerts = []; window.alert = function (m) { window.__alerts.push(String(m)); };" }),
+    );
+    viewport(&d, 1280, 900, false);
+    scheme(&d, false);
     let base = format!("http://{addr}");
-    open(&tab, &format!("{base}/"));
-    tab.wait_for_element(".cluster").unwrap();
+    d.open(&format!("{base}/"));
+    d.wait_for(".cluster");
     let rows = js_json(
-        &tab,
+        &d,
         "JSON.stringify([...document.querySelectorAll('.cluster')].map(li => ({
             id: +li.dataset.id, count: +li.dataset.count,
             kind: li.querySelector('.badge.kind').textContent,
@@ -267,16 +211,13 @@ fn the_page_shows_real_crashes_escapes_markup_and_updates_live() {
     // One bar for the hour they crashed in (two if the hour turned meanwhile).
     let bars = r_abrt["bars"].as_u64().unwrap();
     assert!((1..=2).contains(&bars), "{r_abrt}");
-    let mut shots = vec![screenshot(&tab, "list-light-wide")];
+    let mut shots = vec![screenshot(&d, "list-light-wide")];
 
     // A click opens the Go cluster: its last words, the goroutine, the frames.
-    click(
-        &tab,
-        &format!(".cluster[data-id='{}'] a.headline", go_c["id"]),
-    );
-    tab.wait_for_element(".report").unwrap();
+    d.click(&format!(".cluster[data-id='{}'] a.headline", go_c["id"]));
+    d.wait_for(".report");
     let go_page = js_json(
-        &tab,
+        &d,
         "JSON.stringify({
             words: document.querySelector('.words .headline-big').textContent,
             frames: document.querySelector('.words .stack').textContent,
@@ -309,16 +250,13 @@ fn the_page_shows_real_crashes_escapes_markup_and_updates_live() {
             .contains("goroutine 1 [running]"),
         "{go_page}"
     );
-    shots.push(screenshot(&tab, "cluster-go-light-wide"));
+    shots.push(screenshot(&d, "cluster-go-light-wide"));
 
     // The segfault: the native stack with file:line, the signal, its registers.
-    open(&tab, &format!("{base}/"));
-    click(
-        &tab,
-        &format!(".cluster[data-id='{}'] a.headline", segv["id"]),
-    );
+    d.open(&format!("{base}/"));
+    d.click(&format!(".cluster[data-id='{}'] a.headline", segv["id"]));
     let native = js_json(
-        &tab,
+        &d,
         "JSON.stringify({
             stack: document.querySelector('.native').textContent,
             how: document.querySelector('.how').textContent,
@@ -337,12 +275,12 @@ fn the_page_shows_real_crashes_escapes_markup_and_updates_live() {
         "{native}"
     );
     assert!(native["regs"].as_u64().unwrap() >= 16, "{native}");
-    shots.push(screenshot(&tab, "cluster-segv-light-wide"));
+    shots.push(screenshot(&d, "cluster-segv-light-wide"));
 
     // The markup: text on the list and on its page, and nothing of it ran.
-    open(&tab, &format!("{base}/cluster/{}", pyc["id"]));
+    d.open(&format!("{base}/cluster/{}", pyc["id"]));
     let py_page = js_json(
-        &tab,
+        &d,
         "JSON.stringify({
             headline: document.querySelector('.words .headline-big').textContent,
             cmdline: document.querySelector('.cmdline').textContent,
@@ -370,53 +308,53 @@ fn the_page_shows_real_crashes_escapes_markup_and_updates_live() {
     assert_eq!(py_page["alerts"], serde_json::json!([]), "nothing ran");
 
     // Live: a new crash shows up in the open list, the document never reloaded.
-    open(&tab, &format!("{base}/"));
-    tab.wait_for_element(".cluster").unwrap();
+    d.open(&format!("{base}/"));
+    d.wait_for(".cluster");
     wait_js(
-        &tab,
+        &d,
         "!document.getElementById('live').hidden",
         "the live badge",
     );
-    js(&tab, "window.__same = 'this document'");
+    d.js("window.__same = 'this document'");
     Crasher::run("fpe");
     wait_js(
-        &tab,
+        &d,
         "[...document.querySelectorAll('.cluster.changed .headline')].some(h => h.textContent.startsWith('SIGFPE'))",
         "the SIGFPE crash listed without a reload",
     );
-    assert_eq!(js(&tab, "window.__same"), "this document");
-    assert_eq!(js(&tab, "window.__alerts.length"), 0);
+    assert_eq!(d.js("window.__same"), "this document");
+    assert_eq!(d.js("window.__alerts.length"), 0);
 
     // Dark and narrow: the colours change, a phone's width holds the page without sideways
     // scrolling, and the cluster rows stack to one column.
-    scheme(&tab, true);
+    scheme(&d, true);
     assert_eq!(
-        js(&tab, "getComputedStyle(document.body).backgroundColor"),
+        d.js("getComputedStyle(document.body).backgroundColor"),
         "rgb(20, 22, 26)"
     );
-    shots.push(screenshot(&tab, "list-dark-wide"));
-    viewport(&tab, 390, 844, true);
-    wait_js(&tab, "innerWidth === 390", "the narrow viewport");
+    shots.push(screenshot(&d, "list-dark-wide"));
+    viewport(&d, 390, 844, true);
+    wait_js(&d, "innerWidth === 390", "the narrow viewport");
     assert_eq!(
-        js(&tab, "document.documentElement.scrollWidth <= innerWidth"),
+        d.js("document.documentElement.scrollWidth <= innerWidth"),
         true,
         "no sideways scrolling on a phone"
     );
     assert_eq!(
-        js(&tab, "getComputedStyle(document.querySelector('.cluster')).gridTemplateColumns.split(' ').length"),
+        d.js("getComputedStyle(document.querySelector('.cluster')).gridTemplateColumns.split(' ').length"),
         1
     );
-    shots.push(screenshot(&tab, "list-dark-narrow"));
-    open(&tab, &format!("{base}/cluster/{}", segv["id"]));
+    shots.push(screenshot(&d, "list-dark-narrow"));
+    d.open(&format!("{base}/cluster/{}", segv["id"]));
     assert_eq!(
-        js(&tab, "document.documentElement.scrollWidth <= innerWidth"),
+        d.js("document.documentElement.scrollWidth <= innerWidth"),
         true
     );
-    shots.push(screenshot(&tab, "cluster-segv-dark-narrow"));
-    scheme(&tab, false);
-    shots.push(screenshot(&tab, "cluster-segv-light-narrow"));
-    open(&tab, &format!("{base}/"));
-    shots.push(screenshot(&tab, "list-light-narrow"));
+    shots.push(screenshot(&d, "cluster-segv-dark-narrow"));
+    scheme(&d, false);
+    shots.push(screenshot(&d, "cluster-segv-light-narrow"));
+    d.open(&format!("{base}/"));
+    shots.push(screenshot(&d, "list-light-narrow"));
     for s in &shots {
         println!("screenshot: {}", s.display());
     }

@@ -8,6 +8,8 @@
   var badge = document.getElementById("live");
   if (!region || !window.EventSource || !window.fetch) return;
   var url = region.getAttribute("data-live");
+  // The store's batch count the page was rendered at: events up to it are in the page.
+  var shown = Number(region.getAttribute("data-generation") || 0);
   var timer = null;
 
   function counts() {
@@ -44,7 +46,10 @@
     events.addEventListener("error", function () {
       if (badge) badge.classList.add("off");
     });
-    events.addEventListener("stored", function () {
+    events.addEventListener("stored", function (e) {
+      var generation = Number(e.data);
+      if (generation <= shown) return;
+      shown = generation;
       // Reports come in bursts: one fetch for a burst.
       if (timer === null) timer = setTimeout(refresh, 250);
     });
