@@ -14,7 +14,7 @@ APT_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev gcc libc6-dev pkg-c
           binutils util-linux           # objcopy and setpriv: the hostile tests' corpus and capabilities
           openjdk-17-jdk-headless       # a JVM whose routine faults must not be blamed
           nodejs g++                    # runtimes whose dying words the last-words tests read
-          chromium fonts-dejavu-core    # the browser the crash page's test drives
+          chromium chromium-driver fonts-dejavu-core  # the browser the crash page's test drives
           bpftrace libbpf-tools)  # the peers `cargo xtask bench` measures against
 missing=()
 for p in "${APT_PKGS[@]}"; do
