@@ -230,18 +230,9 @@ impl Store {
 
     /// One cluster as the listing shows it, with its last 24 hours; None: no such cluster.
     pub fn cluster_row(&self, id: i64, f: &Filter, now_ns: u64) -> Result<Option<ClusterRow>> {
-        let r = self
-            .conn
-            .query_row(
-                "SELECT id, fingerprint, kind, headline, top_frame, count, first_seen, last_seen,
-                        regression
-                 FROM clusters WHERE id = ?1",
-                params![id],
-                row,
-            )
-            .optional()?;
-        let Some(mut r) = r else { return Ok(None) };
-        self.fill(&mut r, f)?;
+        let Some(mut r) = self.cluster_by_id(id, f)? else {
+            return Ok(None);
+        };
         r.last_24h = Some(self.timeline(id, 24, 1, now_ns)?);
         Ok(Some(r))
     }

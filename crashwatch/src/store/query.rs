@@ -2,7 +2,7 @@
 //! what they hit; one cluster with its latest reports. Each answer is bounded by what was
 //! asked for (a page of clusters, a few names per cluster, N reports).
 use anyhow::Result;
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
 use super::Store;
@@ -163,6 +163,23 @@ impl Store {
         Ok(())
     }
 
+    /// One cluster with what it hit; None: no such cluster.
+    pub(super) fn cluster_by_id(&self, id: i64, f: &Filter) -> Result<Option<ClusterRow>> {
+        let r = self
+            .conn
+            .query_row(
+                "SELECT id, fingerprint, kind, headline, top_frame, count, first_seen, last_seen,
+                        regression
+                 FROM clusters WHERE id = ?1",
+                params![id],
+                row,
+            )
+            .optional()?;
+        let Some(mut r) = r else { return Ok(None) };
+        self.fill(&mut r, f)?;
+        Ok(Some(r))
+    }
+
     /// One cluster and its latest `reports` reports (their JSON), newest first.
     pub fn cluster(
         &self,
@@ -170,19 +187,9 @@ impl Store {
         reports: u32,
         f: &Filter,
     ) -> Result<Option<(ClusterRow, Vec<String>)>> {
-        let row = self.conn.query_row(
-            "SELECT id, fingerprint, kind, headline, top_frame, count, first_seen, last_seen,
-                    regression
-             FROM clusters WHERE id = ?1",
-            params![id],
-            row,
-        );
-        let mut row = match row {
-            Ok(r) => r,
-            Err(rusqlite::Error::QueryReturnedNoRows) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let Some(row) = self.cluster_by_id(id, f)? else {
+            return Ok(None);
         };
-        self.fill(&mut row, f)?;
         let mut st = self
             .conn
             .prepare("SELECT json FROM reports WHERE cluster = ?1 ORDER BY id DESC LIMIT ?2")?;
