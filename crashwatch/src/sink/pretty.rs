@@ -4,6 +4,9 @@
 
 use crate::{escape::escape as esc, report::Report, symbolize::Frame};
 
+/// The width of the labels (`container` is the longest): every value starts in one column.
+const LABEL: usize = 9;
+
 /// A readable block per crash.
 pub fn pretty(r: &Report, color: bool) -> String {
     let (bold, red, dim, reset) = if color {
@@ -33,7 +36,8 @@ pub fn pretty(r: &Report, color: bool) -> String {
         _ => format!("exit code {}", r.exit.code.unwrap_or(0)),
     };
     s += &format!(
-        "{red}✗ {} {}{reset} {bold}{}{reset} pid {} tid {}  {dim}{} on {}{reset}\n",
+        // A headline is any text a runtime printed: a dash keeps it from running into the name.
+        "{red}✗ {} {}{reset} — {bold}{}{reset} pid {} tid {}  {dim}{} on {}{reset}\n",
         r.kind,
         what,
         esc(&r.comm),
@@ -42,7 +46,8 @@ pub fn pretty(r: &Report, color: bool) -> String {
         r.time,
         esc(&r.host)
     );
-    let field = |s: &mut String, k: &str, v: &str| *s += &format!("  {dim}{k:<9}{reset} {v}\n");
+    let field =
+        |s: &mut String, k: &str, v: &str| *s += &format!("  {dim}{k:<LABEL$}{reset} {v}\n");
     if let Some(exe) = &r.exe {
         field(&mut s, "exe", &esc(exe));
     }
@@ -200,7 +205,7 @@ fn error(s: &mut String, d: &crate::parse::Death, frames: bool, color: bool) {
             _ => {}
         }
     }
-    *s += &format!("  {dim}{:<8}{reset} {line}\n", "error");
+    *s += &format!("  {dim}{:<LABEL$}{reset} {line}\n", "error");
     for (i, l) in d.chain.iter().enumerate() {
         let ty = l
             .error_type
@@ -260,4 +265,39 @@ pub fn frame(f: &Frame, exe: Option<&str>, color: bool) -> String {
         s += &format!("  {dim}({}){reset}", esc(why));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_line_up_and_the_headline_is_set_apart_from_the_process() {
+        let text = "Traceback (most recent call last):\n  File \"/app/job.py\", line 3, in <module>\n    run()\nValueError: bad row 17\n";
+        let r = Report {
+            kind: "runtime_error",
+            comm: "python3".into(),
+            pid: 7,
+            tid: 7,
+            exe: Some("/usr/bin/python3.11".into()),
+            error: crate::parse::recognise(text),
+            ..Report::default()
+        };
+        let out = pretty(&r, false);
+        let head = out.lines().next().unwrap();
+        assert!(
+            head.starts_with("✗ runtime_error ValueError: bad row 17 — python3 pid 7 tid 7"),
+            "{out}"
+        );
+        // Every label's value starts in one column.
+        let column = |label: &str| {
+            let l = out
+                .lines()
+                .find(|l| l.trim_start().starts_with(label))
+                .unwrap_or_else(|| panic!("no {label} line: {out}"));
+            l.len() - l[2 + label.len()..].trim_start().len()
+        };
+        assert_eq!(column("exe"), column("error"), "{out}");
+        assert_eq!(column("exe"), column("exit"), "{out}");
+    }
 }
