@@ -174,6 +174,62 @@ fn the_files_settings_take_effect() {
     );
 }
 
+/// `check` with the flags (or the file) of `run` as they are, `check --sinks` trying what they
+/// name.
+fn check(args: &[&str], config: &Path) -> (bool, String) {
+    let out = Command::new(agent_bin())
+        .arg("check")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// `--listen` and the file's `listen` take a host name and port, resolved; a name that does
+/// not resolve is refused, saying so.
+#[test]
+fn listen_takes_a_host_name() {
+    let dir = state_dir("config-listen");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("config.toml");
+    let state = dir.join("state").display().to_string();
+    std::fs::write(
+        &file,
+        format!("listen = \"localhost:0\"\nstate-dir = {state:?}\n"),
+    )
+    .unwrap();
+    let (ok, text) = check(&["--sinks"], &file);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("listen              127.0.0.1:0 can be bound"),
+        "the file's `listen` resolved: {text}"
+    );
+    let (ok, text) = check(&["--sinks", "--listen", "[::1]:0"], &file);
+    assert!(ok && text.contains("[::1]:0 can be bound"), "{text}");
+    let out = Command::new(agent_bin())
+        .args([
+            "run",
+            "--print-config",
+            "--listen",
+            "no-such-host.invalid:9721",
+        ])
+        .env("CRASHWATCH_CONFIG", "/dev/null")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("does not resolve"), "{err}");
+}
+
 /// `--log-format json`: every line the agent writes to stderr, from start to stop, is a JSON
 /// object with a timestamp, a level and the message; a warning (its listener's port taken)
 /// says WARN.

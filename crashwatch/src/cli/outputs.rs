@@ -74,8 +74,10 @@ pub struct OutputArgs {
     #[arg(long)]
     no_default_redact: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics (with /healthz and /readyz) and the
-    /// crash page at http://ADDR/ with its JSON API (docs/api.md); `off` for none. The
-    /// default is loopback only. Without --listen-token-file the page and API answer this
+    /// crash page at http://ADDR/ with its JSON API (docs/api.md); `off` for none. ADDR is
+    /// an address and port (`[::1]:9721`) or a host name and port (`localhost:9721`,
+    /// resolved at start to its first IPv4 address, else its first). The default is
+    /// loopback only. Without --listen-token-file the page and API answer this
     /// host's own loopback connections only, on any address. The agent keeps running, said
     /// at start, when it cannot listen.
     #[arg(long, value_name = "ADDR|off", default_value = crate::web::DEFAULT_LISTEN,
@@ -112,13 +114,35 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), v.trim().to_string()))
 }
 
+/// `off`, an address and port, or a host name and port: a name is resolved once, here, to its
+/// first IPv4 address when it has one (`localhost` is 127.0.0.1 as /etc/hosts says), else
+/// its first.
 fn parse_listen(s: &str) -> Result<Listen, String> {
+    use std::net::ToSocketAddrs;
     if s == "off" {
         return Ok(Listen(None));
     }
-    s.parse()
-        .map(|a| Listen(Some(a)))
-        .map_err(|_| format!("{s:?}: an address and port (127.0.0.1:9721, [::]:9721) or off"))
+    if let Ok(a) = s.parse() {
+        return Ok(Listen(Some(a)));
+    }
+    let usage =
+        "an address or host name, and a port (127.0.0.1:9721, [::1]:9721, localhost:9721), or off";
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("{s:?}: no port: {usage}"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("{s:?}: {usage}"));
+    }
+    let found: Vec<std::net::SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("{s:?}: the name {host:?} does not resolve ({e}); {usage}"))?
+        .collect();
+    found
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(found.first())
+        .map(|a| Listen(Some(*a)))
+        .ok_or_else(|| format!("{s:?}: the name {host:?} does not resolve to an address"))
 }
 
 impl OutputArgs {
@@ -199,5 +223,30 @@ impl OutputArgs {
 
     pub fn redactor(&self) -> Result<Redactor> {
         Redactor::new(!self.no_default_redact, &self.redact)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_listen;
+
+    #[test]
+    fn listen_takes_addresses_and_host_names() {
+        let at = |s: &str| parse_listen(s).map(|l| l.0);
+        assert_eq!(at("off"), Ok(None));
+        assert_eq!(
+            at("127.0.0.1:9721"),
+            Ok(Some("127.0.0.1:9721".parse().unwrap()))
+        );
+        assert_eq!(at("[::1]:9811"), Ok(Some("[::1]:9811".parse().unwrap())));
+        // A name resolves, to its IPv4 address when it has one (as /etc/hosts has it).
+        let local = at("localhost:9811").unwrap().unwrap();
+        assert!(local.ip().is_loopback(), "{local}");
+        assert_eq!(local.port(), 9811);
+        assert!(local.is_ipv4(), "{local}");
+        let e = at("no-such-host.invalid:9811").unwrap_err();
+        assert!(e.contains("does not resolve"), "{e}");
+        let e = at("localhost").unwrap_err();
+        assert!(e.contains("port"), "{e}");
     }
 }
