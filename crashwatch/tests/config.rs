@@ -230,6 +230,46 @@ fn listen_takes_a_host_name() {
     assert!(err.contains("does not resolve"), "{err}");
 }
 
+/// `check` takes every flag of `run`, so a service's command line can be checked as it is:
+/// `--sinks` tries its outputs, the plain check loads the programs with its settings.
+#[test]
+fn check_takes_the_flags_of_run() {
+    let dir = state_dir("config-check-flags");
+    let d = dir.display().to_string();
+    let run_flags = [
+        "--no-pin",
+        "--exits",
+        "nonzero",
+        "--output",
+        "json",
+        "--state-dir",
+        &d,
+        "--listen",
+        "off",
+        "--last-words",
+        "off",
+        "--ring-size",
+        "65536",
+        "--log-level",
+        "warn",
+    ];
+    let (ok, text) = check(
+        &[&["--sinks"], &run_flags[..]].concat(),
+        Path::new("/dev/null"),
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("crash history") && text.contains("every output works"),
+        "{text}"
+    );
+    let (ok, text) = check(&run_flags, Path::new("/dev/null"));
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("last words          off"),
+        "the programs were loaded with the flags' --last-words: {text}"
+    );
+}
+
 /// `--log-format json`: every line the agent writes to stderr, from start to stop, is a JSON
 /// object with a timestamp, a level and the message; a warning (its listener's port taken)
 /// says WARN.

@@ -41,8 +41,9 @@ fn version_at_least(release: &str, major: u32, minor: u32) -> bool {
     (a, b) >= (major, minor)
 }
 
-/// Prints one line per requirement; returns whether crashwatch can run.
-pub fn run() -> bool {
+/// Prints one line per requirement, the programs loaded with `settings` (`run`'s flags);
+/// returns whether crashwatch can run.
+pub fn run(settings: crate::probe::Settings) -> bool {
     let mut lines = Vec::new();
     let rel = kernel_release();
     lines.push(line(
@@ -100,15 +101,6 @@ pub fn run() -> bool {
         "use a kernel built with CONFIG_UPROBE_EVENTS=y",
     ));
     if caps.can_load() && btf.is_ok() {
-        let settings = crate::probe::Settings {
-            ring_bytes: 1 << 16,
-            pending_window_ns: 0,
-            args_max: 0,
-            stack_copy: 0,
-            last_words: crate::probe::writes::Mode::Auto,
-            exec_all: false,
-            guard_copies: None,
-        };
         let loaded = crate::probe::Probe::load(settings, None);
         if let Ok(p) = &loaded {
             for off in caps.degraded(p.has_uprobe_multi()) {
@@ -151,8 +143,9 @@ pub fn run() -> bool {
     )
 }
 
-/// `check --sinks`: each configured output tried once.
-pub fn sinks(outputs: &super::outputs::OutputArgs, state_dir: &Path) -> bool {
+/// `check --sinks`: each configured output tried once; the crash history under `state_dir`
+/// unless `no_store`.
+pub fn sinks(outputs: &super::outputs::OutputArgs, state_dir: &Path, no_store: bool) -> bool {
     let mut lines = Vec::new();
     let fix = "see the detail; `crashwatch run --help` describes the flag";
     let mut record = |what: &str, r: anyhow::Result<String>, fix: &str| {
@@ -161,17 +154,21 @@ pub fn sinks(outputs: &super::outputs::OutputArgs, state_dir: &Path) -> bool {
             Err(e) => line(false, what, format!("{e:#}"), fix),
         })
     };
-    record(
-        "crash history",
-        crate::store::Store::open(state_dir).map(|s| {
-            format!(
-                "{} usable ({} clusters)",
-                state_dir.join(crate::store::FILE).display(),
-                s.clusters().map_or(0, |c| c.len())
-            )
-        }),
-        "give --state-dir a directory root can write, or run with --no-store",
-    );
+    if no_store {
+        record("crash history", Ok("none kept (--no-store)".into()), "");
+    } else {
+        record(
+            "crash history",
+            crate::store::Store::open(state_dir).map(|s| {
+                format!(
+                    "{} usable ({} clusters)",
+                    state_dir.join(crate::store::FILE).display(),
+                    s.clusters().map_or(0, |c| c.len())
+                )
+            }),
+            "give --state-dir a directory root can write, or run with --no-store",
+        );
+    }
     if let Some(f) = outputs.file() {
         record("file", crate::sink::FileSink::probe(&f), fix);
     }

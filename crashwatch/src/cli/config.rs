@@ -1,8 +1,9 @@
 //! The configuration file and the environment. Every flag of `run` can also be given as
 //! `CRASHWATCH_<FLAG>` in the environment (upper case, `-` as `_`) or as `<flag> = value` in a
 //! TOML file (`--config FILE`; default [`DEFAULT_PATH`] when it exists). Precedence: flag >
-//! environment > file > default. `check` and `report` take the keys they share with `run`
-//! (the state directory, the outputs), so they look where the agent writes.
+//! environment > file > default. `check` takes every key (it takes every flag of `run`), and
+//! `report` the keys it shares with `run` (the state directory, the crash-loop window), so
+//! they look where the agent writes.
 //!
 //! Built on clap's own model of the flags rather than a second struct: the file's keys are
 //! the flags' long names, checked against clap's list (an unknown key is an error naming it),

@@ -64,97 +64,13 @@ enum Cmd {
         /// masked) as a configuration file would say it, and exit.
         #[arg(long)]
         print_config: bool,
-        /// The agent's own messages on stderr: `text` lines (`crashwatch: ...`) or one JSON
-        /// object per line (timestamp, level, message) for log pipelines.
-        #[arg(long, value_enum, default_value_t = crate::log::Format::Text)]
-        log_format: crate::log::Format,
-        /// The least severe of the agent's own messages shown (`debug` adds detail).
-        #[arg(long, value_enum, default_value_t = crate::log::Level::Info)]
-        log_level: crate::log::Level,
-        /// Report format: readable blocks on a terminal, JSON lines (schema: docs/report.md).
-        /// `none`: nothing on stdout (with --output-file, or the crash history alone).
-        #[arg(long, value_enum, default_value_t = sink::Format::Auto)]
-        output: sink::Format,
         #[command(flatten)]
-        outputs: outputs::OutputArgs,
-        /// Which plain exits are crashes: none, or every non-zero exit code (`nonzero` has
-        /// the kernel send every exec, which costs each process a record: a plain exit's
-        /// command line can only be read at exec).
-        #[arg(long, value_enum, default_value_t = Exits::None)]
-        exits: Exits,
-        /// Kernel ring buffer size in bytes: a power of two, at least 4096. It holds the
-        /// crashes the agent has not read yet, about 20 KiB each with the default stack copy:
-        /// 8 MiB takes a burst of some 400 at once. When pinned, up to a quarter of it also
-        /// holds read crashes until they are written (so a killed agent loses none).
-        #[arg(long, default_value_t = 8 << 20, value_parser = parse_ring_size)]
-        ring_size: u32,
-        /// A handled SIGSEGV/SIGBUS/... can be blamed for a death within this many seconds
-        /// (only when the death says so: see docs/report.md).
-        #[arg(long, default_value_t = 30)]
-        pending_window: u64,
-        /// Bytes of a Go program's dying output kept per crash (head and tail when longer).
-        #[arg(long, default_value_t = 64 * 1024)]
-        go_stderr_max: usize,
-        /// Bytes of a process's command line read at exec and at a fatal signal (at most
-        /// 4096); longer ones are reported with `cmdline_truncated`.
-        #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(0..=4096))]
-        cmdline_max: u32,
-        /// Bytes of the user stack copied at a fatal signal (at most 16384; 0 turns the copy
-        /// off), so code built without frame pointers can be unwound from its CFI.
-        #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(0..=16384))]
-        stack_copy: u32,
-        /// How what processes write to stderr is watched, so a dying process's last words
-        /// (a Python traceback, a Rust panic) are in its report: fentry where the kernel
-        /// allows it, else the syscall tracepoints (every syscall on the host takes a slower
-        /// path: `auto` says so at start), or off.
-        #[arg(long, value_enum, default_value_t = writes::Mode::Auto)]
-        last_words: writes::Mode,
-        /// Bytes of a dying process's last words kept in its report (at most 16384: the
-        /// first lines of its runtime's message and the last ones).
-        #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(0..=16384))]
-        last_words_max: u32,
-        /// Copies of each tracepoint program attached, so a run the kernel skips (the same
-        /// program busy on that CPU) is done by the next. Default: 3 on Linux 7.0+, where a
-        /// task preempted inside a tracepoint program makes the kernel skip that program for
-        /// the CPU's other tasks; 1 before, where nothing can interrupt a run. Skipped runs
-        /// are counted either way.
-        #[arg(long, value_parser = clap::builder::TypedValueParser::map(
-            clap::builder::PossibleValuesParser::new(["1", "3"]),
-            |s| s.parse::<u32>().unwrap_or(3),
-        ))]
-        guard_copies: Option<u32>,
-        /// Where the host's filesystem is mounted, for a DaemonSet that mounts it elsewhere:
-        /// the container runtimes' files (containerd's and CRI-O's bundles, podman's and
-        /// docker's container lists, the kubelet's /var/log/pods) are read under it.
-        #[arg(long, default_value = "/", env = "CRASHWATCH_HOST_ROOT")]
-        host_root: std::path::PathBuf,
-        #[command(flatten)]
-        runtime_files: RuntimeFiles,
-        #[command(flatten)]
-        history: report::History,
-        /// Bytes of parsed symbol data kept in memory, shared by all processes; least recently
-        /// used binaries are dropped first.
-        #[arg(long, default_value_t = 256 << 20)]
-        symbol_cache_bytes: usize,
-        /// Let the kernel state end with the agent, as before pinning: crashes while no agent
-        /// runs are not recorded.
-        #[arg(long)]
-        no_pin: bool,
-        /// Where the programs' links, the ring buffer and the per-process maps are pinned, so
-        /// the kernel goes on recording while no agent runs and the next agent takes over
-        /// (a BPF filesystem; the DaemonSet mounts the host's /sys/fs/bpf).
-        #[arg(long, value_name = "DIR", default_value = crate::probe::pin::DEFAULT_DIR)]
-        pin_dir: std::path::PathBuf,
-        /// Go binaries probed at once at most; more are reported without probes and counted.
-        #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-        go_max_binaries: u64,
-        /// Seconds after the last process running a Go binary ended before its probes (and
-        /// its open descriptors) are released; a deleted binary's go at once.
-        #[arg(long, default_value_t = 600)]
-        go_release_after: u64,
+        run: RunArgs,
     },
-    /// Tell whether crashwatch can run on this host, and what to do if not; with --sinks,
-    /// try each output `run` would use with the same flags once instead.
+    /// Tell whether crashwatch can run on this host with `run`'s flags (the programs are
+    /// loaded with their settings), and what to do if not; with --sinks, try each output
+    /// `run` would use with the same flags once instead. Takes every flag of `run`, so a
+    /// service's command line can be checked as it is.
     Check {
         #[command(flatten)]
         config: ConfigFile,
@@ -163,11 +79,11 @@ enum Cmd {
         /// open the crash history under --state-dir.
         #[arg(long)]
         sinks: bool,
-        #[command(flatten)]
-        outputs: outputs::OutputArgs,
-        /// The crash history's directory, as `run` takes it.
-        #[arg(long, default_value_os_t = crate::store::default_dir())]
-        state_dir: std::path::PathBuf,
+        #[command(
+            flatten,
+            next_help_heading = "The flags of `run`, checked as it would use them"
+        )]
+        run: RunArgs,
     },
     /// Remove the kernel state `run` pins (programs, links, ring buffer, maps) so nothing of
     /// crashwatch stays in the kernel once no agent runs. Stop the agent first.
@@ -202,6 +118,114 @@ enum Cmd {
         #[arg(value_name = "ADDR", required = true)]
         addrs: Vec<String>,
     },
+}
+
+/// The flags of `run`: the agent's settings. `check` takes them too, to check them.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The agent's own messages on stderr: `text` lines (`crashwatch: ...`) or one JSON
+    /// object per line (timestamp, level, message) for log pipelines.
+    #[arg(long, value_enum, default_value_t = crate::log::Format::Text)]
+    log_format: crate::log::Format,
+    /// The least severe of the agent's own messages shown (`debug` adds detail).
+    #[arg(long, value_enum, default_value_t = crate::log::Level::Info)]
+    log_level: crate::log::Level,
+    /// Report format: readable blocks on a terminal, JSON lines (schema: docs/report.md).
+    /// `none`: nothing on stdout (with --output-file, or the crash history alone).
+    #[arg(long, value_enum, default_value_t = sink::Format::Auto)]
+    output: sink::Format,
+    #[command(flatten)]
+    outputs: outputs::OutputArgs,
+    /// Which plain exits are crashes: none, or every non-zero exit code (`nonzero` has
+    /// the kernel send every exec, which costs each process a record: a plain exit's
+    /// command line can only be read at exec).
+    #[arg(long, value_enum, default_value_t = Exits::None)]
+    exits: Exits,
+    /// Kernel ring buffer size in bytes: a power of two, at least 4096. It holds the
+    /// crashes the agent has not read yet, about 20 KiB each with the default stack copy:
+    /// 8 MiB takes a burst of some 400 at once. When pinned, up to a quarter of it also
+    /// holds read crashes until they are written (so a killed agent loses none).
+    #[arg(long, default_value_t = 8 << 20, value_parser = parse_ring_size)]
+    ring_size: u32,
+    /// A handled SIGSEGV/SIGBUS/... can be blamed for a death within this many seconds
+    /// (only when the death says so: see docs/report.md).
+    #[arg(long, default_value_t = 30)]
+    pending_window: u64,
+    /// Bytes of a Go program's dying output kept per crash (head and tail when longer).
+    #[arg(long, default_value_t = 64 * 1024)]
+    go_stderr_max: usize,
+    /// Bytes of a process's command line read at exec and at a fatal signal (at most
+    /// 4096); longer ones are reported with `cmdline_truncated`.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(0..=4096))]
+    cmdline_max: u32,
+    /// Bytes of the user stack copied at a fatal signal (at most 16384; 0 turns the copy
+    /// off), so code built without frame pointers can be unwound from its CFI.
+    #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(0..=16384))]
+    stack_copy: u32,
+    /// How what processes write to stderr is watched, so a dying process's last words
+    /// (a Python traceback, a Rust panic) are in its report: fentry where the kernel
+    /// allows it, else the syscall tracepoints (every syscall on the host takes a slower
+    /// path: `auto` says so at start), or off.
+    #[arg(long, value_enum, default_value_t = writes::Mode::Auto)]
+    last_words: writes::Mode,
+    /// Bytes of a dying process's last words kept in its report (at most 16384: the
+    /// first lines of its runtime's message and the last ones).
+    #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(0..=16384))]
+    last_words_max: u32,
+    /// Copies of each tracepoint program attached, so a run the kernel skips (the same
+    /// program busy on that CPU) is done by the next. Default: 3 on Linux 7.0+, where a
+    /// task preempted inside a tracepoint program makes the kernel skip that program for
+    /// the CPU's other tasks; 1 before, where nothing can interrupt a run. Skipped runs
+    /// are counted either way.
+    #[arg(long, value_parser = clap::builder::TypedValueParser::map(
+        clap::builder::PossibleValuesParser::new(["1", "3"]),
+        |s| s.parse::<u32>().unwrap_or(3),
+    ))]
+    guard_copies: Option<u32>,
+    /// Where the host's filesystem is mounted, for a DaemonSet that mounts it elsewhere:
+    /// the container runtimes' files (containerd's and CRI-O's bundles, podman's and
+    /// docker's container lists, the kubelet's /var/log/pods) are read under it.
+    #[arg(long, default_value = "/", env = "CRASHWATCH_HOST_ROOT")]
+    host_root: std::path::PathBuf,
+    #[command(flatten)]
+    runtime_files: RuntimeFiles,
+    #[command(flatten)]
+    history: report::History,
+    /// Bytes of parsed symbol data kept in memory, shared by all processes; least recently
+    /// used binaries are dropped first.
+    #[arg(long, default_value_t = 256 << 20)]
+    symbol_cache_bytes: usize,
+    /// Let the kernel state end with the agent, as before pinning: crashes while no agent
+    /// runs are not recorded.
+    #[arg(long)]
+    no_pin: bool,
+    /// Where the programs' links, the ring buffer and the per-process maps are pinned, so
+    /// the kernel goes on recording while no agent runs and the next agent takes over
+    /// (a BPF filesystem; the DaemonSet mounts the host's /sys/fs/bpf).
+    #[arg(long, value_name = "DIR", default_value = crate::probe::pin::DEFAULT_DIR)]
+    pin_dir: std::path::PathBuf,
+    /// Go binaries probed at once at most; more are reported without probes and counted.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    go_max_binaries: u64,
+    /// Seconds after the last process running a Go binary ended before its probes (and
+    /// its open descriptors) are released; a deleted binary's go at once.
+    #[arg(long, default_value_t = 600)]
+    go_release_after: u64,
+}
+
+impl RunArgs {
+    /// What the kernel side is loaded with: `check` loads the programs as `run` would.
+    fn probe_settings(&self) -> crate::probe::Settings {
+        crate::probe::Settings {
+            ring_bytes: self.ring_size,
+            pending_window_ns: self.pending_window.saturating_mul(1_000_000_000),
+            args_max: self.cmdline_max,
+            stack_copy: self.stack_copy,
+            last_words: self.last_words,
+            exec_all: self.exits == Exits::Nonzero,
+            guard_copies: self.guard_copies,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -255,19 +279,17 @@ pub fn main() -> ExitCode {
     };
     match cli.cmd {
         Cmd::Check {
-            sinks: true,
-            outputs,
-            state_dir,
-            ..
+            sinks: true, run, ..
         } => {
-            if check::sinks(&outputs, &state_dir) {
+            let h = &run.history;
+            if check::sinks(&run.outputs, &h.state_dir, h.no_store) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
             }
         }
-        Cmd::Check { .. } => {
-            if check::run() {
+        Cmd::Check { run, .. } => {
+            if check::run(run.probe_settings()) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -313,30 +335,30 @@ pub fn main() -> ExitCode {
             print!("{}", config::print(&cmd, run, &file));
             ExitCode::SUCCESS
         }
-        Cmd::Run {
-            log_format,
-            log_level,
-            output,
-            outputs,
-            exits,
-            ring_size,
-            pending_window,
-            go_stderr_max,
-            cmdline_max,
-            stack_copy,
-            last_words,
-            last_words_max,
-            guard_copies,
-            host_root,
-            runtime_files,
-            history,
-            symbol_cache_bytes,
-            go_max_binaries,
-            go_release_after,
-            no_pin,
-            pin_dir,
-            ..
-        } => {
+        Cmd::Run { run, .. } => {
+            let RunArgs {
+                log_format,
+                log_level,
+                output,
+                outputs,
+                exits,
+                ring_size,
+                pending_window,
+                go_stderr_max,
+                cmdline_max,
+                stack_copy,
+                last_words,
+                last_words_max,
+                guard_copies,
+                host_root,
+                runtime_files,
+                history,
+                symbol_cache_bytes,
+                go_max_binaries,
+                go_release_after,
+                no_pin,
+                pin_dir,
+            } = run;
             let run_matches = matches.subcommand_matches("run").expect("run was parsed");
             let redactor = match outputs.redactor() {
                 Ok(r) => r,

@@ -71,15 +71,10 @@ pub fn reloader(
             .filter(|(k, v)| !RELOADABLE.contains(&k.as_str()) && started.get(*k) != Some(v))
             .map(|(k, _)| k.clone())
             .collect();
-        let Cmd::Run {
-            output,
-            outputs,
-            history,
-            ..
-        } = Cli::from_arg_matches(&m)?.cmd
-        else {
+        let Cmd::Run { run, .. } = Cli::from_arg_matches(&m)?.cmd else {
             bail!("not the run command");
         };
+        let (output, outputs, history) = (run.output, run.outputs, run.history);
         let redactor = outputs.redactor()?;
         let file = outputs.file();
         let mut webhooks = outputs.webhooks(&state_dir);
