@@ -275,3 +275,52 @@ fn a_cluster_that_opens_after_a_deploy_is_a_regression_of_the_new_build() {
     );
     let _ = std::fs::remove_dir_all(&bin_dir);
 }
+
+/// `--kind` takes the kinds reports have, listed in `--help`; another word is refused with
+/// the list and status 2, not read as a filter that matches nothing.
+#[test]
+fn report_refuses_a_kind_that_is_not_one() {
+    let dir = state_dir("kinds");
+    // An empty history, as an agent that saw no crash leaves it.
+    let made = Command::new(agent_bin())
+        .args(["check", "--sinks", "--listen", "off", "--state-dir"])
+        .arg(&dir)
+        .env("CRASHWATCH_CONFIG", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let kinds = [
+        "signal",
+        "oom_kill",
+        "exit",
+        "go_panic",
+        "go_fatal",
+        "runtime_error",
+    ];
+    let out = Command::new(agent_bin())
+        .args(["report", "--kind", "bogus", "--state-dir"])
+        .arg(&dir)
+        .env("CRASHWATCH_CONFIG", "/dev/null")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    for k in kinds {
+        assert!(err.contains(k), "{k} is not named: {err}");
+    }
+    let help = Command::new(agent_bin())
+        .args(["report", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let kind = help.split("--kind").nth(1).unwrap_or_default();
+    for k in kinds {
+        assert!(kind.contains(k), "--help does not list {k}: {help}");
+    }
+    let (ok, none, _) = report_cmd(&dir, &["--kind", "oom_kill"]);
+    assert!(
+        ok && none.contains("no crashes recorded that match"),
+        "{none}"
+    );
+}

@@ -55,7 +55,10 @@ impl From<&Exec> for ProcInfo {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A report's `kind`. The one list of kinds: `report --kind` and the crash page's filter
+/// take theirs from here ([`Kind::names`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
 pub enum Kind {
     Signal,
     OomKill,
@@ -77,6 +80,12 @@ impl Kind {
             Kind::GoFatal => "go_fatal",
             Kind::RuntimeError => "runtime_error",
         }
+    }
+
+    /// Every kind's name.
+    pub fn names() -> Vec<&'static str> {
+        use clap::ValueEnum;
+        Kind::value_variants().iter().map(|k| k.as_str()).collect()
     }
 }
 

@@ -5,6 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use clap::Args;
 
 use crate::{
+    assemble::Kind,
     escape::escape as esc,
     store::{self, ClusterRow, Filter, Store},
 };
@@ -68,9 +69,9 @@ pub struct ReportArgs {
     /// Only clusters with a crash in this past window (30m, 12h, 7d).
     #[arg(long, value_parser = parse_age)]
     pub since: Option<Duration>,
-    /// Only this kind (signal, go_panic, go_fatal, runtime_error, oom_kill, exit).
-    #[arg(long)]
-    pub kind: Option<String>,
+    /// Only this kind (docs/report.md says what each is).
+    #[arg(long, value_enum)]
+    pub kind: Option<Kind>,
     /// Only clusters that hit this Kubernetes namespace.
     #[arg(long)]
     pub namespace: Option<String>,
@@ -118,7 +119,7 @@ pub fn run(a: ReportArgs) -> ExitCode {
         since_ns: a
             .since
             .map(|d| store::now_ns().saturating_sub(d.as_nanos() as u64)),
-        kind: a.kind,
+        kind: a.kind.map(|k| k.as_str().to_string()),
         namespace: a.namespace,
         text: None,
         limit: a.limit,
@@ -246,4 +247,22 @@ fn summary(r: &ClusterRow) -> String {
     }
     s += &format!("    {:<10} {}\n", "group", r.fingerprint);
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum;
+
+    use crate::assemble::Kind;
+
+    /// `--kind` takes each kind by the name reports give it.
+    #[test]
+    fn the_kinds_flag_takes_the_names_reports_use() {
+        for k in Kind::value_variants() {
+            let v = k.to_possible_value().unwrap();
+            assert_eq!(v.get_name(), k.as_str());
+            assert_eq!(Kind::from_str(k.as_str(), false), Ok(*k));
+        }
+        assert_eq!(Kind::names().len(), Kind::value_variants().len());
+    }
 }

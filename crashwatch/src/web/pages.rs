@@ -20,14 +20,6 @@ use super::{
 };
 use crate::store;
 
-const KINDS: [&str; 6] = [
-    "go_panic",
-    "go_fatal",
-    "signal",
-    "oom_kill",
-    "runtime_error",
-    "exit",
-];
 pub const CSS: &str = include_str!("assets/app.css");
 pub const JS: &str = include_str!("assets/app.js");
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -157,7 +149,7 @@ pub async fn index(State(site): State<Site>, Query(q): Query<ListQuery>) -> Resp
     let ctx = context! {
         node => site.node.as_ref(),
         version => VERSION,
-        kinds => KINDS,
+        kinds => crate::assemble::Kind::names(),
         filter => context! { kind => q.kind, namespace => q.namespace, q => q.q },
         filtered,
         clusters => listing.clusters.into_iter().map(|c| ClusterView::new(c, now)).collect::<Vec<_>>(),
