@@ -51,13 +51,26 @@ fn given(s: &Option<String>) -> Option<String> {
 }
 
 impl ListQuery {
-    pub fn filter(&self, site: &Site) -> Filter {
-        Filter {
-            kind: given(&self.kind),
+    /// The listing's filter; Err: why a parameter is refused (a `kind` that is not one).
+    pub fn filter(&self, site: &Site) -> Result<Filter, String> {
+        Ok(Filter {
+            kind: self.kind()?,
             namespace: given(&self.namespace),
             text: given(&self.q),
             limit: self.limit.unwrap_or(PAGE),
             ..site.filter()
+        })
+    }
+
+    /// `kind`, when given; Err: it names no kind (the answer says which there are).
+    fn kind(&self) -> Result<Option<String>, String> {
+        let kinds = crate::assemble::Kind::names();
+        match given(&self.kind) {
+            Some(k) if !kinds.contains(&k.as_str()) => Err(format!(
+                "kind={k:?} is not a kind; the kinds are {}",
+                kinds.join(", ")
+            )),
+            k => Ok(k),
         }
     }
 
@@ -166,7 +179,10 @@ pub async fn clusters(State(site): State<Site>, Query(q): Query<ListQuery>) -> R
         Ok(c) => c,
         Err(why) => return bad(why),
     };
-    let f = q.filter(&site);
+    let f = match q.filter(&site) {
+        Ok(f) => f,
+        Err(why) => return bad(why),
+    };
     match site
         .reader
         .read(move |s| s.list_page(&f, before, store::now_ns()))
@@ -234,4 +250,24 @@ pub async fn events(State(site): State<Site>) -> Response {
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ListQuery;
+
+    #[test]
+    fn a_kind_is_one_of_the_kinds_or_refused_with_them() {
+        let q = |k: &str| {
+            ListQuery {
+                kind: Some(k.into()),
+                ..ListQuery::default()
+            }
+            .kind()
+        };
+        assert_eq!(q("go_panic"), Ok(Some("go_panic".into())));
+        assert_eq!(q(" "), Ok(None), "an empty select means all");
+        let e = q("nope").unwrap_err();
+        assert!(e.contains("\"nope\"") && e.contains("oom_kill"), "{e}");
+    }
 }

@@ -133,7 +133,10 @@ pub async fn index(State(site): State<Site>, Query(q): Query<ListQuery>) -> Resp
         Ok(c) => c,
         Err(why) => return message(StatusCode::BAD_REQUEST, "Bad link", &why),
     };
-    let f = q.filter(&site);
+    let f = match q.filter(&site) {
+        Ok(f) => f,
+        Err(why) => return message(StatusCode::BAD_REQUEST, "Bad link", &why),
+    };
     let filtered = f.kind.is_some() || f.namespace.is_some() || f.text.is_some();
     let listing = match site
         .reader

@@ -144,10 +144,23 @@ fn the_api_answers_bounded_pages_and_the_guard_holds() {
         ("/api/reports/99999999", 404),
         ("/api/reports/abc", 400),
         ("/api/clusters?limit=-1", 400),
+        ("/api/clusters?kind=nope", 400),
     ] {
         let (code, _, body) = get(&at, path, &bearer);
         assert_eq!(code, want, "{path}: {body}");
     }
+    // docs/api.md: an error is `{"error": "..."}`; a kind that is not one is told the kinds.
+    let (_, head, body) = get(&at, "/api/clusters?kind=nope", &bearer);
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let e: Value = serde_json::from_str(&body).unwrap();
+    let why = e["error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("nope") && why.contains("go_panic") && why.contains("runtime_error"),
+        "{body}"
+    );
+    assert_eq!(e.as_object().map(|o| o.len()), Some(1), "{body}");
+    let (code, _, _) = get(&at, "/api/clusters?kind=go_panic", &bearer);
+    assert_eq!(code, 200);
     // A limit past the page size is capped, not obeyed.
     let (_, _, body) = get(&at, "/api/clusters?limit=100000", &bearer);
     let all: Value = serde_json::from_str(&body).unwrap();
