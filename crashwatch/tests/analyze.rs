@@ -398,6 +398,32 @@ fn a_clean_log_exits_zero_and_a_missing_file_two() {
     assert!(text.contains("Clusters (1):"), "{text}");
 }
 
+/// An input that cannot be read is said once, on stderr; the text names it as not read.
+#[test]
+fn a_missing_file_is_said_once() {
+    let p = file("present.log", b"INFO up\n");
+    let out = Command::new(common::agent_bin())
+        .args(["analyze", "/nonexistent/missing.log"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    let said = format!("{stdout}{stderr}").matches("No such file").count();
+    assert_eq!(said, 1, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/missing.log: No such file"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("/nonexistent/missing.log: not read"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn a_crash_in_a_log_has_the_fingerprint_the_agent_gave_it() {
     let agent = common::agent();

@@ -90,10 +90,16 @@ pub fn pretty(a: &Analysis) -> String {
         if i.bytes_cut > 0 {
             notes.push(format!("{} bytes of overlong lines not read", i.bytes_cut));
         }
-        let _ = writeln!(o, "  {}: {}", escape(&i.path), notes.join(", "));
-        if let Some(e) = &i.error {
-            let _ = writeln!(o, "  error: {}", escape(e));
+        // Why is said on stderr (`crashwatch analyze: ...`), once.
+        if i.error.is_some() {
+            let read = if i.lines == 0 {
+                "not read"
+            } else {
+                "read in part"
+            };
+            notes.push(read.into());
         }
+        let _ = writeln!(o, "  {}: {}", escape(&i.path), notes.join(", "));
     }
     if a.blocks_unrecognised > 0 {
         let _ = writeln!(

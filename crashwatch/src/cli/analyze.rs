@@ -72,6 +72,7 @@ pub fn run(a: AnalyzeArgs) -> ExitCode {
     };
     // A closed pipe (`| head`) is not an error of the analysis.
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    // The text names an unreadable input; why, only here (the JSON has it as `error`).
     for i in result.inputs.iter().filter_map(|i| i.error.as_ref()) {
         eprintln!("crashwatch analyze: {i}");
     }
