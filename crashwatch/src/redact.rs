@@ -107,6 +107,26 @@ impl Redactor {
     }
 }
 
+/// A URL as the agent shows it (its log, `--print-config`, `check --sinks`): scheme and host
+/// only. Secrets hide in userinfo, in query strings and in paths (a Slack hook's path is its
+/// key): `user:pw@` reads `***@`, a path or query `/***`.
+pub fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "***".to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let host = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_string(),
+    };
+    if tail.is_empty() || tail == "/" {
+        format!("{scheme}://{host}{tail}")
+    } else {
+        format!("{scheme}://{host}/***")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +135,21 @@ mod tests {
         let mut s = s.to_string();
         Redactor::new(true, &[]).unwrap().text(&mut s);
         s
+    }
+
+    #[test]
+    fn urls_keep_scheme_and_host_only() {
+        assert_eq!(
+            mask_url("https://hooks.slack.com/services/T0/B0/XyZ"),
+            "https://hooks.slack.com/***"
+        );
+        assert_eq!(
+            mask_url("http://user:pw@collector:4318"),
+            "http://***@collector:4318"
+        );
+        assert_eq!(mask_url("http://collector:4318/"), "http://collector:4318/");
+        assert_eq!(mask_url("http://c:1?token=abc"), "http://c:1/***");
+        assert_eq!(mask_url("no scheme"), "***");
     }
 
     #[test]

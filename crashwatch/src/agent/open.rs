@@ -25,10 +25,10 @@ pub(super) fn start_outputs(
         tracing::info!("reports also go to {}", Esc(&shown));
     }
     for w in webhooks {
-        let (name, url) = (w.name, w.url.clone());
+        let (name, shown) = (w.name, w.shown());
         let hook = sink::Webhook::start(w, metrics)?;
         outputs.add(name, hook, metrics)?;
-        tracing::info!("reports also go to the {name} output {}", Esc(&url));
+        tracing::info!("reports also go to the {}", Esc(&shown));
     }
     Ok(outputs)
 }

@@ -105,6 +105,11 @@ pub trait Output: Send + 'static {
     fn delivers_on_write(&self) -> bool {
         true
     }
+    /// Which output of its kind this is, for the log (a webhook's masked URL); None: the
+    /// kind's name says it.
+    fn shown(&self) -> Option<String> {
+        None
+    }
 }
 
 /// What one output did.
@@ -157,6 +162,7 @@ impl Outputs {
             ..SinkStats::default()
         });
         let st = stats.clone();
+        let shown = out.shown().unwrap_or_else(|| format!("{name} output"));
         let thread = std::thread::Builder::new()
             .name(format!("sink-{name}"))
             .spawn(move || {
@@ -164,7 +170,7 @@ impl Outputs {
                 let mut fail = |what: &str, e: anyhow::Error| {
                     if said < 10 {
                         said += 1;
-                        tracing::warn!("{name} output: {what} failed: {e:#}");
+                        tracing::warn!("{shown}: {what} failed: {e:#}");
                     }
                 };
                 while let Ok(first) = rx.recv() {

@@ -49,6 +49,14 @@ pub struct WebhookOptions {
     pub retry_max: Duration,
 }
 
+impl WebhookOptions {
+    /// The output as the log and `check` name it: `webhook https://host/***`, credentials
+    /// masked ([`crate::redact::mask_url`]).
+    pub fn shown(&self) -> String {
+        format!("{} {}", self.name, crate::redact::mask_url(&self.url))
+    }
+}
+
 /// Delivery counts, shared with the sender thread.
 #[derive(Default)]
 struct Counts {
@@ -74,12 +82,9 @@ impl Webhook {
     pub fn start(opts: WebhookOptions, metrics: &super::metrics::Metrics) -> Result<Webhook> {
         let (errors, spooled) = (metrics.sink_errors(opts.name), metrics.spooled.clone());
         let delivered = metrics.delivered(opts.name);
-        let uri: ureq::http::Uri = opts
-            .url
-            .parse()
-            .with_context(|| format!("{} {:?}", opts.name, opts.url))?;
+        let uri: ureq::http::Uri = opts.url.parse().with_context(|| opts.shown())?;
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-            bail!("{} {:?}: an http:// or https:// URL", opts.name, opts.url);
+            bail!("{}: an http:// or https:// URL", opts.shown());
         }
         let agent = client(&opts)?;
         let spool = Arc::new(Spool::open(&opts.spool_dir, opts.spool_max_bytes)?);
@@ -157,7 +162,10 @@ impl Webhook {
         if !(200..300).contains(&code) {
             bail!("the endpoint answered HTTP {code}");
         }
-        Ok(format!("{} answered HTTP {code}", opts.url))
+        Ok(format!(
+            "{} answered HTTP {code}",
+            crate::redact::mask_url(&opts.url)
+        ))
     }
 }
 
@@ -202,9 +210,8 @@ impl Output for Webhook {
         if dropped > 0 {
             self.errors.inc_by(dropped);
             tracing::warn!(
-                "{} {}: the spool is full: dropped the {dropped} oldest reports",
-                self.opts.name,
-                self.opts.url
+                "{}: the spool is full: dropped the {dropped} oldest reports",
+                self.opts.shown()
             );
         }
         let _ = self.wake.send(());
@@ -215,6 +222,10 @@ impl Output for Webhook {
         false
     }
 
+    fn shown(&self) -> Option<String> {
+        Some(self.opts.shown())
+    }
+
     fn close(&mut self) -> Option<String> {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.wake.send(());
@@ -222,9 +233,8 @@ impl Output for Webhook {
             let _ = t.join();
         }
         Some(format!(
-            "{} {}: {} reports delivered, {} refused by the endpoint, {} dropped from a full spool, {} retries; {} left in the spool for the next start",
-            self.opts.name,
-            self.opts.url,
+            "{}: {} reports delivered, {} refused by the endpoint, {} dropped from a full spool, {} retries; {} left in the spool for the next start",
+            self.opts.shown(),
             self.counts.delivered.load(Ordering::Relaxed),
             self.counts.refused.load(Ordering::Relaxed),
             self.spool.dropped(),
@@ -269,7 +279,7 @@ impl Sender {
                     self.counts.delivered.fetch_add(1, Ordering::Relaxed);
                     self.delivered.inc();
                     if said_down {
-                        tracing::info!("{} {}: delivering again", self.opts.name, self.opts.url);
+                        tracing::info!("{}: delivering again", self.opts.shown());
                         said_down = false;
                     }
                     failures = 0;
@@ -280,18 +290,16 @@ impl Sender {
                     self.errors.inc();
                     self.counts.refused.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
-                        "{} {}: refused a report for good ({why}): dropped",
-                        self.opts.name,
-                        self.opts.url
+                        "{}: refused a report for good ({why}): dropped",
+                        self.opts.shown()
                     );
                 }
                 Outcome::Retry(why) => {
                     self.counts.retries.fetch_add(1, Ordering::Relaxed);
                     if !said_down {
                         tracing::warn!(
-                            "{} {}: not delivered ({why}): {} reports wait in the spool, retrying",
-                            self.opts.name,
-                            self.opts.url,
+                            "{}: not delivered ({why}): {} reports wait in the spool, retrying",
+                            self.opts.shown(),
                             self.spool.len()
                         );
                         said_down = true;

@@ -226,6 +226,44 @@ fn secrets_are_masked_in_every_output() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A webhook that cannot be reached is named in the agent's log (start, failure, stop), its
+/// credentials masked as `--print-config` masks them.
+#[test]
+fn a_failing_webhook_is_named_in_the_log_with_its_secrets_masked() {
+    let _alone = alone();
+    let dir = state_dir("webhook-named");
+    let d = dir.display().to_string();
+    // A port nothing listens on: every attempt is refused.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("http://alice:pa55word@127.0.0.1:{port}/hooks/T0/SECRETPATH?token=t0ken");
+    let a = Agent::start(&["--state-dir", &d, "--webhook", &url]);
+    let c = Crasher::run("null");
+    a.report_for(c.pid);
+    a.wait_log("not delivered");
+    a.signal(libc::SIGTERM);
+    a.wait_exit(Duration::from_secs(30))
+        .expect("the agent stops");
+    let log = a.log();
+    let shown = format!("http://***@127.0.0.1:{port}/***");
+    for said in ["reports also go to", "not delivered", "left in the spool"] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(said))
+            .unwrap_or_else(|| panic!("no {said:?} line: {log}"));
+        assert!(
+            line.contains(&shown),
+            "{said:?} does not name {shown}: {line}"
+        );
+    }
+    for secret in ["alice", "pa55word", "SECRETPATH", "t0ken"] {
+        assert!(!log.contains(secret), "the log holds {secret}: {log}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_webhook_down_for_30_s_and_an_agent_restart_lose_and_reorder_nothing() {
     let _alone = alone();
