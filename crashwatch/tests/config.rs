@@ -341,6 +341,59 @@ fn the_agents_own_log_can_be_json_lines() {
     );
 }
 
+/// The ready line is one short line; what was loaded, and how, is said at debug level (and
+/// by `crashwatch check`).
+#[test]
+fn the_ready_line_is_short_and_the_details_come_at_debug_level() {
+    use common::Agent;
+    let ready = |a: &Agent| {
+        a.wait_log("crashwatch: ready");
+        let log = a.log();
+        let lines: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains("crashwatch: ready"))
+            .map(str::to_string)
+            .collect();
+        assert_eq!(lines.len(), 1, "{log}");
+        lines[0].clone()
+    };
+    let a = Agent::start(&[]);
+    let line = ready(&a);
+    assert!(
+        line.chars().count() <= 100,
+        "{} characters: {line}",
+        line.len()
+    );
+    let rest = line
+        .strip_prefix("crashwatch: ready: watching ")
+        .unwrap_or_else(|| panic!("{line}"));
+    let (n, rest) = rest
+        .split_once(" processes (")
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(n.parse::<u32>().unwrap() > 0, "{line}");
+    assert!(
+        rest.contains(" programs, ") && rest.contains("last words"),
+        "{line}"
+    );
+    assert!(!a.log().contains("programs loaded ("), "{}", a.log());
+
+    let b = Agent::start(&["--log-level", "debug"]);
+    ready(&b);
+    let log = b.log();
+    let details = log
+        .lines()
+        .find(|l| l.contains("programs loaded ("))
+        .unwrap_or_else(|| panic!("no details at debug: {log}"));
+    for part in [
+        "ring buffer",
+        "recursion guard:",
+        "last words:",
+        "kernel state",
+    ] {
+        assert!(details.contains(part), "{part}: {details}");
+    }
+}
+
 /// SIGHUP: the file's outputs and redaction rules change under the running agent, between
 /// two reports; a key that needs a restart is said; a file that would be refused at start is
 /// refused, and the running configuration stays.

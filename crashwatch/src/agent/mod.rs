@@ -124,10 +124,12 @@ pub async fn run(mut opts: Options) -> Result<()> {
                 tracing::warn!("{r}");
             }
             let dir = p.dir().display();
-            match p.previous {
+            let pinned = match p.previous {
                 Some(g) => format!("pinned under {dir}: took over from generation {g} (what it recorded meanwhile is reported now)"),
                 None => format!("pinned under {dir} (recording goes on while no agent runs)"),
-            }
+            };
+            tracing::info!("kernel state {pinned}");
+            pinned
         }
     };
     let copies = probe.layout.config.guard_copies;
@@ -184,6 +186,7 @@ pub async fn run(mut opts: Options) -> Result<()> {
     let programs = probe.program_names().join(", ");
     let go_mode = probe.go_attach_mode();
     let last_words = probe.last_words.to_string();
+    let words = probe.last_words.short();
     let uprobe_multi = probe.has_uprobe_multi();
     let host = context::hostname();
     let containers = Arc::new(Containers::new(
@@ -298,12 +301,14 @@ pub async fn run(mut opts: Options) -> Result<()> {
         }
         p.asm.seed(pid, info);
     }
-    tracing::info!(
-        "ready: {} programs loaded ({programs}), {n} running processes known (Go binaries among them are probed in the background: {go_mode}), ring buffer {} KiB, recursion guard: {copies} {} of each tracepoint program, last words: {last_words}, kernel state {pinned}",
-        programs.split(", ").count(),
+    let loaded = programs.split(", ").count();
+    // One short line at start; what was loaded and how, at debug (and in `crashwatch check`).
+    tracing::debug!(
+        "start-up: {loaded} programs loaded ({programs}), {n} running processes known (Go binaries among them are probed in the background: {go_mode}), ring buffer {} KiB, recursion guard: {copies} {} of each tracepoint program, last words: {last_words}, kernel state {pinned}",
         opts.ring_bytes / 1024,
         if copies == 1 { "copy" } else { "copies" },
     );
+    tracing::info!("ready: watching {n} processes ({loaded} programs, {words})");
     health.ready.store(true, Ordering::Relaxed);
     if let Some(r) = ready {
         let _ = r.send(());

@@ -101,6 +101,7 @@ pub fn run(settings: crate::probe::Settings) -> bool {
         "use a kernel built with CONFIG_UPROBE_EVENTS=y",
     ));
     if caps.can_load() && btf.is_ok() {
+        let ring_kib = settings.ring_bytes / 1024;
         let loaded = crate::probe::Probe::load(settings, None);
         if let Ok(p) = &loaded {
             for off in caps.degraded(p.has_uprobe_multi()) {
@@ -126,11 +127,16 @@ pub fn run(settings: crate::probe::Settings) -> bool {
             loaded.is_ok(),
             "programs",
             match &loaded {
-                Ok(p) => format!(
-                    "ring buffer created; {} verified and attached; Go binaries: {}",
-                    p.program_names().join(", "),
-                    p.go_attach_mode()
-                ),
+                Ok(p) => {
+                    let copies = p.layout.config.guard_copies;
+                    format!(
+                        "ring buffer of {} KiB created; {} verified and attached; recursion guard: {copies} {} of each tracepoint program; Go binaries: {}",
+                        ring_kib,
+                        p.program_names().join(", "),
+                        if copies == 1 { "copy" } else { "copies" },
+                        p.go_attach_mode()
+                    )
+                }
                 Err(e) => format!("{e:#}"),
             },
             "report this with the output of `crashwatch check`: the kernel refused a program",

@@ -127,7 +127,8 @@ struct RunArgs {
     /// object per line (timestamp, level, message) for log pipelines.
     #[arg(long, value_enum, default_value_t = crate::log::Format::Text)]
     log_format: crate::log::Format,
-    /// The least severe of the agent's own messages shown (`debug` adds detail).
+    /// The least severe of the agent's own messages shown (`debug` adds detail: what was
+    /// loaded at start and how, and the kernel programs' own diagnostics).
     #[arg(long, value_enum, default_value_t = crate::log::Level::Info)]
     log_level: crate::log::Level,
     /// Report format: readable blocks on a terminal, JSON lines (schema: docs/report.md).
@@ -165,7 +166,7 @@ struct RunArgs {
     /// How what processes write to stderr is watched, so a dying process's last words
     /// (a Python traceback, a Rust panic) are in its report: fentry where the kernel
     /// allows it, else the syscall tracepoints (every syscall on the host takes a slower
-    /// path: `auto` says so at start), or off.
+    /// path: `auto` says which in the ready line), or off.
     #[arg(long, value_enum, default_value_t = writes::Mode::Auto)]
     last_words: writes::Mode,
     /// Bytes of a dying process's last words kept in its report (at most 16384: the

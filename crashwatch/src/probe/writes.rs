@@ -50,6 +50,19 @@ impl std::fmt::Display for Attached {
     }
 }
 
+impl Attached {
+    /// A few words for the agent's ready line (the whole story is its Display, at debug
+    /// level and in `crashwatch check`).
+    pub fn short(&self) -> &'static str {
+        match self {
+            Attached::Fentry => "last words via fentry",
+            Attached::Tracepoint(_) => "last words via syscall tracepoints",
+            Attached::Off => "last words off",
+            Attached::Unavailable(_) => "no last words",
+        }
+    }
+}
+
 const FENTRY: [(&str, &str); 2] = [
     ("write_fentry", "ksys_write"),
     ("writev_fentry", "do_writev"),

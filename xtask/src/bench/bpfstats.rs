@@ -134,8 +134,8 @@ pub fn snapshot(pid: u32, loaded: &[String]) -> Result<BTreeMap<String, Counters
     Ok(out)
 }
 
-/// The program names in the agent's ready line (`… programs loaded (a, b, …)`), in load
-/// order.
+/// The program names in the agent's start-up details (`… programs loaded (a, b, …)`, at
+/// `--log-level debug`), in load order.
 pub fn loaded_names(log: &[String]) -> Vec<String> {
     log.iter()
         .find_map(|l| {

@@ -43,6 +43,8 @@ pub struct Workload {
 pub struct Breakdown {
     /// Per workload: the programs that ran (name → time and runs), and the agent's CPU ns.
     pub per_workload: Vec<(BTreeMap<String, bpfstats::Counters>, u64)>,
+    /// How the agent attached its write hooks, from its start-up details.
+    pub words_mode: Option<String>,
 }
 
 /// What `cargo xtask bench` is asked to measure.
@@ -217,8 +219,6 @@ pub fn run(args: Args) -> Result<()> {
     let mut lost_runs = Vec::new();
     // The agent's CPU ms per 1,000 execs, per round, for each crashwatch observer.
     let mut exec_cpu: Vec<(Observer, f64)> = Vec::new();
-    // How the agent attached its write hooks here, from its ready line.
-    let mut words_mode: Option<String> = None;
     for round in 0..rounds {
         let mut order = all.clone();
         order.rotate_left(round % all.len());
@@ -249,9 +249,6 @@ pub fn run(args: Args) -> Result<()> {
             }
             let log = running.stop();
             if o == Observer::Crashwatch {
-                if let Some(l) = log.iter().find_map(|l| l.split_once("last words: ")) {
-                    words_mode.get_or_insert_with(|| l.1.to_string());
-                }
                 lost_runs.extend(
                     log.into_iter()
                         .filter(|l| l.contains("stopped (kernel losses")),
@@ -263,6 +260,7 @@ pub fn run(args: Args) -> Result<()> {
     let breakdown = (0..rounds.clamp(1, 3))
         .map(|_| breakdown(&workloads, &t.agent))
         .collect::<Result<Vec<_>>>()?;
+    let words_mode = breakdown.iter().find_map(|b| b.words_mode.clone());
     let crashes = storm::run(&t, storm, idle_secs)?;
     let history = history::markdown(&history::run(&t, history_crashes)?);
     let outputs = sinks::markdown(&sinks::run(&t, storm)?);
@@ -290,9 +288,19 @@ pub fn run(args: Args) -> Result<()> {
 /// on (apart from the timed rounds: the statistics cost ~20 ns per program run).
 fn breakdown(workloads: &[Workload], agent: &Path) -> Result<Breakdown> {
     let _stats = bpfstats::Enabled::new()?;
-    let running = Running::start(Observer::Crashwatch, agent)?;
+    // At debug level the agent says at start what it loaded and how (the programs' names,
+    // the write hooks); the kernel programs then also log what they fail to capture, which
+    // costs only on those failures.
+    let running = Running::start_with(Observer::Crashwatch, agent, &["--log-level", "debug"])?;
     let pid = running.pid().expect("crashwatch has a process");
-    let names = bpfstats::loaded_names(&running.log.lock().unwrap());
+    let (names, words_mode) = {
+        let log = running.log.lock().unwrap();
+        let words = log.iter().find_map(|l| {
+            let (_, w) = l.split_once("last words: ")?;
+            Some(w.split(", kernel state ").next().unwrap_or(w).to_string())
+        });
+        (bpfstats::loaded_names(&log), words)
+    };
     let mut per_workload = Vec::new();
     for w in workloads {
         let mut cmd = Command::new(&w.cmd[0]);
@@ -303,5 +311,8 @@ fn breakdown(workloads: &[Workload], agent: &Path) -> Result<Breakdown> {
         per_workload.push((bpfstats::delta(&b, &a), ((cpu1 - cpu0) * 1e9) as u64));
     }
     running.stop();
-    Ok(Breakdown { per_workload })
+    Ok(Breakdown {
+        per_workload,
+        words_mode,
+    })
 }

@@ -103,6 +103,11 @@ pub fn spawn_ready(
 
 impl Running {
     pub fn start(o: Observer, agent: &Path) -> Result<Running> {
+        Self::start_with(o, agent, &[])
+    }
+
+    /// With `extra` arguments for crashwatch's `run`.
+    pub fn start_with(o: Observer, agent: &Path, extra: &[&str]) -> Result<Running> {
         let reports = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::new(Mutex::new(Vec::new()));
         let mut children = Vec::new();
@@ -117,6 +122,7 @@ impl Running {
                 if o == Observer::CrashwatchQuiet {
                     c.args(["--last-words", "off"]);
                 }
+                c.args(extra);
                 children.push(spawn_ready(
                     c,
                     "crashwatch: ready",
