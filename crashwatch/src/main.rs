@@ -24,6 +24,7 @@ mod log;
 mod parse;
 mod privileges;
 mod probe;
+mod readback;
 mod redact;
 mod report;
 mod signals;

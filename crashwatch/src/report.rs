@@ -2,17 +2,21 @@
 //! change both together.
 use std::collections::BTreeMap;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::symbolize::Frame;
 
-#[derive(Clone, Debug, Default, Serialize)]
+// Read back by `crashwatch report ID` ([`crate::readback`]): every type here derives
+// Deserialize, with defaults for fields an older or newer agent did not write.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Report {
     /// Time of death (the kernel's exit timestamp), RFC 3339 UTC.
     pub time: String,
     pub host: String,
     /// `signal`, `oom_kill` or `exit`.
-    pub kind: &'static str,
+    #[serde(deserialize_with = "crate::readback::interned")]
+    pub kind: crate::readback::Name,
     pub pid: u32,
     /// The thread the fatal signal was delivered to (the pid when there was none).
     pub tid: u32,
@@ -58,7 +62,8 @@ pub struct Report {
     pub report_error: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LastWordsInfo {
     /// The head of its dying words and the tail of all it wrote, with a marker between
     /// when the middle was not kept.
@@ -68,20 +73,31 @@ pub struct LastWordsInfo {
     pub truncated: bool,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SignalInfo {
     pub number: i32,
     pub name: String,
     pub code: i32,
-    pub code_name: Option<&'static str>,
+    #[serde(deserialize_with = "crate::readback::interned_opt")]
+    pub code_name: Option<crate::readback::Name>,
     /// Faulting address (SIGSEGV, SIGBUS, SIGFPE, SIGILL raised by the kernel for a fault).
-    #[serde(serialize_with = "hex_opt")]
+    #[serde(
+        serialize_with = "hex_opt",
+        deserialize_with = "crate::readback::hex_opt"
+    )]
     pub addr: Option<u64>,
     /// Who sent the signal, when a process did (`kill`, `tgkill`, `sigqueue`).
     pub sender: Option<Sender>,
-    #[serde(serialize_with = "hex_opt")]
+    #[serde(
+        serialize_with = "hex_opt",
+        deserialize_with = "crate::readback::hex_opt"
+    )]
     pub ip: Option<u64>,
-    #[serde(serialize_with = "hex_opt")]
+    #[serde(
+        serialize_with = "hex_opt",
+        deserialize_with = "crate::readback::hex_opt"
+    )]
     pub sp: Option<u64>,
     /// The process had a handler installed (Go, JVMs) and died after it ran.
     pub handled: bool,
@@ -90,13 +106,14 @@ pub struct SignalInfo {
 }
 
 /// The process that sent a signal, as the kernel recorded it in the siginfo.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Sender {
     pub pid: u32,
     pub uid: u32,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct GoInfo {
     /// Toolchain that built the binary (`go1.21.13`).
     pub version: Option<String>,
@@ -123,7 +140,8 @@ pub struct GoInfo {
     pub registers: BTreeMap<String, String>,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ExitInfo {
     /// Exit code when the process exited, null when a signal ended it.
     pub code: Option<u32>,

@@ -128,6 +128,37 @@ fn clusters_loops_restarts_and_the_report_command() {
     let one: Value = serde_json::from_str(&one).unwrap();
     assert_eq!(one["reports"].as_array().unwrap().len(), 3, "the latest 3");
     assert_eq!(one["reports"][0]["cluster"]["count"], 4);
+    // Without --json: the cluster, then each report as the agent's readable block.
+    let (ok, text, err) = report_cmd(&dir, &[&id.to_string()]);
+    assert!(ok, "{err}");
+    assert!(
+        text.starts_with(&format!("#{id} signal SIGSEGV (SEGV_MAPERR)")),
+        "{text}"
+    );
+    let heads: Vec<&str> = text.lines().filter(|l| l.starts_with("✗ ")).collect();
+    assert_eq!(heads.len(), 3, "a block per report: {text}");
+    let (pid, comm) = (&one["reports"][0]["pid"], &one["reports"][0]["comm"]);
+    assert!(
+        heads[0].starts_with(&format!(
+            "✗ signal SIGSEGV (SEGV_MAPERR) — {} pid {pid} tid {pid}",
+            comm.as_str().unwrap()
+        )),
+        "{text}"
+    );
+    for part in [
+        "  exe ",
+        "  signal ",
+        "  exit      killed by SIGSEGV",
+        "  stack",
+        "null_write (",
+        "CRASH LOOP",
+    ] {
+        assert!(text.contains(part), "no {part:?}: {text}");
+    }
+    assert!(
+        !text.contains("\"registers\"") && !text.lines().any(|l| l.trim_start().starts_with('{')),
+        "no JSON without --json: {text}"
+    );
     let (ok, none, _) = report_cmd(&dir, &["--kind", "go_panic"]);
     assert!(
         ok && none.contains("no crashes recorded that match"),

@@ -1,12 +1,13 @@
 //! `crashwatch report`: the crash history, read from the store while the agent runs; and the
 //! history's flags of `run`, which the two commands share.
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Args;
 
 use crate::{
     assemble::Kind,
     escape::escape as esc,
+    sink,
     store::{self, ClusterRow, Filter, Store},
 };
 
@@ -75,7 +76,8 @@ pub struct ReportArgs {
     /// Only clusters that hit this Kubernetes namespace.
     #[arg(long)]
     pub namespace: Option<String>,
-    /// JSON instead of text.
+    /// JSON instead of text (a cluster's reports as stored; without it, each reads as the
+    /// agent prints it on a terminal).
     #[arg(long)]
     pub json: bool,
     /// Clusters listed at most.
@@ -167,20 +169,38 @@ fn one(store: &Store, id: i64, n: u32, f: &Filter, json: bool) -> anyhow::Result
         eprintln!("crashwatch: no cluster {id} in the crash history");
         return Ok(false);
     };
-    let reports: Vec<serde_json::Value> = reports
-        .iter()
-        .filter_map(|j| serde_json::from_str(j).ok())
-        .collect();
     if json {
+        let reports: Vec<serde_json::Value> = reports
+            .iter()
+            .filter_map(|j| serde_json::from_str(j).ok())
+            .collect();
         let v = serde_json::json!({ "cluster": row, "reports": reports });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(true);
     }
+    // The cluster, a blank line, and each report's block (which ends with one).
     print!("{}", summary(&row));
+    let color = sink::color(std::io::stdout().is_terminal());
+    println!();
     for r in &reports {
-        println!("\n{}", serde_json::to_string_pretty(r)?);
+        print!("{}", block(r, color));
     }
     Ok(true)
+}
+
+/// A stored report as the agent's readable block; one it cannot read back (written by a
+/// build whose fields this one does not know the types of) as its JSON, said.
+fn block(json: &str, color: bool) -> String {
+    match crate::readback::report(json) {
+        Ok(r) => sink::pretty(&r, color),
+        Err(e) => {
+            let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+            format!(
+                "(a report this build cannot show ({e}); its JSON:)\n{:#}\n",
+                v
+            )
+        }
+    }
 }
 
 /// A revision as people quote one: 12 digits of a git hash or build id.

@@ -30,7 +30,8 @@ pub struct Sighting {
 }
 
 /// `cluster.regression` in a report.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Regression {
     pub program: String,
     /// The build the cluster first crashed in.

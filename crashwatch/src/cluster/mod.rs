@@ -17,7 +17,8 @@ use serde::Serialize;
 use crate::report::Report;
 
 /// `cluster` in a report.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct ClusterInfo {
     /// The cluster's number in this node's store (stable across restarts).
     pub id: i64,

@@ -19,7 +19,7 @@
 //! writes the uid's dashes as underscores (`kubepods-besteffort-pod<uid>.slice`).
 
 /// The container runtime that named the cgroup.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Runtime {
     Docker,

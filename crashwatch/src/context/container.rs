@@ -48,7 +48,7 @@ const NAME_MAX: usize = 512;
 const LOG_DIR_MAX: usize = 100_000;
 
 /// `container` in a report.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct ContainerInfo {
     pub id: String,
     pub runtime: Runtime,
@@ -57,7 +57,8 @@ pub struct ContainerInfo {
 }
 
 /// `k8s` in a report.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct K8sInfo {
     pub namespace: Option<String>,
     pub pod: Option<String>,

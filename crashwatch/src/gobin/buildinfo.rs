@@ -7,7 +7,8 @@ use serde::Serialize;
 
 const MAGIC: &[u8] = b"\xff Go buildinf:";
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct BuildInfo {
     /// The main package's import path (`path` line).
     pub path: Option<String>,

@@ -3,16 +3,18 @@
 //! it must accept every version's variant: `created by X in goroutine N` (1.21+), `gp=… m=…`
 //! in headers (GOTRACEBACK=system/crash), elided frames, wait durations. It only reads text, so
 //! it serves log files (`crashwatch analyze`) as well as captured stderr.
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(default)]
 pub struct Frame {
     pub function: String,
     pub file: Option<String>,
     pub line: Option<u32>,
 }
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct Goroutine {
     pub id: u64,
     /// `running`, `runnable`, `syscall`, `waiting`, ...

@@ -11,7 +11,7 @@
 //!
 //! [`recognise`] returns the last death any parser finds (a process may log a handled
 //! traceback long before the one that kills it).
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub mod blocks;
 pub mod dump;
@@ -29,7 +29,8 @@ pub const MAX_CHAIN: usize = 32;
 pub const MAX_TEXT: usize = 4096;
 
 /// A frame as a runtime printed it.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct Frame {
     pub function: Option<String>,
     pub file: Option<String>,
@@ -39,7 +40,8 @@ pub struct Frame {
 
 /// One error of a chain (Python's causes and contexts, Java's `Caused by:`, Go's nested
 /// panics), in the order the runtime printed them.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct Link {
     #[serde(rename = "type")]
     pub error_type: Option<String>,
@@ -50,8 +52,11 @@ pub struct Link {
     /// member), `caused_by` (Java: this caused the one before), `suppressed` (Java),
     /// `while_panicking` (Go: raised by a deferred call of the panic before). Absent on the
     /// first.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub relation: Option<&'static str>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::readback::interned_opt"
+    )]
+    pub relation: Option<crate::readback::Name>,
     /// Go: marked `[recovered]` (a deferred call recovered it, then panicked).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub recovered: bool,
@@ -59,13 +64,16 @@ pub struct Link {
 }
 
 /// A death a runtime announced in its own words.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct Death {
     /// `go`, `rust`, `python`, `node`, `java`, `c++`, `glibc` or `sanitizer`.
-    pub runtime: &'static str,
+    #[serde(deserialize_with = "crate::readback::interned")]
+    pub runtime: crate::readback::Name,
     /// `panic`, `fatal_error`, `uncaught_exception`, `stack_overflow`, `out_of_memory`,
     /// `assertion`, `heap_corruption`, `stack_smashing` or `sanitizer`.
-    pub reason: &'static str,
+    #[serde(deserialize_with = "crate::readback::interned")]
+    pub reason: crate::readback::Name,
     /// The runtime's error line, as printed (one line).
     pub headline: String,
     /// The error's type, where the runtime names one (`ValueError`,

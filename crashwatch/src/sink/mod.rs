@@ -55,10 +55,9 @@ impl Stdout {
             Format::Pretty => false,
             Format::Json | Format::None => true,
         };
-        let color = tty && std::env::var_os("NO_COLOR").is_none();
         Stdout {
             json,
-            color,
+            color: color(tty),
             off: format == Format::None,
             out: io::stdout(),
         }
@@ -78,6 +77,11 @@ impl Stdout {
         }
         out.flush()
     }
+}
+
+/// Whether readable output to a terminal (`tty`) is colored: unless NO_COLOR is set.
+pub fn color(tty: bool) -> bool {
+    tty && std::env::var_os("NO_COLOR").is_none()
 }
 
 /// One report on its way out: shared by every output's queue.

@@ -37,9 +37,13 @@ use files::FileCache;
 use space::{Exe, Space};
 use unwind::{Step, Via};
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct Frame {
-    #[serde(serialize_with = "crate::report::hex")]
+    #[serde(
+        serialize_with = "crate::report::hex",
+        deserialize_with = "crate::readback::hex"
+    )]
     pub ip: u64,
     /// Path of the module in the process's view.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -49,7 +53,8 @@ pub struct Frame {
     /// Byte offset of `ip` in the module's file.
     #[serde(
         skip_serializing_if = "Option::is_none",
-        serialize_with = "crate::report::hex_opt"
+        serialize_with = "crate::report::hex_opt",
+        deserialize_with = "crate::readback::hex_opt"
     )]
     pub offset: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -64,7 +69,8 @@ pub struct Frame {
     /// A call the compiler inlined into the next frame (same `ip`).
     pub inlined: bool,
     /// `fp`, `cfi` or `go`.
-    pub found_by: &'static str,
+    #[serde(deserialize_with = "crate::readback::interned")]
+    pub found_by: crate::readback::Name,
     /// Why the frame has no name, when it has none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
