@@ -1,10 +1,6 @@
 //! `crashwatch analyze`: crashes already in logs, explained by [`crate::analyze`]. Files are
 //! opened by path (this is a user's command: no process's view to go through); `-` is stdin.
-use std::{
-    io::{IsTerminal, Write},
-    path::PathBuf,
-    process::ExitCode,
-};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use clap::Args;
 
@@ -70,8 +66,11 @@ pub fn run(a: AnalyzeArgs) -> ExitCode {
     } else {
         analyze::pretty(&result)
     };
-    // A closed pipe (`| head`) is not an error of the analysis.
-    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    // A closed pipe (`| head`) is not an error of the analysis (super::out).
+    if let Err(e) = super::out::write(&text) {
+        eprintln!("crashwatch analyze: writing the output: {e}");
+        return ExitCode::from(2);
+    }
     // The text names an unreadable input; why, only here (the JSON has it as `error`).
     for i in result.inputs.iter().filter_map(|i| i.error.as_ref()) {
         eprintln!("crashwatch analyze: {i}");

@@ -233,9 +233,10 @@ pub fn sinks(outputs: &super::outputs::OutputArgs, state_dir: &Path, no_store: b
     print(&lines, "every output works", "some outputs do not work")
 }
 
-/// Prints the lines; whether all passed.
+/// Prints the lines; whether all passed (and were written, or the reader went away).
 fn print(lines: &[Line], good: &str, bad: &str) -> bool {
-    let mut ok = true;
+    use std::fmt::Write;
+    let (mut ok, mut text) = (true, String::new());
     for l in lines {
         ok &= l.ok;
         let mark = match (l.ok, l.warn) {
@@ -243,13 +244,19 @@ fn print(lines: &[Line], good: &str, bad: &str) -> bool {
             (true, true) => "warn",
             (false, _) => "FAIL",
         };
-        println!("{mark} {:<19} {}", l.what, l.detail);
+        let _ = writeln!(text, "{mark} {:<19} {}", l.what, l.detail);
         if !l.ok || l.warn {
-            println!("     {:<19} fix: {}", "", l.fix);
+            let _ = writeln!(text, "     {:<19} fix: {}", "", l.fix);
         }
     }
-    println!("{}", if ok { good } else { bad });
-    ok
+    let _ = writeln!(text, "{}", if ok { good } else { bad });
+    match super::out::write(&text) {
+        Ok(()) => ok,
+        Err(e) => {
+            eprintln!("crashwatch check: writing the output: {e}");
+            false
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ mod analyze;
 mod check;
 mod config;
 mod exec;
+pub mod out;
 mod outputs;
 mod reload;
 mod report;
@@ -45,7 +46,8 @@ enum Cmd {
     /// Find the crashes in logs already written: Go panics (nested too), fatal errors,
     /// signal and goroutine dumps, the other runtimes' crash texts, and gctrace lines; each
     /// crash with its line range and the agent's fingerprint, goroutine dumps folded, GC
-    /// statistics. Exit status: 0 no crash, 1 crashes found, 2 an input unreadable.
+    /// statistics. Exit status: 0 no crash, 1 crashes found, 2 an input unreadable or the
+    /// output unwritable (a reader that stopped early, `| head`, is not a failure).
     Analyze(analyze::AnalyzeArgs),
     /// Run a command and report every crash in its tree (children, grandchildren, daemons
     /// that double-fork away) and nothing else on the host; exit with a status that fails a
@@ -300,14 +302,14 @@ pub fn main() -> ExitCode {
         Cmd::Analyze(args) => analyze::run(args),
         Cmd::Exec(args) => exec::run(args),
         Cmd::UninstallBpf { pin_dir } => match crate::probe::pin::uninstall(&pin_dir) {
-            Ok(0) => {
-                println!("nothing pinned under {}", pin_dir.display());
-                ExitCode::SUCCESS
-            }
-            Ok(n) => {
-                println!("removed {n} pinned objects under {}", pin_dir.display());
-                ExitCode::SUCCESS
-            }
+            Ok(0) => out::print(
+                &format!("nothing pinned under {}\n", pin_dir.display()),
+                ExitCode::SUCCESS,
+            ),
+            Ok(n) => out::print(
+                &format!("removed {n} pinned objects under {}\n", pin_dir.display()),
+                ExitCode::SUCCESS,
+            ),
             Err(e) => {
                 eprintln!("crashwatch: {e:#}");
                 ExitCode::FAILURE
@@ -333,8 +335,7 @@ pub fn main() -> ExitCode {
         } => {
             let run = matches.subcommand_matches("run").expect("run was parsed");
             let file = from_file.expect("run reads the configuration");
-            print!("{}", config::print(&cmd, run, &file));
-            ExitCode::SUCCESS
+            out::print(&config::print(&cmd, run, &file), ExitCode::SUCCESS)
         }
         Cmd::Run { run, .. } => {
             let RunArgs {

@@ -130,11 +130,11 @@ pub fn run(a: ReportArgs) -> ExitCode {
     };
     let shown = match a.cluster {
         Some(id) => one(&store, id, a.reports, &filter, a.json),
-        None => all(&store, &filter, a.json),
+        None => all(&store, &filter, a.json).map(Some),
     };
     match shown {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+        Ok(Some(text)) => super::out::print(&text, ExitCode::SUCCESS),
+        Ok(None) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("crashwatch: reading the crash history: {e:#}");
             ExitCode::FAILURE
@@ -142,32 +142,25 @@ pub fn run(a: ReportArgs) -> ExitCode {
     }
 }
 
-fn all(store: &Store, f: &Filter, json: bool) -> anyhow::Result<bool> {
+/// The clusters `f` lets through, as text or JSON.
+fn all(store: &Store, f: &Filter, json: bool) -> anyhow::Result<String> {
     let rows = store.list(f)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(true);
+        return Ok(format!("{}\n", serde_json::to_string_pretty(&rows)?));
     }
     if rows.is_empty() {
-        println!(
-            "no crashes recorded{}",
-            if f.since_ns.is_some() || f.kind.is_some() || f.namespace.is_some() {
-                " that match"
-            } else {
-                ""
-            }
-        );
+        let filtered = f.since_ns.is_some() || f.kind.is_some() || f.namespace.is_some();
+        let that = if filtered { " that match" } else { "" };
+        return Ok(format!("no crashes recorded{that}\n"));
     }
-    for r in &rows {
-        print!("{}", summary(r));
-    }
-    Ok(true)
+    Ok(rows.iter().map(summary).collect())
 }
 
-fn one(store: &Store, id: i64, n: u32, f: &Filter, json: bool) -> anyhow::Result<bool> {
+/// Cluster `id` and its latest `n` reports, as text or JSON; None: no such cluster (said).
+fn one(store: &Store, id: i64, n: u32, f: &Filter, json: bool) -> anyhow::Result<Option<String>> {
     let Some((row, reports)) = store.cluster(id, n, f)? else {
         eprintln!("crashwatch: no cluster {id} in the crash history");
-        return Ok(false);
+        return Ok(None);
     };
     if json {
         let reports: Vec<serde_json::Value> = reports
@@ -175,17 +168,15 @@ fn one(store: &Store, id: i64, n: u32, f: &Filter, json: bool) -> anyhow::Result
             .filter_map(|j| serde_json::from_str(j).ok())
             .collect();
         let v = serde_json::json!({ "cluster": row, "reports": reports });
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(true);
+        return Ok(Some(format!("{}\n", serde_json::to_string_pretty(&v)?)));
     }
     // The cluster, a blank line, and each report's block (which ends with one).
-    print!("{}", summary(&row));
     let color = sink::color(std::io::stdout().is_terminal());
-    println!();
+    let mut text = summary(&row) + "\n";
     for r in &reports {
-        print!("{}", block(r, color));
+        text += &block(r, color);
     }
-    Ok(true)
+    Ok(Some(text))
 }
 
 /// A stored report as the agent's readable block; one it cannot read back (written by a

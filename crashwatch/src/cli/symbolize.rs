@@ -91,8 +91,7 @@ fn names(a: Args) -> Result<()> {
             }
         }
     }
-    print!("{out}");
-    Ok(())
+    super::out::write(&out).context("writing the names")
 }
 
 /// `0x`-prefixed hexadecimal (as reports print addresses), else decimal.

@@ -251,8 +251,10 @@ async fn exec(o: Options) -> Result<u8> {
     eprint!("{}", ci::summary(&clusters, seen.len(), &ended));
     if std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true") {
         let workspace = std::env::var("GITHUB_WORKSPACE").ok();
-        print!("{}", ci::github(&clusters, workspace.as_deref()));
-        let _ = std::io::stdout().flush();
+        // A reader that went away ends the annotations, not exec.
+        if let Err(e) = crate::cli::out::write(&ci::github(&clusters, workspace.as_deref())) {
+            eprintln!("crashwatch exec: writing the annotations: {e}");
+        }
     }
     let secs = started.elapsed().as_secs_f64();
     let command = o
