@@ -1,7 +1,8 @@
 //! Closed pipes, through the real binary: every command whose stdout reader went away
 //! (`crashwatch report | head`) stops writing without a word and exits with the status it
-//! has anyway, as with its output read to the end. Needs root (CI runs as root): `check`,
-//! `exec` and the agent that fills a crash history load the programs.
+//! has anyway, as with its output read to the end; the agent whose stderr is closed
+//! (`crashwatch run 2>&1 | head -1`) runs on, its log lines counted as not written. Needs
+//! root (CI runs as root): `check`, `exec` and the agents load the programs.
 mod common;
 
 use std::{
@@ -10,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{agent_bin, state_dir, Agent, Crasher};
+use common::{agent_bin, http_get, state_dir, Agent, Crasher};
 
 /// A pipe whose reader is gone before the command writes: its first write fails (EPIPE).
 fn closed_pipe() -> std::io::PipeWriter {
@@ -111,4 +112,99 @@ fn every_command_exits_quietly_when_its_reader_went_away() {
         "the annotations were written: {read:?}"
     );
     let _ = std::fs::remove_dir_all(Path::new(&d));
+}
+
+/// A port free now on 127.0.0.1 (the agent's log, where it says its address, is not read).
+fn free_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// Waits until the agent at `addr` answers /readyz 200, or fails saying how it ended.
+fn wait_ready(agent: &mut std::process::Child, addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(st) = agent.try_wait().unwrap() {
+            panic!("the agent ended before it was ready: {st}");
+        }
+        if http_get(addr, "/readyz").is_some_and(|(h, _)| h.contains(" 200 ")) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the agent never got ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `crashwatch run` with `args`, stderr a pipe whose reader is gone, stdout `stdout`.
+fn agent_without_stderr(args: &[&str], stdout: Stdio) -> (std::process::Child, String) {
+    let addr = free_port();
+    let child = Command::new(agent_bin())
+        .args(["run", "--no-pin", "--output", "json", "--listen", &addr])
+        .args(args)
+        .env("CRASHWATCH_CONFIG", "/dev/null")
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(closed_pipe())
+        .spawn()
+        .unwrap();
+    (child, addr)
+}
+
+fn wait_exit(agent: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(st) = agent.try_wait().unwrap() {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "the agent did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_agent_runs_on_when_its_stderr_is_closed() {
+    use std::io::{BufRead, BufReader};
+    let dir = state_dir("pipes-stderr");
+    let d = dir.display().to_string();
+    let (mut agent, addr) = agent_without_stderr(&["--state-dir", &d], Stdio::piped());
+    let out = BufReader::new(agent.stdout.take().unwrap());
+    let (tx, reports) = std::sync::mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            let _ = tx.send(serde_json::from_str(&line).unwrap());
+        }
+    });
+    wait_ready(&mut agent, &addr);
+    // Its log lines went nowhere, and it keeps count; its reports still go to stdout.
+    let unwritten = || {
+        let (_, body) = http_get(&addr, "/metrics").expect("metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix("crashwatch_log_lines_unwritten_total "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no log line count: {body}"))
+    };
+    assert!(unwritten() >= 1.0, "the ready line at least");
+    let c = Crasher::run("null");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let r = reports
+            .recv_timeout(left)
+            .expect("the crash was reported on stdout");
+        if r["pid"] == c.pid {
+            break;
+        }
+    }
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let st = wait_exit(&mut agent, Duration::from_secs(30));
+    assert_eq!(st.code(), Some(0), "{st}");
+
+    // `crashwatch run 2>&1 | head -1`: stdout and stderr both closed. The first report finds
+    // stdout closed and the agent stops, as it does when stdout alone is closed.
+    let (mut agent, addr) = agent_without_stderr(&["--state-dir", &d], closed_pipe().into());
+    wait_ready(&mut agent, &addr);
+    Crasher::run("null");
+    let st = wait_exit(&mut agent, Duration::from_secs(30));
+    assert_eq!(st.code(), Some(0), "{st}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

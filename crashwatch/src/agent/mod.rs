@@ -498,6 +498,12 @@ pub async fn run(mut opts: Options) -> Result<()> {
         go.released,
         go.over_limit,
     );
+    // Said for a stderr that failed for a while and came back (a full disk), and for the
+    // log pipelines that read the JSON lines; /metrics has it too.
+    let unwritten = crate::log::unwritten();
+    if unwritten > 0 {
+        tracing::warn!("{unwritten} log lines could not be written (stderr closed or failing)");
+    }
     tracing::info!(
         "records from the kernel: {} execs (of files not yet known, Go binaries, or tracked processes), {} identities read at a crash sign, {} exits; {} executables marked known{}",
         counts.execs,

@@ -394,7 +394,7 @@ pub fn main() -> ExitCode {
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    eprintln!("crashwatch: {e}");
+                    tracing::error!("{e}");
                     return ExitCode::FAILURE;
                 }
             };
@@ -438,10 +438,12 @@ pub fn main() -> ExitCode {
                 )),
                 embed: None,
             };
+            // Through the log, which survives a closed stderr (and is JSON with
+            // --log-format json).
             match rt.block_on(agent::run(opts)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("crashwatch: {e:#}");
+                    tracing::error!("{e:#}");
                     ExitCode::FAILURE
                 }
             }

@@ -124,6 +124,7 @@ impl Metrics {
             build,
         );
         registry.register_collector(Box::new(ProcessCollector));
+        registry.register_collector(Box::new(crate::log::Unwritten));
         Arc::new(Metrics {
             registry,
             crashes,
