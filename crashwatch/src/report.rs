@@ -45,17 +45,36 @@ pub struct Report {
     /// What the process wrote to stderr before it died.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_words: Option<LastWordsInfo>,
-    /// Which crashes are the same bug: `v1:<16 hex>` (docs/fingerprint.md).
+    /// Which crashes are the same bug: `v1:<16 hex>` (docs/fingerprint.md); absent for a
+    /// termination.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub fingerprint: String,
     /// Its cluster on this node: how often, since when, looping.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<crate::cluster::ClusterInfo>,
+    /// For a `termination` (a death someone asked for; reported only with
+    /// `--report-terminations`): the stop request it followed, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub termination: Option<TerminationInfo>,
     /// Kernel events lost (ring buffer full, recursion misses not redone) since the previous report.
     pub lost_before: u64,
     /// Why this report is less than whole (building it failed; what is here was known
     /// without it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report_error: Option<String>,
+}
+
+/// How a termination came about, beyond its signal.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TerminationInfo {
+    /// A stop request (`SIGTERM`, `SIGINT`) the process handled itself before it was
+    /// killed; null when it had none.
+    pub after: Option<String>,
+    /// Seconds from that request to the death.
+    pub after_secs: Option<f64>,
+    /// A SIGKILL within the grace window after that request: a stop that took longer than
+    /// its grace period.
+    pub grace_expired: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -66,6 +85,9 @@ pub struct LastWordsInfo {
     /// Bytes it wrote to stderr in all.
     pub bytes: u64,
     pub truncated: bool,
+    /// Bytes the kernel could not read from the process when it wrote them (nor later):
+    /// shown in `text` as `[crashwatch: N bytes unreadable]`.
+    pub unreadable: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]

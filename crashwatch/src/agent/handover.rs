@@ -85,6 +85,7 @@ mod tests {
                 ..Head::default()
             },
             status: 0,
+            asked: None,
         })
     }
 

@@ -53,6 +53,8 @@ use crate::{
 pub struct Options {
     pub format: Format,
     pub report_nonzero_exits: bool,
+    /// Which terminations (deaths someone asked for) are reported; all are counted.
+    pub report_terminations: crate::assemble::policy::ReportTerminations,
     pub ring_bytes: u32,
     pub pending_window: Duration,
     /// Bytes of Go runtime output kept per crash.
@@ -216,6 +218,7 @@ pub async fn run(mut opts: Options) -> Result<()> {
         let (go, closed, roots) = (go.view(), stdout_closed.clone(), roots.clone());
         let (format, cache) = (opts.format, opts.symbol_cache_bytes);
         let redactor = opts.redactor;
+        let terminations = opts.report_terminations;
         let (outputs, m) = (outputs, metrics.clone());
         let written = holds.written.clone();
         let opened = reload::Opened {
@@ -246,6 +249,8 @@ pub async fn run(mut opts: Options) -> Result<()> {
                     cache_bytes: cache,
                     build_panics: 0,
                     unbuilt: 0,
+                    terminations,
+                    carried_lost: 0,
                     failpoint: std::env::var("CRASHWATCH_FAILPOINT_REPORT_PANIC").ok(),
                     metrics: m,
                 }

@@ -34,6 +34,7 @@ fn exit(pid: u32, status: u32) -> Record {
     Record::Exit(Exit {
         head: head(pid),
         status,
+        asked: None,
     })
 }
 
@@ -68,6 +69,7 @@ fn exec(pid: u32, ino: u64) -> Record {
         exe: None,
         root: None,
         mnt_ns: 0,
+        path: None,
         at_exec: true,
     })
 }

@@ -51,6 +51,12 @@ impl Enricher {
             .collect()
     }
 
+    /// The Kubernetes namespace of a dead process's pod, when it ran in one.
+    pub fn namespace(&self, c: &Crash) -> Option<String> {
+        let place = self.containers.note(&c.proc.as_ref()?.cgroup)?;
+        place.k8s.as_ref()?.namespace.clone()
+    }
+
     /// `go` is the Go binary the process ran, when it was one.
     pub fn report(
         &self,
@@ -140,16 +146,31 @@ impl Enricher {
                     text,
                     bytes: w.written,
                     truncated: w.truncated || cut,
+                    unreadable: w.unreadable,
                 }
             }),
             go: go_info,
             stack,
+            termination: (c.kind == crate::assemble::Kind::Termination).then(|| termination(c)),
             // The cluster stage's.
             fingerprint: String::new(),
             cluster: None,
             lost_before,
             report_error: None,
         }
+    }
+}
+
+/// What a termination followed: a stop request the process handled, and whether the kill
+/// came as its grace period ran out.
+fn termination(c: &Crash) -> crate::report::TerminationInfo {
+    let killed = c.status & 0x7f == 9;
+    crate::report::TerminationInfo {
+        after: c.asked.map(|(sig, _)| signals::name(sig)),
+        after_secs: c.asked.map(|(_, ns)| (ns / 1_000_000) as f64 / 1e3),
+        grace_expired: killed
+            && c.asked
+                .is_some_and(|(_, ns)| ns <= crate::assemble::policy::GRACE_WINDOW_NS),
     }
 }
 
@@ -246,6 +267,11 @@ pub fn resolve_exe(e: &mut Exec) {
         if e.file.open_at(through_parent).is_some() {
             e.exe = Some(e.filename.clone());
         }
+        return;
+    }
+    // A relative path: where the kernel found the file, when it could spell it whole.
+    if let Some(p) = &e.path {
+        e.exe = Some(p.clone());
         return;
     }
     let cwd = format!("/proc/{}/cwd", e.head.ppid);

@@ -97,6 +97,17 @@ pub fn load(pending_window_ns: u64, args_max: u32, stack_copy: u32) -> Result<Ke
         task_nsproxy: k.off("task_struct", "nsproxy")?,
         nsproxy_mnt_ns: k.off("nsproxy", "mnt_ns")?,
         mnt_ns_inum: k.off("mnt_namespace", "ns")? + k.off("ns_common", "inum")?,
+        file_f_path: k.off("file", "f_path")?,
+        path_mnt: k.off("path", "mnt")?,
+        path_dentry: k.off("path", "dentry")?,
+        dentry_parent: k.off("dentry", "d_parent")?,
+        dentry_name: k.off("dentry", "d_name")? + k.off("qstr", "name")?,
+        vfsmount_root: k.off("vfsmount", "mnt_root")?,
+        mount_mnt: k.off("mount", "mnt")?,
+        mount_parent: k.off("mount", "mnt_parent")?,
+        mount_mountpoint: k.off("mount", "mnt_mountpoint")?,
+        task_fs: k.off("task_struct", "fs")?,
+        fs_root: k.off("fs_struct", "root")?,
     };
     let exit_args = k.tracepoint_args("sched_process_exit")?;
     let oom_arg_is_task = match k.tracepoint_args("mark_victim") {

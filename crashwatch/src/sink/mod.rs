@@ -105,6 +105,11 @@ pub trait Output: Send + 'static {
     fn delivers_on_write(&self) -> bool {
         true
     }
+    /// Takes the terminations `--report-terminations` asks for (the file): alerting and
+    /// tracking outputs (webhooks, OTLP) take crashes only.
+    fn takes_terminations(&self) -> bool {
+        false
+    }
 }
 
 /// What one output did.
@@ -131,6 +136,7 @@ const QUEUE: usize = 4096;
 
 struct Worker {
     name: &'static str,
+    terminations: bool,
     queue: Option<mpsc::SyncSender<Arc<Item>>>,
     thread: Option<JoinHandle<Option<String>>>,
     stats: Arc<SinkStats>,
@@ -151,6 +157,7 @@ impl Outputs {
         metrics: &metrics::Metrics,
     ) -> anyhow::Result<()> {
         let (queue, rx) = mpsc::sync_channel::<Arc<Item>>(QUEUE);
+        let terminations = out.takes_terminations();
         let stats = Arc::new(SinkStats {
             exported: metrics.sink_errors(name),
             delivered_exported: out.delivers_on_write().then(|| metrics.delivered(name)),
@@ -192,6 +199,7 @@ impl Outputs {
             })?;
         self.workers.push(Worker {
             name,
+            terminations,
             queue: Some(queue),
             thread: Some(thread),
             stats,
@@ -199,9 +207,14 @@ impl Outputs {
         Ok(())
     }
 
-    /// Queues a report for every output; never waits.
+    /// Queues a report for every output that takes it; never waits.
     pub fn send(&self, item: Arc<Item>) {
-        for w in &self.workers {
+        let termination = item.report.kind == "termination";
+        for w in self
+            .workers
+            .iter()
+            .filter(|w| w.terminations || !termination)
+        {
             let sent = w
                 .queue
                 .as_ref()
