@@ -376,7 +376,24 @@ pub struct Asked {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OomRecord {
     pub hdr: Header,
+    /// 1 when `oom_score_adj` and `rss_pages` are the victim's (older kernels name only its
+    /// pid, and the task at hand is another).
+    pub victim_read: u32,
+    /// `signal->oom_score_adj`.
+    pub oom_score_adj: i32,
+    /// The victim's resident pages by kind: file, anon, swap entries, shmem (`mm->rss_stat`,
+    /// in the kernel's counter order).
+    pub rss_pages: [i64; 4],
+    /// Levels of `memcg` filled.
+    pub levels: u32,
+    pub _pad: u32,
+    /// `[usage, max]` in pages of the memory cgroup's page counter, the victim's own first,
+    /// then each parent: the one at its limit is where the OOM happened.
+    pub memcg: [[u64; 2]; OOM_LEVELS],
 }
+
+/// Memory cgroup levels an [`OomRecord`] reads, from the victim's up.
+pub const OOM_LEVELS: usize = 8;
 
 /// A Go process entered a fatal path: `runtime.fatalpanic` (after `gopanic` named the value's
 /// type) or `runtime.throw`/`runtime.fatal` (with the message).
@@ -488,6 +505,21 @@ pub struct Offsets {
     /// `task_struct.fs`, `fs_struct.root` (a `struct path`).
     pub task_fs: u32,
     pub fs_root: u32,
+    /// `signal_struct.oom_score_adj`.
+    pub signal_oom_score_adj: u32,
+    /// `mm_struct.rss_stat`, the bytes between its counters, and a counter's value within one
+    /// (`percpu_counter.count` from 6.2, an `atomic_long_t` before).
+    pub mm_rss_stat: u32,
+    pub rss_stride: u32,
+    pub rss_count: u32,
+    /// `css_set.subsys[memory_cgrp_id]`; `mem_cgroup.css`, `mem_cgroup.memory`.
+    pub css_set_memory: u32,
+    pub memcg_css: u32,
+    pub memcg_memory: u32,
+    /// `page_counter.usage`, `.max`, `.parent`.
+    pub counter_usage: u32,
+    pub counter_max: u32,
+    pub counter_parent: u32,
 }
 
 /// Everything the programs read from their one global.

@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use crashwatch_common::*;
 
-use crate::shared::{fill_header, output_with_args, rd, read_args};
+use crate::shared::{fill_header, output_with_args, rd, read_args, word};
 
 /// The agent's answers about executables it has seen, keyed by file identity.
 #[map]
@@ -100,23 +100,6 @@ fn read_cgroup(task: u64, out: &mut CgroupPath) {
 
 /// Steps of a path walk: components and mount crossings.
 const PATH_STEPS: usize = 24;
-
-/// A kernel word at `base + off`, 0 when unreadable, with no branch on the outcome (the
-/// helper zeroes what it could not read): a walk that branches on every read gives the
-/// verifier more paths than it will follow.
-#[inline(always)]
-fn word(base: u64, off: u32) -> u64 {
-    let mut v = 0u64;
-    // SAFETY: the helper writes at most 8 bytes into `v` and faults safely.
-    unsafe {
-        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
-            &mut v as *mut u64 as *mut core::ffi::c_void,
-            8,
-            base.wrapping_add(off as u64) as *const core::ffi::c_void,
-        )
-    };
-    v
-}
 
 /// Fills `out` with the path of `file` (a `struct file *`) in `task`'s view: its dentries'
 /// names up to `task`'s root, crossing mounts; incomplete when deeper than

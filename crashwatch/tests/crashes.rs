@@ -285,6 +285,20 @@ fn oom_kill_in_a_memory_limited_cgroup() {
         r["cgroup"],
         cg.name
     );
+    // What people need of an OOM kill: which limit, how full, how much the victim held. The
+    // group kill's cleared siginfo names no sender.
+    let o = &r["oom"];
+    assert_eq!(o["constraint"], "cgroup", "{r:#}");
+    assert_eq!(o["cgroup"], r["cgroup"], "{r:#}");
+    assert_eq!(o["limit_bytes"], 64 << 20, "{r:#}");
+    let usage = o["usage_bytes"].as_u64().unwrap();
+    assert!(usage > 60 << 20 && usage <= 64 << 20, "{r:#}");
+    assert!(o["rss_anon_bytes"].as_u64().unwrap() > 32 << 20, "{r:#}");
+    assert!(
+        o["rss_file_bytes"].as_u64().is_some() && o["oom_score_adj"] == 0,
+        "{r:#}"
+    );
+    assert!(r["signal"]["sender"].is_null(), "{r:#}");
 }
 
 /// The ring buffer alone holds a burst: the agent is stopped while 300 processes crash at

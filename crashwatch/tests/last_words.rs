@@ -98,16 +98,30 @@ fn fresh_go_binaries_dying_at_once_are_reported() {
         let (pid, st) = run(&mut cmd);
         assert_eq!(st.code(), Some(2), "{}", bin.display());
         let r = a.report_for(pid);
+        // The probes missed it (a first run): the Go section comes from what the runtime
+        // printed, as its last words hold it.
+        let g = &r["go"];
+        assert_eq!(g["goroutine"], 1, "{r:#}");
         if deadlock {
             assert_eq!(r["kind"], "go_fatal", "{r}");
             assert_eq!(
                 r["error"]["message"],
                 "all goroutines are asleep - deadlock!"
             );
+            assert_eq!(g["fatal_message"], "all goroutines are asleep - deadlock!");
         } else {
             assert_eq!(r["kind"], "go_panic", "{r}");
             assert_eq!(r["error"]["message"], format!("init failed in build{i}"));
             assert_eq!(r["error"]["frames"][0]["function"], "main.init.0", "{r}");
+            assert_eq!(
+                g["panic_value"],
+                format!("init failed in build{i}"),
+                "{r:#}"
+            );
+            assert_eq!(
+                g["goroutines"][0]["frames"][0]["function"], "main.init.0",
+                "{r:#}"
+            );
         }
     }
 }

@@ -111,6 +111,8 @@ pub struct Crash {
     /// The last stop request (SIGTERM, SIGINT) the process handled itself before it died,
     /// and how long before its death (ns).
     pub asked: Option<(i32, u64)>,
+    /// What the kernel said as the OOM killer chose it.
+    pub oom: Option<crate::decode::Oom>,
 }
 
 /// The case's stack record sent with the record of header `h` (same thread and kernel time).
@@ -189,7 +191,7 @@ struct Case {
     /// The newest record's time: a case is idle, not old, when it expires.
     last_ns: u64,
     signal: Option<Signal>,
-    oom: bool,
+    oom: Option<crate::decode::Oom>,
     go: Option<Go>,
     output: Output,
     /// The latest stack records, until the signal or Go record each goes with arrives.
@@ -313,9 +315,10 @@ impl Assembler {
                 }
                 None
             }
-            Record::Oom(h) => {
+            Record::Oom(o) => {
+                let h = o.head.clone();
                 if let Some(case) = self.case(&h) {
-                    case.oom = true;
+                    case.oom = Some(o);
                 }
                 None
             }
@@ -411,7 +414,7 @@ impl Assembler {
             .as_ref()
             .filter(|d| term_sig == 0 && code != 0 && d.explains_exit(code));
         let dump = runtime_signal_crash(&case.output);
-        let kind = if case.oom {
+        let kind = if case.oom.is_some() {
             Kind::OomKill
         } else if let Some(g) = &case.go {
             match g.what {
@@ -464,6 +467,7 @@ impl Assembler {
             error,
             hold: case.hold,
             asked,
+            oom: case.oom,
         })
     }
 

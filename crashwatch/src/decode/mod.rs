@@ -152,12 +152,25 @@ pub struct Exit {
     pub asked: Option<(i32, u64)>,
 }
 
+/// The OOM killer chose a process: what the kernel said about it and its memory cgroups.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Oom {
+    pub head: Head,
+    /// `oom_score_adj` and `rss_pages` are the victim's (older kernels name only its pid).
+    pub victim_read: bool,
+    pub oom_score_adj: i32,
+    /// Resident pages: file, anon, swap entries, shmem.
+    pub rss_pages: [i64; 4],
+    /// `(usage, max)` in pages of its memory cgroup and each parent, its own first.
+    pub memcg: Vec<(u64, u64)>,
+}
+
 #[derive(Clone, Debug)]
 pub enum Record {
     Exec(Exec),
     Signal(Signal),
     Exit(Exit),
-    Oom(Head),
+    Oom(Oom),
     Go(Go),
     GoOutput(GoOutput),
     Stack(Stack),
@@ -247,7 +260,16 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
         }
         c::KIND_OOM => {
             let r: c::OomRecord = read(bytes)?;
-            Record::Oom(head(&r.hdr))
+            Record::Oom(Oom {
+                head: head(&r.hdr),
+                victim_read: r.victim_read != 0,
+                oom_score_adj: r.oom_score_adj,
+                rss_pages: r.rss_pages,
+                memcg: r.memcg[..(r.levels as usize).min(c::OOM_LEVELS)]
+                    .iter()
+                    .map(|[usage, max]| (*usage, *max))
+                    .collect(),
+            })
         }
         c::KIND_GO => {
             let r: c::GoRecord = read(bytes)?;
