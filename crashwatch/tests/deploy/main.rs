@@ -1,14 +1,15 @@
 //! The deploy files, checked offline with the real tools: the Helm chart rendered by helm,
 //! every manifest validated against Kubernetes' own schemas (PyPI kubernetes-validate,
 //! strict: unknown fields fail) for the oldest and newest versions it knows, the plain
-//! manifests equal to the chart's rendering, the chart's config.toml accepted by the agent.
-//! Each check has a negative control: a broken copy must fail it. The image is run as the
-//! DaemonSet says in image.rs; the systemd unit is verified and run with the example
-//! configuration in systemd.rs.
+//! manifests equal to the chart's rendering, the chart's config.toml accepted by the agent,
+//! every path the deploy files name existing (links.rs). Each check has a negative control: a
+//! broken copy must fail it. The image is run as the DaemonSet says in image.rs; the systemd
+//! unit is verified and run with the example configuration in systemd.rs.
 //! Needs scripts/setup.sh (helm, kubernetes-validate).
 #[path = "../common/mod.rs"]
 mod common;
 mod image;
+mod links;
 mod systemd;
 
 use std::{
