@@ -2,8 +2,9 @@
 //! every manifest validated against Kubernetes' own schemas (PyPI kubernetes-validate,
 //! strict: unknown fields fail) for the oldest and newest versions it knows, the plain
 //! manifests equal to the chart's rendering, the chart's config.toml accepted by the agent,
-//! every path the deploy files name existing (links.rs). Each check has a negative control: a
-//! broken copy must fail it. The image is run as the DaemonSet says in image.rs; the systemd
+//! every path the deploy files and the docs name existing and every link of the README and the
+//! docs reaching its page and heading (links.rs). Each check has a negative control: a broken
+//! copy must fail it. The image is run as the DaemonSet says in image.rs; the systemd
 //! unit is verified and run with the example configuration in systemd.rs.
 //! Needs scripts/setup.sh (helm, kubernetes-validate).
 #[path = "../common/mod.rs"]
@@ -223,7 +224,7 @@ fn manifests_and_chart_validate_against_the_kubernetes_schemas() {
 }
 
 #[test]
-fn the_daemonset_runs_the_agent_as_the_readme_says() {
+fn the_daemonset_runs_the_agent_as_the_docs_say() {
     let docs = documents(
         &std::fs::read_to_string(root().join("deploy/kubernetes/crashwatch.yaml")).unwrap(),
     );
