@@ -49,7 +49,7 @@ enum Cmd {
     Analyze(analyze::AnalyzeArgs),
     /// Run a command and report every crash in its tree (children, grandchildren, daemons
     /// that double-fork away) and nothing else on the host; exit with a status that fails a
-    /// CI job when anything crashed (README: "crashwatch exec"). Needs what `run` needs.
+    /// CI job when anything crashed (docs/exec.md). Needs what `run` needs.
     Exec(exec::ExecArgs),
     /// The crash history (what `run` stored under --state-dir): clusters, most recent activity
     /// first, with counts, first and last seen, what they hit and crash loops; or one cluster
