@@ -163,7 +163,7 @@ fn kill_9_is_a_termination_reported_only_when_asked() {
 /// leaves zeroes). They are read again where the memory is whole and the write has brought
 /// the page in — at the fatal signal; at the death from Linux 6.16 — and what stays unread
 /// is said so, never shown as NUL bytes. Written to /dev/null, which reads nothing, the page
-/// never comes in at all.
+/// may never come in at all.
 #[test]
 fn words_from_a_constant_not_yet_in_memory_are_read_or_said_unreadable() {
     let a = agent();
@@ -187,8 +187,10 @@ fn words_from_a_constant_not_yet_in_memory_are_read_or_said_unreadable() {
     let (c, said, r) = words("cold-exit", Stdio::piped());
     assert_eq!(c.code, Some(3));
     assert!(said == text || said == unread, "{r:#}");
+    // Where the binary's pages are not in memory until touched (a disk's page cache here; in
+    // the VMs the initramfs maps them at once) the words are unreadable, never zeroes.
     let (_, said, r) = words("cold-abort", Stdio::null());
-    assert_eq!(said, unread, "{r:#}");
+    assert!(said == unread || said == text, "{r:#}");
 }
 
 /// A program started by a relative path (`./bin/app`) from a directory its parent is not
