@@ -133,7 +133,26 @@ pub struct ExecRecord {
     /// `bprm->filename`: the path given to execve, as the process saw it (maybe relative).
     pub filename: [u8; PATH_LEN],
     pub cgroup: CgroupPath,
+    /// The executable's absolute path in the process's view, read from the kernel's own
+    /// records when `filename` is relative (the process may be gone before the agent can ask
+    /// where it ran); empty otherwise.
+    pub path: ExePath,
     pub args: [u8; ARGS_LEN],
+}
+
+/// Path components kept, leaf first, and bytes per component (with its NUL).
+pub const EXE_PATH_DEPTH: usize = 16;
+pub const EXE_PATH_NAME: usize = 64;
+
+/// A file's path as the kernel's dentries and mounts spell it, up to the process's root.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExePath {
+    pub names: [[u8; EXE_PATH_NAME]; EXE_PATH_DEPTH],
+    /// Components filled, leaf first.
+    pub depth: u32,
+    /// 1 when the walk reached the process's root with every component whole.
+    pub complete: u32,
 }
 
 /// An executable's identity as the kernel sees it, the key of the known-files map (what
@@ -290,13 +309,38 @@ pub struct LastWordsRecord {
     /// 1 once the process began the JVM's fatal-error banner on stdout: its later stdout
     /// writes are kept too.
     pub stdout: u32,
-    pub _pad: u32,
+    /// Spans of `unread` in use.
+    pub unread_n: u32,
+    /// Writes whose bytes the kernel could not read when they were made (a page of the
+    /// program not yet faulted in, as a string constant's often is): retried at the process's
+    /// next write, its fatal signal and its death; those still unread at death are shown as
+    /// unreadable, never as the zeroes the failed read left.
+    pub unread: [Unread; UNREAD_SPANS],
+    /// Unread writes that found every span taken: their bytes cannot be told apart.
+    pub unread_over: u32,
+    pub _pad2: u32,
     pub tail: [u8; WORDS_TAIL],
     pub head: [u8; WORDS_HEAD + WORDS_SLACK],
     /// Who the process is, read at its first write when its exec was not sent (at death its
     /// memory is gone): sent before the last words as a [`KIND_IDENT`] record. Never part of
     /// the last-words record itself.
     pub ident: ExecRecord,
+}
+
+/// Unread writes a [`LastWordsRecord`] keeps track of.
+pub const UNREAD_SPANS: usize = 8;
+
+/// A write whose bytes could not be read: where it is in the stream and in the process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Unread {
+    /// Stream position (`LastWordsRecord::total` at the write).
+    pub pos: u64,
+    /// The buffer's address in the process.
+    pub addr: u64,
+    /// Bytes kept of the write; 0: the span is free.
+    pub len: u32,
+    pub _pad: u32,
 }
 
 /// Bytes of a [`LastWordsRecord`] before its tail.
@@ -309,7 +353,22 @@ pub struct ExitRecord {
     pub hdr: Header,
     /// The wait(2) status: `code << 8`, or the terminating signal with 0x80 if it dumped core.
     pub status: u32,
+    /// The last stop request the process handled itself ([`Asked`]), 0 when none.
+    pub asked_sig: u32,
+    /// When that request was delivered (`bpf_ktime_get_ns`), 0 when none.
+    pub asked_ns: u64,
+}
+
+/// A stop request (SIGTERM, SIGINT) delivered to a process that handles it itself, kept per
+/// process until it dies: a SIGKILL that follows is a stop that outlived its grace period.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Asked {
+    pub sig: u32,
     pub _pad: u32,
+    pub ktime_ns: u64,
+    /// The process's start time ([`Header::start_ns`]): a reused pid is another process.
+    pub start_ns: u64,
 }
 
 /// `oom/mark_victim`: the OOM killer chose this process.
@@ -317,7 +376,24 @@ pub struct ExitRecord {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OomRecord {
     pub hdr: Header,
+    /// 1 when `oom_score_adj` and `rss_pages` are the victim's (older kernels name only its
+    /// pid, and the task at hand is another).
+    pub victim_read: u32,
+    /// `signal->oom_score_adj`.
+    pub oom_score_adj: i32,
+    /// The victim's resident pages by kind: file, anon, swap entries, shmem (`mm->rss_stat`,
+    /// in the kernel's counter order).
+    pub rss_pages: [i64; 4],
+    /// Levels of `memcg` filled.
+    pub levels: u32,
+    pub _pad: u32,
+    /// `[usage, max]` in pages of the memory cgroup's page counter, the victim's own first,
+    /// then each parent: the one at its limit is where the OOM happened.
+    pub memcg: [[u64; 2]; OOM_LEVELS],
 }
+
+/// Memory cgroup levels an [`OomRecord`] reads, from the victim's up.
+pub const OOM_LEVELS: usize = 8;
 
 /// A Go process entered a fatal path: `runtime.fatalpanic` (after `gopanic` named the value's
 /// type) or `runtime.throw`/`runtime.fatal` (with the message).
@@ -413,6 +489,37 @@ pub struct Offsets {
     pub nsproxy_mnt_ns: u32,
     /// `mnt_namespace.ns.inum`.
     pub mnt_ns_inum: u32,
+    /// A file's path: `file.f_path`, `path.mnt`, `path.dentry`.
+    pub file_f_path: u32,
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    /// `dentry.d_parent`, `dentry.d_name.name`.
+    pub dentry_parent: u32,
+    pub dentry_name: u32,
+    /// `vfsmount.mnt_root`; `mount.mnt` (the vfsmount inside it), `mnt_parent`,
+    /// `mnt_mountpoint`.
+    pub vfsmount_root: u32,
+    pub mount_mnt: u32,
+    pub mount_parent: u32,
+    pub mount_mountpoint: u32,
+    /// `task_struct.fs`, `fs_struct.root` (a `struct path`).
+    pub task_fs: u32,
+    pub fs_root: u32,
+    /// `signal_struct.oom_score_adj`.
+    pub signal_oom_score_adj: u32,
+    /// `mm_struct.rss_stat`, the bytes between its counters, and a counter's value within one
+    /// (`percpu_counter.count` from 6.2, an `atomic_long_t` before).
+    pub mm_rss_stat: u32,
+    pub rss_stride: u32,
+    pub rss_count: u32,
+    /// `css_set.subsys[memory_cgrp_id]`; `mem_cgroup.css`, `mem_cgroup.memory`.
+    pub css_set_memory: u32,
+    pub memcg_css: u32,
+    pub memcg_memory: u32,
+    /// `page_counter.usage`, `.max`, `.parent`.
+    pub counter_usage: u32,
+    pub counter_max: u32,
+    pub counter_parent: u32,
 }
 
 /// Everything the programs read from their one global.

@@ -6,7 +6,8 @@
 //! whole-process death), and only when it is abnormal or the agent tracks the process; a
 //! parked handled fault of that process goes out just before it when the death came within
 //! the pending window, and so do its last words (`writes`) when it died abnormally, with its
-//! identity when the agent had none.
+//! identity when the agent had none. An exit record says the last stop request (SIGTERM,
+//! SIGINT) the process handled, so the agent tells a kill after a grace period from a crash.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
     macros::map,
@@ -19,7 +20,7 @@ use crashwatch_common::*;
 use crate::{
     ident,
     shared::{count_lost, fill_header, output, output_stack, output_with_args, rd, EVENTS},
-    signal::{PENDING, PENDING_STACK},
+    signal::{ASKED, PENDING, PENDING_STACK},
     writes::{stdout_done, WORDS},
 };
 
@@ -49,6 +50,15 @@ fn on_exec(ctx: &BtfTracePointContext, copy: u32) -> u32 {
     let bprm: u64 = ctx.arg(2);
     let key = ident::file_key(rd(bprm, config!(off.bprm_file)));
     let tracked = ident::is_tracked(pid);
+    if let Some(w) = WORDS.get_ptr_mut(pid) {
+        // SAFETY: this process's entry; its other threads are gone (exec kills them).
+        let w = unsafe { &mut *w };
+        if w.has_ident != 0 {
+            // A launcher wrote to stderr before this exec (pyenv's shim, a script that execs
+            // python): the identity read then is what ran, not what runs now.
+            ident::fill_ident(&mut w.ident, unsafe { bpf_get_current_task() });
+        }
+    }
     if !tracked && config!(exec_all) == 0 && ident::quiet(&key) {
         return 0;
     }
@@ -65,6 +75,10 @@ fn on_exec(ctx: &BtfTracePointContext, copy: u32) -> u32 {
         let _ = unsafe {
             aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes(name as *const u8, &mut rec.filename)
         };
+    }
+    if rec.filename[0] != b'/' {
+        // `./bin/app`: where that is, the process may not live long enough to be asked.
+        ident::file_path(rd(bprm, config!(off.bprm_file)), task, &mut rec.path);
     }
     if tracked {
         // A new image is not to blame for a fault its predecessor handled (only tracked
@@ -96,6 +110,14 @@ fn exit_common(task: u64) {
     let mut rec = ExitRecord::default();
     fill_header(&mut rec.hdr, KIND_EXIT, task);
     rec.status = status;
+    // A stop request it handled before (a pid reused since is another process's).
+    if let Some(a) = unsafe { ASKED.get(pid) } {
+        if a.start_ns == rec.hdr.start_ns {
+            rec.asked_sig = a.sig;
+            rec.asked_ns = a.ktime_ns;
+        }
+        let _ = ASKED.remove(pid);
+    }
     // Parked faults belong to tracked processes (parking sends the identity), but one whose
     // tracking was evicted still dies with its fault: looked up on every death sent.
     if let Some(p) = unsafe { PENDING.get(pid) } {
@@ -113,6 +135,9 @@ fn exit_common(task: u64) {
         // SAFETY: the dying process's entry; its threads are gone.
         let w = unsafe { &mut *w };
         if rec.status != 0 {
+            // Where the process's memory is still there at this point (6.16+), what its
+            // writes left unread is read now.
+            crate::writes::retry_unread(w);
             if !tracked && w.has_ident != 0 {
                 ident::send(&w.ident);
             }

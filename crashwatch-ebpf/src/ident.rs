@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use crashwatch_common::*;
 
-use crate::shared::{fill_header, output_with_args, rd, read_args};
+use crate::shared::{fill_header, output_with_args, rd, read_args, word};
 
 /// The agent's answers about executables it has seen, keyed by file identity.
 #[map]
@@ -98,6 +98,65 @@ fn read_cgroup(task: u64, out: &mut CgroupPath) {
     }
 }
 
+/// Steps of a path walk: components and mount crossings.
+const PATH_STEPS: usize = 24;
+
+/// Fills `out` with the path of `file` (a `struct file *`) in `task`'s view: its dentries'
+/// names up to `task`'s root, crossing mounts; incomplete when deeper than
+/// [`EXE_PATH_DEPTH`] or a name longer than [`EXE_PATH_NAME`].
+///
+/// Written for the verifier: no branch on a read's outcome, and the count of names in `out`
+/// (map memory, which it does not track by value), so each step's two ways (a name, a mount
+/// crossed) end in one state.
+#[inline(always)]
+pub fn file_path(file: u64, task: u64, out: &mut ExePath) {
+    out.depth = 0;
+    // Cleared by a name that may have been cut; kept only if the walk reaches the root.
+    out.complete = 1;
+    let at = file.wrapping_add(config!(off.file_f_path) as u64);
+    let mut d = word(at, config!(off.path_dentry));
+    let mut mnt = word(at, config!(off.path_mnt));
+    let root = word(task, config!(off.task_fs)).wrapping_add(config!(off.fs_root) as u64);
+    let root_d = word(root, config!(off.path_dentry));
+    let root_m = word(root, config!(off.path_mnt));
+    for _ in 0..PATH_STEPS {
+        if d == 0 || mnt == 0 {
+            break;
+        }
+        if d == root_d && mnt == root_m {
+            return;
+        }
+        if d == word(mnt, config!(off.vfsmount_root)) {
+            // The top of a mount: on to where it is mounted (from the namespace's root, which
+            // is not the task's, nowhere: `parent` is itself).
+            let m = mnt.wrapping_sub(config!(off.mount_mnt) as u64);
+            let parent = word(m, config!(off.mount_parent));
+            d = if parent == m {
+                0
+            } else {
+                word(m, config!(off.mount_mountpoint))
+            };
+            mnt = parent.wrapping_add(config!(off.mount_mnt) as u64);
+            continue;
+        }
+        // SAFETY: a read of map memory.
+        let n = unsafe { core::ptr::read_volatile(&out.depth) } as usize;
+        if n >= EXE_PATH_DEPTH {
+            break;
+        }
+        let name = word(d, config!(off.dentry_name));
+        let got = unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut out.names[n]) };
+        if !got.is_ok_and(|s| s.len() < EXE_PATH_NAME - 1) {
+            out.complete = 0;
+        }
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(&mut out.depth, n as u32 + 1) };
+        d = word(d, config!(off.dentry_parent));
+    }
+    // Never reached the root.
+    out.complete = 0;
+}
+
 /// Fills everything but the file name: header, the file `key`, argument list, cgroup.
 #[inline(always)]
 pub fn fill(rec: &mut ExecRecord, kind: u32, task: u64, key: &FileKey) {
@@ -108,6 +167,8 @@ pub fn fill(rec: &mut ExecRecord, kind: u32, task: u64, key: &FileKey) {
     rec.size = key.size;
     (rec.args_len, rec.args_total) = read_args(task, &mut rec.args);
     read_cgroup(task, &mut rec.cgroup);
+    rec.path.depth = 0;
+    rec.path.complete = 0;
     let ns: u64 = rd(task, config!(off.task_nsproxy));
     let mnt: u64 = rd(ns, config!(off.nsproxy_mnt_ns));
     rec.mnt_ns = rd(mnt, config!(off.mnt_ns_inum));

@@ -53,6 +53,26 @@ pub fn rd<T: Default>(base: u64, off: u32) -> T {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).unwrap_or_default() }
 }
 
+/// A kernel word at `base + off`, 0 when unreadable, with no branch on the outcome (the
+/// helper zeroes what it could not read): a walk that branches on every read gives the
+/// verifier more paths than it will follow.
+#[inline(always)]
+pub fn word(base: u64, off: u32) -> u64 {
+    let mut v = 0u64;
+    if off == NO_OFFSET {
+        return 0;
+    }
+    // SAFETY: the helper writes at most 8 bytes into `v` and faults safely.
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            &mut v as *mut u64 as *mut core::ffi::c_void,
+            8,
+            base.wrapping_add(off as u64) as *const core::ffi::c_void,
+        )
+    };
+    v
+}
+
 pub fn count_lost() {
     if let Some(n) = LOST.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.

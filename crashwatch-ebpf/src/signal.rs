@@ -5,7 +5,9 @@
 //! (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS) the process handles itself. A
 //! handled one (Go's and the JVM's handlers) is parked in `PENDING` and sent only if the process
 //! then dies, so processes that survive their faults cost no records. The SIGKILLs `exit_group`
-//! sends to sibling threads are dropped.
+//! sends to sibling threads are dropped. A stop request the process handles itself (SIGTERM,
+//! SIGINT: a graceful shutdown begins) is only noted in `ASKED`, for its exit record: a
+//! SIGKILL that follows is a stop that outlived its grace period, not a crash.
 //!
 //! What goes missing from a record (registers, the frame-pointer stack, the record itself on a
 //! full ring buffer) is said through aya-log at debug level: the agent turns it on only with
@@ -40,7 +42,17 @@ pub static PENDING: LruHashMap<u32, SignalRecord> = LruHashMap::with_max_entries
 #[map]
 pub static PENDING_STACK: LruHashMap<u32, StackRecord> = LruHashMap::with_max_entries(256, 0);
 
+/// The last stop request each process (tgid) handled itself, until it dies (see `exec_exit`).
+#[map]
+pub static ASKED: LruHashMap<u32, Asked> = LruHashMap::with_max_entries(4096, 0);
+
 const SIGKILL: i32 = 9;
+
+/// SIGINT and SIGTERM: someone asks the process to stop. (SIGHUP and SIGQUIT, when handled,
+/// usually ask for a reload or a thread dump.)
+fn stop_request(sig: i32) -> bool {
+    sig == 2 || sig == 15
+}
 
 /// Signals whose default action ends the process (terminate or core).
 fn fatal_class(sig: i32) -> bool {
@@ -70,8 +82,23 @@ fn may_end_the_process(ctx: &BtfTracePointContext) -> bool {
         return false;
     }
     let handler: u64 = rd(ctx.arg::<u64>(2), config!(off.ksig_handler));
-    // SIG_IGN (1) never kills; a handled signal matters only if it is a fault.
-    !(handler == 1 || (handler != 0 && !fault_class(sig)))
+    // SIG_IGN (1) never kills; a handled signal matters only if it is a fault, or a stop
+    // request (noted, not sent).
+    !(handler == 1 || (handler != 0 && !fault_class(sig) && !stop_request(sig)))
+}
+
+/// Notes a stop request the current process handles, for its exit record.
+#[inline(always)]
+fn note_asked(sig: i32, task: u64) {
+    let leader: u64 = rd(task, config!(off.task_group_leader));
+    let pid: u32 = rd(task, config!(off.task_tgid));
+    let asked = Asked {
+        sig: sig as u32,
+        _pad: 0,
+        ktime_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
+        start_ns: rd(leader, config!(off.task_start_time)),
+    };
+    let _ = ASKED.insert(pid, asked, 0);
 }
 
 #[inline(always)]
@@ -79,6 +106,11 @@ fn on_signal(ctx: &BtfTracePointContext, copy: u32) -> u32 {
     let sig: i32 = ctx.arg(0);
     let handler: u64 = rd(ctx.arg::<u64>(2), config!(off.ksig_handler));
     let task = unsafe { bpf_get_current_task() };
+    if handler != 0 && !fault_class(sig) {
+        // A handled stop request (the only handled non-fault `may_end_the_process` lets by).
+        note_asked(sig, task);
+        return 0;
+    }
     if sig == SIGKILL {
         // exit_group, coredumps and the fast path of other fatal signals SIGKILL every thread;
         // only a real SIGKILL leaves 9 as the group's exit code.
@@ -153,6 +185,11 @@ fn on_signal(ctx: &BtfTracePointContext, copy: u32) -> u32 {
     crate::stack::capture(st, task, sp);
     // Before the crash's records: who the process is, when the agent does not know.
     let pid = rec.hdr.pid;
+    // Its memory is whole now: what its writes to stderr left unread can be read.
+    if let Some(w) = crate::writes::WORDS.get_ptr_mut(pid) {
+        // SAFETY: the dying process's entry (its other threads may write it too).
+        crate::writes::retry_unread(unsafe { &mut *w });
+    }
     crate::ident::send_ident_once(pid, copy);
     if handler != 0 {
         // Survivors cost no signal records downstream: keep it until the process exits.

@@ -275,6 +275,8 @@ fn masked(v: usize, mask: usize) -> usize {
 
 #[inline(always)]
 fn keep(w: &mut LastWordsRecord, buf: u64, count: u64, may_start: bool) {
+    // What earlier writes left unread is resident now: the kernel copied it since.
+    retry_unread(w);
     let n = if count >= WORDS_CHUNK as u64 {
         WORDS_CHUNK - 1
     } else {
@@ -287,29 +289,100 @@ fn keep(w: &mut LastWordsRecord, buf: u64, count: u64, may_start: bool) {
     if may_start && (w.marked == 0 || head_done) && starts_dying_words(buf, n) {
         mark(w, pos);
     }
-    // The tail ring, in at most two pieces.
-    let at = masked(pos as usize, WORDS_TAIL - 1);
-    let first = masked(n.min(WORDS_TAIL - at), WORDS_CHUNK - 1);
-    // SAFETY (both reads): `at` < WORDS_TAIL and each length < WORDS_CHUNK: inside the tail
-    // and the head behind it (the wrap keeps the bytes in the tail).
-    unsafe {
-        let dst = core::slice::from_raw_parts_mut(w.tail.as_mut_ptr().add(at), first);
-        let _ = bpf_probe_read_user_buf(buf as *const u8, dst);
-        let rest = masked(n - first, WORDS_CHUNK - 1);
-        let dst = core::slice::from_raw_parts_mut(w.tail.as_mut_ptr(), rest);
-        let _ = bpf_probe_read_user_buf((buf + first as u64) as *const u8, dst);
-    }
+    let mut read = into_tail(w, pos, buf, n);
     let h = w.head_len as usize;
     if w.marked != 0 && h < WORDS_HEAD {
         let h = masked(h, WORDS_HEAD - 1);
         let k = masked(n.min(WORDS_HEAD - h), WORDS_CHUNK - 1);
-        // SAFETY: h < WORDS_HEAD and k < WORDS_CHUNK = WORDS_SLACK.
-        let dst = unsafe { core::slice::from_raw_parts_mut(w.head.as_mut_ptr().add(h), k) };
-        if unsafe { bpf_probe_read_user_buf(buf as *const u8, dst) }.is_ok() {
-            w.head_len = (h + k) as u32;
-        }
+        read &= into_head(w, h, buf, k);
+        // Advanced whether read or not: the head's bytes stay at their stream positions.
+        w.head_len = (h + k) as u32;
+    }
+    if !read {
+        note_unread(w, pos, buf, n);
     }
     w.total = pos + n as u64;
+}
+
+/// Copies `n` (< [`WORDS_CHUNK`]) bytes at `buf` in the process into the tail ring at
+/// stream position `pos`, in at most two pieces; false when any could not be read (a failed
+/// read leaves zeroes).
+#[inline(always)]
+fn into_tail(w: &mut LastWordsRecord, pos: u64, buf: u64, n: usize) -> bool {
+    let at = masked(pos as usize, WORDS_TAIL - 1);
+    let first = masked(n.min(WORDS_TAIL - at), WORDS_CHUNK - 1);
+    let rest = masked(n.saturating_sub(first), WORDS_CHUNK - 1);
+    // SAFETY (both reads): `at` < WORDS_TAIL and each length < WORDS_CHUNK: inside the tail
+    // and the head behind it (the wrap keeps the bytes in the tail).
+    unsafe {
+        let dst = core::slice::from_raw_parts_mut(w.tail.as_mut_ptr().add(at), first);
+        let a = bpf_probe_read_user_buf(buf as *const u8, dst).is_ok();
+        let dst = core::slice::from_raw_parts_mut(w.tail.as_mut_ptr(), rest);
+        let b = bpf_probe_read_user_buf((buf + first as u64) as *const u8, dst).is_ok();
+        a && b
+    }
+}
+
+/// Copies `k` (< [`WORDS_CHUNK`]) bytes at `buf` into the head at `h` (< [`WORDS_HEAD`]).
+#[inline(always)]
+fn into_head(w: &mut LastWordsRecord, h: usize, buf: u64, k: usize) -> bool {
+    let h = masked(h, WORDS_HEAD - 1);
+    let k = masked(k, WORDS_CHUNK - 1);
+    // SAFETY: h < WORDS_HEAD and k < WORDS_CHUNK = WORDS_SLACK.
+    let dst = unsafe { core::slice::from_raw_parts_mut(w.head.as_mut_ptr().add(h), k) };
+    unsafe { bpf_probe_read_user_buf(buf as *const u8, dst) }.is_ok()
+}
+
+/// Remembers a write whose bytes could not be read, for a later retry.
+#[inline(always)]
+fn note_unread(w: &mut LastWordsRecord, pos: u64, buf: u64, n: usize) {
+    for i in 0..UNREAD_SPANS {
+        if w.unread[i].len == 0 {
+            w.unread[i] = Unread {
+                pos,
+                addr: buf,
+                len: n as u32,
+                _pad: 0,
+            };
+            w.unread_n += 1;
+            return;
+        }
+    }
+    w.unread_over += 1;
+}
+
+/// Reads again what earlier writes left unread, wherever the stream still holds it (the
+/// tail ring, the head); a span read whole, or no longer held anywhere, is done with.
+#[inline(always)]
+pub fn retry_unread(w: &mut LastWordsRecord) {
+    if w.unread_n == 0 {
+        return;
+    }
+    for i in 0..UNREAD_SPANS {
+        let u = w.unread[i];
+        if u.len == 0 {
+            continue;
+        }
+        let n = masked(u.len as usize, WORDS_CHUNK - 1);
+        let (mut ok, mut held) = (true, false);
+        if w.total.wrapping_sub(u.pos) <= WORDS_TAIL as u64 {
+            held = true;
+            ok &= into_tail(w, u.pos, u.addr, n);
+        }
+        if w.marked != 0 {
+            let start = (w.marked - 1).wrapping_sub(w.lookback as u64);
+            let at = u.pos.wrapping_sub(start);
+            if u.pos >= start && at < w.head_len as u64 {
+                held = true;
+                let k = n.min((w.head_len as u64 - at) as usize);
+                ok &= into_head(w, at as usize, u.addr, k);
+            }
+        }
+        if ok || !held {
+            w.unread[i].len = 0;
+            w.unread_n = w.unread_n.saturating_sub(1);
+        }
+    }
 }
 
 /// Starts the head at stream position `pos`, with the look-back the tail still holds.

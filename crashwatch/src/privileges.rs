@@ -3,7 +3,7 @@
 //! same per capability.
 //!
 //! The minimal set, found by running the agent as an unprivileged user with each capability
-//! taken away in turn (see the README):
+//! taken away in turn (docs/install.md, "Requirements"):
 //! - `CAP_BPF`: create maps, load programs;
 //! - `CAP_PERFMON`: load tracing programs (tp_btf, uprobes), attach the Go probes as
 //!   uprobe_multi links (Linux 6.6+);

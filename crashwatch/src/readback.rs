@@ -84,7 +84,7 @@ mod tests {
             cgroup::Runtime,
             container::{ContainerInfo, K8sInfo},
         },
-        report::{ExitInfo, GoInfo, LastWordsInfo, Sender, SignalInfo},
+        report::{ExitInfo, GoInfo, LastWordsInfo, OomInfo, Sender, SignalInfo, TerminationInfo},
         symbolize::Frame,
     };
 
@@ -181,6 +181,7 @@ mod tests {
                 text: PYTHON.into(),
                 bytes: 300,
                 truncated: false,
+                unreadable: 16,
             }),
             fingerprint: "v1:529f4a1563636c99".into(),
             cluster: Some(ClusterInfo {
@@ -198,6 +199,23 @@ mod tests {
                     revision_first_seen: "2026-12-01T00:00:00Z".into(),
                     previous: "fedcba".into(),
                 }),
+            }),
+            // Never both in one report; here to be read back.
+            oom: Some(OomInfo {
+                constraint: Some("cgroup"),
+                cgroup: Some("/kubepods/pod1".into()),
+                limit_bytes: Some(64 << 20),
+                usage_bytes: Some(64 << 20),
+                rss_anon_bytes: Some(60 << 20),
+                rss_file_bytes: None,
+                rss_shmem_bytes: Some(0),
+                swap_bytes: Some(0),
+                oom_score_adj: Some(-998),
+            }),
+            termination: Some(TerminationInfo {
+                after: Some("SIGTERM".into()),
+                after_secs: Some(30.5),
+                grace_expired: true,
             }),
             lost_before: 3,
             report_error: Some("reading the maps: gone".into()),

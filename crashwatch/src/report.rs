@@ -49,17 +49,62 @@ pub struct Report {
     /// What the process wrote to stderr before it died.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_words: Option<LastWordsInfo>,
-    /// Which crashes are the same bug: `v1:<16 hex>` (docs/fingerprint.md).
+    /// Which crashes are the same bug: `v1:<16 hex>` (docs/fingerprint.md); absent for a
+    /// termination.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub fingerprint: String,
     /// Its cluster on this node: how often, since when, looping.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<crate::cluster::ClusterInfo>,
+    /// For an `oom_kill`: which limit was hit and how much the process held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom: Option<OomInfo>,
+    /// For a `termination` (a death someone asked for; reported only with
+    /// `--report-terminations`): the stop request it followed, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub termination: Option<TerminationInfo>,
     /// Kernel events lost (ring buffer full, recursion misses not redone) since the previous report.
     pub lost_before: u64,
     /// Why this report is less than whole (building it failed; what is here was known
     /// without it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report_error: Option<String>,
+}
+
+/// What the OOM killer saw as it chose the process (docs/report.md, `oom`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct OomInfo {
+    /// `cgroup`: a memory cgroup was at its limit (`cgroup` names it); `system`: none was,
+    /// the host (or a cpuset or memory policy) ran out; null when the kernel said nothing.
+    #[serde(deserialize_with = "crate::readback::interned_opt")]
+    pub constraint: Option<crate::readback::Name>,
+    /// The memory cgroup at its limit: the process's own or a parent's (a pod's), as
+    /// `cgroup` paths are written.
+    pub cgroup: Option<String>,
+    pub limit_bytes: Option<u64>,
+    pub usage_bytes: Option<u64>,
+    /// The process's resident memory by kind at the kill; null where the kernel named only
+    /// its pid (before Linux 6.8, when another task ran the OOM killer).
+    pub rss_anon_bytes: Option<u64>,
+    pub rss_file_bytes: Option<u64>,
+    pub rss_shmem_bytes: Option<u64>,
+    pub swap_bytes: Option<u64>,
+    pub oom_score_adj: Option<i32>,
+}
+
+/// How a termination came about, beyond its signal.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct TerminationInfo {
+    /// A stop request (`SIGTERM`, `SIGINT`) the process handled itself before it was
+    /// killed; null when it had none.
+    pub after: Option<String>,
+    /// Seconds from that request to the death.
+    pub after_secs: Option<f64>,
+    /// A SIGKILL within the grace window after that request: a stop that took longer than
+    /// its grace period.
+    pub grace_expired: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -71,6 +116,9 @@ pub struct LastWordsInfo {
     /// Bytes it wrote to stderr in all.
     pub bytes: u64,
     pub truncated: bool,
+    /// Bytes the kernel could not read from the process when it wrote them (nor later):
+    /// shown in `text` as `[crashwatch: N bytes unreadable]`.
+    pub unreadable: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -166,6 +214,22 @@ impl ExitInfo {
     }
 }
 
+/// A byte count as people write it: `512 B`, `64 MiB`, `1.5 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 || v.fract() == 0.0 {
+        format!("{v:.0} {}", UNITS[unit])
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
 pub fn hex<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format!("{v:#x}"))
 }
@@ -180,6 +244,13 @@ pub fn hex_opt<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_counts_read_as_people_write_them() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(64 << 20), "64 MiB");
+        assert_eq!(human_bytes(3 << 29), "1.5 GiB");
+    }
 
     #[test]
     fn wait_status_decodes() {

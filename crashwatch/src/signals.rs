@@ -3,46 +3,72 @@
 pub const SIGABRT: i32 = 6;
 
 pub fn name(sig: i32) -> String {
-    const NAMES: [&str; 32] = [
-        "",
-        "SIGHUP",
-        "SIGINT",
-        "SIGQUIT",
-        "SIGILL",
-        "SIGTRAP",
-        "SIGABRT",
-        "SIGBUS",
-        "SIGFPE",
-        "SIGKILL",
-        "SIGUSR1",
-        "SIGSEGV",
-        "SIGUSR2",
-        "SIGPIPE",
-        "SIGALRM",
-        "SIGTERM",
-        "SIGSTKFLT",
-        "SIGCHLD",
-        "SIGCONT",
-        "SIGSTOP",
-        "SIGTSTP",
-        "SIGTTIN",
-        "SIGTTOU",
-        "SIGURG",
-        "SIGXCPU",
-        "SIGXFSZ",
-        "SIGVTALRM",
-        "SIGPROF",
-        "SIGWINCH",
-        "SIGIO",
-        "SIGPWR",
-        "SIGSYS",
-    ];
     match sig {
         1..=31 => NAMES[sig as usize].to_string(),
         34..=64 => format!("SIGRTMIN+{}", sig - 34),
         _ => format!("SIG{sig}"),
     }
 }
+
+/// The number of signal `name` (`SIGTERM`, `TERM`, `15`); None for a name no signal has.
+pub fn number(name: &str) -> Option<i32> {
+    let name = name.trim();
+    if let Ok(n) = name.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let up = name.to_ascii_uppercase();
+    let full = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
+    if let Some(k) = full.strip_prefix("SIGRTMIN+") {
+        return k
+            .parse::<i32>()
+            .ok()
+            .filter(|k| (0..=30).contains(k))
+            .map(|k| 34 + k);
+    }
+    NAMES
+        .iter()
+        .position(|n| !n.is_empty() && *n == full)
+        .map(|i| i as i32)
+}
+
+const NAMES: [&str; 32] = [
+    "",
+    "SIGHUP",
+    "SIGINT",
+    "SIGQUIT",
+    "SIGILL",
+    "SIGTRAP",
+    "SIGABRT",
+    "SIGBUS",
+    "SIGFPE",
+    "SIGKILL",
+    "SIGUSR1",
+    "SIGSEGV",
+    "SIGUSR2",
+    "SIGPIPE",
+    "SIGALRM",
+    "SIGTERM",
+    "SIGSTKFLT",
+    "SIGCHLD",
+    "SIGCONT",
+    "SIGSTOP",
+    "SIGTSTP",
+    "SIGTTIN",
+    "SIGTTOU",
+    "SIGURG",
+    "SIGXCPU",
+    "SIGXFSZ",
+    "SIGVTALRM",
+    "SIGPROF",
+    "SIGWINCH",
+    "SIGIO",
+    "SIGPWR",
+    "SIGSYS",
+];
 
 /// The symbolic name of `code` for signal `sig` (see sigaction(2)).
 pub fn code_name(sig: i32, code: i32) -> Option<&'static str> {
@@ -150,6 +176,12 @@ mod tests {
     fn names_and_codes() {
         assert_eq!(name(11), "SIGSEGV");
         assert_eq!(name(36), "SIGRTMIN+2");
+        assert_eq!(number("SIGTERM"), Some(15));
+        assert_eq!(number("term"), Some(15));
+        assert_eq!(number("9"), Some(9));
+        assert_eq!(number("SIGRTMIN+2"), Some(36));
+        assert_eq!(number("SIGNOPE"), None);
+        assert_eq!(number(""), None);
         assert_eq!(code_name(11, 1), Some("SEGV_MAPERR"));
         assert_eq!(code_name(8, 1), Some("FPE_INTDIV"));
         assert_eq!(code_name(7, 2), Some("BUS_ADRERR"));

@@ -2,7 +2,7 @@
 //! Needs root (CI runs as root).
 mod common;
 
-use std::{os::unix::process::CommandExt, path::PathBuf};
+use std::{os::unix::process::CommandExt, path::PathBuf, process::Stdio};
 
 use common::{agent, hex, Agent, Crasher, MemCgroup};
 
@@ -132,22 +132,88 @@ fn truncated_mmap_reports_sigbus_at_the_page() {
     assert_eq!(hex(&s["addr"]), c.fact("addr"));
 }
 
+/// `kill -9` is a termination someone asked for, not a crash: no report by default; one
+/// `termination` report with `--report-terminations`, whose signal names the sender.
 #[test]
-fn kill_9_is_one_sigkill_report() {
+fn kill_9_is_a_termination_reported_only_when_asked() {
     let a = agent();
+    let t = Agent::start(&["--report-terminations", "KILL"]);
     let child = Crasher::spawn_started(Crasher::command("sleep"));
     let pid = child.id();
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     let c = Crasher::finish(child);
     assert_eq!(c.signal, Some(9));
-    let r = a.report_for(pid);
+    let r = t.report_for(pid);
     assert_eq!(
         (r["kind"].as_str(), r["signal"]["name"].as_str()),
-        (Some("signal"), Some("SIGKILL"))
+        (Some("termination"), Some("SIGKILL"))
     );
     assert_eq!(r["exit"]["signal"], 9);
-    a.flush();
-    assert_eq!(a.reports_for(pid).len(), 1);
+    assert!(
+        r.get("cluster").is_none(),
+        "a termination is never clustered: {r:#}"
+    );
+    t.flush();
+    assert_eq!(t.reports_for(pid).len(), 1);
+    a.assert_no_report(pid);
+}
+
+/// Dying words written straight from a string constant whose page the program never
+/// touched: the kernel's read at the write finds the page not in memory (and a failed read
+/// leaves zeroes). They are read again where the memory is whole and the write has brought
+/// the page in — at the fatal signal; at the death from Linux 6.16 — and what stays unread
+/// is said so, never shown as NUL bytes. Written to /dev/null, which reads nothing, the page
+/// may never come in at all.
+#[test]
+fn words_from_a_constant_not_yet_in_memory_are_read_or_said_unreadable() {
+    let a = agent();
+    let words = |mode: &str, stderr: Stdio| {
+        let mut cmd = Crasher::command(mode);
+        cmd.stderr(stderr);
+        let c = Crasher::finish(cmd.spawn().unwrap());
+        let r = a.report_for(c.pid);
+        let w = &r["last_words"];
+        let said = (
+            w["text"].as_str().unwrap_or("?").to_string(),
+            w["unreadable"].as_u64(),
+        );
+        (c, said, r)
+    };
+    let text = ("fatal: cannot continue\n".to_string(), Some(0));
+    let unread = ("[crashwatch: 23 bytes unreadable]".to_string(), Some(23));
+    let (c, said, r) = words("cold-abort", Stdio::piped());
+    assert_eq!(c.signal, Some(6));
+    assert_eq!(said, text, "{r:#}");
+    let (c, said, r) = words("cold-exit", Stdio::piped());
+    assert_eq!(c.code, Some(3));
+    assert!(said == text || said == unread, "{r:#}");
+    // Where the binary's pages are not in memory until touched (a disk's page cache here; in
+    // the VMs the initramfs maps them at once) the words are unreadable, never zeroes.
+    let (_, said, r) = words("cold-abort", Stdio::null());
+    assert!(said == unread || said == text, "{r:#}");
+}
+
+/// A program started by a relative path (`./bin/app`) from a directory its parent is not
+/// in, gone before the agent reads its exec (the agent is stopped meanwhile): the kernel's
+/// own record of the file gives its absolute path, and the frames are named from it.
+#[test]
+fn a_relative_path_from_another_directory_is_named_whole() {
+    let a = Agent::start(&[]);
+    let dir = tempdir("relative");
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    let app = dir.join("bin/app");
+    std::fs::copy(common::crasher_bin(), &app).unwrap();
+    let app = std::fs::canonicalize(&app).unwrap();
+    a.signal(libc::SIGSTOP);
+    let mut cmd = Crasher::command_of(std::path::Path::new("./bin/app"), "null");
+    cmd.current_dir(&dir);
+    let c = Crasher::finish(common::spawn(&mut cmd));
+    a.signal(libc::SIGCONT);
+    assert_eq!(c.signal, Some(11));
+    let r = a.report_for(c.pid);
+    assert_eq!(r["exe"].as_str(), app.to_str(), "{r:#}");
+    assert_eq!(r["stack"][0]["function"], "null_write", "{r:#}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -221,6 +287,20 @@ fn oom_kill_in_a_memory_limited_cgroup() {
         r["cgroup"],
         cg.name
     );
+    // What people need of an OOM kill: which limit, how full, how much the victim held. The
+    // group kill's cleared siginfo names no sender.
+    let o = &r["oom"];
+    assert_eq!(o["constraint"], "cgroup", "{r:#}");
+    assert_eq!(o["cgroup"], r["cgroup"], "{r:#}");
+    assert_eq!(o["limit_bytes"], 64 << 20, "{r:#}");
+    let usage = o["usage_bytes"].as_u64().unwrap();
+    assert!(usage > 60 << 20 && usage <= 64 << 20, "{r:#}");
+    assert!(o["rss_anon_bytes"].as_u64().unwrap() > 32 << 20, "{r:#}");
+    assert!(
+        o["rss_file_bytes"].as_u64().is_some() && o["oom_score_adj"] == 0,
+        "{r:#}"
+    );
+    assert!(r["signal"]["sender"].is_null(), "{r:#}");
 }
 
 /// The ring buffer alone holds a burst: the agent is stopped while 300 processes crash at

@@ -98,16 +98,30 @@ fn fresh_go_binaries_dying_at_once_are_reported() {
         let (pid, st) = run(&mut cmd);
         assert_eq!(st.code(), Some(2), "{}", bin.display());
         let r = a.report_for(pid);
+        // The probes missed it (a first run): the Go section comes from what the runtime
+        // printed, as its last words hold it.
+        let g = &r["go"];
+        assert_eq!(g["goroutine"], 1, "{r:#}");
         if deadlock {
             assert_eq!(r["kind"], "go_fatal", "{r}");
             assert_eq!(
                 r["error"]["message"],
                 "all goroutines are asleep - deadlock!"
             );
+            assert_eq!(g["fatal_message"], "all goroutines are asleep - deadlock!");
         } else {
             assert_eq!(r["kind"], "go_panic", "{r}");
             assert_eq!(r["error"]["message"], format!("init failed in build{i}"));
             assert_eq!(r["error"]["frames"][0]["function"], "main.init.0", "{r}");
+            assert_eq!(
+                g["panic_value"],
+                format!("init failed in build{i}"),
+                "{r:#}"
+            );
+            assert_eq!(
+                g["goroutines"][0]["frames"][0]["function"], "main.init.0",
+                "{r:#}"
+            );
         }
     }
 }
@@ -313,6 +327,45 @@ fn cpp_uncaught_exception() {
     assert_eq!(error(&r), ("signal", "c++", "uncaught_exception"), "{r}");
     assert_eq!(r["error"]["type"], "std::runtime_error");
     assert_eq!(r["error"]["message"], "config broken");
+}
+
+/// A launcher that writes to stderr and then execs the program (pyenv's shim, a shell script
+/// ending in `exec python3`): the report names what died, not the launcher, however often the
+/// agent has seen both files (once it knows them, their execs are no longer sent).
+#[test]
+fn a_launchers_words_before_its_exec_do_not_name_the_process() {
+    let a = agent();
+    let script = write(
+        "launcher.sh",
+        // bash itself writes to fd 2 (as pyenv's shim does: `enable: cannot open shared
+        // object`); `echo >&2` would write to fd 1, dup'ed.
+        "#!/bin/bash\nenable no_such_builtin\nexec /usr/bin/python3 -c 'raise ValueError(\"from the launched\")'\n",
+    );
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let python = std::fs::canonicalize("/usr/bin/python3").unwrap();
+    // The agent classifies both files from their first execs (reading each while a process
+    // runs it); from then on their execs are not sent, and only what the kernel read at the
+    // crash names the process.
+    for _ in 0..3 {
+        run(Command::new("/bin/bash").args(["-c", "sleep 0.3"]));
+        run(Command::new("/usr/bin/python3").args(["-c", "import time; time.sleep(0.3)"]));
+        a.flush();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    for run_no in 0..4 {
+        let (pid, st) = run(&mut Command::new(&script));
+        assert_eq!(st.code(), Some(1));
+        let r = a.report_for(pid);
+        assert_eq!(
+            (r["exe"].as_str(), r["cmdline"][0].as_str()),
+            (python.to_str(), Some("/usr/bin/python3")),
+            "run {run_no}: {r:#}"
+        );
+        assert_eq!(error(&r), ("runtime_error", "python", "uncaught_exception"));
+        // Time for the agent to classify both files, so later execs are not sent.
+        a.flush();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
 }
 
 /// What looks like dying words is nothing without the death it explains: a fake traceback

@@ -102,6 +102,36 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A run stopped with Ctrl-C (someone trying it at a terminal) leaves nothing in the kernel;
+/// one stopped with SIGTERM (a service manager) keeps recording for the next agent. Each stop
+/// says which, and how to remove what stays.
+#[test]
+fn ctrl_c_takes_the_kernel_state_with_it_and_sigterm_keeps_it() {
+    let _one = one_at_a_time();
+    let pins = Pins::new("ctrlc");
+    let a = Agent::start(&pins.arg());
+    a.wait_log("kernel state pinned under");
+    assert!(pins.0.exists());
+    a.signal(libc::SIGTERM);
+    a.wait_exit(Duration::from_secs(10))
+        .expect("the agent stopped");
+    assert!(pins.0.exists(), "SIGTERM keeps the pins");
+    assert_eq!(
+        a.log_count("kernel state: kept pinned under"),
+        1,
+        "{}",
+        a.log()
+    );
+    assert_eq!(a.log_count("crashwatch uninstall-bpf --pin-dir"), 1);
+    let b = Agent::start(&pins.arg());
+    b.wait_log("took over from generation 1");
+    b.signal(libc::SIGINT);
+    b.wait_exit(Duration::from_secs(10))
+        .expect("the agent stopped");
+    assert!(!pins.0.exists(), "Ctrl-C took the pins: {}", b.log());
+    assert_eq!(b.log_count("kernel state: removed ("), 1, "{}", b.log());
+}
+
 #[test]
 fn crashes_while_no_agent_runs_are_reported_by_the_next() {
     let _one = one_at_a_time();

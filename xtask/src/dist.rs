@@ -19,14 +19,18 @@ use crate::vm::{run, Paths};
 pub const TARGET: &str = "x86_64-unknown-linux-gnu";
 
 /// Builds the static agent and returns its path (under target/x86_64-unknown-linux-gnu, the
-/// directory the VM tests use too, so either build serves the other).
+/// directory the VM tests use too, so either build serves the other; under
+/// `$CARGO_TARGET_DIR` when that is set, as cargo puts it there).
 pub fn static_agent(root: &Path) -> Result<PathBuf> {
     eprintln!("xtask: building the static agent");
     run(Command::new(env!("CARGO"))
         .args(["build", "--release", "-p", "crashwatch", "--target", TARGET])
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .current_dir(root))?;
-    let bin = root.join(format!("target/{TARGET}/release/crashwatch"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|d| root.join(d))
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target.join(format!("{TARGET}/release/crashwatch"));
     // A static PIE has no program interpreter; a dynamic one would not run FROM scratch.
     let headers = run(Command::new("readelf").arg("-lW").arg(&bin))?;
     if headers.contains("INTERP") {

@@ -42,7 +42,7 @@ impl Handover {
             Record::Exec(e) => (0, &e.head),
             Record::Signal(s) => (1, &s.head),
             Record::Exit(e) => (2, &e.head),
-            Record::Oom(h) => (3, h),
+            Record::Oom(o) => (3, &o.head),
             Record::Stack(s) => (4, &s.head),
             Record::LastWords(w) => (5, &w.head),
             Record::Go(_) | Record::GoOutput(_) => return false,
@@ -85,6 +85,7 @@ mod tests {
                 ..Head::default()
             },
             status: 0,
+            asked: None,
         })
     }
 

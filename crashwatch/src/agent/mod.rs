@@ -53,6 +53,8 @@ use crate::{
 pub struct Options {
     pub format: Format,
     pub report_nonzero_exits: bool,
+    /// Which terminations (deaths someone asked for) are reported; all are counted.
+    pub report_terminations: crate::assemble::policy::ReportTerminations,
     pub ring_bytes: u32,
     pub pending_window: Duration,
     /// Bytes of Go runtime output kept per crash.
@@ -104,6 +106,7 @@ const REPORT_QUEUE: usize = 1024;
 
 pub async fn run(mut opts: Options) -> Result<()> {
     crate::privileges::require_privileges()?;
+    let pin_dir = opts.pin_dir.clone();
     let window_ns = opts.pending_window.as_nanos() as u64;
     let mut probe = Probe::load(
         Settings {
@@ -219,6 +222,7 @@ pub async fn run(mut opts: Options) -> Result<()> {
         let (go, closed, roots) = (go.view(), stdout_closed.clone(), roots.clone());
         let (format, cache) = (opts.format, opts.symbol_cache_bytes);
         let redactor = opts.redactor;
+        let terminations = opts.report_terminations;
         let (outputs, m) = (outputs, metrics.clone());
         let written = holds.written.clone();
         let opened = reload::Opened {
@@ -249,6 +253,8 @@ pub async fn run(mut opts: Options) -> Result<()> {
                     cache_bytes: cache,
                     build_panics: 0,
                     unbuilt: 0,
+                    terminations,
+                    carried_lost: 0,
                     failpoint: std::env::var("CRASHWATCH_FAILPOINT_REPORT_PANIC").ok(),
                     metrics: m,
                 }
@@ -317,6 +323,8 @@ pub async fn run(mut opts: Options) -> Result<()> {
     let mut logged = p.reported;
     let mut exported = (p.reported, 0);
     let mut ticks: u64 = 0;
+    // Stopped by Ctrl-C (a person at a terminal) rather than SIGTERM (a service manager).
+    let mut interrupted = false;
     let mut poll = tokio::time::interval(Duration::from_millis(20));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -390,7 +398,10 @@ pub async fn run(mut opts: Options) -> Result<()> {
             _ = poll.tick(), if ring.get_ref().holding() => p.drain(ring.get_mut()),
             _ = sighup.recv() => reload::on_sighup(reloader.as_ref(), &p.reports),
             // Embedded, the signals are the command's: it stops the agent when it is done.
-            _ = sigint.recv(), if !embedded => break,
+            _ = sigint.recv(), if !embedded => {
+                interrupted = true;
+                break;
+            }
             _ = sigterm.recv(), if !embedded => break,
             c = async {
                 match control.as_mut() {
@@ -530,7 +541,35 @@ pub async fn run(mut opts: Options) -> Result<()> {
             took.as_millis()
         );
     }
+    tracing::info!("{}", kernel_state_at_stop(pin_dir.as_deref(), interrupted));
     Ok(())
+}
+
+/// What stays in the kernel after the agent, said at every stop. A run stopped with Ctrl-C
+/// (someone trying it at a terminal) takes its pinned state with it; one stopped with
+/// SIGTERM (systemd, the kubelet, an upgrade) leaves it recording for the next agent.
+fn kernel_state_at_stop(pin_dir: Option<&std::path::Path>, interrupted: bool) -> String {
+    let Some(dir) = pin_dir else {
+        return "kernel state: nothing stays (not pinned): the programs ended with the agent"
+            .into();
+    };
+    if interrupted {
+        return match crate::probe::pin::uninstall(dir) {
+            Ok(n) => format!(
+                "kernel state: removed ({n} pinned objects under {}): stopped with Ctrl-C, nothing of crashwatch stays in the kernel (stop with SIGTERM, as a service manager does, to keep recording for the next agent)",
+                dir.display()
+            ),
+            Err(e) => format!(
+                "kernel state: could not be removed ({e:#}): the programs still record every exec and stderr write; `crashwatch uninstall-bpf --pin-dir {}` removes them",
+                dir.display()
+            ),
+        };
+    }
+    format!(
+        "kernel state: kept pinned under {}: the kernel goes on recording crashes for the next agent (every exec and stderr write on this host keeps paying for it); `crashwatch uninstall-bpf --pin-dir {}` removes it",
+        dir.display(),
+        dir.display()
+    )
 }
 
 /// Returns the heap's free pages to the kernel. Start-up (the kernel's BTF, /proc, the

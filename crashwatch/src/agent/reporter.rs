@@ -10,7 +10,7 @@ use std::{
 };
 
 use crate::{
-    assemble::Crash,
+    assemble::{policy, Crash, Kind},
     cluster::{self, Clusters},
     context::Enricher,
     escape::Esc,
@@ -72,6 +72,10 @@ pub(super) struct Reporter {
     /// not be reported at all.
     pub(super) build_panics: u64,
     pub(super) unbuilt: u64,
+    /// Which terminations are reported (all are counted).
+    pub(super) terminations: policy::ReportTerminations,
+    /// Kernel losses a termination that was not reported carried, for the next report.
+    pub(super) carried_lost: u64,
     /// Fault injection for the tests (`CRASHWATCH_FAILPOINT_REPORT_PANIC=COMM`): building
     /// the report of a process with this name panics.
     pub(super) failpoint: Option<String>,
@@ -116,6 +120,27 @@ impl Reporter {
                 Err(mpsc::RecvTimeoutError::Timeout) => continue,
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             };
+            let lost = lost + std::mem::take(&mut self.carried_lost);
+            if crash.kind == Kind::Termination {
+                // Not a crash: counted, and reported only when asked for.
+                self.metrics.terminated(
+                    (crash.status & 0x7f) as i32,
+                    self.enricher.namespace(&crash).as_deref(),
+                    crash
+                        .asked
+                        .is_some_and(|(_, ns)| ns <= policy::GRACE_WINDOW_NS),
+                );
+                let sig = (crash.status & 0x7f) as i32;
+                if !self.terminations.wants(sig) || self.embed.is_some() {
+                    // Its losses are the next report's to say.
+                    self.carried_lost = lost;
+                    self.written.fetch_add(1, Ordering::Release);
+                    if let Some(k) = &mut self.keys {
+                        k.note((crash.head.pid, crash.head.start_ns));
+                    }
+                    continue;
+                }
+            }
             if self.stdout_closed.load(Ordering::Relaxed) {
                 self.unwritten += 1;
             } else if let Some(report) = self.build_guarded(&crash, lost) {
@@ -234,6 +259,15 @@ impl Reporter {
             }
         }
         self.redactor.report(&mut report);
+        if report.kind == Kind::Termination.as_str() {
+            // Asked for, and no crash: written out, never clustered, stored or alerted on.
+            let json = serde_json::to_string(&report).unwrap_or_default();
+            self.emit_stdout(&report, &json);
+            if !self.outputs.is_empty() {
+                self.outputs.send(Arc::new(sink::Item { report, json }));
+            }
+            return;
+        }
         report.fingerprint = cluster::fingerprint::fingerprint(&report).value;
         if let Some((_, to)) = &self.embed {
             let json = serde_json::to_string(&report).unwrap_or_default();

@@ -19,6 +19,8 @@ use crate::{
     parse::Death,
 };
 
+pub mod policy;
+
 /// What a process runs, captured at exec, at its first crash sign when its exec was not sent,
 /// or by the start-up scan of /proc.
 #[derive(Clone, Debug, Default)]
@@ -68,6 +70,9 @@ pub enum Kind {
     /// A non-zero exit its runtime announced in its own words (a Python traceback and exit
     /// 1, a Rust panic and exit 101): see the crash's `error`.
     RuntimeError,
+    /// Not a crash: a death someone asked for (SIGTERM, SIGINT, SIGKILL, ...; see
+    /// [`policy`]). Counted, reported only when asked for.
+    Termination,
 }
 
 impl Kind {
@@ -79,6 +84,7 @@ impl Kind {
             Kind::GoPanic => "go_panic",
             Kind::GoFatal => "go_fatal",
             Kind::RuntimeError => "runtime_error",
+            Kind::Termination => "termination",
         }
     }
 
@@ -111,6 +117,11 @@ pub struct Crash {
     /// The ring buffer position of the oldest record this crash was built from (see
     /// [`Assembler::push_at`]).
     pub hold: u64,
+    /// The last stop request (SIGTERM, SIGINT) the process handled itself before it died,
+    /// and how long before its death (ns).
+    pub asked: Option<(i32, u64)>,
+    /// What the kernel said as the OOM killer chose it.
+    pub oom: Option<crate::decode::Oom>,
 }
 
 /// The case's stack record sent with the record of header `h` (same thread and kernel time).
@@ -141,12 +152,13 @@ fn output_names_signal(o: &Output, sig: i32) -> bool {
     })
 }
 
-/// The Go runtime printed its signal crash header (only its own output is captured).
-fn runtime_signal_crash(o: &Output) -> bool {
-    !o.head.is_empty()
-        && crate::parse::go::parse(&String::from_utf8_lossy(&o.head))
-            .signal_crash
-            .is_some()
+/// The signal crash header the Go runtime printed (only its own output is captured):
+/// `SIGSEGV: segmentation violation`, `SIGQUIT: quit`.
+fn runtime_signal_crash(o: &Output) -> Option<String> {
+    if o.head.is_empty() {
+        return None;
+    }
+    crate::parse::go::parse(&String::from_utf8_lossy(&o.head)).signal_crash
 }
 
 /// A process's captured runtime output: the head and the tail of it when it runs long.
@@ -188,7 +200,7 @@ struct Case {
     /// The newest record's time: a case is idle, not old, when it expires.
     last_ns: u64,
     signal: Option<Signal>,
-    oom: bool,
+    oom: Option<crate::decode::Oom>,
     go: Option<Go>,
     output: Output,
     /// The latest stack records, until the signal or Go record each goes with arrives.
@@ -312,9 +324,10 @@ impl Assembler {
                 }
                 None
             }
-            Record::Oom(h) => {
+            Record::Oom(o) => {
+                let h = o.head.clone();
                 if let Some(case) = self.case(&h) {
-                    case.oom = true;
+                    case.oom = Some(o);
                 }
                 None
             }
@@ -386,12 +399,17 @@ impl Assembler {
             .procs
             .remove(&x.head.pid)
             .or_else(|| self.inherited(&x.head));
-        let term_sig = x.status & 0x7f;
+        let term_sig = (x.status & 0x7f) as i32;
         let code = (x.status >> 8) & 0xff;
         // Asked only for a handled fault: most exits have none, and need no lookup.
         let signal = case.signal.filter(|s| {
+            if term_sig != 0 {
+                // A fault handled earlier explains a crash by signal (a JVM's fatal error
+                // ends in abort()), not a kill someone asked for (the JVM's null checks fault
+                // on purpose).
+                return !s.handled || s.sig == term_sig || policy::crash_signal(term_sig);
+            }
             !s.handled
-                || term_sig != 0
                 || (code == 2 && proc.as_ref().and_then(|p| p.file).is_some_and(is_go))
                 || output_names_signal(&case.output, s.sig)
         });
@@ -404,21 +422,36 @@ impl Assembler {
         let announced = error
             .as_ref()
             .filter(|d| term_sig == 0 && code != 0 && d.explains_exit(code));
-        let kind = if case.oom {
+        let dump = runtime_signal_crash(&case.output);
+        let kind = if case.oom.is_some() {
             Kind::OomKill
         } else if let Some(g) = &case.go {
             match g.what {
                 GoWhat::Panic => Kind::GoPanic,
                 GoWhat::Fatal => Kind::GoFatal,
             }
-        } else if runtime_signal_crash(&case.output) {
-            // Go's signal handler killed the program itself (a fault in cgo code).
-            Kind::GoFatal
-        } else if signal.is_some() || term_sig != 0 {
+        } else if let Some(line) = &dump {
+            // Go's signal handler ended the program itself: a fault in cgo code is a crash,
+            // a SIGQUIT's goroutine dump was asked for.
+            if policy::asked_dump(line) {
+                Kind::Termination
+            } else {
+                Kind::GoFatal
+            }
+        } else if term_sig != 0 {
+            let delivered = signal.as_ref().filter(|s| s.sig == term_sig);
+            if policy::is_crash_signal(term_sig, delivered.map(|s| s.code)) {
+                Kind::Signal
+            } else {
+                Kind::Termination
+            }
+        } else if signal.is_some() {
+            // A fault it handled, and the death says so.
             Kind::Signal
         } else if let Some(d) = announced {
             // A Go binary's first run dies before its uprobes are attached.
             match (d.runtime, d.reason) {
+                _ if policy::asked_death(d) => Kind::Termination,
                 ("go", "panic") => Kind::GoPanic,
                 ("go", _) => Kind::GoFatal,
                 _ => Kind::RuntimeError,
@@ -428,6 +461,9 @@ impl Assembler {
         } else {
             return None;
         };
+        let asked = x
+            .asked
+            .map(|(sig, at)| (sig, x.head.ktime_ns.saturating_sub(at)));
         Some(Crash {
             kind,
             head: x.head,
@@ -439,6 +475,8 @@ impl Assembler {
             last_words: case.last_words,
             error,
             hold: case.hold,
+            asked,
+            oom: case.oom,
         })
     }
 

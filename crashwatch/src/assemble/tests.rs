@@ -34,6 +34,7 @@ fn exit(pid: u32, status: u32) -> Record {
     Record::Exit(Exit {
         head: head(pid),
         status,
+        asked: None,
     })
 }
 
@@ -68,6 +69,7 @@ fn exec(pid: u32, ino: u64) -> Record {
         exe: None,
         root: None,
         mnt_ns: 0,
+        path: None,
         at_exec: true,
     })
 }
@@ -150,7 +152,10 @@ fn exits_reported_only_when_asked() {
 #[test]
 fn oom_mark_makes_an_oom_kill() {
     let mut a = Assembler::new(false, 64);
-    a.push(Record::Oom(head(11)));
+    a.push(Record::Oom(crate::decode::Oom {
+        head: head(11),
+        ..Default::default()
+    }));
     a.push(sig(11, 11, 9, false));
     assert_eq!(a.push(exit(11, 9)).unwrap().kind, Kind::OomKill);
 }
@@ -267,4 +272,102 @@ fn surviving_a_signal_leaves_nothing_after_expiry() {
     a.push(sig(12, 12, 15, false));
     assert_eq!(a.expire(100 + 31_000_000_000, 30_000_000_000, |_| true), 1);
     assert!(a.push(exit(12, 0)).is_none());
+}
+
+fn words(pid: u32, text: &str) -> Record {
+    Record::LastWords(LastWords {
+        head: head(pid),
+        text: text.as_bytes().to_vec(),
+        written: text.len() as u64,
+        truncated: false,
+        unreadable: 0,
+    })
+}
+
+/// docs/report.md, "What is a crash": a death by signal is told by that signal.
+#[test]
+fn deaths_someone_asked_for_are_terminations() {
+    let mut a = Assembler::new(true, 64);
+    for (pid, status) in [
+        (20, 15),
+        (21, 2),
+        (22, 1),
+        (23, 13),
+        (24, 9),
+        (25, 3 | 0x80),
+    ] {
+        let c = a.push(exit(pid, status)).expect("a termination");
+        assert_eq!(c.kind, Kind::Termination, "status {status:#x}");
+    }
+    for (pid, status) in [
+        (30, 11),
+        (31, 6 | 0x80),
+        (32, 7),
+        (33, 8),
+        (34, 4),
+        (35, 5),
+        (36, 31),
+    ] {
+        assert_eq!(a.push(exit(pid, status)).unwrap().kind, Kind::Signal);
+    }
+    // A limit's kill is a crash when the kernel sent it, not when a process did.
+    a.push(Record::Signal(match sig(40, 40, 24, false) {
+        Record::Signal(s) => Signal { code: 0x80, ..s },
+        _ => unreachable!(),
+    }));
+    assert_eq!(a.push(exit(40, 24 | 0x80)).unwrap().kind, Kind::Signal);
+    a.push(Record::Signal(match sig(41, 41, 24, false) {
+        Record::Signal(s) => Signal { code: 0, ..s },
+        _ => unreachable!(),
+    }));
+    assert_eq!(a.push(exit(41, 24)).unwrap().kind, Kind::Termination);
+}
+
+/// A JVM faults on purpose (null checks); a pod's SIGKILL after that is no segfault, and a
+/// SIGKILL after a handled SIGTERM says so.
+#[test]
+fn a_handled_fault_does_not_make_a_kill_a_crash() {
+    let mut a = Assembler::new(false, 64);
+    a.push(sig(50, 50, 11, true));
+    let c = a
+        .push(Record::Exit(Exit {
+            head: Head {
+                ktime_ns: 2_000_000_100,
+                ..head(50)
+            },
+            status: 9,
+            asked: Some((15, 100)),
+        }))
+        .unwrap();
+    assert_eq!(c.kind, Kind::Termination);
+    assert!(
+        c.signal.is_none(),
+        "the handled SIGSEGV is not what killed it"
+    );
+    assert_eq!(c.asked, Some((15, 2_000_000_000)));
+    // A handled fault then abort(): the fault explains the crash.
+    a.push(sig(51, 51, 11, true));
+    let c = a.push(exit(51, 6)).unwrap();
+    assert_eq!((c.kind, c.signal.unwrap().sig), (Kind::Signal, 11));
+}
+
+/// Go prints a goroutine dump for SIGQUIT and exits 2: asked for, not a fatal error; a
+/// Python KeyboardInterrupt likewise. A fault in cgo code stays a crash.
+#[test]
+fn runtime_dumps_someone_asked_for_are_terminations() {
+    let mut a = Assembler::new(false, 64);
+    a.push(out(60, b"SIGQUIT: quit\nPC=0x4 m=0 sigcode=0\n\ngoroutine 1 [running]:\nmain.main()\n\t/x/main.go:9 +0x1d\n"));
+    assert_eq!(a.push(exit(60, 2 << 8)).unwrap().kind, Kind::Termination);
+    a.push(out(61, b"SIGSEGV: segmentation violation\nPC=0x4 m=0 sigcode=1\nsignal arrived during cgo execution\n\ngoroutine 1 [syscall]:\nmain.main()\n\t/x/main.go:9 +0x1d\n"));
+    assert_eq!(a.push(exit(61, 2 << 8)).unwrap().kind, Kind::GoFatal);
+    a.push(words(
+        62,
+        "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\nKeyboardInterrupt\n",
+    ));
+    assert_eq!(a.push(exit(62, 1 << 8)).unwrap().kind, Kind::Termination);
+    a.push(words(
+        63,
+        "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\nValueError: bad\n",
+    ));
+    assert_eq!(a.push(exit(63, 1 << 8)).unwrap().kind, Kind::RuntimeError);
 }

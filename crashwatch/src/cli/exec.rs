@@ -74,6 +74,7 @@ pub fn run(a: ExecArgs) -> ExitCode {
     let agent = agent::Options {
         format: sink::Format::None,
         report_nonzero_exits: false,
+        report_terminations: Default::default(),
         ring_bytes: 8 << 20,
         pending_window: Duration::from_secs(30),
         go_stderr_max: 64 << 10,

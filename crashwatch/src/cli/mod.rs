@@ -51,7 +51,7 @@ enum Cmd {
     Analyze(analyze::AnalyzeArgs),
     /// Run a command and report every crash in its tree (children, grandchildren, daemons
     /// that double-fork away) and nothing else on the host; exit with a status that fails a
-    /// CI job when anything crashed (README: "crashwatch exec"). Needs what `run` needs.
+    /// CI job when anything crashed (docs/exec.md). Needs what `run` needs.
     Exec(exec::ExecArgs),
     /// The crash history (what `run` stored under --state-dir): clusters, most recent activity
     /// first, with counts, first and last seen, what they hit and crash loops; or one cluster
@@ -144,6 +144,16 @@ struct RunArgs {
     /// command line can only be read at exec).
     #[arg(long, value_enum, default_value_t = Exits::None)]
     exits: Exits,
+    /// Also report terminations: deaths someone asked for (SIGTERM, SIGINT, SIGHUP,
+    /// SIGPIPE, SIGKILL, SIGQUIT, SIGALRM, SIGUSR1/2), which are not crashes
+    /// (docs/report.md, "What is a crash"). `all` (the flag alone), or a list of signals
+    /// (`TERM,KILL`). They are written to stdout and --output-file only, as `kind:
+    /// termination`: never to the crash history, the page, webhooks or OTLP. Every
+    /// termination is counted in crashwatch_terminations_total either way.
+    #[arg(long, value_name = "SIGNALS", num_args = 0..=1, default_value = "none",
+          default_missing_value = "all",
+          value_parser = crate::assemble::policy::ReportTerminations::parse)]
+    report_terminations: crate::assemble::policy::ReportTerminations,
     /// Kernel ring buffer size in bytes: a power of two, at least 4096. It holds the
     /// crashes the agent has not read yet, about 20 KiB each with the default stack copy:
     /// 8 MiB takes a burst of some 400 at once. When pinned, up to a quarter of it also
@@ -344,6 +354,7 @@ pub fn main() -> ExitCode {
                 output,
                 outputs,
                 exits,
+                report_terminations,
                 ring_size,
                 pending_window,
                 go_stderr_max,
@@ -401,6 +412,7 @@ pub fn main() -> ExitCode {
             let opts = agent::Options {
                 format: output,
                 report_nonzero_exits: exits == Exits::Nonzero,
+                report_terminations,
                 ring_bytes: ring_size,
                 pending_window: Duration::from_secs(pending_window),
                 go_stderr_max,

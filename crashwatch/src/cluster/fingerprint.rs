@@ -237,9 +237,11 @@ fn machinery(name: &str) -> bool {
         "__restore_rt",
         "rust_begin_unwind",
     ];
-    const PREFIX: [&str; 22] = [
+    const PREFIX: [&str; 23] = [
         "runtime.",
         "runtime/",
+        // Rust since 1.87 prints `__rustc::rust_begin_unwind`.
+        "__rustc::",
         "std::",
         "core::",
         "alloc::",

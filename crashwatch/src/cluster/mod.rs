@@ -200,7 +200,9 @@ impl Clusters {
 /// One line that says what the crash was: the runtime's error line, a Go panic or fatal
 /// error, the signal, the exit.
 pub fn headline(r: &Report) -> String {
-    let line = if let Some(e) = &r.error {
+    let line = if r.kind == "oom_kill" {
+        oom_headline(r)
+    } else if let Some(e) = &r.error {
         e.headline.clone()
     } else if let Some(m) = r.go.as_ref().and_then(|g| g.fatal_message.as_ref()) {
         format!("fatal error: {m}")
@@ -211,8 +213,6 @@ pub fn headline(r: &Report) -> String {
             Some(code) => format!("{} ({code})", s.name),
             None => s.name.clone(),
         }
-    } else if r.kind == "oom_kill" {
-        "killed by the OOM killer".into()
     } else {
         match r.exit.code {
             Some(c) => format!("exit {c}"),
@@ -222,14 +222,38 @@ pub fn headline(r: &Report) -> String {
     line.chars().take(512).collect()
 }
 
-/// The innermost in-app frame as `function (file:line)`, or the fingerprint's frame.
+/// `OOM kill`, with the limit that was hit: `OOM kill: cgroup /kubepods/pod1 at its 64 MiB
+/// limit`, `OOM kill: the host ran out of memory`.
+fn oom_headline(r: &Report) -> String {
+    let Some(o) = &r.oom else {
+        return "OOM kill".into();
+    };
+    match (o.constraint, &o.cgroup, o.limit_bytes) {
+        (Some("cgroup"), Some(cg), Some(limit)) => {
+            format!(
+                "OOM kill: cgroup {cg} at its {} limit",
+                crate::report::human_bytes(limit)
+            )
+        }
+        (Some("system"), _, _) => "OOM kill: the host ran out of memory".into(),
+        _ => "OOM kill".into(),
+    }
+}
+
+/// The innermost in-app frame as `function (file:line)`, or the fingerprint's frame; for a
+/// runtime death that printed no stack, where the runtime says it was raised (`file:line`).
 pub fn top_frame(r: &Report) -> String {
     match top_site(r) {
         Some(Site {
             name,
             file: Some(file),
             line: Some(line),
-        }) => format!("{name} ({file}:{line})"),
+        }) if name != file => format!("{name} ({file}:{line})"),
+        Some(Site {
+            file: Some(file),
+            line: Some(line),
+            ..
+        }) => format!("{file}:{line}"),
         Some(s) => s.name,
         None => String::new(),
     }
@@ -246,7 +270,17 @@ pub struct Site {
 /// stack when there is one (Python's and Node's names with `@file`), else the native one.
 pub fn top_site(r: &Report) -> Option<Site> {
     let basis = fingerprint::fingerprint(r).basis;
-    let name = basis.iter().find_map(|l| l.strip_prefix("frame:"))?;
+    let Some(name) = basis.iter().find_map(|l| l.strip_prefix("frame:")) else {
+        // No stack of its own (a Rust panic without RUST_BACKTRACE): the program's own line
+        // the runtime named.
+        let at = r.error.as_ref()?.location.as_ref()?;
+        let file = at.file.clone()?;
+        return Some(Site {
+            name: at.function.clone().unwrap_or_else(|| file.clone()),
+            file: Some(file),
+            line: at.line,
+        });
+    };
     let is = |function: Option<&str>, file: Option<&str>| {
         function.map(fingerprint::clean).is_some_and(|f| {
             f == name
@@ -393,5 +427,21 @@ mod tests {
                 .regression,
             None
         );
+    }
+
+    /// A Rust panic's top frame is the program's own code: past `__rustc::rust_begin_unwind`
+    /// (Rust 1.87+) and `core::panicking`, and without RUST_BACKTRACE the line the panic
+    /// message names.
+    #[test]
+    fn a_rust_panics_top_frame_is_the_programs_own() {
+        let with = "thread 'main' (1450) panicked at m.rs:1:28:\nindex out of bounds: the len is 0 but the index is 4\nstack backtrace:\n   0: __rustc::rust_begin_unwind\n             at /rustc/5980/library/std/src/panicking.rs:689:5\n   1: core::panicking::panic_fmt\n             at /rustc/5980/library/core/src/panicking.rs:80:14\n   2: core::panicking::panic_bounds_check\n             at /rustc/5980/library/core/src/panicking.rs:271:5\n   3: m::get\n             at ./m.rs:1:28\n   4: m::main\n             at ./m.rs:4:20\nnote: Some details are omitted, run with `RUST_BACKTRACE=full` for a verbose backtrace.\n";
+        let without = "\nthread 'main' (1451) panicked at src/main.rs:1:28:\nindex out of bounds: the len is 0 but the index is 4\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        let report = |text: &str| Report {
+            kind: "runtime_error",
+            error: crate::parse::recognise(text),
+            ..Report::default()
+        };
+        assert_eq!(top_frame(&report(with)), "m::get (./m.rs:1)");
+        assert_eq!(top_frame(&report(without)), "src/main.rs:1");
     }
 }

@@ -51,6 +51,12 @@ impl Enricher {
             .collect()
     }
 
+    /// The Kubernetes namespace of a dead process's pod, when it ran in one.
+    pub fn namespace(&self, c: &Crash) -> Option<String> {
+        let place = self.containers.note(&c.proc.as_ref()?.cgroup)?;
+        place.k8s.as_ref()?.namespace.clone()
+    }
+
     /// `go` is the Go binary the process ran, when it was one.
     pub fn report(
         &self,
@@ -60,6 +66,9 @@ impl Enricher {
         go: Option<&GoBinary>,
     ) -> Report {
         let signal = c.signal.as_ref().map(|s| {
+            // The kernel's group kill clears a SIGKILL's siginfo (every SIGKILL that ends a
+            // process goes that way): no sender, no code to name.
+            let cleared = s.sig == 9 && s.code == 0 && s.fields == 0;
             let registers = self.named_registers(&s.regs);
             let reg = |n: &str| {
                 let off = self.regs.iter().find(|(name, _)| name == n)?.1;
@@ -69,10 +78,10 @@ impl Enricher {
                 number: s.sig,
                 name: signals::name(s.sig),
                 code: s.code,
-                code_name: signals::code_name(s.sig, s.code),
+                code_name: signals::code_name(s.sig, s.code).filter(|_| !cleared),
                 addr: signals::has_fault_addr(s.sig, s.code).then_some(s.fields),
                 // siginfo's `_kill`: si_pid, then si_uid.
-                sender: signals::has_sender(s.code).then_some(Sender {
+                sender: (signals::has_sender(s.code) && !cleared).then_some(Sender {
                     pid: s.fields as u32,
                     uid: (s.fields >> 32) as u32,
                 }),
@@ -140,10 +149,16 @@ impl Enricher {
                     text,
                     bytes: w.written,
                     truncated: w.truncated || cut,
+                    unreadable: w.unreadable,
                 }
             }),
             go: go_info,
             stack,
+            oom: c
+                .oom
+                .as_ref()
+                .map(|o| oom(o, proc.map(|p| p.cgroup.as_str()))),
+            termination: (c.kind == crate::assemble::Kind::Termination).then(|| termination(c)),
             // The cluster stage's.
             fingerprint: String::new(),
             cluster: None,
@@ -153,16 +168,90 @@ impl Enricher {
     }
 }
 
+/// A memory cgroup counter this close to its limit (pages) is at it: the charge that failed
+/// was at most a huge page, and reclaim ran before the OOM killer.
+const AT_LIMIT_PAGES: u64 = 1024;
+/// A limit this high is none (the kernel's `PAGE_COUNTER_MAX` and the like).
+const NO_LIMIT_PAGES: u64 = 1 << 50;
+
+/// The `oom` section: the lowest memory cgroup at its limit (its path: the process's
+/// `cgroup` less one component per level up), or none.
+fn oom(o: &crate::decode::Oom, cgroup: Option<&str>) -> crate::report::OomInfo {
+    // SAFETY: sysconf only reads.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    let at_limit = o.memcg.iter().position(|&(usage, max)| {
+        max < NO_LIMIT_PAGES && usage.saturating_add(AT_LIMIT_PAGES) >= max
+    });
+    let bytes = |pages: i64| (o.victim_read).then_some(pages.max(0) as u64 * page);
+    let mut info = crate::report::OomInfo {
+        constraint: match (at_limit, o.memcg.is_empty()) {
+            (Some(_), _) => Some("cgroup"),
+            (None, false) => Some("system"),
+            (None, true) => None,
+        },
+        rss_file_bytes: bytes(o.rss_pages[0]),
+        rss_anon_bytes: bytes(o.rss_pages[1]),
+        swap_bytes: bytes(o.rss_pages[2]),
+        rss_shmem_bytes: bytes(o.rss_pages[3]),
+        oom_score_adj: o.victim_read.then_some(o.oom_score_adj),
+        ..Default::default()
+    };
+    if let Some(level) = at_limit {
+        let (usage, max) = o.memcg[level];
+        info.limit_bytes = Some(max * page);
+        info.usage_bytes = Some(usage * page);
+        info.cgroup = cgroup.map(|c| {
+            let parts: Vec<&str> = c.split('/').filter(|p| !p.is_empty()).collect();
+            let keep = parts.len().saturating_sub(level);
+            format!("/{}", parts[..keep].join("/"))
+        });
+    }
+    info
+}
+
+/// A Go runtime's dying words as the process's last words hold them (from the first line
+/// of its death on), and whether they were cut; None when they are not a Go death.
+fn go_words(c: &Crash) -> Option<(String, bool)> {
+    let d = c.error.as_ref().filter(|d| d.runtime == "go")?;
+    let w = c.last_words.as_ref()?;
+    let text = String::from_utf8_lossy(&w.text);
+    Some((text.get(d.start..)?.to_string(), w.truncated))
+}
+
+/// What a termination followed: a stop request the process handled, and whether the kill
+/// came as its grace period ran out.
+fn termination(c: &Crash) -> crate::report::TerminationInfo {
+    let killed = c.status & 0x7f == 9;
+    crate::report::TerminationInfo {
+        after: c.asked.map(|(sig, _)| signals::name(sig)),
+        after_secs: c.asked.map(|(_, ns)| (ns / 1_000_000) as f64 / 1e3),
+        grace_expired: killed
+            && c.asked
+                .is_some_and(|(_, ns)| ns <= crate::assemble::policy::GRACE_WINDOW_NS),
+    }
+}
+
 /// The `go` section: from the runtime's fatal-path record, its printed output and the binary.
+/// When the probes missed the death (a binary's first run, a new agent), what the runtime
+/// printed is taken from the process's last words, from its first dying line on, and parsed
+/// as `analyze` parses logs: what that text does not say stays null.
 fn go_info(
     c: &Crash,
     bin: Option<&GoBinary>,
     registers: BTreeMap<String, String>,
 ) -> Option<GoInfo> {
-    if bin.is_none() && c.go.is_none() {
+    let printed = go_words(c);
+    if bin.is_none() && c.go.is_none() && printed.is_none() {
         return None;
     }
-    let stderr = render_output(&c.output);
+    let (stderr, stderr_bytes, stderr_truncated) = match (&printed, c.output.total) {
+        (Some((text, cut)), 0) => (text.clone(), text.len() as u64, *cut),
+        _ => (
+            render_output(&c.output),
+            c.output.total,
+            c.output.dropped() > 0 || c.output.cut,
+        ),
+    };
     let tb = goroutines::parse(&stderr);
     let rec = c.go.as_ref();
     let (mut panic_value, mut panic_type, mut fatal_message) = (None, None, None);
@@ -179,7 +268,9 @@ fn go_info(
                 .and_then(|g| g.text.clone())
                 .or_else(|| tb.fatal_message());
         }
-        // The runtime's signal handler killed it (cgo): no throw, only its printed header.
+        // No fatal-path record: the runtime's signal handler killed it (cgo), or the probes
+        // missed the death and its printed words tell.
+        None if c.kind == crate::assemble::Kind::GoPanic => panic_value = tb.panics.last().cloned(),
         None if c.kind == crate::assemble::Kind::GoFatal => fatal_message = tb.fatal_message(),
         None => {}
     }
@@ -189,8 +280,8 @@ fn go_info(
         panic_type,
         fatal_message,
         goroutine: tb.goroutines.first().map(|g| g.id),
-        stderr_bytes: c.output.total,
-        stderr_truncated: c.output.dropped() > 0 || c.output.cut,
+        stderr_bytes,
+        stderr_truncated,
         stderr,
         goroutines: tb.goroutines,
         build: bin.and_then(|b| b.build.clone()),
@@ -246,6 +337,11 @@ pub fn resolve_exe(e: &mut Exec) {
         if e.file.open_at(through_parent).is_some() {
             e.exe = Some(e.filename.clone());
         }
+        return;
+    }
+    // A relative path: where the kernel found the file, when it could spell it whole.
+    if let Some(p) = &e.path {
+        e.exe = Some(p.clone());
         return;
     }
     let cwd = format!("/proc/{}/cwd", e.head.ppid);

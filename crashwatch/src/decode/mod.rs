@@ -35,6 +35,9 @@ pub struct Exec {
     pub root: Option<crate::symbolize::RootKey>,
     /// The process's mount namespace as the kernel read it (0: unread).
     pub mnt_ns: u32,
+    /// The executable's absolute path in the process's view as the kernel spelled it, when
+    /// `filename` is relative and the whole path could be read.
+    pub path: Option<String>,
     /// Sent at the exec itself; false for an identity read at a crash sign of a process
     /// whose exec was not sent (`filename` is empty then).
     pub at_exec: bool,
@@ -144,6 +147,22 @@ pub struct GoOutput {
 pub struct Exit {
     pub head: Head,
     pub status: u32,
+    /// The last stop request (SIGTERM, SIGINT) the process handled itself, and when it came
+    /// (kernel time): a SIGKILL after it is a stop that outlived its grace period.
+    pub asked: Option<(i32, u64)>,
+}
+
+/// The OOM killer chose a process: what the kernel said about it and its memory cgroups.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Oom {
+    pub head: Head,
+    /// `oom_score_adj` and `rss_pages` are the victim's (older kernels name only its pid).
+    pub victim_read: bool,
+    pub oom_score_adj: i32,
+    /// Resident pages: file, anon, swap entries, shmem.
+    pub rss_pages: [i64; 4],
+    /// `(usage, max)` in pages of its memory cgroup and each parent, its own first.
+    pub memcg: Vec<(u64, u64)>,
 }
 
 #[derive(Clone, Debug)]
@@ -151,7 +170,7 @@ pub enum Record {
     Exec(Exec),
     Signal(Signal),
     Exit(Exit),
-    Oom(Head),
+    Oom(Oom),
     Go(Go),
     GoOutput(GoOutput),
     Stack(Stack),
@@ -169,6 +188,8 @@ pub struct LastWords {
     pub written: u64,
     /// `text` is not all of it.
     pub truncated: bool,
+    /// Bytes the kernel could not read from the process, shown in `text` as unreadable.
+    pub unreadable: u64,
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Record> {
@@ -198,6 +219,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
                 exe: None,
                 root: None,
                 mnt_ns: r.mnt_ns,
+                path: exe_path(&r.path),
                 at_exec: r.hdr.kind == c::KIND_EXEC,
             })
         }
@@ -233,11 +255,21 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
             Record::Exit(Exit {
                 head: head(&r.hdr),
                 status: r.status,
+                asked: (r.asked_sig != 0).then_some((r.asked_sig as i32, r.asked_ns)),
             })
         }
         c::KIND_OOM => {
             let r: c::OomRecord = read(bytes)?;
-            Record::Oom(head(&r.hdr))
+            Record::Oom(Oom {
+                head: head(&r.hdr),
+                victim_read: r.victim_read != 0,
+                oom_score_adj: r.oom_score_adj,
+                rss_pages: r.rss_pages,
+                memcg: r.memcg[..(r.levels as usize).min(c::OOM_LEVELS)]
+                    .iter()
+                    .map(|[usage, max]| (*usage, *max))
+                    .collect(),
+            })
         }
         c::KIND_GO => {
             let r: c::GoRecord = read(bytes)?;
@@ -380,12 +412,24 @@ fn last_words(bytes: &[u8]) -> Result<LastWords> {
         tail.extend_from_slice(&r.tail[..wrap]);
     }
     let tail_start = total - kept as u64;
+    // Writes the kernel could not read: (position, length) in the stream.
+    let spans: Vec<(u64, u64)> = r
+        .unread
+        .iter()
+        .filter(|u| u.len != 0)
+        .map(|u| (u.pos, u.len as u64))
+        .collect();
+    let unknown = Unread {
+        spans: &spans,
+        nul_runs: r.unread_over > 0,
+    };
     let mut text = Vec::new();
     let mut gap = tail_start;
+    let mut unreadable = 0;
     if r.marked != 0 && head_len > 0 {
         let head_start = (r.marked - 1).saturating_sub(lookback);
         let head_end = (head_start + head_len as u64).min(total);
-        text.extend_from_slice(&r.head[..head_len]);
+        unreadable += unknown.mark(&r.head[..head_len], head_start, &mut text);
         gap = tail_start.saturating_sub(head_end);
         // The tail from where the head ends (they overlap when little was written).
         let skip = head_end.saturating_sub(tail_start).min(kept as u64) as usize;
@@ -394,16 +438,53 @@ fn last_words(bytes: &[u8]) -> Result<LastWords> {
                 format!("\n[... crashwatch: {gap} bytes not kept ...]\n").as_bytes(),
             );
         }
-        text.extend_from_slice(&tail[skip..]);
+        unreadable += unknown.mark(&tail[skip..], tail_start + skip as u64, &mut text);
     } else {
-        text = tail;
+        unreadable += unknown.mark(&tail, tail_start, &mut text);
     }
     Ok(LastWords {
         head: head(&r.hdr),
         text,
         written: total + r.skipped,
         truncated: gap > 0 || r.skipped > 0,
+        unreadable,
     })
+}
+
+/// Where the kernel could not read what a process wrote: those bytes are zeroes in the
+/// record, and are shown as unreadable, never as text.
+struct Unread<'a> {
+    spans: &'a [(u64, u64)],
+    /// More writes failed than the record could place: every NUL byte may be one of theirs.
+    nul_runs: bool,
+}
+
+impl Unread<'_> {
+    /// Appends `bytes` (stream positions from `start`) to `out`, each run of unreadable bytes
+    /// as a marker; returns how many bytes were unreadable.
+    fn mark(&self, bytes: &[u8], start: u64, out: &mut Vec<u8>) -> u64 {
+        let unread = |i: usize| {
+            let p = start + i as u64;
+            self.spans.iter().any(|&(at, n)| p >= at && p < at + n)
+                || (self.nul_runs && bytes[i] == 0)
+        };
+        let (mut i, mut marked) = (0, 0);
+        while i < bytes.len() {
+            if !unread(i) {
+                out.push(bytes[i]);
+                i += 1;
+                continue;
+            }
+            let from = i;
+            while i < bytes.len() && unread(i) {
+                i += 1;
+            }
+            let n = i - from;
+            marked += n as u64;
+            out.extend_from_slice(format!("[crashwatch: {n} bytes unreadable]").as_bytes());
+        }
+        marked
+    }
 }
 
 fn read<T: Copy>(bytes: &[u8]) -> Result<T> {
@@ -464,6 +545,26 @@ fn split_args(b: &[u8]) -> Vec<String> {
 }
 
 /// Components arrive leaf first; the root's own name is empty or "/".
+/// A path the kernel read leaf first, whole: `/dir/app`; None when incomplete or empty.
+fn exe_path(p: &c::ExePath) -> Option<String> {
+    let depth = (p.depth as usize).min(c::EXE_PATH_DEPTH);
+    if p.complete == 0 || depth == 0 {
+        return None;
+    }
+    let parts: Vec<String> = p.names[..depth].iter().map(|n| cstr(n)).collect();
+    if parts
+        .iter()
+        .any(|n| n.is_empty() || n.contains('/') || n == "." || n == "..")
+    {
+        return None;
+    }
+    Some(parts.iter().rev().fold(String::new(), |mut out, part| {
+        out.push('/');
+        out.push_str(part);
+        out
+    }))
+}
+
 fn cgroup_path(p: &c::CgroupPath) -> String {
     let parts: Vec<String> = p
         .names

@@ -196,3 +196,40 @@ fn last_words_records_that_contradict_themselves_are_errors() {
         "a head longer than its room"
     );
 }
+
+/// Bytes the kernel could not read (a string constant's page not yet in memory) are zeroes
+/// in the record: they are shown as unreadable and counted, never as NUL characters.
+#[test]
+fn unread_writes_are_marked_not_shown_as_zeroes() {
+    let mut s = b"starting worker\nfatal: cannot continue\n".to_vec();
+    s[..16].fill(0);
+    let mut bytes = words_record(&s, None);
+    let mut r: c::LastWordsRecord =
+        unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const c::LastWordsRecord) };
+    r.unread[3] = c::Unread {
+        pos: 0,
+        addr: 0x1000,
+        len: 16,
+        _pad: 0,
+    };
+    r.unread_n = 1;
+    bytes[..c::WORDS_FIXED].copy_from_slice(&bytes_of(&r)[..c::WORDS_FIXED]);
+    let w = words(&bytes);
+    assert_eq!(
+        String::from_utf8_lossy(&w.text),
+        "[crashwatch: 16 bytes unreadable]fatal: cannot continue\n"
+    );
+    assert_eq!(w.unreadable, 16);
+    // More failures than places: every NUL may be one.
+    r.unread[3].len = 0;
+    r.unread_n = 0;
+    r.unread_over = 1;
+    bytes[..c::WORDS_FIXED].copy_from_slice(&bytes_of(&r)[..c::WORDS_FIXED]);
+    let w = words(&bytes);
+    assert!(
+        !w.text.contains(&0),
+        "{:?}",
+        String::from_utf8_lossy(&w.text)
+    );
+    assert_eq!(w.unreadable, 16);
+}

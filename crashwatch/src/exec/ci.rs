@@ -13,7 +13,7 @@ pub struct Seen {
     pub restart: u32,
 }
 
-/// The exit status per crash class (README, "crashwatch exec"); the first crash decides.
+/// The exit status per crash class (docs/exec.md, "Exit status"); the first crash decides.
 pub fn class_code(kind: &str) -> u8 {
     match kind {
         "go_panic" | "go_fatal" => 111,

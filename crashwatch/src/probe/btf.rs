@@ -53,6 +53,16 @@ pub fn load(pending_window_ns: u64, args_max: u32, stack_copy: u32) -> Result<Ke
             )
         }
     };
+    // `mm->rss_stat`: an array of `percpu_counter` from 6.2, a `struct mm_rss_stat` of
+    // `atomic_long_t`s before.
+    let (rss_stride, rss_count) = if k.named_struct("mm_rss_stat").is_ok() {
+        (8, k.off("mm_rss_stat", "count").unwrap_or(0))
+    } else {
+        (
+            k.struct_size("percpu_counter").unwrap_or(NO_OFFSET),
+            k.off("percpu_counter", "count").unwrap_or(NO_OFFSET),
+        )
+    };
     let off = Offsets {
         task_tgid: k.off("task_struct", "tgid")?,
         task_pid: k.off("task_struct", "pid")?,
@@ -97,6 +107,31 @@ pub fn load(pending_window_ns: u64, args_max: u32, stack_copy: u32) -> Result<Ke
         task_nsproxy: k.off("task_struct", "nsproxy")?,
         nsproxy_mnt_ns: k.off("nsproxy", "mnt_ns")?,
         mnt_ns_inum: k.off("mnt_namespace", "ns")? + k.off("ns_common", "inum")?,
+        file_f_path: k.off("file", "f_path")?,
+        path_mnt: k.off("path", "mnt")?,
+        path_dentry: k.off("path", "dentry")?,
+        dentry_parent: k.off("dentry", "d_parent")?,
+        dentry_name: k.off("dentry", "d_name")? + k.off("qstr", "name")?,
+        vfsmount_root: k.off("vfsmount", "mnt_root")?,
+        mount_mnt: k.off("mount", "mnt")?,
+        mount_parent: k.off("mount", "mnt_parent")?,
+        mount_mountpoint: k.off("mount", "mnt_mountpoint")?,
+        task_fs: k.off("task_struct", "fs")?,
+        fs_root: k.off("fs_struct", "root")?,
+        // OOM facts: a kernel without them still loads, and its reports say less.
+        signal_oom_score_adj: k.off("signal_struct", "oom_score_adj").unwrap_or(NO_OFFSET),
+        mm_rss_stat: k.off("mm_struct", "rss_stat").unwrap_or(NO_OFFSET),
+        rss_stride,
+        rss_count,
+        css_set_memory: k
+            .off("css_set", "subsys")
+            .map(|o| o + 8 * memory_id)
+            .unwrap_or(NO_OFFSET),
+        memcg_css: k.off("mem_cgroup", "css").unwrap_or(NO_OFFSET),
+        memcg_memory: k.off("mem_cgroup", "memory").unwrap_or(NO_OFFSET),
+        counter_usage: k.off("page_counter", "usage").unwrap_or(NO_OFFSET),
+        counter_max: k.off("page_counter", "max").unwrap_or(NO_OFFSET),
+        counter_parent: k.off("page_counter", "parent").unwrap_or(NO_OFFSET),
     };
     let exit_args = k.tracepoint_args("sched_process_exit")?;
     let oom_arg_is_task = match k.tracepoint_args("mark_victim") {

@@ -40,7 +40,7 @@ pub const DEFAULT_DIR: &str = "/sys/fs/bpf/crashwatch";
 /// Not shared: `KNOWN` and `TRACKED`, which record what one agent knows (its answers about
 /// files, the processes whose identity it holds): the next agent knows none of it, so its
 /// programs start empty and send it what it needs.
-const SHARED_MAPS: [&str; 7] = [
+const SHARED_MAPS: [&str; 8] = [
     "EVENTS",
     "LOST",
     "ACTIVE",
@@ -48,6 +48,7 @@ const SHARED_MAPS: [&str; 7] = [
     "PENDING_STACK",
     "WORDS",
     "GOPANIC",
+    "ASKED",
 ];
 
 /// Bump when a record or a shared map changes meaning without changing size.

@@ -128,6 +128,10 @@ impl Output for FileSink {
         }
     }
 
+    fn takes_terminations(&self) -> bool {
+        true
+    }
+
     fn flush(&mut self) -> Result<()> {
         if std::mem::take(&mut self.unsynced) {
             self.file.sync_data()?;

@@ -53,9 +53,26 @@ struct VersionLabel {
     revision: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TerminationLabels {
+    signal: String,
+    namespace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NamespaceLabel {
+    namespace: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     crashes: Family<CrashLabels, Counter>,
+    terminations: Family<TerminationLabels, Counter>,
+    grace_kills: Family<NamespaceLabel, Counter>,
+    /// Namespaces kept apart in the termination counters (bounded as the crashes' are).
+    termination_namespaces: Mutex<HashSet<String>>,
+    /// Bytes of last words the kernel could not read.
+    unreadable: Counter,
     series: Mutex<HashSet<CrashLabels>>,
     pub loops: Gauge,
     lost: Family<ReasonLabel, Counter>,
@@ -74,6 +91,24 @@ impl Metrics {
             "crashwatch_crashes",
             "Crashes reported, by kind, fatal signal, Kubernetes namespace and container name",
             crashes.clone(),
+        );
+        let terminations = Family::<TerminationLabels, Counter>::default();
+        registry.register(
+            "crashwatch_terminations",
+            "Deaths someone asked for (SIGTERM, SIGINT, SIGKILL, SIGPIPE, ...): not crashes, by signal and Kubernetes namespace",
+            terminations.clone(),
+        );
+        let grace_kills = Family::<NamespaceLabel, Counter>::default();
+        registry.register(
+            "crashwatch_grace_period_kills",
+            "SIGKILLs of processes that had been asked to stop (a handled SIGTERM or SIGINT) and had not within their grace period, by Kubernetes namespace",
+            grace_kills.clone(),
+        );
+        let unreadable = Counter::default();
+        registry.register(
+            "crashwatch_last_words_unreadable_bytes",
+            "Bytes of crashed processes' last words the kernel could not read (a page not yet in memory), shown as unreadable in reports",
+            unreadable.clone(),
         );
         let loops = Gauge::default();
         registry.register(
@@ -128,6 +163,10 @@ impl Metrics {
         Arc::new(Metrics {
             registry,
             crashes,
+            terminations,
+            grace_kills,
+            termination_namespaces: Mutex::default(),
+            unreadable,
             series: Mutex::default(),
             loops,
             lost,
@@ -172,6 +211,38 @@ impl Metrics {
             }
         }
         self.crashes.get_or_create(&l).inc();
+        if let Some(w) = &r.last_words {
+            self.unreadable.inc_by(w.unreadable);
+        }
+    }
+
+    /// Counts a termination by signal `sig`; `grace_expired`: a SIGKILL after a stop request.
+    pub fn terminated(&self, sig: i32, namespace: Option<&str>, grace_expired: bool) {
+        let mut namespace = namespace.unwrap_or_default().to_string();
+        {
+            let mut seen = self
+                .termination_namespaces
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if !seen.contains(&namespace) {
+                if seen.len() >= MAX_SERIES {
+                    namespace = OTHER.into();
+                } else {
+                    seen.insert(namespace.clone());
+                }
+            }
+        }
+        self.terminations
+            .get_or_create(&TerminationLabels {
+                signal: crate::signals::name(sig),
+                namespace: namespace.clone(),
+            })
+            .inc();
+        if grace_expired && sig == 9 {
+            self.grace_kills
+                .get_or_create(&NamespaceLabel { namespace })
+                .inc();
+        }
     }
 
     /// Kernel records lost for `reason` since the last call.

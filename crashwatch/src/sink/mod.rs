@@ -114,6 +114,11 @@ pub trait Output: Send + 'static {
     fn shown(&self) -> Option<String> {
         None
     }
+    /// Takes the terminations `--report-terminations` asks for (the file): alerting and
+    /// tracking outputs (webhooks, OTLP) take crashes only.
+    fn takes_terminations(&self) -> bool {
+        false
+    }
 }
 
 /// What one output did.
@@ -140,6 +145,7 @@ const QUEUE: usize = 4096;
 
 struct Worker {
     name: &'static str,
+    terminations: bool,
     queue: Option<mpsc::SyncSender<Arc<Item>>>,
     thread: Option<JoinHandle<Option<String>>>,
     stats: Arc<SinkStats>,
@@ -160,6 +166,7 @@ impl Outputs {
         metrics: &metrics::Metrics,
     ) -> anyhow::Result<()> {
         let (queue, rx) = mpsc::sync_channel::<Arc<Item>>(QUEUE);
+        let terminations = out.takes_terminations();
         let stats = Arc::new(SinkStats {
             exported: metrics.sink_errors(name),
             delivered_exported: out.delivers_on_write().then(|| metrics.delivered(name)),
@@ -202,6 +209,7 @@ impl Outputs {
             })?;
         self.workers.push(Worker {
             name,
+            terminations,
             queue: Some(queue),
             thread: Some(thread),
             stats,
@@ -209,9 +217,14 @@ impl Outputs {
         Ok(())
     }
 
-    /// Queues a report for every output; never waits.
+    /// Queues a report for every output that takes it; never waits.
     pub fn send(&self, item: Arc<Item>) {
-        for w in &self.workers {
+        let termination = item.report.kind == "termination";
+        for w in self
+            .workers
+            .iter()
+            .filter(|w| w.terminations || !termination)
+        {
             let sent = w
                 .queue
                 .as_ref()

@@ -16,25 +16,7 @@ pub fn pretty(r: &Report, color: bool) -> String {
     };
     let mut s = String::new();
     let go = r.go.as_ref();
-    let what = match (&r.signal, r.kind) {
-        (_, "oom_kill") => "killed by the OOM killer".to_string(),
-        (_, "go_panic") => format!(
-            "panic: {}",
-            esc(go.and_then(|g| g.panic_value.as_deref()).unwrap_or("?"))
-        ),
-        (_, "go_fatal") => format!(
-            "fatal error: {}",
-            esc(go.and_then(|g| g.fatal_message.as_deref()).unwrap_or("?"))
-        ),
-        (_, "runtime_error") => {
-            esc(r.error.as_ref().map_or("?", |e| e.headline.as_str())).into_owned()
-        }
-        (Some(sig), _) => {
-            let code = sig.code_name.map(|c| format!(" ({c})")).unwrap_or_default();
-            format!("{}{code}", sig.name)
-        }
-        _ => format!("exit code {}", r.exit.code.unwrap_or(0)),
-    };
+    let what = esc(&crate::cluster::headline(r)).into_owned();
     s += &format!(
         // A headline is any text a runtime printed: a dash keeps it from running into the name.
         "{red}✗ {} {}{reset} — {bold}{}{reset} pid {} tid {}  {dim}{} on {}{reset}\n",
@@ -133,11 +115,32 @@ pub fn pretty(r: &Report, color: bool) -> String {
         _ => format!("status {:#x}", e.status),
     };
     field(&mut s, "exit", &exit);
+    if let Some(o) = &r.oom {
+        field(&mut s, "oom", &oom(o));
+    }
+    if let Some(t) = &r.termination {
+        if let (Some(after), Some(secs)) = (&t.after, t.after_secs) {
+            let grace = if t.grace_expired {
+                ": its grace period ran out"
+            } else {
+                ""
+            };
+            field(
+                &mut s,
+                "asked",
+                &format!("{after} {secs:.1} s before{grace}"),
+            );
+        }
+    }
     if let Some(d) = &r.error {
         error(&mut s, d, go.is_none(), color);
+    } else if let Some(w) = &r.last_words {
+        // Unrecognised words (`abort()` after "fatal: cannot continue"): the last lines.
+        last_words(&mut s, &w.text, dim, reset);
     }
     if let Some(g) = go {
-        let mut parts = vec![esc(g.version.as_deref().unwrap_or("go?")).into_owned()];
+        let mut parts =
+            vec![esc(g.version.as_deref().unwrap_or("Go (version unknown)")).into_owned()];
         if let Some(t) = &g.panic_type {
             parts.push(format!("value type {}", esc(t)));
         }
@@ -182,6 +185,54 @@ pub fn pretty(r: &Report, color: bool) -> String {
     }
     s.push('\n');
     s
+}
+
+/// Lines of unrecognised last words shown.
+const LAST_LINES: usize = 6;
+
+/// The last lines of what the process wrote to stderr.
+fn last_words(s: &mut String, text: &str, dim: &str, reset: &str) {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let skip = lines.len().saturating_sub(LAST_LINES);
+    for (i, l) in lines[skip..].iter().enumerate() {
+        let label = if i == 0 { "stderr" } else { "" };
+        let more = if i == 0 && skip > 0 {
+            format!("{dim}[{skip} lines before]{reset} ")
+        } else {
+            String::new()
+        };
+        *s += &format!("  {dim}{label:<LABEL$}{reset} {more}{}\n", esc(l));
+    }
+}
+
+/// The OOM killer's figures on one line.
+fn oom(o: &crate::report::OomInfo) -> String {
+    use crate::report::human_bytes as b;
+    let mut parts = Vec::new();
+    match (o.constraint, &o.cgroup, o.limit_bytes, o.usage_bytes) {
+        (Some("cgroup"), Some(cg), Some(limit), Some(usage)) => parts.push(format!(
+            "cgroup {} at its limit: {} used of {}",
+            esc(cg),
+            b(usage),
+            b(limit)
+        )),
+        (Some("system"), ..) => parts.push("no cgroup at its limit: the host ran out".into()),
+        _ => {}
+    }
+    if let (Some(anon), Some(file), Some(shmem)) =
+        (o.rss_anon_bytes, o.rss_file_bytes, o.rss_shmem_bytes)
+    {
+        parts.push(format!(
+            "rss anon {} file {} shmem {}",
+            b(anon),
+            b(file),
+            b(shmem)
+        ));
+    }
+    if let Some(adj) = o.oom_score_adj {
+        parts.push(format!("oom_score_adj {adj}"));
+    }
+    parts.join("  ")
 }
 
 /// The runtime's account: its error line, the chain of errors when there is more than one,
@@ -270,6 +321,7 @@ pub fn frame(f: &Frame, exe: Option<&str>, color: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::{ExitInfo, LastWordsInfo, OomInfo, SignalInfo};
 
     #[test]
     fn labels_line_up_and_the_headline_is_set_apart_from_the_process() {
@@ -299,5 +351,83 @@ mod tests {
         };
         assert_eq!(column("exe"), column("error"), "{out}");
         assert_eq!(column("exe"), column("exit"), "{out}");
+    }
+
+    fn signal(name: &str, number: i32) -> SignalInfo {
+        SignalInfo {
+            number,
+            name: name.into(),
+            code: -6,
+            code_name: Some("SI_TKILL"),
+            addr: None,
+            sender: None,
+            ip: None,
+            sp: None,
+            handled: false,
+            registers: Default::default(),
+        }
+    }
+
+    /// A signal death's words the parsers do not know (`abort()` after a message of the
+    /// program's own) are shown: they are often all there is to say why.
+    #[test]
+    fn a_signal_deaths_last_words_are_shown() {
+        let r = Report {
+            kind: "signal",
+            comm: "worker".into(),
+            signal: Some(signal("SIGABRT", 6)),
+            exit: ExitInfo::from_status(6),
+            last_words: Some(LastWordsInfo {
+                text: "starting\nfatal: cannot continue\n".into(),
+                bytes: 31,
+                truncated: false,
+                unreadable: 0,
+            }),
+            ..Report::default()
+        };
+        let text = pretty(&r, false);
+        assert!(text.contains("  stderr    starting\n"), "{text}");
+        assert!(
+            text.contains("            fatal: cannot continue\n"),
+            "{text}"
+        );
+    }
+
+    /// An OOM kill reads as one, with the limit that was hit; never as `SIGKILL (SI_USER)`.
+    #[test]
+    fn an_oom_kill_says_which_limit() {
+        let r = Report {
+            kind: "oom_kill",
+            comm: "api".into(),
+            signal: Some(SignalInfo {
+                code: 0,
+                code_name: None,
+                ..signal("SIGKILL", 9)
+            }),
+            exit: ExitInfo::from_status(9),
+            oom: Some(OomInfo {
+                constraint: Some("cgroup"),
+                cgroup: Some("/kubepods/pod1".into()),
+                limit_bytes: Some(64 << 20),
+                usage_bytes: Some(64 << 20),
+                rss_anon_bytes: Some(60 << 20),
+                rss_file_bytes: Some(1 << 20),
+                rss_shmem_bytes: Some(0),
+                swap_bytes: Some(0),
+                oom_score_adj: Some(0),
+            }),
+            ..Report::default()
+        };
+        let text = pretty(&r, false);
+        let first = text.lines().next().unwrap();
+        assert!(
+            first.starts_with("✗ oom_kill OOM kill: cgroup /kubepods/pod1 at its 64 MiB limit"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rss anon 60 MiB file 1 MiB shmem 0 B"),
+            "{text}"
+        );
+        assert!(!text.contains("SI_USER"), "{text}");
     }
 }

@@ -32,8 +32,8 @@ use axum::{
 
 use crate::sink::metrics::Metrics;
 
-/// The default address: loopback only. 9721 is crashwatch's choice (documented in the
-/// README); `--listen` moves it.
+/// The default address: loopback only. 9721 is crashwatch's choice (documented in
+/// docs/outputs.md and docs/page.md); `--listen` moves it.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9721";
 
 /// What the probes answer, set by the agent's record loop.

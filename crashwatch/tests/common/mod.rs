@@ -64,9 +64,12 @@ impl Agent {
             "crashwatch's integration tests load eBPF programs: run them as root"
         );
         let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        // A test that gives a configuration file of its own names its state and pin
+        // directories there.
+        let own_config = args.iter().any(|a| a == "--config");
         // A crash history of its own, so no test counts another's crashes (and none writes
         // to this host's /var/lib/crashwatch).
-        if !args.iter().any(|a| a == "--state-dir" || a == "--no-store") {
+        if !own_config && !args.iter().any(|a| a == "--state-dir" || a == "--no-store") {
             args.push("--state-dir".into());
             args.push(state_dir("agent").display().to_string());
         }
@@ -75,7 +78,7 @@ impl Agent {
         }
         // Agents run side by side: none may take over another's pinned programs, so only a
         // test that names a pin directory of its own pins.
-        if !args.iter().any(|a| a == "--pin-dir") {
+        if !own_config && !args.iter().any(|a| a == "--pin-dir") {
             args.push("--no-pin".into());
         }
         // Agents run side by side: each listens on a port of its own (see `metrics_addr`).

@@ -60,6 +60,12 @@ static void *second_thread(void *arg) {
     return NULL;
 }
 
+/* Dying words in a 64 KiB-aligned place of their own, far from every other constant (the
+   kernel maps at most 64 KiB around a fault), so no page the program touched before maps
+   them: the kernel's read of them as they are written finds their page not in memory. */
+__attribute__((section(".rodata.cold_words"), aligned(65536)))
+static const char cold_words[] = "fatal: cannot continue\n";
+
 static void oom(void) {
     /* Touch memory until the cgroup's limit makes the OOM killer choose us. */
     for (size_t total = 0;; total += 1 << 20) {
@@ -79,6 +85,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(m, "bus")) sigbus();
     else if (!strcmp(m, "sleep")) { sleep(120); return 0; }
     else if (!strcmp(m, "exit3")) exit(3);
+    else if (!strcmp(m, "cold-abort")) { write(2, cold_words, sizeof cold_words - 1); abort(); }
+    else if (!strcmp(m, "cold-exit")) { write(2, cold_words, sizeof cold_words - 1); exit(3); }
     else if (!strcmp(m, "ok")) return 0;
     else if (!strcmp(m, "survive")) {
         struct sigaction sa;

@@ -13,7 +13,7 @@ use std::{
 
 use serde_json::Value;
 
-use super::{common, documents, kind, render, root};
+use super::{common, documents, kind, render, root, Unpin};
 use common::{
     crasher_bin, http_get,
     podman::{podman, Container, Image},
@@ -40,17 +40,6 @@ fn build_image() -> String {
                 .into()
         })
         .unwrap_or_else(|| panic!("no image tag in: {err}"))
-}
-
-/// Removes the agent's pinned programs: a test leaves nothing attached.
-struct Unpin(String);
-
-impl Drop for Unpin {
-    fn drop(&mut self) {
-        let _ = Command::new(common::agent_bin())
-            .args(["uninstall-bpf", "--pin-dir", &self.0])
-            .output();
-    }
 }
 
 fn free_port() -> u16 {
