@@ -328,12 +328,15 @@ fn report_refuses_a_kind_that_is_not_one() {
         "go_fatal",
         "runtime_error",
     ];
-    let out = Command::new(agent_bin())
-        .args(["report", "--kind", "bogus", "--state-dir"])
-        .arg(&dir)
-        .env("CRASHWATCH_CONFIG", "/dev/null")
-        .output()
-        .unwrap();
+    let kind_of = |word: &str| {
+        Command::new(agent_bin())
+            .args(["report", "--kind", word, "--state-dir"])
+            .arg(&dir)
+            .env("CRASHWATCH_CONFIG", "/dev/null")
+            .output()
+            .unwrap()
+    };
+    let out = kind_of("bogus");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(out.stdout.is_empty(), "{out:?}");
@@ -354,4 +357,8 @@ fn report_refuses_a_kind_that_is_not_one() {
         ok && none.contains("no crashes recorded that match"),
         "{none}"
     );
+    // Terminations are never stored: not a kind to look for in the history.
+    assert!(!kind.contains("termination"), "{help}");
+    let out = kind_of("termination");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
 }

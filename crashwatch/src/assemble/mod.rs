@@ -58,7 +58,7 @@ impl From<&Exec> for ProcInfo {
 }
 
 /// A report's `kind`. The one list of kinds: `report --kind` and the crash page's filter
-/// take theirs from here ([`Kind::names`]).
+/// take theirs from here ([`Kind::names`]: the kinds a crash history holds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 #[value(rename_all = "snake_case")]
 pub enum Kind {
@@ -71,7 +71,9 @@ pub enum Kind {
     /// 1, a Rust panic and exit 101): see the crash's `error`.
     RuntimeError,
     /// Not a crash: a death someone asked for (SIGTERM, SIGINT, SIGKILL, ...; see
-    /// [`policy`]). Counted, reported only when asked for.
+    /// [`policy`]). Counted, reported only when asked for; never stored, so no filter of the
+    /// crash history offers it.
+    #[value(skip)]
     Termination,
 }
 
@@ -88,7 +90,7 @@ impl Kind {
         }
     }
 
-    /// Every kind's name.
+    /// The names of the kinds a crash history holds (all but `termination`).
     pub fn names() -> Vec<&'static str> {
         use clap::ValueEnum;
         Kind::value_variants().iter().map(|k| k.as_str()).collect()

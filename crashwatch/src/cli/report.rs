@@ -275,5 +275,7 @@ mod tests {
             assert_eq!(Kind::from_str(k.as_str(), false), Ok(*k));
         }
         assert_eq!(Kind::names().len(), Kind::value_variants().len());
+        assert!(!Kind::names().contains(&"termination"), "never stored");
+        assert!(Kind::names().contains(&"runtime_error"));
     }
 }
