@@ -6,6 +6,25 @@
 //! The agent outlives its stderr: a line that cannot be written (a closed pipe, `crashwatch
 //! run 2>&1 | head -1`; a full disk) is dropped and counted ([`unwritten`]:
 //! `crashwatch_log_lines_unwritten_total`, and the stop line), never a panic.
+/// `eprintln!` that never panics: the commands' messages before (or without) the log, lost
+/// with a closed stderr as the log's own lines are, and the command goes on.
+#[macro_export]
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
+/// `eprint!` that never panics (see [`say!`]).
+#[macro_export]
+macro_rules! say_raw {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($t)*);
+    }};
+}
+
 use std::{
     fmt,
     io::{self, Write},

@@ -208,3 +208,31 @@ fn the_agent_runs_on_when_its_stderr_is_closed() {
     assert_eq!(st.code(), Some(0), "{st}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A command refused before any log exists (a setting that sends reports nowhere, a file that
+/// cannot be read) says so on stderr; with stderr closed the message is lost, and the status
+/// is still the one that says why (2), never a panic's 101.
+#[test]
+fn a_refusal_with_stderr_closed_keeps_its_status() {
+    for args in [
+        &["run", "--output", "none", "--no-store"][..],
+        &["report", "--state-dir", "/nonexistent/crashwatch-state"][..],
+    ] {
+        let with = Command::new(agent_bin())
+            .args(args)
+            .env("CRASHWATCH_CONFIG", "/dev/null")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        let closed = Command::new(agent_bin())
+            .args(args)
+            .env("CRASHWATCH_CONFIG", "/dev/null")
+            .stdout(Stdio::null())
+            .stderr(closed_pipe())
+            .status()
+            .unwrap();
+        assert_eq!(closed.code(), with.code(), "{args:?}");
+        assert_ne!(closed.code(), Some(101), "{args:?}");
+    }
+}

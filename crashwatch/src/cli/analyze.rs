@@ -47,7 +47,7 @@ pub fn run(a: AnalyzeArgs) -> ExitCode {
     for f in &files {
         if f.as_os_str() == "-" {
             if std::io::stdin().is_terminal() {
-                eprintln!("crashwatch analyze: reading logs from the terminal (Ctrl-D ends)");
+                crate::say!("crashwatch analyze: reading logs from the terminal (Ctrl-D ends)");
             }
             an.read("-", std::io::stdin().lock());
             continue;
@@ -68,12 +68,12 @@ pub fn run(a: AnalyzeArgs) -> ExitCode {
     };
     // A closed pipe (`| head`) is not an error of the analysis (super::out).
     if let Err(e) = super::out::write(&text) {
-        eprintln!("crashwatch analyze: writing the output: {e}");
+        crate::say!("crashwatch analyze: writing the output: {e}");
         return ExitCode::from(2);
     }
     // The text names an unreadable input; why, only here (the JSON has it as `error`).
     for i in result.inputs.iter().filter_map(|i| i.error.as_ref()) {
-        eprintln!("crashwatch analyze: {i}");
+        crate::say!("crashwatch analyze: {i}");
     }
     ExitCode::from(result.exit_code())
 }

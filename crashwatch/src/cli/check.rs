@@ -253,7 +253,7 @@ fn print(lines: &[Line], good: &str, bad: &str) -> bool {
     match super::out::write(&text) {
         Ok(()) => ok,
         Err(e) => {
-            eprintln!("crashwatch check: writing the output: {e}");
+            crate::say!("crashwatch check: writing the output: {e}");
             false
         }
     }

@@ -67,7 +67,7 @@ pub fn run(a: ExecArgs) -> ExitCode {
     let redactor = match Redactor::new(true, &[]) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("crashwatch exec: {e:#}");
+            crate::say!("crashwatch exec: {e:#}");
             return ExitCode::from(exec::ci::FAILED);
         }
     };

@@ -276,12 +276,12 @@ pub fn main() -> ExitCode {
         Ok(parsed) => parsed,
         Err(config::Refused::Args(e)) => e.exit(),
         Err(config::Refused::File(e)) => {
-            eprintln!("crashwatch: {e:#}");
+            crate::say!("crashwatch: {e:#}");
             return ExitCode::from(2);
         }
         Err(config::Refused::InFile(path, e)) => {
             if let Some(p) = path {
-                eprintln!("crashwatch: in the configuration file {}:", p.display());
+                crate::say!("crashwatch: in the configuration file {}:", p.display());
             }
             e.exit()
         }
@@ -321,7 +321,7 @@ pub fn main() -> ExitCode {
                 ExitCode::SUCCESS,
             ),
             Err(e) => {
-                eprintln!("crashwatch: {e:#}");
+                crate::say!("crashwatch: {e:#}");
                 ExitCode::FAILURE
             }
         },
@@ -376,14 +376,14 @@ pub fn main() -> ExitCode {
             let redactor = match outputs.redactor() {
                 Ok(r) => r,
                 Err(e) => {
-                    eprintln!("crashwatch: {e:#}");
+                    crate::say!("crashwatch: {e:#}");
                     return ExitCode::from(2);
                 }
             };
             let listen_token = match outputs.listen_token() {
                 Ok(t) => t,
                 Err(e) => {
-                    eprintln!("crashwatch: {e:#}");
+                    crate::say!("crashwatch: {e:#}");
                     return ExitCode::from(2);
                 }
             };
@@ -395,7 +395,7 @@ pub fn main() -> ExitCode {
                 && webhooks.is_empty()
                 && history.no_store
             {
-                eprintln!("crashwatch: --output none with --no-store and no --output-file: reports would go nowhere");
+                crate::say!("crashwatch: --output none with --no-store and no --output-file: reports would go nowhere");
                 return ExitCode::from(2);
             }
             crate::log::init(log_format, log_level);

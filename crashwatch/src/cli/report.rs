@@ -113,7 +113,7 @@ pub fn run(a: ReportArgs) -> ExitCode {
     let store = match Store::open_read(&a.state_dir) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("crashwatch: {e:#}");
+            crate::say!("crashwatch: {e:#}");
             return ExitCode::FAILURE;
         }
     };
@@ -136,7 +136,7 @@ pub fn run(a: ReportArgs) -> ExitCode {
         Ok(Some(text)) => super::out::print(&text, ExitCode::SUCCESS),
         Ok(None) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("crashwatch: reading the crash history: {e:#}");
+            crate::say!("crashwatch: reading the crash history: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -159,7 +159,7 @@ fn all(store: &Store, f: &Filter, json: bool) -> anyhow::Result<String> {
 /// Cluster `id` and its latest `n` reports, as text or JSON; None: no such cluster (said).
 fn one(store: &Store, id: i64, n: u32, f: &Filter, json: bool) -> anyhow::Result<Option<String>> {
     let Some((row, reports)) = store.cluster(id, n, f)? else {
-        eprintln!("crashwatch: no cluster {id} in the crash history");
+        crate::say!("crashwatch: no cluster {id} in the crash history");
         return Ok(None);
     };
     if json {

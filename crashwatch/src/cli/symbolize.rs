@@ -24,7 +24,7 @@ pub fn run(a: Args) -> ExitCode {
     match names(a) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("crashwatch symbolize: {e:#}");
+            crate::say!("crashwatch symbolize: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -69,7 +69,7 @@ fn names(a: Args) -> Result<()> {
             .iter()
             .filter(|f| f.last().is_some_and(|f| f.function.is_some()))
             .count();
-        eprintln!(
+        crate::say!(
             "crashwatch symbolize: {} addresses ({named} named, {frames} frames with inlined calls) in {:.3} ms including reading the file: {:.0} ns per address",
             addrs.len(),
             took.as_secs_f64() * 1e3,

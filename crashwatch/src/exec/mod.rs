@@ -70,14 +70,14 @@ pub fn run(o: Options) -> u8 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("crashwatch exec: {e}");
+            crate::say!("crashwatch exec: {e}");
             return ci::FAILED;
         }
     };
     match rt.block_on(exec(o)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("crashwatch exec: {e:#}");
+            crate::say!("crashwatch exec: {e:#}");
             ci::FAILED
         }
     }
@@ -153,7 +153,7 @@ async fn exec(o: Options) -> Result<u8> {
                 let _ = (&mut agent).await;
                 cg.remove();
                 let prog = o.argv[0].to_string_lossy().into_owned();
-                eprintln!("crashwatch exec: running {}: {e}", escape(&prog));
+                crate::say!("crashwatch exec: running {}: {e}", escape(&prog));
                 return Ok(if e.kind() == std::io::ErrorKind::NotFound {
                     127
                 } else {
@@ -197,7 +197,7 @@ async fn exec(o: Options) -> Result<u8> {
         if restarts >= o.max_restarts {
             gave_up = crashed;
             if gave_up {
-                eprintln!(
+                crate::say!(
                     "crashwatch exec: crash loop: the command's tree crashed again; --max-restarts {} spent: giving up",
                     o.max_restarts
                 );
@@ -205,7 +205,7 @@ async fn exec(o: Options) -> Result<u8> {
             break status;
         }
         restarts += 1;
-        eprintln!(
+        crate::say!(
             "crashwatch exec: the command {}; restart {restarts} of {} in {:.1} s",
             if crashed { "crashed" } else { "ended" },
             o.max_restarts,
@@ -231,7 +231,7 @@ async fn exec(o: Options) -> Result<u8> {
     let _ = (&mut agent).await;
     let left = cg.remove();
     if left > 0 {
-        eprintln!("crashwatch exec: {left} process(es) of the command's tree still run; they are not watched any more");
+        crate::say!("crashwatch exec: {left} process(es) of the command's tree still run; they are not watched any more");
     }
     let cmd_code = status
         .code()
@@ -248,12 +248,12 @@ async fn exec(o: Options) -> Result<u8> {
         (_, Some(s)) => format!("the command was killed by {}", crate::signals::name(s)),
         _ => "the command ended".into(),
     };
-    eprint!("{}", ci::summary(&clusters, seen.len(), &ended));
+    crate::say_raw!("{}", ci::summary(&clusters, seen.len(), &ended));
     if std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true") {
         let workspace = std::env::var("GITHUB_WORKSPACE").ok();
         // A reader that went away ends the annotations, not exec.
         if let Err(e) = crate::cli::out::write(&ci::github(&clusters, workspace.as_deref())) {
-            eprintln!("crashwatch exec: writing the annotations: {e}");
+            crate::say!("crashwatch exec: writing the annotations: {e}");
         }
     }
     let secs = started.elapsed().as_secs_f64();
@@ -310,7 +310,7 @@ fn show(
     if restart > 0 {
         text = format!("(restart {restart})\n{text}");
     }
-    eprint!("{text}");
+    crate::say_raw!("{text}");
     if let Some(w) = json {
         let _ = writeln!(w, "{}", with_restart(&s)).and_then(|_| w.flush());
     }
