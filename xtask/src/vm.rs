@@ -1,6 +1,6 @@
 //! `cargo xtask integration-test`: the crash matrix on other kernels, in QEMU.
 //!
-//! Builds a static agent, the test binaries (the very same `crashes`, `go_crashes` and `quiet`
+//! Builds a static agent, the test binaries (the very same `crashes`, `go_crashes`, `quiet` and `race`
 //! tests the host runs) and the crash programs, fetches Debian cloud kernels once into
 //! `target/vm/kernels`, packs everything into an initramfs whose /init runs the tests and a
 //! watching agent, boots each kernel under TCG and reads the results from a second serial port.
@@ -16,7 +16,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 /// Kernels by name: (Debian suite, meta-package version prefix).
 /// The test binaries a VM runs (see `INIT`).
-pub const TEST_BINARIES: [&str; 3] = ["crashes", "go_crashes", "quiet"];
+pub const TEST_BINARIES: [&str; 4] = ["crashes", "go_crashes", "quiet", "race"];
 pub const KERNELS: [(&str, &str); 3] = [("6.1", "6.1."), ("6.12", "6.12."), ("7.3", "7.3.")];
 
 const SOURCES: &str = "deb http://deb.debian.org/debian bookworm main
@@ -334,7 +334,10 @@ echo "== crashes exit $?" >> /tmp/t.log
 echo "== go_crashes exit $?" >> /tmp/g.log
 /crashwatch/quiet --show-output > /tmp/q.log 2>&1
 echo "== quiet exit $?" >> /tmp/q.log
-cat /tmp/t.log /tmp/g.log /tmp/q.log > $out
+# The copy guard forced: copies spin while more tasks than CPUs exec, exit and crash.
+/crashwatch/race --show-output > /tmp/r.log 2>&1
+echo "== race exit $?" >> /tmp/r.log
+cat /tmp/t.log /tmp/g.log /tmp/q.log /tmp/r.log > $out
 kill -INT $watch
 sleep 2
 grep -a 'crashwatch: stopped' /tmp/watch.log > $out
@@ -435,6 +438,7 @@ pub fn boot(
                 o.tests.insert(name.trim().into(), res.trim().into());
             }
         } else if l.starts_with("Go matrix")
+            || l.starts_with("failpoint on ")
             || l.starts_with("records: ")
             || l.starts_with("crashwatch: records from the kernel")
         {
