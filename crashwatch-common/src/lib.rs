@@ -521,12 +521,9 @@ pub struct Offsets {
     pub counter_max: u32,
     pub counter_parent: u32,
     /// What identifies an event to the copy guard (crashwatch-ebpf's `copies`):
-    /// `task_struct.self_exec_id`, `nvcsw`, `nivcsw`, `se.sum_exec_runtime`, and `pt_regs`'
-    /// `ip` and `sp`.
+    /// `task_struct.self_exec_id` and `nvcsw`, and `pt_regs`' `ip` and `sp`.
     pub task_self_exec_id: u32,
     pub task_nvcsw: u32,
-    pub task_nivcsw: u32,
-    pub task_runtime: u32,
     pub regs_ip: u32,
     pub regs_sp: u32,
 }

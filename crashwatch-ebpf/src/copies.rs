@@ -11,7 +11,8 @@
 //! kernel gives it — an exec the task's `self_exec_id` (it counts the task's execs), an exit the
 //! task's start time (a task exits once; a task_struct reused later is another task), a signal
 //! delivery what it delivers (signal, `si_code`, the siginfo's first word, the user `ip` and
-//! `sp`, the task's context-switch counts) — and the first copy to run writes it into [`SEEN`],
+//! `sp`, the task's voluntary context switches; nothing a tick or a preemption between two
+//! copies changes, so every copy computes the same identity) — and the first copy to run writes it into [`SEEN`],
 //! keyed by the task, before anything else. A later copy that finds the same identity there
 //! returns; one that finds another is the first to see this event (every earlier copy was
 //! skipped), takes it, and counts it in [`FIRST_LATER`]. Keyed by the task and not by the CPU,
@@ -22,13 +23,15 @@
 //! What was lost: an event all three copies skipped. Each event either runs copy 1 or is
 //! counted in copy 1's `recursion_misses` (m1), and each event copy 1 skipped is either first
 //! seen by copy 2 or 3 (counted in `FIRST_LATER`) or lost: lost = m1 − FIRST_LATER, per site.
-//! Two signal deliveries to one thread with the same identity (the same signal at the same
-//! place with no context switch between) are one to this scheme: were the second's first copy
-//! skipped, it would be counted lost. A note the LRU map evicts before a later copy runs
+//! Two signal deliveries to one thread with the same identity (the same fault again at the
+//! same place without blocking between, as a crash handler that returns to re-fault makes)
+//! are one to this scheme: the second carries the same facts as the first, and were the
+//! second's first copy skipped, it would be counted lost. A note the LRU map evicts before a later copy runs
 //! (tens of thousands of tasks noted in between) makes that copy take the event again and
 //! count it first seen; the agent drops the second record of a process it has closed. The
-//! agent subtracts copy 1's misses as read a second or more earlier, so an event whose later
-//! copy has not run yet is not counted lost in between.
+//! agent subtracts copy 1's misses as read ten seconds or more earlier, so an event whose
+//! later copy has not run yet (its task preempted between copies on a loaded CPU) is not
+//! counted lost in between; a count once said is never taken back.
 //!
 //! Cost: the identity (a few kernel reads), one hash lookup per copy that runs and one update
 //! by the first, for every event at these tracepoints, wanted or not. Measured with the

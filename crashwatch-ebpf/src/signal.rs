@@ -76,8 +76,12 @@ three_copies!(
 );
 
 /// A delivery's identity for the copy guard (see `copies`): what it delivers, where the
-/// thread was, and how far it has run (its CPU time and context switches change between two
-/// deliveries of the same signal at the same place, unless nothing ran in between).
+/// thread was, and how often it has blocked. All of it stays the same while the copies run
+/// (none can sleep), so every copy computes the same identity; a task's CPU time and
+/// involuntary switches do not (a tick or a preemption between two copies changes them),
+/// which made a later copy take an event the first had done. Two deliveries alike in all of
+/// it (a fault handled, then the same fault again at the same place, as crash handlers that
+/// return to re-fault do) carry the same facts, so seeing only the first loses nothing.
 #[inline(always)]
 fn delivery_id(ctx: &BtfTracePointContext) -> u64 {
     let sig: i32 = ctx.arg(0);
@@ -92,8 +96,6 @@ fn delivery_id(ctx: &BtfTracePointContext) -> u64 {
         word(regs, config!(off.regs_ip)),
         word(regs, config!(off.regs_sp)),
         word(task, config!(off.task_nvcsw)),
-        word(task, config!(off.task_nivcsw)),
-        word(task, config!(off.task_runtime)),
     ];
     let mut h = 0xcbf2_9ce4_8422_2325u64;
     for p in parts {

@@ -134,8 +134,6 @@ pub fn load(pending_window_ns: u64, args_max: u32, stack_copy: u32) -> Result<Ke
         counter_parent: k.off("page_counter", "parent").unwrap_or(NO_OFFSET),
         task_self_exec_id: k.off("task_struct", "self_exec_id")?,
         task_nvcsw: k.off("task_struct", "nvcsw")?,
-        task_nivcsw: k.off("task_struct", "nivcsw")?,
-        task_runtime: k.off("task_struct", "se")? + k.off("sched_entity", "sum_exec_runtime")?,
         regs_ip: k.off("pt_regs", "ip")?,
         regs_sp: k.off("pt_regs", "sp")?,
     };
