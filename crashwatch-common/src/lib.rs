@@ -520,6 +520,12 @@ pub struct Offsets {
     pub counter_usage: u32,
     pub counter_max: u32,
     pub counter_parent: u32,
+    /// What identifies an event to the copy guard (crashwatch-ebpf's `copies`):
+    /// `task_struct.self_exec_id` and `nvcsw`, and `pt_regs`' `ip` and `sp`.
+    pub task_self_exec_id: u32,
+    pub task_nvcsw: u32,
+    pub regs_ip: u32,
+    pub regs_sp: u32,
 }
 
 /// Everything the programs read from their one global.
@@ -542,10 +548,15 @@ pub struct Config {
     /// Copies of each tracepoint program attached (1 or [`COPIES`]): with one, the first
     /// copy skips the bookkeeping only later copies read.
     pub guard_copies: u32,
-    pub _pad: u32,
+    /// Tests only: the first `failpoint_copies` copies of each tracepoint program spin this
+    /// many rounds after noting an event (0: off), so a test can force preemption inside them.
+    pub failpoint_spin: u32,
     /// This load's generation when its state is pinned (see `ACTIVE`): a program does nothing
     /// unless it is the active one. 0: not pinned, always active.
     pub generation: u64,
+    /// See `failpoint_spin`.
+    pub failpoint_copies: u32,
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]

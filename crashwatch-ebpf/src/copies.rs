@@ -1,199 +1,177 @@
 //! Three copies of each tracepoint's program, so the kernel's recursion guard cannot lose an
-//! event to a preempted task.
+//! event to a preempted task, and an exact count of the events it did lose.
 //!
 //! The kernel skips a tracing program, and counts a recursion miss, on a CPU where that same
-//! program is already running. Since Linux 7.0 tracepoint programs are preemptible, so on a
-//! preemptible kernel one task preempted inside a program makes it skip every other task on
-//! that CPU until the first resumes. The agent attaches the copies in order: the first notes
-//! the task in `DONE`; a later copy does nothing when the note is there, and otherwise does the
-//! work, notes it and counts it in `COVERED`; the last clears the note. An event is lost only
-//! when all three copies were skipped. Two were not enough: while the first is held, the second
-//! does every task's work and is as likely to be preempted in turn.
+//! program is already running. From Linux 7.0 tracepoint (and fentry) programs are
+//! preemptible: one task preempted inside a program makes the kernel skip it for every other
+//! task on that CPU until the first resumes. The agent attaches three copies of each program in
+//! order; they run one after the other for every event, in the task that hit the tracepoint.
 //!
-//! Before 7.0 the tracepoint runs its programs with preemption off, and these tracepoints
-//! (exec, exit, signal delivery) fire only in task context, so no run can find its own
-//! program busy: the agent attaches the first copy alone there (`CONFIG.guard_copies` = 1)
-//! and it skips the marks only later copies read. Any miss it still has is counted a loss.
-use aya_ebpf::{
-    helpers::{bpf_get_current_task, bpf_ktime_get_ns},
-    macros::map,
-    maps::PerCpuArray,
-};
+//! Which copy does the work: the first that runs for the event. Each event has an identity the
+//! kernel gives it — an exec the task's `self_exec_id` (it counts the task's execs), an exit the
+//! task's start time (a task exits once; a task_struct reused later is another task), a signal
+//! delivery what it delivers (signal, `si_code`, the siginfo's first word, the user `ip` and
+//! `sp`, the task's voluntary context switches; nothing a tick or a preemption between two
+//! copies changes, so every copy computes the same identity) — and the first copy to run writes it into [`SEEN`],
+//! keyed by the task, before anything else. A later copy that finds the same identity there
+//! returns; one that finds another is the first to see this event (every earlier copy was
+//! skipped), takes it, and counts it in [`FIRST_LATER`]. Keyed by the task and not by the CPU,
+//! nothing depends on where the task runs between copies (on 7.x it may move), and a note left
+//! by an event whose last copies were skipped can never be taken for a later event: its
+//! identity differs. Every event is noted, wanted or not, so the count below is exact for both.
+//!
+//! What was lost: an event all three copies skipped. Each event either runs copy 1 or is
+//! counted in copy 1's `recursion_misses` (m1), and each event copy 1 skipped is either first
+//! seen by copy 2 or 3 (counted in `FIRST_LATER`) or lost: lost = m1 − FIRST_LATER, per site.
+//! Two signal deliveries to one thread with the same identity (the same fault again at the
+//! same place without blocking between, as a crash handler that returns to re-fault makes)
+//! are one to this scheme: the second carries the same facts as the first, and were the
+//! second's first copy skipped, it would be counted lost. A note the LRU map evicts before a later copy runs
+//! (tens of thousands of tasks noted in between) makes that copy take the event again and
+//! count it first seen; the agent drops the second record of a process it has closed. The
+//! agent subtracts copy 1's misses as read ten seconds or more earlier, so an event whose
+//! later copy has not run yet (its task preempted between copies on a loaded CPU) is not
+//! counted lost in between; a count once said is never taken back.
+//!
+//! Cost: the identity (a few kernel reads), one hash lookup per copy that runs and one update
+//! by the first, for every event at these tracepoints, wanted or not. Measured with the
+//! kernel's BPF statistics on Linux 6.18 with `--guard-copies 3` forced (3,000 execs of
+//! `true` and 300 SIGSEGVs, two runs; ns per event, all copies together, beside one copy):
+//! exec 1,400 (1,220 alone), exit 1,610 (620–700), signal delivery 1,330 (160; most are
+//! SIGCHLDs no program wants), a fatal delivery 7,800 (6,500). So about 2.3 µs more per
+//! short-lived process on 7.x, where the copies are attached. Before 7.0 the tracepoint runs
+//! its programs with preemption off, and these tracepoints (exec, exit, signal delivery) fire
+//! only in task context, so no run can find its own program busy: the agent attaches the
+//! first copy alone (`CONFIG.guard_copies` = 1), which notes nothing and costs nothing more;
+//! any miss it has is counted lost.
+//!
+//! Failpoint (tests only, `CONFIG.failpoint_spin`): the first `failpoint_copies` copies spin
+//! that many rounds after noting the event, so a test in a 7.x VM can force tasks to be
+//! preempted inside them while others hit the same tracepoint.
+use aya_ebpf::{helpers::bpf_get_current_task, macros::map, maps::LruHashMap, maps::PerCpuArray};
 use crashwatch_common::SITES;
 
-/// Tasks (`task_struct` addresses) whose current event a copy has handled and the last copy
-/// has not yet seen, per CPU and site. A few slots: several tasks can be preempted between
-/// copies.
+/// The identity of the last event each task (`task_struct` address) had at each site, as the
+/// first copy to run for it noted it.
+#[map]
+static SEEN: LruHashMap<u64, [u64; SLOTS]> = LruHashMap::with_max_entries(32768, 0);
+/// Sites a [`SEEN`] entry has room for: [`SITES`] rounded up to a power of two (a mask keeps
+/// the verifier's bound).
 const SLOTS: usize = 4;
+const _: () = assert!(SITES as usize <= SLOTS);
+/// Events whose first copies the kernel skipped, first seen by copy 2 or 3, per CPU and site.
 #[map]
-static DONE: PerCpuArray<[u64; SLOTS]> = PerCpuArray::with_max_entries(SITES, 0);
-/// Runs a later copy made because the kernel skipped the earlier ones, per CPU and site.
+static FIRST_LATER: PerCpuArray<u64> = PerCpuArray::with_max_entries(SITES, 0);
+/// Notes [`SEEN`] could not take (the kernel refused the update), per CPU and site: such an
+/// event may be handled twice (the agent drops the second) and counted first-seen twice.
 #[map]
-static COVERED: PerCpuArray<u64> = PerCpuArray::with_max_entries(SITES, 0);
-/// Whether the first and the second copy are mid-run on this CPU, per site: set at a copy's
-/// entry, cleared at its end. While one is held by a preempted task the kernel skips it for
-/// every other task on the CPU, so a later copy that turns an unwanted event away while an
-/// earlier one is held knows that copy missed it: nothing was lost, and `UNWANTED_MISSES`
-/// says so. The guard itself never sees unwanted events.
-#[map]
-static HELD: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(SITES, 0);
-/// First-copy misses of events no copy wanted, per CPU and site: not losses.
-#[map]
-static UNWANTED_MISSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(SITES, 0);
+static UNNOTED: PerCpuArray<u64> = PerCpuArray::with_max_entries(SITES, 0);
 
-/// Marks copy `copy` (0 or 1) of `site` mid-run on this CPU; give the result to [`leave`].
+/// Copy `copy` (0, 1, 2) of `site` runs for the current task's event `id` (never 0): true when
+/// no earlier copy ran for it, so this one must do the work. Notes the event either way.
 #[inline(always)]
-pub fn enter(site: u32, copy: usize) -> Option<*mut [u64; 2]> {
-    let h = HELD.get_ptr_mut(site)?;
-    // SAFETY: per-CPU slot; only this copy writes its half, and the kernel runs no second
-    // instance of it on this CPU meanwhile.
-    if let Some(x) = unsafe { (*h).get_mut(copy) } {
-        *x = 1;
-    }
-    Some(h)
-}
-
-#[inline(always)]
-pub fn leave(held: Option<*mut [u64; 2]>, copy: usize) {
-    if let Some(h) = held {
-        // SAFETY: as in `enter`.
-        if let Some(x) = unsafe { (*h).get_mut(copy) } {
-            *x = 0;
-        }
-    }
-}
-
-/// A later copy (1 or 2) turned an unwanted event away: counts it when every earlier copy
-/// is held by another task, i.e. was skipped for this event.
-#[inline(always)]
-pub fn unwanted(site: u32, copy: usize) {
-    let Some(h) = HELD.get_ptr(site) else {
-        return;
-    };
-    // SAFETY: per-CPU slot, read only.
-    let h = unsafe { &*h };
-    let skipped = h[0] != 0 && (copy < 2 || h[1] != 0);
-    if skipped {
-        if let Some(n) = UNWANTED_MISSES.get_ptr_mut(site) {
-            // SAFETY: per-CPU counter; a lost increment only over-reports losses.
-            unsafe { *n += 1 };
-        }
-    }
-}
-
-/// Notes that the current task's event at `site` is handled.
-#[inline(always)]
-pub fn note_done(site: u32) {
+pub fn first_to_see(site: u32, copy: u32, id: u64) -> bool {
     let task = unsafe { bpf_get_current_task() };
-    let Some(s) = DONE.get_ptr_mut(site) else {
-        return;
-    };
-    // SAFETY: per-CPU slots; a preempting task only writes a free slot or its own.
-    let s = unsafe { &mut *s };
-    let mut free = SLOTS;
-    for (i, t) in s.iter().enumerate() {
-        if *t == task {
-            return;
-        }
-        if *t == 0 && free == SLOTS {
-            free = i;
-        }
-    }
-    // All taken (last copies skipped): reuse one; at worst its owner's event comes twice.
-    if free == SLOTS {
-        free = unsafe { bpf_ktime_get_ns() } as usize;
-    }
-    s[free & (SLOTS - 1)] = task;
-}
-
-/// A later copy at `site`: true when no earlier copy ran for this task's event, so this one
-/// must. The last copy clears the note for the task's next event.
-#[inline(always)]
-pub fn later_copy(site: u32, last: bool) -> bool {
-    let task = unsafe { bpf_get_current_task() };
-    if let Some(s) = DONE.get_ptr_mut(site) {
-        // SAFETY: as in note_done.
-        let s = unsafe { &mut *s };
-        for t in s.iter_mut() {
-            if *t == task {
-                if last {
-                    *t = 0;
-                }
-                return false;
+    let s = (site as usize) & (SLOTS - 1);
+    let first = match SEEN.get_ptr_mut(task) {
+        Some(v) => {
+            // SAFETY: this task's own entry: only the task itself writes it, one event at a
+            // time.
+            let v = unsafe { &mut *v };
+            if v[s] == id {
+                false
+            } else {
+                v[s] = id;
+                true
             }
         }
+        None => {
+            let mut v = [0u64; SLOTS];
+            v[s] = id;
+            if SEEN.insert(task, v, 0).is_err() {
+                bump(&UNNOTED, site);
+            }
+            true
+        }
+    };
+    if first && copy > 0 {
+        bump(&FIRST_LATER, site);
     }
-    if let Some(n) = COVERED.get_ptr_mut(site) {
-        // SAFETY: per-CPU counter; a lost increment only under-reports redos.
-        unsafe { *n += 1 };
-    }
-    if !last {
-        note_done(site);
-    }
-    true
+    spin(copy);
+    first
 }
 
-/// The three copies of a tracepoint's program, attached by the agent in this order. `$body`
-/// takes the context and the copy's index (its scratch slot). `$wanted` is the first test of
-/// every copy, before the guard: events no program wants (a non-fatal signal, a thread that
-/// is not the last of its process) leave at once, unseen by the guard (`HELD` tells a later
-/// copy whether an earlier one missed such an event). It must give the same answer in each
-/// copy for one event.
+#[inline(always)]
+fn bump(counter: &PerCpuArray<u64>, site: u32) {
+    if let Some(n) = counter.get_ptr_mut(site) {
+        // SAFETY: per-CPU counter; a lost increment (a preempting task on the same CPU
+        // writing it at once) can only over-report a loss.
+        unsafe { *n += 1 };
+    }
+}
+
+/// The failpoint: spin in the first `failpoint_copies` copies.
+#[inline(always)]
+fn spin(copy: u32) {
+    let rounds = config!(failpoint_spin);
+    if rounds == 0 || copy >= config!(failpoint_copies) {
+        return;
+    }
+    let mut x = 0u64;
+    for i in 0..FAILPOINT_MAX {
+        if i >= rounds {
+            break;
+        }
+        // SAFETY: a read of a local, kept by the compiler.
+        x = unsafe { core::ptr::read_volatile(&x) }.wrapping_add(i as u64);
+    }
+    core::hint::black_box(x);
+}
+
+/// The most rounds the failpoint spins (the verifier walks each).
+const FAILPOINT_MAX: u32 = 16384;
+
+/// The three copies of a tracepoint's program, attached by the agent in this order. `$id`
+/// gives the event's identity (never 0), `$wanted` whether the programs want it at all (a
+/// fatal signal, the last thread of a process), `$body` does the work given the copy's index
+/// (its scratch slot). Every copy that runs notes the event; the first to see a wanted one
+/// does its work.
 macro_rules! three_copies {
-    ($tp:tt, $site:expr, $wanted:ident, $body:ident, $first:ident, $second:ident, $third:ident) => {
+    ($tp:tt, $site:expr, $id:ident, $wanted:ident, $body:ident, $first:ident, $second:ident, $third:ident) => {
         #[aya_ebpf::macros::btf_tracepoint(function = $tp)]
         pub fn $first(ctx: aya_ebpf::programs::BtfTracePointContext) -> u32 {
             if !$crate::shared::active() {
                 return 0;
             }
-            // Alone (kernels whose tracepoint programs cannot be preempted), no later copy
-            // reads the marks.
-            let alone = config!(guard_copies) <= 1;
-            let held = if alone {
-                None
-            } else {
-                $crate::copies::enter($site, 0)
-            };
-            let r = if $wanted(&ctx) {
-                if !alone {
-                    $crate::copies::note_done($site);
-                }
+            // Alone (kernels whose tracepoint programs cannot be preempted), nothing to note.
+            if config!(guard_copies) > 1 && !$crate::copies::first_to_see($site, 0, $id(&ctx)) {
+                return 0;
+            }
+            if $wanted(&ctx) {
                 $body(&ctx, 0)
             } else {
                 0
-            };
-            $crate::copies::leave(held, 0);
-            r
+            }
         }
 
         #[aya_ebpf::macros::btf_tracepoint(function = $tp)]
         pub fn $second(ctx: aya_ebpf::programs::BtfTracePointContext) -> u32 {
-            if !$crate::shared::active() {
+            if !$crate::shared::active() || !$crate::copies::first_to_see($site, 1, $id(&ctx)) {
                 return 0;
             }
-            let held = $crate::copies::enter($site, 1);
-            let r = if !$wanted(&ctx) {
-                $crate::copies::unwanted($site, 1);
-                0
-            } else if $crate::copies::later_copy($site, false) {
+            if $wanted(&ctx) {
                 $body(&ctx, 1)
             } else {
                 0
-            };
-            $crate::copies::leave(held, 1);
-            r
+            }
         }
 
         #[aya_ebpf::macros::btf_tracepoint(function = $tp)]
         pub fn $third(ctx: aya_ebpf::programs::BtfTracePointContext) -> u32 {
-            if !$crate::shared::active() {
+            if !$crate::shared::active() || !$crate::copies::first_to_see($site, 2, $id(&ctx)) {
                 return 0;
             }
-            if !$wanted(&ctx) {
-                $crate::copies::unwanted($site, 2);
-                return 0;
-            }
-            if $crate::copies::later_copy($site, true) {
+            if $wanted(&ctx) {
                 $body(&ctx, 2)
             } else {
                 0

@@ -19,7 +19,7 @@ use crashwatch_common::*;
 
 use crate::{
     ident,
-    shared::{count_lost, fill_header, output, output_stack, output_with_args, rd, EVENTS},
+    shared::{count_lost, fill_header, output, output_stack, output_with_args, rd, word, EVENTS},
     signal::{ASKED, PENDING, PENDING_STACK},
     writes::{stdout_done, WORDS},
 };
@@ -32,12 +32,28 @@ static SCRATCH_EXEC: PerCpuArray<ExecRecord> = PerCpuArray::with_max_entries(COP
 three_copies!(
     "sched_process_exec",
     SITE_EXEC,
+    exec_id,
     every_exec,
     on_exec,
     sched_process_exec,
     sched_process_exec_2,
     sched_process_exec_3
 );
+
+/// An exec's identity for the copy guard (see `copies`): the task's count of its execs.
+#[inline(always)]
+fn exec_id(_ctx: &BtfTracePointContext) -> u64 {
+    let task = unsafe { bpf_get_current_task() };
+    (word(task, config!(off.task_self_exec_id)) << 1) | 1
+}
+
+/// An exit's identity for the copy guard: the task's start time (it exits once; a task_struct
+/// reused later starts later).
+#[inline(always)]
+fn exit_id(_ctx: &BtfTracePointContext) -> u64 {
+    let task = unsafe { bpf_get_current_task() };
+    word(task, config!(off.task_start_time)) | 1
+}
 
 #[inline(always)]
 fn every_exec(_ctx: &BtfTracePointContext) -> bool {
@@ -187,6 +203,7 @@ fn output_last_words(w: &LastWordsRecord) {
 three_copies!(
     "sched_process_exit",
     SITE_EXIT,
+    exit_id,
     last_thread,
     exit_live,
     sched_process_exit,
@@ -211,6 +228,7 @@ fn exit_live(_ctx: &BtfTracePointContext, _copy: u32) -> u32 {
 three_copies!(
     "sched_process_exit",
     SITE_EXIT,
+    exit_id,
     group_dead,
     exit_group_dead,
     sched_process_exit_gd,

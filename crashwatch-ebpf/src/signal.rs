@@ -26,7 +26,7 @@ use crashwatch_common::*;
 
 use aya_log_ebpf::debug;
 
-use crate::shared::{fill_header, output_stack, output_with_args, rd, read_args, user_stack};
+use crate::shared::{fill_header, output_stack, output_with_args, rd, read_args, user_stack, word};
 
 /// Scratch space for signal records, one per program copy.
 #[map]
@@ -67,12 +67,42 @@ fn fault_class(sig: i32) -> bool {
 three_copies!(
     "signal_deliver",
     SITE_SIGNAL,
+    delivery_id,
     may_end_the_process,
     on_signal,
     signal_deliver,
     signal_deliver_2,
     signal_deliver_3
 );
+
+/// A delivery's identity for the copy guard (see `copies`): what it delivers, where the
+/// thread was, and how often it has blocked. All of it stays the same while the copies run
+/// (none can sleep), so every copy computes the same identity; a task's CPU time and
+/// involuntary switches do not (a tick or a preemption between two copies changes them),
+/// which made a later copy take an event the first had done. Two deliveries alike in all of
+/// it (a fault handled, then the same fault again at the same place, as crash handlers that
+/// return to re-fault do) carry the same facts, so seeing only the first loses nothing.
+#[inline(always)]
+fn delivery_id(ctx: &BtfTracePointContext) -> u64 {
+    let sig: i32 = ctx.arg(0);
+    let info: u64 = ctx.arg(1);
+    let info = if info > 1 { info } else { 0 };
+    let task = unsafe { bpf_get_current_task() };
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    let parts = [
+        sig as u64,
+        word(info, config!(off.siginfo_code)),
+        word(info, config!(off.siginfo_fields)),
+        word(regs, config!(off.regs_ip)),
+        word(regs, config!(off.regs_sp)),
+        word(task, config!(off.task_nvcsw)),
+    ];
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for p in parts {
+        h = (h ^ p).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(29);
+    }
+    h | 1
+}
 
 /// A signal that can end the process: default-action fatal, or a fault it handles itself.
 #[inline(always)]

@@ -140,7 +140,7 @@ pub async fn run(mut opts: Options) -> Result<()> {
     let mut ring = unsafe { AsyncFd::register(probe.take_events()?) }
         .map_err(std::io::Error::from)
         .context("polling the ring buffer")?;
-    let losses = probe.take_losses()?;
+    let mut losses = probe.take_losses()?;
     // SAFETY: the logger owns its ring buffer's fd and lives inside the AsyncFd.
     let mut klog = match probe.klog.take() {
         Some(k) => match unsafe { AsyncFd::register(k) } {
@@ -364,6 +364,7 @@ pub async fn run(mut opts: Options) -> Result<()> {
                 metrics.lost("ring_full", now.ring_full - was.ring_full);
                 metrics.lost("recursion_miss", now.recursion_misses - was.recursion_misses);
                 metrics.lost("undecodable", p.decode_errors - was_undecodable);
+                metrics.writes_skipped(now.writes_skipped.saturating_sub(was.writes_skipped));
                 exported = (now, p.decode_errors);
                 metrics.go_probed.set(p.go.stats().probed_now as i64);
                 if now.total() != logged.total() {
@@ -419,7 +420,7 @@ pub async fn run(mut opts: Options) -> Result<()> {
     }
     // Whatever the kernel already wrote still gets reported.
     p.drain(ring.get_mut());
-    let l = p.losses.losses();
+    let l = p.losses.losses_final();
     if let Some(a) = &mut acker {
         // The stop line below says them.
         a.ack(l.ring_full);
@@ -593,9 +594,22 @@ fn guard_note(reader: &LossReader, l: Losses) -> String {
     if by_program.is_empty() {
         return "recursion guard skipped no runs".into();
     }
-    format!(
-        "runs skipped by the recursion guard so far: {}; {} redone by later copies",
+    let mut note = format!(
+        "runs skipped by the recursion guard so far: {}; {} events taken by a later copy",
         by_program.join(", "),
         l.redone
-    )
+    );
+    if l.writes_skipped > 0 {
+        note += &format!(
+            "; last words: {} writes skipped by the write hooks (bytes possibly missing from a crash's last words)",
+            l.writes_skipped
+        );
+    }
+    if l.unnoted > 0 {
+        note += &format!(
+            "; {} events the guard could not note (maybe handled twice)",
+            l.unnoted
+        );
+    }
+    note
 }

@@ -132,6 +132,10 @@ pub fn load(pending_window_ns: u64, args_max: u32, stack_copy: u32) -> Result<Ke
         counter_usage: k.off("page_counter", "usage").unwrap_or(NO_OFFSET),
         counter_max: k.off("page_counter", "max").unwrap_or(NO_OFFSET),
         counter_parent: k.off("page_counter", "parent").unwrap_or(NO_OFFSET),
+        task_self_exec_id: k.off("task_struct", "self_exec_id")?,
+        task_nvcsw: k.off("task_struct", "nvcsw")?,
+        regs_ip: k.off("pt_regs", "ip")?,
+        regs_sp: k.off("pt_regs", "sp")?,
     };
     let exit_args = k.tracepoint_args("sched_process_exit")?;
     let oom_arg_is_task = match k.tracepoint_args("mark_victim") {
@@ -149,8 +153,10 @@ pub fn load(pending_window_ns: u64, args_max: u32, stack_copy: u32) -> Result<Ke
             stack_copy: stack_copy.min(crashwatch_common::STACK_COPY_MAX as u32),
             exec_all: 0,
             guard_copies: crashwatch_common::COPIES,
-            _pad: 0,
+            failpoint_spin: 0,
             generation: 0,
+            failpoint_copies: 0,
+            _pad: 0,
         },
         exit_has_group_dead: exit_args.len() >= 2,
         pt_regs_names,

@@ -187,6 +187,15 @@ fn tracepoint_programs(copies: u32) -> Vec<TracepointProgram> {
     out
 }
 
+/// The copy guard's failpoint, for tests: `CRASHWATCH_FAILPOINT_SPIN=ROUNDS[:COPIES]` makes
+/// the first COPIES (default 1) copies of each tracepoint program spin ROUNDS rounds after
+/// noting an event (crashwatch-ebpf's `copies`).
+fn failpoint_spin() -> Option<(u32, u32)> {
+    let v = std::env::var("CRASHWATCH_FAILPOINT_SPIN").ok()?;
+    let (rounds, copies) = v.split_once(':').unwrap_or((&v, "1"));
+    Some((rounds.trim().parse().ok()?, copies.trim().parse().ok()?))
+}
+
 impl Probe {
     /// Loads and attaches the programs; with `pin_dir`, into the state pinned there (adopting
     /// a previous agent's, see [`pin`]).
@@ -204,6 +213,13 @@ impl Probe {
             .unwrap_or_else(|| default_guard_copies(&kernel_release()))
             .clamp(1, COPIES);
         layout.config.guard_copies = guard_copies;
+        if let Some((rounds, copies)) = failpoint_spin() {
+            tracing::warn!(
+                "failpoint: the first {copies} copies of each tracepoint program spin {rounds} rounds (CRASHWATCH_FAILPOINT_SPIN, for tests)"
+            );
+            layout.config.failpoint_spin = rounds;
+            layout.config.failpoint_copies = copies;
+        }
         let kernel_btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
         let pins = match pin_dir {
             None => {
@@ -338,15 +354,15 @@ impl Probe {
                 .take_map("LOST")
                 .context("map LOST missing or already taken")?,
         )?;
-        let covered = PerCpuArray::try_from(
+        let first_later = PerCpuArray::try_from(
             self.ebpf
-                .take_map("COVERED")
-                .context("map COVERED missing or already taken")?,
+                .take_map("FIRST_LATER")
+                .context("map FIRST_LATER missing or already taken")?,
         )?;
-        let unwanted = PerCpuArray::try_from(
+        let unnoted = PerCpuArray::try_from(
             self.ebpf
-                .take_map("UNWANTED_MISSES")
-                .context("map UNWANTED_MISSES missing or already taken")?,
+                .take_map("UNNOTED")
+                .context("map UNNOTED missing or already taken")?,
         )?;
         let mut programs = Vec::new();
         for name in &self.attached {
@@ -356,9 +372,11 @@ impl Probe {
         }
         Ok(LossReader {
             lost,
-            covered,
-            unwanted,
+            first_later,
+            unnoted,
             programs,
+            readings: Default::default(),
+            said: 0,
         })
     }
 

@@ -73,6 +73,7 @@ pub struct Metrics {
     termination_namespaces: Mutex<HashSet<String>>,
     /// Bytes of last words the kernel could not read.
     unreadable: Counter,
+    writes_skipped: Counter,
     series: Mutex<HashSet<CrashLabels>>,
     pub loops: Gauge,
     lost: Family<ReasonLabel, Counter>,
@@ -109,6 +110,12 @@ impl Metrics {
             "crashwatch_last_words_unreadable_bytes",
             "Bytes of crashed processes' last words the kernel could not read (a page not yet in memory), shown as unreadable in reports",
             unreadable.clone(),
+        );
+        let writes_skipped = Counter::default();
+        registry.register(
+            "crashwatch_last_words_writes_skipped",
+            "Writes to stderr the kernel's recursion guard made the write hooks skip (preemptible kernels): bytes missing from some process's last words, no crash lost",
+            writes_skipped.clone(),
         );
         let loops = Gauge::default();
         registry.register(
@@ -167,6 +174,7 @@ impl Metrics {
             grace_kills,
             termination_namespaces: Mutex::default(),
             unreadable,
+            writes_skipped,
             series: Mutex::default(),
             loops,
             lost,
@@ -243,6 +251,12 @@ impl Metrics {
                 .get_or_create(&NamespaceLabel { namespace })
                 .inc();
         }
+    }
+
+    /// Writes to stderr the kernel's recursion guard skipped since the last call (bytes
+    /// missing from last words, not lost crashes).
+    pub fn writes_skipped(&self, n: u64) {
+        self.writes_skipped.inc_by(n);
     }
 
     /// Kernel records lost for `reason` since the last call.
