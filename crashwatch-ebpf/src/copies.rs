@@ -8,7 +8,8 @@
 //! order; they run one after the other for every event, in the task that hit the tracepoint.
 //!
 //! Which copy does the work: the first that runs for the event. Each event has an identity the
-//! kernel gives it — an exec the task's `self_exec_id` (it counts the task's execs), an exit the
+//! kernel gives it — an exec the task's `self_exec_id` (it counts the task's execs) with its
+//! start time (children inherit the count, and a task_struct is reused), an exit the
 //! task's start time (a task exits once; a task_struct reused later is another task), a signal
 //! delivery what it delivers (signal, `si_code`, the siginfo's first word, the user `ip` and
 //! `sp`, the task's voluntary context switches; nothing a tick or a preemption between two

@@ -40,11 +40,15 @@ three_copies!(
     sched_process_exec_3
 );
 
-/// An exec's identity for the copy guard (see `copies`): the task's count of its execs.
+/// An exec's identity for the copy guard (see `copies`): the task's count of its execs, and
+/// its start time. The count alone is not enough: a child inherits its parent's, so a task
+/// in a reused task_struct often has the count the last one there had, and its exec looked
+/// done already (the 7.3 VM lost execs of Go binaries so).
 #[inline(always)]
 fn exec_id(_ctx: &BtfTracePointContext) -> u64 {
     let task = unsafe { bpf_get_current_task() };
-    (word(task, config!(off.task_self_exec_id)) << 1) | 1
+    let start = word(task, config!(off.task_start_time));
+    (start.wrapping_mul(0x0000_0100_0000_01b3) ^ word(task, config!(off.task_self_exec_id))) | 1
 }
 
 /// An exit's identity for the copy guard: the task's start time (it exits once; a task_struct

@@ -76,7 +76,8 @@ three_copies!(
 );
 
 /// A delivery's identity for the copy guard (see `copies`): what it delivers, where the
-/// thread was, and how often it has blocked. All of it stays the same while the copies run
+/// thread was, how often it has blocked, and which task it is (its start time: a reused
+/// task_struct's stale note must never match). All of it stays the same while the copies run
 /// (none can sleep), so every copy computes the same identity; a task's CPU time and
 /// involuntary switches do not (a tick or a preemption between two copies changes them),
 /// which made a later copy take an event the first had done. Two deliveries alike in all of
@@ -96,6 +97,8 @@ fn delivery_id(ctx: &BtfTracePointContext) -> u64 {
         word(regs, config!(off.regs_ip)),
         word(regs, config!(off.regs_sp)),
         word(task, config!(off.task_nvcsw)),
+        // Another task in this task_struct later is another event.
+        word(task, config!(off.task_start_time)),
     ];
     let mut h = 0xcbf2_9ce4_8422_2325u64;
     for p in parts {
