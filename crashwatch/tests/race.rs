@@ -119,10 +119,14 @@ fn preemptible_tracepoints() -> bool {
 #[test]
 fn a_preempted_copy_loses_no_crash_and_every_loss_is_counted() {
     // Copy 1 spins: tasks preempted in it make the kernel skip it for others; copies 2 and 3
-    // take those events. Nothing may be lost.
+    // take those events. An event is lost only when both are busy on that CPU too (a task
+    // preempted inside each): rare, and then counted. A crash is reported or counted lost.
     let (crashes, reported, lost, taken, skipped) = run(1);
-    assert_eq!(lost, 0, "an event lost with two copies free");
-    assert_eq!(reported, crashes, "a crash missing");
+    assert!(
+        (crashes - reported) as u64 <= lost,
+        "{} crashes missing, {lost} losses counted",
+        crashes - reported
+    );
     if preemptible_tracepoints() {
         assert!(
             skipped > 0 && taken > 0,
@@ -130,10 +134,11 @@ fn a_preempted_copy_loses_no_crash_and_every_loss_is_counted() {
         );
     } else {
         assert_eq!(
-            (skipped, taken),
-            (0, 0),
+            (skipped, taken, lost),
+            (0, 0, 0),
             "skips where nothing preempts a program"
         );
+        assert_eq!(reported, crashes, "a crash missing");
     }
     // Every copy spins: some events may be skipped by all three. Each crash is reported or
     // its loss counted (losses count events of every kind, so they may be more).
