@@ -31,10 +31,12 @@ mod open;
 mod pipeline;
 mod reload;
 mod reporter;
+mod said;
 
 use pipeline::{Counts, Pipeline};
 pub use reload::{Reload, Reloader};
 use reporter::{Job, Reported, Reporter};
+use said::{give_back_freed_memory, guard_note, kernel_state_at_stop};
 
 use crate::{
     assemble::Assembler,
@@ -42,7 +44,7 @@ use crate::{
     context::{self, container::Containers, Enricher},
     probe::{
         go::{GoProbes, Limits},
-        LossReader, Losses, Probe, Settings,
+        Probe, Settings,
     },
     redact::Redactor,
     sink::{self, Format, Stdout},
@@ -544,72 +546,4 @@ pub async fn run(mut opts: Options) -> Result<()> {
     }
     tracing::info!("{}", kernel_state_at_stop(pin_dir.as_deref(), interrupted));
     Ok(())
-}
-
-/// What stays in the kernel after the agent, said at every stop. A run stopped with Ctrl-C
-/// (someone trying it at a terminal) takes its pinned state with it; one stopped with
-/// SIGTERM (systemd, the kubelet, an upgrade) leaves it recording for the next agent.
-fn kernel_state_at_stop(pin_dir: Option<&std::path::Path>, interrupted: bool) -> String {
-    let Some(dir) = pin_dir else {
-        return "kernel state: nothing stays (not pinned): the programs ended with the agent"
-            .into();
-    };
-    if interrupted {
-        return match crate::probe::pin::uninstall(dir) {
-            Ok(n) => format!(
-                "kernel state: removed ({n} pinned objects under {}): stopped with Ctrl-C, nothing of crashwatch stays in the kernel (stop with SIGTERM, as a service manager does, to keep recording for the next agent)",
-                dir.display()
-            ),
-            Err(e) => format!(
-                "kernel state: could not be removed ({e:#}): the programs still record every exec and stderr write; `crashwatch uninstall-bpf --pin-dir {}` removes them",
-                dir.display()
-            ),
-        };
-    }
-    format!(
-        "kernel state: kept pinned under {}: the kernel goes on recording crashes for the next agent (every exec and stderr write on this host keeps paying for it); `crashwatch uninstall-bpf --pin-dir {}` removes it",
-        dir.display(),
-        dir.display()
-    )
-}
-
-/// Returns the heap's free pages to the kernel. Start-up (the kernel's BTF, /proc, the
-/// first Go binaries' tables) and crash bursts free megabytes that glibc's allocator would
-/// otherwise keep resident for the life of the agent; a few ms a minute.
-fn give_back_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free memory; it is thread-safe.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-/// What the kernel's recursion guard skipped, by program, and how much later copies redid.
-fn guard_note(reader: &LossReader, l: Losses) -> String {
-    let by_program: Vec<String> = reader
-        .recursion_misses()
-        .iter()
-        .map(|(n, c)| format!("{n} {c}"))
-        .collect();
-    if by_program.is_empty() {
-        return "recursion guard skipped no runs".into();
-    }
-    let mut note = format!(
-        "runs skipped by the recursion guard so far: {}; {} events taken by a later copy",
-        by_program.join(", "),
-        l.redone
-    );
-    if l.writes_skipped > 0 {
-        note += &format!(
-            "; last words: {} writes skipped by the write hooks (bytes possibly missing from a crash's last words)",
-            l.writes_skipped
-        );
-    }
-    if l.unnoted > 0 {
-        note += &format!(
-            "; {} events the guard could not note (maybe handled twice)",
-            l.unnoted
-        );
-    }
-    note
 }
