@@ -193,7 +193,14 @@ fn tracepoint_programs(copies: u32) -> Vec<TracepointProgram> {
 fn failpoint_spin() -> Option<(u32, u32)> {
     let v = std::env::var("CRASHWATCH_FAILPOINT_SPIN").ok()?;
     let (rounds, copies) = v.split_once(':').unwrap_or((&v, "1"));
-    Some((rounds.trim().parse().ok()?, copies.trim().parse().ok()?))
+    let parsed = rounds.trim().parse().ok().zip(copies.trim().parse().ok());
+    if parsed.is_none() {
+        tracing::warn!(
+            "CRASHWATCH_FAILPOINT_SPIN={:?} ignored: expected ROUNDS[:COPIES]",
+            v
+        );
+    }
+    parsed
 }
 
 impl Probe {
