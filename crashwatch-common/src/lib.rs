@@ -556,7 +556,10 @@ pub struct Config {
     pub generation: u64,
     /// See `failpoint_spin`.
     pub failpoint_copies: u32,
-    pub _pad: u32,
+    /// Tests only: non-zero N makes every copy of the exit programs skip the exits of
+    /// processes whose pid is a multiple of N, noting nothing, as the kernel's recursion guard
+    /// skips them (an exit then reaches the agent from `sched_process_free`).
+    pub failpoint_skip_exit: u32,
 }
 
 #[cfg(feature = "user")]

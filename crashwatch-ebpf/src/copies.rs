@@ -21,6 +21,13 @@
 //! by an event whose last copies were skipped can never be taken for a later event: its
 //! identity differs. Every event is noted, wanted or not, so the count below is exact for both.
 //!
+//! An exit all three copies skipped is taken later, when the reaped task is freed
+//! (`exec_exit::sched_process_free`, attached with the copies): that hook runs from an RCU
+//! callback with preemption off, so the kernel never skips it, and it counts the exit taken
+//! in [`FIRST_LATER`] ([`exit_skipped_at_free`]). A 300-crash burst on two CPUs of the 7.3 VM
+//! had all three exit copies busy at once and lost one exit before it; a reaper that waits
+//! longer than the agent's ten seconds (below) gets its child's exit counted lost first.
+//!
 //! What was lost: an event all three copies skipped. Each event either runs copy 1 or is
 //! counted in copy 1's `recursion_misses` (m1), and each event copy 1 skipped is either first
 //! seen by copy 2 or 3 (counted in `FIRST_LATER`) or lost: lost = m1 − FIRST_LATER, per site.
@@ -46,11 +53,17 @@
 //! first copy alone (`CONFIG.guard_copies` = 1), which notes nothing and costs nothing more;
 //! any miss it has is counted lost.
 //!
-//! Failpoint (tests only, `CONFIG.failpoint_spin`): the first `failpoint_copies` copies spin
-//! that many rounds after noting the event, so a test in a 7.x VM can force tasks to be
-//! preempted inside them while others hit the same tracepoint.
-use aya_ebpf::{helpers::bpf_get_current_task, macros::map, maps::LruHashMap, maps::PerCpuArray};
-use crashwatch_common::SITES;
+//! Failpoints (tests only): with `CONFIG.failpoint_spin` the first `failpoint_copies` copies
+//! spin that many rounds after noting the event, so a test in a 7.x VM can force tasks to be
+//! preempted inside them while others hit the same tracepoint; with
+//! `CONFIG.failpoint_skip_exit` every copy skips some processes' exits as the kernel's guard
+//! would, so a test on any kernel proves the free hook sends them.
+use aya_ebpf::{
+    helpers::bpf_get_current_task,
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray},
+};
+use crashwatch_common::{SITES, SITE_EXIT};
 
 /// The identity of the last event each task (`task_struct` address) had at each site, as the
 /// first copy to run for it noted it.
@@ -67,6 +80,43 @@ static FIRST_LATER: PerCpuArray<u64> = PerCpuArray::with_max_entries(SITES, 0);
 /// event may be handled twice (the agent drops the second) and counted first-seen twice.
 #[map]
 static UNNOTED: PerCpuArray<u64> = PerCpuArray::with_max_entries(SITES, 0);
+/// At a task's free: exits every copy skipped (index 0), and processes whose exit record was
+/// sent from there (1), per CPU.
+#[map]
+static AT_FREE: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+/// When this load's programs all ran (kernel monotonic ns, written by the agent once it has
+/// attached and activated them): an exit of a task started earlier may have run before the
+/// exit programs did, so its missing note says nothing.
+#[map]
+static SINCE: Array<u64> = Array::with_max_entries(1, 0);
+
+/// At the free of `task` (`sched_process_free`, with the copies attached), which started at
+/// `start`: true when every copy of the exit programs skipped its exit, which is then counted
+/// as taken ([`FIRST_LATER`]): its process's death is sent by the caller if it matters. Forgets
+/// the task's notes either way: the task is gone, and its entry would only crowd out live
+/// ones. A task with no entry at all is taken for skipped: an entry noted at its exit is
+/// evicted before its free only when 32,768 other tasks were noted while it was a zombie.
+#[inline(always)]
+pub fn exit_skipped_at_free(task: u64, start: u64) -> bool {
+    let s = (SITE_EXIT as usize) & (SLOTS - 1);
+    // SAFETY: a read of the dead task's own entry; nothing writes it any more.
+    let noted = unsafe { SEEN.get(task) }.is_some_and(|v| v[s] == start | 1);
+    let _ = SEEN.remove(task);
+    let since = SINCE.get(0).copied().unwrap_or(0);
+    let skipped = !noted && since != 0 && start >= since;
+    if skipped {
+        bump(&FIRST_LATER, SITE_EXIT);
+        bump(&AT_FREE, 0);
+    }
+    skipped
+}
+
+/// Counts an exit record sent at a task's free.
+#[inline(always)]
+pub fn sent_at_free() {
+    bump(&AT_FREE, 1);
+}
 
 /// Copy `copy` (0, 1, 2) of `site` runs for the current task's event `id` (never 0): true when
 /// no earlier copy ran for it, so this one must do the work. Notes the event either way.
@@ -111,6 +161,18 @@ fn bump(counter: &PerCpuArray<u64>, site: u32) {
     }
 }
 
+/// The exit failpoint: true for an exit every copy must skip, noting nothing, as the
+/// kernel's recursion guard would (`failpoint_skip_exit`).
+#[inline(always)]
+pub fn skip_forced(site: u32) -> bool {
+    let every = config!(failpoint_skip_exit);
+    if every == 0 || site != SITE_EXIT {
+        return false;
+    }
+    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    tgid.is_multiple_of(every)
+}
+
 /// The failpoint: spin in the first `failpoint_copies` copies.
 #[inline(always)]
 fn spin(copy: u32) {
@@ -141,7 +203,7 @@ macro_rules! three_copies {
     ($tp:tt, $site:expr, $id:ident, $wanted:ident, $body:ident, $first:ident, $second:ident, $third:ident) => {
         #[aya_ebpf::macros::btf_tracepoint(function = $tp)]
         pub fn $first(ctx: aya_ebpf::programs::BtfTracePointContext) -> u32 {
-            if !$crate::shared::active() {
+            if !$crate::shared::active() || $crate::copies::skip_forced($site) {
                 return 0;
             }
             // Alone (kernels whose tracepoint programs cannot be preempted), nothing to note.
@@ -157,7 +219,10 @@ macro_rules! three_copies {
 
         #[aya_ebpf::macros::btf_tracepoint(function = $tp)]
         pub fn $second(ctx: aya_ebpf::programs::BtfTracePointContext) -> u32 {
-            if !$crate::shared::active() || !$crate::copies::first_to_see($site, 1, $id(&ctx)) {
+            if !$crate::shared::active()
+                || $crate::copies::skip_forced($site)
+                || !$crate::copies::first_to_see($site, 1, $id(&ctx))
+            {
                 return 0;
             }
             if $wanted(&ctx) {
@@ -169,7 +234,10 @@ macro_rules! three_copies {
 
         #[aya_ebpf::macros::btf_tracepoint(function = $tp)]
         pub fn $third(ctx: aya_ebpf::programs::BtfTracePointContext) -> u32 {
-            if !$crate::shared::active() || !$crate::copies::first_to_see($site, 2, $id(&ctx)) {
+            if !$crate::shared::active()
+                || $crate::copies::skip_forced($site)
+                || !$crate::copies::first_to_see($site, 2, $id(&ctx))
+            {
                 return 0;
             }
             if $wanted(&ctx) {

@@ -111,12 +111,15 @@ fn on_exec(ctx: &BtfTracePointContext, copy: u32) -> u32 {
     0
 }
 
-fn exit_common(task: u64) {
+/// Sends the death of `task`'s process. `at_free`: from its task's free, not from the dying
+/// task itself (its memory is gone, and the current task is another).
+#[inline(always)]
+fn exit_common(task: u64, at_free: bool) {
     let signal: u64 = rd(task, config!(off.task_signal));
     let gec: u32 = rd(signal, config!(off.signal_group_exit_code));
     let code: u32 = rd(task, config!(off.task_exit_code));
     let status = if gec != 0 { gec } else { code };
-    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let pid: u32 = rd(task, config!(off.task_tgid));
     let tracked = ident::untrack(pid);
     if status == 0 && !tracked {
         // Lived and ended normally: nothing to send, only its last-words entry to drop.
@@ -157,7 +160,9 @@ fn exit_common(task: u64) {
         if rec.status != 0 {
             // Where the process's memory is still there at this point (6.16+), what its
             // writes left unread is read now.
-            crate::writes::retry_unread(w);
+            if !at_free {
+                crate::writes::retry_unread(w);
+            }
             if !tracked && w.has_ident != 0 {
                 ident::send(&w.ident);
             }
@@ -224,7 +229,7 @@ fn last_thread(_ctx: &BtfTracePointContext) -> bool {
 
 #[inline(always)]
 fn exit_live(_ctx: &BtfTracePointContext, _copy: u32) -> u32 {
-    exit_common(unsafe { bpf_get_current_task() });
+    exit_common(unsafe { bpf_get_current_task() }, false);
     0
 }
 
@@ -247,6 +252,38 @@ fn group_dead(ctx: &BtfTracePointContext) -> bool {
 
 #[inline(always)]
 fn exit_group_dead(_ctx: &BtfTracePointContext, _copy: u32) -> u32 {
-    exit_common(unsafe { bpf_get_current_task() });
+    exit_common(unsafe { bpf_get_current_task() }, false);
+    0
+}
+
+/// With the copies attached (7.x), `sched_process_free(struct task_struct *p)`: the task is
+/// dead and reaped, and an exit every copy skipped is taken here. The hook runs from an RCU
+/// callback with preemption off, so nothing can be running it when it fires: the kernel's
+/// recursion guard never skips it. Each freed task whose exit no copy noted is counted taken
+/// (`copies::exit_skipped_at_free`). The process's death is sent from its leader's free once
+/// its whole group is dead (a leader freed by another thread's exec leaves a live group),
+/// when the process still has what its exit would have used and removed: it is tracked, or
+/// has last words (a pid freed at reaping and reused within the RCU grace period before
+/// this hook would be taken for it: the pid allocator cycles, so that needs the whole pid
+/// space in milliseconds). Nothing of its memory is read here: it is gone.
+#[aya_ebpf::macros::btf_tracepoint(function = "sched_process_free")]
+pub fn sched_process_free(ctx: BtfTracePointContext) -> u32 {
+    if !crate::shared::active() {
+        return 0;
+    }
+    let task: u64 = ctx.arg(0);
+    crate::copies::exit_skipped_at_free(task, word(task, config!(off.task_start_time)));
+    // Whichever thread's exit was skipped, the process's death is sent once, from its leader.
+    let leader: u64 = rd(task, config!(off.task_group_leader));
+    let signal: u64 = rd(task, config!(off.task_signal));
+    if leader != task || rd::<i32>(signal, config!(off.signal_live)) != 0 {
+        return 0;
+    }
+    let pid: u32 = rd(task, config!(off.task_tgid));
+    // SAFETY: a lookup; the value is not kept.
+    if ident::is_tracked(pid) || unsafe { WORDS.get(pid) }.is_some() {
+        exit_common(task, true);
+        crate::copies::sent_at_free();
+    }
     0
 }

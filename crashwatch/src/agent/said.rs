@@ -40,21 +40,29 @@ pub fn give_back_freed_memory() {
     }
 }
 
-/// What the kernel's recursion guard skipped, by program, and how much later copies redid.
+/// What the kernel's recursion guard skipped, by program, and how much later copies and the
+/// free hook redid.
 pub fn guard_note(reader: &LossReader, l: Losses) -> String {
     let by_program: Vec<String> = reader
         .recursion_misses()
         .iter()
         .map(|(n, c)| format!("{n} {c}"))
         .collect();
-    if by_program.is_empty() {
-        return "recursion guard skipped no runs".into();
+    let mut note = if by_program.is_empty() {
+        "recursion guard skipped no runs".to_string()
+    } else {
+        format!(
+            "runs skipped by the recursion guard so far: {}; {} events taken by a later copy",
+            by_program.join(", "),
+            l.redone
+        )
+    };
+    if l.exits_at_free > 0 {
+        note += &format!(
+            "; {} exits every copy skipped, taken when the task was freed ({} deaths sent from there)",
+            l.exits_at_free, l.sent_at_free
+        );
     }
-    let mut note = format!(
-        "runs skipped by the recursion guard so far: {}; {} events taken by a later copy",
-        by_program.join(", "),
-        l.redone
-    );
     if l.writes_skipped > 0 {
         note += &format!(
             "; last words: {} writes skipped by the write hooks (bytes possibly missing from a crash's last words)",

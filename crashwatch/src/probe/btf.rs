@@ -156,7 +156,7 @@ pub fn load(pending_window_ns: u64, args_max: u32, stack_copy: u32) -> Result<Ke
             failpoint_spin: 0,
             generation: 0,
             failpoint_copies: 0,
-            _pad: 0,
+            failpoint_skip_exit: 0,
         },
         exit_has_group_dead: exit_args.len() >= 2,
         pt_regs_names,

@@ -26,6 +26,9 @@ pub struct LossReader {
     pub(super) first_later: PerCpuArray<MapData, u64>,
     /// Events the copy guard could not note, per site.
     pub(super) unnoted: PerCpuArray<MapData, u64>,
+    /// Exits every copy skipped, taken at their task's free (0), and exit records sent from
+    /// there (1).
+    pub(super) at_free: PerCpuArray<MapData, u64>,
     pub(super) programs: Vec<(&'static str, std::os::fd::OwnedFd)>,
     /// Copy-1 misses per site as read at recent calls, oldest first: losses use the newest
     /// reading at least [`LAG`] old.
@@ -49,6 +52,10 @@ pub struct Losses {
     /// Events the copy guard could not note (its map refused): maybe handled twice, the
     /// second dropped by the agent.
     pub unnoted: u64,
+    /// Exits every copy skipped, taken when their task was freed (part of `redone`).
+    pub exits_at_free: u64,
+    /// Deaths sent from a task's free because every copy skipped the exit.
+    pub sent_at_free: u64,
 }
 
 impl Losses {
@@ -148,6 +155,8 @@ impl LossReader {
             out.redone += taken;
             out.unnoted += Self::per_site(&self.unnoted, site);
         }
+        out.exits_at_free = Self::per_site(&self.at_free, 0);
+        out.sent_at_free = Self::per_site(&self.at_free, 1);
         // Said once, never taken back.
         self.said = self.said.max(out.recursion_misses);
         out.recursion_misses = self.said;

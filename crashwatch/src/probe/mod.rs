@@ -178,6 +178,15 @@ fn tracepoint_programs(copies: u32) -> Vec<TracepointProgram> {
             });
         }
     }
+    if copies > 1 {
+        // Takes the exits every copy skipped (crashwatch-ebpf's `exec_exit`).
+        out.push(TracepointProgram {
+            name: "sched_process_free",
+            tracepoint: "sched_process_free",
+            copy: None,
+            group_dead: None,
+        });
+    }
     out.push(TracepointProgram {
         name: "mark_victim",
         tracepoint: "mark_victim",
@@ -203,6 +212,21 @@ fn failpoint_spin() -> Option<(u32, u32)> {
     parsed
 }
 
+/// The free hook's failpoint, for tests: `CRASHWATCH_FAILPOINT_SKIP_EXIT=N` makes every copy
+/// of the exit programs skip the exits of processes whose pid is a multiple of N, as the
+/// kernel's recursion guard does under preemption (crashwatch-ebpf's `copies`).
+fn failpoint_skip_exit() -> Option<u32> {
+    let v = std::env::var("CRASHWATCH_FAILPOINT_SKIP_EXIT").ok()?;
+    let every = v.trim().parse().ok().filter(|n| *n > 0);
+    if every.is_none() {
+        tracing::warn!(
+            "CRASHWATCH_FAILPOINT_SKIP_EXIT={:?} ignored: expected a positive number",
+            v
+        );
+    }
+    every
+}
+
 impl Probe {
     /// Loads and attaches the programs; with `pin_dir`, into the state pinned there (adopting
     /// a previous agent's, see [`pin`]).
@@ -226,6 +250,12 @@ impl Probe {
             );
             layout.config.failpoint_spin = rounds;
             layout.config.failpoint_copies = copies;
+        }
+        if let Some(every) = failpoint_skip_exit() {
+            tracing::warn!(
+                "failpoint: every copy skips the exits of processes whose pid is a multiple of {every} (CRASHWATCH_FAILPOINT_SKIP_EXIT, for tests)"
+            );
+            layout.config.failpoint_skip_exit = every;
         }
         let kernel_btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
         let pins = match pin_dir {
@@ -311,6 +341,14 @@ impl Probe {
             p.activate(&mut ebpf)
                 .context("switching to this agent's programs")?;
         }
+        // From now on every exit runs this load's programs: the free hook may count an exit
+        // with no note as skipped only for tasks started after this (crashwatch-ebpf's
+        // `copies`).
+        let mut since: aya::maps::Array<&mut aya::maps::MapData, u64> = aya::maps::Array::try_from(
+            ebpf.map_mut("SINCE")
+                .context("map SINCE missing from the object")?,
+        )?;
+        since.set(0, crate::context::monotonic_ns(), 0)?;
         Ok(Probe {
             ebpf,
             attached,
@@ -371,6 +409,11 @@ impl Probe {
                 .take_map("UNNOTED")
                 .context("map UNNOTED missing or already taken")?,
         )?;
+        let at_free = PerCpuArray::try_from(
+            self.ebpf
+                .take_map("AT_FREE")
+                .context("map AT_FREE missing or already taken")?,
+        )?;
         let mut programs = Vec::new();
         for name in &self.attached {
             if let Some(Ok(fd)) = self.ebpf.program(name).map(|p| p.fd()) {
@@ -381,6 +424,7 @@ impl Probe {
             lost,
             first_later,
             unnoted,
+            at_free,
             programs,
             readings: Default::default(),
             said: 0,
