@@ -274,9 +274,11 @@ pub fn sched_process_free(ctx: BtfTracePointContext) -> u32 {
     let task: u64 = ctx.arg(0);
     crate::copies::exit_skipped_at_free(task, word(task, config!(off.task_start_time)));
     // Whichever thread's exit was skipped, the process's death is sent once, from its leader.
-    let leader: u64 = rd(task, config!(off.task_group_leader));
+    if rd::<u64>(task, config!(off.task_group_leader)) != task {
+        return 0;
+    }
     let signal: u64 = rd(task, config!(off.task_signal));
-    if leader != task || rd::<i32>(signal, config!(off.signal_live)) != 0 {
+    if rd::<i32>(signal, config!(off.signal_live)) != 0 {
         return 0;
     }
     let pid: u32 = rd(task, config!(off.task_tgid));
