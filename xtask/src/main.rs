@@ -4,10 +4,12 @@
 //!   the crash matrix (crashwatch/tests: the same test binaries the host runs) in QEMU on
 //!   Debian cloud kernels, or on this host; prints a kernel × case table.
 //! - `cargo xtask bench`: overhead beside no observer and peer tools → docs/benchmarks.md.
+//! - `cargo xtask layers`: crashwatch's imports go down its folders' declared order.
 //! - `cargo xtask dist`: the static binary and a release tarball; `cargo xtask image`: an OCI
 //!   image of it (podman, offline) → target/dist.
 mod bench;
 mod dist;
+mod layers;
 mod vm;
 
 use std::{collections::BTreeSet, process::Command, time::Duration};
@@ -42,6 +44,14 @@ enum Cmd {
     Manifests,
     /// Measure crashwatch's cost against no observer and peer tools; writes docs/benchmarks.md.
     Bench(bench::Args),
+    /// Check that crashwatch's imports go down its layers (util < model < read < kernel <
+    /// pipeline < outputs < web < agent < commands) and that no pipeline stage imports
+    /// another's insides; exits non-zero on any that does.
+    Layers {
+        /// The source tree to check (default: crashwatch/src).
+        #[arg(long)]
+        tree: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -69,6 +79,7 @@ fn main() -> Result<()> {
         Cmd::Dist => dist::dist().map(|_| ()),
         Cmd::Image => dist::image(),
         Cmd::Manifests => dist::manifests(),
+        Cmd::Layers { tree } => layers::run(tree),
     }
 }
 

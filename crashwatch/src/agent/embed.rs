@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::sink::Item;
+use crate::outputs::Item;
 
 pub struct Embed {
     /// The cgroup (v2 path, as in reports) whose processes, and its descendants', count.

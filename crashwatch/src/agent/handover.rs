@@ -1,5 +1,5 @@
 //! The one duplicate a takeover can make. When an agent's programs take over from the
-//! previous agent's pinned ones (see [`crate::probe::pin`]), an event in flight at that
+//! previous agent's pinned ones (see [`crate::kernel::probe::pin`]), an event in flight at that
 //! instant can be handled by both generations: the old program checked it was active just
 //! before the switch, the new one just after. Both records sit in the shared ring buffer.
 //! This drops the second: same kind, process, thread and process start, within a
@@ -7,7 +7,7 @@
 //! be taken for a copy.
 use std::collections::VecDeque;
 
-use crate::decode::{Head, Record};
+use crate::kernel::decode::{Head, Record};
 
 /// Events this close to the switch are compared.
 const WINDOW_NS: u64 = 1_000_000_000;
@@ -73,7 +73,7 @@ impl Handover {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::Exit;
+    use crate::kernel::decode::Exit;
 
     fn exit(pid: u32, ktime_ns: u64) -> Record {
         Record::Exit(Exit {

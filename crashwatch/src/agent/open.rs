@@ -6,7 +6,10 @@ use std::sync::Arc;
 use anyhow::Result;
 
 use super::Options;
-use crate::{cluster::Clusters, escape::Esc, sink, sink::Outputs, store};
+use crate::{
+    outputs as sink, outputs::store, outputs::Outputs, pipeline::cluster::Clusters,
+    util::escape::Esc,
+};
 
 /// The outputs besides stdout.
 pub(super) fn start_outputs(
@@ -119,7 +122,7 @@ pub(super) async fn start_listener(
             access,
             token_for_metrics: opts.listen_token_metrics,
             changes: store.map(|s| s.changes()),
-            node: crate::context::container::node_name(host),
+            node: crate::pipeline::enrich::container::node_name(host),
             loop_count: opts.policy.loop_count,
             loop_window_ns: opts.policy.loop_window.as_nanos() as u64,
         },

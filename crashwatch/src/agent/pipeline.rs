@@ -6,11 +6,11 @@ use std::sync::{atomic::AtomicBool, mpsc, Arc};
 
 use super::{handover, hold, reporter::Job};
 use crate::{
-    assemble::Assembler,
-    context::{self, container::Containers},
-    decode::{self, Record},
-    probe::{go::GoProbes, known::KnownFiles, LossReader, Losses},
-    symbolize::{Maps, Roots},
+    kernel::decode::{self, Record},
+    kernel::probe::{go::GoProbes, known::KnownFiles, LossReader, Losses},
+    pipeline::assemble::Assembler,
+    pipeline::enrich::{self, container::Containers},
+    pipeline::symbolize::{Maps, Roots},
 };
 
 pub(super) struct Pipeline {
@@ -45,7 +45,7 @@ pub(super) struct Counts {
 
 impl Pipeline {
     /// Handles every record there is, then gives back what no unwritten crash needs.
-    pub(super) fn drain(&mut self, ring: &mut crate::probe::ring::Ring) {
+    pub(super) fn drain(&mut self, ring: &mut crate::kernel::probe::ring::Ring) {
         loop {
             while let Some((pos, bytes)) = ring.next() {
                 self.handle(pos, bytes);
@@ -79,7 +79,7 @@ impl Pipeline {
         match &mut rec {
             Record::Exec(e) if e.at_exec => {
                 self.counts.execs += 1;
-                context::resolve_exe(e);
+                enrich::resolve_exe(e);
                 e.root = self.roots.note_exec(e.head.pid, e.head.ppid, e.mnt_ns);
                 self.containers.note(&e.cgroup);
                 let shown = e.exe.as_deref().unwrap_or(&e.filename);
@@ -90,7 +90,7 @@ impl Pipeline {
                 // Read at a crash sign: the process may be gone already, but its file was
                 // most likely exec'd before, where the agent saw its path.
                 self.counts.idents += 1;
-                context::resolve_exe(e);
+                enrich::resolve_exe(e);
                 if e.exe.is_none() {
                     e.exe = self.known.path_of(e.file).map(str::to_string);
                 }

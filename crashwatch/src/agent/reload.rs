@@ -17,7 +17,7 @@ use super::{
     open,
     reporter::{Job, Reporter},
 };
-use crate::{redact::Redactor, sink};
+use crate::{outputs as sink, pipeline::redact::Redactor};
 
 /// What a SIGHUP can change.
 pub struct Reload {

@@ -10,15 +10,15 @@ use std::{
 };
 
 use crate::{
-    assemble::{policy, Crash, Kind},
-    cluster::{self, Clusters},
-    context::Enricher,
-    escape::Esc,
-    probe::go::GoView,
-    redact::Redactor,
-    sink::{self, Outputs, Stdout},
-    store,
-    symbolize::{Roots, Symbolizer},
+    kernel::probe::go::GoView,
+    outputs::store,
+    outputs::{self as sink, Outputs, Stdout},
+    pipeline::assemble::{policy, Crash, Kind},
+    pipeline::cluster::{self, Clusters},
+    pipeline::enrich::Enricher,
+    pipeline::redact::Redactor,
+    pipeline::symbolize::{Roots, Symbolizer},
+    util::escape::Esc,
 };
 
 /// How long a report waits for the Go prober still reading the crashed binary (its first
@@ -106,7 +106,7 @@ impl Reporter {
             // Loops end by time as well as begin by crashes.
             self.metrics
                 .loops
-                .set(self.clusters.looping_now(store::now_ns()) as i64);
+                .set(self.clusters.looping_now(crate::model::clock::now_ns()) as i64);
             let (crash, lost) = match job {
                 Ok(Job::Crash { crash, lost }) => (crash, lost),
                 Ok(Job::Reload(r)) => {
@@ -189,7 +189,7 @@ impl Reporter {
     /// crate's, meeting input it did not expect), says so, starts the symbolizer afresh (it
     /// may be half-updated) and reports what is known without the stack and the binary's
     /// details, with `report_error` saying why. The report thread goes on either way.
-    fn build_guarded(&mut self, crash: &Crash, lost: u64) -> Option<crate::report::Report> {
+    fn build_guarded(&mut self, crash: &Crash, lost: u64) -> Option<crate::model::report::Report> {
         use std::panic::{catch_unwind, AssertUnwindSafe};
         let err = match catch_unwind(AssertUnwindSafe(|| self.build(crash, lost))) {
             Ok(r) => return Some(r),
@@ -225,7 +225,7 @@ impl Reporter {
     }
 
     /// Symbolizes and enriches one crash.
-    fn build(&mut self, crash: &Crash, lost: u64) -> crate::report::Report {
+    fn build(&mut self, crash: &Crash, lost: u64) -> crate::model::report::Report {
         if self
             .failpoint
             .as_deref()
@@ -251,7 +251,7 @@ impl Reporter {
     }
 
     /// Redacts, clusters, stores and writes out one report.
-    fn publish(&mut self, mut report: crate::report::Report) {
+    fn publish(&mut self, mut report: crate::model::report::Report) {
         // `crashwatch exec`: only its tree's crashes, handed over, never clustered or stored.
         if let Some((cgroup, _)) = &self.embed {
             if !super::embed::within(report.cgroup.as_deref(), cgroup) {
@@ -274,7 +274,9 @@ impl Reporter {
             let _ = to.send(Arc::new(sink::Item { report, json }));
             return;
         }
-        let seen = self.clusters.observe(&report, store::now_ns());
+        let seen = self
+            .clusters
+            .observe(&report, crate::model::clock::now_ns());
         report.cluster = Some(seen.info);
         self.metrics.crashed(&report);
         let json = serde_json::to_string(&report).unwrap_or_default();
@@ -294,7 +296,7 @@ impl Reporter {
         }
     }
 
-    fn emit_stdout(&mut self, report: &crate::report::Report, json: &str) {
+    fn emit_stdout(&mut self, report: &crate::model::report::Report, json: &str) {
         let Some(out) = &mut self.stdout else {
             return;
         };

@@ -1,6 +1,6 @@
 //! What the agent says at stop of the kernel side: what stays pinned, the recursion guard's
 //! skips and takes, and the malloc trim that follows.
-use crate::probe::{LossReader, Losses};
+use crate::kernel::probe::{LossReader, Losses};
 
 /// What stays in the kernel after the agent, said at every stop. A run stopped with Ctrl-C
 /// (someone trying it at a terminal) takes its pinned state with it; one stopped with
@@ -11,7 +11,7 @@ pub fn kernel_state_at_stop(pin_dir: Option<&std::path::Path>, interrupted: bool
             .into();
     };
     if interrupted {
-        return match crate::probe::pin::uninstall(dir) {
+        return match crate::kernel::probe::pin::uninstall(dir) {
             Ok(n) => format!(
                 "kernel state: removed ({n} pinned objects under {}): stopped with Ctrl-C, nothing of crashwatch stays in the kernel (stop with SIGTERM, as a service manager does, to keep recording for the next agent)",
                 dir.display()

@@ -22,7 +22,7 @@ use axum::{
 use serde::{Deserialize, Serialize};
 
 use super::{read::Failed, Site};
-use crate::store::{self, ClusterRow, Cursor, Filter, ReportRow, Timeline};
+use crate::outputs::store::{self, ClusterRow, Cursor, Filter, ReportRow, Timeline};
 
 /// Clusters on a page unless `limit` says otherwise.
 pub const PAGE: u32 = 50;
@@ -64,7 +64,7 @@ impl ListQuery {
 
     /// `kind`, when given; Err: it names no kind (the answer says which there are).
     fn kind(&self) -> Result<Option<String>, String> {
-        let kinds = crate::assemble::Kind::names();
+        let kinds = crate::pipeline::assemble::Kind::names();
         match given(&self.kind) {
             Some(k) if !kinds.contains(&k.as_str()) => Err(format!(
                 "kind={k:?} is not a kind; the kinds are {}",
@@ -152,7 +152,7 @@ pub async fn detail(
     let f = site.filter();
     site.reader
         .read(move |s| {
-            let now = store::now_ns();
+            let now = crate::model::clock::now_ns();
             let Some(cluster) = s.cluster_row(id, &f, now)? else {
                 return Ok(None);
             };
@@ -185,7 +185,7 @@ pub async fn clusters(State(site): State<Site>, Query(q): Query<ListQuery>) -> R
     };
     match site
         .reader
-        .read(move |s| s.list_page(&f, before, store::now_ns()))
+        .read(move |s| s.list_page(&f, before, crate::model::clock::now_ns()))
         .await
     {
         Ok(l) => Json(l).into_response(),

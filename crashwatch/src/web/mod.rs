@@ -1,7 +1,8 @@
-//! Web: the agent's HTTP listener (`--listen`, loopback by default), served by axum on the
+//! Web (above the outputs, below the agent: it reads the store and the metrics): the agent's
+//! HTTP listener (`--listen`, loopback by default), served by axum on the
 //! agent's own runtime:
 //!
-//! - `/metrics` (Prometheus text format, [`crate::sink::metrics`]), `/healthz` (alive: the
+//! - `/metrics` (Prometheus text format, [`crate::outputs::metrics`]), `/healthz` (alive: the
 //!   record loop ran within the last 10 s) and `/readyz` (programs attached, history opened);
 //! - the crash page (`/`, `/cluster/ID`: [`pages`]) and its JSON API (`/api/...`: [`api`],
 //!   docs/api.md), read from the crash history ([`read`]), guarded by [`auth`].
@@ -30,7 +31,7 @@ use axum::{
     Router,
 };
 
-use crate::sink::metrics::Metrics;
+use crate::outputs::metrics::Metrics;
 
 /// The default address: loopback only. 9721 is crashwatch's choice (documented in
 /// docs/outputs.md and docs/page.md); `--listen` moves it.
@@ -48,7 +49,7 @@ pub struct Health {
 impl Health {
     pub fn turned(&self) {
         self.last_turn_ns
-            .store(crate::context::monotonic_ns(), Ordering::Relaxed);
+            .store(crate::model::clock::monotonic_ns(), Ordering::Relaxed);
     }
 }
 
@@ -90,11 +91,11 @@ pub struct Site {
 
 impl Site {
     /// The loop flag as the agent counts it.
-    fn filter(&self) -> crate::store::Filter {
-        crate::store::Filter {
+    fn filter(&self) -> crate::outputs::store::Filter {
+        crate::outputs::store::Filter {
             loop_count: self.loop_count,
             loop_window_ns: self.loop_window_ns,
-            ..crate::store::Filter::default()
+            ..crate::outputs::store::Filter::default()
         }
     }
 
@@ -219,7 +220,7 @@ async fn metrics_page(State(s): State<Shared>) -> impl IntoResponse {
 
 async fn healthz(State(s): State<Shared>) -> (StatusCode, String) {
     let last = s.health.last_turn_ns.load(Ordering::Relaxed);
-    let silent = crate::context::monotonic_ns().saturating_sub(last);
+    let silent = crate::model::clock::monotonic_ns().saturating_sub(last);
     if last == 0 || silent <= STALL_NS {
         (StatusCode::OK, "ok\n".into())
     } else {

@@ -18,7 +18,6 @@ use super::{
     view::{self, ClusterView},
     Site,
 };
-use crate::store;
 
 pub const CSS: &str = include_str!("assets/app.css");
 pub const JS: &str = include_str!("assets/app.js");
@@ -140,19 +139,19 @@ pub async fn index(State(site): State<Site>, Query(q): Query<ListQuery>) -> Resp
     let filtered = f.kind.is_some() || f.namespace.is_some() || f.text.is_some();
     let listing = match site
         .reader
-        .read(move |s| s.list_page(&f, before, store::now_ns()))
+        .read(move |s| s.list_page(&f, before, crate::model::clock::now_ns()))
         .await
     {
         Ok(l) => l,
         Err(e) => return failed(&site, e),
     };
-    let now = store::now_ns();
+    let now = crate::model::clock::now_ns();
     let rest = query_without_paging(&q);
     let sep = if rest.is_empty() { "" } else { "&" };
     let ctx = context! {
         node => site.node.as_ref(),
         version => VERSION,
-        kinds => crate::assemble::Kind::names(),
+        kinds => crate::pipeline::assemble::Kind::names(),
         filter => context! { kind => q.kind, namespace => q.namespace, q => q.q },
         filtered,
         clusters => listing.clusters.into_iter().map(|c| ClusterView::new(c, now)).collect::<Vec<_>>(),
@@ -186,7 +185,7 @@ pub async fn cluster(
         }
         Err(e) => return failed(&site, e),
     };
-    let now = store::now_ns();
+    let now = crate::model::clock::now_ns();
     let live = format!("/cluster/{id}?fragment=1");
     let generation = site.generation();
     let days = view::bars(&detail.timeline_30d, 300.0, 48.0);

@@ -6,7 +6,7 @@ use std::{path::PathBuf, sync::Arc};
 
 use tokio::sync::{Mutex, Semaphore};
 
-use crate::store::Store;
+use crate::outputs::store::Store;
 
 /// Requests that may wait for the connection.
 const WAITING: usize = 32;

@@ -4,7 +4,7 @@
 //! every control character and bidirectional override made visible, as on a terminal.
 use serde::Serialize;
 
-use crate::store::{ClusterRow, Timeline};
+use crate::outputs::store::{ClusterRow, Timeline};
 
 /// One bar of a chart, in the chart's own units.
 #[derive(Debug, Serialize)]
@@ -34,8 +34,9 @@ pub fn bars(t: &Timeline, width: f32, height: f32) -> Vec<Bar> {
             } else {
                 (c as f32 / max * (height - 1.0)).max(2.0) + 1.0
             };
-            let start =
-                crate::context::rfc3339((t.start_unix + i as u64 * t.bucket_secs) * 1_000_000_000);
+            let start = crate::model::clock::rfc3339(
+                (t.start_unix + i as u64 * t.bucket_secs) * 1_000_000_000,
+            );
             let when = if daily {
                 start[..10].to_string()
             } else {
@@ -104,8 +105,7 @@ impl ClusterView {
 }
 
 fn hidden(c: char) -> bool {
-    (c.is_control() && c != '\n' && c != '\t')
-        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
+    (c.is_control() && c != '\n' && c != '\t') || crate::util::escape::is_bidi_control(c)
 }
 
 /// `s` with control characters (but newline and tab, which `<pre>` shows as such) and the

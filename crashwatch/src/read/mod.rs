@@ -1,0 +1,7 @@
+//! Readers of others' bytes: the binaries processes run ([`elf`], Go's own tables in
+//! [`gobin`]) and what dying runtimes print ([`parse`]). Pure: they take bytes and give
+//! facts, know nothing of the kernel, the pipeline or the outputs, and never die of their
+//! input. Above the model, below everything that reads a process.
+pub mod elf;
+pub mod gobin;
+pub mod parse;
