@@ -1,40 +1,10 @@
-//! What the agent opens at start besides the kernel side: the outputs behind stdout and the
-//! crash history with the clusters it knows. Each says what it opened, and a history that
+//! What the agent opens at start besides the kernel side and the outputs
+//! (`outputs::Outputs::open`): the crash history with the clusters it knows, and the listener. Each says what it opened, and a history that
 //! cannot be opened leaves the agent running with clusters counted from zero.
 use std::sync::Arc;
 
-use anyhow::Result;
-
 use super::Options;
-use crate::{
-    outputs as sink, outputs::store, outputs::Outputs, pipeline::cluster::Clusters,
-    util::escape::Esc,
-};
-
-/// The outputs besides stdout.
-pub(super) fn start_outputs(
-    file: Option<sink::FileOptions>,
-    webhooks: Vec<sink::WebhookOptions>,
-    metrics: &sink::metrics::Metrics,
-) -> Result<Outputs> {
-    let mut outputs = Outputs::default();
-    if let Some(f) = file {
-        let shown = f.path.display().to_string();
-        let (sink, warning) = sink::FileSink::open(f)?;
-        if let Some(w) = warning {
-            tracing::info!("{}", Esc(&w));
-        }
-        outputs.add("file", sink, metrics)?;
-        tracing::info!("reports also go to {}", Esc(&shown));
-    }
-    for w in webhooks {
-        let (name, shown) = (w.name, w.shown());
-        let hook = sink::Webhook::start(w, metrics)?;
-        outputs.add(name, hook, metrics)?;
-        tracing::info!("reports also go to the {}", Esc(&shown));
-    }
-    Ok(outputs)
-}
+use crate::{outputs as sink, outputs::store, pipeline::cluster::Clusters};
 
 /// The crash history and the clusters it knows; without one (`--no-store`, or a directory
 /// the agent cannot use), clusters are counted from zero in memory and the agent says so.

@@ -13,10 +13,7 @@
 //! twice across it.
 use std::sync::mpsc;
 
-use super::{
-    open,
-    reporter::{Job, Reporter},
-};
+use super::reporter::{Job, Reporter};
 use crate::{outputs as sink, pipeline::redact::Redactor};
 
 /// What a SIGHUP can change.
@@ -65,7 +62,11 @@ impl Reporter {
             file: r.file,
             webhooks: r.webhooks,
         };
-        match open::start_outputs(wanted.file.clone(), wanted.webhooks.clone(), &self.metrics) {
+        match crate::outputs::Outputs::open(
+            wanted.file.clone(),
+            wanted.webhooks.clone(),
+            &self.metrics,
+        ) {
             Ok(o) => {
                 self.outputs = o;
                 self.opened = wanted;
@@ -75,7 +76,7 @@ impl Reporter {
                     "reload: the new outputs do not open ({e:#}): going on with the ones before"
                 );
                 let was = self.opened.clone();
-                self.outputs = open::start_outputs(was.file, was.webhooks, &self.metrics)
+                self.outputs = crate::outputs::Outputs::open(was.file, was.webhooks, &self.metrics)
                     .unwrap_or_else(|e| {
                         tracing::error!("reload: the outputs before do not open again either ({e:#}): reports go to stdout and the crash history only");
                         sink::Outputs::default()

@@ -108,7 +108,8 @@ pub(super) async fn start(mut opts: Options) -> Result<Running> {
     let metrics = Metrics::new();
     let health = Arc::new(crate::web::Health::default());
     health.turned();
-    let outputs = open::start_outputs(opts.file.clone(), opts.webhooks.clone(), &metrics)?;
+    let outputs =
+        crate::outputs::Outputs::open(opts.file.clone(), opts.webhooks.clone(), &metrics)?;
     let go = GoProbes::start(probe, opts.go);
     let (control, ready, hand_over) = match opts.embed.take() {
         Some(e) => (Some(e.control), e.ready, Some((e.cgroup, e.reports))),

@@ -31,7 +31,7 @@ pub use file::{FileOptions, FileSink};
 pub use pretty::{frame, pretty};
 pub use webhook::{Webhook, WebhookFormat, WebhookOptions};
 
-use crate::model::report::Report;
+use crate::{model::report::Report, util::escape::Esc};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -162,6 +162,32 @@ pub struct Outputs {
 }
 
 impl Outputs {
+    /// The outputs besides stdout, built from the configuration: the one place they are
+    /// made (at start and at each SIGHUP), each said as it opens.
+    pub fn open(
+        file: Option<FileOptions>,
+        webhooks: Vec<WebhookOptions>,
+        metrics: &metrics::Metrics,
+    ) -> anyhow::Result<Outputs> {
+        let mut outputs = Outputs::default();
+        if let Some(f) = file {
+            let shown = f.path.display().to_string();
+            let (sink, warning) = FileSink::open(f)?;
+            if let Some(w) = warning {
+                tracing::info!("{}", Esc(&w));
+            }
+            outputs.add("file", sink, metrics)?;
+            tracing::info!("reports also go to {}", Esc(&shown));
+        }
+        for w in webhooks {
+            let (name, shown) = (w.name, w.shown());
+            let hook = Webhook::start(w, metrics)?;
+            outputs.add(name, hook, metrics)?;
+            tracing::info!("reports also go to the {}", Esc(&shown));
+        }
+        Ok(outputs)
+    }
+
     /// Starts `out` on its own thread.
     pub fn add(
         &mut self,
