@@ -1,6 +1,7 @@
 //! What the agent opens at start besides the kernel side and the outputs
-//! (`outputs::Outputs::open`): the crash history with the clusters it knows, and the listener. Each says what it opened, and a history that
-//! cannot be opened leaves the agent running with clusters counted from zero.
+//! (`outputs::Outputs::open`): the crash history with the clusters it knows, and the
+//! listener. Each says what it opened, and a history that cannot be opened leaves the agent
+//! running with clusters counted from zero.
 use std::sync::Arc;
 
 use super::Options;
