@@ -58,8 +58,8 @@ pub enum Kind {
     /// 1, a Rust panic and exit 101): see the crash's `error`.
     RuntimeError,
     /// Not a crash: a death someone asked for (SIGTERM, SIGINT, SIGKILL, ...; see
-    /// `pipeline::assemble::policy`). Counted, reported only when asked for; never stored, so no filter of the
-    /// crash history offers it.
+    /// `pipeline::assemble::policy`). Counted, reported only when asked for; never stored, so no
+    /// filter of the crash history offers it.
     #[value(skip)]
     Termination,
 }

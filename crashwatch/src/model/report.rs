@@ -64,7 +64,8 @@ pub struct Report {
     /// `--report-terminations`): the stop request it followed, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub termination: Option<TerminationInfo>,
-    /// Kernel events lost (ring buffer full, recursion misses not redone) since the previous report.
+    /// Kernel events lost (ring buffer full, recursion misses not redone) since the previous
+    /// report.
     pub lost_before: u64,
     /// Why this report is less than whole (building it failed; what is here was known
     /// without it).
@@ -232,7 +233,8 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 impl Report {
-    /// A report from its JSON, as an agent of any version wrote it (see [`crate::model::readback`]).
+    /// A report from its JSON, as an agent of any version wrote it (see
+    /// [`crate::model::readback`]).
     pub fn from_json(json: &str) -> serde_json::Result<Report> {
         serde_json::from_str(json)
     }

@@ -1,5 +1,8 @@
 //! Outputs: where reports go once they are whole (symbolized, enriched, redacted, clustered);
-//! the layer above the pipeline. The crash history is here too ([`store`]).
+//! the layer above the pipeline. The crash history is here too ([`store`]). Three consumers
+//! stand beside the [`Output`] trait on purpose: stdout is written on the report thread so a
+//! report is out before the next is built, the store is also read (the page, `report`) and
+//! keeps its own writer thread, and the metrics are pulled by a scraper, not pushed to.
 //!
 //! Stdout ([`Stdout`]) is written on the report thread itself, flushed per report so a pipe
 //! or a log shipper sees each crash as it happens. Every other output ([`Output`]: the file,

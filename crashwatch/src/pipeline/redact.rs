@@ -1,7 +1,7 @@
-//! Redaction: masks secrets in what a report quotes from the process (its command line, its
-//! error messages, the runtime's output and its last words) after the report is enriched
-//! and before it is fingerprinted, stored or sent anywhere, so no sink and no crash history
-//! ever holds them.
+//! Redact (the pipeline's fourth stage, after enrich): masks secrets in what a report quotes from
+//! the process (its command line, its error messages, the runtime's output and its last words)
+//! after the report is enriched and before it is fingerprinted, stored or sent anywhere, so no sink
+//! and no crash history ever holds them.
 //!
 //! The default rules (off with `--no-default-redact`) keep a secret's name and mask its value:
 //! `password=…`, `passwd`, `pwd`, `secret`, `token`, `api_key`/`api-key`, `access_key`,

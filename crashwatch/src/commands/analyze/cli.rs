@@ -1,5 +1,5 @@
-//! `crashwatch analyze`: crashes already in logs, explained by [`crate::commands::analyze`]. Files are
-//! opened by path (this is a user's command: no process's view to go through); `-` is stdin.
+//! `crashwatch analyze`: crashes already in logs, explained by [`crate::commands::analyze`]. Files
+//! are opened by path (this is a user's command: no process's view to go through); `-` is stdin.
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use clap::Args;

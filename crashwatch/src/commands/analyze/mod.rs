@@ -1,10 +1,10 @@
-//! `crashwatch analyze`: crashes already sitting in logs. A file (or stdin) is read once, as
-//! a stream: decompressed if gzip, decoded from its log format ([`crate::read::parse::logs`]), cut
+//! `crashwatch analyze`: crashes already sitting in logs. A file (or stdin) is read once, as a
+//! stream: decompressed if gzip, decoded from its log format ([`crate::read::parse::logs`]), cut
 //! into the blocks where a runtime printed a death ([`crate::read::parse::blocks`]), each block
 //! parsed by the same parsers the agent runs on a dying process's last words
 //! ([`crate::read::parse::recognise`]) and fingerprinted by the agent's own code
-//! ([`crate::pipeline::cluster::fingerprint`]), so a crash found here falls in the cluster the agent
-//! would have put it in (given the program's name, which logs do not say). `gctrace` lines
+//! ([`crate::pipeline::cluster::fingerprint`]), so a crash found here falls in the cluster the
+//! agent would have put it in (given the program's name, which logs do not say). `gctrace` lines
 //! become GC statistics ([`gc`]).
 //!
 //! Memory is bounded by the limits of the stages (a line, a block's text, distinct stacks,

@@ -1,9 +1,8 @@
-//! The cgroup `crashwatch exec` runs its command in: every descendant stays in it (a daemon
-//! that double-forks away from the process tree included), so "the command's crashes" is
-//! "the crashes in this cgroup", which the kernel already tells the agent. Made at the root
-//! of the hierarchy reports name, named after our pid; at the end what still runs in it is moved back to
-//! where `crashwatch exec` itself runs (we never kill what the command left running), and it
-//! is removed.
+//! The cgroup `crashwatch exec` runs its command in: every descendant stays in it (a daemon that
+//! double-forks away from the process tree included), so "the command's crashes" is "the crashes in
+//! this cgroup", which the kernel already tells the agent. Made at the root of the hierarchy
+//! reports name, named after our pid; at the end what still runs in it is moved back to where
+//! `crashwatch exec` itself runs (we never kill what the command left running), and it is removed.
 use std::{fs, io::Write, path::PathBuf};
 
 use anyhow::{Context, Result};

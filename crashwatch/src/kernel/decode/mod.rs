@@ -1,6 +1,6 @@
-//! Decode: ring buffer bytes → typed records. Owns the conversion from the kernel's
-//! fixed-size C structs (crashwatch-common) to plain Rust values; checks sizes, never trusts
-//! lengths the kernel wrote.
+//! Decode (the kernel layer's last step; the pipeline starts with its records): ring buffer bytes →
+//! typed records. Owns the conversion from the kernel's fixed-size C structs (crashwatch-common) to
+//! plain Rust values; checks sizes, never trusts lengths the kernel wrote.
 pub use crate::model::record::*;
 use anyhow::{bail, Result};
 use crashwatch_common as c;

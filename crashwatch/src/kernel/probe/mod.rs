@@ -1,5 +1,6 @@
-//! Probe: loads crashwatch's eBPF programs into the running kernel, attaches them, and exposes
-//! the ring buffer and the loss counters (failed ring buffer writes, recursion misses).
+//! Probe (the kernel layer, under the pipeline): loads crashwatch's eBPF programs into the running
+//! kernel, attaches them, and exposes the ring buffer and the loss counters (failed ring buffer
+//! writes, recursion misses).
 //!
 //! Each tracepoint's program is attached as three copies, in order (see the eBPF crate's docs):
 //! the kernel's recursion guard skips a program on a CPU where a preempted task is inside it,

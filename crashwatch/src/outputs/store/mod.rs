@@ -1,8 +1,8 @@
-//! Store: this node's crash history in SQLite (rusqlite, bundled) under `--state-dir`:
-//! clusters and their reports with the full report JSON, kept by count per cluster, by age
-//! and by size. The agent writes through [`Writer`], a thread of its own behind a bounded
-//! queue, so a slow disk delays no report; `crashwatch report` reads it while the agent
-//! runs (WAL).
+//! Store (an output, read back by the web layer and `crashwatch report`): this node's crash history
+//! in SQLite (rusqlite, bundled) under `--state-dir`: clusters and their reports with the full
+//! report JSON, kept by count per cluster, by age and by size. The agent writes through [`Writer`],
+//! a thread of its own behind a bounded queue, so a slow disk delays no report; `crashwatch report`
+//! reads it while the agent runs (WAL).
 //!
 //! The agent never crash-loops on its own state: a database it cannot open or read is moved
 //! aside with one warning and a fresh one started; a directory it cannot write leaves the

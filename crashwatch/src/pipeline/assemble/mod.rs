@@ -1,10 +1,11 @@
-//! Assemble: folds the kernel's records into exactly one [`Crash`] per dying process.
+//! Assemble (the pipeline's first stage, fed by `kernel::decode`): folds the kernel's records into
+//! exactly one [`Crash`] per dying process.
 //!
-//! Owns the per-process state: what each live process runs (from exec and identity records
-//! and the start-up scan) and the open case of each process that showed a crash sign (a fatal signal, an OOM
-//! mark). The process's whole-group exit closes its case: only then is the kind known (SIGTERM
-//! by default action is a crash). A Go process's case also gathers its runtime's fatal-path
-//! record and printed output.
+//! Owns the per-process state: what each live process runs (from exec and identity records and the
+//! start-up scan) and the open case of each process that showed a crash sign (a fatal signal, an
+//! OOM mark). The process's whole-group exit closes its case: only then is the kind known (SIGTERM
+//! by default action is a crash). A Go process's case also gathers its runtime's fatal-path record
+//! and printed output.
 //!
 //! A fault the process handled itself is blamed for its death only when the death says so:
 //! the process died of a signal, a Go binary exited 2 after its handler ran (that is how Go's

@@ -1,9 +1,9 @@
-//! Cluster: which reports are the same bug, and how often it happens. [`fingerprint`]
-//! computes the versioned value each report carries (docs/fingerprint.md); [`Clusters`]
-//! counts each fingerprint's crashes in memory (loaded from the store at start), so a report
-//! leaves with its cluster's count and loop flag without waiting on the disk, and flags a
-//! cluster that crashes `loop_count` times within `loop_window` as a crash loop, and
-//! [`attribution`] says which build a new cluster is a regression of.
+//! Cluster (the pipeline's last stage, before the outputs): which reports are the same bug, and how
+//! often it happens. [`fingerprint`] computes the versioned value each report carries
+//! (docs/fingerprint.md); [`Clusters`] counts each fingerprint's crashes in memory (loaded from the
+//! store at start), so a report leaves with its cluster's count and loop flag without waiting on
+//! the disk, and flags a cluster that crashes `loop_count` times within `loop_window` as a crash
+//! loop, and [`attribution`] says which build a new cluster is a regression of.
 pub use crate::model::cluster::ClusterInfo;
 pub mod attribution;
 pub mod fingerprint;

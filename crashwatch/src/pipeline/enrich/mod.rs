@@ -1,6 +1,6 @@
-//! Context (the enrich stage): adds what the kernel records do not carry (host name, resolved
-//! executable path, signal and register names, wall-clock time, the container and pod from
-//! the cgroup path: [`cgroup`]) and builds the [`Report`]. Also owns reading /proc for
+//! Enrich (the pipeline's third stage, after symbolize): adds what the kernel records do not carry
+//! (host name, resolved executable path, signal and register names, wall-clock time, the container
+//! and pod from the cgroup path: [`cgroup`]) and builds the [`Report`]. Also owns reading /proc for
 //! processes that were running before the agent started.
 pub mod cgroup;
 pub mod container;

@@ -1,5 +1,5 @@
-//! Symbolize: turns a dying thread's captured state into frames, each with its module, file
-//! offset, function, source file and line.
+//! Symbolize (the pipeline's second stage, after assemble): turns a dying thread's captured state
+//! into frames, each with its module, file offset, function, source file and line.
 //!
 //! - **Where the frames are** ([`unwind`]): the kernel's frame-pointer walk, and a CFI walk
 //!   (framehop) over the stack copy the kernel took at the fatal signal, spliced together.

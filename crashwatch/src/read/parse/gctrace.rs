@@ -2,7 +2,8 @@
 //! (runtime/mgc.go, every version since 1.5 in this shape; `stacks` and `globals` since
 //! 1.18 are not needed here):
 //!
-//! `gc 12 @3.456s 4%: 0.018+1.2+0.004 ms clock, 0.07+0.5/1.1/0+0.01 ms cpu, 4->5->1 MB, 5 MB goal, 0 MB stacks, 0 MB globals, 4 P (forced)`
+//! `gc 12 @3.456s 4%: 0.018+1.2+0.004 ms clock, 0.07+0.5/1.1/0+0.01 ms cpu, 4->5->1 MB, 5 MB goal,
+//! 0 MB stacks, 0 MB globals, 4 P (forced)`
 //!
 //! The number of the collection, seconds since the program started, the share of CPU time
 //! spent in GC since then, the wall-clock time of its phases (the first and the last stop
