@@ -139,12 +139,7 @@ impl Enricher {
             k8s: place.as_ref().and_then(|p| p.k8s.clone()),
             signal,
             exit: ExitInfo::from_status(c.status),
-            // From the last words; a Go binary's own runtime output otherwise (the kernel
-            // keeps no last words where the write hooks could not be attached).
-            error: c
-                .error
-                .clone()
-                .or_else(|| go_info.as_ref().and_then(|g| parse::recognise(&g.stderr))),
+            error: death(c, go_info.as_ref()),
             last_words: c.last_words.as_ref().map(|w| {
                 let (text, cut) = capped_text(&w.text, self.last_words_max);
                 LastWordsInfo {
@@ -209,6 +204,24 @@ fn oom(o: &crate::kernel::decode::Oom, cgroup: Option<&str>) -> crate::model::re
         });
     }
     info
+}
+
+/// The death the runtime announced: from the last words; for a Go death, from the runtime's
+/// own output when its probes caught it (the uprobes have no recursion guard, while on 7.x
+/// the write hooks can skip a write and leave a gap in the last words: the 7.3 VM once headed
+/// a nested panic with a frame line so); a Go binary's own output where the kernel kept no
+/// last words (the write hooks could not be attached).
+fn death(c: &Crash, go: Option<&GoInfo>) -> Option<crate::model::death::Death> {
+    let printed = || go.and_then(|g| parse::recognise(&g.stderr));
+    match &c.error {
+        Some(d) if d.runtime == "go" && c.output.total > 0 => Some(
+            printed()
+                .filter(|p| p.runtime == "go")
+                .unwrap_or_else(|| d.clone()),
+        ),
+        Some(d) => Some(d.clone()),
+        None => printed(),
+    }
 }
 
 /// A Go runtime's dying words as the process's last words hold them (from the first line
@@ -401,4 +414,59 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::crash::{Kind, Output};
+
+    const FULL: &str = "panic: boom: connection reset\n\tpanic: boom: cleanup failed\n\ngoroutine 1 [running]:\nmain.main.func3.1()\n\t/src/app/main.go:20 +0x1d\nmain.main()\n\t/src/app/main.go:25 +0x25\nexit status 2\n";
+    /// The same words with the writes between `panic: ` and the first frame skipped, as the
+    /// 7.3 VM's write hook once left them.
+    const GAPPED: &str =
+        "panic: main.main.func3.1()\n\t/src/app/main.go:20 +0x1d\nmain.main()\n\t/src/app/main.go:25 +0x25\n";
+
+    fn crash(words: &str, output: &str) -> Crash {
+        Crash {
+            kind: Kind::GoPanic,
+            head: Default::default(),
+            proc: None,
+            signal: None,
+            status: 2 << 8,
+            go: None,
+            output: Output {
+                head: output.as_bytes().to_vec(),
+                total: output.len() as u64,
+                ..Output::default()
+            },
+            last_words: None,
+            error: parse::recognise(words),
+            hold: 0,
+            asked: None,
+            oom: None,
+        }
+    }
+
+    #[test]
+    fn a_go_death_comes_whole_from_the_runtimes_output_over_gapped_last_words() {
+        let c = crash(GAPPED, FULL);
+        assert_eq!(c.error.as_ref().map(|d| d.runtime), Some("go"));
+        let go = GoInfo {
+            stderr: FULL.into(),
+            ..GoInfo::default()
+        };
+        let d = death(&c, Some(&go)).unwrap();
+        assert_eq!(d.headline, "panic: boom: connection reset");
+        assert_eq!(d.chain.len(), 2);
+        // Without the runtime's output, the last words are what there is.
+        let words_only = crash(GAPPED, "");
+        assert_eq!(
+            death(&words_only, None).map(|d| d.headline),
+            Some("panic: main.main.func3.1()".to_string())
+        );
+        // A death of another runtime in the last words stays theirs.
+        let py = crash("Traceback (most recent call last):\n  File \"/a.py\", line 1, in <module>\nValueError: x\n", FULL);
+        assert_eq!(death(&py, Some(&go)).map(|d| d.runtime), Some("python"));
+    }
 }
