@@ -41,6 +41,11 @@ fn on_a_terminal(script: &str) -> (Child, std::fs::File) {
             // terminal's foreground group, the one ^C and ^\ signal. No core file for ^\.
             libc::setsid();
             libc::ioctl(slave, libc::TIOCSCTTY, 0);
+            // What a terminal's program gets: ^C and ^\ at their default action, even when
+            // the tests were started in the background by a shell without job control,
+            // which starts them with SIGINT and SIGQUIT ignored (inherited across exec).
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGQUIT, libc::SIG_DFL);
             for fd in 0..3 {
                 libc::dup2(slave, fd);
             }
