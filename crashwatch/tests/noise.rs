@@ -41,11 +41,7 @@ fn on_a_terminal(script: &str) -> (Child, std::fs::File) {
             // terminal's foreground group, the one ^C and ^\ signal. No core file for ^\.
             libc::setsid();
             libc::ioctl(slave, libc::TIOCSCTTY, 0);
-            // What a terminal's program gets: ^C and ^\ at their default action, even when
-            // the tests were started in the background by a shell without job control,
-            // which starts them with SIGINT and SIGQUIT ignored (inherited across exec).
-            libc::signal(libc::SIGINT, libc::SIG_DFL);
-            libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+            default_signals();
             for fd in 0..3 {
                 libc::dup2(slave, fd);
             }
@@ -86,10 +82,28 @@ fn typed(key: u8) -> (u32, Option<i32>) {
     (pid, child.wait().unwrap().signal())
 }
 
+/// Signals a program started from a terminal has at their default action, whatever the
+/// tests were started with: a shell without job control starts background jobs with SIGINT
+/// and SIGQUIT ignored, `nohup` ignores SIGHUP, and ignored dispositions survive exec.
+fn default_signals() {
+    for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGHUP] {
+        // SAFETY: async-signal-safe, between fork and exec.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
+}
+
 /// Runs `sh -c script`; its pid and terminating signal.
 fn sh(script: &str) -> (u32, Option<i32>) {
-    use std::os::unix::process::ExitStatusExt;
-    let mut c = Command::new("sh")
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let mut cmd = Command::new("sh");
+    // SAFETY: the hook only resets signal dispositions.
+    unsafe {
+        cmd.pre_exec(|| {
+            default_signals();
+            Ok(())
+        })
+    };
+    let mut c = cmd
         .args(["-c", script])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
