@@ -1,6 +1,8 @@
 //! The file output (`--output-file`): JSON lines, the same objects as `--output json`, each
 //! written with one `write(2)` on an `O_APPEND` descriptor, so after a `kill -9` of the agent
-//! every line in the file is a whole report.
+//! every line in the file is a whole report. A reader tailing the file can still see a line
+//! while that write is being copied in (Linux reads take no lock against writes): a shipper
+//! takes lines up to their newline, as Vector and Fluent Bit do.
 //!
 //! Durability: the file is `fdatasync`ed whenever the output's queue runs empty, so after a
 //! power cut at most the reports of the last batch are missing (one report when crashes are
