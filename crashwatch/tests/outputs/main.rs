@@ -315,9 +315,14 @@ fn a_webhook_down_for_30_s_and_an_agent_restart_lose_and_reorder_nothing() {
     ep.bring_up();
     wait_until("all 10 reports at the endpoint", || ep.pids().len() >= 10);
     std::thread::sleep(Duration::from_secs(1));
+    // This test's crashes (a crash elsewhere on the host reaches the endpoint too).
+    let mine: Vec<u64> = ep
+        .pids()
+        .into_iter()
+        .filter(|p| crashed.contains(p))
+        .collect();
     assert_eq!(
-        ep.pids(),
-        crashed,
+        mine, crashed,
         "every report once, in the order of the crashes"
     );
     let got = ep.got.lock().unwrap().clone();
