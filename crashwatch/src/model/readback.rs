@@ -47,6 +47,9 @@ impl Address {
 
 /// A name kept as `&'static str`: each distinct text is allocated once for the life of the
 /// process (a command reading reports back meets a few dozen: kinds, runtimes, code names).
+/// A process that reads reports others send (the hub) meets whatever they send: past
+/// [`NAMES`] distinct names a new one reads as [`NOT_KEPT`], so memory stays bounded
+/// (the hub keeps each report's text as sent; only what it derives shows the stand-in).
 pub fn interned<'de, D: Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
     String::deserialize(d).map(intern)
 }
@@ -55,13 +58,30 @@ pub fn interned_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'static s
     Ok(Option::<String>::deserialize(d)?.map(intern))
 }
 
+/// Distinct names kept at most.
+const NAMES: usize = 4096;
+/// What a name past [`NAMES`] reads as.
+pub const NOT_KEPT: &str = "(name not kept)";
+
 fn intern(s: String) -> &'static str {
     static SEEN: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
     let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(k) = seen.get(s.as_str()) {
         return k;
     }
+    if seen.len() >= NAMES || s.len() > 256 {
+        return NOT_KEPT;
+    }
     let k: &'static str = Box::leak(s.into_boxed_str());
     seen.insert(k);
     k
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_name_past_the_bound_is_not_kept() {
+        assert_eq!(super::intern("signal".into()), "signal");
+        assert_eq!(super::intern("x".repeat(300)), super::NOT_KEPT);
+    }
 }
