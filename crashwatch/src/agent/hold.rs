@@ -110,12 +110,6 @@ pub(super) struct Keys {
     boot: String,
 }
 
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
 fn parse(text: &str, boot: &str) -> Vec<Key> {
     let mut lines = text.lines();
     if lines.next() != Some(&format!("boot {boot}")) {
@@ -164,7 +158,7 @@ impl Keys {
             .mode(0o700)
             .create(dir)?;
         let path = dir.join("reported-keys");
-        let boot = boot_id();
+        let boot = crate::util::boot_id();
         let mut text = String::new();
         if let Ok(f) = std::fs::OpenOptions::new()
             .read(true)

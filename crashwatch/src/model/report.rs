@@ -23,6 +23,13 @@ pub struct Report {
     pub tid: u32,
     pub ppid: u32,
     pub uid: u32,
+    /// The process's start (the kernel's `start_time` of its leader, ns since boot): with
+    /// `boot_id`, `host` and `pid`, names one process of one node for good (the hub's key).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub start_time_ns: u64,
+    /// The node's boot (`/proc/sys/kernel/random/boot_id`); empty when unreadable.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub boot_id: String,
     pub comm: String,
     /// Absolute path of the executable in the process's view, or absent.
     pub exe: Option<String>,
@@ -249,6 +256,10 @@ pub fn hex_opt<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> 
         Some(v) => hex(v, s),
         None => s.serialize_none(),
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

@@ -29,6 +29,8 @@ fn full() -> Report {
         tid: 2775,
         ppid: 1,
         uid: 1000,
+        start_time_ns: 81_023_000_000,
+        boot_id: "5d2b7c1e-8a41-4a8e-9d4c-3f1f0e6a7b90".into(),
         comm: "api\u{1b}[2J".into(),
         exe: Some("/srv/api".into()),
         cmdline: vec!["/srv/api".into(), "--port".into(), "80".into()],

@@ -3,3 +3,10 @@
 pub mod escape;
 pub mod log;
 pub mod privileges;
+
+/// This boot of the node (`/proc/sys/kernel/random/boot_id`); empty when unreadable.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}

@@ -19,6 +19,7 @@ use crate::{
 
 pub struct Enricher {
     host: String,
+    boot_id: String,
     /// Containers and pods, noted by the record loop at a process's first sight.
     containers: std::sync::Arc<container::Containers>,
     /// `struct pt_regs` member names and byte offsets, from BTF.
@@ -35,6 +36,7 @@ impl Enricher {
     ) -> Self {
         Enricher {
             host: hostname(),
+            boot_id: crate::util::boot_id(),
             containers,
             regs,
             last_words_max,
@@ -130,6 +132,8 @@ impl Enricher {
             tid: c.signal.as_ref().map_or(c.head.pid, |s| s.head.tid),
             ppid: c.head.ppid,
             uid: c.head.uid,
+            start_time_ns: c.head.start_ns,
+            boot_id: self.boot_id.clone(),
             comm: c.head.comm.clone(),
             exe: proc.and_then(|p| p.exe.clone()),
             cmdline,
