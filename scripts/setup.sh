@@ -15,6 +15,7 @@ APT_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev gcc libc6-dev pkg-c
           openjdk-17-jdk-headless       # a JVM whose routine faults must not be blamed
           nodejs g++                    # runtimes whose dying words the last-words tests read
           chromium chromium-driver fonts-dejavu-core  # the browser the crash page's test drives
+          postgresql-15                 # the database the hub's tests start (initdb in a temp dir)
           bpftrace libbpf-tools)  # the peers `cargo xtask bench` measures against
 missing=()
 for p in "${APT_PKGS[@]}"; do

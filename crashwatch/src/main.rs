@@ -6,7 +6,8 @@
 //! the report and its parts) → [`read`] (pure readers of others' bytes: ELF, Go tables,
 //! runtimes' dying words) → [`kernel`] (the programs, the ring buffer, decoding) →
 //! [`pipeline`] (assemble → symbolize → enrich → redact → cluster) → [`outputs`] (every
-//! consumer of reports, and the crash history) → [`web`] → [`agent`] (wires it all) →
+//! consumer of reports, and the crash history) → [`web`] → [`hub`] (the fleet's server on
+//! PostgreSQL) → [`agent`] (wires it all) →
 //! [`commands`] (the command line, thin).
 mod agent;
 mod commands;
@@ -14,6 +15,7 @@ mod commands;
 #[cfg(test)]
 #[path = "../tests/common/gobuild.rs"]
 mod gobuild;
+mod hub;
 mod kernel;
 mod model;
 mod outputs;

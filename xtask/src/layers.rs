@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 
 /// The crate's layers, bottom first.
 pub const LAYERS: &[&str] = &[
-    "util", "model", "read", "kernel", "pipeline", "outputs", "web", "agent", "commands",
+    "util", "model", "read", "kernel", "pipeline", "outputs", "web", "hub", "agent", "commands",
 ];
 /// The pipeline's stages, in the order data passes them (peers to this check).
 pub const STAGES: &[&str] = &[

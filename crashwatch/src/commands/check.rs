@@ -178,13 +178,18 @@ pub fn sinks(outputs: &super::outputs::OutputArgs, state_dir: &Path, no_store: b
     if let Some(f) = outputs.file() {
         record("file", crate::outputs::FileSink::probe(&f), fix);
     }
-    let mut hooks = outputs.webhooks(state_dir);
-    hooks.extend(outputs.otlp(state_dir));
+    let hooks = match outputs.network(state_dir) {
+        Ok(h) => h,
+        Err(e) => {
+            record("hub", Err(e), "give --hub and --hub-token-file together");
+            Vec::new()
+        }
+    };
     for w in &hooks {
         record(
             w.name,
             crate::outputs::Webhook::probe(w),
-            "check the URL, the endpoint and its TLS certificate (--webhook-ca, --otlp-ca)",
+            "check the URL, the endpoint and its TLS certificate (--webhook-ca, --otlp-ca, --hub-ca)",
         );
     }
     if let Some(addr) = outputs.listen() {

@@ -8,6 +8,7 @@ pub mod analyze;
 mod check;
 mod config;
 pub mod exec;
+mod hub;
 pub mod out;
 mod outputs;
 mod reload;
@@ -54,6 +55,10 @@ enum Cmd {
     /// that double-fork away) and nothing else on the host; exit with a status that fails a
     /// CI job when anything crashed (docs/exec.md). Needs what `run` needs.
     Exec(exec::cli::ExecArgs),
+    /// The fleet's hub: receives every node's reports and heartbeats (agents' --hub),
+    /// stores them in PostgreSQL, and serves the fleet's clusters, nodes and /metrics
+    /// (docs/fleet.md). Stateless: run as many replicas as you like beside one database.
+    Hub(hub::HubArgs),
     /// The crash history (what `run` stored under --state-dir): clusters, most recent activity
     /// first, with counts, first and last seen, what they hit and crash loops; or one cluster
     /// with its latest reports. Reads while the agent runs.
@@ -312,6 +317,7 @@ pub fn main() -> ExitCode {
         Cmd::Report(args) => report::run(args),
         Cmd::Analyze(args) => analyze::cli::run(args),
         Cmd::Exec(args) => exec::cli::run(args),
+        Cmd::Hub(args) => hub::run(args),
         Cmd::UninstallBpf { pin_dir } => match crate::kernel::probe::pin::uninstall(&pin_dir) {
             Ok(0) => out::print(
                 &format!("nothing pinned under {}\n", pin_dir.display()),
@@ -389,8 +395,13 @@ pub fn main() -> ExitCode {
                 }
             };
             let file = outputs.file();
-            let mut webhooks = outputs.webhooks(&history.state_dir);
-            webhooks.extend(outputs.otlp(&history.state_dir));
+            let webhooks = match outputs.network(&history.state_dir) {
+                Ok(w) => w,
+                Err(e) => {
+                    crate::say!("crashwatch: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
             if output == sink::Format::None
                 && file.is_none()
                 && webhooks.is_empty()

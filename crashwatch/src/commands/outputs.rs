@@ -49,6 +49,18 @@ pub struct OutputArgs {
     #[arg(long, value_name = "MIB", default_value_t = 64,
           value_parser = clap::value_parser!(u64).range(1..))]
     spool_max_mib: u64,
+    /// Send each report to the fleet's hub (`crashwatch hub`) at this base URL
+    /// (`https://crashwatch-hub:9722`); repeatable: later ones are tried when the first
+    /// cannot be reached. Spooled and retried as webhooks are; a heartbeat every 30 s tells
+    /// the hub this node is alive. Needs --hub-token-file.
+    #[arg(long, value_name = "URL")]
+    hub: Vec<String>,
+    /// The hub's ingest token (the file's first line), sent as `Authorization: Bearer`.
+    #[arg(long, value_name = "FILE")]
+    hub_token_file: Option<PathBuf>,
+    /// Trust only the PEM certificates in this file for an https hub.
+    #[arg(long, value_name = "FILE")]
+    hub_ca: Option<PathBuf>,
     /// Send each report as an OpenTelemetry log record (OTLP/HTTP, protobuf) to this
     /// collector: `http://collector:4318` (`/v1/logs` is added) or the full logs URL. Spooled
     /// and retried as webhooks are.
@@ -167,6 +179,38 @@ impl OutputArgs {
             .collect()
     }
 
+    /// Every network output: the webhooks, OTLP and the hub, each with its spool.
+    pub fn network(&self, state_dir: &std::path::Path) -> anyhow::Result<Vec<WebhookOptions>> {
+        let mut all = self.webhooks(state_dir);
+        all.extend(self.otlp(state_dir));
+        all.extend(self.hub(state_dir)?);
+        Ok(all)
+    }
+
+    /// The hub output's options: its first URL, the others as fallbacks, the token.
+    fn hub(&self, state_dir: &std::path::Path) -> anyhow::Result<Option<WebhookOptions>> {
+        use anyhow::Context;
+        let reports = |base: &String| format!("{}/api/v1/reports", base.trim_end_matches('/'));
+        let Some(first) = self.hub.first() else {
+            if self.hub_token_file.is_some() {
+                anyhow::bail!("--hub-token-file without --hub: where should reports go?");
+            }
+            return Ok(None);
+        };
+        let Some(file) = &self.hub_token_file else {
+            anyhow::bail!("--hub needs --hub-token-file (the hub's ingest token)");
+        };
+        let token = crate::web::read_token(file)
+            .with_context(|| format!("--hub-token-file {}", file.display()))?;
+        Ok(Some(WebhookOptions {
+            headers: vec![("Authorization".into(), format!("Bearer {token}"))],
+            ca: self.hub_ca.clone(),
+            fallbacks: self.hub[1..].iter().map(reports).collect(),
+            heartbeat: true,
+            ..self.http_output("hub", reports(first), state_dir)
+        }))
+    }
+
     /// The OTLP output's options, with a spool of its own under `state_dir`.
     pub fn otlp(&self, state_dir: &std::path::Path) -> Option<WebhookOptions> {
         let base = self.otlp_endpoint.as_ref()?.trim_end_matches('/');
@@ -201,6 +245,8 @@ impl OutputArgs {
             spool_dir: state_dir.join(format!("spool/{name}-{h:016x}")),
             spool_max_bytes: self.spool_max_mib << 20,
             retry_max: std::time::Duration::from_secs(self.webhook_retry_max),
+            fallbacks: Vec::new(),
+            heartbeat: false,
             url,
         }
     }

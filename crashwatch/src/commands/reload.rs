@@ -77,8 +77,7 @@ pub fn reloader(
         let (output, outputs, history) = (run.output, run.outputs, run.history);
         let redactor = outputs.redactor()?;
         let file = outputs.file();
-        let mut webhooks = outputs.webhooks(&state_dir);
-        webhooks.extend(outputs.otlp(&state_dir));
+        let webhooks = outputs.network(&state_dir)?;
         if output == sink::Format::None && file.is_none() && webhooks.is_empty() && history.no_store
         {
             bail!("--output none with --no-store and no --output-file: reports would go nowhere");

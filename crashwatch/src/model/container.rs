@@ -43,3 +43,54 @@ pub struct K8sInfo {
     pub container: Option<String>,
     pub node: String,
 }
+
+/// The workload a pod belongs to, from its name as the controllers make it: a Deployment's
+/// pod is `NAME-<pod-template-hash>-<5>`, a DaemonSet's and a Job's `NAME-<5>`, a
+/// StatefulSet's `NAME-<ordinal>`; a name of no such shape is its own workload (a bare pod).
+/// The generated parts use Kubernetes' safe alphabet (`bcdfghjklmnpqrstvwxz2456789`), so a
+/// word such as `-redis` is not taken for one.
+pub fn workload(pod: &str) -> &str {
+    fn generated(s: &str, lengths: std::ops::RangeInclusive<usize>) -> bool {
+        lengths.contains(&s.len())
+            && s.bytes()
+                .all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b))
+    }
+    let Some((rest, last)) = pod.rsplit_once('-') else {
+        return pod;
+    };
+    if rest.is_empty() {
+        return pod;
+    }
+    if !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) {
+        return rest;
+    }
+    if !generated(last, 5..=5) {
+        return pod;
+    }
+    match rest.rsplit_once('-') {
+        Some((name, hash)) if !name.is_empty() && generated(hash, 6..=10) => name,
+        _ => rest,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::workload;
+
+    #[test]
+    fn a_pods_workload_is_its_controllers_name() {
+        for (pod, w) in [
+            ("api-7c9f8d6b5-x2k4q", "api"),
+            ("checkout-api-5d4f7b8c9d-7xkzp", "checkout-api"),
+            ("node-exporter-8xk2z", "node-exporter"),
+            ("postgres-0", "postgres"),
+            ("web-12", "web"),
+            ("migrate-db-2q7wf", "migrate-db"),
+            ("my-redis", "my-redis"),
+            ("standalone", "standalone"),
+            ("-0", "-0"),
+        ] {
+            assert_eq!(workload(pod), w, "{pod}");
+        }
+    }
+}

@@ -9,7 +9,10 @@
 //! make a series per crash.
 use std::{
     collections::HashSet,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
 };
 
 use prometheus_client::{
@@ -82,6 +85,17 @@ pub struct Metrics {
     delivered: Family<SinkLabel, Counter>,
     /// Reports waiting in the network outputs' spools.
     pub spooled: Gauge,
+    /// What the hub's heartbeat says of this node (shared with the hub output's sender).
+    pub totals: Arc<Totals>,
+}
+
+/// Sums the heartbeat reads without walking the label families.
+#[derive(Debug, Default)]
+pub struct Totals {
+    pub crashes: AtomicU64,
+    pub lost: AtomicU64,
+    /// Unix ns of the last crash counted; 0: none since the start.
+    pub last_crash_ns: AtomicU64,
 }
 
 impl Metrics {
@@ -182,6 +196,7 @@ impl Metrics {
             sink_errors,
             delivered,
             spooled,
+            totals: Arc::default(),
         })
     }
 
@@ -219,6 +234,10 @@ impl Metrics {
             }
         }
         self.crashes.get_or_create(&l).inc();
+        self.totals.crashes.fetch_add(1, Ordering::Relaxed);
+        self.totals
+            .last_crash_ns
+            .store(crate::model::clock::now_ns(), Ordering::Relaxed);
         if let Some(w) = &r.last_words {
             self.unreadable.inc_by(w.unreadable);
         }
@@ -262,6 +281,7 @@ impl Metrics {
     /// Kernel records lost for `reason` since the last call.
     pub fn lost(&self, reason: &str, n: u64) {
         if n > 0 {
+            self.totals.lost.fetch_add(n, Ordering::Relaxed);
             self.lost
                 .get_or_create(&ReasonLabel {
                     reason: reason.into(),

@@ -47,7 +47,16 @@ pub struct WebhookOptions {
     pub spool_dir: PathBuf,
     pub spool_max_bytes: u64,
     pub retry_max: Duration,
+    /// URLs tried in turn after `url` when it cannot take a report (the hub's other
+    /// addresses); the sender stays with the one that answered.
+    pub fallbacks: Vec<String>,
+    /// The hub: every [`HEARTBEAT`], POST the node's inventory to `/api/v1/heartbeat` beside
+    /// the reports' path.
+    pub heartbeat: bool,
 }
+
+/// How often the hub hears from a node that has nothing to report.
+pub const HEARTBEAT: Duration = Duration::from_secs(30);
 
 impl WebhookOptions {
     /// The output as the log and `check` name it: `webhook https://host/***`, credentials
@@ -85,6 +94,7 @@ impl Webhook {
     /// sender. `errors`, `spooled`: the exported counts.
     pub fn start(opts: WebhookOptions, metrics: &super::metrics::Metrics) -> Result<Webhook> {
         let (errors, spooled) = (metrics.sink_errors(opts.name), metrics.spooled.clone());
+        let totals = metrics.totals.clone();
         let delivered = metrics.delivered(opts.name);
         let uri: ureq::http::Uri = opts.url.parse().with_context(|| opts.shown())?;
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
@@ -105,6 +115,9 @@ impl Webhook {
                 .spawn(move || {
                     Sender {
                         agent,
+                        at: 0,
+                        next_beat: std::time::Instant::now(),
+                        totals,
                         opts,
                         spool,
                         stop,
@@ -154,7 +167,15 @@ impl Webhook {
                 "application/json",
             ),
         };
-        let mut req = agent.post(&opts.url).header("Content-Type", ctype).header(
+        // The hub takes reports only: it is asked through a heartbeat.
+        let (url, body) = match opts.heartbeat {
+            true => (
+                heartbeat_url(&opts.url),
+                serde_json::to_vec(&serde_json::json!({ "node": host, "check": true }))?,
+            ),
+            false => (opts.url.clone(), body),
+        };
+        let mut req = agent.post(&url).header("Content-Type", ctype).header(
             "Idempotency-Key",
             format!("crashwatch-check-{}", crate::model::clock::now_ns()),
         );
@@ -250,6 +271,10 @@ impl Output for Webhook {
 
 struct Sender {
     agent: ureq::Agent,
+    /// The URL in use: 0 `opts.url`, else `opts.fallbacks[at - 1]`.
+    at: usize,
+    next_beat: std::time::Instant,
+    totals: Arc<super::metrics::Totals>,
     opts: WebhookOptions,
     spool: Arc<Spool>,
     stop: Arc<AtomicBool>,
@@ -267,11 +292,14 @@ enum Outcome {
 }
 
 impl Sender {
-    fn run(self, woken: mpsc::Receiver<()>) {
+    fn run(mut self, woken: mpsc::Receiver<()>) {
         let mut failures = 0u32;
         let mut rng = seed();
         let mut said_down = false;
         while !self.stop.load(Ordering::Relaxed) {
+            if self.opts.heartbeat && std::time::Instant::now() >= self.next_beat {
+                self.beat();
+            }
             let Some(next) = self.spool.front() else {
                 let _ = woken.recv_timeout(Duration::from_secs(1));
                 continue;
@@ -300,6 +328,7 @@ impl Sender {
                 }
                 Outcome::Retry(why) => {
                     self.counts.retries.fetch_add(1, Ordering::Relaxed);
+                    self.at = (self.at + 1) % (1 + self.opts.fallbacks.len());
                     if !said_down {
                         tracing::warn!(
                             "{}: not delivered ({why}): {} reports wait in the spool, retrying",
@@ -331,6 +360,50 @@ impl Sender {
         }
     }
 
+    fn target(&self) -> &str {
+        match self.at {
+            0 => &self.opts.url,
+            n => &self.opts.fallbacks[n - 1],
+        }
+    }
+
+    /// The node's inventory to the hub; a failure waits for the next beat (the reports'
+    /// retries say the hub is down).
+    fn beat(&mut self) {
+        self.next_beat = std::time::Instant::now() + HEARTBEAT;
+        let url = heartbeat_url(self.target());
+        let t = &self.totals;
+        let last = t.last_crash_ns.load(Ordering::Relaxed);
+        let body = serde_json::json!({
+            "node": crate::pipeline::enrich::hostname(),
+            "boot_id": crate::util::boot_id(),
+            "agent_version": concat!(env!("CARGO_PKG_VERSION"), " (", env!("CRASHWATCH_REVISION"), ")"),
+            "kernel": kernel_release(),
+            "crashes": t.crashes.load(Ordering::Relaxed),
+            "lost": t.lost.load(Ordering::Relaxed),
+            "last_crash": (last > 0).then(|| crate::model::clock::rfc3339(last)),
+            "spool_depth": self.spool.len(),
+            "delivered": self.counts.delivered.load(Ordering::Relaxed),
+            "refused": self.counts.refused.load(Ordering::Relaxed),
+        });
+        let mut req = self
+            .agent
+            .post(&url)
+            .header("Content-Type", "application/json");
+        for (k, v) in &self.opts.headers {
+            req = req.header(k, v);
+        }
+        match req.send(body.to_string().as_bytes()) {
+            Ok(r) if r.status().is_success() => {}
+            Ok(r) => tracing::debug!(
+                "{}: heartbeat answered HTTP {}",
+                self.opts.shown(),
+                r.status()
+            ),
+            Err(e) => tracing::debug!("{}: heartbeat not sent: {e}", self.opts.shown()),
+        }
+    }
+
     fn post(&self, s: &super::spool::Spooled) -> Outcome {
         let body = match std::fs::read(&s.path) {
             Ok(b) => b,
@@ -338,7 +411,7 @@ impl Sender {
         };
         let mut req = self
             .agent
-            .post(&self.opts.url)
+            .post(self.target())
             .header(
                 "Content-Type",
                 match self.opts.otlp {
@@ -368,6 +441,20 @@ impl Sender {
     }
 }
 
+/// The hub's heartbeat URL beside its reports' URL.
+fn heartbeat_url(reports: &str) -> String {
+    match reports.strip_suffix("/api/v1/reports") {
+        Some(base) => format!("{base}/api/v1/heartbeat"),
+        None => format!("{}/api/v1/heartbeat", reports.trim_end_matches('/')),
+    }
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
 fn seed() -> u64 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -375,13 +462,21 @@ fn seed() -> u64 {
     (t ^ (std::process::id() as u64).rotate_left(32)) | 1
 }
 
-/// The same for every attempt at one report, different for every report: the node, the
-/// process and its time of death.
+/// The same for every attempt at one report, and for every agent's report of one crash (an
+/// agent and its successor during a handover): the node, its boot, the process (pid and
+/// start). A report without its boot or start (written by an older agent, read back) falls
+/// back to its time of death.
 pub fn idempotency_key(r: &crate::model::report::Report) -> String {
-    let mut id = Vec::with_capacity(64);
+    let mut id = Vec::with_capacity(96);
     id.extend_from_slice(r.host.as_bytes());
     id.push(0);
-    id.extend_from_slice(r.time.as_bytes());
+    if r.boot_id.is_empty() || r.start_time_ns == 0 {
+        id.extend_from_slice(r.time.as_bytes());
+    } else {
+        id.extend_from_slice(r.boot_id.as_bytes());
+        id.push(0);
+        id.extend_from_slice(&r.start_time_ns.to_le_bytes());
+    }
     id.extend_from_slice(&r.pid.to_le_bytes());
     let h = crate::model::hex::fnv1a(&id);
     format!("crashwatch-{h:016x}")
@@ -440,5 +535,35 @@ mod tests {
         assert_ne!(idempotency_key(&r), idempotency_key(&other));
         let t = slack_text(&r);
         assert!(t.contains("&lt;script&gt; (pid 42)"), "{t}");
+    }
+
+    #[test]
+    fn two_agents_reports_of_one_process_share_the_key() {
+        let a = crate::model::report::Report {
+            host: "node-1".into(),
+            time: "2026-12-02T13:00:00.000000001Z".into(),
+            pid: 42,
+            boot_id: "b0".into(),
+            start_time_ns: 7_000,
+            ..Default::default()
+        };
+        // A successor's clock offset differs by a little: the same process, the same key.
+        let b = crate::model::report::Report {
+            time: "2026-12-02T13:00:00.000000090Z".into(),
+            ..a.clone()
+        };
+        assert_eq!(idempotency_key(&a), idempotency_key(&b));
+        for other in [
+            crate::model::report::Report {
+                start_time_ns: 8_000,
+                ..a.clone()
+            },
+            crate::model::report::Report {
+                boot_id: "b1".into(),
+                ..a.clone()
+            },
+        ] {
+            assert_ne!(idempotency_key(&a), idempotency_key(&other));
+        }
     }
 }

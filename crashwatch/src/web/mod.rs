@@ -10,12 +10,13 @@
 //! Read-only: no request changes the agent or its history, and each answer costs what its
 //! page holds, nothing a request chooses. Every response says `nosniff`, may not be framed,
 //! and carries a content security policy that lets only the agent's own script run.
-mod api;
-mod auth;
+pub mod api;
+pub mod auth;
 mod pages;
 mod read;
 mod view;
 
+pub use api::{bad, not_found, PAGE, REPORTS};
 pub use auth::{read_token, Access};
 
 use std::sync::{
@@ -184,7 +185,7 @@ pub async fn serve(
 
 /// Headers on every answer: the page's own script only, no framing, no sniffing, no
 /// referrer leaving with a crash's URL.
-async fn secure(mut r: axum::response::Response) -> axum::response::Response {
+pub async fn secure(mut r: axum::response::Response) -> axum::response::Response {
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,

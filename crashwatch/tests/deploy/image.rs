@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::{common, documents, kind, render, root, Unpin};
 use common::{
-    crasher_bin, http_get,
+    crasher_bin, free_port, http_get,
     podman::{podman, Container, Image},
     state_dir, Crasher,
 };
@@ -40,14 +40,6 @@ fn build_image() -> String {
                 .into()
         })
         .unwrap_or_else(|| panic!("no image tag in: {err}"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `podman run` options equal to the DaemonSet's pod spec; `dir` receives the ConfigMap and

@@ -36,8 +36,8 @@ use std::{
 use anyhow::{Context, Result};
 use rusqlite::{params, Connection, OpenFlags};
 
-pub use page::{Cursor, ReportRow, Timeline};
-pub use query::{ClusterRow, Filter};
+pub use page::{Cursor, Listing, ReportRow, Timeline};
+pub use query::{ClusterRow, Filter, Fleet};
 
 use crate::pipeline::cluster::{
     attribution::{Sighting, MAX_BUILDS},

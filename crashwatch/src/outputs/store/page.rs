@@ -132,6 +132,39 @@ pub struct Timeline {
     pub counts: Vec<u64>,
 }
 
+impl Timeline {
+    /// The first and the last hour (hours since the epoch) of `buckets` buckets of
+    /// `bucket_hours` ending with the current one.
+    pub fn hours(buckets: u32, bucket_hours: u32, now_ns: u64) -> (u64, u64) {
+        let (n, width) = (buckets.max(1) as u64, bucket_hours.max(1) as u64);
+        let now_hour = now_ns / HOUR_NS;
+        ((now_hour + 1).saturating_sub(n * width), now_hour)
+    }
+
+    /// The timeline of `(hour, count)` rows within [`Timeline::hours`] (others are left out).
+    pub fn of(
+        rows: impl IntoIterator<Item = (u64, u64)>,
+        buckets: u32,
+        bucket_hours: u32,
+        now_ns: u64,
+    ) -> Timeline {
+        let (first, last) = Timeline::hours(buckets, bucket_hours, now_ns);
+        let width = bucket_hours.max(1) as u64;
+        let mut counts = vec![0u64; buckets.max(1) as usize];
+        for (hour, count) in rows {
+            if (first..=last).contains(&hour) {
+                counts[((hour - first) / width) as usize] += count;
+            }
+        }
+        Timeline {
+            start: crate::model::clock::rfc3339(first * HOUR_NS),
+            start_unix: first * 3600,
+            bucket_secs: width * 3600,
+            counts,
+        }
+    }
+}
+
 /// A report in a cluster's list of reports.
 #[derive(Clone, Debug, Serialize)]
 pub struct ReportRow {
@@ -144,6 +177,9 @@ pub struct ReportRow {
     pub revision: Option<String>,
     /// The fatal signal's name, when one killed it.
     pub signal: Option<String>,
+    /// The hub's only: the node it crashed on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl Store {
@@ -245,27 +281,16 @@ impl Store {
         bucket_hours: u32,
         now_ns: u64,
     ) -> Result<Timeline> {
-        let (n, width) = (buckets.max(1) as u64, bucket_hours.max(1) as u64);
-        let now_hour = now_ns / HOUR_NS;
-        // Buckets end with the current one; the first starts `n * width - 1` hours earlier.
-        let first = (now_hour + 1).saturating_sub(n * width);
-        let mut counts = vec![0u64; n as usize];
+        let (first, last) = Timeline::hours(buckets, bucket_hours, now_ns);
         let mut st = self.conn.prepare_cached(
             "SELECT hour, count FROM cluster_hours WHERE cluster = ?1 AND hour >= ?2 AND hour <= ?3",
         )?;
-        let rows = st.query_map(params![cluster, first as i64, now_hour as i64], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-        })?;
-        for r in rows {
-            let (hour, count) = r?;
-            counts[((hour - first) / width) as usize] += count;
-        }
-        Ok(Timeline {
-            start: crate::model::clock::rfc3339(first * HOUR_NS),
-            start_unix: first * 3600,
-            bucket_secs: width * 3600,
-            counts,
-        })
+        let rows = st
+            .query_map(params![cluster, first as i64, last as i64], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(Timeline::of(rows, buckets, bucket_hours, now_ns))
     }
 
     /// A page of the cluster's kept reports, newest first, older than report `before`.
@@ -299,6 +324,7 @@ impl Store {
                     pod: r.get(5)?,
                     revision: r.get(6)?,
                     signal: r.get(7).ok().flatten(),
+                    node: None,
                 })
             },
         )?;

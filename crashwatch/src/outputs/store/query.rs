@@ -55,6 +55,21 @@ pub struct ClusterRow {
     /// Crashes per hour over the last 24 hours (the crash page's listing).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_24h: Option<super::Timeline>,
+    /// The hub's only: the fleet this cluster hit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<Fleet>,
+}
+
+/// What a cluster hit across the fleet (the hub's listing; a node's store has one node).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Fleet {
+    /// Nodes, namespaces and workloads with a crash of it.
+    pub node_count: u64,
+    pub namespace_count: u64,
+    pub workload_count: u64,
+    /// A few of each, by name.
+    pub namespaces: Vec<String>,
+    pub workloads: Vec<String>,
 }
 
 /// One build a cluster hit: revision (Go `vcs.revision` or GNU build id), Go module version,

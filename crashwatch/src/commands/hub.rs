@@ -1,0 +1,101 @@
+//! `crashwatch hub`: the fleet's server ([`crate::hub`]); flags, start-up checks, the listener.
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::Args;
+
+#[derive(Args, Debug)]
+pub struct HubArgs {
+    /// The PostgreSQL database (13+): `postgres://USER:PASSWORD@HOST:PORT/DB`, or the
+    /// key=value form (`host=/run/postgresql dbname=crashwatch`). Better from the
+    /// environment than on a command line others can read.
+    #[arg(long, env = "CRASHWATCH_HUB_DATABASE", hide_env_values = true)]
+    database: String,
+    /// Where to serve agents, the API and /metrics (loopback by default; 0.0.0.0:9722 in a
+    /// cluster, behind a Service).
+    #[arg(long, default_value = crate::hub::DEFAULT_LISTEN)]
+    listen: String,
+    /// The token agents send reports and heartbeats with (its first line; at least 16
+    /// characters). It can only write.
+    #[arg(long)]
+    ingest_token_file: PathBuf,
+    /// The token the API's readers present (`Authorization: Bearer`). Without it, reads are
+    /// answered to this host's loopback connections only. It can only read.
+    #[arg(long)]
+    read_token_file: Option<PathBuf>,
+    /// A cluster that crashes this many times within --loop-window, fleet-wide, is a loop.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..))]
+    loop_count: u32,
+    /// Seconds of the crash-loop window.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    loop_window: u64,
+    /// The hub's own messages: text lines or JSON objects.
+    #[arg(long, value_enum, default_value_t = crate::util::log::Format::Text)]
+    log_format: crate::util::log::Format,
+}
+
+pub fn run(a: HubArgs) -> ExitCode {
+    crate::util::log::init(a.log_format, crate::util::log::Level::Info);
+    match start(a) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            crate::say!("crashwatch hub: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(a: HubArgs) -> anyhow::Result<()> {
+    use anyhow::{bail, Context};
+    let ingest_token = crate::web::read_token(&a.ingest_token_file)
+        .with_context(|| format!("--ingest-token-file {}", a.ingest_token_file.display()))?;
+    let read_token = match &a.read_token_file {
+        Some(p) => Some(
+            crate::web::read_token(p)
+                .with_context(|| format!("--read-token-file {}", p.display()))?,
+        ),
+        None => None,
+    };
+    if read_token.as_deref() == Some(ingest_token.as_str()) {
+        bail!(
+            "--read-token-file and --ingest-token-file hold the same token: an agent's token \
+             could then read every report; give them different tokens"
+        );
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&a.listen)
+            .await
+            .with_context(|| format!("--listen {}", a.listen))?;
+        let addr: SocketAddr = listener.local_addr()?;
+        let access = crate::web::Access::new(read_token);
+        tracing::info!("hub listening on {addr} (reads: {})", access.describe(addr));
+        let opts = crate::hub::Options {
+            database: a.database,
+            ingest_token,
+            access,
+            loop_count: a.loop_count,
+            loop_window_ns: a.loop_window * 1_000_000_000,
+        };
+        tokio::select! {
+            r = crate::hub::serve(listener, opts) => r,
+            _ = stop() => Ok(()),
+        }
+    })
+}
+
+/// SIGTERM or SIGINT.
+async fn stop() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,304 @@
+//! Hub: what the fleet API reads from PostgreSQL, in the node page's shapes
+//! ([`crate::outputs::store`]'s `Listing`, `ClusterRow`, `ReportRow`, `Timeline`) plus each
+//! cluster's fleet (`fleet`: nodes, namespaces, workloads) and the nodes' inventory. Every
+//! answer is one bounded page: at most [`MAX_PAGE`] clusters or reports, a few names per
+//! cluster; the listing walks the activity index (`clusters_by_activity`) from the cursor.
+use anyhow::Result;
+use deadpool_postgres::Pool;
+use serde::Serialize;
+
+use crate::{
+    model::clock,
+    outputs::store::{ClusterRow, Cursor, Fleet, Listing, ReportRow, Timeline},
+};
+
+pub const MAX_PAGE: u32 = 200;
+/// Names shown per cluster for each list.
+const NAMES: i32 = 5;
+const HOUR_NS: u64 = 3_600_000_000_000;
+/// A node not heard from (report or heartbeat) for this long is silent: three heartbeats.
+pub const SILENT_NS: u64 = 95_000_000_000;
+
+/// The listing's filters; empty: any.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub kind: Option<String>,
+    pub namespace: Option<String>,
+    pub node: Option<String>,
+    pub workload: Option<String>,
+    pub text: Option<String>,
+    pub limit: u32,
+    pub loop_count: u32,
+    pub loop_window_ns: u64,
+}
+
+const COLUMNS: &str = "c.id, c.fingerprint, c.kind, c.headline, c.top_frame, c.count, \
+                       c.first_seen_ns, c.last_seen_ns, c.regression";
+
+fn row(r: &tokio_postgres::Row) -> ClusterRow {
+    let (first, last): (i64, i64) = (r.get(6), r.get(7));
+    ClusterRow {
+        id: r.get(0),
+        fingerprint: r.get(1),
+        kind: r.get(2),
+        headline: r.get(3),
+        top_frame: r.get(4),
+        count: r.get::<_, i64>(5) as u64,
+        first_seen: clock::rfc3339(first as u64),
+        last_seen: clock::rfc3339(last as u64),
+        first_seen_ns: first as u64,
+        last_seen_ns: last as u64,
+        regression: r.get(8),
+        ..ClusterRow::default()
+    }
+}
+
+/// A page of clusters, most recent activity first, from `before` on.
+pub async fn list(pool: &Pool, f: &Filter, before: Option<Cursor>) -> Result<Listing> {
+    let limit = f.limit.clamp(1, MAX_PAGE) as i64;
+    let (b_t, b_id) = before.map_or((i64::MAX, i64::MAX), |c| (c.last_seen_ns, c.id));
+    let text = f.text.as_ref().map(|t| t.to_lowercase());
+    let client = pool.get().await?;
+    let sql = format!(
+        "SELECT {COLUMNS} FROM clusters c
+         WHERE (c.last_seen_ns, c.id) < ($1, $2)
+           AND ($3::text IS NULL OR c.kind = $3)
+           AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM cluster_hours h
+                WHERE h.cluster = c.id AND h.namespace = $4))
+           AND ($5::text IS NULL OR EXISTS (SELECT 1 FROM cluster_hours h
+                WHERE h.cluster = c.id AND h.node = $5))
+           AND ($6::text IS NULL OR EXISTS (SELECT 1 FROM cluster_hours h
+                WHERE h.cluster = c.id AND h.workload = $6))
+           AND ($7::text IS NULL OR strpos(lower(c.kind || ' ' || c.headline || ' ' ||
+                c.top_frame || ' ' || c.fingerprint), $7) > 0)
+         ORDER BY c.last_seen_ns DESC, c.id DESC
+         LIMIT $8"
+    );
+    let rows = client
+        .query(
+            &sql,
+            &[
+                &b_t,
+                &b_id,
+                &f.kind,
+                &f.namespace,
+                &f.node,
+                &f.workload,
+                &text,
+                &(limit + 1),
+            ],
+        )
+        .await?;
+    let mut clusters: Vec<ClusterRow> = rows.iter().map(row).collect();
+    let next = if clusters.len() > limit as usize {
+        clusters.truncate(limit as usize);
+        clusters.last().map(|c| Cursor {
+            last_seen_ns: c.last_seen_ns as i64,
+            id: c.id,
+        })
+    } else {
+        None
+    };
+    facets(&client, &mut clusters, f).await?;
+    Ok(Listing {
+        clusters,
+        next,
+        partial: false,
+    })
+}
+
+/// Fills each cluster's fleet, names, last 24 hours and loop flag: three queries for the page.
+async fn facets(
+    client: &tokio_postgres::Client,
+    clusters: &mut [ClusterRow],
+    f: &Filter,
+) -> Result<()> {
+    let ids: Vec<i64> = clusters.iter().map(|c| c.id).collect();
+    let now = clock::now_ns();
+    let rows = client
+        .query(
+            "SELECT cluster,
+                 COUNT(DISTINCT node), COUNT(DISTINCT namespace) FILTER (WHERE namespace <> ''),
+                 COUNT(DISTINCT workload) FILTER (WHERE workload <> ''),
+                 (ARRAY_AGG(DISTINCT node ORDER BY node))[1:$2],
+                 (ARRAY_AGG(DISTINCT namespace ORDER BY namespace)
+                     FILTER (WHERE namespace <> ''))[1:$2],
+                 (ARRAY_AGG(DISTINCT workload ORDER BY workload)
+                     FILTER (WHERE workload <> ''))[1:$2]
+             FROM cluster_hours WHERE cluster = ANY($1) GROUP BY cluster",
+            &[&ids, &NAMES],
+        )
+        .await?;
+    for r in rows {
+        let Some(c) = clusters.iter_mut().find(|c| c.id == r.get::<_, i64>(0)) else {
+            continue;
+        };
+        c.nodes = r.get::<_, Option<Vec<String>>>(4).unwrap_or_default();
+        c.fleet = Some(Fleet {
+            node_count: r.get::<_, i64>(1) as u64,
+            namespace_count: r.get::<_, i64>(2) as u64,
+            workload_count: r.get::<_, i64>(3) as u64,
+            namespaces: r.get::<_, Option<Vec<String>>>(5).unwrap_or_default(),
+            workloads: r.get::<_, Option<Vec<String>>>(6).unwrap_or_default(),
+        });
+    }
+    let (first, _) = Timeline::hours(24, 1, now);
+    let hours = client
+        .query(
+            "SELECT cluster, hour, SUM(count)::BIGINT FROM cluster_hours
+             WHERE cluster = ANY($1) AND hour >= $2 GROUP BY cluster, hour",
+            &[&ids, &(first as i64)],
+        )
+        .await?;
+    let window = now.saturating_sub(f.loop_window_ns) as i64;
+    let recent = client
+        .query(
+            "SELECT cluster, COUNT(*) FROM reports
+             WHERE cluster = ANY($1) AND time_ns >= $2 GROUP BY cluster",
+            &[&ids, &window],
+        )
+        .await?;
+    for c in clusters.iter_mut() {
+        let mine = hours
+            .iter()
+            .filter(|r| r.get::<_, i64>(0) == c.id)
+            .map(|r| (r.get::<_, i64>(1) as u64, r.get::<_, i64>(2) as u64));
+        c.last_24h = Some(Timeline::of(mine, 24, 1, now));
+        c.looping = f.loop_count > 0
+            && recent
+                .iter()
+                .find(|r| r.get::<_, i64>(0) == c.id)
+                .is_some_and(|r| r.get::<_, i64>(1) >= f.loop_count as i64);
+    }
+    Ok(())
+}
+
+/// One cluster with its fleet and 30-day timeline, and a page of its reports.
+pub async fn cluster(
+    pool: &Pool,
+    id: i64,
+    f: &Filter,
+    before: Option<i64>,
+    limit: u32,
+) -> Result<Option<(ClusterRow, Timeline, Vec<ReportRow>, Option<i64>)>> {
+    let client = pool.get().await?;
+    let sql = format!("SELECT {COLUMNS} FROM clusters c WHERE c.id = $1");
+    let Some(r) = client.query_opt(&sql, &[&id]).await? else {
+        return Ok(None);
+    };
+    let mut one = [row(&r)];
+    facets(&client, &mut one, f).await?;
+    let [c] = one;
+    let now = clock::now_ns();
+    let (first, _) = Timeline::hours(30, 24, now);
+    let hours = client
+        .query(
+            "SELECT hour, SUM(count)::BIGINT FROM cluster_hours
+             WHERE cluster = $1 AND hour >= $2 GROUP BY hour",
+            &[&id, &(first as i64)],
+        )
+        .await?;
+    let timeline = Timeline::of(
+        hours
+            .iter()
+            .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64)),
+        30,
+        24,
+        now,
+    );
+    let limit = limit.clamp(1, MAX_PAGE) as i64;
+    let rows = client
+        .query(
+            "SELECT id, time_ns, pid, exe, image, pod, namespace, revision, signal, node
+             FROM reports WHERE cluster = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+            &[&id, &before.unwrap_or(i64::MAX), &(limit + 1)],
+        )
+        .await?;
+    let text =
+        |r: &tokio_postgres::Row, i: usize| Some(r.get::<_, String>(i)).filter(|s| !s.is_empty());
+    let mut reports: Vec<ReportRow> = rows
+        .iter()
+        .map(|r| ReportRow {
+            id: r.get(0),
+            time: clock::rfc3339(r.get::<_, i64>(1) as u64),
+            pid: Some(r.get(2)),
+            exe: text(r, 3),
+            container: text(r, 4),
+            pod: text(r, 5).map(|p| format!("{}/{p}", r.get::<_, String>(6))),
+            revision: text(r, 7),
+            signal: text(r, 8),
+            node: text(r, 9),
+        })
+        .collect();
+    let next = if reports.len() > limit as usize {
+        reports.truncate(limit as usize);
+        reports.last().map(|r| r.id)
+    } else {
+        None
+    };
+    Ok(Some((c, timeline, reports, next)))
+}
+
+/// One report: its cluster and its JSON as the agent sent it.
+pub async fn report(pool: &Pool, id: i64) -> Result<Option<(i64, String)>> {
+    let client = pool.get().await?;
+    Ok(client
+        .query_opt("SELECT cluster, body FROM reports WHERE id = $1", &[&id])
+        .await?
+        .map(|r| (r.get(0), r.get(1))))
+}
+
+/// A node as the nodes page shows it.
+#[derive(Debug, Serialize)]
+pub struct NodeRow {
+    pub name: String,
+    pub first_seen: String,
+    /// Its last report or heartbeat.
+    pub heard: String,
+    /// Not heard from for [`SILENT_NS`]: its agent is down or cut off, which is not "no
+    /// crashes".
+    pub silent: bool,
+    pub silent_secs: u64,
+    pub last_crash: Option<String>,
+    pub crashes_24h: u64,
+    /// Its last heartbeat's inventory (agent version, kernel, programs, losses, spool).
+    pub inventory: serde_json::Value,
+}
+
+/// Every node, silent ones first, then by name; at most `limit`.
+pub async fn nodes(pool: &Pool, limit: u32) -> Result<Vec<NodeRow>> {
+    let client = pool.get().await?;
+    let now = clock::now_ns();
+    let since = (now / HOUR_NS).saturating_sub(23) as i64;
+    let rows = client
+        .query(
+            "SELECT n.name, n.first_seen_ns, n.heard_ns, n.last_crash_ns, n.inventory,
+                 COALESCE((SELECT SUM(count) FROM cluster_hours h
+                     WHERE h.node = n.name AND h.hour >= $1), 0)::BIGINT
+             FROM nodes n ORDER BY n.heard_ns >= $2, n.name LIMIT $3",
+            &[
+                &since,
+                &((now - SILENT_NS.min(now)) as i64),
+                &(limit.clamp(1, 10_000) as i64),
+            ],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let heard = r.get::<_, i64>(2) as u64;
+            let quiet = now.saturating_sub(heard);
+            NodeRow {
+                name: r.get(0),
+                first_seen: clock::rfc3339(r.get::<_, i64>(1) as u64),
+                heard: clock::rfc3339(heard),
+                silent: quiet >= SILENT_NS,
+                silent_secs: quiet / 1_000_000_000,
+                last_crash: r.get::<_, Option<i64>>(3).map(|t| clock::rfc3339(t as u64)),
+                crashes_24h: r.get::<_, i64>(5) as u64,
+                inventory: serde_json::from_str(r.get::<_, &str>(4))
+                    .unwrap_or(serde_json::Value::Null),
+            }
+        })
+        .collect())
+}

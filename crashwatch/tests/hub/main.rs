@@ -1,0 +1,265 @@
+//! The fleet's hub on a real PostgreSQL 15 (started by the test, torn down after): real
+//! agents send real crashes through two hub replicas; a replica is killed with SIGKILL and
+//! the database stopped mid-storm, a second agent on the node sends every crash again —
+//! every crash is stored exactly once, none lost. Forged, malformed and oversized bodies and
+//! the wrong token are refused and store nothing. Needs root (agents load eBPF programs).
+#[path = "../common/mod.rs"]
+mod common;
+mod servers;
+
+use std::time::{Duration, Instant};
+
+use common::{state_dir, Agent, Crasher};
+use serde_json::Value;
+use servers::{token_file, Hub, Postgres};
+
+const INGEST: &str = "ingest-0123456789abcdef";
+const READ: &str = "read-0123456789abcdef";
+
+/// Every agent sees every crash on the host: one test at a time.
+static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    ALONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A sample of a hub's /metrics.
+fn metric(hub: &Hub, series: &str) -> f64 {
+    let (_, body) = hub.get("/metrics", None);
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn every_crash_is_stored_once_through_a_replica_kill_a_database_outage_and_a_second_agent() {
+    let _alone = alone();
+    let mut pg = Postgres::start();
+    let dir = state_dir("hub");
+    let (ingest, read) = (
+        token_file(&dir, "ingest", INGEST),
+        token_file(&dir, "read", READ),
+    );
+    // Two replicas starting at once migrate the schema once.
+    let mut a = Hub::spawn(&pg.url(), &ingest, &read);
+    let b = Hub::spawn(&pg.url(), &ingest, &read);
+    a.wait_ready();
+    b.wait_ready();
+    assert_eq!(pg.one("SELECT COUNT(*) FROM crashwatch_schema"), 1);
+    let args = [
+        "--hub",
+        &a.url(),
+        "--hub",
+        &b.url(),
+        "--hub-token-file",
+        &ingest,
+        "--webhook-retry-max",
+        "2",
+    ];
+    let agent = Agent::start(&args);
+    // A second agent on the same node reports every crash again: the same key.
+    let second = Agent::start(&args);
+    let mut pids = Vec::new();
+    let crash = |pids: &mut Vec<i64>, n: usize| {
+        for _ in 0..n {
+            let c = Crasher::run("null");
+            agent.report_for(c.pid);
+            second.report_for(c.pid);
+            pids.push(c.pid as i64);
+        }
+    };
+    // Of this test's crashes (other tests' crashes on the host reach the hub too).
+    let stored = |pg: &Postgres, pids: &[i64]| {
+        let list: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+        pg.one(&format!(
+            "SELECT COUNT(*) FROM reports WHERE pid IN ({})",
+            list.join(",")
+        ))
+    };
+
+    crash(&mut pids, 5);
+    wait_until("5 reports stored", 60, || stored(&pg, &pids) == 5);
+
+    a.kill();
+    crash(&mut pids, 5);
+    wait_until("10 reports stored through the other replica", 60, || {
+        stored(&pg, &pids) == 10
+    });
+
+    pg.down();
+    crash(&mut pids, 5);
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        metric(&b, "crashwatch_hub_reports_total{result=\"failed\"}") > 0.0,
+        "the agents tried while the database was down: {:?}",
+        b.log()
+    );
+    pg.up();
+    wait_until("15 reports stored after the outage", 90, || {
+        stored(&pg, &pids) == 15
+    });
+    wait_until(
+        "the second agent's copies answered as duplicates",
+        60,
+        || metric(&b, "crashwatch_hub_reports_total{result=\"duplicate\"}") >= 10.0,
+    );
+    std::thread::sleep(Duration::from_secs(3));
+
+    // Exactly once: every pid once, nothing else.
+    let list: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+    let mine = format!("pid IN ({})", list.join(","));
+    let mut got: Vec<i64> = pg
+        .query(&format!("SELECT pid FROM reports WHERE {mine}"))
+        .iter()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    got.sort();
+    pids.sort();
+    assert_eq!(got, pids, "every crash stored once");
+
+    // The fleet API: the crashes' cluster, on one node; the node heard from.
+    let id = pg.query(&format!(
+        "SELECT DISTINCT cluster FROM reports WHERE {mine}"
+    ));
+    assert_eq!(id.len(), 1, "one cluster: {id:?}");
+    let (st, body) = b.get("/api/clusters?kind=signal", Some(READ));
+    assert_eq!(st, 200, "{body}");
+    let l: Value = serde_json::from_str(&body).unwrap();
+    let c = l["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"].as_i64() == id[0].parse().ok())
+        .unwrap_or_else(|| panic!("cluster {} listed: {body}", id[0]));
+    assert!(c["count"].as_u64().unwrap() >= 15, "{c}");
+    assert_eq!(c["fleet"]["node_count"], 1, "{c}");
+    let last_day: u64 = c["last_24h"]["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(last_day, c["count"].as_u64().unwrap(), "{c}");
+    let (st, body) = b.get(&format!("/api/clusters/{}", c["id"]), Some(READ));
+    assert_eq!(st, 200, "{body}");
+    let d: Value = serde_json::from_str(&body).unwrap();
+    let rid = d["reports"][0]["id"].as_i64().unwrap();
+    let (st, body) = b.get(&format!("/api/reports/{rid}"), Some(READ));
+    assert_eq!(st, 200);
+    let r: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        pids.contains(&r["report"]["pid"].as_i64().unwrap()),
+        "{body}"
+    );
+    let (_, body) = b.get("/api/nodes", Some(READ));
+    let nodes: Value = serde_json::from_str(&body).unwrap();
+    let node = &nodes["nodes"][0];
+    assert_eq!(node["silent"], false, "{body}");
+    assert!(
+        node["inventory"]["kernel"].is_string(),
+        "a heartbeat's inventory: {body}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The status of a POST that announces 2 MiB of report (the body is never sent: a server
+/// that reads only the headers answers at once).
+fn announce_huge(hub: &Hub) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(&hub.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST /api/v1/reports HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {INGEST}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        hub.addr,
+        2 << 20
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    String::from_utf8_lossy(&head[9..12]).parse().unwrap()
+}
+
+#[test]
+fn forged_malformed_oversized_and_wrongly_tokened_bodies_store_nothing() {
+    let _alone = alone();
+    let pg = Postgres::start();
+    let dir = state_dir("hub-refuse");
+    let (ingest, read) = (
+        token_file(&dir, "ingest", INGEST),
+        token_file(&dir, "read", READ),
+    );
+    let hub = Hub::start(&pg.url(), &ingest, &read);
+    // A real report, from a real crash.
+    let agent = Agent::start(&[]);
+    let c = Crasher::run("null");
+    let good = agent.report_for(c.pid);
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut r = good.clone();
+        f(&mut r);
+        serde_json::to_vec(&r).unwrap()
+    };
+    let post = |token: Option<&str>, body: &[u8]| hub.post("/api/v1/reports", token, body);
+    let body = serde_json::to_vec(&good).unwrap();
+
+    assert_eq!(post(None, &body).0, 401, "no token");
+    assert_eq!(post(Some(READ), &body).0, 401, "a read token cannot write");
+    assert_eq!(
+        hub.get("/api/clusters", Some(INGEST)).0,
+        401,
+        "an ingest token cannot read"
+    );
+    assert_eq!(hub.get("/api/clusters", None).0, 401, "no token, no reads");
+    for (body, why) in [
+        (b"not json".to_vec(), "not JSON"),
+        (b"[1, 2]".to_vec(), "a JSON object"),
+        (with(&|r| r["kind"] = "nope".into()), "is not a kind"),
+        (with(&|r| r["fingerprint"] = "".into()), "fingerprint"),
+        (with(&|r| r["host"] = "".into()), "host"),
+        (with(&|r| r["pid"] = "twelve".into()), "not a report"),
+        (with(&|r| r["time"] = "yesterday".into()), "time"),
+    ] {
+        let (st, answer) = post(Some(INGEST), &body);
+        assert_eq!(st, 400, "{why}: {answer}");
+        assert!(answer.contains(why), "{why}: {answer}");
+    }
+    assert_eq!(
+        announce_huge(&hub),
+        413,
+        "over 1 MiB, refused before it is read"
+    );
+    let (st, answer) = hub.post("/api/v1/heartbeat", Some(INGEST), b"{\"node\": \"\"}");
+    assert_eq!(st, 400, "{answer}");
+    assert_eq!(pg.one("SELECT COUNT(*) FROM reports"), 0, "nothing stored");
+    assert_eq!(pg.one("SELECT COUNT(*) FROM nodes"), 0, "no node made");
+
+    let (st, answer) = post(Some(INGEST), &body);
+    assert_eq!((st, answer.contains("\"stored\"")), (200, true), "{answer}");
+    let (st, answer) = post(Some(INGEST), &body);
+    assert_eq!(
+        (st, answer.contains("\"duplicate\"")),
+        (200, true),
+        "{answer}"
+    );
+    assert_eq!(pg.one("SELECT COUNT(*) FROM reports"), 1);
+
+    // One token for both powers is refused at start.
+    let out = std::process::Command::new(common::agent_bin())
+        .args(["hub", "--database", &pg.url(), "--listen", "127.0.0.1:0"])
+        .args(["--ingest-token-file", &ingest, "--read-token-file", &ingest])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the same token"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
