@@ -124,6 +124,8 @@ pub fn run(a: ReportArgs) -> ExitCode {
         kind: a.kind.map(|k| k.as_str().to_string()),
         namespace: a.namespace,
         text: None,
+        node: None,
+        workload: None,
         limit: a.limit,
         loop_count: a.loop_count,
         loop_window_ns: a.loop_window.saturating_mul(1_000_000_000),

@@ -93,9 +93,9 @@ pub const VERSION: i32 = MIGRATIONS.len() as i32;
 /// Connections per replica at most: PostgreSQL's default allows 100 in all.
 pub const POOL: usize = 16;
 
-/// A pool for the database at `url` (`postgres://user:password@host:port/db`, or the
-/// key=value form); nothing is connected until the first use.
-pub fn pool(url: &str) -> Result<Pool> {
+/// The connection settings of `url` (`postgres://user:password@host:port/db`, or the
+/// key=value form).
+pub fn config(url: &str) -> Result<tokio_postgres::Config> {
     let mut cfg: tokio_postgres::Config = url
         .parse()
         .context("--database: not a PostgreSQL connection string (postgres://user@host/db)")?;
@@ -109,6 +109,12 @@ pub fn pool(url: &str) -> Result<Pool> {
     if cfg.get_application_name().is_none() {
         cfg.application_name("crashwatch-hub");
     }
+    Ok(cfg)
+}
+
+/// A pool for the database at `url`; nothing is connected until the first use.
+pub fn pool(url: &str) -> Result<Pool> {
+    let cfg = config(url)?;
     let mgr = Manager::from_config(
         cfg,
         NoTls,
@@ -159,4 +165,45 @@ pub async fn migrate(pool: &Pool) -> Result<usize> {
     }
     tx.commit().await?;
     Ok((VERSION - at) as usize)
+}
+
+/// The channel a replica notifies when it stored a report, and every replica listens on.
+pub const STORED: &str = "crashwatch_stored";
+
+/// Counts up `changes` at each notification on [`STORED`], from whichever replica stored:
+/// the live page's events. Reconnects (every 2 s) when the connection is lost.
+pub async fn listen(url: String, changes: tokio::sync::watch::Sender<u64>) {
+    use futures_util::StreamExt;
+    let Ok(cfg) = config(&url) else { return };
+    loop {
+        if let Ok((client, mut conn)) = cfg.connect(NoTls).await {
+            let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+            let sql = format!("LISTEN {STORED}");
+            let listening = client.batch_execute(&sql);
+            let mut listening = std::pin::pin!(listening);
+            // The connection is driven by polling its messages, the LISTEN with it.
+            let mut listened = false;
+            loop {
+                tokio::select! {
+                    r = &mut listening, if !listened => {
+                        listened = true;
+                        if r.is_err() { break; }
+                        // Reports stored while this replica was not listening.
+                        changes.send_modify(|g| *g += 1);
+                    }
+                    m = messages.next() => match m {
+                        Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
+                            changes.send_modify(|g| *g += 1);
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => break,
+                    },
+                }
+            }
+        }
+        if changes.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }

@@ -222,6 +222,9 @@ pub async fn store(pool: &Pool, i: &Incoming) -> Result<Stored> {
         )
         .await?;
     }
+    // Delivered at the commit, to every replica's live pages.
+    tx.batch_execute(&format!("NOTIFY {}", super::db::STORED))
+        .await?;
     tx.commit().await?;
     Ok(Stored::New {
         report: row.get(0),

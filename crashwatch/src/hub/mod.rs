@@ -1,6 +1,8 @@
 //! Hub (`crashwatch hub`, above the web: it serves the node page's API shapes fleet-wide):
 //! receives every node's reports and heartbeats, stores them in PostgreSQL ([`db`],
-//! [`ingest`]), and answers the fleet API ([`read`], docs/fleet.md) and `/metrics`.
+//! [`ingest`]), and serves the crash page and its API over the fleet (the web's routes over
+//! [`read::PgHistory`], plus the nodes page; docs/fleet.md) and `/metrics`. Live pages
+//! follow every replica's writes through PostgreSQL's LISTEN/NOTIFY.
 //!
 //! Stateless: every answer is read from the database and every write goes to it, so any
 //! number of replicas can run behind one Service and any replica answers any request; a
@@ -26,7 +28,7 @@ use std::{
 use anyhow::Result;
 use axum::{
     body::Bytes,
-    extract::{Path, Query, State},
+    extract::State,
     http::{header, StatusCode},
     middleware,
     response::{IntoResponse, Response},
@@ -36,10 +38,7 @@ use axum::{
 use deadpool_postgres::Pool;
 use serde::Deserialize;
 
-use crate::{
-    outputs::store::Cursor,
-    web::{auth::Access, bad, not_found},
-};
+use crate::web::{auth::Access, bad};
 
 /// The hub's default address: loopback, beside the node's 9721.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9722";
@@ -71,8 +70,6 @@ struct Hub {
     pool: Pool,
     ready: Arc<AtomicBool>,
     counts: Arc<Counts>,
-    loop_count: u32,
-    loop_window_ns: u64,
 }
 
 /// Serves on `listener` until the runtime ends; the schema is brought up to date first,
@@ -82,8 +79,6 @@ pub async fn serve(listener: tokio::net::TcpListener, opts: Options) -> Result<(
         pool: db::pool(&opts.database)?,
         ready: Arc::default(),
         counts: Arc::default(),
-        loop_count: opts.loop_count,
-        loop_window_ns: opts.loop_window_ns,
     };
     let (pool, ready) = (hub.pool.clone(), hub.ready.clone());
     tokio::spawn(async move {
@@ -115,23 +110,21 @@ pub async fn serve(listener: tokio::net::TcpListener, opts: Options) -> Result<(
             (ingest_access, true),
             crate::web::auth::guard,
         ));
-    let api = Router::new()
-        .route("/api/clusters", get(clusters))
-        .route("/api/clusters/{id}", get(cluster))
-        .route("/api/reports/{id}", get(report))
-        .route("/api/nodes", get(nodes))
-        .with_state(hub.clone())
-        .layer(middleware::from_fn_with_state(
-            (opts.access, true),
-            crate::web::auth::guard,
-        ));
+    let (changed, changes) = tokio::sync::watch::channel(0u64);
+    tokio::spawn(db::listen(opts.database.clone(), changed));
+    let site = crate::web::Site::fleet(
+        Arc::new(read::PgHistory(hub.pool.clone())),
+        changes,
+        opts.loop_count,
+        opts.loop_window_ns,
+    );
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(hub)
         .merge(ingest)
-        .merge(api)
+        .merge(crate::web::routes(site, opts.access))
         .layer(middleware::map_response(crate::web::secure));
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app).await?;
@@ -263,119 +256,6 @@ async fn take_heartbeat(
             Json(serde_json::json!({ "result": "heard" })).into_response()
         }
         Err(e) => unavailable(format!("storing the heartbeat failed: {e:#}")),
-    }
-}
-
-/// The listing's query: the node page's (`kind`, `namespace`, `q`, `before`, `limit`) and
-/// the fleet's facets (`node`, `workload`).
-#[derive(Debug, Default, Deserialize)]
-struct ListQuery {
-    kind: Option<String>,
-    namespace: Option<String>,
-    node: Option<String>,
-    workload: Option<String>,
-    q: Option<String>,
-    before: Option<String>,
-    limit: Option<u32>,
-}
-
-fn given(s: Option<String>) -> Option<String> {
-    s.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
-}
-
-impl Hub {
-    fn filter(&self) -> read::Filter {
-        read::Filter {
-            limit: crate::web::PAGE,
-            loop_count: self.loop_count,
-            loop_window_ns: self.loop_window_ns,
-            ..read::Filter::default()
-        }
-    }
-}
-
-fn failed(e: anyhow::Error) -> Response {
-    tracing::warn!("reading the database failed: {e:#}");
-    unavailable(format!("reading the database failed: {e:#}"))
-}
-
-async fn clusters(State(hub): State<Hub>, Query(q): Query<ListQuery>) -> Response {
-    let before = match given(q.before) {
-        None => None,
-        Some(b) => match Cursor::parse(&b) {
-            Some(c) => Some(c),
-            None => {
-                return bad(format!(
-                    "before={b:?}: a cursor as a listing's `next` gave it"
-                ))
-            }
-        },
-    };
-    let kind = given(q.kind);
-    let kinds = crate::model::crash::Kind::names();
-    if let Some(k) = kind.as_deref().filter(|k| !kinds.contains(k)) {
-        return bad(format!(
-            "kind={k:?} is not a kind; the kinds are {}",
-            kinds.join(", ")
-        ));
-    }
-    let f = read::Filter {
-        kind,
-        namespace: given(q.namespace),
-        node: given(q.node),
-        workload: given(q.workload),
-        text: given(q.q),
-        limit: q.limit.unwrap_or(crate::web::PAGE),
-        ..hub.filter()
-    };
-    match read::list(&hub.pool, &f, before).await {
-        Ok(l) => Json(l).into_response(),
-        Err(e) => failed(e),
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct ClusterQuery {
-    before: Option<i64>,
-    limit: Option<u32>,
-}
-
-async fn cluster(
-    State(hub): State<Hub>,
-    Path(id): Path<i64>,
-    Query(q): Query<ClusterQuery>,
-) -> Response {
-    let limit = q.limit.unwrap_or(crate::web::REPORTS);
-    match read::cluster(&hub.pool, id, &hub.filter(), q.before, limit).await {
-        Ok(Some((cluster, timeline_30d, reports, next_reports))) => Json(serde_json::json!({
-            "cluster": cluster,
-            "timeline_30d": timeline_30d,
-            "reports": reports,
-            "next_reports": next_reports,
-        }))
-        .into_response(),
-        Ok(None) => not_found(format!("no cluster {id}")),
-        Err(e) => failed(e),
-    }
-}
-
-async fn report(State(hub): State<Hub>, Path(id): Path<i64>) -> Response {
-    match read::report(&hub.pool, id).await {
-        Ok(Some((cluster, json))) => {
-            let report: serde_json::Value =
-                serde_json::from_str(&json).unwrap_or(serde_json::Value::String(json));
-            Json(serde_json::json!({ "id": id, "cluster": cluster, "report": report }))
-                .into_response()
-        }
-        Ok(None) => not_found(format!("no report {id}")),
-        Err(e) => failed(e),
-    }
-}
-
-async fn nodes(State(hub): State<Hub>) -> Response {
-    match read::nodes(&hub.pool, 10_000).await {
-        Ok(n) => Json(serde_json::json!({ "nodes": n })).into_response(),
-        Err(e) => failed(e),
     }
 }
 

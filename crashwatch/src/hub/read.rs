@@ -1,15 +1,19 @@
-//! Hub: what the fleet API reads from PostgreSQL, in the node page's shapes
+//! Hub: what the fleet's page and API read from PostgreSQL ([`PgHistory`], the web's
+//! [`History`]), in the node page's shapes
 //! ([`crate::outputs::store`]'s `Listing`, `ClusterRow`, `ReportRow`, `Timeline`) plus each
 //! cluster's fleet (`fleet`: nodes, namespaces, workloads) and the nodes' inventory. Every
 //! answer is one bounded page: at most [`MAX_PAGE`] clusters or reports, a few names per
 //! cluster; the listing walks the activity index (`clusters_by_activity`) from the cursor.
 use anyhow::Result;
 use deadpool_postgres::Pool;
-use serde::Serialize;
 
 use crate::{
     model::clock,
-    outputs::store::{ClusterRow, Cursor, Fleet, Listing, ReportRow, Timeline},
+    outputs::store::{ClusterRow, Cursor, Filter, Fleet, Listing, ReportRow, Timeline},
+    web::{
+        api::ClusterDetail,
+        read::{Answer, Failed, History, NodeRow},
+    },
 };
 
 pub const MAX_PAGE: u32 = 200;
@@ -18,19 +22,6 @@ const NAMES: i32 = 5;
 const HOUR_NS: u64 = 3_600_000_000_000;
 /// A node not heard from (report or heartbeat) for this long is silent: three heartbeats.
 pub const SILENT_NS: u64 = 95_000_000_000;
-
-/// The listing's filters; empty: any.
-#[derive(Clone, Debug, Default)]
-pub struct Filter {
-    pub kind: Option<String>,
-    pub namespace: Option<String>,
-    pub node: Option<String>,
-    pub workload: Option<String>,
-    pub text: Option<String>,
-    pub limit: u32,
-    pub loop_count: u32,
-    pub loop_window_ns: u64,
-}
 
 const COLUMNS: &str = "c.id, c.fingerprint, c.kind, c.headline, c.top_frame, c.count, \
                        c.first_seen_ns, c.last_seen_ns, c.regression";
@@ -180,7 +171,7 @@ pub async fn cluster(
     f: &Filter,
     before: Option<i64>,
     limit: u32,
-) -> Result<Option<(ClusterRow, Timeline, Vec<ReportRow>, Option<i64>)>> {
+) -> Result<Option<ClusterDetail>> {
     let client = pool.get().await?;
     let sql = format!("SELECT {COLUMNS} FROM clusters c WHERE c.id = $1");
     let Some(r) = client.query_opt(&sql, &[&id]).await? else {
@@ -236,7 +227,12 @@ pub async fn cluster(
     } else {
         None
     };
-    Ok(Some((c, timeline, reports, next)))
+    Ok(Some(ClusterDetail {
+        cluster: c,
+        timeline_30d: timeline,
+        reports,
+        next_reports: next,
+    }))
 }
 
 /// One report: its cluster and its JSON as the agent sent it.
@@ -246,23 +242,6 @@ pub async fn report(pool: &Pool, id: i64) -> Result<Option<(i64, String)>> {
         .query_opt("SELECT cluster, body FROM reports WHERE id = $1", &[&id])
         .await?
         .map(|r| (r.get(0), r.get(1))))
-}
-
-/// A node as the nodes page shows it.
-#[derive(Debug, Serialize)]
-pub struct NodeRow {
-    pub name: String,
-    pub first_seen: String,
-    /// Its last report or heartbeat.
-    pub heard: String,
-    /// Not heard from for [`SILENT_NS`]: its agent is down or cut off, which is not "no
-    /// crashes".
-    pub silent: bool,
-    pub silent_secs: u64,
-    pub last_crash: Option<String>,
-    pub crashes_24h: u64,
-    /// Its last heartbeat's inventory (agent version, kernel, programs, losses, spool).
-    pub inventory: serde_json::Value,
 }
 
 /// Every node, silent ones first, then by name; at most `limit`.
@@ -301,4 +280,56 @@ pub async fn nodes(pool: &Pool, limit: u32) -> Result<Vec<NodeRow>> {
             }
         })
         .collect())
+}
+
+/// The hub's history: the fleet's database.
+pub struct PgHistory(pub Pool);
+
+fn failed(e: anyhow::Error) -> Failed {
+    tracing::warn!("reading the database failed: {e:#}");
+    Failed::Error(format!("{e:#}"))
+}
+
+impl History for PgHistory {
+    fn list(&self, f: Filter, before: Option<Cursor>) -> Answer<'_, Listing> {
+        Box::pin(async move { list(&self.0, &f, before).await.map_err(failed) })
+    }
+
+    fn detail(
+        &self,
+        id: i64,
+        f: Filter,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Answer<'_, Option<ClusterDetail>> {
+        Box::pin(async move {
+            cluster(&self.0, id, &f, before, limit)
+                .await
+                .map_err(failed)
+        })
+    }
+
+    fn report(&self, id: i64) -> Answer<'_, Option<(i64, String)>> {
+        Box::pin(async move { report(&self.0, id).await.map_err(failed) })
+    }
+
+    fn latest(&self, cluster: i64) -> Answer<'_, Option<i64>> {
+        Box::pin(async move {
+            let get = async {
+                let client = self.0.get().await?;
+                let row = client
+                    .query_opt(
+                        "SELECT id FROM reports WHERE cluster = $1 ORDER BY id DESC LIMIT 1",
+                        &[&cluster],
+                    )
+                    .await?;
+                anyhow::Ok(row.map(|r| r.get(0)))
+            };
+            get.await.map_err(failed)
+        })
+    }
+
+    fn nodes(&self) -> Answer<'_, Option<Vec<NodeRow>>> {
+        Box::pin(async move { nodes(&self.0, 10_000).await.map(Some).map_err(failed) })
+    }
 }

@@ -22,7 +22,7 @@ use axum::{
 use serde::{Deserialize, Serialize};
 
 use super::{read::Failed, Site};
-use crate::outputs::store::{self, ClusterRow, Cursor, Filter, ReportRow, Timeline};
+use crate::outputs::store::{ClusterRow, Cursor, Filter, ReportRow, Timeline};
 
 /// Clusters on a page unless `limit` says otherwise.
 pub const PAGE: u32 = 50;
@@ -36,6 +36,9 @@ const STREAMS: usize = 64;
 pub struct ListQuery {
     pub kind: Option<String>,
     pub namespace: Option<String>,
+    /// The hub's facets.
+    pub node: Option<String>,
+    pub workload: Option<String>,
     pub q: Option<String>,
     pub before: Option<String>,
     pub limit: Option<u32>,
@@ -53,9 +56,19 @@ fn given(s: &Option<String>) -> Option<String> {
 impl ListQuery {
     /// The listing's filter; Err: why a parameter is refused (a `kind` that is not one).
     pub fn filter(&self, site: &Site) -> Result<Filter, String> {
+        let (node, workload) = (given(&self.node), given(&self.workload));
+        if !site.fleet && (node.is_some() || workload.is_some()) {
+            return Err(
+                "node and workload are the hub's filters: a node's page shows its own \
+                        crashes"
+                    .into(),
+            );
+        }
         Ok(Filter {
             kind: self.kind()?,
             namespace: given(&self.namespace),
+            node,
+            workload,
             text: given(&self.q),
             limit: self.limit.unwrap_or(PAGE),
             ..site.filter()
@@ -149,29 +162,7 @@ pub async fn detail(
     before: Option<i64>,
     limit: u32,
 ) -> Result<Option<ClusterDetail>, Failed> {
-    let f = site.filter();
-    site.reader
-        .read(move |s| {
-            let now = crate::model::clock::now_ns();
-            let Some(cluster) = s.cluster_row(id, &f, now)? else {
-                return Ok(None);
-            };
-            let limit = limit.clamp(1, store::page::MAX_PAGE);
-            let mut reports = s.reports_of(id, before, limit + 1)?;
-            let next_reports = if reports.len() > limit as usize {
-                reports.truncate(limit as usize);
-                reports.last().map(|r| r.id)
-            } else {
-                None
-            };
-            Ok(Some(ClusterDetail {
-                cluster,
-                timeline_30d: s.timeline(id, 30, 24, now)?,
-                reports,
-                next_reports,
-            }))
-        })
-        .await
+    site.history.detail(id, site.filter(), before, limit).await
 }
 
 pub async fn clusters(State(site): State<Site>, Query(q): Query<ListQuery>) -> Response {
@@ -183,11 +174,7 @@ pub async fn clusters(State(site): State<Site>, Query(q): Query<ListQuery>) -> R
         Ok(f) => f,
         Err(why) => return bad(why),
     };
-    match site
-        .reader
-        .read(move |s| s.list_page(&f, before, crate::model::clock::now_ns()))
-        .await
-    {
+    match site.history.list(f, before).await {
         Ok(l) => Json(l).into_response(),
         Err(e) => failed(e),
     }
@@ -206,7 +193,7 @@ pub async fn cluster(
 }
 
 pub async fn report(State(site): State<Site>, Path(id): Path<i64>) -> Response {
-    match site.reader.read(move |s| s.report(id)).await {
+    match site.history.report(id).await {
         Ok(Some((cluster, json))) => {
             let report: serde_json::Value =
                 serde_json::from_str(&json).unwrap_or(serde_json::Value::String(json));
@@ -216,6 +203,15 @@ pub async fn report(State(site): State<Site>, Path(id): Path<i64>) -> Response {
         Ok(None) => not_found(format!(
             "no report {id} (reports past the retention are gone)"
         )),
+        Err(e) => failed(e),
+    }
+}
+
+/// The hub's nodes: silent ones first.
+pub async fn nodes(State(site): State<Site>) -> Response {
+    match site.history.nodes().await {
+        Ok(Some(n)) => Json(serde_json::json!({ "nodes": n })).into_response(),
+        Ok(None) => not_found("no nodes list: this is a node's page".into()),
         Err(e) => failed(e),
     }
 }

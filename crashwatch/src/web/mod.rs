@@ -13,10 +13,10 @@
 pub mod api;
 pub mod auth;
 mod pages;
-mod read;
+pub mod read;
 mod view;
 
-pub use api::{bad, not_found, PAGE, REPORTS};
+pub use api::bad;
 pub use auth::{read_token, Access};
 
 use std::sync::{
@@ -81,7 +81,10 @@ pub struct PageOptions {
 /// The page's and the API's state.
 #[derive(Clone)]
 pub struct Site {
-    reader: Arc<read::Reader>,
+    history: Arc<dyn read::History>,
+    /// The hub's page: the fleet's facets and the nodes page.
+    fleet: bool,
+    /// Who the page is: the node's name, or the hub's "fleet".
     node: Arc<str>,
     loop_count: u32,
     loop_window_ns: u64,
@@ -91,6 +94,26 @@ pub struct Site {
 }
 
 impl Site {
+    /// The hub's page over `history` (its database); `changes` counts up each time a replica
+    /// stored reports.
+    pub fn fleet(
+        history: Arc<dyn read::History>,
+        changes: tokio::sync::watch::Receiver<u64>,
+        loop_count: u32,
+        loop_window_ns: u64,
+    ) -> Site {
+        Site {
+            history,
+            fleet: true,
+            node: "fleet".into(),
+            loop_count,
+            loop_window_ns,
+            changes: Some(changes),
+            streams: Arc::default(),
+            no_history: "".into(),
+        }
+    }
+
     /// The loop flag as the agent counts it.
     fn filter(&self) -> crate::outputs::store::Filter {
         crate::outputs::store::Filter {
@@ -123,7 +146,8 @@ pub async fn serve(
     use axum::middleware;
     let no_history = page.history.clone().err().unwrap_or_default();
     let site = Site {
-        reader: Arc::new(read::Reader::new(page.history)),
+        history: Arc::new(read::Reader::new(page.history)),
+        fleet: false,
         node: page.node.into(),
         loop_count: page.loop_count,
         loop_window_ns: page.loop_window_ns,
@@ -132,24 +156,6 @@ pub async fn serve(
         no_history: no_history.into(),
     };
     let access = page.access;
-    let html = Router::new()
-        .route("/", get(pages::index))
-        .route("/cluster/{id}", get(pages::cluster))
-        .with_state(site.clone())
-        .layer(middleware::from_fn_with_state(
-            (access.clone(), false),
-            auth::guard,
-        ));
-    let api = Router::new()
-        .route("/api/clusters", get(api::clusters))
-        .route("/api/clusters/{id}", get(api::cluster))
-        .route("/api/reports/{id}", get(api::report))
-        .route("/api/events", get(api::events))
-        .with_state(site)
-        .layer(middleware::from_fn_with_state(
-            (access.clone(), true),
-            auth::guard,
-        ));
     let mut metrics_route = Router::new()
         .route("/metrics", get(metrics_page))
         .with_state(Shared {
@@ -166,21 +172,52 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(Shared { metrics, health })
-        .route("/assets/app.css", get(pages::css))
-        .route("/assets/app.js", get(pages::js))
-        .route(
-            "/login",
-            get(pages::login_form).post(auth::login).with_state(access),
-        )
         .merge(metrics_route)
-        .merge(html)
-        .merge(api)
+        .merge(routes(site, access))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::map_response(secure));
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     if let Err(e) = axum::serve(listener, app).await {
         tracing::warn!("the HTTP listener stopped: {e}");
     }
+}
+
+/// The crash page, its API, its assets and its login, each guarded by `access`: what a node
+/// and the hub serve alike (the hub adds its nodes page).
+pub fn routes(site: Site, access: Access) -> Router {
+    use axum::middleware;
+    let mut html = Router::new()
+        .route("/", get(pages::index))
+        .route("/cluster/{id}", get(pages::cluster));
+    let mut api = Router::new()
+        .route("/api/clusters", get(api::clusters))
+        .route("/api/clusters/{id}", get(api::cluster))
+        .route("/api/reports/{id}", get(api::report))
+        .route("/api/events", get(api::events));
+    if site.fleet {
+        html = html.route("/nodes", get(pages::nodes));
+        api = api.route("/api/nodes", get(api::nodes));
+    }
+    let html = html
+        .with_state(site.clone())
+        .layer(middleware::from_fn_with_state(
+            (access.clone(), false),
+            auth::guard,
+        ));
+    let api = api.with_state(site).layer(middleware::from_fn_with_state(
+        (access.clone(), true),
+        auth::guard,
+    ));
+    Router::new()
+        .route("/assets/app.css", get(pages::css))
+        .route("/assets/app.js", get(pages::js))
+        .route(
+            "/login",
+            get(pages::login_form).post(auth::login).with_state(access),
+        )
+        .merge(html)
+        .merge(api)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
 }
 
 /// Headers on every answer: the page's own script only, no framing, no sniffing, no

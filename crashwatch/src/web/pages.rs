@@ -39,6 +39,7 @@ fn env() -> &'static Environment<'static> {
             ("report.html", include_str!("templates/report.html")),
             ("login.html", include_str!("templates/login.html")),
             ("message.html", include_str!("templates/message.html")),
+            ("nodes.html", include_str!("templates/nodes.html")),
         ] {
             env.add_template(name, text)
                 .unwrap_or_else(|e| panic!("template {name}: {e}"));
@@ -51,6 +52,7 @@ fn env() -> &'static Environment<'static> {
             }
             _ => minijinja::escape_formatter(out, state, value),
         });
+        env.add_filter("urlencode", |s: String| encode(&s));
         env.add_filter("basename", |s: String| {
             s.rsplit('/').next().unwrap_or_default().to_string()
         });
@@ -104,7 +106,13 @@ fn failed(site: &Site, f: Failed) -> Response {
 /// `?` and the query without `before` and `fragment`: where the list's links go on.
 fn query_without_paging(q: &ListQuery) -> String {
     let mut parts = Vec::new();
-    for (k, v) in [("kind", &q.kind), ("namespace", &q.namespace), ("q", &q.q)] {
+    for (k, v) in [
+        ("kind", &q.kind),
+        ("namespace", &q.namespace),
+        ("node", &q.node),
+        ("workload", &q.workload),
+        ("q", &q.q),
+    ] {
         if let Some(v) = v.as_deref().filter(|v| !v.trim().is_empty()) {
             parts.push(format!("{k}={}", encode(v)));
         }
@@ -136,12 +144,12 @@ pub async fn index(State(site): State<Site>, Query(q): Query<ListQuery>) -> Resp
         Ok(f) => f,
         Err(why) => return message(StatusCode::BAD_REQUEST, "Bad link", &why),
     };
-    let filtered = f.kind.is_some() || f.namespace.is_some() || f.text.is_some();
-    let listing = match site
-        .reader
-        .read(move |s| s.list_page(&f, before, crate::model::clock::now_ns()))
-        .await
-    {
+    let filtered = f.kind.is_some()
+        || f.namespace.is_some()
+        || f.node.is_some()
+        || f.workload.is_some()
+        || f.text.is_some();
+    let listing = match site.history.list(f, before).await {
         Ok(l) => l,
         Err(e) => return failed(&site, e),
     };
@@ -152,7 +160,10 @@ pub async fn index(State(site): State<Site>, Query(q): Query<ListQuery>) -> Resp
         node => site.node.as_ref(),
         version => VERSION,
         kinds => crate::pipeline::assemble::Kind::names(),
-        filter => context! { kind => q.kind, namespace => q.namespace, q => q.q },
+        fleet => site.fleet,
+        filter => context! {
+            kind => q.kind, namespace => q.namespace, node => q.node, workload => q.workload, q => q.q
+        },
         filtered,
         clusters => listing.clusters.into_iter().map(|c| ClusterView::new(c, now)).collect::<Vec<_>>(),
         next => listing.next.map(|c| format!("/?{rest}{sep}before={c}")),
@@ -199,20 +210,17 @@ pub async fn cluster(
         return render("summary.html", ctx);
     }
     let wanted = q.report;
-    let shown = match site
-        .reader
-        .read(move |s| {
-            let id = match wanted {
-                Some(r) => Some(r),
-                None => s.latest_report(id)?,
-            };
-            Ok(match id {
-                Some(r) => s.report(r)?.map(|(c, json)| (r, c, json)),
-                None => None,
-            })
+    let shown = async {
+        let rid = match wanted {
+            Some(r) => Some(r),
+            None => site.history.latest(id).await?,
+        };
+        Ok(match rid {
+            Some(r) => site.history.report(r).await?.map(|(c, json)| (r, c, json)),
+            None => None,
         })
-        .await
-    {
+    };
+    let shown = match shown.await {
         Ok(r) => r,
         Err(e) => return failed(&site, e),
     };
@@ -240,6 +248,7 @@ pub async fn cluster(
     let ctx = context! {
         node => site.node.as_ref(),
         version => VERSION,
+        fleet => site.fleet,
         c => ClusterView::new(detail.cluster.clone(), now),
         d => &detail,
         days,
@@ -250,6 +259,26 @@ pub async fn cluster(
         older => detail.next_reports.map(|b| format!("/cluster/{id}?before={b}")),
     };
     render("cluster.html", ctx)
+}
+
+/// `/nodes` (the hub's): every node, silent ones first, with its inventory.
+pub async fn nodes(State(site): State<Site>) -> Response {
+    let nodes = match site.history.nodes().await {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            return message(StatusCode::NOT_FOUND, "No nodes", "This is a node's page.");
+        }
+        Err(e) => return failed(&site, e),
+    };
+    let silent = nodes.iter().filter(|n| n.silent).count();
+    let ctx = context! {
+        node => site.node.as_ref(),
+        version => VERSION,
+        fleet => site.fleet,
+        nodes => Value::from_serialize(&nodes),
+        silent,
+    };
+    render("nodes.html", ctx)
 }
 
 pub fn login_html(failed: bool) -> String {
@@ -300,6 +329,30 @@ mod tests {
         );
         assert!(!html.contains("<script>alert"));
         assert!(html.contains("a\\u{1b}[2Jb"), "{html}");
+    }
+
+    #[test]
+    fn the_nodes_page_says_a_silent_node_and_escapes_names() {
+        let nodes = serde_json::json!([
+            { "name": "<b>n1</b>", "silent": true, "silent_secs": 300, "heard": "t",
+              "crashes_24h": 2, "last_crash": null, "inventory": { "kernel": "6.1" } },
+            { "name": "n2", "silent": false, "silent_secs": 1, "heard": "t",
+              "crashes_24h": 0, "last_crash": null, "inventory": null }
+        ]);
+        let html = env()
+            .get_template("nodes.html")
+            .unwrap()
+            .render(context! { fleet => true, nodes => Value::from_serialize(&nodes), silent => 1, version => "x" })
+            .unwrap();
+        assert!(
+            html.contains("1 silent") && html.contains("silent for 300 s"),
+            "{html}"
+        );
+        assert!(
+            html.contains("&lt;b&gt;n1") && !html.contains("<b>n1"),
+            "{html}"
+        );
+        assert!(html.contains("/?node=%3Cb%3En1"), "{html}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Web: the page's reads of the crash history, on one read-only connection of their own
+//! Web: where the page reads from ([`History`]: this node's crash history, or the hub's
+//! database), and the node's reads of its crash history, on one read-only connection of their own
 //! (WAL: the agent's writer is never blocked). Reads take turns on it; at most [`WAITING`]
 //! requests wait for their turn, beyond that a request is answered 503 at once: however
 //! many requests come, the agent does one read at a time, each bounded by its page.
@@ -6,7 +7,8 @@ use std::{path::PathBuf, sync::Arc};
 
 use tokio::sync::{Mutex, Semaphore};
 
-use crate::outputs::store::Store;
+use super::api::ClusterDetail;
+use crate::outputs::store::{Cursor, Filter, Listing, Store};
 
 /// Requests that may wait for the connection.
 const WAITING: usize = 32;
@@ -59,5 +61,92 @@ impl Reader {
         .await
         .map_err(|e| Failed::Error(format!("the read stopped: {e}")))?
         .map_err(Failed::Error)
+    }
+}
+
+/// What a read answers.
+pub type Answer<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, Failed>> + Send + 'a>>;
+
+/// Where the page and the API read crashes from: this node's history ([`Reader`]), or the
+/// fleet's database on the hub. Every answer is one bounded page.
+pub trait History: Send + Sync + 'static {
+    /// A page of clusters, most recent activity first, from `before` on.
+    fn list(&self, f: Filter, before: Option<Cursor>) -> Answer<'_, Listing>;
+    /// A cluster with its timelines and a page of its reports; None: no such cluster.
+    fn detail(
+        &self,
+        id: i64,
+        f: Filter,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Answer<'_, Option<ClusterDetail>>;
+    /// Report `id`: its cluster and its JSON.
+    fn report(&self, id: i64) -> Answer<'_, Option<(i64, String)>>;
+    /// The id of the cluster's latest report kept.
+    fn latest(&self, cluster: i64) -> Answer<'_, Option<i64>>;
+    /// The nodes (the hub's); None: a node's page has no such list.
+    fn nodes(&self) -> Answer<'_, Option<Vec<NodeRow>>> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// A node as the hub's nodes page shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct NodeRow {
+    pub name: String,
+    pub first_seen: String,
+    /// Its last report or heartbeat.
+    pub heard: String,
+    /// Not heard from for three heartbeats: its agent is down or cut off, which is not
+    /// "no crashes".
+    pub silent: bool,
+    pub silent_secs: u64,
+    pub last_crash: Option<String>,
+    pub crashes_24h: u64,
+    /// Its last heartbeat's inventory (agent version, kernel, losses, spool).
+    pub inventory: serde_json::Value,
+}
+
+impl History for Reader {
+    fn list(&self, f: Filter, before: Option<Cursor>) -> Answer<'_, Listing> {
+        Box::pin(self.read(move |s| s.list_page(&f, before, crate::model::clock::now_ns())))
+    }
+
+    fn detail(
+        &self,
+        id: i64,
+        f: Filter,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Answer<'_, Option<ClusterDetail>> {
+        Box::pin(self.read(move |s| {
+            let now = crate::model::clock::now_ns();
+            let Some(cluster) = s.cluster_row(id, &f, now)? else {
+                return Ok(None);
+            };
+            let limit = limit.clamp(1, crate::outputs::store::page::MAX_PAGE);
+            let mut reports = s.reports_of(id, before, limit + 1)?;
+            let next_reports = if reports.len() > limit as usize {
+                reports.truncate(limit as usize);
+                reports.last().map(|r| r.id)
+            } else {
+                None
+            };
+            Ok(Some(ClusterDetail {
+                cluster,
+                timeline_30d: s.timeline(id, 30, 24, now)?,
+                reports,
+                next_reports,
+            }))
+        }))
+    }
+
+    fn report(&self, id: i64) -> Answer<'_, Option<(i64, String)>> {
+        Box::pin(self.read(move |s| s.report(id)))
+    }
+
+    fn latest(&self, cluster: i64) -> Answer<'_, Option<i64>> {
+        Box::pin(self.read(move |s| s.latest_report(cluster)))
     }
 }

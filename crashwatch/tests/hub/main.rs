@@ -2,9 +2,14 @@
 //! agents send real crashes through two hub replicas; a replica is killed with SIGKILL and
 //! the database stopped mid-storm, a second agent on the node sends every crash again —
 //! every crash is stored exactly once, none lost. Forged, malformed and oversized bodies and
-//! the wrong token are refused and store nothing. Needs root (agents load eBPF programs).
+//! the wrong token are refused and store nothing. Headless chromium reads the fleet's page:
+//! a cluster on three nodes, a silent node, markup as text, a live update through another
+//! replica. Needs root (agents load eBPF programs).
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../web/driver.rs"]
+#[allow(dead_code)]
+mod driver;
 mod servers;
 
 use std::time::{Duration, Instant};
@@ -49,8 +54,8 @@ fn every_crash_is_stored_once_through_a_replica_kill_a_database_outage_and_a_sec
         token_file(&dir, "read", READ),
     );
     // Two replicas starting at once migrate the schema once.
-    let mut a = Hub::spawn(&pg.url(), &ingest, &read);
-    let b = Hub::spawn(&pg.url(), &ingest, &read);
+    let mut a = Hub::spawn(&pg.url(), &ingest, Some(&read));
+    let b = Hub::spawn(&pg.url(), &ingest, Some(&read));
     a.wait_ready();
     b.wait_ready();
     assert_eq!(pg.one("SELECT COUNT(*) FROM crashwatch_schema"), 1);
@@ -198,7 +203,7 @@ fn forged_malformed_oversized_and_wrongly_tokened_bodies_store_nothing() {
         token_file(&dir, "ingest", INGEST),
         token_file(&dir, "read", READ),
     );
-    let hub = Hub::start(&pg.url(), &ingest, &read);
+    let hub = Hub::start(&pg.url(), &ingest, Some(&read));
     // A real report, from a real crash.
     let agent = Agent::start(&[]);
     let c = Crasher::run("null");
@@ -261,5 +266,134 @@ fn forged_malformed_oversized_and_wrongly_tokened_bodies_store_nothing() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("the same token"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A report of `r`'s crash as the agent of `node` would send it (its own pid, start and pod).
+fn as_node(r: &Value, node: &str, n: u64) -> Vec<u8> {
+    let mut r = r.clone();
+    r["host"] = node.into();
+    r["pid"] = (40_000 + n).into();
+    r["start_time_ns"] = (1_000_000 + n).into();
+    r["k8s"] = serde_json::json!({
+        "namespace": "shop", "pod": format!("api-7c9f8d6b5-x2k4{}", ["q", "z", "w", "p"][n as usize % 4]),
+        "container": "api", "node": node
+    });
+    serde_json::to_vec(&r).unwrap()
+}
+
+#[test]
+fn the_fleet_page_shows_a_cluster_on_three_nodes_a_silent_node_and_markup_as_text() {
+    let _alone = alone();
+    let pg = Postgres::start();
+    let dir = state_dir("hub-page");
+    let ingest = token_file(&dir, "ingest", INGEST);
+    // No read token: the page answers this host's loopback, as a node's does.
+    let a = Hub::start(&pg.url(), &ingest, None);
+    let b = Hub::start(&pg.url(), &ingest, None);
+    // A real crash whose message is markup, sent as three nodes' agents would.
+    let agent = Agent::start(&[]);
+    let py = std::process::Command::new("python3")
+        .args(["-c", "raise RuntimeError('<img src=x onerror=alert(1)>')"])
+        .output()
+        .unwrap();
+    assert_eq!(py.status.code(), Some(1));
+    let r = agent
+        .wait_for(|| {
+            agent
+                .reports()
+                .into_iter()
+                .find(|r| r["kind"] == "runtime_error" && r["comm"] == "python3")
+        })
+        .expect("the Python crash's report");
+    for (n, node) in ["node-a", "node-b", "node-c"].iter().enumerate() {
+        let (st, body) = a.post(
+            "/api/v1/reports",
+            Some(INGEST),
+            &as_node(&r, node, n as u64),
+        );
+        assert_eq!(st, 200, "{body}");
+    }
+    // node-c's agent has not been heard from for five minutes.
+    pg.query("UPDATE nodes SET heard_ns = heard_ns - 300000000000 WHERE name = 'node-c'");
+
+    let d = driver::Driver::start();
+    d.cdp(
+        "Page.addScriptToEvaluateOnNewDocument",
+        serde_json::json!({ "source": "window.__alerts = []; window.alert = function (m) { window.__alerts.push(String(m)); };" }),
+    );
+    d.open(&format!("{}/", a.url()));
+    d.wait_for(".cluster");
+    let row = |d: &driver::Driver| -> Value {
+        serde_json::from_str(
+            d.js(
+                "JSON.stringify([...document.querySelectorAll('.cluster')].map(li => ({
+                    headline: li.querySelector('.headline').textContent,
+                    fleet: (li.querySelector('.fleet') || {}).textContent || '',
+                    imgs: li.querySelectorAll('img').length })))",
+            )
+            .as_str()
+            .unwrap(),
+        )
+        .unwrap()
+    };
+    let rows = row(&d);
+    let c = &rows[0];
+    assert_eq!(
+        c["headline"].as_str().unwrap(),
+        "RuntimeError: <img src=x onerror=alert(1)>",
+        "markup stays text: {rows}"
+    );
+    assert_eq!(c["imgs"], 0, "{rows}");
+    let fleet = c["fleet"].as_str().unwrap();
+    assert!(
+        fleet.contains("on 3 nodes")
+            && fleet.contains("1 namespace")
+            && fleet.contains("1 workload"),
+        "{fleet}"
+    );
+    assert_eq!(d.js("window.__alerts.length"), 0);
+
+    // A fourth node's crash, stored through the other replica, reaches this page live.
+    let (st, body) = b.post("/api/v1/reports", Some(INGEST), &as_node(&r, "node-d", 3));
+    assert_eq!(st, 200, "{body}");
+    let t0 = Instant::now();
+    while !row(&d)[0]["fleet"]
+        .as_str()
+        .unwrap_or("")
+        .contains("on 4 nodes")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no live update: {}",
+            row(&d)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    d.open(&format!("{}/nodes", a.url()));
+    d.wait_for("table.nodes");
+    let nodes: Value = serde_json::from_str(
+        d.js(
+            "JSON.stringify([...document.querySelectorAll('table.nodes tbody tr')].map(tr => ({
+                name: tr.querySelector('td').textContent, silent: tr.classList.contains('silent'),
+                text: tr.textContent })))",
+        )
+        .as_str()
+        .unwrap(),
+    )
+    .unwrap();
+    let silent: Vec<&Value> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["silent"] == true)
+        .collect();
+    assert_eq!(silent.len(), 1, "{nodes}");
+    assert_eq!(silent[0]["name"], "node-c", "{nodes}");
+    assert!(
+        silent[0]["text"].as_str().unwrap().contains("silent for"),
+        "{nodes}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -167,7 +167,7 @@ pub struct Hub {
 
 impl Hub {
     /// A replica on a free loopback port; returns once it is ready (schema migrated).
-    pub fn start(database: &str, ingest: &str, read: &str) -> Hub {
+    pub fn start(database: &str, ingest: &str, read: Option<&str>) -> Hub {
         let hub = Hub::spawn(database, ingest, read);
         hub.wait_ready();
         hub
@@ -175,12 +175,14 @@ impl Hub {
 
     /// A replica listening; its schema migration goes on. It dies with the calling thread
     /// (PR_SET_PDEATHSIG), so call this from the test's own thread.
-    pub fn spawn(database: &str, ingest: &str, read: &str) -> Hub {
+    pub fn spawn(database: &str, ingest: &str, read: Option<&str>) -> Hub {
         let mut cmd = Command::new(agent_bin());
         cmd.args(["hub", "--database", database, "--listen", "127.0.0.1:0"])
-            .args(["--ingest-token-file", ingest, "--read-token-file", read])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .args(["--ingest-token-file", ingest]);
+        if let Some(r) = read {
+            cmd.args(["--read-token-file", r]);
+        }
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         unsafe {
             cmd.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);

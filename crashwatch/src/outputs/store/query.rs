@@ -16,6 +16,10 @@ pub struct Filter {
     pub since_ns: Option<u64>,
     pub kind: Option<String>,
     pub namespace: Option<String>,
+    /// The hub's facets: a cluster with a crash on this node, in this workload (a node's
+    /// store has neither: the web refuses them there).
+    pub node: Option<String>,
+    pub workload: Option<String>,
     /// Words a cluster's kind, headline, top frame, fingerprint or a binary holds (the
     /// crash page's search; [`Store::list_page`] only).
     pub text: Option<String>,
