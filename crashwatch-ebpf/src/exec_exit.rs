@@ -111,15 +111,20 @@ fn on_exec(ctx: &BtfTracePointContext, copy: u32) -> u32 {
     0
 }
 
-/// Sends the death of `task`'s process. `at_free`: from its task's free, not from the dying
-/// task itself (its memory is gone, and the current task is another).
-#[inline(always)]
-fn exit_common(task: u64, at_free: bool) {
+/// Sends the death of `task`'s process. `AT_FREE`: from its task's free, not from the dying
+/// task itself (its memory is gone, and the current task is another). A constant, so the
+/// exit programs are the code they were before the free hook: inlined with a run-time flag,
+/// 6.1's verifier walked past its million instructions on the exit program.
+fn exit_common<const AT_FREE: bool>(task: u64) {
     let signal: u64 = rd(task, config!(off.task_signal));
     let gec: u32 = rd(signal, config!(off.signal_group_exit_code));
     let code: u32 = rd(task, config!(off.task_exit_code));
     let status = if gec != 0 { gec } else { code };
-    let pid: u32 = rd(task, config!(off.task_tgid));
+    let pid: u32 = if AT_FREE {
+        rd(task, config!(off.task_tgid))
+    } else {
+        (bpf_get_current_pid_tgid() >> 32) as u32
+    };
     let tracked = ident::untrack(pid);
     if status == 0 && !tracked {
         // Lived and ended normally: nothing to send, only its last-words entry to drop.
@@ -160,7 +165,7 @@ fn exit_common(task: u64, at_free: bool) {
         if rec.status != 0 {
             // Where the process's memory is still there at this point (6.16+), what its
             // writes left unread is read now.
-            if !at_free {
+            if !AT_FREE {
                 crate::writes::retry_unread(w);
             }
             if !tracked && w.has_ident != 0 {
@@ -229,7 +234,7 @@ fn last_thread(_ctx: &BtfTracePointContext) -> bool {
 
 #[inline(always)]
 fn exit_live(_ctx: &BtfTracePointContext, _copy: u32) -> u32 {
-    exit_common(unsafe { bpf_get_current_task() }, false);
+    exit_common::<false>(unsafe { bpf_get_current_task() });
     0
 }
 
@@ -252,7 +257,7 @@ fn group_dead(ctx: &BtfTracePointContext) -> bool {
 
 #[inline(always)]
 fn exit_group_dead(_ctx: &BtfTracePointContext, _copy: u32) -> u32 {
-    exit_common(unsafe { bpf_get_current_task() }, false);
+    exit_common::<false>(unsafe { bpf_get_current_task() });
     0
 }
 
@@ -284,7 +289,7 @@ pub fn sched_process_free(ctx: BtfTracePointContext) -> u32 {
     let pid: u32 = rd(task, config!(off.task_tgid));
     // SAFETY: a lookup; the value is not kept.
     if ident::is_tracked(pid) || unsafe { WORDS.get(pid) }.is_some() {
-        exit_common(task, true);
+        exit_common::<true>(task);
         crate::copies::sent_at_free();
     }
     0
