@@ -276,7 +276,7 @@ fn toml_value(raw: &str) -> String {
 /// strings, and in header values.
 fn mask(long: &str, v: &str) -> String {
     match long {
-        "webhook" | "otlp-endpoint" => crate::pipeline::redact::mask_url(v),
+        "webhook" | "otlp-endpoint" | "hub" => crate::pipeline::redact::mask_url(v),
         "webhook-header" | "otlp-header" => match v.split_once(':') {
             Some((name, _)) => format!("{name}: ***"),
             None => "***".to_string(),

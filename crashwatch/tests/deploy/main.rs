@@ -160,6 +160,8 @@ const ALL_SINKS: &[&str] = &[
     "sysAdmin=true",
     "--set",
     "serviceMonitor.enabled=true",
+    "--set",
+    "hub.enabled=true",
     "--set-json",
     r#"config={"output":"json","exits":"nonzero","keep-days":7,"no-default-redact":false}"#,
 ];
@@ -316,8 +318,73 @@ fn the_charts_configuration_is_accepted_by_the_agent() {
         "redact = [\"session=[^ ]+\"]   # file",
         "exits = \"nonzero\"   # file",
         "keep-days = 7   # file",
+        "hub = [\"http://crashwatch-hub.crashwatch.svc:9722\"]   # file",
+        "hub-token-file = \"/etc/crashwatch-hub/ingest-token\"   # file",
     ] {
         assert!(text.contains(line), "missing `{line}` in\n{text}");
     }
     assert!(!text.contains("SECRET"), "{text}");
+}
+
+/// `hub.enabled`: the hub's replicas beside the agents, the database and tokens from the
+/// Secret, every agent pointed at the hub's Service with the ingest token only; the hub's
+/// arguments are the real binary's.
+#[test]
+fn the_hub_runs_beside_the_agents_when_enabled() {
+    let docs = documents(&render(&["--set", "hub.enabled=true"]));
+    let deploy = kind(&docs, "Deployment");
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let c = &pod["containers"][0];
+    assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
+    let env = &c["env"][0];
+    assert_eq!(env["name"], "CRASHWATCH_HUB_DATABASE");
+    assert_eq!(env["valueFrom"]["secretKeyRef"]["key"], "database");
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(args.contains(&"--read-token-file"), "{args:?}");
+    // The real binary takes these arguments: it stops at the missing token file, not at a flag.
+    let out = Command::new(agent_bin())
+        .args(&args)
+        .env(
+            "CRASHWATCH_HUB_DATABASE",
+            "postgres://nobody@127.0.0.1:1/none",
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--ingest-token-file /etc/crashwatch-hub"),
+        "{err}"
+    );
+    let svc = docs
+        .iter()
+        .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == "crashwatch-hub")
+        .expect("the hub's Service");
+    for (k, v) in svc["spec"]["selector"].as_object().unwrap() {
+        assert_eq!(&deploy["spec"]["template"]["metadata"]["labels"][k], v);
+    }
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], c["ports"][0]["name"]);
+    // Agents: the Service's URL, and the ingest token alone mounted.
+    let toml = kind(&docs, "ConfigMap")["data"]["config.toml"]
+        .as_str()
+        .unwrap();
+    assert!(
+        toml.contains("hub = [\"http://crashwatch-hub.crashwatch.svc:9722\"]"),
+        "{toml}"
+    );
+    let ds = kind(&docs, "DaemonSet");
+    let vol = ds["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "hub-token")
+        .expect("the agents' token volume");
+    assert_eq!(vol["secret"]["items"].as_array().unwrap().len(), 1, "{vol}");
+    assert_eq!(vol["secret"]["items"][0]["key"], "ingest-token");
 }

@@ -228,6 +228,63 @@ fn the_systemd_unit_verifies() {
     assert!(ok && level <= 5.0, "exposure {level}: {out}");
 }
 
+/// The hub's unit verifies, runs the hub with no privileges (systemd's review: well under
+/// the agent's), and its ExecStart is the real binary's arguments.
+#[test]
+fn the_hub_unit_verifies_and_runs_unprivileged() {
+    let unit =
+        std::fs::read_to_string(root().join("deploy/systemd/crashwatch-hub.service")).unwrap();
+    let unit = unit.replace("/usr/local/bin/crashwatch", agent_bin().to_str().unwrap());
+    let f = write_tmp("crashwatch-hub.service", &unit);
+    let (ok, out) = run(Command::new("systemd-analyze")
+        .args(["verify", "--man=no", "--generators=no"])
+        .arg(&f));
+    // The EnvironmentFile and credentials exist only on an installed host.
+    let out: Vec<&str> = out
+        .lines()
+        .filter(|l| !l.contains("/etc/crashwatch-hub/"))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(ok || out.is_empty(), "systemd-analyze verify: {out:?}");
+    assert!(out.is_empty(), "systemd-analyze verify: {out:?}");
+    let (_, out) = run(Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(&f));
+    let level: f64 = out
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for crashwatch-hub.service: ")
+                .nth(1)
+        })
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in: {out}"));
+    assert!(level <= 2.5, "exposure {level}: {out}");
+    // ExecStart's arguments parse: the hub stops at the token file, not at a flag.
+    let exec = unit
+        .split("ExecStart=")
+        .nth(1)
+        .unwrap()
+        .split("\n# ")
+        .next()
+        .unwrap()
+        .replace("\\\n", " ")
+        .replace("${CREDENTIALS_DIRECTORY}", "/nonexistent");
+    let args: Vec<&str> = exec.split_whitespace().skip(1).collect();
+    let out = Command::new(agent_bin())
+        .args(&args)
+        .env(
+            "CRASHWATCH_HUB_DATABASE",
+            "postgres://nobody@127.0.0.1:1/none",
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--ingest-token-file /nonexistent/ingest-token"),
+        "{args:?}: {err}"
+    );
+}
+
 /// The unit installs deploy/config.toml where ExecStart reads it, and every path that
 /// configuration makes the agent write (each setting the example shows switched on, and
 /// every default) is one the unit makes writable under `ProtectSystem=strict`.

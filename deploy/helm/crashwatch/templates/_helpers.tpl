@@ -7,6 +7,15 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/component: node-agent
 {{- end -}}
 
+{{/* Where agents send reports: hub.url, or the chart's own hub's Service; empty: nowhere. */}}
+{{- define "crashwatch.hubURL" -}}
+{{- if .Values.hub.url -}}
+{{ .Values.hub.url }}
+{{- else if .Values.hub.enabled -}}
+{{ printf "http://%s-hub.%s.svc:%d" (include "crashwatch.name" .) .Release.Namespace (int .Values.hub.port) }}
+{{- end -}}
+{{- end -}}
+
 {{- define "crashwatch.selector" -}}
 app.kubernetes.io/name: crashwatch
 app.kubernetes.io/instance: {{ .Release.Name }}
@@ -37,6 +46,10 @@ otlp-header = {{ .otlpHeaders | toJson }}
 {{- if .redact }}
 redact = {{ .redact | toJson }}
 {{- end }}
+{{- end }}
+{{- with include "crashwatch.hubURL" . }}
+hub = {{ list . | toJson }}
+hub-token-file = "/etc/crashwatch-hub/ingest-token"
 {{- end }}
 {{- range $key, $value := .Values.config }}
 {{ $key }} = {{ $value | toJson }}
