@@ -28,6 +28,22 @@ pub struct HubArgs {
     /// Seconds of the crash-loop window.
     #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     loop_window: u64,
+    /// Hours after a build's first crash in the fleet during which a cluster it opens (and
+    /// its node blamed on that build) is marked a regression of it.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=8760))]
+    regression_window_hours: u64,
+    /// Reports kept per cluster (the latest); the cluster's count goes on.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    keep_per_cluster: u32,
+    /// Days a report is kept.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    keep_days: u64,
+    /// MiB the kept reports may take in the database; the oldest go first.
+    #[arg(long, default_value_t = 10240, value_parser = clap::value_parser!(u64).range(1..))]
+    store_max_mib: u64,
+    /// Seconds between two retention passes (one replica at a time does one).
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    retention_interval: u64,
     /// The hub's own messages: text lines or JSON objects.
     #[arg(long, value_enum, default_value_t = crate::util::log::Format::Text)]
     log_format: crate::util::log::Format,
@@ -77,6 +93,13 @@ fn start(a: HubArgs) -> anyhow::Result<()> {
             access,
             loop_count: a.loop_count,
             loop_window_ns: a.loop_window * 1_000_000_000,
+            regression_window_ns: a.regression_window_hours * 3_600_000_000_000,
+            retention: crate::hub::retain::Retention {
+                keep_per_cluster: a.keep_per_cluster,
+                keep_days: a.keep_days,
+                max_bytes: a.store_max_mib << 20,
+                every: std::time::Duration::from_secs(a.retention_interval),
+            },
         };
         tokio::select! {
             r = crate::hub::serve(listener, opts) => r,

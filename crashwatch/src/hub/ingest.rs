@@ -10,6 +10,9 @@
 //! lost, two agents across a handover, two replicas racing) finds the row and changes
 //! nothing; it is answered 200 all the same, so the agent's spool lets it go.
 //!
+//! A cluster a report opens is a regression when the node blamed a build that arrived just
+//! before (`cluster.regression`) and the fleet's first crash in that build is recent too.
+//!
 //! Terminations (SIGTERM and the like, when agents send them) are counted per hour, node,
 //! namespace, workload and signal, never clustered.
 use anyhow::{bail, Result};
@@ -120,7 +123,15 @@ fn revision(r: &Report) -> String {
         .unwrap_or_default()
 }
 
-pub async fn store(pool: &Pool, i: &Incoming) -> Result<Stored> {
+/// The build the node blamed this crash's cluster on (`cluster.regression`), if any.
+fn regression(r: &Report) -> Option<String> {
+    let rev = &r.cluster.as_ref()?.regression.as_ref()?.revision;
+    (!rev.is_empty()).then(|| rev.clone())
+}
+
+/// Stores `i` once; a cluster it opens is a regression of the build the node blamed when
+/// the fleet first saw that build crash within `regression_window_ns`.
+pub async fn store(pool: &Pool, i: &Incoming, regression_window_ns: u64) -> Result<Stored> {
     let r = &i.report;
     let now = clock::now_ns() as i64;
     let t = i.time_ns as i64;
@@ -149,17 +160,18 @@ pub async fn store(pool: &Pool, i: &Incoming) -> Result<Stored> {
     }
     let headline = crate::pipeline::cluster::headline(r);
     let top = crate::pipeline::cluster::top_frame(r);
-    let cluster: i64 = tx
+    // `made`: this report opened the cluster (PostgreSQL's xmax is 0 on a row just inserted).
+    let row = tx
         .query_one(
             "INSERT INTO clusters (fingerprint, kind, headline, top_frame, first_seen_ns,
                  last_seen_ns)
              VALUES ($1, $2, $3, $4, $5, $5)
              ON CONFLICT (fingerprint) DO UPDATE SET fingerprint = EXCLUDED.fingerprint
-             RETURNING id",
+             RETURNING id, (xmax = 0)",
             &[&r.fingerprint, &r.kind, &headline, &top, &t],
         )
-        .await?
-        .get(0);
+        .await?;
+    let (cluster, made): (i64, bool) = (row.get(0), row.get(1));
     let rev = revision(r);
     let image = r
         .container
@@ -219,6 +231,21 @@ pub async fn store(pool: &Pool, i: &Incoming) -> Result<Stored> {
             "INSERT INTO builds VALUES ($1, $2) ON CONFLICT (revision)
              DO UPDATE SET first_seen_ns = LEAST(builds.first_seen_ns, $2)",
             &[&rev, &t],
+        )
+        .await?;
+    }
+    if let Some(build) = regression(r).filter(|_| made) {
+        // The node saw the build arrive just before this crash; the fleet's first crash in
+        // that build is recent too (an old build crashing for the first time is not new).
+        tx.execute(
+            "UPDATE clusters SET regression = $2 WHERE id = $1
+                 AND COALESCE((SELECT first_seen_ns FROM builds WHERE revision = $2), $3) >= $4",
+            &[
+                &cluster,
+                &build,
+                &t,
+                &(t - regression_window_ns.min(i64::MAX as u64) as i64),
+            ],
         )
         .await?;
     }

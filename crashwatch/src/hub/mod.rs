@@ -15,6 +15,7 @@
 pub mod db;
 pub mod ingest;
 pub mod read;
+pub mod retain;
 
 use std::{
     net::SocketAddr,
@@ -52,6 +53,8 @@ pub struct Options {
     pub access: Access,
     pub loop_count: u32,
     pub loop_window_ns: u64,
+    pub regression_window_ns: u64,
+    pub retention: retain::Retention,
 }
 
 /// What this replica counts (each replica its own; Prometheus sums them).
@@ -70,6 +73,7 @@ struct Hub {
     pool: Pool,
     ready: Arc<AtomicBool>,
     counts: Arc<Counts>,
+    regression_window_ns: u64,
 }
 
 /// Serves on `listener` until the runtime ends; the schema is brought up to date first,
@@ -79,8 +83,10 @@ pub async fn serve(listener: tokio::net::TcpListener, opts: Options) -> Result<(
         pool: db::pool(&opts.database)?,
         ready: Arc::default(),
         counts: Arc::default(),
+        regression_window_ns: opts.regression_window_ns,
     };
     let (pool, ready) = (hub.pool.clone(), hub.ready.clone());
+    let retention = opts.retention.clone();
     tokio::spawn(async move {
         let mut said = false;
         loop {
@@ -90,6 +96,7 @@ pub async fn serve(listener: tokio::net::TcpListener, opts: Options) -> Result<(
                         tracing::info!("database schema brought to version {}", db::VERSION);
                     }
                     ready.store(true, Ordering::Relaxed);
+                    tokio::spawn(retain::run(pool, retention));
                     return;
                 }
                 Err(e) if !said => {
@@ -166,7 +173,7 @@ async fn take_report(
     if !hub.ready.load(Ordering::Relaxed) {
         return unavailable("the hub is starting: the database is not ready".into());
     }
-    match ingest::store(&hub.pool, &incoming).await {
+    match ingest::store(&hub.pool, &incoming, hub.regression_window_ns).await {
         Ok(stored) => {
             let (counter, said) = match stored {
                 ingest::Stored::New { .. } => (&hub.counts.stored, "stored"),

@@ -397,3 +397,140 @@ fn the_fleet_page_shows_a_cluster_on_three_nodes_a_silent_node_and_markup_as_tex
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Retention keeps the latest reports of a cluster and none past the age, while the cluster's
+/// count and its hourly counts go on; a cluster opened by a build the node blamed is a
+/// regression only when the fleet's first crash in that build is recent.
+#[test]
+fn retention_thins_reports_not_counts_and_regressions_need_a_new_build() {
+    let _alone = alone();
+    let pg = Postgres::start();
+    let dir = state_dir("hub-retain");
+    let ingest = token_file(&dir, "ingest", INGEST);
+    let hub = Hub::spawn_with(
+        &pg.url(),
+        &ingest,
+        None,
+        &[
+            "--keep-per-cluster",
+            "3",
+            "--keep-days",
+            "2",
+            "--retention-interval",
+            "1",
+        ],
+    );
+    hub.wait_ready();
+    let agent = Agent::start(&[]);
+    let c = Crasher::run("null");
+    let real = agent.report_for(c.pid);
+    let post = |n: u64, f: &dyn Fn(&mut Value)| {
+        let mut r: Value = serde_json::from_slice(&as_node(&real, "node-r", n)).unwrap();
+        r["pid"] = (50_000 + n).into();
+        r["start_time_ns"] = (2_000_000 + n).into();
+        f(&mut r);
+        let (st, body) = hub.post(
+            "/api/v1/reports",
+            Some(INGEST),
+            &serde_json::to_vec(&r).unwrap(),
+        );
+        assert_eq!(st, 200, "{body}");
+    };
+    let days_ago = |d: u64| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let t = now - d * 86_400;
+        // RFC 3339 from the command line's date, as the agent writes it.
+        let out = std::process::Command::new("date")
+            .args(["-u", "-d", &format!("@{t}"), "+%Y-%m-%dT%H:%M:%S.000000Z"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    for n in 0..10 {
+        post(n, &|_| {});
+    }
+    // A crash of another cluster 5 days ago: past --keep-days, alone in its cluster.
+    let old = days_ago(5);
+    post(10, &|r| {
+        r["time"] = old.clone().into();
+        r["fingerprint"] = "v1:00000000000000dd".into();
+    });
+    let fp = real["fingerprint"].as_str().unwrap().to_string();
+    let kept = |fp: &str| {
+        pg.one(&format!(
+            "SELECT COUNT(*) FROM reports r JOIN clusters c ON c.id = r.cluster \
+             WHERE c.fingerprint = '{fp}'"
+        ))
+    };
+    let hours = |fp: &str| {
+        pg.one(&format!(
+            "SELECT COALESCE(SUM(h.count), 0)::BIGINT FROM cluster_hours h \
+             JOIN clusters c ON c.id = h.cluster WHERE c.fingerprint = '{fp}'"
+        ))
+    };
+    let count = |fp: &str| {
+        pg.one(&format!(
+            "SELECT count FROM clusters WHERE fingerprint = '{fp}'"
+        ))
+    };
+    wait_until("the cluster thinned to its latest 3 reports", 30, || {
+        kept(&fp) == 3
+    });
+    wait_until("the old report gone", 30, || {
+        kept("v1:00000000000000dd") == 0
+    });
+    assert_eq!((count(&fp), hours(&fp)), (10, 10), "the counts go on");
+    assert_eq!(
+        (count("v1:00000000000000dd"), hours("v1:00000000000000dd")),
+        (1, 1),
+        "the old crash's counts go on"
+    );
+
+    // Regressions.
+    let build = |rev: &'static str, blamed: bool| {
+        move |r: &mut Value| {
+            r["go"] = serde_json::json!({ "build": { "vcs_revision": rev } });
+            if blamed {
+                r["cluster"] =
+                    serde_json::json!({ "regression": { "program": "api", "revision": rev } });
+            }
+        }
+    };
+    let new = build("r-new", true);
+    post(20, &|r| {
+        new(r);
+        r["fingerprint"] = "v1:00000000000000aa".into();
+    });
+    // r-old crashed three days ago (in another cluster); a cluster it opens now is no
+    // regression, whatever the node says.
+    let first = build("r-old", false);
+    let three = days_ago(3);
+    post(21, &|r| {
+        first(r);
+        r["fingerprint"] = "v1:00000000000000cc".into();
+        r["time"] = three.clone().into();
+    });
+    let blamed = build("r-old", true);
+    post(22, &|r| {
+        blamed(r);
+        r["fingerprint"] = "v1:00000000000000bb".into();
+    });
+    let reg = pg.query(
+        "SELECT fingerprint || '=' || COALESCE(regression, '') FROM clusters \
+         WHERE fingerprint IN ('v1:00000000000000aa', 'v1:00000000000000bb', \
+             'v1:00000000000000cc') ORDER BY fingerprint",
+    );
+    assert_eq!(
+        reg,
+        [
+            "v1:00000000000000aa=r-new",
+            "v1:00000000000000bb=",
+            "v1:00000000000000cc="
+        ],
+        "{reg:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -176,9 +176,15 @@ impl Hub {
     /// A replica listening; its schema migration goes on. It dies with the calling thread
     /// (PR_SET_PDEATHSIG), so call this from the test's own thread.
     pub fn spawn(database: &str, ingest: &str, read: Option<&str>) -> Hub {
+        Hub::spawn_with(database, ingest, read, &[])
+    }
+
+    /// [`Hub::spawn`] with more of `crashwatch hub`'s flags.
+    pub fn spawn_with(database: &str, ingest: &str, read: Option<&str>, extra: &[&str]) -> Hub {
         let mut cmd = Command::new(agent_bin());
         cmd.args(["hub", "--database", database, "--listen", "127.0.0.1:0"])
-            .args(["--ingest-token-file", ingest]);
+            .args(["--ingest-token-file", ingest])
+            .args(extra);
         if let Some(r) = read {
             cmd.args(["--read-token-file", r]);
         }

@@ -1,0 +1,168 @@
+//! Hub: retention. Reports are kept by count per cluster (the latest), by age and by the
+//! reports table's size; the counts go on (`clusters.count`, and `cluster_hours` kept 31
+//! days whatever the reports' retention did, as on a node).
+//!
+//! One replica at a time does it (a session advisory lock, tried, never waited for), every
+//! `--retention-interval`, in batches of [`BATCH`] rows, each its own short transaction: a
+//! fleet of millions of reports is thinned without a long lock or a table rewrite, and ingest
+//! goes on between batches. Old reports go by the `reports_by_time` index; the excess of a
+//! cluster by its `(cluster, id)` index, for the clusters active since the last pass.
+use std::time::Duration;
+
+use anyhow::Result;
+use deadpool_postgres::Pool;
+
+/// Rows deleted per statement.
+pub const BATCH: i64 = 5_000;
+/// Hours of counts kept: the 30-day timeline and a day to spare (as on a node).
+const HOURS_KEPT: i64 = 31 * 24;
+const HOUR_NS: i64 = 3_600_000_000_000;
+/// The retention's advisory lock (the migrations' key + 1).
+const LOCK: i64 = 0x6372_6173_6877_6175;
+
+#[derive(Clone, Debug)]
+pub struct Retention {
+    pub keep_per_cluster: u32,
+    pub keep_days: u64,
+    pub max_bytes: u64,
+    pub every: Duration,
+}
+
+/// What one pass removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    pub by_count: u64,
+    pub by_age: u64,
+    pub by_size: u64,
+}
+
+/// Runs a pass every `r.every`, for the life of the hub.
+pub async fn run(pool: Pool, r: Retention) {
+    let mut since_ns = 0i64;
+    loop {
+        tokio::time::sleep(r.every).await;
+        let started = crate::model::clock::now_ns() as i64;
+        match pass(&pool, &r, since_ns).await {
+            Ok(Some(n)) => {
+                since_ns = started;
+                if n != Removed::default() {
+                    tracing::info!(
+                        "retention: removed {} reports past {} per cluster, {} older than {} days, {} for size",
+                        n.by_count, r.keep_per_cluster, n.by_age, r.keep_days, n.by_size
+                    );
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("retention: {e:#}"),
+        }
+    }
+}
+
+/// One pass, if no other replica is doing one; None: another is.
+pub async fn pass(pool: &Pool, r: &Retention, since_ns: i64) -> Result<Option<Removed>> {
+    let client = pool.get().await?;
+    let got: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK])
+        .await?
+        .get(0);
+    if !got {
+        return Ok(None);
+    }
+    let done = thin(&client, r, since_ns).await;
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK])
+        .await?;
+    done.map(Some)
+}
+
+/// Deletes with `sql` (its `$1` the batch size, then `params`) until a batch comes back short.
+async fn in_batches(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<u64> {
+    let mut all: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&BATCH];
+    all.extend_from_slice(params);
+    let mut removed = 0;
+    loop {
+        let n = client.execute(sql, &all).await?;
+        removed += n;
+        if n < BATCH as u64 {
+            return Ok(removed);
+        }
+    }
+}
+
+async fn thin(client: &tokio_postgres::Client, r: &Retention, since_ns: i64) -> Result<Removed> {
+    let now = crate::model::clock::now_ns() as i64;
+    let keep = r.keep_per_cluster as i64;
+    // The clusters that took reports since the last pass are the only ones that can be over.
+    let by_count = in_batches(
+        client,
+        "DELETE FROM reports WHERE id IN (
+             SELECT id FROM (
+                 SELECT r.id, ROW_NUMBER() OVER (PARTITION BY r.cluster ORDER BY r.id DESC) AS n
+                 FROM reports r
+                 WHERE r.cluster IN (SELECT id FROM clusters WHERE last_seen_ns >= $2)
+             ) x WHERE x.n > $3 LIMIT $1)",
+        &[&since_ns, &keep],
+    )
+    .await?;
+    let oldest = now - (r.keep_days.min(100_000) as i64) * 24 * HOUR_NS;
+    let by_age = in_batches(
+        client,
+        "DELETE FROM reports WHERE id IN (
+             SELECT id FROM reports WHERE time_ns < $2 ORDER BY time_ns LIMIT $1)",
+        &[&oldest],
+    )
+    .await?;
+    // Size: the live rows' bytes, estimated from the planner's row count and the newest
+    // rows' mean size (deleted rows' space is reused by new ones, not given back to the disk:
+    // the bound is on what is kept, not on the file).
+    let row = client
+        .query_one(
+            "SELECT (SELECT reltuples::BIGINT FROM pg_class WHERE relname = 'reports'),
+                 COALESCE((SELECT AVG(pg_column_size(r.*)) FROM
+                     (SELECT * FROM reports ORDER BY id DESC LIMIT 1000) r), 0)::FLOAT8",
+            &[],
+        )
+        .await?;
+    let (estimate, mean): (i64, f64) = (row.get(0), row.get(1));
+    let count = if estimate >= 0 {
+        estimate
+    } else {
+        // Never analyzed yet: count.
+        client
+            .query_one("SELECT COUNT(*) FROM reports", &[])
+            .await?
+            .get(0)
+    };
+    let fit = (r.max_bytes as f64 / mean.max(1.0)) as i64;
+    let mut over = count - fit;
+    let mut by_size = 0;
+    while over > 0 {
+        let n = client
+            .execute(
+                "DELETE FROM reports WHERE id IN (
+                     SELECT id FROM reports ORDER BY time_ns LIMIT $1)",
+                &[&over.min(BATCH)],
+            )
+            .await?;
+        if n == 0 {
+            break;
+        }
+        by_size += n;
+        over -= n as i64;
+    }
+    client
+        .execute(
+            "DELETE FROM cluster_hours WHERE hour < $1",
+            &[&(now / HOUR_NS - HOURS_KEPT)],
+        )
+        .await?;
+    Ok(Removed {
+        by_count,
+        by_age,
+        by_size,
+    })
+}
