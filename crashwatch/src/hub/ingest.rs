@@ -34,6 +34,11 @@ pub struct Incoming {
     pub workload: String,
 }
 
+/// A node's name as reports and heartbeats give it: 1 to 253 characters, none a control.
+pub fn node_name_ok(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && !s.chars().any(char::is_control)
+}
+
 /// Why a report is refused (answered 400 with this).
 pub fn check(body: &[u8]) -> Result<Incoming> {
     if body.len() > MAX_REPORT {
@@ -55,8 +60,7 @@ pub fn check(body: &[u8]) -> Result<Incoming> {
             kinds.join(", ")
         );
     }
-    let name_ok = |s: &str| !s.is_empty() && s.len() <= 253 && !s.chars().any(char::is_control);
-    if !name_ok(&report.host) {
+    if !node_name_ok(&report.host) {
         bail!("host: a node name is required (1 to 253 characters, no control characters)");
     }
     if report.boot_id.len() > 64 || report.boot_id.chars().any(char::is_control) {

@@ -234,11 +234,7 @@ async fn take_heartbeat(
         return bad("not UTF-8".into());
     };
     let node = match serde_json::from_str::<Heartbeat>(text) {
-        Ok(h)
-            if !h.node.is_empty() && h.node.len() <= 253 && !h.node.contains(char::is_control) =>
-        {
-            h.node
-        }
+        Ok(h) if ingest::node_name_ok(&h.node) => h.node,
         Ok(_) => return bad("node: a node name is required (1 to 253 characters)".into()),
         Err(e) => return bad(format!("not a heartbeat ({{\"node\": …, …}}): {e}")),
     };

@@ -9,7 +9,7 @@ use deadpool_postgres::Pool;
 
 use crate::{
     model::clock,
-    outputs::store::{ClusterRow, Cursor, Filter, Fleet, Listing, ReportRow, Timeline},
+    outputs::store::{page::cut, ClusterRow, Cursor, Filter, Fleet, Listing, ReportRow, Timeline},
     web::{
         api::ClusterDetail,
         read::{Answer, Failed, History, NodeRow},
@@ -81,15 +81,10 @@ pub async fn list(pool: &Pool, f: &Filter, before: Option<Cursor>) -> Result<Lis
         )
         .await?;
     let mut clusters: Vec<ClusterRow> = rows.iter().map(row).collect();
-    let next = if clusters.len() > limit as usize {
-        clusters.truncate(limit as usize);
-        clusters.last().map(|c| Cursor {
-            last_seen_ns: c.last_seen_ns as i64,
-            id: c.id,
-        })
-    } else {
-        None
-    };
+    let next = cut(&mut clusters, limit as u32, |c| Cursor {
+        last_seen_ns: c.last_seen_ns as i64,
+        id: c.id,
+    });
     facets(&client, &mut clusters, f).await?;
     Ok(Listing {
         clusters,
@@ -221,12 +216,7 @@ pub async fn cluster(
             node: text(r, 9),
         })
         .collect();
-    let next = if reports.len() > limit as usize {
-        reports.truncate(limit as usize);
-        reports.last().map(|r| r.id)
-    } else {
-        None
-    };
+    let next = cut(&mut reports, limit as u32, |r| r.id);
     Ok(Some(ClusterDetail {
         cluster: c,
         timeline_30d: timeline,

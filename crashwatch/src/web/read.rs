@@ -127,12 +127,7 @@ impl History for Reader {
             };
             let limit = limit.clamp(1, crate::outputs::store::page::MAX_PAGE);
             let mut reports = s.reports_of(id, before, limit + 1)?;
-            let next_reports = if reports.len() > limit as usize {
-                reports.truncate(limit as usize);
-                reports.last().map(|r| r.id)
-            } else {
-                None
-            };
+            let next_reports = crate::outputs::store::page::cut(&mut reports, limit, |r| r.id);
             Ok(Some(ClusterDetail {
                 cluster,
                 timeline_30d: s.timeline(id, 30, 24, now)?,

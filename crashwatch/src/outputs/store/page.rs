@@ -132,6 +132,16 @@ pub struct Timeline {
     pub counts: Vec<u64>,
 }
 
+/// Cuts `rows`, fetched with one more than `limit`, to `limit`; the key of the last row kept
+/// when there were more (where the next page starts), else None.
+pub fn cut<T, K>(rows: &mut Vec<T>, limit: u32, key: impl Fn(&T) -> K) -> Option<K> {
+    if rows.len() <= limit as usize {
+        return None;
+    }
+    rows.truncate(limit as usize);
+    rows.last().map(key)
+}
+
 impl Timeline {
     /// The first and the last hour (hours since the epoch) of `buckets` buckets of
     /// `bucket_hours` ending with the current one.
