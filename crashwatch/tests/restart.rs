@@ -342,15 +342,14 @@ fn a_kill_9_in_a_crash_storm_loses_nothing_and_repeats_at_most_the_report_being_
     assert!(s.twice <= 1, "{} crashes reported twice", s.twice);
 }
 
-/// The agent built with the test's changed signal program (`CRASHWATCH_EBPF_UPGRADE_TEST`),
-/// in a target directory of its own.
+/// The agent built with the test's changed signal program (the `upgrade-test` feature) by
+/// `cargo xtask static-agent`, so it shares the static build's dependencies (the deploy
+/// tests built them already) instead of building everything again in a directory of its
+/// own. Copied out, as the next static build puts the plain agent back in its place.
 fn upgraded_agent() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = root.join("target/upgrade-test");
     let out = Command::new(env!("CARGO"))
-        .args(["build", "--release", "-p", "crashwatch", "--target-dir"])
-        .arg(&target)
-        .env("CRASHWATCH_EBPF_UPGRADE_TEST", "1")
+        .args(["xtask", "static-agent", "--features", "upgrade-test"])
         .current_dir(&root)
         .output()
         .expect("running cargo");
@@ -359,7 +358,12 @@ fn upgraded_agent() -> PathBuf {
         "building the upgraded agent: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    target.join("release/crashwatch")
+    let built = String::from_utf8(out.stdout).unwrap();
+    let dir = common::state_dir("upgraded");
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join("crashwatch");
+    std::fs::copy(built.trim(), &copy).expect("copying the upgraded agent");
+    copy
 }
 
 /// An upgrade in the middle of a storm, the way a service manager does it: SIGTERM to the

@@ -6,13 +6,14 @@
 //! - `cargo xtask bench`: overhead beside no observer and peer tools → docs/benchmarks.md.
 //! - `cargo xtask layers`: crashwatch's imports go down its folders' declared order.
 //! - `cargo xtask dist`: the static binary and a release tarball; `cargo xtask image`: an OCI
-//!   image of it (podman, offline) → target/dist.
+//!   image of it (podman, offline) → target/dist. `cargo xtask static-agent`: the binary alone
+//!   (the tests build theirs this way, so every static build shares one set of dependencies).
 mod bench;
 mod dist;
 mod layers;
 mod vm;
 
-use std::{collections::BTreeSet, process::Command, time::Duration};
+use std::{collections::BTreeSet, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -37,6 +38,13 @@ enum Cmd {
     /// Build the static binary (eBPF programs inside) and target/dist/crashwatch-VERSION-
     /// x86_64-linux.tar.gz with it, its --help text, the docs, licenses and deploy files.
     Dist,
+    /// Build the static binary alone and print its path (the tests' way to one: the upgrade
+    /// test's changed agent shares every dependency with dist's and the VM tests' builds).
+    StaticAgent {
+        /// Cargo features of the crashwatch package (e.g. upgrade-test; none for a release).
+        #[arg(long, value_delimiter = ',')]
+        features: Vec<String>,
+    },
     /// Build the dist binary into an OCI image with podman (deploy/Containerfile, no base
     /// image, no network) tagged localhost/crashwatch:VERSION, saved as an OCI archive too.
     Image,
@@ -77,6 +85,11 @@ fn main() -> Result<()> {
         }
         Cmd::Bench(args) => bench::run(args),
         Cmd::Dist => dist::dist().map(|_| ()),
+        Cmd::StaticAgent { features } => {
+            let bin = dist::static_agent(&vm::Paths::new()?.root, &features)?;
+            println!("{}", bin.display());
+            Ok(())
+        }
         Cmd::Image => dist::image(),
         Cmd::Manifests => dist::manifests(),
         Cmd::Layers { tree } => layers::run(tree),
@@ -84,7 +97,7 @@ fn main() -> Result<()> {
 }
 
 fn local() -> Result<()> {
-    let st = Command::new(env!("CARGO"))
+    let st = dist::cargo()
         .args(["test", "--release", "-p", "crashwatch"])
         .args(vm::TEST_BINARIES.iter().flat_map(|t| ["--test", t]))
         .status()

@@ -201,12 +201,14 @@ pub fn initramfs(p: &Paths) -> Result<PathBuf> {
     let cw = stage.join("crashwatch");
     fs::create_dir_all(&cw)?;
     let target = crate::dist::TARGET;
-    let cargo = env!("CARGO");
-    let static_env = [("RUSTFLAGS", "-C target-feature=+crt-static")];
+    let static_env = [("RUSTFLAGS", crate::dist::STATIC_RUSTFLAGS)];
 
-    fs::copy(crate::dist::static_agent(&p.root)?, cw.join("crashwatch"))?;
+    fs::copy(
+        crate::dist::static_agent(&p.root, &[])?,
+        cw.join("crashwatch"),
+    )?;
     eprintln!("xtask: building the static test binaries");
-    let json = run(Command::new(cargo)
+    let json = run(crate::dist::cargo()
         .args([
             "test",
             "--release",
@@ -252,7 +254,7 @@ pub fn initramfs(p: &Paths) -> Result<PathBuf> {
         .arg(cw.join("crasher"))
         .arg(src))?;
     // The Go programs, built by the same helper the host tests use.
-    run(Command::new(cargo)
+    run(crate::dist::cargo()
         .args([
             "test",
             "--release",

@@ -27,7 +27,7 @@ pub fn build(p: &Paths) -> Result<Tools> {
     let out = p.vm.parent().unwrap().join("bench");
     fs::create_dir_all(&out)?;
     eprintln!("xtask bench: building the agent and the workloads");
-    let st = Command::new(env!("CARGO"))
+    let st = crate::dist::cargo()
         .args(["build", "--release", "-p", "crashwatch"])
         .current_dir(&p.root)
         .status()?;
