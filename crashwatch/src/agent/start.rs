@@ -179,6 +179,12 @@ pub(super) async fn start(mut opts: Options) -> Result<Running> {
         if copies == 1 { "copy" } else { "copies" },
     );
     tracing::info!("ready: watching {n} processes ({loaded} programs, {words})");
+    if let Ok(mut a) = metrics.totals.attached.lock() {
+        *a = serde_json::json!({
+            "programs": programs.split(", ").collect::<Vec<_>>(),
+            "last_words": last_words,
+        });
+    }
     health
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);

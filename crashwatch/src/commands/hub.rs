@@ -44,6 +44,15 @@ pub struct HubArgs {
     /// Seconds between two retention passes (one replica at a time does one).
     #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     retention_interval: u64,
+    /// Serve HTTPS with this certificate (PEM, the chain after it), and --tls-key. Both
+    /// files are read again when they change (a rotated certificate needs no restart).
+    /// Without them the hub speaks plain HTTP: end TLS at an ingress in front of it, or keep
+    /// it on loopback.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// The hub's own messages: text lines or JSON objects.
     #[arg(long, value_enum, default_value_t = crate::util::log::Format::Text)]
     log_format: crate::util::log::Format,
@@ -77,6 +86,10 @@ fn start(a: HubArgs) -> anyhow::Result<()> {
              could then read every report; give them different tokens"
         );
     }
+    let tls = match (a.tls_cert, a.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::web::tls::Certificate::open(cert, key)?),
+        _ => None,
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -86,7 +99,11 @@ fn start(a: HubArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--listen {}", a.listen))?;
         let addr: SocketAddr = listener.local_addr()?;
         let access = crate::web::Access::new(read_token);
-        tracing::info!("hub listening on {addr} (reads: {})", access.describe(addr));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(
+            "hub listening on {scheme}://{addr} (reads: {})",
+            access.describe(addr)
+        );
         let opts = crate::hub::Options {
             database: a.database,
             ingest_token,
@@ -100,6 +117,7 @@ fn start(a: HubArgs) -> anyhow::Result<()> {
                 max_bytes: a.store_max_mib << 20,
                 every: std::time::Duration::from_secs(a.retention_interval),
             },
+            tls,
         };
         tokio::select! {
             r = crate::hub::serve(listener, opts) => r,

@@ -123,12 +123,10 @@ pub fn run(a: ReportArgs) -> ExitCode {
             .map(|d| crate::model::clock::now_ns().saturating_sub(d.as_nanos() as u64)),
         kind: a.kind.map(|k| k.as_str().to_string()),
         namespace: a.namespace,
-        text: None,
-        node: None,
-        workload: None,
         limit: a.limit,
         loop_count: a.loop_count,
         loop_window_ns: a.loop_window.saturating_mul(1_000_000_000),
+        ..Filter::default()
     };
     let shown = match a.cluster {
         Some(id) => one(&store, id, a.reports, &filter, a.json),

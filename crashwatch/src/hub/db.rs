@@ -22,7 +22,8 @@ use tokio_postgres::NoTls;
 const LOCK: i64 = 0x6372_6173_6877_6174;
 
 /// Each migration, in order; version N is `MIGRATIONS[N - 1]`. Add, never edit.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE clusters (
     id BIGSERIAL PRIMARY KEY,
     fingerprint TEXT NOT NULL UNIQUE,
@@ -85,7 +86,23 @@ CREATE TABLE terminations (
     count BIGINT NOT NULL,
     PRIMARY KEY (hour, node, namespace, workload, signal)
 );
-"];
+",
+    "
+CREATE TABLE cluster_builds (
+    cluster BIGINT NOT NULL REFERENCES clusters (id) ON DELETE CASCADE,
+    revision TEXT NOT NULL,
+    image TEXT NOT NULL,
+    count BIGINT NOT NULL,
+    first_seen_ns BIGINT NOT NULL,
+    last_seen_ns BIGINT NOT NULL,
+    PRIMARY KEY (cluster, revision, image)
+);
+CREATE INDEX cluster_builds_by_image ON cluster_builds (image);
+CREATE INDEX cluster_builds_by_revision ON cluster_builds (revision);
+CREATE INDEX reports_of_cluster_by_time ON reports (cluster, time_ns);
+CREATE INDEX cluster_hours_by_hour ON cluster_hours (hour);
+",
+];
 
 /// The schema version this hub writes.
 pub const VERSION: i32 = MIGRATIONS.len() as i32;

@@ -2,7 +2,8 @@
 //! the report's schema (docs/report.md), a kind the agents write, its node, pid, time and
 //! fingerprint present and sane — and stored with its key, in one transaction: the report,
 //! its cluster (made on its fingerprint's first crash anywhere), the cluster's hourly count
-//! per node, namespace and workload, the node's last crash and the build's first sighting.
+//! per node, namespace and workload, its count per build and image, the node's last crash
+//! and the build's first sighting.
 //!
 //! Exactly once per crash: the key is the node, its boot, the pid and the process's start
 //! (`start_time_ns`; a report from an agent that did not write it falls back to its time of
@@ -230,6 +231,17 @@ pub async fn store(pool: &Pool, i: &Incoming, regression_window_ns: u64) -> Resu
         &[&cluster, &hour, &r.host, &i.namespace, &i.workload],
     )
     .await?;
+    if !rev.is_empty() || !image.is_empty() {
+        tx.execute(
+            "INSERT INTO cluster_builds VALUES ($1, $2, $3, 1, $4, $4)
+             ON CONFLICT (cluster, revision, image) DO UPDATE SET
+                 count = cluster_builds.count + 1,
+                 first_seen_ns = LEAST(cluster_builds.first_seen_ns, $4),
+                 last_seen_ns = GREATEST(cluster_builds.last_seen_ns, $4)",
+            &[&cluster, &rev, &image, &t],
+        )
+        .await?;
+    }
     if !rev.is_empty() {
         tx.execute(
             "INSERT INTO builds VALUES ($1, $2) ON CONFLICT (revision)

@@ -14,6 +14,7 @@
 //! one, come from this host's loopback only, as on a node. One token for both is refused.
 pub mod db;
 pub mod ingest;
+mod metrics;
 pub mod read;
 pub mod retain;
 
@@ -55,6 +56,8 @@ pub struct Options {
     pub loop_window_ns: u64,
     pub regression_window_ns: u64,
     pub retention: retain::Retention,
+    /// HTTPS with this certificate; None: plain HTTP (TLS ends at an ingress, or loopback).
+    pub tls: Option<Arc<crate::web::tls::Certificate>>,
 }
 
 /// What this replica counts (each replica its own; Prometheus sums them).
@@ -74,6 +77,8 @@ struct Hub {
     ready: Arc<AtomicBool>,
     counts: Arc<Counts>,
     regression_window_ns: u64,
+    loop_count: u32,
+    loop_window_ns: u64,
 }
 
 /// Serves on `listener` until the runtime ends; the schema is brought up to date first,
@@ -84,6 +89,8 @@ pub async fn serve(listener: tokio::net::TcpListener, opts: Options) -> Result<(
         ready: Arc::default(),
         counts: Arc::default(),
         regression_window_ns: opts.regression_window_ns,
+        loop_count: opts.loop_count,
+        loop_window_ns: opts.loop_window_ns,
     };
     let (pool, ready) = (hub.pool.clone(), hub.ready.clone());
     let retention = opts.retention.clone();
@@ -128,11 +135,14 @@ pub async fn serve(listener: tokio::net::TcpListener, opts: Options) -> Result<(
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics::serve))
         .with_state(hub)
         .merge(ingest)
         .merge(crate::web::routes(site, opts.access))
         .layer(middleware::map_response(crate::web::secure));
+    if let Some(cert) = opts.tls {
+        return crate::web::tls::serve(listener, cert, app).await;
+    }
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app).await?;
     Ok(())
@@ -271,47 +281,4 @@ async fn readyz(State(hub): State<Hub>) -> (StatusCode, &'static str) {
             "waiting for the database\n",
         )
     }
-}
-
-/// This replica's counters, in the Prometheus text format.
-async fn metrics(State(hub): State<Hub>) -> impl IntoResponse {
-    use prometheus_client::{
-        encoding::text::encode,
-        metrics::{counter::Counter, family::Family},
-        registry::Registry,
-    };
-    let c = &hub.counts;
-    let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let mut registry = Registry::default();
-    let reports = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
-    for (result, v) in [
-        ("stored", n(&c.stored)),
-        ("duplicate", n(&c.duplicates)),
-        ("termination", n(&c.terminations)),
-        ("refused", n(&c.refused)),
-        ("failed", n(&c.failed)),
-    ] {
-        reports.get_or_create(&vec![("result", result)]).inc_by(v);
-    }
-    registry.register(
-        "crashwatch_hub_reports",
-        "Reports this replica received, by what became of them",
-        reports,
-    );
-    let heartbeats = Counter::<u64>::default();
-    heartbeats.inc_by(n(&c.heartbeats));
-    registry.register(
-        "crashwatch_hub_heartbeats",
-        "Heartbeats this replica stored",
-        heartbeats,
-    );
-    let mut text = String::new();
-    let _ = encode(&mut text, &registry);
-    (
-        [(
-            header::CONTENT_TYPE,
-            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-        )],
-        text,
-    )
 }

@@ -9,16 +9,19 @@ use deadpool_postgres::Pool;
 
 use crate::{
     model::clock,
-    outputs::store::{page::cut, ClusterRow, Cursor, Filter, Fleet, Listing, ReportRow, Timeline},
+    outputs::store::{
+        page::cut, BuildRow, ClusterRow, Cursor, Filter, Fleet, Listing, ReportRow, Timeline,
+    },
     web::{
         api::ClusterDetail,
-        read::{Answer, Failed, History, NodeRow},
+        read::{Answer, Failed, History, LoopRow, NodeRow},
     },
 };
 
 pub const MAX_PAGE: u32 = 200;
-/// Names shown per cluster for each list.
+/// Names shown per cluster for each list: in the listing, on the cluster's own page.
 const NAMES: i32 = 5;
+const DETAIL_NAMES: i32 = 50;
 const HOUR_NS: u64 = 3_600_000_000_000;
 /// A node not heard from (report or heartbeat) for this long is silent: three heartbeats.
 pub const SILENT_NS: u64 = 95_000_000_000;
@@ -62,6 +65,10 @@ pub async fn list(pool: &Pool, f: &Filter, before: Option<Cursor>) -> Result<Lis
                 WHERE h.cluster = c.id AND h.workload = $6))
            AND ($7::text IS NULL OR strpos(lower(c.kind || ' ' || c.headline || ' ' ||
                 c.top_frame || ' ' || c.fingerprint), $7) > 0)
+           AND ($9::text IS NULL OR EXISTS (SELECT 1 FROM cluster_builds b
+                WHERE b.cluster = c.id AND b.image = $9))
+           AND ($10::text IS NULL OR EXISTS (SELECT 1 FROM cluster_builds b
+                WHERE b.cluster = c.id AND b.revision = $10))
          ORDER BY c.last_seen_ns DESC, c.id DESC
          LIMIT $8"
     );
@@ -77,6 +84,8 @@ pub async fn list(pool: &Pool, f: &Filter, before: Option<Cursor>) -> Result<Lis
                 &f.workload,
                 &text,
                 &(limit + 1),
+                &f.image,
+                &f.build,
             ],
         )
         .await?;
@@ -85,7 +94,7 @@ pub async fn list(pool: &Pool, f: &Filter, before: Option<Cursor>) -> Result<Lis
         last_seen_ns: c.last_seen_ns as i64,
         id: c.id,
     });
-    facets(&client, &mut clusters, f).await?;
+    facets(&client, &mut clusters, f, NAMES).await?;
     Ok(Listing {
         clusters,
         next,
@@ -93,11 +102,13 @@ pub async fn list(pool: &Pool, f: &Filter, before: Option<Cursor>) -> Result<Lis
     })
 }
 
-/// Fills each cluster's fleet, names, last 24 hours and loop flag: three queries for the page.
+/// Fills each cluster's fleet (`names` of each list), builds, last 24 hours and loop flag:
+/// four queries for the page.
 async fn facets(
     client: &tokio_postgres::Client,
     clusters: &mut [ClusterRow],
     f: &Filter,
+    names: i32,
 ) -> Result<()> {
     let ids: Vec<i64> = clusters.iter().map(|c| c.id).collect();
     let now = clock::now_ns();
@@ -112,7 +123,7 @@ async fn facets(
                  (ARRAY_AGG(DISTINCT workload ORDER BY workload)
                      FILTER (WHERE workload <> ''))[1:$2]
              FROM cluster_hours WHERE cluster = ANY($1) GROUP BY cluster",
-            &[&ids, &NAMES],
+            &[&ids, &names],
         )
         .await?;
     for r in rows {
@@ -126,8 +137,10 @@ async fn facets(
             workload_count: r.get::<_, i64>(3) as u64,
             namespaces: r.get::<_, Option<Vec<String>>>(5).unwrap_or_default(),
             workloads: r.get::<_, Option<Vec<String>>>(6).unwrap_or_default(),
+            ..Fleet::default()
         });
     }
+    builds(client, clusters, names).await?;
     let (first, _) = Timeline::hours(24, 1, now);
     let hours = client
         .query(
@@ -159,6 +172,62 @@ async fn facets(
     Ok(())
 }
 
+/// Each cluster's images and builds: how many, a few by name, and its `names` most recently
+/// hit (revision, image) pairs.
+async fn builds(
+    client: &tokio_postgres::Client,
+    clusters: &mut [ClusterRow],
+    names: i32,
+) -> Result<()> {
+    let ids: Vec<i64> = clusters.iter().map(|c| c.id).collect();
+    let counts = client
+        .query(
+            "SELECT cluster, COUNT(DISTINCT image) FILTER (WHERE image <> ''),
+                 COUNT(DISTINCT revision) FILTER (WHERE revision <> ''),
+                 (ARRAY_AGG(DISTINCT image ORDER BY image) FILTER (WHERE image <> ''))[1:$2]
+             FROM cluster_builds WHERE cluster = ANY($1) GROUP BY cluster",
+            &[&ids, &names],
+        )
+        .await?;
+    let recent = client
+        .query(
+            "SELECT cluster, revision, image, count, first_seen_ns, last_seen_ns FROM (
+                 SELECT *, ROW_NUMBER() OVER (PARTITION BY cluster
+                     ORDER BY last_seen_ns DESC, revision, image) AS n
+                 FROM cluster_builds WHERE cluster = ANY($1)) b
+             WHERE n <= $2 ORDER BY cluster, n",
+            &[&ids, &(names as i64)],
+        )
+        .await?;
+    for c in clusters.iter_mut() {
+        let fleet = c.fleet.get_or_insert_with(Fleet::default);
+        if let Some(r) = counts.iter().find(|r| r.get::<_, i64>(0) == c.id) {
+            fleet.image_count = r.get::<_, i64>(1) as u64;
+            fleet.build_count = r.get::<_, i64>(2) as u64;
+            fleet.images = r.get::<_, Option<Vec<String>>>(3).unwrap_or_default();
+        }
+        c.builds = recent
+            .iter()
+            .filter(|r| r.get::<_, i64>(0) == c.id)
+            .map(|r| BuildRow {
+                revision: r.get(1),
+                image: r.get(2),
+                count: r.get::<_, i64>(3) as u64,
+                first_seen: clock::rfc3339(r.get::<_, i64>(4) as u64),
+                last_seen: clock::rfc3339(r.get::<_, i64>(5) as u64),
+                ..BuildRow::default()
+            })
+            .collect();
+        c.revisions.clear();
+        for b in c.builds.iter().filter(|b| !b.revision.is_empty()) {
+            if !c.revisions.contains(&b.revision) {
+                c.revisions.push(b.revision.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One cluster with its fleet and 30-day timeline, and a page of its reports.
 pub async fn cluster(
     pool: &Pool,
@@ -173,7 +242,7 @@ pub async fn cluster(
         return Ok(None);
     };
     let mut one = [row(&r)];
-    facets(&client, &mut one, f).await?;
+    facets(&client, &mut one, f, DETAIL_NAMES).await?;
     let [c] = one;
     let now = clock::now_ns();
     let (first, _) = Timeline::hours(30, 24, now);
@@ -272,6 +341,39 @@ pub async fn nodes(pool: &Pool, limit: u32) -> Result<Vec<NodeRow>> {
         .collect())
 }
 
+/// Workloads, then nodes, with at least `f.loop_count` crashes within `f.loop_window_ns`;
+/// most crashes first, at most [`MAX_PAGE`] of each.
+pub async fn loops(pool: &Pool, f: &Filter) -> Result<Vec<LoopRow>> {
+    if f.loop_count == 0 {
+        return Ok(Vec::new());
+    }
+    let client = pool.get().await?;
+    let since = clock::now_ns().saturating_sub(f.loop_window_ns) as i64;
+    let mut out = Vec::new();
+    for (scope, by, name, namespace) in [
+        ("workload", "namespace, workload", "workload", "namespace"),
+        ("node", "node", "node", "''"),
+    ] {
+        let sql = format!(
+            "SELECT {name}, {namespace}, COUNT(*), COUNT(DISTINCT cluster), COUNT(DISTINCT node)
+             FROM reports WHERE time_ns >= $1 AND {name} <> ''
+             GROUP BY {by} HAVING COUNT(*) >= $2 ORDER BY 3 DESC, 1 LIMIT $3"
+        );
+        let rows = client
+            .query(&sql, &[&since, &(f.loop_count as i64), &(MAX_PAGE as i64)])
+            .await?;
+        out.extend(rows.iter().map(|r| LoopRow {
+            scope,
+            name: r.get(0),
+            namespace: r.get(1),
+            crashes: r.get::<_, i64>(2) as u64,
+            clusters: r.get::<_, i64>(3) as u64,
+            nodes: r.get::<_, i64>(4) as u64,
+        }));
+    }
+    Ok(out)
+}
+
 /// The hub's history: the fleet's database.
 pub struct PgHistory(pub Pool);
 
@@ -321,5 +423,9 @@ impl History for PgHistory {
 
     fn nodes(&self) -> Answer<'_, Option<Vec<NodeRow>>> {
         Box::pin(async move { nodes(&self.0, 10_000).await.map(Some).map_err(failed) })
+    }
+
+    fn loops(&self, f: Filter) -> Answer<'_, Option<Vec<LoopRow>>> {
+        Box::pin(async move { loops(&self.0, &f).await.map(Some).map_err(failed) })
     }
 }

@@ -1,6 +1,7 @@
 //! Hub: retention. Reports are kept by count per cluster (the latest), by age and by the
-//! reports table's size; the counts go on (`clusters.count`, and `cluster_hours` kept 31
-//! days whatever the reports' retention did, as on a node).
+//! reports table's size; the counts go on (`clusters.count`, and `cluster_hours` and the
+//! terminations' hourly counts kept 31 days whatever the reports' retention did, as on a
+//! node).
 //!
 //! One replica at a time does it (a session advisory lock, tried, never waited for), every
 //! `--retention-interval`, in batches of [`BATCH`] rows, each its own short transaction: a
@@ -154,11 +155,12 @@ async fn thin(client: &tokio_postgres::Client, r: &Retention, since_ns: i64) -> 
         by_size += n;
         over -= n as i64;
     }
+    let oldest = now / HOUR_NS - HOURS_KEPT;
     client
-        .execute(
-            "DELETE FROM cluster_hours WHERE hour < $1",
-            &[&(now / HOUR_NS - HOURS_KEPT)],
-        )
+        .execute("DELETE FROM cluster_hours WHERE hour < $1", &[&oldest])
+        .await?;
+    client
+        .execute("DELETE FROM terminations WHERE hour < $1", &[&oldest])
         .await?;
     Ok(Removed {
         by_count,

@@ -96,6 +96,9 @@ pub struct Totals {
     pub lost: AtomicU64,
     /// Unix ns of the last crash counted; 0: none since the start.
     pub last_crash_ns: AtomicU64,
+    /// The kernel programs attached and how last words are read, as the start-up said them
+    /// (`{"programs": [...], "last_words": "..."}`); null until the agent is ready.
+    pub attached: std::sync::Mutex<serde_json::Value>,
 }
 
 impl Metrics {

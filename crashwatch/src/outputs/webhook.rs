@@ -379,6 +379,7 @@ impl Sender {
             "boot_id": crate::util::boot_id(),
             "agent_version": concat!(env!("CARGO_PKG_VERSION"), " (", env!("CRASHWATCH_REVISION"), ")"),
             "kernel": kernel_release(),
+            "attached": t.attached.lock().map(|a| a.clone()).unwrap_or_default(),
             "crashes": t.crashes.load(Ordering::Relaxed),
             "lost": t.lost.load(Ordering::Relaxed),
             "last_crash": (last > 0).then(|| crate::model::clock::rfc3339(last)),

@@ -39,6 +39,8 @@ pub struct ListQuery {
     /// The hub's facets.
     pub node: Option<String>,
     pub workload: Option<String>,
+    pub image: Option<String>,
+    pub build: Option<String>,
     pub q: Option<String>,
     pub before: Option<String>,
     pub limit: Option<u32>,
@@ -57,10 +59,12 @@ impl ListQuery {
     /// The listing's filter; Err: why a parameter is refused (a `kind` that is not one).
     pub fn filter(&self, site: &Site) -> Result<Filter, String> {
         let (node, workload) = (given(&self.node), given(&self.workload));
-        if !site.fleet && (node.is_some() || workload.is_some()) {
+        let (image, build) = (given(&self.image), given(&self.build));
+        let fleet_only = [&node, &workload, &image, &build];
+        if !site.fleet && fleet_only.iter().any(|f| f.is_some()) {
             return Err(
-                "node and workload are the hub's filters: a node's page shows its own \
-                        crashes"
+                "node, workload, image and build are the hub's filters: a node's page shows \
+                 its own crashes"
                     .into(),
             );
         }
@@ -69,6 +73,8 @@ impl ListQuery {
             namespace: given(&self.namespace),
             node,
             workload,
+            image,
+            build,
             text: given(&self.q),
             limit: self.limit.unwrap_or(PAGE),
             ..site.filter()
@@ -212,6 +218,14 @@ pub async fn nodes(State(site): State<Site>) -> Response {
     match site.history.nodes().await {
         Ok(Some(n)) => Json(serde_json::json!({ "nodes": n })).into_response(),
         Ok(None) => not_found("no nodes list: this is a node's page".into()),
+        Err(e) => failed(e),
+    }
+}
+
+pub async fn loops(State(site): State<Site>) -> Response {
+    match site.history.loops(site.filter()).await {
+        Ok(Some(l)) => Json(serde_json::json!({ "loops": l })).into_response(),
+        Ok(None) => not_found("no loops list: this is a node's page".into()),
         Err(e) => failed(e),
     }
 }

@@ -14,6 +14,7 @@ pub mod api;
 pub mod auth;
 mod pages;
 pub mod read;
+pub mod tls;
 mod view;
 
 pub use api::bad;
@@ -196,7 +197,9 @@ pub fn routes(site: Site, access: Access) -> Router {
         .route("/api/events", get(api::events));
     if site.fleet {
         html = html.route("/nodes", get(pages::nodes));
-        api = api.route("/api/nodes", get(api::nodes));
+        api = api
+            .route("/api/nodes", get(api::nodes))
+            .route("/api/loops", get(api::loops));
     }
     let html = html
         .with_state(site.clone())

@@ -111,6 +111,8 @@ fn query_without_paging(q: &ListQuery) -> String {
         ("namespace", &q.namespace),
         ("node", &q.node),
         ("workload", &q.workload),
+        ("image", &q.image),
+        ("build", &q.build),
         ("q", &q.q),
     ] {
         if let Some(v) = v.as_deref().filter(|v| !v.trim().is_empty()) {
@@ -148,6 +150,8 @@ pub async fn index(State(site): State<Site>, Query(q): Query<ListQuery>) -> Resp
         || f.namespace.is_some()
         || f.node.is_some()
         || f.workload.is_some()
+        || f.image.is_some()
+        || f.build.is_some()
         || f.text.is_some();
     let listing = match site.history.list(f, before).await {
         Ok(l) => l,
@@ -162,7 +166,8 @@ pub async fn index(State(site): State<Site>, Query(q): Query<ListQuery>) -> Resp
         kinds => crate::pipeline::assemble::Kind::names(),
         fleet => site.fleet,
         filter => context! {
-            kind => q.kind, namespace => q.namespace, node => q.node, workload => q.workload, q => q.q
+            kind => q.kind, namespace => q.namespace, node => q.node, workload => q.workload,
+            image => q.image, build => q.build, q => q.q
         },
         filtered,
         clusters => listing.clusters.into_iter().map(|c| ClusterView::new(c, now)).collect::<Vec<_>>(),
@@ -270,12 +275,19 @@ pub async fn nodes(State(site): State<Site>) -> Response {
         }
         Err(e) => return failed(&site, e),
     };
+    let loops = match site.history.loops(site.filter()).await {
+        Ok(l) => l.unwrap_or_default(),
+        Err(e) => return failed(&site, e),
+    };
     let silent = nodes.iter().filter(|n| n.silent).count();
     let ctx = context! {
         node => site.node.as_ref(),
         version => VERSION,
         fleet => site.fleet,
         nodes => Value::from_serialize(&nodes),
+        loops => Value::from_serialize(&loops),
+        loop_count => site.filter().loop_count,
+        loop_minutes => site.filter().loop_window_ns / 60_000_000_000,
         silent,
     };
     render("nodes.html", ctx)

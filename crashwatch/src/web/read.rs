@@ -89,6 +89,27 @@ pub trait History: Send + Sync + 'static {
     fn nodes(&self) -> Answer<'_, Option<Vec<NodeRow>>> {
         Box::pin(async { Ok(None) })
     }
+    /// The workloads and nodes in a crash loop now (`f`'s loop count within its window;
+    /// the hub's); None: a node's page has no such list.
+    fn loops(&self, f: Filter) -> Answer<'_, Option<Vec<LoopRow>>> {
+        let _ = f;
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// A workload or a node crashing in a loop across the fleet (the hub's nodes page).
+#[derive(Debug, serde::Serialize)]
+pub struct LoopRow {
+    /// "workload" or "node".
+    pub scope: &'static str,
+    /// The workload's or the node's name.
+    pub name: String,
+    /// The workload's namespace (empty for a node).
+    pub namespace: String,
+    /// Its crashes within the loop window, in how many clusters, on how many nodes.
+    pub crashes: u64,
+    pub clusters: u64,
+    pub nodes: u64,
 }
 
 /// A node as the hub's nodes page shows it.

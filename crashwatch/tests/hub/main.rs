@@ -4,13 +4,15 @@
 //! every crash is stored exactly once, none lost. Forged, malformed and oversized bodies and
 //! the wrong token are refused and store nothing. Headless chromium reads the fleet's page:
 //! a cluster on three nodes, a silent node, markup as text, a live update through another
-//! replica. Needs root (agents load eBPF programs).
+//! replica; the facets, loops and fleet metrics over them. The hub over HTTPS (tls.rs).
+//! Needs root (agents load eBPF programs).
 #[path = "../common/mod.rs"]
 mod common;
 #[path = "../web/driver.rs"]
 #[allow(dead_code)]
 mod driver;
 mod servers;
+mod tls;
 
 use std::time::{Duration, Instant};
 
@@ -45,7 +47,8 @@ fn metric(hub: &Hub, series: &str) -> f64 {
 }
 
 #[test]
-fn every_crash_is_stored_once_through_a_replica_kill_a_database_outage_and_a_second_agent() {
+fn every_crash_is_stored_once_through_a_replica_kill_a_database_outage_agents_offline_and_a_second_agent(
+) {
     let _alone = alone();
     let mut pg = Postgres::start();
     let dir = state_dir("hub");
@@ -58,7 +61,14 @@ fn every_crash_is_stored_once_through_a_replica_kill_a_database_outage_and_a_sec
     let b = Hub::spawn(&pg.url(), &ingest, Some(&read));
     a.wait_ready();
     b.wait_ready();
-    assert_eq!(pg.one("SELECT COUNT(*) FROM crashwatch_schema"), 1);
+    // Each version once, none missing (the versions are 1..=N).
+    assert_eq!(
+        pg.query(
+            "SELECT COUNT(*) = COUNT(DISTINCT version) AND COUNT(*) = MAX(version) \
+             FROM crashwatch_schema"
+        ),
+        ["t"]
+    );
     let args = [
         "--hub",
         &a.url(),
@@ -99,23 +109,50 @@ fn every_crash_is_stored_once_through_a_replica_kill_a_database_outage_and_a_sec
         stored(&pg, &pids) == 10
     });
 
+    // PostgreSQL stopped for 30 s, crashes before and during.
     pg.down();
+    let down = Instant::now();
     crash(&mut pids, 5);
-    std::thread::sleep(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(15));
+    crash(&mut pids, 5);
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(down.elapsed()));
     assert!(
         metric(&b, "crashwatch_hub_reports_total{result=\"failed\"}") > 0.0,
         "the agents tried while the database was down: {:?}",
         b.log()
     );
     pg.up();
-    wait_until("15 reports stored after the outage", 90, || {
-        stored(&pg, &pids) == 15
+    wait_until("20 reports stored after the outage", 90, || {
+        stored(&pg, &pids) == 20
     });
     wait_until(
         "the second agent's copies answered as duplicates",
         60,
-        || metric(&b, "crashwatch_hub_reports_total{result=\"duplicate\"}") >= 10.0,
+        || metric(&b, "crashwatch_hub_reports_total{result=\"duplicate\"}") >= 15.0,
     );
+
+    // The agents offline for minutes: every hub they know is gone (a replica they do not
+    // know stays, to read from). The node goes silent; back, its spool delivers.
+    let reader = Hub::start(&pg.url(), &ingest, Some(&read));
+    let b_addr = b.addr.clone();
+    drop(b);
+    let offline = Instant::now();
+    crash(&mut pids, 5);
+    wait_until("the node shown silent", 240, || {
+        let (_, body) = reader.get("/api/nodes", Some(READ));
+        body.contains("\"silent\":true")
+    });
+    assert!(offline.elapsed() >= Duration::from_secs(90));
+    let b = Hub::spawn_with(&pg.url(), &ingest, Some(&read), &["--listen", &b_addr]);
+    b.wait_ready();
+    wait_until("25 reports stored once the agents are back", 120, || {
+        stored(&pg, &pids) == 25
+    });
+    let back = |b: &Hub| {
+        let (_, body) = b.get("/api/nodes", Some(READ));
+        body.contains("\"silent\":false")
+    };
+    wait_until("the node heard again", 60, || back(&reader));
     std::thread::sleep(Duration::from_secs(3));
 
     // Exactly once: every pid once, nothing else.
@@ -144,7 +181,7 @@ fn every_crash_is_stored_once_through_a_replica_kill_a_database_outage_and_a_sec
         .iter()
         .find(|c| c["id"].as_i64() == id[0].parse().ok())
         .unwrap_or_else(|| panic!("cluster {} listed: {body}", id[0]));
-    assert!(c["count"].as_u64().unwrap() >= 15, "{c}");
+    assert!(c["count"].as_u64().unwrap() >= 25, "{c}");
     assert_eq!(c["fleet"]["node_count"], 1, "{c}");
     let last_day: u64 = c["last_24h"]["counts"]
         .as_array()
@@ -279,7 +316,112 @@ fn as_node(r: &Value, node: &str, n: u64) -> Vec<u8> {
         "namespace": "shop", "pod": format!("api-7c9f8d6b5-x2k4{}", ["q", "z", "w", "p"][n as usize % 4]),
         "container": "api", "node": node
     });
+    // Two images, two builds: the fleet's facets.
+    r["container"] = serde_json::json!({
+        "id": format!("{:064x}", n), "runtime": "containerd", "name": "api",
+        "image": format!("registry.example/shop/api:1.{}", n % 2)
+    });
+    r["go"] = serde_json::json!({ "build": { "vcs_revision": format!("rev-{}", n % 2) } });
     serde_json::to_vec(&r).unwrap()
+}
+
+/// The value of the /metrics sample `series` (with its labels), if the hub has it.
+fn sample(hub: &Hub, series: &str) -> Option<f64> {
+    let (_, body) = hub.get("/metrics", None);
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The fleet's facets, loops and metrics over the four nodes' crashes of `r`'s cluster:
+/// filters by image and build, the cluster's own page listing its nodes, workloads and
+/// images, a workload in a crash loop, the fleet's series on /metrics.
+fn facets_loops_and_metrics(a: &Hub, r: &Value) {
+    let get = |path: &str| -> Value {
+        let (st, body) = a.get(path, None);
+        assert_eq!(st, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let fp = r["fingerprint"].as_str().unwrap();
+    let listed = |q: &str| {
+        get(&format!("/api/clusters?{q}"))["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["fingerprint"] == fp)
+    };
+    assert!(listed("image=registry.example/shop/api:1.1"));
+    assert!(listed("build=rev-0"));
+    assert!(!listed("image=registry.example/shop/api:9"));
+    assert!(!listed("build=rev-9"));
+    let id = get("/api/clusters?workload=api")["clusters"][0]["id"].clone();
+    let d = get(&format!("/api/clusters/{id}"));
+    let fleet = &d["cluster"]["fleet"];
+    assert_eq!(
+        (&fleet["image_count"], &fleet["build_count"]),
+        (&2.into(), &2.into()),
+        "{d}"
+    );
+    assert_eq!(d["cluster"]["nodes"].as_array().unwrap().len(), 4, "{d}");
+    assert_eq!(d["cluster"]["builds"].as_array().unwrap().len(), 2, "{d}");
+    let (_, page) = a.get(&format!("/cluster/{id}"), None);
+    for said in ["nodes (4)", "workloads (1)", "images (2)", "rev-1"] {
+        assert!(page.contains(said), "{said} on the cluster's page");
+    }
+
+    // Two more crashes: six in workload shop/api within the window, a loop (default 5).
+    for n in 4..6 {
+        let (st, body) = a.post("/api/v1/reports", Some(INGEST), &as_node(r, "node-a", n));
+        assert_eq!(st, 200, "{body}");
+    }
+    let loops = get("/api/loops");
+    let workload = loops["loops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["scope"] == "workload")
+        .unwrap_or_else(|| panic!("a workload loop: {loops}"));
+    assert_eq!(
+        (
+            &workload["name"],
+            &workload["namespace"],
+            &workload["crashes"]
+        ),
+        (&"api".into(), &"shop".into(), &6.into()),
+        "{loops}"
+    );
+    assert_eq!(workload["nodes"], 4, "{loops}");
+    let (_, page) = a.get("/nodes", None);
+    assert!(page.contains("Crash loops now") && page.contains("shop/api"));
+
+    // A termination is counted, never clustered.
+    let mut t: Value = serde_json::from_slice(&as_node(r, "node-b", 7)).unwrap();
+    t["kind"] = "termination".into();
+    t["signal"] = serde_json::json!({
+        "number": 15, "name": "SIGTERM", "code": 0, "code_name": null, "addr": null
+    });
+    let (st, body) = a.post(
+        "/api/v1/reports",
+        Some(INGEST),
+        &serde_json::to_vec(&t).unwrap(),
+    );
+    assert_eq!((st, body.contains("counted")), (200, true), "{body}");
+    let kind = r["kind"].as_str().unwrap();
+    let crashes = format!(
+        "crashwatch_fleet_crashes_24h{{kind=\"{kind}\",namespace=\"shop\",workload=\"api\"}}"
+    );
+    assert_eq!(sample(a, &crashes), Some(6.0), "{crashes}");
+    let terms =
+        "crashwatch_fleet_terminations_24h{namespace=\"shop\",workload=\"api\",signal=\"SIGTERM\"}";
+    assert_eq!(sample(a, terms), Some(1.0));
+    assert_eq!(
+        sample(a, "crashwatch_fleet_nodes{state=\"silent\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(a, "crashwatch_fleet_loops{scope=\"workload\"}"),
+        Some(1.0)
+    );
+    assert_eq!(sample(a, "crashwatch_hub_database_up"), Some(1.0));
 }
 
 #[test]
@@ -395,6 +537,7 @@ fn the_fleet_page_shows_a_cluster_on_three_nodes_a_silent_node_and_markup_as_tex
         silent[0]["text"].as_str().unwrap().contains("silent for"),
         "{nodes}"
     );
+    facets_loops_and_metrics(&a, &r);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -1,6 +1,6 @@
 //! The real servers the hub's tests start: Debian's PostgreSQL 15 (`initdb` into a temp dir,
 //! its own port, run as the `postgres` user, torn down after) and hub replicas (this build's
-//! `crashwatch hub`).
+//! `crashwatch hub`). `cargo xtask fleet-sim` starts its servers with this file too.
 use std::{
     io::{BufRead, BufReader},
     os::unix::process::CommandExt,
@@ -162,6 +162,8 @@ pub struct Hub {
     child: Child,
     /// `127.0.0.1:PORT`.
     pub addr: String,
+    /// `http` or `https`, as the hub said.
+    pub scheme: String,
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -182,9 +184,13 @@ impl Hub {
     /// [`Hub::spawn`] with more of `crashwatch hub`'s flags.
     pub fn spawn_with(database: &str, ingest: &str, read: Option<&str>, extra: &[&str]) -> Hub {
         let mut cmd = Command::new(agent_bin());
-        cmd.args(["hub", "--database", database, "--listen", "127.0.0.1:0"])
+        cmd.args(["hub", "--database", database])
             .args(["--ingest-token-file", ingest])
             .args(extra);
+        // A free port, unless the test names one (a replica back where it was).
+        if !extra.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
         if let Some(r) = read {
             cmd.args(["--read-token-file", r]);
         }
@@ -202,20 +208,26 @@ impl Hub {
         let l = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if let Some(addr) = line
+                if let Some(url) = line
                     .split("hub listening on ")
                     .nth(1)
                     .and_then(|r| r.split(' ').next())
                 {
-                    let _ = tx.send(addr.to_string());
+                    let _ = tx.send(url.to_string());
                 }
                 l.lock().unwrap().push(line);
             }
         });
-        let addr = rx
+        let url = rx
             .recv_timeout(Duration::from_secs(20))
             .unwrap_or_else(|_| panic!("the hub did not listen: {:?}", log.lock().unwrap()));
-        Hub { child, addr, log }
+        let (scheme, addr) = url.split_once("://").expect("a URL");
+        Hub {
+            child,
+            addr: addr.to_string(),
+            scheme: scheme.to_string(),
+            log,
+        }
     }
 
     pub fn wait_ready(&self) {
@@ -240,7 +252,13 @@ impl Hub {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
+    }
+
+    /// (`cargo xtask fleet-sim` reads the replica's memory with it.)
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn agent() -> ureq::Agent {

@@ -37,7 +37,7 @@ use anyhow::{Context, Result};
 use rusqlite::{params, Connection, OpenFlags};
 
 pub use page::{Cursor, Listing, ReportRow, Timeline};
-pub use query::{ClusterRow, Filter, Fleet};
+pub use query::{BuildRow, ClusterRow, Filter, Fleet};
 
 use crate::pipeline::cluster::{
     attribution::{Sighting, MAX_BUILDS},

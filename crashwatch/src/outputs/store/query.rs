@@ -20,6 +20,10 @@ pub struct Filter {
     /// store has neither: the web refuses them there).
     pub node: Option<String>,
     pub workload: Option<String>,
+    /// The hub's too: a cluster with a crash in this container image, in this build
+    /// (revision: Go's `vcs.revision` or the binary's GNU build id).
+    pub image: Option<String>,
+    pub build: Option<String>,
     /// Words a cluster's kind, headline, top frame, fingerprint or a binary holds (the
     /// crash page's search; [`Store::list_page`] only).
     pub text: Option<String>,
@@ -71,9 +75,13 @@ pub struct Fleet {
     pub node_count: u64,
     pub namespace_count: u64,
     pub workload_count: u64,
-    /// A few of each, by name.
+    /// Container images and builds (revisions) with a crash of it.
+    pub image_count: u64,
+    pub build_count: u64,
+    /// A few of each, by name (on a cluster's own page, up to 50).
     pub namespaces: Vec<String>,
     pub workloads: Vec<String>,
+    pub images: Vec<String>,
 }
 
 /// One build a cluster hit: revision (Go `vcs.revision` or GNU build id), Go module version,
