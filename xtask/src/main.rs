@@ -5,11 +5,14 @@
 //!   Debian cloud kernels, or on this host; prints a kernel × case table.
 //! - `cargo xtask bench`: overhead beside no observer and peer tools → docs/benchmarks.md.
 //! - `cargo xtask layers`: crashwatch's imports go down its folders' declared order.
+//! - `cargo xtask fleet-sim [--nodes N] [--ramp]`: a simulated fleet against real hub
+//!   replicas and PostgreSQL; the page's answers checked, the load raised until it gives.
 //! - `cargo xtask dist`: the static binary and a release tarball; `cargo xtask image`: an OCI
 //!   image of it (podman, offline) → target/dist. `cargo xtask static-agent`: the binary alone
 //!   (the tests build theirs this way, so every static build shares one set of dependencies).
 mod bench;
 mod dist;
+mod fleet;
 mod layers;
 mod vm;
 
@@ -52,6 +55,10 @@ enum Cmd {
     Manifests,
     /// Measure crashwatch's cost against no observer and peer tools; writes docs/benchmarks.md.
     Bench(bench::Args),
+    /// Simulate a fleet's agents against real hub replicas on a real PostgreSQL: a trickle,
+    /// a crash loop on 50 nodes, a rollout, a regression; check the page's answers; with
+    /// --ramp, raise the load until something gives (docs/fleet.md).
+    FleetSim(fleet::Args),
     /// Check that crashwatch's imports go down its layers (util < model < read < kernel <
     /// pipeline < outputs < web < agent < commands) and that no pipeline stage imports
     /// another's insides; exits non-zero on any that does.
@@ -84,6 +91,7 @@ fn main() -> Result<()> {
             in_vms(&kernels, Duration::from_secs(timeout_minutes * 60))
         }
         Cmd::Bench(args) => bench::run(args),
+        Cmd::FleetSim(args) => fleet::run(args),
         Cmd::Dist => dist::dist().map(|_| ()),
         Cmd::StaticAgent { features } => {
             let bin = dist::static_agent(&vm::Paths::new()?.root, &features)?;

@@ -12,7 +12,7 @@
 mod bpfstats;
 mod history;
 mod logs;
-mod observer;
+pub(crate) mod observer;
 mod report;
 mod sinks;
 mod storm;

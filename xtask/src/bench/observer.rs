@@ -232,3 +232,15 @@ fn schedstat_ns(pid: u32) -> Option<u64> {
     }
     Some(total)
 }
+
+/// A process's peak resident set (VmHWM), KiB; 0 when it cannot be read.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -23,7 +23,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use super::{
-    observer::{cpu_and_rss, spawn_ready, state_dir},
+    observer::{cpu_and_rss, peak_rss_kib, spawn_ready, state_dir},
     tools::Tools,
 };
 
@@ -110,17 +110,6 @@ fn delivered(addr: &str) -> BTreeMap<String, u64> {
         }
     }
     out
-}
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// One output's pace: (first report, last report) times after the storm's start, seconds.
