@@ -102,6 +102,23 @@ CREATE INDEX cluster_builds_by_revision ON cluster_builds (revision);
 CREATE INDEX reports_of_cluster_by_time ON reports (cluster, time_ns);
 CREATE INDEX cluster_hours_by_hour ON cluster_hours (hour);
 ",
+    "
+CREATE TABLE cluster_facets (
+    cluster BIGINT NOT NULL REFERENCES clusters (id) ON DELETE CASCADE,
+    facet TEXT NOT NULL,
+    value TEXT NOT NULL,
+    last_hour BIGINT NOT NULL,
+    PRIMARY KEY (cluster, facet, value)
+);
+INSERT INTO cluster_facets
+SELECT cluster, 'node', node, MAX(hour) FROM cluster_hours GROUP BY cluster, node
+UNION ALL
+SELECT cluster, 'namespace', namespace, MAX(hour) FROM cluster_hours
+WHERE namespace <> '' GROUP BY cluster, namespace
+UNION ALL
+SELECT cluster, 'workload', workload, MAX(hour) FROM cluster_hours
+WHERE workload <> '' GROUP BY cluster, workload;
+",
 ];
 
 /// The schema version this hub writes.

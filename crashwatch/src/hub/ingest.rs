@@ -1,9 +1,11 @@
 //! Hub: what agents send. A report is checked before anything is stored — a JSON object of
 //! the report's schema (docs/report.md), a kind the agents write, its node, pid, time and
-//! fingerprint present and sane — and stored with its key, in one transaction: the report,
+//! fingerprint present and sane — and stored with its key in one statement ([`STORE`]; its
+//! cluster found or made first, without a lock for a cluster that exists): the report,
 //! its cluster (made on its fingerprint's first crash anywhere), the cluster's hourly count
-//! per node, namespace and workload, its count per build and image, the node's last crash
-//! and the build's first sighting.
+//! per node, namespace and workload, its nodes, namespaces and workloads (`cluster_facets`:
+//! one row per name, the page's counts and filters), its count per build and image, the
+//! node's last crash and the build's first sighting.
 //!
 //! Exactly once per crash: the key is the node, its boot, the pid and the process's start
 //! (`start_time_ns`; a report from an agent that did not write it falls back to its time of
@@ -134,6 +136,104 @@ fn regression(r: &Report) -> Option<String> {
     (!rev.is_empty()).then(|| rev.clone())
 }
 
+/// The cluster of `r`'s fingerprint, made when it is the first anywhere: (id, made). A plain
+/// read first, so the reports of a hot cluster (a fleet-wide loop) take no lock here.
+async fn cluster_of(client: &deadpool_postgres::Client, r: &Report, t: i64) -> Result<(i64, bool)> {
+    let found = client
+        .query_opt(
+            "SELECT id FROM clusters WHERE fingerprint = $1",
+            &[&r.fingerprint],
+        )
+        .await?;
+    if let Some(row) = found {
+        return Ok((row.get(0), false));
+    }
+    let headline = crate::pipeline::cluster::headline(r);
+    let top = crate::pipeline::cluster::top_frame(r);
+    let made = client
+        .query_opt(
+            "INSERT INTO clusters (fingerprint, kind, headline, top_frame, first_seen_ns,
+                 last_seen_ns)
+             VALUES ($1, $2, $3, $4, $5, $5)
+             ON CONFLICT (fingerprint) DO NOTHING RETURNING id",
+            &[&r.fingerprint, &r.kind, &headline, &top, &t],
+        )
+        .await?;
+    if let Some(row) = made {
+        return Ok((row.get(0), true));
+    }
+    // Another replica made it in between.
+    let row = client
+        .query_one(
+            "SELECT id FROM clusters WHERE fingerprint = $1",
+            &[&r.fingerprint],
+        )
+        .await?;
+    Ok((row.get(0), false))
+}
+
+/// One statement stores a new crash and everything it counts, or, for a key stored before,
+/// nothing but the node's last word: the report (its key unique), then — only when it went
+/// in — the cluster's count and times (and its regression, when this is its first report:
+/// a cluster made by an attempt that failed after is still opened by the retry),
+/// the hourly and per-build counts, the build's first sighting; the node's last crash; and
+/// the NOTIFY. Autocommitted, so a hot row (a cluster crash-looping fleet-wide) is locked for
+/// this statement only.
+const STORE: &str = "
+WITH r AS (
+    INSERT INTO reports (node, boot_id, pid, start_key, cluster, time_ns, received_ns,
+        namespace, pod, workload, image, signal, revision, exe, body)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+    ON CONFLICT (node, boot_id, pid, start_key) DO NOTHING
+    RETURNING id
+), c AS (
+    UPDATE clusters SET count = count + 1,
+        last_seen_ns = GREATEST(last_seen_ns, $6), first_seen_ns = LEAST(first_seen_ns, $6),
+        regression = CASE WHEN count = 0 AND $17::text <> '' AND COALESCE(
+                (SELECT first_seen_ns FROM builds WHERE revision = $17::text), $6) >= $18
+            THEN $17::text ELSE regression END
+    WHERE id = $5 AND EXISTS (SELECT 1 FROM r)
+), h AS (
+    INSERT INTO cluster_hours
+    SELECT $5::bigint, $16::bigint, $1::text, $8::text, $10::text, 1 FROM r
+    ON CONFLICT (cluster, hour, node, namespace, workload)
+    DO UPDATE SET count = cluster_hours.count + 1
+), f AS (
+    INSERT INTO cluster_facets
+    SELECT $5::bigint, x.facet, x.value, $16::bigint
+    FROM r, (VALUES ('node', $1::text), ('namespace', $8::text), ('workload', $10::text))
+        AS x (facet, value)
+    WHERE x.value <> ''
+    ON CONFLICT (cluster, facet, value) DO UPDATE SET last_hour = EXCLUDED.last_hour
+    WHERE cluster_facets.last_hour < EXCLUDED.last_hour
+), b AS (
+    INSERT INTO cluster_builds
+    SELECT $5::bigint, $13::text, $11::text, 1, $6::bigint, $6::bigint FROM r
+    WHERE $13::text <> '' OR $11::text <> ''
+    ON CONFLICT (cluster, revision, image) DO UPDATE SET count = cluster_builds.count + 1,
+        first_seen_ns = LEAST(cluster_builds.first_seen_ns, EXCLUDED.first_seen_ns),
+        last_seen_ns = GREATEST(cluster_builds.last_seen_ns, EXCLUDED.last_seen_ns)
+), v AS (
+    INSERT INTO builds SELECT $13::text, $6::bigint FROM r WHERE $13::text <> ''
+    ON CONFLICT (revision)
+    DO UPDATE SET first_seen_ns = LEAST(builds.first_seen_ns, EXCLUDED.first_seen_ns)
+), n AS (
+    INSERT INTO nodes (name, first_seen_ns, heard_ns, last_crash_ns) VALUES ($1, $7, $7, $6)
+    ON CONFLICT (name) DO UPDATE SET heard_ns = GREATEST(nodes.heard_ns, EXCLUDED.heard_ns),
+        last_crash_ns = GREATEST(nodes.last_crash_ns, EXCLUDED.last_crash_ns)
+)
+SELECT id, pg_notify('crashwatch_stored', '') FROM r";
+
+/// A termination: the node's last word and the hour's count, one statement.
+const COUNT_TERMINATION: &str = "
+WITH n AS (
+    INSERT INTO nodes (name, first_seen_ns, heard_ns, last_crash_ns) VALUES ($2, $6, $6, $7)
+    ON CONFLICT (name) DO UPDATE SET heard_ns = GREATEST(nodes.heard_ns, EXCLUDED.heard_ns)
+)
+INSERT INTO terminations VALUES ($1, $2, $3, $4, $5, 1)
+ON CONFLICT (hour, node, namespace, workload, signal)
+DO UPDATE SET count = terminations.count + 1";
+
 /// Stores `i` once; a cluster it opens is a regression of the build the node blamed when
 /// the fleet first saw that build crash within `regression_window_ns`.
 pub async fn store(pool: &Pool, i: &Incoming, regression_window_ns: u64) -> Result<Stored> {
@@ -141,55 +241,34 @@ pub async fn store(pool: &Pool, i: &Incoming, regression_window_ns: u64) -> Resu
     let now = clock::now_ns() as i64;
     let t = i.time_ns as i64;
     let hour = (i.time_ns / HOUR_NS) as i64;
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    tx.execute(
-        "INSERT INTO nodes (name, first_seen_ns, heard_ns, last_crash_ns)
-         VALUES ($1, $2, $2, $3)
-         ON CONFLICT (name) DO UPDATE SET heard_ns = GREATEST(nodes.heard_ns, $2),
-             last_crash_ns = GREATEST(nodes.last_crash_ns, $3)",
-        &[&r.host, &now, &t],
-    )
-    .await?;
+    let client = pool.get().await?;
     if r.kind == "termination" {
         let signal = r.signal.as_ref().map_or(String::new(), |s| s.name.clone());
-        tx.execute(
-            "INSERT INTO terminations VALUES ($1, $2, $3, $4, $5, 1)
-             ON CONFLICT (hour, node, namespace, workload, signal)
-             DO UPDATE SET count = terminations.count + 1",
-            &[&hour, &r.host, &i.namespace, &i.workload, &signal],
-        )
-        .await?;
-        tx.commit().await?;
+        client
+            .execute(
+                COUNT_TERMINATION,
+                &[&hour, &r.host, &i.namespace, &i.workload, &signal, &now, &t],
+            )
+            .await?;
         return Ok(Stored::Counted);
     }
-    let headline = crate::pipeline::cluster::headline(r);
-    let top = crate::pipeline::cluster::top_frame(r);
-    // `made`: this report opened the cluster (PostgreSQL's xmax is 0 on a row just inserted).
-    let row = tx
-        .query_one(
-            "INSERT INTO clusters (fingerprint, kind, headline, top_frame, first_seen_ns,
-                 last_seen_ns)
-             VALUES ($1, $2, $3, $4, $5, $5)
-             ON CONFLICT (fingerprint) DO UPDATE SET fingerprint = EXCLUDED.fingerprint
-             RETURNING id, (xmax = 0)",
-            &[&r.fingerprint, &r.kind, &headline, &top, &t],
-        )
-        .await?;
-    let (cluster, made): (i64, bool) = (row.get(0), row.get(1));
-    let rev = revision(r);
+    let (cluster, made) = cluster_of(&client, r, t).await?;
     let image = r
         .container
         .as_ref()
         .and_then(|c| c.image.clone())
         .unwrap_or_default();
-    let row = tx
+    let pod = r
+        .k8s
+        .as_ref()
+        .and_then(|k| k.pod.clone())
+        .unwrap_or_default();
+    let signal = r.signal.as_ref().map_or(String::new(), |s| s.name.clone());
+    let blamed = regression(r).unwrap_or_default();
+    let since = t - regression_window_ns.min(i64::MAX as u64) as i64;
+    let row = client
         .query_opt(
-            "INSERT INTO reports (node, boot_id, pid, start_key, cluster, time_ns, received_ns,
-                 namespace, pod, workload, image, signal, revision, exe, body)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-             ON CONFLICT (node, boot_id, pid, start_key) DO NOTHING
-             RETURNING id",
+            STORE,
             &[
                 &r.host,
                 &r.boot_id,
@@ -199,76 +278,31 @@ pub async fn store(pool: &Pool, i: &Incoming, regression_window_ns: u64) -> Resu
                 &t,
                 &now,
                 &i.namespace,
-                &r.k8s
-                    .as_ref()
-                    .and_then(|k| k.pod.clone())
-                    .unwrap_or_default(),
+                &pod,
                 &i.workload,
                 &image,
-                &r.signal.as_ref().map_or(String::new(), |s| s.name.clone()),
-                &rev,
+                &signal,
+                &revision(r),
                 &r.exe.clone().unwrap_or_default(),
                 &i.text,
+                &hour,
+                &blamed,
+                &since,
             ],
         )
         .await?;
     let Some(row) = row else {
-        // The clusters row was only touched: nothing to keep.
-        tx.rollback().await?;
+        if made {
+            // Its report was stored before under another fingerprint: no empty cluster.
+            client
+                .execute(
+                    "DELETE FROM clusters WHERE id = $1 AND count = 0",
+                    &[&cluster],
+                )
+                .await?;
+        }
         return Ok(Stored::Duplicate);
     };
-    tx.execute(
-        "UPDATE clusters SET count = count + 1, last_seen_ns = GREATEST(last_seen_ns, $2),
-             first_seen_ns = LEAST(first_seen_ns, $2)
-         WHERE id = $1",
-        &[&cluster, &t],
-    )
-    .await?;
-    tx.execute(
-        "INSERT INTO cluster_hours VALUES ($1, $2, $3, $4, $5, 1)
-         ON CONFLICT (cluster, hour, node, namespace, workload)
-         DO UPDATE SET count = cluster_hours.count + 1",
-        &[&cluster, &hour, &r.host, &i.namespace, &i.workload],
-    )
-    .await?;
-    if !rev.is_empty() || !image.is_empty() {
-        tx.execute(
-            "INSERT INTO cluster_builds VALUES ($1, $2, $3, 1, $4, $4)
-             ON CONFLICT (cluster, revision, image) DO UPDATE SET
-                 count = cluster_builds.count + 1,
-                 first_seen_ns = LEAST(cluster_builds.first_seen_ns, $4),
-                 last_seen_ns = GREATEST(cluster_builds.last_seen_ns, $4)",
-            &[&cluster, &rev, &image, &t],
-        )
-        .await?;
-    }
-    if !rev.is_empty() {
-        tx.execute(
-            "INSERT INTO builds VALUES ($1, $2) ON CONFLICT (revision)
-             DO UPDATE SET first_seen_ns = LEAST(builds.first_seen_ns, $2)",
-            &[&rev, &t],
-        )
-        .await?;
-    }
-    if let Some(build) = regression(r).filter(|_| made) {
-        // The node saw the build arrive just before this crash; the fleet's first crash in
-        // that build is recent too (an old build crashing for the first time is not new).
-        tx.execute(
-            "UPDATE clusters SET regression = $2 WHERE id = $1
-                 AND COALESCE((SELECT first_seen_ns FROM builds WHERE revision = $2), $3) >= $4",
-            &[
-                &cluster,
-                &build,
-                &t,
-                &(t - regression_window_ns.min(i64::MAX as u64) as i64),
-            ],
-        )
-        .await?;
-    }
-    // Delivered at the commit, to every replica's live pages.
-    tx.batch_execute(&format!("NOTIFY {}", super::db::STORED))
-        .await?;
-    tx.commit().await?;
     Ok(Stored::New {
         report: row.get(0),
         cluster,

@@ -1,7 +1,7 @@
 //! Hub: retention. Reports are kept by count per cluster (the latest), by age and by the
-//! reports table's size; the counts go on (`clusters.count`, and `cluster_hours` and the
-//! terminations' hourly counts kept 31 days whatever the reports' retention did, as on a
-//! node).
+//! reports table's size; the counts go on (`clusters.count`, and `cluster_hours`, the
+//! terminations' hourly counts and the clusters' names (`cluster_facets`) kept 31 days
+//! whatever the reports' retention did, as on a node).
 //!
 //! One replica at a time does it (a session advisory lock, tried, never waited for), every
 //! `--retention-interval`, in batches of [`BATCH`] rows, each its own short transaction: a
@@ -159,9 +159,14 @@ async fn thin(client: &tokio_postgres::Client, r: &Retention, since_ns: i64) -> 
     client
         .execute("DELETE FROM cluster_hours WHERE hour < $1", &[&oldest])
         .await?;
-    client
-        .execute("DELETE FROM terminations WHERE hour < $1", &[&oldest])
-        .await?;
+    for (table, column) in [("terminations", "hour"), ("cluster_facets", "last_hour")] {
+        client
+            .execute(
+                &format!("DELETE FROM {table} WHERE {column} < $1"),
+                &[&oldest],
+            )
+            .await?;
+    }
     Ok(Removed {
         by_count,
         by_age,
