@@ -42,6 +42,13 @@ pub fn cargo() -> Command {
     c
 }
 
+/// Where cargo puts what it builds: `$CARGO_TARGET_DIR` when set, else target/.
+pub fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(|d| root.join(d))
+        .unwrap_or_else(|| root.join("target"))
+}
+
 /// Builds the static agent (with cargo `features`, none for a release) and returns its path
 /// (under target/x86_64-unknown-linux-gnu, the directory the VM tests use too, so either
 /// build serves the other; under `$CARGO_TARGET_DIR` when that is set, as cargo puts it
@@ -54,10 +61,7 @@ pub fn static_agent(root: &Path, features: &[String]) -> Result<PathBuf> {
         build.arg("--features").arg(features.join(","));
     }
     run(build.env("RUSTFLAGS", STATIC_RUSTFLAGS).current_dir(root))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(|d| root.join(d))
-        .unwrap_or_else(|| root.join("target"));
-    let bin = target.join(format!("{TARGET}/release/crashwatch"));
+    let bin = target_dir(root).join(format!("{TARGET}/release/crashwatch"));
     // A static PIE has no program interpreter; a dynamic one would not run FROM scratch.
     let headers = run(Command::new("readelf").arg("-lW").arg(&bin))?;
     if headers.contains("INTERP") {

@@ -90,7 +90,11 @@ fn start(a: HubArgs) -> anyhow::Result<()> {
         (Some(cert), Some(key)) => Some(crate::web::tls::Certificate::open(cert, key)?),
         _ => None,
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // One worker per CPU (at most 4): a replica parses and checks reports while others wait
+    // on the database; one thread held a replica to one core (fleet-sim's ramp).
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()?;
     rt.block_on(async {

@@ -41,6 +41,12 @@ impl Image {
             .join(format!("image-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let root = dir.join("root");
+        // A file naming the image makes its layer, and so its image id, its own: two tests
+        // importing the same files at once got one image id under two names, and one test's
+        // `rmi -f` took the other's image away (a CI run saw "Trying to pull").
+        let name = format!("localhost/crashwatch-{tag}:{}", std::process::id());
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join(".crashwatch-image"), &name).unwrap();
         for (src, dest) in files {
             let at = root.join(dest.trim_start_matches('/'));
             std::fs::create_dir_all(at.parent().unwrap()).unwrap();
@@ -56,7 +62,6 @@ impl Image {
             .status()
             .unwrap();
         assert!(ok.success());
-        let name = format!("localhost/crashwatch-{tag}:{}", std::process::id());
         podman(&["import", tar.to_str().unwrap(), &name]);
         Image { name, dir }
     }
@@ -102,6 +107,8 @@ impl Container {
     pub fn run_with(image: &Image, options: &[&str], args: &[&str]) -> Container {
         let mut all = vec![
             "run",
+            // The image is this test's: never a registry's.
+            "--pull=never",
             "-d",
             "--ulimit",
             "nofile=20000:20000",

@@ -79,6 +79,10 @@ pub struct Args {
     /// and put its section into docs/benchmarks.md.
     #[arg(long)]
     pub web_only: bool,
+    /// Measure the fleet hub alone (ingest into one and two replicas; the page and API over
+    /// 1,000,000 reports on PostgreSQL) and put its section into docs/benchmarks.md.
+    #[arg(long)]
+    pub hub_only: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -91,6 +95,7 @@ pub fn run(args: Args) -> Result<()> {
         sinks_only,
         analyze_only,
         web_only,
+        hub_only,
     } = args;
     let p = Paths::new()?;
     let t = tools::build(&p)?;
@@ -102,6 +107,10 @@ pub fn run(args: Args) -> Result<()> {
     if analyze_only {
         let section = logs::markdown(&logs::run(&t, &p.root.join("target"))?);
         return report::splice(&page, "## Log analysis", "--analyze-only", &section);
+    }
+    if hub_only {
+        let section = crate::fleet::bench_section(&p, &t.agent)?;
+        return report::splice(&page, "## Fleet hub", "--hub-only", &section);
     }
     if web_only {
         let section = web::markdown(&web::run(&t)?);

@@ -130,6 +130,10 @@ pub struct Run {
 pub struct Sinks {
     pub baseline: Run,
     pub all: Run,
+    /// stdout and one network output: a webhook, then the fleet hub (`--hub`, the same
+    /// endpoint): what `--hub` adds to an agent beside what a webhook does.
+    pub webhook_alone: Run,
+    pub hub_alone: Run,
     /// Reports spooled during the outage, and how long each spool took to empty once the
     /// endpoint was back (seconds), by output.
     pub replay: (u64, BTreeMap<String, f64>),
@@ -291,6 +295,21 @@ pub fn run(t: &Tools, n: usize) -> Result<Sinks> {
     };
     let all = measure(t, n, &outputs("60"))?;
     let _ = std::fs::remove_file(&file);
+    let hook = format!("http://127.0.0.1:{}", ep.port);
+    let webhook_alone = measure(t, n, &["--webhook".into(), format!("{hook}/hook")])?;
+    let token = state_dir().with_extension("token");
+    std::fs::write(&token, "bench-ingest-token-0123456789\n")?;
+    let hub_alone = measure(
+        t,
+        n,
+        &[
+            "--hub".into(),
+            hook.clone(),
+            "--hub-token-file".into(),
+            token.display().to_string(),
+        ],
+    )?;
+    let _ = std::fs::remove_file(&token);
 
     // The outage: both network outputs spool through a storm, then the endpoint returns.
     let a = Agent::start(t, &outputs("1"))?;
@@ -316,6 +335,8 @@ pub fn run(t: &Tools, n: usize) -> Result<Sinks> {
     Ok(Sinks {
         baseline,
         all,
+        webhook_alone,
+        hub_alone,
         replay: (spooled, replay),
     })
 }
@@ -361,6 +382,22 @@ pub fn markdown(s: &Sinks) -> String {
         a.peak_rss_mib,
         a.peak_rss_mib / b.peak_rss_mib.max(1e-3),
     );
+    for (name, r) in [
+        ("stdout and a webhook", &s.webhook_alone),
+        ("stdout and `--hub`", &s.hub_alone),
+    ] {
+        out += &format!(
+            "| {name} | {:.0} ms ({:.2}×) | {:.2} ms | {:.1} MiB ({:.2}×) |\n",
+            r.cpu_ms,
+            r.cpu_ms / b.cpu_ms.max(1e-3),
+            r.cpu_ms / r.crashes as f64,
+            r.peak_rss_mib,
+            r.peak_rss_mib / b.peak_rss_mib.max(1e-3),
+        );
+    }
+    out += "\n`--hub` is the webhook's sender (the same spool: one file per report, its JSON, \
+            removed at the 2xx) plus a heartbeat every 30 s; its cost beside the webhook's is \
+            the row above it.\n";
     let (spooled, replay) = &s.replay;
     out += &format!(
         "\nThe endpoint down through another storm of {spooled} crashes (both spools fill), then \

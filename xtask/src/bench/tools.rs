@@ -64,7 +64,7 @@ pub fn build(p: &Paths) -> Result<Tools> {
     };
     let go = |v: &str| format!("/opt/crashwatch-go/{v}/go/bin/go");
     Ok(Tools {
-        agent: p.root.join("target/release/crashwatch"),
+        agent: crate::dist::target_dir(&p.root).join("release/crashwatch"),
         spawn: gcc("spawn", &src.join("spawn.c"))?,
         writes: gcc("writes", &src.join("writes.c"))?,
         signals: gcc("signals", &src.join("signals.c"))?,

@@ -8,6 +8,7 @@
 //! the silent nodes, every report stored once). `--ramp` then doubles the trickle step by
 //! step until something gives, and says what gave first. Results, printed; docs/fleet.md
 //! keeps what they taught.
+mod bench;
 mod load;
 mod sim;
 
@@ -89,10 +90,7 @@ pub fn run(a: Args) -> Result<()> {
     sh(crate::dist::cargo()
         .args(["build", "--release", "-p", "crashwatch"])
         .current_dir(&p.root))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(|d| p.root.join(d))
-        .unwrap_or_else(|| p.root.join("target"));
-    let _ = common::AGENT.set(target.join("release/crashwatch"));
+    let _ = common::AGENT.set(crate::dist::target_dir(&p.root).join("release/crashwatch"));
     let templates = record(&p.root, &dir)?;
     eprintln!("fleet-sim: {} real reports recorded", templates.len());
 
@@ -134,6 +132,15 @@ pub fn run(a: Args) -> Result<()> {
         bail!("{} checks failed", failures.len());
     }
     Ok(())
+}
+
+/// `cargo xtask bench --hub-only`'s section: the hub measured with `agent` ([`bench`]).
+pub fn bench_section(p: &Paths, agent: &Path) -> Result<String> {
+    let dir = p.vm.parent().context("target")?.join("fleet-bench");
+    std::fs::create_dir_all(&dir)?;
+    let _ = common::AGENT.set(agent.to_path_buf());
+    let templates = record(&p.root, &dir)?;
+    Ok(bench::markdown(&bench::run(templates, &dir)?))
 }
 
 /// Real crashes of this machine, as the agent reports them: a segfault, an abort, a Python
