@@ -188,7 +188,15 @@ fn case(a: &Agent, v: &str, f: Flavour, mode: &str) -> Result<(), String> {
         } else {
             val == text
         };
-        check!(exact, "panic_value {val:?}, want {text:?}");
+        // What the agent held of its output, to tell a lost line from a misread one.
+        check!(
+            exact,
+            "panic_value {val:?}, want {text:?}; go.stderr {stderr:?} ({} bytes, truncated {}), \
+             last_words {}",
+            go["stderr_bytes"],
+            go["stderr_truncated"],
+            rep["last_words"]
+        );
         check!(
             s(go, &["panic_type"]) == ty,
             "panic_type {:?}, want {ty:?}",
