@@ -95,56 +95,36 @@ async fn fleet(hub: &Hub, registry: &mut Registry) -> anyhow::Result<()> {
     let client = hub.pool.get().await?;
     let now = clock::now_ns();
     let since_hour = (now / HOUR_NS).saturating_sub(23) as i64;
-    let crashes = client
-        .query(
+    let mut dropped = 0;
+    for (name, help, names, sql) in [
+        (
+            "crashwatch_fleet_crashes_24h",
+            "Crashes in the fleet in the last 24 hours (hour buckets), by kind, namespace and \
+             workload",
+            ["kind", "namespace", "workload"],
             "SELECT c.kind, h.namespace, h.workload, SUM(h.count)::BIGINT
              FROM cluster_hours h JOIN clusters c ON c.id = h.cluster
              WHERE h.hour >= $1 GROUP BY 1, 2, 3 ORDER BY 4 DESC LIMIT $2",
-            &[&since_hour, &(MAX_SERIES + 1)],
-        )
-        .await?;
-    let rows = crashes
-        .iter()
-        .map(|r| {
-            let labels = vec![
-                ("kind", r.get::<_, String>(0)),
-                ("namespace", r.get(1)),
-                ("workload", r.get(2)),
-            ];
-            (labels, r.get::<_, i64>(3))
-        })
-        .collect();
-    let mut dropped = family(
-        registry,
-        "crashwatch_fleet_crashes_24h",
-        "Crashes in the fleet in the last 24 hours (hour buckets), by kind, namespace and workload",
-        rows,
-    );
-    let terms = client
-        .query(
+        ),
+        (
+            "crashwatch_fleet_terminations_24h",
+            "Terminations (SIGTERM, SIGKILL and the like: not crashes) in the last 24 hours, \
+             by namespace, workload and signal",
+            ["namespace", "workload", "signal"],
             "SELECT namespace, workload, signal, SUM(count)::BIGINT FROM terminations
              WHERE hour >= $1 GROUP BY 1, 2, 3 ORDER BY 4 DESC LIMIT $2",
-            &[&since_hour, &(MAX_SERIES + 1)],
-        )
-        .await?;
-    let rows = terms
-        .iter()
-        .map(|r| {
-            let labels = vec![
-                ("namespace", r.get::<_, String>(0)),
-                ("workload", r.get(1)),
-                ("signal", r.get(2)),
-            ];
-            (labels, r.get::<_, i64>(3))
-        })
-        .collect();
-    dropped += family(
-        registry,
-        "crashwatch_fleet_terminations_24h",
-        "Terminations (SIGTERM, SIGKILL and the like: not crashes) in the last 24 hours, by \
-         namespace, workload and signal",
-        rows,
-    );
+        ),
+    ] {
+        let found = client.query(sql, &[&since_hour, &(MAX_SERIES + 1)]).await?;
+        let rows = found
+            .iter()
+            .map(|r| {
+                let labels = (0..3).map(|i| (names[i], r.get::<_, String>(i))).collect();
+                (labels, r.get::<_, i64>(3))
+            })
+            .collect();
+        dropped += family(registry, name, help, rows);
+    }
     let silent_since = now.saturating_sub(read::SILENT_NS) as i64;
     let nodes = client
         .query_one(

@@ -129,6 +129,23 @@ pub fn kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
 }
 
 /// kubernetes-validate --strict against Kubernetes `version`.
+/// `crashwatch ARGS` (a hub's command line) with a database nobody listens on: whether it
+/// succeeded, and what it said.
+fn hub_with(args: &[&str]) -> (bool, String) {
+    let out = Command::new(agent_bin())
+        .args(args)
+        .env(
+            "CRASHWATCH_HUB_DATABASE",
+            "postgres://nobody@127.0.0.1:1/none",
+        )
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 fn validate(file: &Path, version: &str) -> (bool, String) {
     run(Command::new("python3")
         .args([
@@ -349,17 +366,9 @@ fn the_hub_runs_beside_the_agents_when_enabled() {
         .collect();
     assert!(args.contains(&"--read-token-file"), "{args:?}");
     // The real binary takes these arguments: it stops at the missing token file, not at a flag.
-    let out = Command::new(agent_bin())
-        .args(&args)
-        .env(
-            "CRASHWATCH_HUB_DATABASE",
-            "postgres://nobody@127.0.0.1:1/none",
-        )
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, err) = hub_with(&args);
     assert!(
-        !out.status.success() && err.contains("--ingest-token-file /etc/crashwatch-hub"),
+        !ok && err.contains("--ingest-token-file /etc/crashwatch-hub"),
         "{err}"
     );
     let svc = docs

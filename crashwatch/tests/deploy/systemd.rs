@@ -270,15 +270,7 @@ fn the_hub_unit_verifies_and_runs_unprivileged() {
         .replace("\\\n", " ")
         .replace("${CREDENTIALS_DIRECTORY}", "/nonexistent");
     let args: Vec<&str> = exec.split_whitespace().skip(1).collect();
-    let out = Command::new(agent_bin())
-        .args(&args)
-        .env(
-            "CRASHWATCH_HUB_DATABASE",
-            "postgres://nobody@127.0.0.1:1/none",
-        )
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (_, err) = super::hub_with(&args);
     assert!(
         err.contains("--ingest-token-file /nonexistent/ingest-token"),
         "{args:?}: {err}"
