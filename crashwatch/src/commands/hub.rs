@@ -7,9 +7,14 @@ use clap::Args;
 pub struct HubArgs {
     /// The PostgreSQL database (13+): `postgres://USER:PASSWORD@HOST:PORT/DB`, or the
     /// key=value form (`host=/run/postgresql dbname=crashwatch`). Better from the
-    /// environment than on a command line others can read.
+    /// environment than on a command line others can read. `?sslmode=require` reaches it with
+    /// TLS, the server's certificate checked against the system's roots and --database-ca.
     #[arg(long, env = "CRASHWATCH_HUB_DATABASE", hide_env_values = true)]
     database: String,
+    /// CA certificates (PEM) the database's certificate may be signed by, beside the
+    /// system's (a managed database's CA bundle; CloudNativePG's `<cluster>-ca` secret).
+    #[arg(long)]
+    database_ca: Option<std::path::PathBuf>,
     /// Where to serve agents, the API and /metrics (loopback by default; 0.0.0.0:9722 in a
     /// cluster, behind a Service).
     #[arg(long, default_value = crate::hub::DEFAULT_LISTEN)]
@@ -86,6 +91,7 @@ fn start(a: HubArgs) -> anyhow::Result<()> {
              could then read every report; give them different tokens"
         );
     }
+    let database = crate::hub::db::database(&a.database, a.database_ca.as_deref())?;
     let tls = match (a.tls_cert, a.tls_key) {
         (Some(cert), Some(key)) => Some(crate::web::tls::Certificate::open(cert, key)?),
         _ => None,
@@ -109,7 +115,7 @@ fn start(a: HubArgs) -> anyhow::Result<()> {
             access.describe(addr)
         );
         let opts = crate::hub::Options {
-            database: a.database,
+            database,
             ingest_token,
             access,
             loop_count: a.loop_count,

@@ -48,13 +48,16 @@ pub fn check(body: &[u8]) -> Result<Incoming> {
         bail!("the report is {} bytes; at most {MAX_REPORT}", body.len());
     }
     let text = std::str::from_utf8(body).map_err(|_| anyhow::anyhow!("not UTF-8"))?;
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| anyhow::anyhow!("not JSON: {e}"))?;
-    if !value.is_object() {
-        bail!("not a report: a JSON object is expected");
-    }
-    let report: Report = serde_json::from_value(value)
-        .map_err(|e| anyhow::anyhow!("not a report (docs/report.md): {e}"))?;
+    // Read once, straight into the report (a tree of values first cost as much again).
+    let report: Report = serde_json::from_str(text).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data if !text.trim_start().starts_with('{') => {
+            anyhow::anyhow!("not a report: a JSON object is expected")
+        }
+        serde_json::error::Category::Data => {
+            anyhow::anyhow!("not a report (docs/report.md): {e}")
+        }
+        _ => anyhow::anyhow!("not JSON: {e}"),
+    })?;
     let kinds = crate::model::crash::Kind::names();
     if !kinds.contains(&report.kind) && report.kind != "termination" {
         bail!(
@@ -139,12 +142,10 @@ fn regression(r: &Report) -> Option<String> {
 /// The cluster of `r`'s fingerprint, made when it is the first anywhere: (id, made). A plain
 /// read first, so the reports of a hot cluster (a fleet-wide loop) take no lock here.
 async fn cluster_of(client: &deadpool_postgres::Client, r: &Report, t: i64) -> Result<(i64, bool)> {
-    let found = client
-        .query_opt(
-            "SELECT id FROM clusters WHERE fingerprint = $1",
-            &[&r.fingerprint],
-        )
+    let find = client
+        .prepare_cached("SELECT id FROM clusters WHERE fingerprint = $1")
         .await?;
+    let found = client.query_opt(&find, &[&r.fingerprint]).await?;
     if let Some(row) = found {
         return Ok((row.get(0), false));
     }
@@ -163,12 +164,7 @@ async fn cluster_of(client: &deadpool_postgres::Client, r: &Report, t: i64) -> R
         return Ok((row.get(0), true));
     }
     // Another replica made it in between.
-    let row = client
-        .query_one(
-            "SELECT id FROM clusters WHERE fingerprint = $1",
-            &[&r.fingerprint],
-        )
-        .await?;
+    let row = client.query_one(&find, &[&r.fingerprint]).await?;
     Ok((row.get(0), false))
 }
 
@@ -176,8 +172,9 @@ async fn cluster_of(client: &deadpool_postgres::Client, r: &Report, t: i64) -> R
 /// nothing but the node's last word: the report (its key unique), then — only when it went
 /// in — the cluster's count and times (and its regression, when this is its first report:
 /// a cluster made by an attempt that failed after is still opened by the retry),
-/// the hourly and per-build counts, the build's first sighting; the node's last crash; and
-/// the NOTIFY. Autocommitted, so a hot row (a cluster crash-looping fleet-wide) is locked for
+/// the hourly and per-build counts, the build's first sighting; the node's last crash.
+/// Prepared once per connection. The live pages hear of it from [`super::db::Changed`], not
+/// from a NOTIFY here. Autocommitted, so a hot row (a cluster crash-looping fleet-wide) is locked for
 /// this statement only.
 const STORE: &str = "
 WITH r AS (
@@ -222,7 +219,7 @@ WITH r AS (
     ON CONFLICT (name) DO UPDATE SET heard_ns = GREATEST(nodes.heard_ns, EXCLUDED.heard_ns),
         last_crash_ns = GREATEST(nodes.last_crash_ns, EXCLUDED.last_crash_ns)
 )
-SELECT id, pg_notify('crashwatch_stored', '') FROM r";
+SELECT id FROM r";
 
 /// A termination: the node's last word and the hour's count, one statement.
 const COUNT_TERMINATION: &str = "
@@ -244,9 +241,10 @@ pub async fn store(pool: &Pool, i: &Incoming, regression_window_ns: u64) -> Resu
     let client = pool.get().await?;
     if r.kind == "termination" {
         let signal = r.signal.as_ref().map_or(String::new(), |s| s.name.clone());
+        let count = client.prepare_cached(COUNT_TERMINATION).await?;
         client
             .execute(
-                COUNT_TERMINATION,
+                &count,
                 &[&hour, &r.host, &i.namespace, &i.workload, &signal, &now, &t],
             )
             .await?;
@@ -266,9 +264,10 @@ pub async fn store(pool: &Pool, i: &Incoming, regression_window_ns: u64) -> Resu
     let signal = r.signal.as_ref().map_or(String::new(), |s| s.name.clone());
     let blamed = regression(r).unwrap_or_default();
     let since = t - regression_window_ns.min(i64::MAX as u64) as i64;
+    let store = client.prepare_cached(STORE).await?;
     let row = client
         .query_opt(
-            STORE,
+            &store,
             &[
                 &r.host,
                 &r.boot_id,

@@ -48,7 +48,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9722";
 const MAX_HEARTBEAT: usize = 64 << 10;
 
 pub struct Options {
-    pub database: String,
+    pub database: db::Database,
     pub ingest_token: String,
     /// Who may read: the read token, or loopback only.
     pub access: Access,
@@ -76,6 +76,7 @@ struct Hub {
     pool: Pool,
     ready: Arc<AtomicBool>,
     counts: Arc<Counts>,
+    changed: Arc<db::Changed>,
     regression_window_ns: u64,
     loop_count: u32,
     loop_window_ns: u64,
@@ -88,10 +89,12 @@ pub async fn serve(listener: tokio::net::TcpListener, opts: Options) -> Result<(
         pool: db::pool(&opts.database)?,
         ready: Arc::default(),
         counts: Arc::default(),
+        changed: Arc::default(),
         regression_window_ns: opts.regression_window_ns,
         loop_count: opts.loop_count,
         loop_window_ns: opts.loop_window_ns,
     };
+    tokio::spawn(hub.changed.clone().run(hub.pool.clone()));
     let (pool, ready) = (hub.pool.clone(), hub.ready.clone());
     let retention = opts.retention.clone();
     tokio::spawn(async move {
@@ -186,7 +189,10 @@ async fn take_report(
     match ingest::store(&hub.pool, &incoming, hub.regression_window_ns).await {
         Ok(stored) => {
             let (counter, said) = match stored {
-                ingest::Stored::New { .. } => (&hub.counts.stored, "stored"),
+                ingest::Stored::New { .. } => {
+                    hub.changed.stored();
+                    (&hub.counts.stored, "stored")
+                }
                 ingest::Stored::Duplicate => (&hub.counts.duplicates, "duplicate"),
                 ingest::Stored::Counted => (&hub.counts.terminations, "counted"),
             };
@@ -250,17 +256,16 @@ async fn take_heartbeat(
     };
     let now = crate::model::clock::now_ns() as i64;
     let done = async {
-        hub.pool
-            .get()
-            .await?
-            .execute(
+        let client = hub.pool.get().await?;
+        let heard = client
+            .prepare_cached(
                 "INSERT INTO nodes (name, first_seen_ns, heard_ns, inventory)
                  VALUES ($1, $2, $2, $3)
                  ON CONFLICT (name) DO UPDATE SET heard_ns = GREATEST(nodes.heard_ns, $2),
                      inventory = $3",
-                &[&node, &now, &text],
             )
             .await?;
+        client.execute(&heard, &[&node, &now, &text]).await?;
         anyhow::Ok(())
     };
     match done.await {

@@ -179,6 +179,8 @@ const ALL_SINKS: &[&str] = &[
     "serviceMonitor.enabled=true",
     "--set",
     "hub.enabled=true",
+    "--set",
+    "hub.databaseCaSecret=pg-ca",
     "--set-json",
     r#"config={"output":"json","exits":"nonzero","keep-days":7,"no-default-redact":false}"#,
 ];
@@ -343,6 +345,16 @@ fn the_charts_configuration_is_accepted_by_the_agent() {
     assert!(!text.contains("SECRET"), "{text}");
 }
 
+/// A container's arguments.
+fn args_of(c: &Value) -> Vec<&str> {
+    c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect()
+}
+
 /// `hub.enabled`: the hub's replicas beside the agents, the database and tokens from the
 /// Secret, every agent pointed at the hub's Service with the ingest token only; the hub's
 /// arguments are the real binary's.
@@ -358,12 +370,7 @@ fn the_hub_runs_beside_the_agents_when_enabled() {
     let env = &c["env"][0];
     assert_eq!(env["name"], "CRASHWATCH_HUB_DATABASE");
     assert_eq!(env["valueFrom"]["secretKeyRef"]["key"], "database");
-    let args: Vec<&str> = c["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
+    let args = args_of(c);
     assert!(args.contains(&"--read-token-file"), "{args:?}");
     // The real binary takes these arguments: it stops at the missing token file, not at a flag.
     let (ok, err) = hub_with(&args);
@@ -396,4 +403,38 @@ fn the_hub_runs_beside_the_agents_when_enabled() {
         .expect("the agents' token volume");
     assert_eq!(vol["secret"]["items"].as_array().unwrap().len(), 1, "{vol}");
     assert_eq!(vol["secret"]["items"][0]["key"], "ingest-token");
+
+    // A database reached with TLS: its CA from a Secret, mounted where --database-ca looks.
+    assert!(!args.contains(&"--database-ca"), "{args:?}");
+    let docs = documents(&render(&[
+        "--set",
+        "hub.enabled=true",
+        "--set",
+        "hub.databaseCaSecret=pg-ca",
+    ]));
+    let pod = &kind(&docs, "Deployment")["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let args = args_of(c);
+    let at = args
+        .iter()
+        .position(|a| *a == "--database-ca")
+        .expect("--database-ca");
+    let file = Path::new(args[at + 1]);
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == file.parent().unwrap().to_str().unwrap())
+        .expect("the CA's mount");
+    let vol = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("the CA's volume");
+    assert_eq!(vol["secret"]["secretName"], "pg-ca");
+    assert_eq!(
+        vol["secret"]["items"][0]["path"].as_str(),
+        file.file_name().unwrap().to_str()
+    );
 }

@@ -136,6 +136,32 @@ impl Postgres {
             .collect()
     }
 
+    /// Turns TLS on with `cert` and `key` (PEM), copied into the data directory (PostgreSQL
+    /// takes only a key its own user owns with mode 0600), by a reload.
+    #[allow(dead_code)]
+    pub fn tls(&self, cert: &Path, key: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        let data = self.dir.join("data");
+        for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+            std::fs::copy(from, data.join(to)).unwrap();
+            std::fs::set_permissions(data.join(to), std::fs::Permissions::from_mode(0o600))
+                .unwrap();
+            let st = Command::new("chown")
+                .arg("postgres:")
+                .arg(data.join(to))
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+        self.query("ALTER SYSTEM SET ssl = on");
+        self.query("SELECT pg_reload_conf()");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.query("SHOW ssl") != ["on"] {
+            assert!(Instant::now() < deadline, "PostgreSQL did not turn TLS on");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn one(&self, sql: &str) -> i64 {
         self.query(sql)[0].parse().unwrap()
     }

@@ -1,7 +1,9 @@
-//! The hub over HTTPS (`--tls-cert`/`--tls-key`): an agent trusting the hub's CA
-//! (`--hub-ca`) delivers a real crash; plain HTTP to the port gets nothing; a rotated
-//! certificate is served without a restart; a key that does not match its certificate is
-//! refused at start.
+//! TLS on both sides of the hub. The hub over HTTPS (`--tls-cert`/`--tls-key`): an agent
+//! trusting the hub's CA (`--hub-ca`) delivers a real crash; plain HTTP to the port gets
+//! nothing; a rotated certificate is served without a restart; a key that does not match its
+//! certificate is refused at start. The hub to PostgreSQL over TLS (`sslmode=require`,
+//! `--database-ca`): every connection of the hub's is encrypted, and a database whose
+//! certificate another CA signed is not trusted.
 use std::{path::Path, process::Command};
 
 use crate::{
@@ -54,8 +56,24 @@ fn served(dir: &Path, hub: &Hub) -> String {
     .to_string()
 }
 
+/// What `crashwatch hub` said when it refused to start with `extra`.
+fn refused(database: &str, ingest: &str, extra: &[&str]) -> String {
+    let out = Command::new(agent_bin())
+        .args(["hub", "--database", database, "--listen", "127.0.0.1:0"])
+        .args(["--ingest-token-file", ingest])
+        .args(extra)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "the hub started with {extra:?}: {err}"
+    );
+    err
+}
+
 #[test]
-fn the_hub_serves_https_takes_a_rotated_certificate_and_refuses_a_mismatched_key() {
+fn the_hub_serves_https_rotates_its_certificate_and_checks_its_databases() {
     let _alone = alone();
     let pg = Postgres::start();
     let dir = state_dir("hub-tls");
@@ -63,10 +81,17 @@ fn the_hub_serves_https_takes_a_rotated_certificate_and_refuses_a_mismatched_key
     sh(
         &dir,
         "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key \
-           -out ca.pem -days 1 -subj /CN=crashwatch-test-ca 2>/dev/null",
+           -out ca.pem -days 1 -subj /CN=crashwatch-test-ca 2>/dev/null
+         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+           -keyout other-ca.key -out other-ca.pem -days 1 -subj /CN=another-ca 2>/dev/null",
     );
     issue(&dir, "first");
     issue(&dir, "second");
+    issue(&dir, "db");
+    pg.tls(&dir.join("db.pem"), &dir.join("db.key"));
+    let database = format!("{}?sslmode=require", pg.url());
+    let ca = dir.join("ca.pem");
+    let database_ca = ["--database-ca", ca.to_str().unwrap()];
     std::fs::copy(dir.join("first.pem"), dir.join("hub.pem")).unwrap();
     std::fs::copy(dir.join("first.key"), dir.join("hub.key")).unwrap();
     let (cert, key) = (dir.join("hub.pem"), dir.join("hub.key"));
@@ -75,10 +100,11 @@ fn the_hub_serves_https_takes_a_rotated_certificate_and_refuses_a_mismatched_key
         cert.to_str().unwrap(),
         "--tls-key",
         key.to_str().unwrap(),
+        database_ca[0],
+        database_ca[1],
     ];
-    let hub = Hub::spawn_with(&pg.url(), &ingest, None, &tls);
+    let hub = Hub::spawn_with(&database, &ingest, None, &tls);
     assert_eq!(hub.scheme, "https", "{:?}", hub.log());
-    let ca = dir.join("ca.pem");
     let curl = |url: String| {
         Command::new("curl")
             .args(["-sS", "--max-time", "5", "--cacert"])
@@ -114,6 +140,35 @@ fn the_hub_serves_https_takes_a_rotated_certificate_and_refuses_a_mismatched_key
         )) == 1
     });
 
+    // Every connection the hub holds to the database is TLS.
+    let hub_connections = |tls: bool| {
+        pg.one(&format!(
+            "SELECT COUNT(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+             WHERE a.application_name = 'crashwatch-hub' AND s.ssl = {tls}"
+        ))
+    };
+    assert!(hub_connections(true) >= 2, "the pool and the listener");
+    assert_eq!(hub_connections(false), 0, "a plain connection of the hub's");
+
+    // A database whose certificate the given CA did not sign is not trusted (nor by the
+    // system's roots alone), and the hub says why while it waits.
+    for extra in [
+        &["--database-ca", dir.join("other-ca.pem").to_str().unwrap()][..],
+        &[],
+    ] {
+        let wrong = Hub::spawn_with(&database, &ingest, None, extra);
+        wait_until("the untrusted database's refusal said", 20, || {
+            wrong
+                .log()
+                .iter()
+                .any(|l| l.contains("not ready") && l.contains("certificate"))
+        });
+        assert_eq!(wrong.get("/readyz", None).0, 503, "{:?}", wrong.log());
+    }
+    // A CA for a database reached without TLS is a mistake, said at start.
+    let err = refused(&pg.url(), &ingest, &database_ca);
+    assert!(err.contains("sslmode=require"), "{err}");
+
     // Rotation: the files change under the running hub.
     assert!(served(&dir, &hub).contains("CN = first"));
     std::fs::copy(dir.join("second.key"), &key).unwrap();
@@ -123,18 +178,14 @@ fn the_hub_serves_https_takes_a_rotated_certificate_and_refuses_a_mismatched_key
     });
 
     // A key that is not the certificate's: refused at start, saying so.
-    let bad = Command::new(agent_bin())
-        .args(["hub", "--database", &pg.url(), "--listen", "127.0.0.1:0"])
-        .args(["--ingest-token-file", &ingest, "--tls-cert"])
-        .arg(dir.join("first.pem"))
-        .arg("--tls-key")
-        .arg(dir.join("second.key"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(
-        !bad.status.success() && err.contains("does not match"),
-        "{err}"
-    );
+    let (first, second) = (dir.join("first.pem"), dir.join("second.key"));
+    let mismatched = [
+        "--tls-cert",
+        first.to_str().unwrap(),
+        "--tls-key",
+        second.to_str().unwrap(),
+    ];
+    let err = refused(&database, &ingest, &mismatched);
+    assert!(err.contains("does not match"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
