@@ -3,14 +3,18 @@
 //! ([`crate::outputs::store`]'s `Listing`, `ClusterRow`, `ReportRow`, `Timeline`) plus each
 //! cluster's fleet (`fleet`: nodes, namespaces, workloads) and the nodes' inventory. Every
 //! answer is one bounded page: at most [`MAX_PAGE`] clusters or reports, a few names per
-//! cluster; the listing walks the activity index (`clusters_by_activity`) from the cursor.
+//! cluster; the listing walks the activity index (`clusters_by_activity`) from the cursor,
+//! at most [`SCAN`] clusters per request as the node's does: a filter few clusters match
+//! reads a bounded slice of the index and answers `partial` with a cursor to go on from,
+//! rather than reading every cluster of the fleet to fill a page.
 use anyhow::Result;
 use deadpool_postgres::Pool;
 
 use crate::{
     model::clock,
     outputs::store::{
-        page::cut, BuildRow, ClusterRow, Cursor, Filter, Fleet, Listing, ReportRow, Timeline,
+        page::{cut, SCAN},
+        BuildRow, ClusterRow, Cursor, Filter, Fleet, Listing, ReportRow, Timeline,
     },
     web::{
         api::ClusterDetail,
@@ -54,9 +58,10 @@ pub async fn list(pool: &Pool, f: &Filter, before: Option<Cursor>) -> Result<Lis
     let text = f.text.as_ref().map(|t| t.to_lowercase());
     let client = pool.get().await?;
     let sql = format!(
-        "SELECT {COLUMNS} FROM clusters c
-         WHERE (c.last_seen_ns, c.id) < ($1, $2)
-           AND ($3::text IS NULL OR c.kind = $3)
+        "SELECT {COLUMNS} FROM (SELECT * FROM clusters
+                WHERE (last_seen_ns, id) < ($1, $2)
+                ORDER BY last_seen_ns DESC, id DESC LIMIT $11) c
+         WHERE ($3::text IS NULL OR c.kind = $3)
            AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM cluster_facets f
                 WHERE f.cluster = c.id AND f.facet = 'namespace' AND f.value = $4))
            AND ($5::text IS NULL OR EXISTS (SELECT 1 FROM cluster_facets f
@@ -86,19 +91,39 @@ pub async fn list(pool: &Pool, f: &Filter, before: Option<Cursor>) -> Result<Lis
                 &(limit + 1),
                 &f.image,
                 &f.build,
+                &i64::from(SCAN),
             ],
         )
         .await?;
     let mut clusters: Vec<ClusterRow> = rows.iter().map(row).collect();
-    let next = cut(&mut clusters, limit as u32, |c| Cursor {
+    let mut next = cut(&mut clusters, limit as u32, |c| Cursor {
         last_seen_ns: c.last_seen_ns as i64,
         id: c.id,
     });
+    let mut partial = false;
+    if next.is_none() {
+        // Not a full page: the walk reached the oldest cluster, or stopped at SCAN with
+        // older clusters left for the next request, which goes on after the last walked.
+        let walked = client
+            .query_opt(
+                "SELECT last_seen_ns, id FROM clusters WHERE (last_seen_ns, id) < ($1, $2)
+                 ORDER BY last_seen_ns DESC, id DESC OFFSET $3 LIMIT 1",
+                &[&b_t, &b_id, &(i64::from(SCAN) - 1)],
+            )
+            .await?;
+        if let Some(w) = walked {
+            next = Some(Cursor {
+                last_seen_ns: w.get(0),
+                id: w.get(1),
+            });
+            partial = true;
+        }
+    }
     facets(&client, &mut clusters, f, NAMES).await?;
     Ok(Listing {
         clusters,
         next,
-        partial: false,
+        partial,
     })
 }
 

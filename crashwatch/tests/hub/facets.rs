@@ -101,3 +101,56 @@ pub fn facets_loops_and_metrics(a: &Hub, r: &Value) {
     );
     assert_eq!(sample(a, "crashwatch_hub_database_up"), Some(1.0));
 }
+
+/// A filter few clusters match reads at most 5,000 clusters per request: the first page
+/// says `partial` with a cursor after the last one walked, and the next request finds the
+/// old match there.
+#[test]
+fn a_filtered_listing_walks_at_most_5000_clusters_then_goes_on() {
+    let _alone = crate::alone();
+    let pg = crate::servers::Postgres::start();
+    let dir = crate::common::state_dir("hub-walk");
+    let ingest = crate::servers::token_file(&dir, "ingest", INGEST);
+    let hub = Hub::start(&pg.url(), &ingest, None);
+    // 6,000 clusters, the newest with the highest id; two of them in workload "rare".
+    pg.query(
+        "INSERT INTO clusters (id, fingerprint, kind, headline, top_frame, count,
+             first_seen_ns, last_seen_ns)
+         SELECT i, 'v1:' || i, 'signal', 'SIGSEGV', 'f', 1, i, i
+         FROM generate_series(1, 6000) i",
+    );
+    pg.query(
+        "INSERT INTO cluster_facets VALUES (5999, 'workload', 'rare', 0), (1, 'workload', 'rare', 0)",
+    );
+    let page = |q: &str| -> Value {
+        let (st, body) = hub.get(&format!("/api/clusters?workload=rare{q}"), None);
+        assert_eq!(st, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let ids = |p: &Value| -> Vec<i64> {
+        p["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_i64().unwrap())
+            .collect()
+    };
+    let first = page("");
+    assert_eq!(ids(&first), [5999], "{first}");
+    assert_eq!(first["partial"], true, "{first}");
+    assert_eq!(first["next"], "1001.1001", "the 5,000th cluster walked");
+    let next = first["next"].as_str().unwrap();
+    let second = page(&format!("&before={next}"));
+    assert_eq!(ids(&second), [1], "{second}");
+    assert_eq!(
+        (&second["partial"], &second["next"]),
+        (&false.into(), &Value::Null),
+        "{second}"
+    );
+    // Unfiltered, a page fills from the newest as before.
+    let (_, body) = hub.get("/api/clusters?limit=3", None);
+    let all: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ids(&all), [6000, 5999, 5998]);
+    assert_eq!(all["partial"], false);
+    let _ = std::fs::remove_dir_all(&dir);
+}
