@@ -30,8 +30,9 @@ pub struct HubArgs {
     /// A cluster that crashes this many times within --loop-window, fleet-wide, is a loop.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..))]
     loop_count: u32,
-    /// Seconds of the crash-loop window.
-    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Seconds of the crash-loop window (at most a week). The workload and node loop lists
+    /// count it to the minute.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
     loop_window: u64,
     /// Hours after a build's first crash in the fleet during which a cluster it opens (and
     /// its node blamed on that build) is marked a regression of it.
@@ -126,6 +127,7 @@ fn start(a: HubArgs) -> anyhow::Result<()> {
                 keep_days: a.keep_days,
                 max_bytes: a.store_max_mib << 20,
                 every: std::time::Duration::from_secs(a.retention_interval),
+                minutes_kept: (a.loop_window / 60 + 61) as i64,
             },
             tls,
         };

@@ -122,6 +122,24 @@ UNION ALL
 SELECT cluster, 'workload', workload, MAX(hour) FROM cluster_hours
 WHERE workload <> '' GROUP BY cluster, workload;
 ",
+    // Crashes per minute, workload, node and cluster: the loop lists read a window's few
+    // rows here instead of every report in it. No foreign key: nothing joins it to clusters,
+    // and a key would cost every report a lookup.
+    "
+CREATE TABLE crash_minutes (
+    minute BIGINT NOT NULL,
+    namespace TEXT NOT NULL,
+    workload TEXT NOT NULL,
+    node TEXT NOT NULL,
+    cluster BIGINT NOT NULL,
+    count BIGINT NOT NULL,
+    PRIMARY KEY (minute, namespace, workload, node, cluster)
+);
+INSERT INTO crash_minutes
+SELECT time_ns / 60000000000, namespace, workload, node, cluster, COUNT(*) FROM reports
+WHERE time_ns >= (EXTRACT(EPOCH FROM now())::BIGINT - 86400) * 1000000000
+GROUP BY 1, 2, 3, 4, 5;
+",
 ];
 
 /// The schema version this hub writes.

@@ -3,7 +3,7 @@
 //! fingerprint present and sane — and stored with its key in one statement ([`STORE`]; its
 //! cluster found or made first, without a lock for a cluster that exists): the report,
 //! its cluster (made on its fingerprint's first crash anywhere), the cluster's hourly count
-//! per node, namespace and workload, its nodes, namespaces and workloads (`cluster_facets`:
+//! per node, namespace and workload, its count per minute (`crash_minutes`, the loop lists), its nodes, namespaces and workloads (`cluster_facets`:
 //! one row per name, the page's counts and filters), its count per build and image, the
 //! node's last crash and the build's first sighting.
 //!
@@ -195,6 +195,11 @@ WITH r AS (
     SELECT $5::bigint, $16::bigint, $1::text, $8::text, $10::text, 1 FROM r
     ON CONFLICT (cluster, hour, node, namespace, workload)
     DO UPDATE SET count = cluster_hours.count + 1
+), m AS (
+    INSERT INTO crash_minutes
+    SELECT $6::bigint / 60000000000, $8::text, $10::text, $1::text, $5::bigint, 1 FROM r
+    ON CONFLICT (minute, namespace, workload, node, cluster)
+    DO UPDATE SET count = crash_minutes.count + 1
 ), f AS (
     INSERT INTO cluster_facets
     SELECT $5::bigint, x.facet, x.value, $16::bigint

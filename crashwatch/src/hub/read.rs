@@ -27,6 +27,7 @@ pub const MAX_PAGE: u32 = 200;
 const NAMES: i32 = 5;
 const DETAIL_NAMES: i32 = 50;
 const HOUR_NS: u64 = 3_600_000_000_000;
+const MINUTE_NS: u64 = 60_000_000_000;
 /// A node not heard from (report or heartbeat) for this long is silent: three heartbeats.
 pub const SILENT_NS: u64 = 95_000_000_000;
 
@@ -367,23 +368,27 @@ pub async fn nodes(pool: &Pool, limit: u32) -> Result<Vec<NodeRow>> {
         .collect())
 }
 
-/// Workloads, then nodes, with at least `f.loop_count` crashes within `f.loop_window_ns`;
-/// most crashes first, at most [`MAX_PAGE`] of each.
+/// Workloads, then nodes, with at least `f.loop_count` crashes within `f.loop_window_ns`
+/// (to the minute: the window starts at the start of its first minute); most crashes first,
+/// at most [`MAX_PAGE`] of each. Read from the per-minute counts (`crash_minutes`): a window's
+/// rows are its minutes times what crashed in each, not every report in it (fleet-sim: the
+/// nodes page at 861 ms p95 under 800 reports/s when this grouped the reports).
 pub async fn loops(pool: &Pool, f: &Filter) -> Result<Vec<LoopRow>> {
     if f.loop_count == 0 {
         return Ok(Vec::new());
     }
     let client = pool.get().await?;
-    let since = clock::now_ns().saturating_sub(f.loop_window_ns) as i64;
+    let since = (clock::now_ns().saturating_sub(f.loop_window_ns) / MINUTE_NS) as i64;
     let mut out = Vec::new();
     for (scope, by, name, namespace) in [
         ("workload", "namespace, workload", "workload", "namespace"),
         ("node", "node", "node", "''"),
     ] {
         let sql = format!(
-            "SELECT {name}, {namespace}, COUNT(*), COUNT(DISTINCT cluster), COUNT(DISTINCT node)
-             FROM reports WHERE time_ns >= $1 AND {name} <> ''
-             GROUP BY {by} HAVING COUNT(*) >= $2 ORDER BY 3 DESC, 1 LIMIT $3"
+            "SELECT {name}, {namespace}, SUM(count)::BIGINT, COUNT(DISTINCT cluster),
+                 COUNT(DISTINCT node)
+             FROM crash_minutes WHERE minute >= $1 AND {name} <> ''
+             GROUP BY {by} HAVING SUM(count)::BIGINT >= $2 ORDER BY 3 DESC, 1 LIMIT $3"
         );
         let rows = client
             .query(&sql, &[&since, &(f.loop_count as i64), &(MAX_PAGE as i64)])

@@ -1,7 +1,8 @@
 //! Hub: retention. Reports are kept by count per cluster (the latest), by age and by the
 //! reports table's size; the counts go on (`clusters.count`, and `cluster_hours`, the
 //! terminations' hourly counts and the clusters' names (`cluster_facets`) kept 31 days
-//! whatever the reports' retention did, as on a node).
+//! whatever the reports' retention did, as on a node). The per-minute counts behind the loop
+//! lists (`crash_minutes`) are kept for the loop window and an hour more.
 //!
 //! One replica at a time does it (a session advisory lock, tried, never waited for), every
 //! `--retention-interval`, in batches of [`BATCH`] rows, each its own short transaction: a
@@ -27,6 +28,8 @@ pub struct Retention {
     pub keep_days: u64,
     pub max_bytes: u64,
     pub every: Duration,
+    /// Minutes of per-minute counts kept: the loop window's and an hour.
+    pub minutes_kept: i64,
 }
 
 /// What one pass removed.
@@ -158,6 +161,12 @@ async fn thin(client: &tokio_postgres::Client, r: &Retention, since_ns: i64) -> 
     let oldest = now / HOUR_NS - HOURS_KEPT;
     client
         .execute("DELETE FROM cluster_hours WHERE hour < $1", &[&oldest])
+        .await?;
+    client
+        .execute(
+            "DELETE FROM crash_minutes WHERE minute < $1",
+            &[&(now / 60_000_000_000 - r.minutes_kept)],
+        )
         .await?;
     for (table, column) in [("terminations", "hour"), ("cluster_facets", "last_hour")] {
         client

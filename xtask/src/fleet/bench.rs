@@ -83,7 +83,7 @@ fn blast(bases: &[String], jobs: impl Iterator<Item = Job>) -> (f64, Vec<u64>, u
 fn ingest(pg: &Postgres, dir: &Path, templates: &[Value], replicas: usize) -> Result<Ingest> {
     pg.query(
         "TRUNCATE clusters, reports, cluster_hours, cluster_facets, cluster_builds, nodes, \
-         builds, terminations",
+         builds, terminations, crash_minutes",
     );
     let ingest_token = token_file(dir, "ingest", INGEST);
     let hubs: Vec<Hub> = (0..replicas)
@@ -124,7 +124,7 @@ fn fill(pg: &Postgres, body: &str) -> f64 {
     let body = body.replace('\'', "''");
     pg.query(&format!(
         "TRUNCATE clusters, reports, cluster_hours, cluster_facets, cluster_builds, nodes, \
-             builds, terminations;
+             builds, terminations, crash_minutes;
          INSERT INTO clusters (id, fingerprint, kind, headline, top_frame, count,
              first_seen_ns, last_seen_ns)
          SELECT g, 'v1:' || lpad(to_hex(g), 16, '0'), 'signal',
@@ -151,6 +151,9 @@ fn fill(pg: &Postgres, body: &str) -> f64 {
          INSERT INTO cluster_builds SELECT cluster, revision, image, COUNT(*), MIN(time_ns),
              MAX(time_ns) FROM reports GROUP BY 1, 2, 3;
          INSERT INTO builds SELECT revision, MIN(time_ns) FROM reports GROUP BY 1;
+         INSERT INTO crash_minutes SELECT time_ns / 60000000000, namespace, workload, node,
+             cluster, COUNT(*) FROM reports WHERE time_ns >= {now} - 86400000000000
+             GROUP BY 1, 2, 3, 4, 5;
          INSERT INTO nodes SELECT DISTINCT node, {now} - 2592000000000000, {now}, {now}, '{{}}'
              FROM reports;
          ANALYZE;"
