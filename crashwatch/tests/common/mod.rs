@@ -69,9 +69,13 @@ impl Agent {
         let own_config = args.iter().any(|a| a == "--config");
         // A crash history of its own, so no test counts another's crashes (and none writes
         // to this host's /var/lib/crashwatch).
+        // Removed when the agent has ended: nothing else knows its name.
+        let mut own_state = None;
         if !own_config && !args.iter().any(|a| a == "--state-dir" || a == "--no-store") {
+            let dir = state_dir("agent");
             args.push("--state-dir".into());
-            args.push(state_dir("agent").display().to_string());
+            args.push(dir.display().to_string());
+            own_state = Some(dir);
         }
         if !setup.text {
             args.splice(0..0, ["--output".to_string(), "json".to_string()]);
@@ -156,6 +160,9 @@ impl Agent {
                 cv.notify_all();
             }
             let st = child.wait().ok();
+            if let Some(dir) = own_state {
+                let _ = std::fs::remove_dir_all(dir);
+            }
             *x2.lock().unwrap() = st;
             // Keep this thread (the agent's parent for PDEATHSIG) alive.
             loop {
@@ -376,11 +383,38 @@ pub fn free_port() -> u16 {
 }
 
 pub fn state_dir(tag: &str) -> PathBuf {
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    SWEEP.call_once(sweep_dead_state_dirs);
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let d = std::env::temp_dir().join(format!("crashwatch-state-{tag}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
+}
+
+/// Removes the state directories test processes no longer alive left in the temp directory
+/// (`crashwatch-state-TAG-PID-N`): an agent still running when its test binary ends dies
+/// with it, and nothing removes its directory then.
+fn sweep_dead_state_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("crashwatch-state-") else {
+            continue;
+        };
+        let mut parts = rest.rsplit('-');
+        let (_n, pid) = (
+            parts.next(),
+            parts.next().and_then(|p| p.parse::<u32>().ok()),
+        );
+        if let Some(pid) = pid {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
 }
 
 pub fn agent_bin() -> PathBuf {
