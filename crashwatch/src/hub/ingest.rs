@@ -174,8 +174,11 @@ async fn cluster_of(client: &deadpool_postgres::Client, r: &Report, t: i64) -> R
 /// a cluster made by an attempt that failed after is still opened by the retry),
 /// the hourly and per-build counts, the build's first sighting; the node's last crash.
 /// Prepared once per connection. The live pages hear of it from [`super::db::Changed`], not
-/// from a NOTIFY here. Autocommitted, so a hot row (a cluster crash-looping fleet-wide) is locked for
-/// this statement only.
+/// from a NOTIFY here. A name already filed this hour, a build already first seen earlier,
+/// is not upserted again: an upsert locks its row (and writes a new version of it) even when
+/// nothing changes, and every report of a fleet in one build upserted that build's one row.
+/// Autocommitted, so a hot row (a cluster crash-looping fleet-wide) is locked for this
+/// statement only.
 const STORE: &str = "
 WITH r AS (
     INSERT INTO reports (node, boot_id, pid, start_key, cluster, time_ns, received_ns,
@@ -205,7 +208,9 @@ WITH r AS (
     SELECT $5::bigint, x.facet, x.value, $16::bigint
     FROM r, (VALUES ('node', $1::text), ('namespace', $8::text), ('workload', $10::text))
         AS x (facet, value)
-    WHERE x.value <> ''
+    WHERE x.value <> '' AND NOT EXISTS (SELECT 1 FROM cluster_facets k
+        WHERE k.cluster = $5 AND k.facet = x.facet AND k.value = x.value
+            AND k.last_hour >= $16)
     ON CONFLICT (cluster, facet, value) DO UPDATE SET last_hour = EXCLUDED.last_hour
     WHERE cluster_facets.last_hour < EXCLUDED.last_hour
 ), b AS (
@@ -217,6 +222,7 @@ WITH r AS (
         last_seen_ns = GREATEST(cluster_builds.last_seen_ns, EXCLUDED.last_seen_ns)
 ), v AS (
     INSERT INTO builds SELECT $13::text, $6::bigint FROM r WHERE $13::text <> ''
+        AND NOT EXISTS (SELECT 1 FROM builds k WHERE k.revision = $13 AND k.first_seen_ns <= $6)
     ON CONFLICT (revision)
     DO UPDATE SET first_seen_ns = LEAST(builds.first_seen_ns, EXCLUDED.first_seen_ns)
 ), n AS (

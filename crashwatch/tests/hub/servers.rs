@@ -110,6 +110,12 @@ impl Postgres {
         }
     }
 
+    /// The postmaster's pid (`cargo xtask bench` reads the server's CPU time with it).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Stops the server (fast shutdown: clients are disconnected).
     pub fn down(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -22,7 +22,7 @@ use super::{
     servers::{token_file, Hub, Postgres},
     INGEST, READ,
 };
-use crate::bench::observer::peak_rss_kib;
+use crate::bench::observer::{cpu_and_rss, peak_rss_kib};
 
 const REPORTS: usize = 20_000;
 const CLIENTS: usize = 32;
@@ -34,6 +34,51 @@ pub struct Ingest {
     pub healthz_per_sec: f64,
     pub p50_ms: f64,
     pub p95_ms: f64,
+    /// CPU µs per report stored: the replicas', PostgreSQL's (all its processes), the
+    /// clients' (this process).
+    pub hub_us: f64,
+    pub pg_us: f64,
+    pub client_us: f64,
+}
+
+/// CPU seconds of `pid` and of its children alive now, and of those it reaped.
+fn tree_cpu(pid: u32) -> f64 {
+    let mut total = cpu_and_rss(pid).0 + reaped_cpu(pid);
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            let ppid = stat.rsplit(") ").next().and_then(|r| r.split(' ').nth(1));
+            if ppid == Some(&pid.to_string()) {
+                total += cpu_and_rss(child).0;
+            }
+        }
+    }
+    total
+}
+
+/// CPU seconds of the children `pid` waited for (`cutime` + `cstime`).
+fn reaped_cpu(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<f64> = stat
+        .rsplit(") ")
+        .next()
+        .unwrap_or("")
+        .split(' ')
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (f.get(13).unwrap_or(&0.0) + f.get(14).unwrap_or(&0.0)) / ticks
+}
+
+/// This process's CPU seconds, every thread's.
+fn own_cpu() -> f64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
 }
 
 pub struct HubBench {
@@ -102,7 +147,12 @@ fn ingest(pg: &Postgres, dir: &Path, templates: &[Value], replicas: usize) -> Re
         body,
         kind: "report",
     });
+    let pg_pid = pg.pid().unwrap_or(0);
+    let hubs_cpu = || hubs.iter().map(|h| cpu_and_rss(h.pid()).0).sum::<f64>();
+    let cpu0 = (hubs_cpu(), tree_cpu(pg_pid), own_cpu());
     let (per_sec, us, failed) = blast(&bases, jobs);
+    let cpu1 = (hubs_cpu(), tree_cpu(pg_pid), own_cpu());
+    let per_report = |a: f64, b: f64| (b - a) * 1e6 / REPORTS as f64;
     let stored = pg.one("SELECT COUNT(*) FROM reports");
     if failed > 0 || stored != REPORTS as i64 {
         bail!("ingest: {failed} posts failed, {stored} of {REPORTS} stored");
@@ -113,6 +163,9 @@ fn ingest(pg: &Postgres, dir: &Path, templates: &[Value], replicas: usize) -> Re
         healthz_per_sec,
         p50_ms: quantile_ms(&us, 0.5),
         p95_ms: quantile_ms(&us, 0.95),
+        hub_us: per_report(cpu0.0, cpu1.0),
+        pg_us: per_report(cpu0.1, cpu1.1),
+        client_us: per_report(cpu0.2, cpu1.2),
     })
 }
 
@@ -241,19 +294,24 @@ pub fn markdown(b: &HubBench) -> String {
          20,000 distinct real reports (a segfault, an abort and a Python exception recorded by \
          `crashwatch exec`, rewritten per node over 1,000 nodes, 500 crashes, 100 workloads) \
          posted by 32 keep-alive clients as fast as answered; every report checked stored \
-         once. Beside it in the same run, `GET /healthz` by the same clients: the HTTP floor.\n\n\
-         | replicas | reports/s stored | POST p50 / p95 ms | /healthz answers/s | ratio |\n\
-         |---|---|---|---|---|\n",
+         once. Beside it in the same run, `GET /healthz` by the same clients: the HTTP floor. \
+         CPU per report stored: the replicas', PostgreSQL's (the server and its backends) and \
+         the clients' (the benchmark's own threads, on the same two CPUs).\n\n\
+         | replicas | reports/s stored | POST p50 / p95 ms | /healthz answers/s | ratio | CPU µs per report: hub / PostgreSQL / clients |\n\
+         |---|---|---|---|---|---|\n",
     );
     for i in &b.ingest {
         s += &format!(
-            "| {} | {:.0} | {:.1} / {:.1} | {:.0} | {:.2}× |\n",
+            "| {} | {:.0} | {:.1} / {:.1} | {:.0} | {:.2}× | {:.0} / {:.0} / {:.0} |\n",
             i.replicas,
             i.per_sec,
             i.p50_ms,
             i.p95_ms,
             i.healthz_per_sec,
-            i.healthz_per_sec / i.per_sec
+            i.healthz_per_sec / i.per_sec,
+            i.hub_us,
+            i.pg_us,
+            i.client_us
         );
     }
     s += &format!(
