@@ -16,6 +16,8 @@ use deadpool_postgres::Pool;
 
 /// Rows deleted per statement.
 pub const BATCH: i64 = 5_000;
+/// Clusters whose excess one statement looks for.
+const CLUSTERS_PER_BATCH: usize = 100;
 /// Hours of counts kept: the 30-day timeline and a day to spare (as on a node).
 const HOURS_KEPT: i64 = 31 * 24;
 const HOUR_NS: i64 = 3_600_000_000_000;
@@ -100,18 +102,32 @@ async fn in_batches(
 async fn thin(client: &tokio_postgres::Client, r: &Retention, since_ns: i64) -> Result<Removed> {
     let now = crate::model::clock::now_ns() as i64;
     let keep = r.keep_per_cluster as i64;
-    // The clusters that took reports since the last pass are the only ones that can be over.
-    let by_count = in_batches(
-        client,
-        "DELETE FROM reports WHERE id IN (
-             SELECT id FROM (
-                 SELECT r.id, ROW_NUMBER() OVER (PARTITION BY r.cluster ORDER BY r.id DESC) AS n
-                 FROM reports r
-                 WHERE r.cluster IN (SELECT id FROM clusters WHERE last_seen_ns >= $2)
-             ) x WHERE x.n > $3 LIMIT $1)",
-        &[&since_ns, &keep],
-    )
-    .await?;
+    // The clusters that took reports since the last pass are the only ones that can be over,
+    // and only those that ever had more than `keep`. Each is walked once down its
+    // (cluster, id) index past its newest `keep`, CLUSTERS_PER_BATCH at a time: a window over
+    // every active cluster's reports (the first way) sorted them all again for each batch.
+    let over: Vec<i64> = client
+        .query(
+            "SELECT id FROM clusters WHERE last_seen_ns >= $1 AND count > $2 ORDER BY id",
+            &[&since_ns, &keep],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut by_count = 0;
+    for chunk in over.chunks(CLUSTERS_PER_BATCH) {
+        by_count += in_batches(
+            client,
+            "DELETE FROM reports WHERE id IN (
+                 SELECT x.id FROM unnest($2::BIGINT[]) AS k (cluster)
+                 CROSS JOIN LATERAL (SELECT id FROM reports WHERE cluster = k.cluster
+                     ORDER BY id DESC OFFSET $3) x
+                 LIMIT $1)",
+            &[&chunk, &keep],
+        )
+        .await?;
+    }
     let oldest = now - (r.keep_days.min(100_000) as i64) * 24 * HOUR_NS;
     let by_age = in_batches(
         client,

@@ -524,6 +524,14 @@ fn retention_thins_reports_not_counts_and_regressions_need_a_new_build() {
     wait_until("the cluster thinned to its latest 3 reports", 30, || {
         kept(&fp) == 3
     });
+    assert_eq!(
+        pg.query(&format!(
+            "SELECT r.pid FROM reports r JOIN clusters c ON c.id = r.cluster \
+             WHERE c.fingerprint = '{fp}' ORDER BY r.pid"
+        )),
+        ["50007", "50008", "50009"],
+        "the latest three kept"
+    );
     wait_until("the old report gone", 30, || {
         kept("v1:00000000000000dd") == 0
     });
