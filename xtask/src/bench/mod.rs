@@ -83,6 +83,10 @@ pub struct Args {
     /// 1,000,000 reports on PostgreSQL) and put its section into docs/benchmarks.md.
     #[arg(long)]
     pub hub_only: bool,
+    /// Measure the hub's retention alone (one pass over 10,000,000 reports on PostgreSQL,
+    /// ingest beside it) and put its section into docs/benchmarks.md.
+    #[arg(long)]
+    pub hub_retention: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -96,6 +100,7 @@ pub fn run(args: Args) -> Result<()> {
         analyze_only,
         web_only,
         hub_only,
+        hub_retention,
     } = args;
     let p = Paths::new()?;
     let t = tools::build(&p)?;
@@ -111,6 +116,10 @@ pub fn run(args: Args) -> Result<()> {
     if hub_only {
         let section = crate::fleet::bench_section(&p, &t.agent)?;
         return report::splice(&page, "## Fleet hub", "--hub-only", &section);
+    }
+    if hub_retention {
+        let section = crate::fleet::retention_section(&p, &t.agent)?;
+        return report::splice(&page, "## Hub retention", "--hub-retention", &section);
     }
     if web_only {
         let section = web::markdown(&web::run(&t)?);

@@ -10,6 +10,7 @@
 //! keeps what they taught.
 mod bench;
 mod load;
+mod retention;
 mod sim;
 
 /// What the shared servers file needs from "common".
@@ -141,6 +142,15 @@ pub fn bench_section(p: &Paths, agent: &Path) -> Result<String> {
     let _ = common::AGENT.set(agent.to_path_buf());
     let templates = record(&p.root, &dir)?;
     Ok(bench::markdown(&bench::run(templates, &dir)?))
+}
+
+/// `cargo xtask bench --hub-retention`'s section ([`retention`]).
+pub fn retention_section(p: &Paths, agent: &Path) -> Result<String> {
+    let dir = p.vm.parent().context("target")?.join("fleet-bench");
+    std::fs::create_dir_all(&dir)?;
+    let _ = common::AGENT.set(agent.to_path_buf());
+    let templates = record(&p.root, &dir)?;
+    Ok(retention::markdown(&retention::run(&templates[0], &dir)?))
 }
 
 /// Real crashes of this machine, as the agent reports them: a segfault, an abort, a Python
