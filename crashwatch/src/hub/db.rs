@@ -182,7 +182,6 @@ pub fn database(url: &str, ca: Option<&Path>) -> Result<Database> {
 /// The TLS client: ring (the hub's listener and the agents' client use it already), the
 /// system's roots (`/etc/ssl/certs`, as OpenSSL finds them) and `ca`'s certificates.
 fn client_tls(ca: Option<&Path>) -> Result<rustls::ClientConfig> {
-    use rustls_pki_types::{pem::PemObject, CertificateDer};
     let mut roots = rustls::RootCertStore::empty();
     let system = rustls_native_certs::load_native_certs();
     let (_, ignored) = roots.add_parsable_certificates(system.certs);
@@ -190,13 +189,7 @@ fn client_tls(ca: Option<&Path>) -> Result<rustls::ClientConfig> {
         tracing::debug!("{ignored} of the system's root certificates could not be used");
     }
     if let Some(ca) = ca {
-        let certs = CertificateDer::pem_file_iter(ca)
-            .and_then(|c| c.collect::<Result<Vec<_>, _>>())
-            .with_context(|| format!("--database-ca {}: not PEM certificates", ca.display()))?;
-        if certs.is_empty() {
-            bail!("--database-ca {}: no certificate in it", ca.display());
-        }
-        for c in certs {
+        for c in crate::web::tls::pem_certs(ca, "--database-ca")? {
             roots
                 .add(c)
                 .with_context(|| format!("--database-ca {}: not a CA certificate", ca.display()))?;

@@ -43,14 +43,20 @@ fn changed(cert: &Path, key: &Path) -> Option<SystemTime> {
     m(cert).max(m(key))
 }
 
+/// The certificates of the PEM file `path` given as `flag`: at least one.
+pub fn pem_certs(path: &Path, flag: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("{flag} {}: not PEM certificates", path.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("{flag} {}: no certificate in it", path.display());
+    }
+    Ok(certs)
+}
+
 /// Reads and checks the pair.
 fn load(cert: &Path, key: &Path) -> Result<CertifiedKey> {
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .with_context(|| format!("--tls-cert {}: not PEM certificates", cert.display()))?;
-    if chain.is_empty() {
-        anyhow::bail!("--tls-cert {}: no certificate in it", cert.display());
-    }
+    let chain = pem_certs(cert, "--tls-cert")?;
     let private = PrivateKeyDer::from_pem_file(key)
         .with_context(|| format!("--tls-key {}: not a PEM private key", key.display()))?;
     let signer = rustls::crypto::ring::sign::any_supported_type(&private)
