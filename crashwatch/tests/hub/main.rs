@@ -12,6 +12,7 @@ mod common;
 #[allow(dead_code)]
 mod driver;
 mod facets;
+mod retain;
 mod servers;
 mod tls;
 
