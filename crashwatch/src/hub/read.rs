@@ -27,7 +27,8 @@ pub const MAX_PAGE: u32 = 200;
 const NAMES: i32 = 5;
 const DETAIL_NAMES: i32 = 50;
 const HOUR_NS: u64 = 3_600_000_000_000;
-const MINUTE_NS: u64 = 60_000_000_000;
+/// A minute of `crash_minutes` (its `minute` is `time_ns` divided by this).
+pub const MINUTE_NS: u64 = 60_000_000_000;
 /// A node not heard from (report or heartbeat) for this long is silent: three heartbeats.
 pub const SILENT_NS: u64 = 95_000_000_000;
 

@@ -183,7 +183,7 @@ async fn thin(client: &tokio_postgres::Client, r: &Retention, since_ns: i64) -> 
     client
         .execute(
             "DELETE FROM crash_minutes WHERE minute < $1",
-            &[&(now / 60_000_000_000 - r.minutes_kept)],
+            &[&(now / super::read::MINUTE_NS as i64 - r.minutes_kept)],
         )
         .await?;
     for (table, column) in [("terminations", "hour"), ("cluster_facets", "last_hour")] {
