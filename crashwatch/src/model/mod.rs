@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod container;
 pub mod crash;
 pub mod death;
+pub mod dump;
 pub mod frame;
 pub mod go;
 pub mod hex;
