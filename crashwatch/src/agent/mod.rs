@@ -85,6 +85,14 @@ pub struct Options {
     pub reload: Option<Reloader>,
     /// Run inside `crashwatch exec`: one cgroup's crashes, handed over.
     pub embed: Option<embed::Embed>,
+    /// Be the kernel's core handler (`--dumps`); None: not.
+    pub dumps: Option<DumpOptions>,
+}
+
+/// `--dumps`: where the kernel hands cores over, and how long a process is held at most.
+pub struct DumpOptions {
+    pub socket: std::path::PathBuf,
+    pub timeout: Duration,
 }
 
 /// Crashes waiting for the report thread. Each holds at most a stack copy and a process's

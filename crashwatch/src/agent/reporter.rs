@@ -79,6 +79,8 @@ pub(super) struct Reporter {
     /// Fault injection for the tests (`CRASHWATCH_FAILPOINT_REPORT_PANIC=COMM`): building
     /// the report of a process with this name panics.
     pub(super) failpoint: Option<String>,
+    /// Core dumps (`--dumps`), and how long a report waits for one still being read.
+    pub(super) dumps: Option<(Arc<crate::kernel::coredump::Dumps>, Duration)>,
 }
 
 /// What the report thread says when it ends.
@@ -247,7 +249,27 @@ impl Reporter {
             .as_ref()
             .and_then(|p| p.file)
             .and_then(|id| self.go.lookup_settled(id, GO_PROBE_WAIT));
-        self.enricher.report(crash, stack, lost, bin.as_deref())
+        // The process's exit, which closed this crash, follows its dump: a dump is filed
+        // by now unless it is still being read past the timeout.
+        let dump = self
+            .dumps
+            .as_ref()
+            .filter(|_| crash.signal.is_some())
+            .and_then(|(d, wait)| d.take(crash.head.pid, *wait + Duration::from_secs(1)));
+        let threads = dump.as_ref().map(|d| {
+            self.sym
+                .threads(crash, d, &|id| go.held_file(id), root.as_deref())
+        });
+        let mut report = self.enricher.report(crash, stack, lost, bin.as_deref());
+        if let Some(d) = dump {
+            report.threads = threads.unwrap_or_default();
+            report.dump = Some(crate::model::report::DumpInfo {
+                bytes: d.bytes,
+                held_ms: d.held_ms,
+                cut: d.cut.clone(),
+            });
+        }
+        report
     }
 
     /// Redacts, clusters, stores and writes out one report.

@@ -52,6 +52,10 @@ pub(super) struct Running {
     /// The executable paths saved for the next agent (pinned, with a state directory).
     pub(super) paths_file: Option<PathBuf>,
     pub(super) pin_dir: Option<PathBuf>,
+    /// The kernel's core handler (`--dumps`), and whether its pattern was seen taken by
+    /// another tool (said once).
+    pub(super) dumps: Option<crate::kernel::coredump::Handler>,
+    pub(super) dumps_displaced: bool,
 }
 
 pub(super) struct Signals {
@@ -89,6 +93,7 @@ pub(super) async fn start(mut opts: Options) -> Result<Running> {
             .ok()
     });
     let carried = carry_over(&mut probe, &opts)?;
+    let dumps = opts.dumps.as_ref().and_then(|d| start_dumps(d, &opts));
     let programs = probe.program_names().join(", ");
     let go_mode = probe.go_attach_mode();
     let last_words = probe.last_words.to_string();
@@ -134,6 +139,7 @@ pub(super) async fn start(mut opts: Options) -> Result<Running> {
             stdout_closed: stdout_closed.clone(),
             metrics: metrics.clone(),
             host: &host,
+            dumps: dumps.as_ref().map(|h| (h.dumps.clone(), h.timeout)),
         };
         spawn_reporter(&opts, ctx, queue).await?
     };
@@ -206,7 +212,31 @@ pub(super) async fn start(mut opts: Options) -> Result<Running> {
         window_ns,
         paths_file: carried.paths_file,
         pin_dir: opts.pin_dir.clone(),
+        dumps,
+        dumps_displaced: false,
     })
+}
+
+/// Becomes the kernel's core handler; without it the agent runs on, said.
+fn start_dumps(d: &super::DumpOptions, opts: &Options) -> Option<crate::kernel::coredump::Handler> {
+    let settings = crate::kernel::coredump::Settings {
+        socket: d.socket.clone(),
+        timeout: d.timeout,
+        limits: Default::default(),
+        state_dir: opts.state_dir.clone(),
+    };
+    let release = crate::kernel::probe::kernel_release();
+    match crate::kernel::coredump::Handler::start(settings, &release) {
+        Ok(h) => {
+            let (ours, previous) = h.patterns();
+            tracing::info!("dumps: the kernel hands cores to {ours} (core_pattern was {previous:?}, restored at the stop)");
+            Some(h)
+        }
+        Err(e) => {
+            tracing::warn!("running with less: no dumps ({e:#})");
+            None
+        }
+    }
 }
 
 /// Loads the programs, or takes over pinned ones; says how the kernel state is kept.
@@ -303,6 +333,7 @@ struct ReporterParts<'a> {
     stdout_closed: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
     host: &'a str,
+    dumps: Option<(Arc<crate::kernel::coredump::Dumps>, std::time::Duration)>,
 }
 
 /// Opens the outputs, the crash history and the listener, and starts the report thread.
@@ -350,6 +381,7 @@ async fn spawn_reporter(
                 carried_lost: 0,
                 failpoint: std::env::var("CRASHWATCH_FAILPOINT_REPORT_PANIC").ok(),
                 metrics: m,
+                dumps: c.dumps,
             }
             .run(queue)
         })

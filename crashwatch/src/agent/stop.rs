@@ -18,8 +18,11 @@ impl Running {
             reporter,
             paths_file,
             pin_dir,
+            dumps,
             ..
         } = self;
+        // First, so that no crash from here on waits on a stopping agent.
+        let dumps_line = dumps.map(|h| h.stop());
         // Whatever the kernel already wrote still gets reported.
         p.drain(ring.get_mut());
         let l = p.losses.losses_final();
@@ -92,6 +95,9 @@ impl Running {
             go.over_limit,
         );
         say_records(&counts_line(&counts, &known));
+        if let Some(line) = dumps_line {
+            tracing::info!("{line}");
+        }
         let (held, over) = roots.stats();
         tracing::info!(
             "symbolization per report: {}; container roots held {held}, {over} not held over the limit of {}",

@@ -132,5 +132,15 @@ impl Running {
         if t.ticks == 5 || every_minute {
             give_back_freed_memory();
         }
+        if t.ticks.is_multiple_of(5) && !self.dumps_displaced {
+            if let Some(h) = self.dumps.as_ref().filter(|h| !h.still_ours()) {
+                // Not fought over: the other tool's pattern stays, and the stop leaves it.
+                tracing::warn!(
+                    "core_pattern is no longer {} (another tool changed it): no more dumps until the agent restarts",
+                    h.patterns().0
+                );
+                self.dumps_displaced = true;
+            }
+        }
     }
 }

@@ -7,6 +7,7 @@
 pub mod analyze;
 mod check;
 mod config;
+mod dumps;
 pub mod exec;
 mod hub;
 pub mod out;
@@ -210,6 +211,8 @@ struct RunArgs {
     runtime_files: RuntimeFiles,
     #[command(flatten)]
     history: report::History,
+    #[command(flatten)]
+    dumps: dumps::DumpArgs,
     /// Bytes of parsed symbol data kept in memory, shared by all processes; least recently
     /// used binaries are dropped first.
     #[arg(long, default_value_t = 256 << 20)]
@@ -373,6 +376,7 @@ pub fn main() -> ExitCode {
                 host_root,
                 runtime_files,
                 history,
+                dumps,
                 symbol_cache_bytes,
                 go_max_binaries,
                 go_release_after,
@@ -461,6 +465,7 @@ pub fn main() -> ExitCode {
                     history.state_dir.clone(),
                 )),
                 embed: None,
+                dumps: dumps.options(),
             };
             // Through the log, which survives a closed stderr (and is JSON with
             // --log-format json).

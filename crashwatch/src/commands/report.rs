@@ -80,6 +80,10 @@ pub struct ReportArgs {
     /// agent prints it on a terminal).
     #[arg(long)]
     pub json: bool,
+    /// Every thread's stack in full (reports with a core dump, `run --dumps`); without it,
+    /// the crashed thread's in full and the others one line each.
+    #[arg(long)]
+    pub threads: bool,
     /// Clusters listed at most.
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
@@ -129,7 +133,7 @@ pub fn run(a: ReportArgs) -> ExitCode {
         ..Filter::default()
     };
     let shown = match a.cluster {
-        Some(id) => one(&store, id, a.reports, &filter, a.json),
+        Some(id) => one(&store, id, a.reports, &filter, (a.json, a.threads)),
         None => all(&store, &filter, a.json).map(Some),
     };
     match shown {
@@ -157,7 +161,14 @@ fn all(store: &Store, f: &Filter, json: bool) -> anyhow::Result<String> {
 }
 
 /// Cluster `id` and its latest `n` reports, as text or JSON; None: no such cluster (said).
-fn one(store: &Store, id: i64, n: u32, f: &Filter, json: bool) -> anyhow::Result<Option<String>> {
+/// `how`: JSON, and every thread in full.
+fn one(
+    store: &Store,
+    id: i64,
+    n: u32,
+    f: &Filter,
+    (json, threads): (bool, bool),
+) -> anyhow::Result<Option<String>> {
     let Some((row, reports)) = store.cluster(id, n, f)? else {
         crate::say!("crashwatch: no cluster {id} in the crash history");
         return Ok(None);
@@ -174,16 +185,16 @@ fn one(store: &Store, id: i64, n: u32, f: &Filter, json: bool) -> anyhow::Result
     let color = sink::color(std::io::stdout().is_terminal());
     let mut text = summary(&row) + "\n";
     for r in &reports {
-        text += &block(r, color);
+        text += &block(r, color, threads);
     }
     Ok(Some(text))
 }
 
 /// A stored report as the agent's readable block; one it cannot read back (written by a
 /// build whose fields this one does not know the types of) as its JSON, said.
-fn block(json: &str, color: bool) -> String {
+fn block(json: &str, color: bool, threads: bool) -> String {
     match crate::model::report::Report::from_json(json) {
-        Ok(r) => sink::pretty(&r, color),
+        Ok(r) => sink::pretty::pretty_with(&r, color, threads),
         Err(e) => {
             let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
             format!(

@@ -78,6 +78,45 @@ pub struct Report {
     /// without it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report_error: Option<String>,
+    /// Every thread of the process, from its core dump (`--dumps`): the one that took the
+    /// fatal signal first. Empty without a dump.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub threads: Vec<ThreadInfo>,
+    /// The core dump the threads came from (`--dumps`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dump: Option<DumpInfo>,
+}
+
+/// One thread of a dumped process (docs/report.md, `threads`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct ThreadInfo {
+    pub tid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The thread that took the fatal signal.
+    pub crashed: bool,
+    /// `running`, or `in syscall NAME` (the call it was blocked in).
+    pub state: String,
+    /// Its user registers at the dump, named as `signal.registers` names them.
+    pub registers: BTreeMap<String, String>,
+    pub stack: Vec<Frame>,
+    /// Why its stack is short or missing, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The core dump a report's threads came from.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct DumpInfo {
+    /// Bytes of the core the kernel streamed to the agent.
+    pub bytes: u64,
+    /// How long the process was held for it, in milliseconds.
+    pub held_ms: u64,
+    /// Why it is less than whole (cut at `--dump-timeout`, bounds); absent when whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cut: Option<String>,
 }
 
 /// What the OOM killer saw as it chose the process (docs/report.md, `oom`).

@@ -7,8 +7,14 @@ use crate::{model::report::Report, pipeline::symbolize::Frame, util::escape::esc
 /// The width of the labels (`container` is the longest): every value starts in one column.
 const LABEL: usize = 9;
 
-/// A readable block per crash.
+/// A readable block per crash: the crashed thread's stack in full, the process's other
+/// threads (from a dump) one line each.
 pub fn pretty(r: &Report, color: bool) -> String {
+    pretty_with(r, color, false)
+}
+
+/// [`pretty`], with every thread's stack in full when `all_threads` (`report --threads`).
+pub fn pretty_with(r: &Report, color: bool, all_threads: bool) -> String {
     let (bold, red, dim, reset) = if color {
         ("\x1b[1m", "\x1b[1;31m", "\x1b[2m", "\x1b[0m")
     } else {
@@ -183,8 +189,57 @@ pub fn pretty(r: &Report, color: bool) -> String {
             s += &format!("    #{i:<2} {}\n", frame(f, r.exe.as_deref(), color));
         }
     }
+    threads(&mut s, r, all_threads, color);
     s.push('\n');
     s
+}
+
+/// The dump's threads: one line each (name, id, state, where in the program's own code it
+/// was), or each stack in full.
+fn threads(s: &mut String, r: &Report, all: bool, color: bool) {
+    let (dim, reset) = if color {
+        ("\x1b[2m", "\x1b[0m")
+    } else {
+        ("", "")
+    };
+    let Some(d) = &r.dump else { return };
+    let cut = d
+        .cut
+        .as_deref()
+        .map(|c| format!("; cut: {}", esc(c)))
+        .unwrap_or_default();
+    *s += &format!(
+        "  {dim}threads ({} from the core dump, {} MiB, held {} ms{cut}){reset}\n",
+        r.threads.len(),
+        d.bytes >> 20,
+        d.held_ms
+    );
+    let exe = r.exe.as_deref();
+    for t in &r.threads {
+        let name = esc(t.name.as_deref().unwrap_or("?")).into_owned();
+        let head = format!("{name:<16} tid {:<7} {:<22}", t.tid, esc(&t.state));
+        if all || (t.crashed && r.stack.is_empty()) {
+            *s += &format!("    {head}\n");
+            for (i, f) in t.stack.iter().enumerate() {
+                *s += &format!("      #{i:<2} {}\n", frame(f, exe, color));
+            }
+            continue;
+        }
+        let own = t
+            .stack
+            .iter()
+            .find(|f| f.module.as_deref() == exe && f.function.is_some())
+            .or(t.stack.first());
+        let at = match own {
+            _ if t.crashed => format!("{dim}crashed: its stack is above{reset}"),
+            Some(f) => frame(f, exe, color),
+            None => format!(
+                "{dim}{}{reset}",
+                esc(t.reason.as_deref().unwrap_or("no stack"))
+            ),
+        };
+        *s += &format!("    {head} {at}\n");
+    }
 }
 
 /// Lines of unrecognised last words shown.

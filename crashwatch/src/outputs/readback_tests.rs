@@ -8,7 +8,8 @@ use crate::{
     model::container::{ContainerInfo, K8sInfo, Runtime},
     model::frame::Frame,
     model::report::{
-        ExitInfo, GoInfo, LastWordsInfo, OomInfo, Report, Sender, SignalInfo, TerminationInfo,
+        DumpInfo, ExitInfo, GoInfo, LastWordsInfo, OomInfo, Report, Sender, SignalInfo,
+        TerminationInfo, ThreadInfo,
     },
 };
 
@@ -145,6 +146,36 @@ fn full() -> Report {
         }),
         lost_before: 3,
         report_error: Some("reading the maps: gone".into()),
+        threads: vec![
+            ThreadInfo {
+                tid: 2775,
+                name: Some("worker\u{7}".into()),
+                crashed: true,
+                state: "running".into(),
+                registers: BTreeMap::from([("ip".to_string(), "0x55b3b86fa326".to_string())]),
+                stack: vec![Frame {
+                    ip: 0x55b3b86fa326,
+                    function: Some("null_write".into()),
+                    found_by: "cfi",
+                    ..Default::default()
+                }],
+                reason: None,
+            },
+            ThreadInfo {
+                tid: 2774,
+                name: None,
+                crashed: false,
+                state: "in syscall futex".into(),
+                registers: BTreeMap::new(),
+                stack: Vec::new(),
+                reason: Some("its stack was not in the dump".into()),
+            },
+        ],
+        dump: Some(DumpInfo {
+            bytes: 59 << 20,
+            held_ms: 28,
+            cut: Some("1 threads' stacks not kept".into()),
+        }),
     }
 }
 
@@ -164,6 +195,19 @@ fn a_report_reads_back_whole() {
         crate::outputs::pretty(&back, false),
         crate::outputs::pretty(&r, false)
     );
+    // The other threads one line each, escaped; in full with `--threads`.
+    let text = crate::outputs::pretty(&r, false);
+    assert!(
+        text.contains(
+            "threads (2 from the core dump, 59 MiB, held 28 ms; cut: 1 threads' stacks not kept)"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("worker\\x07"), "{text}");
+    assert!(text.contains("crashed: its stack is above"), "{text}");
+    assert!(text.contains("its stack was not in the dump"), "{text}");
+    let all = crate::outputs::pretty::pretty_with(&r, false, true);
+    assert!(all.contains("      #0  0x55b3b86fa326 null_write"), "{all}");
 }
 
 #[test]

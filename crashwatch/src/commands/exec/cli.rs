@@ -115,6 +115,7 @@ pub fn run(a: ExecArgs) -> ExitCode {
         pin_dir: None,
         reload: None,
         embed: None,
+        dumps: None,
     };
     ExitCode::from(exec::run(exec::Options {
         argv: a.command,

@@ -165,6 +165,9 @@ impl Enricher {
             cluster: None,
             lost_before,
             report_error: None,
+            // The symbolize stage's, from a dump.
+            threads: Vec::new(),
+            dump: None,
         }
     }
 }

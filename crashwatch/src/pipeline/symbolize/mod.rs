@@ -25,6 +25,7 @@ mod names;
 mod roots;
 mod space;
 mod stats;
+mod threads;
 mod unwind;
 
 pub use crate::model::frame::Frame;
@@ -130,18 +131,7 @@ impl Symbolizer {
             held,
             root,
         };
-        // Maps read while the process was already tearing down its memory can be partial:
-        // the kernel's list fills what they miss.
-        let mut space = match maps {
-            Some(m) => Space::of_maps(m, &mut self.files),
-            None => Space::default(),
-        };
-        let empty = crate::kernel::decode::Stack::default();
-        space.add(Space::of_modules(
-            captured.unwrap_or(&empty),
-            &mut self.files,
-            &exe,
-        ));
+        let space = self.space(maps, captured, &exe);
         let cfi = match (captured, regs) {
             (Some(st), Some((ip, sp, bp))) if !st.data.is_empty() => {
                 unwind::cfi(&space, st, ip, sp, bp)
@@ -208,6 +198,30 @@ impl Symbolizer {
             }
         }
         frames
+    }
+}
+
+impl Symbolizer {
+    /// Where a process's code was: its mappings as the agent read them, and the kernel's list
+    /// of loaded objects (maps read while the process was already tearing down its memory
+    /// can be partial: the kernel's list fills what they miss).
+    fn space(
+        &mut self,
+        maps: Option<&Maps>,
+        captured: Option<&crate::kernel::decode::Stack>,
+        exe: &Exe<'_>,
+    ) -> Space {
+        let mut space = match maps {
+            Some(m) => Space::of_maps(m, &mut self.files),
+            None => Space::default(),
+        };
+        let empty = crate::kernel::decode::Stack::default();
+        space.add(Space::of_modules(
+            captured.unwrap_or(&empty),
+            &mut self.files,
+            exe,
+        ));
+        space
     }
 }
 

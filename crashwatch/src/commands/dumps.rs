@@ -1,0 +1,43 @@
+//! `run`'s core-dump flags (`--dumps`): the agent as the kernel's core handler
+//! (`kernel::coredump`, docs/dumps.md).
+use std::{path::PathBuf, time::Duration};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DumpArgs {
+    /// Be the kernel's core handler: each crash's core is streamed to the agent while the
+    /// kernel holds the process, and its report gains every thread (`threads`), each with
+    /// its registers and its stack named. Sets `core_pattern` (Linux 6.16+) and puts the
+    /// previous one back at the stop; while it runs, the previous handler gets no cores.
+    #[arg(long)]
+    pub dumps: bool,
+    /// The socket the kernel hands cores to: a path in the host's initial mount namespace
+    /// (the kernel resolves it from init's root).
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/run/crashwatch/coredump.sock"
+    )]
+    pub dump_socket: PathBuf,
+    /// Seconds a crashing process is held for its dump at most: past it the agent closes
+    /// the stream, the process finishes dying, and the report says its dump was cut.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0, value_parser = timeout)]
+    pub dump_timeout: f64,
+}
+
+fn timeout(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.1..=600.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err("between 0.1 and 600 seconds".into())
+    }
+}
+
+impl DumpArgs {
+    pub fn options(&self) -> Option<crate::agent::DumpOptions> {
+        self.dumps.then(|| crate::agent::DumpOptions {
+            socket: self.dump_socket.clone(),
+            timeout: Duration::from_secs_f64(self.dump_timeout),
+        })
+    }
+}
