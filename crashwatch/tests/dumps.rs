@@ -237,6 +237,20 @@ fn every_thread_of_a_native_crash_is_in_its_report_named_as_gdb_names_it() {
         functions(&main["stack"]).contains(&"main".to_string()),
         "{main:#}"
     );
+    // The crash page shows each thread, collapsed.
+    let at = a.metrics_addr().expect("the agent's listener");
+    let cluster = r["cluster"]["id"].as_i64().unwrap();
+    let (status, page) = common::http_get(&at, &format!("/cluster/{cluster}")).unwrap();
+    assert!(status.contains("200"), "{status}");
+    assert!(
+        page.contains("Threads <span class=\"sub\">8 from the core dump"),
+        "{page}"
+    );
+    assert_eq!(page.matches("<details class=\"thread\">").count(), 8);
+    assert!(
+        page.contains("lock-waiter <span class=\"sub\">tid "),
+        "{page}"
+    );
     // gdb, running the same program to the same crash, agrees thread by thread.
     for (name, gdb) in gdb_threads(&["threads"]) {
         assert_agrees_with_gdb(&name, &functions(&thread(&r, &name)["stack"]), &gdb, OWN);
