@@ -392,7 +392,40 @@ fn an_agent_killed_mid_dump_lets_the_process_go_and_the_next_agent_reports_it() 
     assert_eq!(now(), previous);
     let _ = Command::new(common::agent_bin())
         .args(["uninstall-bpf", "--pin-dir", &pins])
-        .status();
+        .output();
     let _ = std::fs::remove_dir_all(&state);
     let _ = std::fs::remove_file(&copy);
+}
+
+#[test]
+fn the_pipe_helper_hands_cores_over_on_any_kernel_and_lets_go_without_an_agent() {
+    let _p = Pattern::hold();
+    let previous = now();
+    let a = dumping_agent("pipe", &["--dump-via", "pipe", "--dump-timeout", "5"]);
+    let pattern = now();
+    assert!(
+        pattern.starts_with('|')
+            && pattern.ends_with(&format!(
+                " core-helper --socket {} --timeout 6 %P",
+                socket("pipe")
+            )),
+        "{pattern}"
+    );
+    let c = run(&["threads"]);
+    let r = a.report_for(c.pid);
+    assert_eq!(
+        r["threads"].as_array().unwrap().len() as u64,
+        c.fact("threads")
+    );
+    assert_eq!(thread(&r, "lock-waiter")["state"], "in syscall futex");
+    assert_eq!(functions(&r["threads"][0]["stack"]), functions(&r["stack"]));
+    // The agent gone (killed: its pattern stays), the helper finds no one and the crash
+    // ends at once, reported by no dump.
+    a.signal(libc::SIGKILL);
+    assert!(a.wait_exit(Duration::from_secs(30)).is_some());
+    assert_eq!(now(), pattern);
+    let c = run(&["threads"]);
+    assert_eq!(c.signal, Some(11));
+    std::fs::write(CORE_PATTERN, &previous).unwrap();
+    let _ = std::fs::remove_file(socket("pipe"));
 }

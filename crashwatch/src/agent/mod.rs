@@ -93,6 +93,8 @@ pub struct Options {
 pub struct DumpOptions {
     pub socket: std::path::PathBuf,
     pub timeout: Duration,
+    /// None: the best this kernel has.
+    pub via: Option<crate::kernel::coredump::Protocol>,
 }
 
 /// Crashes waiting for the report thread. Each holds at most a stack copy and a process's

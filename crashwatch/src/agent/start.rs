@@ -220,6 +220,7 @@ pub(super) async fn start(mut opts: Options) -> Result<Running> {
 /// Becomes the kernel's core handler; without it the agent runs on, said.
 fn start_dumps(d: &super::DumpOptions, opts: &Options) -> Option<crate::kernel::coredump::Handler> {
     let settings = crate::kernel::coredump::Settings {
+        via: d.via,
         socket: d.socket.clone(),
         timeout: d.timeout,
         limits: Default::default(),

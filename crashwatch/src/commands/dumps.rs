@@ -22,6 +22,41 @@ pub struct DumpArgs {
     /// the stream, the process finishes dying, and the report says its dump was cut.
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0, value_parser = timeout)]
     pub dump_timeout: f64,
+    /// How the kernel hands a core over: `auto`, the best this kernel has (the coredump
+    /// socket on Linux 6.16+, else the pipe helper); `pipe`, the pipe helper on any kernel
+    /// (`core_pattern` runs this binary, `crashwatch core-helper`, which hands the core to the
+    /// agent's socket).
+    #[arg(long, value_enum, default_value_t = Via::Auto)]
+    pub dump_via: Via,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    Auto,
+    Pipe,
+}
+
+/// `crashwatch core-helper`: run by the kernel for each crash when the agent hands cores
+/// over through the pipe helper; not for people.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HelperArgs {
+    /// The agent's socket.
+    #[arg(long)]
+    pub socket: PathBuf,
+    /// Seconds the helper lives at most.
+    #[arg(long, default_value_t = 11)]
+    pub timeout: u32,
+    /// The crashing process (the kernel's `%P`).
+    pub pid: u32,
+}
+
+/// Hands the core on stdin to the agent: exit 0 when an agent took it, 1 when none listened.
+pub fn helper(a: HelperArgs) -> std::process::ExitCode {
+    if crate::kernel::coredump::helper::run(&a.socket, a.timeout, a.pid) {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
 }
 
 fn timeout(s: &str) -> Result<f64, String> {
@@ -38,6 +73,7 @@ impl DumpArgs {
         self.dumps.then(|| crate::agent::DumpOptions {
             socket: self.dump_socket.clone(),
             timeout: Duration::from_secs_f64(self.dump_timeout),
+            via: (self.dump_via == Via::Pipe).then_some(crate::kernel::coredump::Protocol::Pipe),
         })
     }
 }

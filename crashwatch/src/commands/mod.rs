@@ -94,6 +94,10 @@ enum Cmd {
         )]
         run: RunArgs,
     },
+    /// Run by the kernel for each crash when `run --dumps` hands cores over through the pipe
+    /// helper (kernels before 6.16, `--dump-via pipe`): hands the core on stdin to the agent.
+    #[command(hide = true)]
+    CoreHelper(dumps::HelperArgs),
     /// Remove the kernel state `run` pins (programs, links, ring buffer, maps) so nothing of
     /// crashwatch stays in the kernel once no agent runs. Stop the agent first.
     UninstallBpf {
@@ -321,6 +325,7 @@ pub fn main() -> ExitCode {
         Cmd::Analyze(args) => analyze::cli::run(args),
         Cmd::Exec(args) => exec::cli::run(args),
         Cmd::Hub(args) => hub::run(args),
+        Cmd::CoreHelper(a) => dumps::helper(a),
         Cmd::UninstallBpf { pin_dir } => match crate::kernel::probe::pin::uninstall(&pin_dir) {
             Ok(0) => out::print(
                 &format!("nothing pinned under {}\n", pin_dir.display()),

@@ -22,6 +22,7 @@
 //!
 //! The previous `core_pattern` is restored at the stop ([`pattern`]); while the agent runs,
 //! the previous handler is not fed (docs/dumps.md says why).
+pub mod helper;
 mod pattern;
 mod server;
 
@@ -50,6 +51,8 @@ const KEEP: Duration = Duration::from_secs(300);
 const KEEP_MAX: usize = 256;
 
 pub struct Settings {
+    /// How the kernel hands cores over; None: the best this kernel has.
+    pub via: Option<Protocol>,
     pub socket: PathBuf,
     pub timeout: Duration,
     pub limits: elfcore::Limits,
@@ -136,9 +139,8 @@ pub struct Handler {
 impl Handler {
     /// Listens on the socket, then takes `core_pattern`.
     pub fn start(s: Settings, release: &str) -> Result<Handler> {
-        let Some(protocol) = Protocol::of_release(release) else {
-            bail!("this kernel ({release}) has no coredump socket (Linux 6.16+), and the pipe helper older kernels need is not built yet");
-        };
+        let protocol = s.via.unwrap_or_else(|| Protocol::of_release(release));
+        let ours = protocol.pattern(&s.socket, s.timeout)?;
         // SAFETY: prctl with an integer argument changes only this process's flag.
         if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
             bail!(
@@ -163,7 +165,6 @@ impl Handler {
             .name("dumps".into())
             .spawn(move || accept(listener, worker, stop))
             .context("starting the dump thread")?;
-        let ours = protocol.pattern(&s.socket);
         let taken = match pattern::take(&ours, s.state_dir.as_deref()) {
             Ok(t) => t,
             Err(e) => {

@@ -20,28 +20,51 @@ pub enum Protocol {
     Request,
     /// `@/path` (6.16): the kernel streams the core; the process goes on exiting at its end.
     Socket,
+    /// `|crashwatch core-helper …` (any kernel): the kernel runs the helper with the core on
+    /// its stdin, and the helper hands it to the agent's socket.
+    Pipe,
 }
 
 impl Protocol {
-    /// What this kernel release (`uname -r`) offers; None before 6.16 (a pipe helper only).
-    pub fn of_release(release: &str) -> Option<Protocol> {
+    /// The best this kernel release (`uname -r`) offers.
+    pub fn of_release(release: &str) -> Protocol {
         let mut v = release
             .split(['.', '-', '+'])
             .map(|p| p.parse::<u32>().ok());
-        let (major, minor) = (v.next()??, v.next()??);
-        match (major, minor) {
-            (m, _) if m > 6 => Some(Protocol::Request),
-            (6, n) if n >= 17 => Some(Protocol::Request),
-            (6, 16) => Some(Protocol::Socket),
-            _ => None,
+        match (v.next().flatten(), v.next().flatten()) {
+            (Some(m), _) if m > 6 => Protocol::Request,
+            (Some(6), Some(n)) if n >= 17 => Protocol::Request,
+            (Some(6), Some(16)) => Protocol::Socket,
+            _ => Protocol::Pipe,
         }
     }
 
-    pub fn pattern(self, socket: &Path) -> String {
-        match self {
+    /// The pattern that hands cores to `socket`; the pipe's names this very binary (its path
+    /// as the host's root sees it) and bounds the helper's life by `timeout`.
+    pub fn pattern(self, socket: &Path, timeout: std::time::Duration) -> Result<String> {
+        Ok(match self {
             Protocol::Request => format!("@@{}", socket.display()),
             Protocol::Socket => format!("@{}", socket.display()),
-        }
+            Protocol::Pipe => {
+                let exe = std::fs::read_link("/proc/self/exe").context("reading /proc/self/exe")?;
+                let (exe, sock) = (exe.display().to_string(), socket.display().to_string());
+                if exe.contains(char::is_whitespace) || sock.contains(char::is_whitespace) {
+                    bail!("the pipe helper's path ({exe}) and the socket ({sock}) must have no spaces: the kernel splits core_pattern at them");
+                }
+                // The kernel's own limit on core_pattern (CORENAME_MAX_SIZE).
+                let p = format!(
+                    "|{exe} core-helper --socket {sock} --timeout {} %P",
+                    timeout.as_secs_f64().ceil() as u64 + 1
+                );
+                if p.len() >= 128 {
+                    bail!(
+                        "the pipe helper's pattern is {} bytes, past the kernel's 127: {p}",
+                        p.len()
+                    );
+                }
+                p
+            }
+        })
     }
 }
 
@@ -67,7 +90,11 @@ fn write(pattern: &str) -> Result<()> {
 pub fn take(ours: &str, state_dir: Option<&Path>) -> Result<Taken> {
     let now = read()?;
     let saved = state_dir.map(|d| d.join(SAVED));
-    let previous = if now == ours {
+    // An agent's pattern names its socket, whichever way it hands cores over.
+    let socket = ours.trim_start_matches('@');
+    let socket = socket.split(" --socket ").nth(1).unwrap_or(socket);
+    let socket = socket.split(' ').next().unwrap_or(socket);
+    let previous = if now == ours || now.contains(socket) {
         match saved.as_deref().map(std::fs::read_to_string) {
             Some(Ok(p)) => p,
             _ => {
@@ -132,17 +159,26 @@ mod tests {
     #[test]
     fn the_protocol_follows_the_kernel_release() {
         let p = Protocol::of_release;
-        assert_eq!(p("6.18.0-rc1"), Some(Protocol::Request));
-        assert_eq!(p("6.17.2"), Some(Protocol::Request));
-        assert_eq!(p("7.3.0-1-cloud-amd64"), Some(Protocol::Request));
-        assert_eq!(p("6.16.9"), Some(Protocol::Socket));
-        assert_eq!(p("6.12.41+deb13-amd64"), None);
-        assert_eq!(p("6.1.0-37-cloud-amd64"), None);
-        assert_eq!(p("garbage"), None);
+        assert_eq!(p("6.18.0-rc1"), Protocol::Request);
+        assert_eq!(p("6.17.2"), Protocol::Request);
+        assert_eq!(p("7.3.0-1-cloud-amd64"), Protocol::Request);
+        assert_eq!(p("6.16.9"), Protocol::Socket);
+        assert_eq!(p("6.12.41+deb13-amd64"), Protocol::Pipe);
+        assert_eq!(p("6.1.0-37-cloud-amd64"), Protocol::Pipe);
+        assert_eq!(p("garbage"), Protocol::Pipe);
         let s = Path::new("/run/crashwatch/coredump.sock");
+        let t = std::time::Duration::from_millis(2500);
         assert_eq!(
-            Protocol::Request.pattern(s),
+            Protocol::Request.pattern(s, t).unwrap(),
             "@@/run/crashwatch/coredump.sock"
+        );
+        let pipe = Protocol::Pipe.pattern(s, t).unwrap();
+        assert!(
+            pipe.starts_with('|')
+                && pipe.ends_with(
+                    " core-helper --socket /run/crashwatch/coredump.sock --timeout 4 %P"
+                ),
+            "{pipe}"
         );
     }
 }

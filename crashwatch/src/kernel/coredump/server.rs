@@ -40,12 +40,16 @@ impl Worker {
     /// crash is still reported from the kernel's records).
     pub(super) fn serve(&self, mut s: UnixStream, busy: bool) {
         let started = Instant::now();
-        let Some(pid) = peer_pid(&s) else {
+        let _ = s.set_read_timeout(Some(self.timeout));
+        let _ = s.set_write_timeout(Some(self.timeout));
+        let pid = match self.protocol {
+            Protocol::Pipe => helper_pid(&mut s),
+            _ => peer(&s).map(|(pid, _)| pid),
+        };
+        let Some(pid) = pid else {
             self.stats.failed.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let _ = s.set_read_timeout(Some(self.timeout));
-        let _ = s.set_write_timeout(Some(self.timeout));
         if self.protocol == Protocol::Request {
             let mask = if busy {
                 COREDUMP_REJECT
@@ -150,8 +154,23 @@ fn handshake(s: &mut UnixStream, mask: u64) -> Result<(), String> {
     }
 }
 
-/// The socket's peer: the dying process (the kernel connects as its thread-group leader).
-fn peer_pid(s: &UnixStream) -> Option<u32> {
+/// The process the pipe helper names: only a helper running as root (as the kernel runs it)
+/// is heard.
+fn helper_pid(s: &mut UnixStream) -> Option<u32> {
+    if peer(s)?.1 != 0 {
+        return None;
+    }
+    let mut head = [0u8; super::helper::HEADER];
+    s.read_exact(&mut head).ok()?;
+    if &head[..4] != super::helper::MAGIC {
+        return None;
+    }
+    Some(u32::from_le_bytes(head[4..8].try_into().ok()?)).filter(|&p| p > 0)
+}
+
+/// The socket's peer (pid, uid): the dying process for the coredump socket (the kernel
+/// connects as its thread-group leader), the helper for the pipe.
+fn peer(s: &UnixStream) -> Option<(u32, u32)> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: 0,
@@ -168,7 +187,7 @@ fn peer_pid(s: &UnixStream) -> Option<u32> {
             &mut len,
         )
     };
-    (rc == 0 && cred.pid > 0).then_some(cred.pid as u32)
+    (rc == 0 && cred.pid > 0).then_some((cred.pid as u32, cred.uid))
 }
 
 struct Named {
