@@ -81,6 +81,8 @@ pub(super) struct Reporter {
     pub(super) failpoint: Option<String>,
     /// Core dumps (`--dumps`), and how long a report waits for one still being read.
     pub(super) dumps: Option<(Arc<crate::kernel::coredump::Dumps>, Duration)>,
+    /// Where minidumps are kept (`--dumps` with a state directory).
+    pub(super) minidumps: Option<sink::minidump::Kept>,
 }
 
 /// What the report thread says when it ends.
@@ -261,15 +263,37 @@ impl Reporter {
                 .threads(crash, d, &|id| go.held_file(id), root.as_deref())
         });
         let mut report = self.enricher.report(crash, stack, lost, bin.as_deref());
-        if let Some(d) = dump {
-            report.threads = threads.unwrap_or_default();
+        if let (Some(d), Some((threads, images))) = (dump, threads) {
+            report.threads = threads;
             report.dump = Some(crate::model::report::DumpInfo {
                 bytes: d.bytes,
                 held_ms: d.held_ms,
                 cut: d.cut.clone(),
+                minidump: self.keep_minidump(crash, &d, &images),
             });
         }
         report
+    }
+
+    /// Writes the dump's minidump where they are kept; its path.
+    fn keep_minidump(
+        &mut self,
+        crash: &Crash,
+        d: &crate::model::dump::Dump,
+        images: &[crate::model::dump::Image],
+    ) -> Option<String> {
+        let kept = self.minidumps.as_mut()?;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get().min(255) as u8);
+        let release = crate::kernel::probe::kernel_release();
+        let bytes = sink::minidump::write(d, images, &release, cpus);
+        let name = format!("{}-{}.dmp", crash.head.pid, crash.head.start_ns);
+        match kept.keep(&name, &bytes) {
+            Ok(p) => Some(p.display().to_string()),
+            Err(e) => {
+                tracing::warn!("keeping the minidump of pid {}: {e}", crash.head.pid);
+                None
+            }
+        }
     }
 
     /// Redacts, clusters, stores and writes out one report.

@@ -30,6 +30,9 @@ use crate::{
     },
 };
 
+/// Bytes of minidumps kept under the state directory (`--dumps`), the oldest removed first.
+const MINIDUMPS_MAX_BYTES: u64 = 256 << 20;
+
 /// A started agent: what its loop turns and its stop says.
 pub(super) struct Running {
     pub(super) p: Pipeline,
@@ -354,6 +357,7 @@ async fn spawn_reporter(
         webhooks: opts.webhooks.clone(),
     };
     let m = c.metrics;
+    let state_dir = opts.state_dir.clone();
     std::thread::Builder::new()
         .name("reports".into())
         .spawn(move || {
@@ -382,6 +386,11 @@ async fn spawn_reporter(
                 carried_lost: 0,
                 failpoint: std::env::var("CRASHWATCH_FAILPOINT_REPORT_PANIC").ok(),
                 metrics: m,
+                minidumps: c.dumps.as_ref().and(state_dir.as_deref()).and_then(|d| {
+                    crate::outputs::minidump::Kept::open(d, MINIDUMPS_MAX_BYTES)
+                        .map_err(|e| tracing::warn!("no minidumps kept: {e}"))
+                        .ok()
+                }),
                 dumps: c.dumps,
             }
             .run(queue)

@@ -77,3 +77,62 @@ impl DumpArgs {
         })
     }
 }
+
+/// `crashwatch dump ID`: the minidump kept with a report.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DumpCmd {
+    /// The report's id (the crash page's "Report N", `/api/reports/N`).
+    pub id: i64,
+    /// Where to write it; without it, stdout (unless that is a terminal).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    #[arg(long, default_value_os_t = crate::outputs::store::default_dir())]
+    pub state_dir: PathBuf,
+}
+
+pub fn dump(a: DumpCmd) -> std::process::ExitCode {
+    match minidump_of(&a) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            crate::say!("crashwatch: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn minidump_of(a: &DumpCmd) -> anyhow::Result<()> {
+    use anyhow::{bail, Context};
+    use std::io::IsTerminal;
+    let store = crate::outputs::store::Store::open_read(&a.state_dir)?;
+    let Some((_, json)) = store.report(a.id)? else {
+        bail!(
+            "no report {} in the crash history under {}",
+            a.id,
+            a.state_dir.display()
+        );
+    };
+    let r = crate::model::report::Report::from_json(&json)?;
+    let Some(path) = r.dump.as_ref().and_then(|d| d.minidump.clone()) else {
+        bail!(
+            "report {} has no minidump (its crash was not dumped: `run --dumps`)",
+            a.id
+        );
+    };
+    let mut from = std::fs::File::open(&path).with_context(|| {
+        format!("{path} (minidumps are removed, oldest first, to keep them under their bound)")
+    })?;
+    match &a.output {
+        Some(out) => {
+            let mut to =
+                std::fs::File::create(out).with_context(|| format!("{}", out.display()))?;
+            std::io::copy(&mut from, &mut to)?;
+        }
+        None if std::io::stdout().is_terminal() => {
+            bail!("a minidump is binary: give -o FILE, or redirect stdout")
+        }
+        None => {
+            std::io::copy(&mut from, &mut std::io::stdout().lock())?;
+        }
+    }
+    Ok(())
+}

@@ -94,6 +94,9 @@ enum Cmd {
         )]
         run: RunArgs,
     },
+    /// Write out the minidump kept with a report (`run --dumps`): threads, registers, stacks,
+    /// modules with build ids, for minidump_stackwalk, Sentry or any Breakpad tool.
+    Dump(dumps::DumpCmd),
     /// Run by the kernel for each crash when `run --dumps` hands cores over through the pipe
     /// helper (kernels before 6.16, `--dump-via pipe`): hands the core on stdin to the agent.
     #[command(hide = true)]
@@ -326,6 +329,7 @@ pub fn main() -> ExitCode {
         Cmd::Exec(args) => exec::cli::run(args),
         Cmd::Hub(args) => hub::run(args),
         Cmd::CoreHelper(a) => dumps::helper(a),
+        Cmd::Dump(a) => dumps::dump(a),
         Cmd::UninstallBpf { pin_dir } => match crate::kernel::probe::pin::uninstall(&pin_dir) {
             Ok(0) => out::print(
                 &format!("nothing pinned under {}\n", pin_dir.display()),

@@ -28,6 +28,29 @@ pub struct Dump {
     /// Why the dump is less than whole (cut at `--dump-timeout`, threads or stack bytes over
     /// their bounds, a malformed stream); None when whole.
     pub cut: Option<String>,
+    /// The fatal signal's siginfo, from the core.
+    pub fault: Option<Fault>,
+    /// The memory around the fault's address (its start, its bytes), where the core held it.
+    pub around_fault: Option<(u64, Vec<u8>)>,
+}
+
+/// A fatal signal as the kernel's siginfo gives it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fault {
+    pub signal: u32,
+    pub code: i32,
+    /// `si_addr`: the faulting address for SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP.
+    pub addr: u64,
+}
+
+/// A file mapped into the dumped process, as a minidump lists it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Image {
+    pub base: u64,
+    pub end: u64,
+    /// Its path in the process's view.
+    pub path: String,
+    pub build_id: Option<Vec<u8>>,
 }
 
 /// One thread of a dump.

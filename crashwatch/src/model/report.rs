@@ -117,6 +117,9 @@ pub struct DumpInfo {
     /// Why it is less than whole (cut at `--dump-timeout`, bounds); absent when whole.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cut: Option<String>,
+    /// The minidump kept of it, on the node (`crashwatch dump ID` writes it out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub minidump: Option<String>,
 }
 
 /// What the OOM killer saw as it chose the process (docs/report.md, `oom`).

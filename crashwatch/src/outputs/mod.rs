@@ -13,6 +13,7 @@
 //! said at stop.
 mod file;
 pub mod metrics;
+pub mod minidump;
 mod otlp;
 pub mod pretty;
 #[cfg(test)]

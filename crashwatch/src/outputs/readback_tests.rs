@@ -175,6 +175,7 @@ fn full() -> Report {
             bytes: 59 << 20,
             held_ms: 28,
             cut: Some("1 threads' stacks not kept".into()),
+            minidump: Some("/var/lib/crashwatch/dumps/2774-81023000000.dmp".into()),
         }),
     }
 }

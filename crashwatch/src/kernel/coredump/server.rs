@@ -110,6 +110,8 @@ impl Worker {
             bytes: core.bytes,
             held_ms: started.elapsed().as_millis() as u64,
             cut: (!cut.is_empty()).then(|| cut.join("; ")),
+            fault: core.fault,
+            around_fault: core.around_fault,
         };
         self.stats.taken.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes.fetch_add(core.bytes, Ordering::Relaxed);

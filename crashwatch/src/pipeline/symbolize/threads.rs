@@ -6,19 +6,20 @@ use std::collections::BTreeMap;
 use super::{names, unwind, Exe, Symbolizer};
 use crate::{
     model::crash::Crash,
-    model::dump::{Dump, DumpThread, REG_BP, REG_IP, REG_SP, X86_64_REGS},
+    model::dump::{Dump, DumpThread, Image, REG_BP, REG_IP, REG_SP, X86_64_REGS},
     model::report::ThreadInfo,
 };
 
 impl Symbolizer {
-    /// The dump's threads, each with its stack named.
+    /// The dump's threads, each with its stack named, and the files mapped into the process
+    /// (for a minidump's module list).
     pub fn threads(
         &mut self,
         crash: &Crash,
         dump: &Dump,
         held: &dyn Fn(crate::read::elf::FileId) -> Option<std::fs::File>,
         root: Option<&std::fs::File>,
-    ) -> Vec<ThreadInfo> {
+    ) -> (Vec<ThreadInfo>, Vec<Image>) {
         let (maps, captured, start_code) = match (&crash.signal, &crash.go) {
             (Some(s), _) => (s.maps.as_deref(), s.captured.as_deref(), s.start_code),
             (None, Some(g)) => (g.maps.as_deref(), g.captured.as_deref(), g.start_code),
@@ -37,7 +38,8 @@ impl Symbolizer {
             root,
         };
         let space = self.space(maps, captured, &exe);
-        dump.threads
+        let threads = dump
+            .threads
             .iter()
             .map(|t| ThreadInfo {
                 tid: t.tid,
@@ -48,8 +50,38 @@ impl Symbolizer {
                 stack: stack(&space, t),
                 reason: reason(t),
             })
-            .collect()
+            .collect();
+        (threads, images(&space))
     }
+}
+
+/// One image per file, from where its first loadable segment is to the end of its last (as
+/// Breakpad places modules: addresses in it less `base` are its own), in address order.
+fn images(space: &super::space::Space) -> Vec<Image> {
+    let mut out: Vec<Image> = Vec::new();
+    for p in space.placed.iter().filter(|p| !p.range.is_empty()) {
+        let (span, build_id) = match &p.file {
+            Ok(f) => (
+                p.bias.wrapping_add(f.span.start)..p.bias.wrapping_add(f.span.end),
+                f.build_id.clone(),
+            ),
+            Err(_) => (p.range.clone(), None),
+        };
+        match out.iter_mut().find(|i| i.path == p.path) {
+            Some(i) => {
+                i.base = i.base.min(span.start);
+                i.end = i.end.max(span.end);
+            }
+            None => out.push(Image {
+                base: span.start,
+                end: span.end,
+                path: p.path.clone(),
+                build_id,
+            }),
+        }
+    }
+    out.sort_by_key(|i| i.base);
+    out
 }
 
 fn stack(space: &super::space::Space, t: &DumpThread) -> Vec<crate::model::frame::Frame> {

@@ -20,6 +20,9 @@ const PT_LOAD: u32 = 1;
 const PT_NOTE: u32 = 4;
 const PN_XNUM: u16 = 0xffff;
 const NT_PRSTATUS: u32 = 1;
+const NT_SIGINFO: u32 = 0x5349_4749;
+/// Bytes of memory kept on each side of a fault's address.
+const AROUND_FAULT: u64 = 256;
 /// x86_64 `struct elf_prstatus`: `pr_cursig` at 12, `pr_pid` at 32, `pr_reg` (27 words) at 112.
 const PRSTATUS_SIZE: usize = 336;
 const PR_REG: usize = 112;
@@ -60,7 +63,13 @@ pub struct Core {
     pub segments: usize,
     /// What was left out and why; empty when nothing was.
     pub cut: Vec<String>,
+    /// The fatal signal's siginfo (`NT_SIGINFO`).
+    pub fault: Option<Fault>,
+    /// The memory around the fault's address, where the core holds it.
+    pub around_fault: Option<(u64, Vec<u8>)>,
 }
+
+pub use crate::model::dump::Fault;
 
 #[derive(Debug, Default)]
 pub struct CoreThread {
@@ -177,12 +186,16 @@ fn read_into<R: Read>(s: &mut Stream<R>, lim: &Limits, core: &mut Core) -> Resul
     }
     if let Some(wants) = plan {
         for w in wants {
-            let t = &mut core.threads[w.thread];
-            t.stack = Some(Stack {
-                sp: w.from,
-                data: w.data,
-                ..Stack::default()
-            });
+            match core.threads.get_mut(w.thread) {
+                Some(t) => {
+                    t.stack = Some(Stack {
+                        sp: w.from,
+                        data: w.data,
+                        ..Stack::default()
+                    })
+                }
+                None => core.around_fault = Some((w.from, w.data)),
+            }
         }
     }
     // The kernel may write a last byte or section header past the segments.
@@ -225,6 +238,14 @@ fn notes<R: Read>(
             break;
         }
         let name = &data[name_at..name_at + namesz];
+        if kind == NT_SIGINFO && name.starts_with(b"CORE") && descsz >= 24 {
+            let d = &data[desc_at..desc_at + descsz];
+            core.fault = Some(Fault {
+                signal: u32_at(d, 0),
+                code: u32_at(d, 8) as i32,
+                addr: u64_at(d, 16),
+            });
+        }
         if kind == NT_PRSTATUS && name.starts_with(b"CORE") && descsz >= PRSTATUS_SIZE {
             if core.threads.len() >= lim.threads {
                 dropped += 1;
@@ -251,7 +272,8 @@ fn notes<R: Read>(
     Ok(())
 }
 
-/// Stack bytes wanted from one segment for one thread.
+/// Bytes wanted from one segment: a thread's stack, or (`thread` past the last thread) the
+/// memory around the fault.
 struct Want {
     thread: usize,
     seg_offset: u64,
@@ -293,6 +315,22 @@ fn stack_plan(segs: &[Segment], lim: &Limits, core: &mut Core) -> Vec<Want> {
             "{over} threads' stacks not kept: past {} MiB of stack in all",
             lim.stack_total >> 20
         ));
+    }
+    let addr = core.fault.map_or(0, |f| f.addr);
+    let from = addr.saturating_sub(AROUND_FAULT);
+    if let Some(seg) = segs
+        .iter()
+        .find(|p| p.kind == PT_LOAD && p.vaddr <= addr && addr - p.vaddr < p.filesz)
+    {
+        let from = from.max(seg.vaddr);
+        let len = (addr + AROUND_FAULT).min(seg.vaddr + seg.filesz) - from;
+        wants.push(Want {
+            thread: usize::MAX,
+            seg_offset: seg.offset,
+            from,
+            data: Vec::with_capacity(len as usize),
+            len: len as usize,
+        });
     }
     wants
 }

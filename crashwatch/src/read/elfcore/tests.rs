@@ -5,10 +5,29 @@ use super::*;
 /// A thread for [`core`]: its tid, signal and stack pointer.
 struct T(u32, u16, u64);
 
+/// The `NT_SIGINFO` note of a fault at `addr`.
+fn siginfo(addr: u64) -> Vec<u8> {
+    let mut n = Vec::new();
+    n.extend_from_slice(&5u32.to_le_bytes());
+    n.extend_from_slice(&128u32.to_le_bytes());
+    n.extend_from_slice(&NT_SIGINFO.to_le_bytes());
+    n.extend_from_slice(b"CORE\0\0\0\0");
+    let mut d = vec![0u8; 128];
+    d[..4].copy_from_slice(&11u32.to_le_bytes());
+    d[8..12].copy_from_slice(&1i32.to_le_bytes());
+    d[16..24].copy_from_slice(&addr.to_le_bytes());
+    n.extend(d);
+    n
+}
+
 /// An x86_64 core as binfmt_elf writes one: header, program headers, one note segment, then
 /// each memory segment page-aligned. `mem` is (address, bytes) per segment.
 fn core(threads: &[T], mem: &[(u64, Vec<u8>)]) -> Vec<u8> {
-    let mut notes = Vec::new();
+    core_with(threads, mem, &[])
+}
+
+fn core_with(threads: &[T], mem: &[(u64, Vec<u8>)], more_notes: &[u8]) -> Vec<u8> {
+    let mut notes = more_notes.to_vec();
     for t in threads {
         let mut d = vec![0u8; PRSTATUS_SIZE];
         d[12..14].copy_from_slice(&t.1.to_le_bytes());
@@ -154,4 +173,31 @@ fn a_broken_stream_gives_what_was_read_and_why_it_stopped() {
     let c = read(&mut bad.as_slice(), &Limits::default());
     assert_eq!(c.threads.len(), 0);
     assert_eq!(c.cut, ["a note runs past its segment"]);
+}
+
+#[test]
+fn the_fault_and_the_memory_around_it_are_kept() {
+    let data = counting(8192);
+    let bytes = core_with(
+        &[T(7, 11, 0x10_0100)],
+        &[(0x10_0000, data.clone())],
+        &siginfo(0x10_0010),
+    );
+    let c = read(&mut bytes.as_slice(), &Limits::default());
+    assert_eq!(c.cut, Vec::<String>::new());
+    assert_eq!(
+        c.fault,
+        Some(Fault {
+            signal: 11,
+            code: 1,
+            addr: 0x10_0010
+        })
+    );
+    // Cut at the segment's start below, 256 bytes above.
+    let (at, around) = c.around_fault.unwrap();
+    assert_eq!((at, around.as_slice()), (0x10_0000, &data[..0x110]));
+    // A fault at an address no segment holds (a null pointer) keeps no memory.
+    let bytes = core_with(&[T(7, 11, 0x10_0100)], &[(0x10_0000, data)], &siginfo(0));
+    let c = read(&mut bytes.as_slice(), &Limits::default());
+    assert_eq!((c.fault.unwrap().addr, c.around_fault), (0, None));
 }
