@@ -270,6 +270,15 @@ impl Reporter {
                 held_ms: d.held_ms,
                 cut: d.cut.clone(),
                 minidump: self.keep_minidump(crash, &d, &images),
+                images: images
+                    .iter()
+                    .map(|i| crate::model::report::ImageInfo {
+                        path: i.path.clone(),
+                        base: i.base,
+                        size: i.end.saturating_sub(i.base),
+                        build_id: i.build_id.as_deref().map(crate::model::hex::bytes),
+                    })
+                    .collect(),
             });
         }
         report

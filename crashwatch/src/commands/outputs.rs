@@ -61,6 +61,13 @@ pub struct OutputArgs {
     /// Trust only the PEM certificates in this file for an https hub.
     #[arg(long, value_name = "FILE")]
     hub_ca: Option<PathBuf>,
+    /// Send each crash to Sentry as an event (its envelope endpoint, from the project's DSN,
+    /// `https://KEY@sentry.example.com/PROJECT`): signal deaths as native events with every
+    /// thread, the images' build ids and the minidump (`--dumps`), runtime deaths as their
+    /// platform's exception. Spooled and retried as webhooks are; Sentry's rate limits are
+    /// honoured. See docs/sentry.md.
+    #[arg(long, value_name = "DSN")]
+    sentry_dsn: Option<String>,
     /// Send each report as an OpenTelemetry log record (OTLP/HTTP, protobuf) to this
     /// collector: `http://collector:4318` (`/v1/logs` is added) or the full logs URL. Spooled
     /// and retried as webhooks are.
@@ -184,7 +191,24 @@ impl OutputArgs {
         let mut all = self.webhooks(state_dir);
         all.extend(self.otlp(state_dir));
         all.extend(self.hub(state_dir)?);
+        all.extend(self.sentry(state_dir)?);
         Ok(all)
+    }
+
+    /// The Sentry output's options: the envelope URL and the auth header from the DSN.
+    fn sentry(&self, state_dir: &std::path::Path) -> anyhow::Result<Option<WebhookOptions>> {
+        let Some(dsn) = &self.sentry_dsn else {
+            return Ok(None);
+        };
+        let parsed: sentry_types::Dsn = dsn.parse().map_err(|e| {
+            anyhow::anyhow!("--sentry-dsn: {e} (a DSN is https://KEY@HOST/PROJECT)")
+        })?;
+        let auth = parsed.to_auth(Some(concat!("crashwatch/", env!("CARGO_PKG_VERSION"))));
+        Ok(Some(WebhookOptions {
+            sentry: true,
+            headers: vec![("X-Sentry-Auth".into(), auth.to_string())],
+            ..self.http_output("sentry", parsed.envelope_api_url().to_string(), state_dir)
+        }))
     }
 
     /// The hub output's options: its first URL, the others as fallbacks, the token.
@@ -247,6 +271,7 @@ impl OutputArgs {
             retry_max: std::time::Duration::from_secs(self.webhook_retry_max),
             fallbacks: Vec::new(),
             heartbeat: false,
+            sentry: false,
             url,
         }
     }

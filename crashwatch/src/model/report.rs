@@ -120,6 +120,27 @@ pub struct DumpInfo {
     /// The minidump kept of it, on the node (`crashwatch dump ID` writes it out).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub minidump: Option<String>,
+    /// The files mapped into the process, for symbolizing its addresses elsewhere.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImageInfo>,
+}
+
+/// A file mapped into a dumped process: where, and which build.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct ImageInfo {
+    /// Its path in the process's view.
+    pub path: String,
+    /// Where its first loadable segment was mapped.
+    #[serde(
+        serialize_with = "hex",
+        deserialize_with = "crate::model::readback::hex"
+    )]
+    pub base: u64,
+    /// Bytes from `base` to the end of its last loadable segment.
+    pub size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
 }
 
 /// What the OOM killer saw as it chose the process (docs/report.md, `oom`).

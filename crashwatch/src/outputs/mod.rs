@@ -18,6 +18,7 @@ mod otlp;
 pub mod pretty;
 #[cfg(test)]
 mod readback_tests;
+pub mod sentry;
 mod spool;
 pub mod store;
 mod webhook;

@@ -176,6 +176,12 @@ fn full() -> Report {
             held_ms: 28,
             cut: Some("1 threads' stacks not kept".into()),
             minidump: Some("/var/lib/crashwatch/dumps/2774-81023000000.dmp".into()),
+            images: vec![crate::model::report::ImageInfo {
+                path: "/srv/api".into(),
+                base: 0x55b3b86f9000,
+                size: 0x5000,
+                build_id: Some("ab12".into()),
+            }],
         }),
     }
 }

@@ -53,6 +53,8 @@ pub struct WebhookOptions {
     /// The hub: every [`HEARTBEAT`], POST the node's inventory to `/api/v1/heartbeat` beside
     /// the reports' path.
     pub heartbeat: bool,
+    /// Sentry: each report as an event in an envelope ([`super::sentry`]).
+    pub sentry: bool,
 }
 
 /// How often the hub hears from a node that has nothing to report.
@@ -150,6 +152,10 @@ impl Webhook {
         let agent = client(opts)?;
         let host = crate::pipeline::enrich::hostname();
         let (body, ctype) = match (opts.otlp, opts.format) {
+            _ if opts.sentry => (
+                super::sentry::check_envelope(&host),
+                "application/x-sentry-envelope",
+            ),
             (Some(_), _) => (
                 prost::Message::encode_to_vec(
                     &opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest::default(),
@@ -224,6 +230,7 @@ fn client(opts: &WebhookOptions) -> Result<ureq::Agent> {
 impl Output for Webhook {
     fn write(&mut self, item: &Item) -> Result<()> {
         let body = match (self.opts.otlp, self.opts.format) {
+            _ if self.opts.sentry => super::sentry::envelope(&item.report),
             (Some(cmdline), _) => super::otlp::encode(&item.report, cmdline),
             (None, WebhookFormat::Json) => item.json.clone().into_bytes(),
             (None, WebhookFormat::Slack) => serde_json::to_vec(&serde_json::json!({
@@ -287,7 +294,9 @@ struct Sender {
 /// What became of one attempt.
 enum Outcome {
     Delivered,
-    Retry(String),
+    /// Why, and how long the endpoint asked us to wait (`Retry-After`, Sentry's
+    /// `X-Sentry-Rate-Limits`).
+    Retry(String, Option<Duration>),
     Refused(String),
 }
 
@@ -326,7 +335,7 @@ impl Sender {
                         self.opts.shown()
                     );
                 }
-                Outcome::Retry(why) => {
+                Outcome::Retry(why, asked) => {
                     self.counts.retries.fetch_add(1, Ordering::Relaxed);
                     self.at = (self.at + 1) % (1 + self.opts.fallbacks.len());
                     if !said_down {
@@ -346,7 +355,12 @@ impl Sender {
                     rng ^= rng >> 7;
                     rng ^= rng << 17;
                     let wait = full / 2 + rng % (full / 2 + 1);
-                    self.sleep(Duration::from_millis(wait));
+                    // An endpoint that said how long to wait (a rate limit) is given that,
+                    // within an hour.
+                    let wait = asked.map_or(Duration::from_millis(wait), |a| {
+                        a.min(Duration::from_secs(3600))
+                    });
+                    self.sleep(wait);
                 }
             }
         }
@@ -415,9 +429,10 @@ impl Sender {
             .post(self.target())
             .header(
                 "Content-Type",
-                match self.opts.otlp {
-                    Some(_) => "application/x-protobuf",
-                    None => "application/json",
+                match (self.opts.otlp, self.opts.sentry) {
+                    (_, true) => "application/x-sentry-envelope",
+                    (Some(_), _) => "application/x-protobuf",
+                    (None, _) => "application/json",
                 },
             )
             .header("Idempotency-Key", &s.key)
@@ -433,13 +448,36 @@ impl Sender {
                 let code = resp.status().as_u16();
                 match code {
                     200..=299 => Outcome::Delivered,
-                    408 | 429 | 500..=599 => Outcome::Retry(format!("HTTP {code}")),
+                    408 | 429 | 500..=599 => {
+                        Outcome::Retry(format!("HTTP {code}"), retry_after(resp.headers()))
+                    }
                     _ => Outcome::Refused(format!("HTTP {code}")),
                 }
             }
-            Err(e) => Outcome::Retry(e.to_string()),
+            Err(e) => Outcome::Retry(e.to_string(), None),
         }
     }
+}
+
+/// How long an answer asks the sender to wait: Sentry's `X-Sentry-Rate-Limits`
+/// (`SECONDS:CATEGORIES:SCOPE, …`: the longest for events or all categories), else
+/// `Retry-After` in seconds.
+fn retry_after(h: &ureq::http::HeaderMap) -> Option<Duration> {
+    let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok());
+    let limits = get("x-sentry-rate-limits").and_then(|v| {
+        v.split(',')
+            .filter_map(|l| {
+                let mut parts = l.trim().split(':');
+                let secs: u64 = parts.next()?.trim().parse().ok()?;
+                let cats = parts.next().unwrap_or("");
+                (cats.is_empty() || cats.split(';').any(|c| c == "error" || c == "default"))
+                    .then_some(secs)
+            })
+            .max()
+    });
+    limits
+        .or_else(|| get("retry-after")?.trim().parse().ok())
+        .map(Duration::from_secs)
 }
 
 /// The hub's heartbeat URL beside its reports' URL.

@@ -5,7 +5,9 @@
 //! the next agent; the previous `core_pattern` back at the stop, and another tool's change
 //! left alone. Each test sets `core_pattern` through the agent and puts the original back
 //! even when it fails ([`Pattern`]); they run one at a time. Needs root, gcc and gdb.
+#[path = "../common/mod.rs"]
 mod common;
+mod sentry;
 
 use std::{
     path::{Path, PathBuf},
@@ -23,13 +25,13 @@ const CORE_PATTERN: &str = "/proc/sys/kernel/core_pattern";
 static ONE: Mutex<()> = Mutex::new(());
 
 /// The core_pattern before the test, written back when the test ends, passed or not.
-struct Pattern {
+pub(crate) struct Pattern {
     before: String,
     _one: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Pattern {
-    fn hold() -> Pattern {
+    pub(crate) fn hold() -> Pattern {
         let one = ONE.lock().unwrap_or_else(|e| e.into_inner());
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
         let mut v = release
@@ -54,18 +56,18 @@ impl Drop for Pattern {
     }
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     std::fs::read_to_string(CORE_PATTERN)
         .unwrap()
         .trim_end_matches('\n')
         .to_string()
 }
 
-fn socket(tag: &str) -> String {
+pub(crate) fn socket(tag: &str) -> String {
     format!("/run/crashwatch-test/{tag}-{}.sock", std::process::id())
 }
 
-fn program() -> &'static Path {
+pub(crate) fn program() -> &'static Path {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dumps/threads.c");
@@ -83,13 +85,13 @@ fn program() -> &'static Path {
 }
 
 /// The program run to its end with `args`.
-fn run(args: &[&str]) -> Crasher {
+pub(crate) fn run(args: &[&str]) -> Crasher {
     let mut cmd = Command::new(program());
     cmd.args(args).stdout(std::process::Stdio::piped());
     Crasher::finish(common::spawn(&mut cmd))
 }
 
-fn dumping_agent(tag: &str, extra: &[&str]) -> Agent {
+pub(crate) fn dumping_agent(tag: &str, extra: &[&str]) -> Agent {
     let sock = socket(tag);
     let mut args = vec!["--dumps", "--dump-socket", &sock];
     args.extend_from_slice(extra);
@@ -98,7 +100,7 @@ fn dumping_agent(tag: &str, extra: &[&str]) -> Agent {
     a
 }
 
-fn functions(stack: &Value) -> Vec<String> {
+pub(crate) fn functions(stack: &Value) -> Vec<String> {
     stack
         .as_array()
         .unwrap()
