@@ -7,9 +7,10 @@
 //! [`history`] loads the crash history with a storm and times `crashwatch report` over it,
 //! [`sinks`] the outputs under a storm and their spools' replay, [`storm`] measures the crash
 //! storm and the idle agent, [`symbols`] the symbolizer beside Go's own, [`report`] writes
-//! the page, [`logs`] `crashwatch analyze` beside grep over a 1 GiB log; the rounds are
-//! here.
+//! the page, [`logs`] `crashwatch analyze` beside grep over a 1 GiB log, [`dumps`] what
+//! `run --dumps` holds and costs; the rounds are here.
 mod bpfstats;
+mod dumps;
 mod history;
 mod logs;
 pub(crate) mod observer;
@@ -87,6 +88,11 @@ pub struct Args {
     /// ingest beside it) and put its section into docs/benchmarks.md.
     #[arg(long)]
     pub hub_retention: bool,
+    /// Measure `run --dumps` alone (the hold of a crashing process at 10 MiB to 4 GiB, the
+    /// agent's cost per dump, storms with and without it) and put its section into
+    /// docs/benchmarks.md.
+    #[arg(long)]
+    pub dumps_only: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -101,6 +107,7 @@ pub fn run(args: Args) -> Result<()> {
         web_only,
         hub_only,
         hub_retention,
+        dumps_only,
     } = args;
     let p = Paths::new()?;
     let t = tools::build(&p)?;
@@ -120,6 +127,10 @@ pub fn run(args: Args) -> Result<()> {
     if hub_retention {
         let section = crate::fleet::retention_section(&p, &t.agent)?;
         return report::splice(&page, "## Hub retention", "--hub-retention", &section);
+    }
+    if dumps_only {
+        let section = dumps::markdown(&dumps::run(&t)?);
+        return report::splice(&page, "## Core dumps (--dumps)", "--dumps-only", &section);
     }
     if web_only {
         let section = web::markdown(&web::run(&t)?);

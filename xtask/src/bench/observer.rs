@@ -154,6 +154,22 @@ impl Running {
         self.children.first().map(|c| c.id())
     }
 
+    /// crashwatch's report for `pid`, waiting up to a minute.
+    pub fn wait_report(&self, pid: u32) -> Result<serde_json::Value> {
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until {
+            let found = self.reports.lock().unwrap().iter().find_map(|(l, _)| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                (v["pid"] == pid).then_some(v)
+            });
+            if let Some(v) = found {
+                return Ok(v);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        bail!("no report for pid {pid} within a minute")
+    }
+
     /// SIGINT, again every 5 s while it runs (bpftrace once sat through one for 13 minutes
     /// in round 7), SIGKILL after 30 s.
     pub fn stop(mut self) -> Vec<String> {

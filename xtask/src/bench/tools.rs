@@ -17,6 +17,8 @@ pub struct Tools {
     pub writes: PathBuf,
     pub signals: PathBuf,
     pub crasher: PathBuf,
+    /// The dumps tests' program (`big MIB`: touch that much memory, then crash).
+    pub threads: PathBuf,
     pub gocrash: PathBuf,
     pub gowrite: Vec<(String, PathBuf)>,
     /// Go's debug/gosym over a binary (xtask/bench/gosym).
@@ -72,6 +74,7 @@ pub fn build(p: &Paths) -> Result<Tools> {
             "crasher",
             &p.root.join("crashwatch/tests/crashers/crasher.c"),
         )?,
+        threads: gcc("threads", &p.root.join("crashwatch/tests/dumps/threads.c"))?,
         gocrash: gobuild(
             &go("1.27"),
             &p.root.join("crashwatch/tests/gocrash"),
