@@ -517,3 +517,48 @@ fn the_pipe_helper_hands_cores_over_on_any_kernel_and_lets_go_without_an_agent()
     std::fs::write(CORE_PATTERN, &previous).unwrap();
     let _ = std::fs::remove_file(socket("pipe"));
 }
+
+/// A crash inside a container (podman): its threads' ids are the host's (the core gives the
+/// container's), and their stacks are named from the container's files, read through its
+/// root.
+#[test]
+fn a_crash_in_a_container_is_dumped_and_named_through_its_root() {
+    use common::podman::{Container, Image};
+    let _p = Pattern::hold();
+    let a = dumping_agent("container", &[]);
+    let image = Image::of_program("dump-threads", program(), "/threads");
+    let ctr = Container::run(&image, &["/threads", "threads"]);
+    assert_eq!(ctr.wait(), "139", "killed by SIGSEGV");
+    let r = a.report_for(ctr.pid);
+    assert_eq!(r["exe"], "/threads");
+    let threads = r["threads"].as_array().expect("threads in the report");
+    assert_eq!(threads.len(), 8, "{:#}", r["threads"]);
+    // The crashed thread's id is the host's, as the kernel's records give it.
+    assert_eq!(threads[0]["tid"], r["tid"]);
+    assert!(
+        threads.iter().any(|t| t["tid"] == ctr.pid),
+        "the main thread by its host id"
+    );
+    for name in ["cond-waiter", "lock-waiter", "spinner"] {
+        let t = thread(&r, name);
+        let own: Vec<&Value> = t["stack"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["module"] == "/threads")
+            .collect();
+        assert!(
+            own.iter()
+                .any(|f| f["function"] == "worker" && f["line"].is_u64()),
+            "{name}: {:#}",
+            t["stack"]
+        );
+    }
+    let libc = r["dump"]["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["path"] == "/lib/x86_64-linux-gnu/libc.so.6")
+        .expect("the container's libc among the images");
+    assert!(libc["build_id"].is_string());
+}
