@@ -19,6 +19,7 @@ macro_rules! select_cluster {
     };
 }
 
+mod dumps;
 pub mod page;
 mod query;
 
@@ -116,6 +117,8 @@ const BUILDS_PER_CLUSTER: i64 = 50;
 
 pub struct Store {
     conn: Connection,
+    /// Where the minidumps its reports name are ([`dumps`]).
+    dumps: PathBuf,
 }
 
 impl Store {
@@ -161,6 +164,7 @@ impl Store {
         let had_hours = Self::has_table(&conn, "cluster_exes")?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(page::SCHEMA)?;
+        conn.execute_batch(dumps::SCHEMA)?;
         if !had_hours {
             // Before version 3 the timeline was not counted: what the kept reports say.
             page::backfill(&conn)?;
@@ -174,7 +178,8 @@ impl Store {
         if has == 0 {
             conn.execute_batch("ALTER TABLE clusters ADD COLUMN regression TEXT")?;
         }
-        Ok(Store { conn })
+        let dumps = path.with_file_name("dumps");
+        Ok(Store { conn, dumps })
     }
 
     fn has_table(conn: &Connection, name: &str) -> Result<bool> {
@@ -200,7 +205,10 @@ impl Store {
         conn.busy_timeout(Duration::from_secs(5))?;
         // The crash page's queries, each prepared once per connection.
         conn.set_prepared_statement_cache_capacity(64);
-        Ok(Store { conn })
+        Ok(Store {
+            conn,
+            dumps: dir.join("dumps"),
+        })
     }
 
     /// Every cluster, for the agent's counts at start.
@@ -256,6 +264,7 @@ impl Store {
             }
         }
         tx.commit()?;
+        dumps::sweep(&self.conn, &self.dumps)?;
         Ok(())
     }
 
@@ -294,6 +303,9 @@ impl Store {
                 w.json
             ],
         )?;
+        if let Some(p) = &f.minidump {
+            dumps::note(tx, tx.last_insert_rowid(), c.id, p)?;
+        }
         if let Some(rev) = &f.revision {
             let (version, image) = (
                 f.version.as_deref().unwrap_or(""),
@@ -346,6 +358,7 @@ impl Store {
                 break;
             }
         }
+        dumps::sweep(&self.conn, &self.dumps)?;
         Ok(gone)
     }
 
@@ -370,6 +383,8 @@ pub struct Facts {
     /// The Go main module's version, when it is a real one.
     pub version: Option<String>,
     pub image: Option<String>,
+    /// The minidump kept of it (`run --dumps`).
+    pub minidump: Option<String>,
 }
 
 impl Facts {
@@ -399,6 +414,7 @@ impl Facts {
                 .and_then(|b| b.main_version.clone())
                 .filter(|v| v != "(devel)"),
             image: r.container.as_ref().and_then(|c| c.image.clone()),
+            minidump: r.dump.as_ref().and_then(|d| d.minidump.clone()),
         }
     }
 }

@@ -388,3 +388,48 @@ mod page {
         assert_eq!(ids(&s.list_page(&f, None, now).unwrap()), [1]);
     }
 }
+
+#[test]
+fn a_clusters_first_and_latest_minidumps_are_kept_and_each_goes_with_its_report() {
+    let d = Dir::new("dumps");
+    let mut s = Store::open(&d.0).unwrap();
+    let dumps = d.0.join("dumps");
+    fs::create_dir_all(&dumps).unwrap();
+    // Not the store's to remove, whatever a report says.
+    let outside = d.0.join("keep-me.dmp");
+    fs::write(&outside, b"x").unwrap();
+    let keep = Retention {
+        per_cluster: 100,
+        ..keep()
+    };
+    let old = crate::model::clock::now_ns() - 7_200_000_000_000;
+    let mut files = Vec::new();
+    for n in 1..=7u64 {
+        let f = dumps.join(format!("{n}-0.dmp"));
+        fs::write(&f, b"MDMP").unwrap();
+        files.push(f.clone());
+        let mut w = report(
+            1,
+            n,
+            if n == 1 {
+                old
+            } else {
+                crate::model::clock::now_ns()
+            },
+            None,
+        );
+        w.facts.minidump = Some(f.display().to_string());
+        s.insert(&[Item::Report(Box::new(w))], &keep).unwrap();
+    }
+    let mut w = report(2, 1, old, None);
+    w.facts.minidump = Some(outside.display().to_string());
+    s.insert(&[Item::Report(Box::new(w))], &keep).unwrap();
+    let exist = |fs_: &[PathBuf]| fs_.iter().map(|f| f.exists()).collect::<Vec<_>>();
+    // The first, and the latest four.
+    assert_eq!(exist(&files), [true, false, false, true, true, true, true]);
+    // The first report is past the age bound: its minidump goes with it (the other old
+    // report's file is outside the minidumps' directory: left).
+    assert_eq!(s.prune(&keep).unwrap(), 2);
+    assert_eq!(exist(&files), [false, false, false, true, true, true, true]);
+    assert!(outside.exists());
+}
