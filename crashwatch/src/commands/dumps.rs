@@ -41,10 +41,10 @@ pub enum Via {
 #[derive(clap::Args, Debug, Clone)]
 pub struct HelperArgs {
     /// The agent's socket.
-    #[arg(long)]
+    #[arg(short, long)]
     pub socket: PathBuf,
     /// Seconds the helper lives at most.
-    #[arg(long, default_value_t = 11)]
+    #[arg(short, long, default_value_t = 11)]
     pub timeout: u32,
     /// The crashing process (the kernel's `%P`).
     pub pid: u32,

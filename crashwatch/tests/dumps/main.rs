@@ -493,10 +493,7 @@ fn the_pipe_helper_hands_cores_over_on_any_kernel_and_lets_go_without_an_agent()
     let pattern = now();
     assert!(
         pattern.starts_with('|')
-            && pattern.ends_with(&format!(
-                " core-helper --socket {} --timeout 6 %P",
-                socket("pipe")
-            )),
+            && pattern.ends_with(&format!(" core-helper -s {} -t 6 %P", socket("pipe"))),
         "{pattern}"
     );
     let c = run(&["threads"]);

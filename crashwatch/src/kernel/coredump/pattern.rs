@@ -47,25 +47,33 @@ impl Protocol {
             Protocol::Socket => format!("@{}", socket.display()),
             Protocol::Pipe => {
                 let exe = std::fs::read_link("/proc/self/exe").context("reading /proc/self/exe")?;
-                let (exe, sock) = (exe.display().to_string(), socket.display().to_string());
-                if exe.contains(char::is_whitespace) || sock.contains(char::is_whitespace) {
-                    bail!("the pipe helper's path ({exe}) and the socket ({sock}) must have no spaces: the kernel splits core_pattern at them");
-                }
-                // The kernel's own limit on core_pattern (CORENAME_MAX_SIZE).
-                let p = format!(
-                    "|{exe} core-helper --socket {sock} --timeout {} %P",
-                    timeout.as_secs_f64().ceil() as u64 + 1
-                );
-                if p.len() >= 128 {
-                    bail!(
-                        "the pipe helper's pattern is {} bytes, past the kernel's 127: {p}",
-                        p.len()
-                    );
-                }
-                p
+                pipe_pattern(
+                    &exe.display().to_string(),
+                    &socket.display().to_string(),
+                    timeout,
+                )?
             }
         })
     }
+}
+
+/// The pipe helper's pattern: `|EXE core-helper -s SOCKET -t SECS %P`, refused when the kernel
+/// would split or cut it (it splits at spaces, and keeps 127 bytes).
+fn pipe_pattern(exe: &str, sock: &str, timeout: std::time::Duration) -> Result<String> {
+    if exe.contains(char::is_whitespace) || sock.contains(char::is_whitespace) {
+        bail!("the pipe helper's path ({exe}) and the socket ({sock}) must have no spaces: the kernel splits core_pattern at them");
+    }
+    let p = format!(
+        "|{exe} core-helper -s {sock} -t {} %P",
+        timeout.as_secs_f64().ceil() as u64 + 1
+    );
+    if p.len() > 127 {
+        bail!(
+            "the pipe helper's pattern is {} bytes, past the 127 core_pattern holds: install crashwatch at a shorter path or give a shorter --dump-socket ({p})",
+            p.len()
+        );
+    }
+    Ok(p)
 }
 
 /// The pattern this agent set, and what it replaced.
@@ -92,7 +100,7 @@ pub fn take(ours: &str, state_dir: Option<&Path>) -> Result<Taken> {
     let saved = state_dir.map(|d| d.join(SAVED));
     // An agent's pattern names its socket, whichever way it hands cores over.
     let socket = ours.trim_start_matches('@');
-    let socket = socket.split(" --socket ").nth(1).unwrap_or(socket);
+    let socket = socket.split(" -s ").nth(1).unwrap_or(socket);
     let socket = socket.split(' ').next().unwrap_or(socket);
     let previous = if now == ours || now.contains(socket) {
         match saved.as_deref().map(std::fs::read_to_string) {
@@ -172,13 +180,15 @@ mod tests {
             Protocol::Request.pattern(s, t).unwrap(),
             "@@/run/crashwatch/coredump.sock"
         );
-        let pipe = Protocol::Pipe.pattern(s, t).unwrap();
-        assert!(
-            pipe.starts_with('|')
-                && pipe.ends_with(
-                    " core-helper --socket /run/crashwatch/coredump.sock --timeout 4 %P"
-                ),
-            "{pipe}"
+        assert_eq!(
+            pipe_pattern("/usr/bin/crashwatch", "/run/crashwatch/coredump.sock", t).unwrap(),
+            "|/usr/bin/crashwatch core-helper -s /run/crashwatch/coredump.sock -t 4 %P"
         );
+        let long = format!("/{}", "d".repeat(100));
+        let e = pipe_pattern(&long, "/run/c.sock", t)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("past the 127 core_pattern holds"), "{e}");
+        assert!(pipe_pattern("/a b/crashwatch", "/run/c.sock", t).is_err());
     }
 }
