@@ -113,7 +113,7 @@ impl Unit {
 }
 
 /// The keys of `run` whose values are paths the agent writes to.
-const WRITES: [&str; 3] = ["output-file", "state-dir", "pin-dir"];
+const WRITES: [&str; 4] = ["output-file", "state-dir", "pin-dir", "dump-socket"];
 /// The keys whose values are paths the agent only reads.
 const READS: [&str; 10] = [
     "config",
