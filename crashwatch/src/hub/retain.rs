@@ -44,13 +44,16 @@ pub struct Removed {
 
 /// Runs a pass every `r.every`, for the life of the hub.
 pub async fn run(pool: Pool, r: Retention) {
-    let mut since_ns = 0i64;
+    // The newest report id the last pass saw: reports are numbered as they are stored, so
+    // clusters that took reports since are those with ids past it (a report's own time says
+    // when it crashed: a spooled one arrives hours later, and a cluster it lands in must still
+    // be thinned).
+    let mut since_id = 0i64;
     loop {
         tokio::time::sleep(r.every).await;
-        let started = crate::model::clock::now_ns() as i64;
-        match pass(&pool, &r, since_ns).await {
-            Ok(Some(n)) => {
-                since_ns = started;
+        match pass(&pool, &r, since_id).await {
+            Ok(Some((n, seen))) => {
+                since_id = seen;
                 if n != Removed::default() {
                     tracing::info!(
                         "retention: removed {} reports past {} per cluster, {} older than {} days, {} for size",
@@ -64,8 +67,9 @@ pub async fn run(pool: Pool, r: Retention) {
     }
 }
 
-/// One pass, if no other replica is doing one; None: another is.
-pub async fn pass(pool: &Pool, r: &Retention, since_ns: i64) -> Result<Option<Removed>> {
+/// One pass over what was stored after report `since_id`, if no other replica is doing one
+/// (None: another is); what it removed, and the newest report id it saw at its start.
+pub async fn pass(pool: &Pool, r: &Retention, since_id: i64) -> Result<Option<(Removed, i64)>> {
     let client = pool.get().await?;
     let got: bool = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK])
@@ -74,11 +78,15 @@ pub async fn pass(pool: &Pool, r: &Retention, since_ns: i64) -> Result<Option<Re
     if !got {
         return Ok(None);
     }
-    let done = thin(&client, r, since_ns).await;
+    let seen: i64 = client
+        .query_one("SELECT COALESCE(MAX(id), 0)::BIGINT FROM reports", &[])
+        .await?
+        .get(0);
+    let done = thin(&client, r, since_id).await;
     client
         .execute("SELECT pg_advisory_unlock($1)", &[&LOCK])
         .await?;
-    done.map(Some)
+    done.map(|n| Some((n, seen)))
 }
 
 /// Deletes with `sql` (its `$1` the batch size, then `params`) until a batch comes back short.
@@ -99,17 +107,20 @@ async fn in_batches(
     }
 }
 
-async fn thin(client: &tokio_postgres::Client, r: &Retention, since_ns: i64) -> Result<Removed> {
+async fn thin(client: &tokio_postgres::Client, r: &Retention, since_id: i64) -> Result<Removed> {
     let now = crate::model::clock::now_ns() as i64;
     let keep = r.keep_per_cluster as i64;
-    // The clusters that took reports since the last pass are the only ones that can be over,
-    // and only those that ever had more than `keep`. Each is walked once down its
-    // (cluster, id) index past its newest `keep`, CLUSTERS_PER_BATCH at a time: a window over
-    // every active cluster's reports (the first way) sorted them all again for each batch.
+    // The clusters that took reports since the last pass (reports past `since_id`, read from
+    // the primary key's newest end) are the only ones that can be over, and only those that
+    // ever had more than `keep`. Each is walked once down its (cluster, id) index past its
+    // newest `keep`, CLUSTERS_PER_BATCH at a time: a window over every active cluster's
+    // reports (the first way) sorted them all again for each batch.
     let over: Vec<i64> = client
         .query(
-            "SELECT id FROM clusters WHERE last_seen_ns >= $1 AND count > $2 ORDER BY id",
-            &[&since_ns, &keep],
+            "SELECT c.id FROM clusters c WHERE c.count > $2
+                 AND c.id IN (SELECT DISTINCT cluster FROM reports WHERE id > $1)
+             ORDER BY c.id",
+            &[&since_id, &keep],
         )
         .await?
         .iter()

@@ -495,7 +495,14 @@ fn retention_thins_reports_not_counts_and_regressions_need_a_new_build() {
             .unwrap();
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
-    for n in 0..10 {
+    // Two, then passes, then the rest: every report's time is the crash's, now seconds past,
+    // and a cluster that takes reports older than the last pass must still be thinned (the
+    // passes once chose clusters by their newest crash time, and never thinned this one).
+    for n in 0..2 {
+        post(n, &|_| {});
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    for n in 2..10 {
         post(n, &|_| {});
     }
     // A crash of another cluster 5 days ago: past --keep-days, alone in its cluster.
