@@ -292,11 +292,8 @@ impl Reporter {
         images: &[crate::model::dump::Image],
     ) -> Option<String> {
         let kept = self.minidumps.as_mut()?;
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get().min(255) as u8);
-        let release = crate::kernel::probe::kernel_release();
-        let bytes = sink::minidump::write(d, images, &release, cpus);
         let name = format!("{}-{}.dmp", crash.head.pid, crash.head.start_ns);
-        match kept.keep(&name, &bytes) {
+        match kept.keep(&name, d, images) {
             Ok(p) => Some(p.display().to_string()),
             Err(e) => {
                 tracing::warn!("keeping the minidump of pid {}: {e}", crash.head.pid);

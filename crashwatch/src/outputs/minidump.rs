@@ -267,8 +267,9 @@ impl Writer {
 pub struct Kept {
     dir: std::path::PathBuf,
     max_bytes: u64,
-    /// Files removed for the bound, for the stop line.
-    pub removed: u64,
+    /// What every minidump's system information says: read once.
+    release: String,
+    cpus: u8,
 }
 
 impl Kept {
@@ -282,12 +283,21 @@ impl Kept {
         Ok(Kept {
             dir,
             max_bytes,
-            removed: 0,
+            release: crate::kernel::probe::kernel_release(),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get().min(255) as u8),
         })
     }
 
-    /// Writes `bytes` as `name` and removes the oldest others past the bound; its path.
-    pub fn keep(&mut self, name: &str, bytes: &[u8]) -> std::io::Result<std::path::PathBuf> {
+    /// Writes the minidump of `dump` as `name` and removes the oldest others past the bound;
+    /// its path.
+    pub fn keep(
+        &mut self,
+        name: &str,
+        dump: &Dump,
+        images: &[Image],
+    ) -> std::io::Result<std::path::PathBuf> {
+        let bytes = write(dump, images, &self.release, self.cpus);
+        let bytes = bytes.as_slice();
         use std::{io::Write, os::unix::fs::OpenOptionsExt};
         let path = self.dir.join(name);
         let mut f = std::fs::OpenOptions::new()
@@ -314,7 +324,6 @@ impl Kept {
             }
             if std::fs::remove_file(&p).is_ok() {
                 total -= len;
-                self.removed += 1;
             }
         }
         Ok(path)

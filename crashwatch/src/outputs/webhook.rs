@@ -392,7 +392,7 @@ impl Sender {
             "node": crate::pipeline::enrich::hostname(),
             "boot_id": crate::util::boot_id(),
             "agent_version": concat!(env!("CARGO_PKG_VERSION"), " (", env!("CRASHWATCH_REVISION"), ")"),
-            "kernel": kernel_release(),
+            "kernel": crate::kernel::probe::kernel_release(),
             "attached": t.attached.lock().map(|a| a.clone()).unwrap_or_default(),
             "crashes": t.crashes.load(Ordering::Relaxed),
             "lost": t.lost.load(Ordering::Relaxed),
@@ -486,12 +486,6 @@ fn heartbeat_url(reports: &str) -> String {
         Some(base) => format!("{base}/api/v1/heartbeat"),
         None => format!("{}/api/v1/heartbeat", reports.trim_end_matches('/')),
     }
-}
-
-fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
 }
 
 fn seed() -> u64 {

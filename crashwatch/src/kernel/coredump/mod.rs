@@ -7,8 +7,8 @@
 //! How the kernel hands a core over depends on its release ([`Protocol`]): from 6.17 the
 //! request protocol (`@@/path`: the kernel asks, the agent answers "write it to me, and wait
 //! until I close"; the process stays until then), on 6.16 a plain socket (`@/path`); before
-//! 6.16 only a pipe helper, which this agent does not install yet (`--dumps` says so and the
-//! agent runs without dumps).
+//! 6.16 (or with `--dump-via pipe`) a pipe helper, this binary's `core-helper`, which hands the
+//! stream to the same socket ([`helper`]).
 //!
 //! Bounds, so that a dump never changes how a process dies beyond its duration:
 //! - the agent marks itself non-dumpable (its own crash must not wait on itself);
