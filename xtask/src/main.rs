@@ -160,6 +160,9 @@ fn in_vms(kernels: &[String], timeout: Duration) -> Result<()> {
         for n in &o.notes {
             println!("  {n}");
         }
+        for f in &o.failures {
+            println!("{f}\n");
+        }
         if !o.finished {
             failed = true;
             println!(

@@ -325,6 +325,8 @@ echo +memory > /sys/fs/cgroup/cgroup.subtree_control
 export PATH=/bin HOME=/root RUST_BACKTRACE=0
 export CRASHWATCH_AGENT=/crashwatch/crashwatch CRASHWATCH_CRASHER=/crashwatch/crasher
 export CRASHWATCH_GO_PREBUILT=/crashwatch/go
+# TCG runs code tens of times slower, and a second agent watches: reports queue for longer.
+export CRASHWATCH_TEST_REPORT_TIMEOUT=120
 out=/dev/ttyS1
 echo "== kernel $(uname -r)" > $out
 /crashwatch/crashwatch check > $out 2>&1
@@ -358,6 +360,8 @@ pub struct Outcome {
     pub losses: String,
     pub lost: u64,
     pub notes: Vec<String>,
+    /// The harness's "failures:" sections (each failed case's panic), cut to a screen each.
+    pub failures: Vec<String>,
     pub finished: bool,
     pub seconds: u64,
 }
@@ -423,6 +427,7 @@ pub fn boot(
         losses: String::new(),
         lost: 0,
         notes: Vec::new(),
+        failures: failures(&text),
         finished: text.contains("== done"),
         seconds: t0.elapsed().as_secs(),
     };
@@ -469,4 +474,44 @@ pub fn boot(
     }
     fs::write(dir.join("summary.txt"), &text)?;
     Ok(o)
+}
+
+/// The `---- NAME stdout ----` sections libtest prints under "failures:" (not those of
+/// `--show-output`'s "successes:"), each cut to 40 lines: the reason a case failed, which
+/// the table alone does not say.
+fn failures(text: &str) -> Vec<String> {
+    let (mut out, mut cur, mut failing) = (Vec::new(), None::<Vec<&str>>, false);
+    for l in text.lines().map(str::trim_end) {
+        let head = l.starts_with("---- ") && l.ends_with(" ----");
+        let mode = l == "failures:" || l == "successes:" || l.starts_with("test result:");
+        if head || mode {
+            out.extend(cur.take().map(|c| c.join("\n")));
+        }
+        if mode {
+            failing = l == "failures:";
+        } else if head && failing {
+            cur = Some(vec![l]);
+        } else if let Some(c) = cur.as_mut().filter(|c| c.len() < 40) {
+            c.push(l);
+        }
+    }
+    out.extend(cur.map(|c| c.join("\n")));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn failures_are_each_failed_cases_words() {
+        let text = "test a ... FAILED\r\ntest b ... ok\r\n\r\nfailures:\r\n\r\n\
+                    ---- a stdout ----\r\nthread 'a' panicked at x.rs:1:2:\r\nwhy\r\n\r\n\
+                    failures:\r\n    a\r\n\r\ntest result: FAILED. 1 passed; 1 failed\r\n";
+        assert_eq!(
+            super::failures(text),
+            vec!["---- a stdout ----\nthread 'a' panicked at x.rs:1:2:\nwhy\n"]
+        );
+        assert!(super::failures("test a ... ok\n").is_empty());
+        let shown = "successes:\n\n---- b stdout ----\nfine\n\nsuccesses:\n    b\n";
+        assert!(super::failures(shown).is_empty());
+    }
 }
