@@ -95,6 +95,10 @@ pub struct DumpOptions {
     pub timeout: Duration,
     /// None: the best this kernel has.
     pub via: Option<crate::kernel::coredump::Protocol>,
+    /// Whole cores kept (`--keep-cores`), within this quota.
+    pub keep_cores: Option<crate::util::quota::Quota>,
+    /// Percent of the state directory's filesystem minidumps never take.
+    pub keep_free_pct: u8,
 }
 
 /// Crashes waiting for the report thread. Each holds at most a stack copy and a process's

@@ -270,6 +270,7 @@ impl Reporter {
                 held_ms: d.held_ms,
                 cut: d.cut.clone(),
                 minidump: self.keep_minidump(crash, &d, &images),
+                root: d.root.as_ref().map(|p| p.display().to_string()),
                 images: images
                     .iter()
                     .map(|i| crate::model::report::ImageInfo {
@@ -279,9 +280,37 @@ impl Reporter {
                         build_id: i.build_id.as_deref().map(crate::model::hex::bytes),
                     })
                     .collect(),
+                ..Default::default()
             });
+            if let Some(info) = report.dump.as_mut() {
+                self.file_core(crash, &d, info);
+            }
         }
         report
+    }
+
+    /// Files the dump's whole core (`--keep-cores`) under the report's name.
+    fn file_core(
+        &self,
+        crash: &Crash,
+        d: &crate::model::dump::Dump,
+        info: &mut crate::model::report::DumpInfo,
+    ) {
+        info.core_missing = d.core_missing.clone();
+        let (Some(core), Some(cores)) = (
+            &d.core,
+            self.dumps.as_ref().and_then(|(x, _)| x.cores.as_ref()),
+        ) else {
+            return;
+        };
+        let name = format!("{}-{}.core.zst", crash.head.pid, crash.head.start_ns);
+        match cores.file(core, &name) {
+            Ok(p) => {
+                info.core = Some(p.display().to_string());
+                info.core_bytes = core.bytes;
+            }
+            Err(e) => info.core_missing = Some(format!("filing it: {e}")),
+        }
     }
 
     /// Writes the dump's minidump where they are kept; its path.

@@ -228,6 +228,7 @@ fn start_dumps(d: &super::DumpOptions, opts: &Options) -> Option<crate::kernel::
         timeout: d.timeout,
         limits: Default::default(),
         state_dir: opts.state_dir.clone(),
+        keep_cores: d.keep_cores,
     };
     let release = crate::kernel::probe::kernel_release();
     match crate::kernel::coredump::Handler::start(settings, &release) {
@@ -358,6 +359,7 @@ async fn spawn_reporter(
     };
     let m = c.metrics;
     let state_dir = opts.state_dir.clone();
+    let keep_free_pct = opts.dumps.as_ref().map_or(0, |d| d.keep_free_pct);
     std::thread::Builder::new()
         .name("reports".into())
         .spawn(move || {
@@ -386,11 +388,19 @@ async fn spawn_reporter(
                 carried_lost: 0,
                 failpoint: std::env::var("CRASHWATCH_FAILPOINT_REPORT_PANIC").ok(),
                 metrics: m,
-                minidumps: c.dumps.as_ref().and(state_dir.as_deref()).and_then(|d| {
-                    crate::outputs::minidump::Kept::open(d, MINIDUMPS_MAX_BYTES)
-                        .map_err(|e| tracing::warn!("no minidumps kept: {e}"))
-                        .ok()
-                }),
+                minidumps: c
+                    .dumps
+                    .as_ref()
+                    .zip(state_dir.as_deref())
+                    .and_then(|(_, d)| {
+                        let quota = crate::util::quota::Quota {
+                            max_bytes: MINIDUMPS_MAX_BYTES,
+                            keep_free_pct,
+                        };
+                        crate::outputs::minidump::Kept::open(d, quota)
+                            .map_err(|e| tracing::warn!("no minidumps kept: {e}"))
+                            .ok()
+                    }),
                 dumps: c.dumps,
             }
             .run(queue)

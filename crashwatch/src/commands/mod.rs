@@ -95,8 +95,13 @@ enum Cmd {
         run: RunArgs,
     },
     /// Write out the minidump kept with a report (`run --dumps`): threads, registers, stacks,
-    /// modules with build ids, for minidump_stackwalk, Sentry or any Breakpad tool.
+    /// modules with build ids, for minidump_stackwalk, Sentry or any Breakpad tool; or, with
+    /// --core, its whole core (`run --dumps --keep-cores`), uncompressed.
     Dump(dumps::DumpCmd),
+    /// Open a report's kept core in gdb (`run --dumps --keep-cores`), as `coredumpctl debug`
+    /// does, with the crashed program and its libraries read from the root it saw (a
+    /// container's, while mounted).
+    Debug(dumps::DebugCmd),
     /// Run by the kernel for each crash when `run --dumps` hands cores over through the pipe
     /// helper (kernels before 6.16, `--dump-via pipe`): hands the core on stdin to the agent.
     #[command(hide = true)]
@@ -330,6 +335,7 @@ pub fn main() -> ExitCode {
         Cmd::Hub(args) => hub::run(args),
         Cmd::CoreHelper(a) => dumps::helper(a),
         Cmd::Dump(a) => dumps::dump(a),
+        Cmd::Debug(a) => dumps::debug(a),
         Cmd::UninstallBpf { pin_dir } => match crate::kernel::probe::pin::uninstall(&pin_dir) {
             Ok(0) => out::print(
                 &format!("nothing pinned under {}\n", pin_dir.display()),

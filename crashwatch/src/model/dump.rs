@@ -32,6 +32,22 @@ pub struct Dump {
     pub fault: Option<Fault>,
     /// The memory around the fault's address (its start, its bytes), where the core held it.
     pub around_fault: Option<(u64, Vec<u8>)>,
+    /// The whole core, compressed as it streamed past (`--keep-cores`), not yet filed.
+    pub core: Option<CoreFile>,
+    /// Why the core was not kept although asked (its quota, the free space, a write error).
+    pub core_missing: Option<String>,
+    /// Where the process's root directory is in the agent's view, when it is not the host's
+    /// (a container's root filesystem, while it is mounted): gdb's sysroot for the core.
+    pub root: Option<std::path::PathBuf>,
+}
+
+/// A core written compressed (zstd) beside the minidumps, under a temporary name until its
+/// report files it.
+#[derive(Clone, Debug, Default)]
+pub struct CoreFile {
+    pub path: std::path::PathBuf,
+    /// Bytes written (compressed).
+    pub bytes: u64,
 }
 
 /// A fatal signal as the kernel's siginfo gives it.

@@ -120,6 +120,20 @@ pub struct DumpInfo {
     /// The minidump kept of it, on the node (`crashwatch dump ID` writes it out).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub minidump: Option<String>,
+    /// The whole core kept, zstd-compressed, on the node (`--keep-cores`; `crashwatch dump
+    /// ID --core` writes it out, `crashwatch debug ID` opens it in gdb).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub core: Option<String>,
+    /// Bytes of the kept core file (compressed).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub core_bytes: u64,
+    /// Why the core was not kept although `--keep-cores` asked (its quota, the free space).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub core_missing: Option<String>,
+    /// The process's root directory in the node's view when it was not the node's own (a
+    /// container's root filesystem, while mounted): the sysroot `crashwatch debug` gives gdb.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
     /// The files mapped into the process, for symbolizing its addresses elsewhere.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<ImageInfo>,

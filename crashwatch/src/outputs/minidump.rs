@@ -262,18 +262,25 @@ impl Writer {
     }
 }
 
-/// The minidumps kept under the state directory (`dumps/`, 0700; each file 0600), at most
-/// `max_bytes` in all: the oldest go first.
+/// The minidumps kept under the state directory (`dumps/`, 0700; each file 0600) within
+/// their quota: the oldest go first.
 pub struct Kept {
     dir: std::path::PathBuf,
-    max_bytes: u64,
+    quota: crate::util::quota::Quota,
     /// What every minidump's system information says: read once.
     release: String,
     cpus: u8,
 }
 
+fn is_minidump(p: &std::path::Path) -> bool {
+    p.extension().is_some_and(|e| e == "dmp")
+}
+
 impl Kept {
-    pub fn open(state_dir: &std::path::Path, max_bytes: u64) -> std::io::Result<Kept> {
+    pub fn open(
+        state_dir: &std::path::Path,
+        quota: crate::util::quota::Quota,
+    ) -> std::io::Result<Kept> {
         use std::os::unix::fs::DirBuilderExt;
         let dir = state_dir.join("dumps");
         std::fs::DirBuilder::new()
@@ -282,23 +289,30 @@ impl Kept {
             .create(&dir)?;
         Ok(Kept {
             dir,
-            max_bytes,
+            quota,
             release: crate::kernel::probe::kernel_release(),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get().min(255) as u8),
         })
     }
 
-    /// Writes the minidump of `dump` as `name` and removes the oldest others past the bound;
-    /// its path.
+    /// Writes the minidump of `dump` as `name`, when its quota leaves room, and removes the
+    /// oldest others past it; its path.
     pub fn keep(
         &mut self,
         name: &str,
         dump: &Dump,
         images: &[Image],
     ) -> std::io::Result<std::path::PathBuf> {
-        let bytes = write(dump, images, &self.release, self.cpus);
-        let bytes = bytes.as_slice();
         use std::{io::Write, os::unix::fs::OpenOptionsExt};
+        let bytes = write(dump, images, &self.release, self.cpus);
+        let room = self.quota.room(&self.dir, is_minidump)?;
+        if bytes.len() as u64 > room {
+            return Err(std::io::Error::other(format!(
+                "{} KiB, {} KiB left within its bound and --dumps-keep-free",
+                bytes.len() >> 10,
+                room >> 10
+            )));
+        }
         let path = self.dir.join(name);
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -306,26 +320,8 @@ impl Kept {
             .truncate(true)
             .mode(0o600)
             .open(&path)?;
-        f.write_all(bytes)?;
-        let mut files: Vec<(std::time::SystemTime, u64, std::path::PathBuf)> =
-            std::fs::read_dir(&self.dir)?
-                .flatten()
-                .filter(|e| e.path() != path)
-                .filter_map(|e| {
-                    let m = e.metadata().ok()?;
-                    Some((m.modified().ok()?, m.len(), e.path()))
-                })
-                .collect();
-        let mut total: u64 = files.iter().map(|f| f.1).sum::<u64>() + bytes.len() as u64;
-        files.sort();
-        for (_, len, p) in files {
-            if total <= self.max_bytes {
-                break;
-            }
-            if std::fs::remove_file(&p).is_ok() {
-                total -= len;
-            }
-        }
+        f.write_all(&bytes)?;
+        self.quota.vacuum(&self.dir, &path, is_minidump)?;
         Ok(path)
     }
 }

@@ -176,6 +176,10 @@ fn full() -> Report {
             held_ms: 28,
             cut: Some("1 threads' stacks not kept".into()),
             minidump: Some("/var/lib/crashwatch/dumps/2774-81023000000.dmp".into()),
+            core: Some("/var/lib/crashwatch/dumps/2774-81023000000.core.zst".into()),
+            core_bytes: 3 << 20,
+            core_missing: None,
+            root: Some("/var/lib/containers/storage/overlay/4f1c/merged".into()),
             images: vec![crate::model::report::ImageInfo {
                 path: "/srv/api".into(),
                 base: 0x55b3b86f9000,

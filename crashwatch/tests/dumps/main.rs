@@ -3,10 +3,11 @@
 //! stack named as gdb names it; a deadlock's two lock holders; a dump past its timeout cut
 //! and the process let go; an agent killed mid-dump holding nothing, its crash reported by
 //! the next agent; the previous `core_pattern` back at the stop, and another tool's change
-//! left alone. Each test sets `core_pattern` through the agent and puts the original back
+//! left alone; whole cores kept and debugged ([`cores`]). Each test sets `core_pattern` through the agent and puts the original back
 //! even when it fails ([`Pattern`]); they run one at a time. Needs root, gcc and gdb.
 #[path = "../common/mod.rs"]
 mod common;
+mod cores;
 mod sentry;
 
 use std::{
@@ -167,7 +168,7 @@ fn assert_agrees_with_gdb(name: &str, ours: &[String], gdb: &[String], own: &[&s
     }
 }
 
-const OWN: &[&str] = &[
+pub(crate) const OWN: &[&str] = &[
     "crash_here",
     "crash_after_the_others",
     "park_on_cond",

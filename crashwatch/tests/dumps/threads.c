@@ -108,6 +108,16 @@ int main(int argc, char **argv) {
         char *p = malloc(n);
         if (!p) return 2;
         memset(p, 1, n);
+        if (argc > 3 && strcmp(argv[3], "noise") == 0) {
+            /* Bytes no compressor shrinks (xorshift64), for the kept cores' quota. */
+            unsigned long long x = 88172645463325252ULL;
+            for (size_t i = 0; i + 8 <= n; i += 8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                memcpy(p + i, &x, 8);
+            }
+        }
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
         /* When it crashed, for the benchmark's hold time (xtask/src/bench/dumps.rs). */
@@ -115,6 +125,12 @@ int main(int argc, char **argv) {
         fflush(stdout);
         crash_here(nowhere);
         return p[n - 1];
+    }
+    if (strcmp(mode, "wait") == 0) {
+        /* A container's first process that outlives the crash of another in it. */
+        fflush(stdout);
+        pause();
+        return 0;
     }
     if (strcmp(mode, "deadlock") == 0) {
         pthread_barrier_init(&all_started, NULL, 3);

@@ -1,9 +1,10 @@
 //! `cargo xtask bench --dumps-only`: what `run --dumps` costs. How long a crashing process is
 //! held for its dump at 10 MiB, 1 GiB and 4 GiB of memory (from the instant it crashes, as it
-//! prints it, to its parent's wait returning), beside the same crash under an agent without
-//! `--dumps` in the same invocation; the core bytes streamed, the agent's CPU per dump and its
-//! peak RSS; and processes that do not crash (an exec storm) and a crash storm, with and
-//! without `--dumps`, interleaved.
+//! prints it, to its parent's wait returning), and at 1 GiB of bytes no compressor shrinks,
+//! beside the same crash under an agent without `--dumps` and one with `--keep-cores` in the
+//! same invocation; the core bytes streamed and kept, the agent's CPU per dump and its peak
+//! RSS; and processes that do not crash (an exec storm) and a crash storm, with and without
+//! `--dumps`, interleaved.
 use std::{
     io::{BufRead, BufReader},
     os::unix::process::CommandExt,
@@ -18,14 +19,22 @@ use super::{
     tools::Tools,
 };
 
-const SIZES_MIB: [u64; 3] = [10, 1024, 4096];
+/// MiB touched, and whether with incompressible bytes.
+const SIZES_MIB: [(u64, bool); 4] = [(10, false), (1024, false), (4096, false), (1024, true)];
 const ROUNDS: usize = 3;
+
+/// The agents compared: none of `--dumps`, `--dumps`, `--dumps --keep-cores`.
+const MODES: [&[&str]; 3] = [&[], &["--dumps"], &["--dumps", "--keep-cores"]];
 
 pub struct Row {
     pub mib: u64,
-    /// Crash to reaped, ms, per round: without `--dumps`, with.
+    pub noise: bool,
+    /// Crash to reaped, ms, per round: without `--dumps`, with, with `--keep-cores`.
     pub plain_ms: Vec<f64>,
     pub dumped_ms: Vec<f64>,
+    pub kept_ms: Vec<f64>,
+    /// The kept core's bytes (compressed), per round.
+    pub kept_bytes: Vec<u64>,
     /// The agent's own `dump.held_ms`, core bytes and CPU ms, per dumped round.
     pub held_ms: Vec<f64>,
     pub bytes: Vec<u64>,
@@ -68,10 +77,12 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Runs `threads big MIB` to its crash: its pid and the ms from the crash to the wait's end.
-fn crash_big(program: &std::path::Path, mib: u64) -> Result<(u32, f64)> {
+/// Runs `threads big MIB [noise]` to its crash: its pid and the ms from the crash to the
+/// wait's end.
+fn crash_big(program: &std::path::Path, mib: u64, noise: bool) -> Result<(u32, f64)> {
     let mut cmd = Command::new(program);
     cmd.args(["big", &mib.to_string()])
+        .args(noise.then_some("noise"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     // No core file in the working directory without --dumps (the socket ignores the limit).
@@ -104,10 +115,13 @@ fn crash_big(program: &std::path::Path, mib: u64) -> Result<(u32, f64)> {
 pub fn run(t: &Tools) -> Result<Dumps> {
     let mut rows: Vec<Row> = SIZES_MIB
         .iter()
-        .map(|&mib| Row {
+        .map(|&(mib, noise)| Row {
             mib,
+            noise,
             plain_ms: vec![],
             dumped_ms: vec![],
+            kept_ms: vec![],
+            kept_bytes: vec![],
             held_ms: vec![],
             bytes: vec![],
             cpu_ms: vec![],
@@ -115,31 +129,41 @@ pub fn run(t: &Tools) -> Result<Dumps> {
         .collect();
     let mut peak = 0;
     for round in 0..ROUNDS {
-        for dumps in [false, true] {
+        for extra in MODES {
             eprintln!(
                 "xtask bench: dumps round {} ({})",
                 round + 1,
-                if dumps { "--dumps" } else { "no dumps" }
+                if extra.is_empty() {
+                    "no dumps".into()
+                } else {
+                    extra.join(" ")
+                }
             );
-            let extra: &[&str] = if dumps { &["--dumps"] } else { &[] };
             let agent = Running::start_with(Observer::Crashwatch, &t.agent, extra)?;
             let apid = agent.pid().unwrap();
             for row in rows.iter_mut() {
                 let c0 = process_cpu_secs(apid);
-                let (pid, ms) = crash_big(&t.threads, row.mib)?;
-                if !dumps {
-                    row.plain_ms.push(ms);
-                    continue;
+                let (pid, ms) = crash_big(&t.threads, row.mib, row.noise)?;
+                match extra.len() {
+                    0 => row.plain_ms.push(ms),
+                    1 => {
+                        let r = agent.wait_report(pid)?;
+                        let c1 = process_cpu_secs(apid);
+                        row.dumped_ms.push(ms);
+                        row.cpu_ms.push((c1 - c0) * 1e3);
+                        row.held_ms
+                            .push(r["dump"]["held_ms"].as_f64().unwrap_or(f64::NAN));
+                        row.bytes.push(r["dump"]["bytes"].as_u64().unwrap_or(0));
+                    }
+                    _ => {
+                        let r = agent.wait_report(pid)?;
+                        row.kept_ms.push(ms);
+                        row.kept_bytes
+                            .push(r["dump"]["core_bytes"].as_u64().unwrap_or(0));
+                    }
                 }
-                let r = agent.wait_report(pid)?;
-                let c1 = process_cpu_secs(apid);
-                row.dumped_ms.push(ms);
-                row.cpu_ms.push((c1 - c0) * 1e3);
-                row.held_ms
-                    .push(r["dump"]["held_ms"].as_f64().unwrap_or(f64::NAN));
-                row.bytes.push(r["dump"]["bytes"].as_u64().unwrap_or(0));
             }
-            if dumps {
+            if extra.len() == 1 {
                 peak = peak.max(peak_rss_kib(apid));
             }
             agent.stop();
@@ -213,12 +237,18 @@ pub fn markdown(d: &Dumps) -> String {
          10 ms ticks), the report's symbolization and minidump included.\n\n",
         d.agent_peak_rss_kib / 1024
     );
-    s += "| memory | crash → reaped, no dumps | with --dumps | held (agent) | core streamed | agent CPU per dump |\n|---|---|---|---|---|---|\n";
+    s +=
+        "`--keep-cores` also compresses the whole stream (zstd level 1) into a file as it passes: \
+          its column is the same crash under a third agent, and `kept` the file's size. The last \
+          row's process filled its memory with pseudo-random bytes, which no compressor shrinks: \
+          the worst case.\n\n";
+    s += "| memory | crash → reaped, no dumps | with --dumps | held (agent) | core streamed | agent CPU per dump | with --keep-cores | kept |\n|---|---|---|---|---|---|---|---|\n";
     for r in &d.rows {
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
         s += &format!(
-            "| {} MiB | {:.0} ms ({}) | {:.0} ms ({}) | {:.0} ms | {:.0} MiB | {:.0} ms |\n",
+            "| {} MiB{} | {:.0} ms ({}) | {:.0} ms ({}) | {:.0} ms | {:.0} MiB | {:.0} ms | {:.0} ms ({}) | {:.1} MiB |\n",
             r.mib,
+            if r.noise { ", random" } else { "" },
             median(&r.plain_ms),
             range(&r.plain_ms),
             median(&r.dumped_ms),
@@ -226,6 +256,9 @@ pub fn markdown(d: &Dumps) -> String {
             median(&r.held_ms),
             mib(r.bytes.iter().copied().max().unwrap_or(0)),
             median(&r.cpu_ms),
+            median(&r.kept_ms),
+            range(&r.kept_ms),
+            mib(r.kept_bytes.iter().copied().max().unwrap_or(0)),
         );
     }
     let ratio = |(a, b): &(Vec<f64>, Vec<f64>)| median(b) / median(a);

@@ -23,6 +23,7 @@
 //! The previous `core_pattern` is restored at the stop ([`pattern`]); while the agent runs,
 //! the previous handler is not fed (docs/dumps.md says why).
 pub mod helper;
+pub mod keep;
 mod pattern;
 mod server;
 
@@ -58,6 +59,8 @@ pub struct Settings {
     pub limits: elfcore::Limits,
     /// Where the previous pattern is saved for the next agent.
     pub state_dir: Option<PathBuf>,
+    /// Keep each whole core (`--keep-cores`) under the state directory, within this quota.
+    pub keep_cores: Option<crate::util::quota::Quota>,
 }
 
 /// Dumps in progress and filed, by process id, for the report thread.
@@ -65,6 +68,8 @@ pub struct Settings {
 pub struct Dumps {
     table: Mutex<Table>,
     changed: Condvar,
+    /// Where whole cores are kept (`--keep-cores`).
+    pub cores: Option<keep::Cores>,
 }
 
 #[derive(Default)]
@@ -84,14 +89,24 @@ impl Dumps {
         if let Ok(mut t) = self.table.lock() {
             t.reading.remove(&pid);
             let now = Instant::now();
-            t.filed.retain(|_, (at, _)| now.duration_since(*at) < KEEP);
+            // A dump no report took (its crash's records lost) leaves no core behind.
+            let gone = |d: &Dump| d.core.as_ref().map(|c| std::fs::remove_file(&c.path));
+            t.filed.retain(|_, (at, d)| {
+                let keep = now.duration_since(*at) < KEEP;
+                if !keep {
+                    gone(d);
+                }
+                keep
+            });
             if t.filed.len() >= KEEP_MAX {
                 let oldest = t
                     .filed
                     .iter()
                     .min_by_key(|(_, (at, _))| *at)
                     .map(|(p, _)| *p);
-                oldest.map(|p| t.filed.remove(&p));
+                if let Some((_, d)) = oldest.and_then(|p| t.filed.remove(&p)) {
+                    gone(&d);
+                }
             }
             t.filed.insert(pid, (now, Arc::new(dump)));
         }
@@ -148,8 +163,19 @@ impl Handler {
                 std::io::Error::last_os_error()
             );
         }
+        let cores = match (s.keep_cores, &s.state_dir) {
+            (Some(q), Some(dir)) => Some(
+                keep::Cores::open(dir, q)
+                    .with_context(|| format!("the cores' directory under {}", dir.display()))?,
+            ),
+            (Some(_), None) => bail!("--keep-cores needs the state directory (no --no-store)"),
+            (None, _) => None,
+        };
         let listener = listen(&s.socket)?;
-        let dumps = Arc::new(Dumps::default());
+        let dumps = Arc::new(Dumps {
+            cores,
+            ..Dumps::default()
+        });
         let stats = Arc::new(Stats::default());
         let stopping = Arc::new(AtomicBool::new(false));
         let worker = server::Worker {

@@ -10,7 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Dumps, Protocol, Stats};
+use super::{
+    keep::{self, Tee},
+    Dumps, Protocol, Stats,
+};
 use crate::{
     model::dump::{Dump, DumpThread},
     read::elfcore,
@@ -76,10 +79,23 @@ impl Worker {
                 std::thread::sleep(until.saturating_duration_since(Instant::now()));
             }
         }
-        let mut stream = Deadline { s: &s, until };
+        let mut writing = self.dumps.cores.as_ref().map(|c| c.start(pid));
+        let root = keep::root_on_host(pid);
+        let mut stream = Tee {
+            r: Deadline { s: &s, until },
+            w: writing.as_mut(),
+            n: 0,
+        };
         let core = elfcore::read(&mut stream, &self.limits);
-        let timed_out = Instant::now() >= stream.until;
+        // A kept core is the whole stream: the rest, after what the reader wanted.
+        let whole = stream.rest();
+        let bytes = stream.n;
+        let timed_out = Instant::now() >= until;
+        let (core_file, core_missing) = writing.map_or((None, None), keep::Writing::finish);
         let mut cut = core.cut;
+        if core_file.is_some() && !whole && !timed_out {
+            cut.push("the stream broke before its end: the kept core is partial".into());
+        }
         if timed_out {
             self.stats.timed_out.fetch_add(1, Ordering::Relaxed);
             cut.insert(
@@ -107,14 +123,17 @@ impl Worker {
             .collect();
         let dump = Dump {
             threads,
-            bytes: core.bytes,
+            bytes,
             held_ms: started.elapsed().as_millis() as u64,
             cut: (!cut.is_empty()).then(|| cut.join("; ")),
             fault: core.fault,
             around_fault: core.around_fault,
+            core: core_file,
+            core_missing,
+            root,
         };
         self.stats.taken.fetch_add(1, Ordering::Relaxed);
-        self.stats.bytes.fetch_add(core.bytes, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
         self.stats
             .held_ms_max
             .fetch_max(dump.held_ms, Ordering::Relaxed);

@@ -117,7 +117,7 @@ const BUILDS_PER_CLUSTER: i64 = 50;
 
 pub struct Store {
     conn: Connection,
-    /// Where the minidumps its reports name are ([`dumps`]).
+    /// Where the minidumps and cores its reports name are ([`dumps`]).
     dumps: PathBuf,
 }
 
@@ -303,8 +303,12 @@ impl Store {
                 w.json
             ],
         )?;
+        let id = tx.last_insert_rowid();
         if let Some(p) = &f.minidump {
-            dumps::note(tx, tx.last_insert_rowid(), c.id, p)?;
+            dumps::note(tx, dumps::Kind::Minidump, id, c.id, p)?;
+        }
+        if let Some(p) = &f.core {
+            dumps::note(tx, dumps::Kind::Core, id, c.id, p)?;
         }
         if let Some(rev) = &f.revision {
             let (version, image) = (
@@ -385,6 +389,8 @@ pub struct Facts {
     pub image: Option<String>,
     /// The minidump kept of it (`run --dumps`).
     pub minidump: Option<String>,
+    /// The whole core kept of it (`--keep-cores`).
+    pub core: Option<String>,
 }
 
 impl Facts {
@@ -415,6 +421,7 @@ impl Facts {
                 .filter(|v| v != "(devel)"),
             image: r.container.as_ref().and_then(|c| c.image.clone()),
             minidump: r.dump.as_ref().and_then(|d| d.minidump.clone()),
+            core: r.dump.as_ref().and_then(|d| d.core.clone()),
         }
     }
 }

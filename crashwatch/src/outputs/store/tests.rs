@@ -390,7 +390,7 @@ mod page {
 }
 
 #[test]
-fn a_clusters_first_and_latest_minidumps_are_kept_and_each_goes_with_its_report() {
+fn a_clusters_first_and_latest_minidumps_and_cores_are_kept_and_each_goes_with_its_report() {
     let d = Dir::new("dumps");
     let mut s = Store::open(&d.0).unwrap();
     let dumps = d.0.join("dumps");
@@ -403,11 +403,14 @@ fn a_clusters_first_and_latest_minidumps_are_kept_and_each_goes_with_its_report(
         ..keep()
     };
     let old = crate::model::clock::now_ns() - 7_200_000_000_000;
-    let mut files = Vec::new();
+    let (mut files, mut cores) = (Vec::new(), Vec::new());
     for n in 1..=7u64 {
         let f = dumps.join(format!("{n}-0.dmp"));
         fs::write(&f, b"MDMP").unwrap();
         files.push(f.clone());
+        let core = dumps.join(format!("{n}-0.core.zst"));
+        fs::write(&core, b"zstd").unwrap();
+        cores.push(core.clone());
         let mut w = report(
             1,
             n,
@@ -419,6 +422,8 @@ fn a_clusters_first_and_latest_minidumps_are_kept_and_each_goes_with_its_report(
             None,
         );
         w.facts.minidump = Some(f.display().to_string());
+        // Reports 1 to 6 kept their cores (the seventh's was over its quota).
+        w.facts.core = (n < 7).then(|| core.display().to_string());
         s.insert(&[Item::Report(Box::new(w))], &keep).unwrap();
     }
     let mut w = report(2, 1, old, None);
@@ -427,9 +432,11 @@ fn a_clusters_first_and_latest_minidumps_are_kept_and_each_goes_with_its_report(
     let exist = |fs_: &[PathBuf]| fs_.iter().map(|f| f.exists()).collect::<Vec<_>>();
     // The first, and the latest four.
     assert_eq!(exist(&files), [true, false, false, true, true, true, true]);
+    assert_eq!(exist(&cores), [true, false, true, true, true, true, true]);
     // The first report is past the age bound: its minidump goes with it (the other old
     // report's file is outside the minidumps' directory: left).
     assert_eq!(s.prune(&keep).unwrap(), 2);
     assert_eq!(exist(&files), [false, false, false, true, true, true, true]);
+    assert_eq!(exist(&cores), [false, false, true, true, true, true, true]);
     assert!(outside.exists());
 }
