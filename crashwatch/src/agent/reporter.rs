@@ -262,6 +262,15 @@ impl Reporter {
             self.sym
                 .threads(crash, d, &|id| go.held_file(id), root.as_deref())
         });
+        // A CPython's own frames among the crashed thread's native ones, as in `threads`.
+        let py = dump.as_ref().and_then(|d| {
+            let crashed = d.threads.iter().find(|t| t.crashed)?;
+            crate::pipeline::symbolize::python::frames_of(d.python.as_ref()?, crashed)
+        });
+        let stack = match py {
+            Some(py) => crate::pipeline::symbolize::python::interleave(&stack, py),
+            None => stack,
+        };
         let mut report = self.enricher.report(crash, stack, lost, bin.as_deref());
         if let (Some(d), Some((threads, images))) = (dump, threads) {
             report.threads = threads;
@@ -271,6 +280,11 @@ impl Reporter {
                 cut: d.cut.clone(),
                 minidump: self.keep_minidump(crash, &d, &images),
                 root: d.root.as_ref().map(|p| p.display().to_string()),
+                python: d.python.as_ref().map(|p| crate::model::report::PythonInfo {
+                    version: p.version.clone(),
+                    threads: p.threads.len() as u32,
+                    cut: (!p.cut.is_empty()).then(|| p.cut.join("; ")),
+                }),
                 images: images
                     .iter()
                     .map(|i| crate::model::report::ImageInfo {

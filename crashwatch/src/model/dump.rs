@@ -15,6 +15,7 @@ pub const REG_BP: usize = 4;
 pub const REG_ORIG_AX: usize = 15;
 pub const REG_IP: usize = 16;
 pub const REG_SP: usize = 19;
+pub const REG_FS_BASE: usize = 21;
 
 /// What one core dump held.
 #[derive(Clone, Debug, Default)]
@@ -39,6 +40,40 @@ pub struct Dump {
     /// Where the process's root directory is in the agent's view, when it is not the host's
     /// (a container's root filesystem, while it is mounted): gdb's sysroot for the core.
     pub root: Option<std::path::PathBuf>,
+    /// A CPython process's own stacks, read from its memory while the kernel held it.
+    pub python: Option<PyStacks>,
+}
+
+/// What a dying CPython's memory said of its threads' Python stacks.
+#[derive(Clone, Debug, Default)]
+pub struct PyStacks {
+    /// `3.11`.
+    pub version: String,
+    pub threads: Vec<PyThread>,
+    /// What was left out (bounds, unreadable memory), or why nothing could be read.
+    pub cut: Vec<String>,
+}
+
+/// One Python thread state and its frames.
+#[derive(Clone, Debug, Default)]
+pub struct PyThread {
+    /// `pthread_self()` of its thread: the thread's `fs_base` on x86_64.
+    pub thread_id: u64,
+    /// The thread's id in the process's pid namespace (3.11+).
+    pub native_id: Option<u64>,
+    /// Innermost first.
+    pub frames: Vec<PyFrame>,
+}
+
+/// One Python frame.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PyFrame {
+    pub function: String,
+    pub file: String,
+    pub line: Option<u32>,
+    /// The outermost frame of one call of the eval loop (`_PyEval_EvalFrameDefault`): the
+    /// frames from the last entry to this one replace that native frame in a mixed stack.
+    pub entry: bool,
 }
 
 /// A core written compressed (zstd) beside the minidumps, under a temporary name until its

@@ -134,9 +134,26 @@ pub struct DumpInfo {
     /// container's root filesystem, while mounted): the sysroot `crashwatch debug` gives gdb.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub root: Option<String>,
+    /// A CPython process's own stacks, read from its memory while it was held: their frames
+    /// are among `stack`'s and each thread's (`found_by: python`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub python: Option<PythonInfo>,
     /// The files mapped into the process, for symbolizing its addresses elsewhere.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<ImageInfo>,
+}
+
+/// What a dying CPython's memory gave.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct PythonInfo {
+    /// The interpreter's version (`3.11`).
+    pub version: String,
+    /// Its thread states read.
+    pub threads: u32,
+    /// What was left out, or why nothing was read; absent when whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cut: Option<String>,
 }
 
 /// A file mapped into a dumped process: where, and which build.

@@ -341,7 +341,7 @@ fn error(s: &mut String, d: &crate::read::parse::Death, frames: bool, color: boo
     }
 }
 
-/// One frame as people read it: address, `function (file:line)`, the module's file name when
+/// One frame as people read it: address (`python` for a CPython frame), `function (file:line)`, the module's file name when
 /// the frame is outside the executable `exe`, `[inlined]` for a call inlined into the frame
 /// below it, and why a frame has no name.
 pub fn frame(f: &Frame, exe: Option<&str>, color: bool) -> String {
@@ -350,7 +350,11 @@ pub fn frame(f: &Frame, exe: Option<&str>, color: bool) -> String {
     } else {
         ("", "", "")
     };
-    let mut s = format!("{:#014x} ", f.ip);
+    // A CPython frame (`--dumps`) has no address: its language stands there.
+    let mut s = match f.found_by {
+        "python" => format!("{dim}{:>14}{reset} ", "python"),
+        _ => format!("{:#014x} ", f.ip),
+    };
     match &f.function {
         Some(n) => s += &format!("{bold}{}{reset}", esc(n)),
         None => s += "?",

@@ -180,6 +180,11 @@ fn full() -> Report {
             core_bytes: 3 << 20,
             core_missing: None,
             root: Some("/var/lib/containers/storage/overlay/4f1c/merged".into()),
+            python: Some(crate::model::report::PythonInfo {
+                version: "3.11".into(),
+                threads: 2,
+                cut: Some("frames past 128 not read".into()),
+            }),
             images: vec![crate::model::report::ImageInfo {
                 path: "/srv/api".into(),
                 base: 0x55b3b86f9000,

@@ -180,11 +180,19 @@ fn stacktrace(
     let frames = frames
         .iter()
         .rev()
-        .map(|f| s::Frame {
-            package: f.module.clone(),
-            instruction_addr: Some(s::Addr(f.ip)),
-            in_app: Some(f.module.is_some() && f.module.as_deref() == exe),
-            ..source(&f.function, &f.file, f.line)
+        .map(|f| match f.found_by {
+            // A CPython frame among the native ones (`--dumps`): source, no address; the
+            // program's own unless it is the interpreter's library.
+            "python" => s::Frame {
+                in_app: Some(!f.file.as_deref().unwrap_or("").contains("/lib/python")),
+                ..source(&f.function, &f.file, f.line)
+            },
+            _ => s::Frame {
+                package: f.module.clone(),
+                instruction_addr: Some(s::Addr(f.ip)),
+                in_app: Some(f.module.is_some() && f.module.as_deref() == exe),
+                ..source(&f.function, &f.file, f.line)
+            },
         })
         .collect();
     let registers = registers

@@ -20,11 +20,13 @@
 //!   writing and the process goes on dying (counted, said in the report's `dump.cut`);
 //! - an agent killed mid-dump closes its sockets as it dies: the same.
 //!
+//! A CPython process's own stacks are read from its memory while it is held ([`python`]).
 //! The previous `core_pattern` is restored at the stop ([`pattern`]); while the agent runs,
 //! the previous handler is not fed (docs/dumps.md says why).
 pub mod helper;
 pub mod keep;
 mod pattern;
+mod python;
 mod server;
 
 use std::{

@@ -71,6 +71,8 @@ impl Worker {
         }
         self.dumps.begin(pid);
         let names = thread_names(pid, self.limits.threads);
+        // Before the stream is read: the kernel waits on the socket, the memory is whole.
+        let python = super::python::stacks(pid);
         let until = started + self.timeout;
         if let Some(comm) = &self.stall {
             let own = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
@@ -131,6 +133,7 @@ impl Worker {
             core: core_file,
             core_missing,
             root,
+            python,
         };
         self.stats.taken.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);

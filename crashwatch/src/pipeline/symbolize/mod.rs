@@ -10,6 +10,8 @@
 //!   line; stripped binaries too), everything else through blazesym (ELF symbols, DWARF with
 //!   inlined functions, demangled C++ and Rust names, `.gnu_debuglink` into
 //!   `/usr/lib/debug/.build-id`, MiniDebugInfo in `.gnu_debugdata` with a liblzma built in).
+//! - **Python among the native frames** ([`python`]): a dumped CPython's own frames put
+//!   before each eval-loop frame they ran in.
 //! - **Each file once** ([`files`]): parsed data keyed by file identity and build id, shared by
 //!   all processes, bounded in bytes, least recently used dropped first.
 //!
@@ -22,6 +24,7 @@ mod maps;
 #[cfg(test)]
 mod mutations;
 mod names;
+pub mod python;
 mod roots;
 mod space;
 mod stats;

@@ -47,7 +47,17 @@ impl Symbolizer {
                 crashed: t.crashed,
                 state: t.state(),
                 registers: registers(t),
-                stack: stack(&space, t),
+                stack: {
+                    let native = stack(&space, t);
+                    match dump
+                        .python
+                        .as_ref()
+                        .and_then(|p| super::python::frames_of(p, t))
+                    {
+                        Some(py) => super::python::interleave(&native, py),
+                        None => native,
+                    }
+                },
                 reason: reason(t),
             })
             .collect();
