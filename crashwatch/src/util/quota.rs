@@ -25,6 +25,13 @@ pub fn keep_free(size: u64, pct: u8) -> u64 {
     (size / 100 * u64::from(pct)).min(KEEP_FREE_CAP)
 }
 
+/// The filesystem's (available, kept free), or None when it gives no sizes (ramfs and
+/// some FUSE filesystems say 0 blocks): then only the total bounds the files.
+fn free(dir: &Path, pct: u8) -> io::Result<Option<(u64, u64)>> {
+    let (avail, size) = space(dir)?;
+    Ok((size > 0).then(|| (avail, keep_free(size, pct))))
+}
+
 /// The filesystem holding `dir`: (bytes available, its size).
 pub fn space(dir: &Path) -> io::Result<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
@@ -46,9 +53,10 @@ impl Quota {
     /// Bytes a new file may take now: within the total (what older files hold can be
     /// removed for it) and above the share kept free.
     pub fn room(&self, dir: &Path, ours: impl Fn(&Path) -> bool) -> io::Result<u64> {
-        let (avail, size) = space(dir)?;
+        let Some((avail, keep)) = free(dir, self.keep_free_pct)? else {
+            return Ok(self.max_bytes);
+        };
         let held: u64 = files(dir, &ours)?.iter().map(|f| f.1).sum();
-        let keep = keep_free(size, self.keep_free_pct);
         Ok(self
             .max_bytes
             .min((avail.saturating_add(held)).saturating_sub(keep)))
@@ -60,8 +68,7 @@ impl Quota {
         let mut files = files(dir, &ours)?;
         files.sort();
         let mut total: u64 = files.iter().map(|f| f.1).sum();
-        let (mut avail, size) = space(dir)?;
-        let keep_free = keep_free(size, self.keep_free_pct);
+        let (mut avail, keep_free) = free(dir, self.keep_free_pct)?.unwrap_or((u64::MAX, 0));
         let mut removed = 0;
         for (_, len, p) in files.into_iter().filter(|f| f.2 != keep) {
             if total <= self.max_bytes && avail >= keep_free {
@@ -69,7 +76,7 @@ impl Quota {
             }
             if std::fs::remove_file(&p).is_ok() {
                 total -= len;
-                avail += len;
+                avail = avail.saturating_add(len);
                 removed += 1;
             }
         }

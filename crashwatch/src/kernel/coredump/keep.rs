@@ -137,7 +137,8 @@ impl Writing {
             self.checked = out;
             let dir = self.path.parent().unwrap_or(Path::new("/"));
             if let Ok((avail, size)) = crate::util::quota::space(dir) {
-                if avail < crate::util::quota::keep_free(size, self.keep_free_pct) {
+                // A filesystem that gives no sizes (0 blocks) is bounded by the total alone.
+                if size > 0 && avail < crate::util::quota::keep_free(size, self.keep_free_pct) {
                     self.drop_it("the filesystem's free space fell below --dumps-keep-free".into());
                 }
             }
