@@ -141,7 +141,12 @@ fn a_preempted_copy_loses_no_crash_and_every_loss_is_counted() {
         assert_eq!(reported, crashes, "a crash missing");
     }
     // Every copy spins: some events may be skipped by all three. Each crash is reported or
-    // its loss counted (losses count events of every kind, so they may be more).
+    // its loss counted (losses count events of every kind, so they may be more). Where
+    // nothing preempts a program the first storm proved no run is skipped, and spinning
+    // every copy only takes time (a minute of CI's 6.1 VM).
+    if !preemptible_tracepoints() {
+        return;
+    }
     let (crashes, reported, lost, _, _) = run(3);
     assert!(
         (crashes - reported) as u64 <= lost,

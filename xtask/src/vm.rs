@@ -1,7 +1,7 @@
 //! `cargo xtask integration-test`: the crash matrix on other kernels, in QEMU.
 //!
-//! Builds a static agent, the test binaries (the very same `crashes`, `go_crashes`, `quiet` and `race`
-//! tests the host runs) and the crash programs, fetches Debian cloud kernels once into
+//! Builds a static agent, the test binaries (the very same `crashes`, `go_crashes`, `quiet`,
+//! `race` and `dumps` tests the host runs) and the crash programs, fetches Debian cloud kernels once into
 //! `target/vm/kernels`, packs everything into an initramfs whose /init runs the tests and a
 //! watching agent, boots each kernel under TCG and reads the results from a second serial port.
 use std::{
@@ -16,7 +16,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 /// Kernels by name: (Debian suite, meta-package version prefix).
 /// The test binaries a VM runs (see `INIT`).
-pub const TEST_BINARIES: [&str; 4] = ["crashes", "go_crashes", "quiet", "race"];
+pub const TEST_BINARIES: [&str; 5] = ["crashes", "go_crashes", "quiet", "race", "dumps"];
 pub const KERNELS: [(&str, &str); 3] = [("6.1", "6.1."), ("6.12", "6.12."), ("7.3", "7.3.")];
 
 const SOURCES: &str = "deb http://deb.debian.org/debian bookworm main
@@ -253,6 +253,11 @@ pub fn initramfs(p: &Paths) -> Result<PathBuf> {
         ])
         .arg(cw.join("crasher"))
         .arg(src))?;
+    // The dumps tests' many-threaded program (they build it with gcc where gcc is).
+    run(Command::new("gcc")
+        .args(["-static", "-O1", "-g", "-pthread", "-o"])
+        .arg(cw.join("threads"))
+        .arg(p.root.join("crashwatch/tests/dumps/threads.c")))?;
     // The Go programs, built by the same helper the host tests use.
     run(crate::dist::cargo()
         .args([
@@ -322,6 +327,8 @@ mount -t tracefs nodev /sys/kernel/tracing
 mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 none /sys/fs/cgroup
 echo +memory > /sys/fs/cgroup/cgroup.subtree_control
+# The agents' listeners (the crash page the dumps tests read) need the loopback.
+ifconfig lo 127.0.0.1 up
 export PATH=/bin HOME=/root RUST_BACKTRACE=0
 export CRASHWATCH_AGENT=/crashwatch/crashwatch CRASHWATCH_CRASHER=/crashwatch/crasher
 export CRASHWATCH_GO_PREBUILT=/crashwatch/go
@@ -339,7 +346,11 @@ t go_crashes 1200 "--test-threads=2 --show-output --skip podman" /tmp/g.log
 t quiet 600 --show-output /tmp/q.log
 # The copy guard forced: copies spin while more tasks than CPUs exec, exit and crash.
 t race 900 --show-output /tmp/r.log
-cat /tmp/t.log /tmp/g.log /tmp/q.log /tmp/r.log > $out
+# The agent as the core handler: the pipe helper before 6.16, the socket after. No gdb,
+# podman or Python here: the cases that need them run on the host.
+export CRASHWATCH_DUMP_PROGRAM=/crashwatch/threads CRASHWATCH_TEST_NO_GDB=1
+t dumps 900 "--test-threads=1 --show-output --skip container --skip python --skip sentry --skip a_kept_core" /tmp/d.log
+cat /tmp/t.log /tmp/g.log /tmp/q.log /tmp/r.log /tmp/d.log > $out
 kill -INT $watch
 sleep 2
 grep -a 'crashwatch: stopped' /tmp/watch.log > $out

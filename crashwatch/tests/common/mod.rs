@@ -184,10 +184,13 @@ impl Agent {
             }
         });
         let (pid, kept) = pid_rx.recv().expect("the agent was spawned");
-        match ready_rx.recv_timeout(Duration::from_secs(60)) {
+        // Loading and verifying the programs under TCG takes longer (the VMs' 6.1 run once
+        // passed 60 s): three report timeouts, 60 s here and 360 s there.
+        let ready = report_timeout() * 3;
+        match ready_rx.recv_timeout(ready) {
             Ok(Ok(())) => {}
             Ok(Err(log)) => panic!("crashwatch exited before it was ready:\n{log}"),
-            Err(_) => panic!("crashwatch did not become ready within 60 s"),
+            Err(_) => panic!("crashwatch did not become ready within {ready:?}"),
         }
         Agent {
             reports,
