@@ -226,9 +226,10 @@ fn sysroot(a: &DebugCmd, r: &crate::model::report::Report) -> anyhow::Result<Pat
             Ok(root.into())
         }
         Some(root) => anyhow::bail!(
-            "the root the process saw ({root}, a container's) is gone: the container stopped. \
+            "the root the process saw ({}, a container's) is gone: the container stopped. \
              Give --sysroot DIR with its image's files (e.g. `podman image mount IMAGE`), or \
-             --sysroot / to read the node's"
+             --sysroot / to read the node's",
+            crate::util::escape::escape(root)
         ),
         None => Ok("/".into()),
     }
@@ -268,8 +269,8 @@ fn run_debugger(a: &DebugCmd) -> anyhow::Result<u8> {
         }
         None => crate::say!(
             "crashwatch: the crashed program is not at {} under {}: gdb reads the core alone",
-            r.exe.as_deref().unwrap_or("(unknown)"),
-            root.display()
+            crate::util::escape::escape(r.exe.as_deref().unwrap_or("(unknown)")),
+            crate::util::escape::escape(&root.display().to_string())
         ),
     }
     cmd.arg("-c").arg(&core);
