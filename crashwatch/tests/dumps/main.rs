@@ -10,6 +10,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod cores;
+mod minidump;
 mod python;
 mod sentry;
 
@@ -284,7 +285,7 @@ fn every_thread_of_a_native_crash_is_in_its_report_named_as_gdb_names_it() {
         std::fs::metadata(kept).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    assert_minidump_agrees(&out, &r);
+    minidump::assert_agrees(&out, &r);
     // gdb, running the same program to the same crash, agrees thread by thread.
     if std::env::var_os("CRASHWATCH_TEST_NO_GDB").is_some() {
         println!("gdb's thread-by-thread comparison not run: no gdb here (the VMs)");
@@ -293,73 +294,6 @@ fn every_thread_of_a_native_crash_is_in_its_report_named_as_gdb_names_it() {
     for (name, gdb) in gdb_threads(&["threads"]) {
         assert_agrees_with_gdb(&name, &functions(&thread(&r, &name)["stack"]), &gdb, OWN);
     }
-}
-
-/// The minidump holds what the report says: each thread with its registers and the top of
-/// its stack, the program with its build id, the fault, the system.
-fn assert_minidump_agrees(path: &Path, r: &Value) {
-    use minidump::{
-        Minidump, MinidumpException, MinidumpMemoryList, MinidumpModuleList, MinidumpSystemInfo,
-        MinidumpThreadList, Module,
-    };
-    let md = Minidump::read_path(path).expect("rust-minidump reads it");
-    let sys: MinidumpSystemInfo = md.get_stream().unwrap();
-    assert_eq!(
-        (sys.os, sys.cpu),
-        (
-            minidump::system_info::Os::Linux,
-            minidump::system_info::Cpu::X86_64
-        )
-    );
-    let threads: MinidumpThreadList = md.get_stream().unwrap();
-    let memory: MinidumpMemoryList = md.get_stream().unwrap();
-    let memory = minidump::UnifiedMemoryList::Memory(memory);
-    let ours = r["threads"].as_array().unwrap();
-    assert_eq!(threads.threads.len(), ours.len());
-    for (t, o) in threads.threads.iter().zip(ours) {
-        assert_eq!(u64::from(t.raw.thread_id), o["tid"].as_u64().unwrap());
-        let ctx = t.context(&sys, None).expect("a context");
-        assert_eq!(
-            ctx.get_instruction_pointer(),
-            common::hex(&o["registers"]["ip"])
-        );
-        let sp = common::hex(&o["registers"]["sp"]);
-        assert_eq!(ctx.get_stack_pointer(), sp);
-        let stack = t.stack_memory(&memory).expect("its stack");
-        assert_eq!(stack.base_address(), sp);
-    }
-    let ex: MinidumpException = md.get_stream().unwrap();
-    assert_eq!(ex.raw.exception_record.exception_code, 11);
-    assert_eq!(
-        u64::from(ex.get_crashing_thread_id()),
-        r["tid"].as_u64().unwrap()
-    );
-    assert_eq!(
-        ex.get_crash_address(sys.os, sys.cpu),
-        0,
-        "a null pointer's write"
-    );
-    let modules: MinidumpModuleList = md.get_stream().unwrap();
-    let exe = r["exe"].as_str().unwrap();
-    let m = modules
-        .iter()
-        .find(|m| m.code_file() == exe)
-        .unwrap_or_else(|| panic!("no module {exe}"));
-    let frame = r["stack"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["module"] == exe)
-        .unwrap();
-    assert_eq!(
-        m.code_identifier().unwrap().to_string(),
-        frame["build_id"].as_str().unwrap()
-    );
-    let ip = common::hex(&frame["ip"]);
-    assert!(
-        m.base_address() <= ip && ip < m.base_address() + m.size(),
-        "the crash's frame is in the program's image"
-    );
 }
 
 #[test]
