@@ -274,11 +274,13 @@ impl Reporter {
         let mut report = self.enricher.report(crash, stack, lost, bin.as_deref());
         if let (Some(d), Some((threads, images))) = (dump, threads) {
             report.threads = threads;
+            let kept = self.keep_minidump(crash, &d, &images);
             report.dump = Some(crate::model::report::DumpInfo {
                 bytes: d.bytes,
                 held_ms: d.held_ms,
                 cut: d.cut.clone(),
-                minidump: self.keep_minidump(crash, &d, &images),
+                minidump: kept.as_ref().ok().cloned(),
+                minidump_missing: kept.err().flatten(),
                 root: d.root.as_ref().map(|p| p.display().to_string()),
                 python: d.python.as_ref().map(|p| crate::model::report::PythonInfo {
                     version: p.version.clone(),
@@ -327,20 +329,21 @@ impl Reporter {
         }
     }
 
-    /// Writes the dump's minidump where they are kept; its path.
+    /// Writes the dump's minidump where they are kept: its path, or why it was not kept
+    /// (none: minidumps are not kept, no state directory).
     fn keep_minidump(
         &mut self,
         crash: &Crash,
         d: &crate::model::dump::Dump,
         images: &[crate::model::dump::Image],
-    ) -> Option<String> {
-        let kept = self.minidumps.as_mut()?;
+    ) -> Result<String, Option<String>> {
+        let kept = self.minidumps.as_mut().ok_or(None)?;
         let name = format!("{}-{}.dmp", crash.head.pid, crash.head.start_ns);
         match kept.keep(&name, d, images) {
-            Ok(p) => Some(p.display().to_string()),
+            Ok(p) => Ok(p.display().to_string()),
             Err(e) => {
                 tracing::warn!("keeping the minidump of pid {}: {e}", crash.head.pid);
-                None
+                Err(Some(e.to_string()))
             }
         }
     }

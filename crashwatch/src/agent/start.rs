@@ -114,6 +114,9 @@ pub(super) async fn start(mut opts: Options) -> Result<Running> {
         containers.clone(),
     );
     let metrics = Metrics::new();
+    if let Some(h) = &dumps {
+        let _ = metrics.dumps.set(h.stats.clone());
+    }
     let health = Arc::new(crate::web::Health::default());
     health.turned();
     let outputs =

@@ -155,7 +155,12 @@ fn kept_file(
     } else {
         match d.and_then(|d| d.minidump.clone()) {
             Some(p) => p,
-            None => bail!("report {id} has no minidump (its crash was not dumped: `run --dumps`)"),
+            None => match d.and_then(|d| d.minidump_missing.as_deref()) {
+                Some(why) => bail!("report {id}'s minidump was not kept: {why}"),
+                None => {
+                    bail!("report {id} has no minidump (its crash was not dumped: `run --dumps`)")
+                }
+            },
         }
     };
     std::fs::File::open(&path).with_context(|| {

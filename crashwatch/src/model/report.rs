@@ -120,6 +120,10 @@ pub struct DumpInfo {
     /// The minidump kept of it, on the node (`crashwatch dump ID` writes it out).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub minidump: Option<String>,
+    /// Why no minidump was kept although the state directory keeps them (its quota, the
+    /// free space kept, a write error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub minidump_missing: Option<String>,
     /// The whole core kept, zstd-compressed, on the node (`--keep-cores`; `crashwatch dump
     /// ID --core` writes it out, `crashwatch debug ID` opens it in gdb).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -11,7 +11,7 @@ use std::{
     collections::HashSet,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
     },
 };
 
@@ -26,7 +26,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::model::report::Report;
+use crate::{kernel::coredump::Stats, model::report::Report};
 
 /// Label sets of `crashwatch_crashes_total` kept apart.
 pub const MAX_SERIES: usize = 1000;
@@ -48,6 +48,11 @@ struct ReasonLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SinkLabel {
     sink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FileLabel {
+    file: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -85,6 +90,9 @@ pub struct Metrics {
     delivered: Family<SinkLabel, Counter>,
     /// Reports waiting in the network outputs' spools.
     pub spooled: Gauge,
+    dump_files_dropped: Family<FileLabel, Counter>,
+    /// The core handler's counts (`--dumps`), once it runs.
+    pub dumps: Arc<OnceLock<Arc<Stats>>>,
     /// What the hub's heartbeat says of this node (shared with the hub output's sender).
     pub totals: Arc<Totals>,
 }
@@ -182,6 +190,14 @@ impl Metrics {
             "The agent's version and the git revision it was built from",
             build,
         );
+        let dump_files_dropped = Family::<FileLabel, Counter>::default();
+        registry.register(
+            "crashwatch_dump_files_dropped",
+            "Minidumps and whole cores (--keep-cores) not kept although asked for (their quota, the free space kept, a write error), by file: each report says why in dump.minidump_missing or dump.core_missing",
+            dump_files_dropped.clone(),
+        );
+        let dumps = Arc::new(OnceLock::new());
+        registry.register_collector(Box::new(DumpCollector(dumps.clone())));
         registry.register_collector(Box::new(ProcessCollector));
         registry.register_collector(Box::new(crate::util::log::Unwritten));
         Arc::new(Metrics {
@@ -199,6 +215,8 @@ impl Metrics {
             sink_errors,
             delivered,
             spooled,
+            dump_files_dropped,
+            dumps,
             totals: Arc::default(),
         })
     }
@@ -243,6 +261,15 @@ impl Metrics {
             .store(crate::model::clock::now_ns(), Ordering::Relaxed);
         if let Some(w) = &r.last_words {
             self.unreadable.inc_by(w.unreadable);
+        }
+        if let Some(d) = &r.dump {
+            for (file, missing) in [("minidump", &d.minidump_missing), ("core", &d.core_missing)] {
+                if missing.is_some() {
+                    self.dump_files_dropped
+                        .get_or_create(&FileLabel { file: file.into() })
+                        .inc();
+                }
+            }
         }
     }
 
@@ -314,6 +341,87 @@ impl Metrics {
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut s, &self.registry);
         s
     }
+}
+
+/// The core handler's counts (`--dumps`), read at each scrape; nothing before it runs.
+#[derive(Debug)]
+struct DumpCollector(Arc<OnceLock<Arc<Stats>>>);
+
+impl Collector for DumpCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(s) = self.0.get() else {
+            return Ok(());
+        };
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let counters = [
+            (
+                "crashwatch_dumps_read",
+                "Core dumps the kernel streamed to the agent (--dumps) and the agent read",
+                r(&s.taken),
+            ),
+            (
+                "crashwatch_dump_bytes_read",
+                "Bytes of core dumps read",
+                r(&s.bytes),
+            ),
+        ];
+        for (name, help, v) in counters {
+            let c = ConstCounter::new(v);
+            c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        let timeout = r(&s.timed_out);
+        let cut = [
+            ("timeout", timeout),
+            ("other", r(&s.cut).saturating_sub(timeout)),
+        ];
+        counted_by_reason(
+            &mut enc,
+            "crashwatch_dumps_cut",
+            "Dumps read less than whole, by reason: cut at --dump-timeout, or past the reader's bounds or a stream that broke (the report's dump.cut says which)",
+            &cut,
+        )?;
+        let lost = [
+            ("busy", r(&s.busy)),
+            ("failed", r(&s.failed)),
+            ("unclaimed", r(&s.unclaimed)),
+        ];
+        counted_by_reason(
+            &mut enc,
+            "crashwatch_dumps_lost",
+            "Cores not made into a report's threads, by reason: refused while too many were read at once (busy), a connection that never became a dump (failed), a dump no report took within a minute (unclaimed: its crash's kernel records lost). The crashes themselves are still reported from the kernel's records",
+            &lost,
+        )?;
+        let g = ConstGauge::new(r(&s.held_ms_max) as f64 / 1000.0);
+        g.encode(enc.encode_descriptor(
+            "crashwatch_dump_hold_seconds_max",
+            "The longest a crashing process was held for its dump since the agent started",
+            None,
+            g.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
+/// One counter family labelled `reason`, from values read now.
+fn counted_by_reason(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: &[(&str, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut fam = enc.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for &(reason, v) in values {
+        let label = ReasonLabel {
+            reason: reason.into(),
+        };
+        ConstCounter::new(v).encode(fam.encode_family(&label)?)?;
+    }
+    Ok(())
 }
 
 /// The `process_*` metrics every Prometheus client library exports, read from /proc/self at
@@ -428,6 +536,41 @@ mod tests {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }
         assert!(text.contains("crashwatch_build_info{version="), "{text}");
+    }
+
+    #[test]
+    fn dump_losses_are_counted_from_reports_and_the_handler() {
+        let m = Metrics::new();
+        assert!(!m.encode().contains("crashwatch_dumps_read"), "no --dumps");
+        let mut r = crash("signal", None, "");
+        r.dump = Some(crate::model::report::DumpInfo {
+            minidump_missing: Some("quota".into()),
+            core_missing: Some("quota".into()),
+            ..Default::default()
+        });
+        m.crashed(&r);
+        r.dump.as_mut().unwrap().minidump_missing = None;
+        m.crashed(&r);
+        let stats = Arc::new(Stats::default());
+        stats.taken.store(4, Ordering::Relaxed);
+        stats.cut.store(3, Ordering::Relaxed);
+        stats.timed_out.store(1, Ordering::Relaxed);
+        stats.unclaimed.store(2, Ordering::Relaxed);
+        stats.held_ms_max.store(1500, Ordering::Relaxed);
+        m.dumps.set(stats).unwrap();
+        let text = m.encode();
+        for line in [
+            r#"crashwatch_dump_files_dropped_total{file="minidump"} 1"#,
+            r#"crashwatch_dump_files_dropped_total{file="core"} 2"#,
+            "crashwatch_dumps_read_total 4",
+            r#"crashwatch_dumps_cut_total{reason="timeout"} 1"#,
+            r#"crashwatch_dumps_cut_total{reason="other"} 2"#,
+            r#"crashwatch_dumps_lost_total{reason="unclaimed"} 2"#,
+            r#"crashwatch_dumps_lost_total{reason="busy"} 0"#,
+            "crashwatch_dump_hold_seconds_max 1.5",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
     }
 
     #[test]

@@ -176,6 +176,7 @@ fn full() -> Report {
             held_ms: 28,
             cut: Some("1 threads' stacks not kept".into()),
             minidump: Some("/var/lib/crashwatch/dumps/2774-81023000000.dmp".into()),
+            minidump_missing: None,
             core: Some("/var/lib/crashwatch/dumps/2774-81023000000.core.zst".into()),
             core_bytes: 3 << 20,
             core_missing: None,

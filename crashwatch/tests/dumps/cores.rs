@@ -150,6 +150,15 @@ fn a_core_past_its_quota_is_dropped_as_it_grows_and_said() {
     assert_eq!(d["core"], Value::Null, "{d}");
     let why = d["core_missing"].as_str().expect("why the core is missing");
     assert!(why.contains("outgrew the 4 MiB"), "{why}");
+    // Counted where an operator watches.
+    assert_eq!(
+        a.metric(r#"crashwatch_dump_files_dropped_total{file="core"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        a.metric(r#"crashwatch_dump_files_dropped_total{file="minidump"}"#),
+        None
+    );
     // The dump itself is whole: its threads and minidump are there.
     assert_eq!(d["cut"], Value::Null, "{d}");
     assert!(d["minidump"].is_string(), "{d}");

@@ -70,6 +70,7 @@ pub struct Settings {
 pub struct Dumps {
     table: Mutex<Table>,
     changed: Condvar,
+    stats: Arc<Stats>,
     /// Where whole cores are kept (`--keep-cores`).
     pub cores: Option<keep::Cores>,
 }
@@ -92,7 +93,10 @@ impl Dumps {
             t.reading.remove(&pid);
             let now = Instant::now();
             // A dump no report took (its crash's records lost) leaves no core behind.
-            let gone = |d: &Dump| d.core.as_ref().map(|c| std::fs::remove_file(&c.path));
+            let gone = |d: &Dump| {
+                self.stats.unclaimed.fetch_add(1, Ordering::Relaxed);
+                d.core.as_ref().map(|c| std::fs::remove_file(&c.path))
+            };
             t.filed.retain(|_, (at, d)| {
                 let keep = now.duration_since(*at) < KEEP;
                 if !keep {
@@ -133,14 +137,22 @@ impl Dumps {
 }
 
 /// What the handler did, for the stop line and the metrics.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Stats {
+    /// Core streams read.
     pub taken: AtomicU64,
+    /// Refused: too many dumps at once (their crashes reported from the kernel's records).
     pub busy: AtomicU64,
+    /// Cut at `--dump-timeout`.
     pub timed_out: AtomicU64,
+    /// Less than whole for any reason (the timeout, the reader's bounds, a broken stream).
+    pub cut: AtomicU64,
+    /// Connections that never became a dump (no peer, a failed handshake).
     pub failed: AtomicU64,
     pub bytes: AtomicU64,
     pub held_ms_max: AtomicU64,
+    /// Dumps no report took within a minute (their crash's kernel records lost): dropped.
+    pub unclaimed: AtomicU64,
 }
 
 /// The running handler.
@@ -174,11 +186,12 @@ impl Handler {
             (None, _) => None,
         };
         let listener = listen(&s.socket)?;
+        let stats = Arc::new(Stats::default());
         let dumps = Arc::new(Dumps {
             cores,
+            stats: stats.clone(),
             ..Dumps::default()
         });
-        let stats = Arc::new(Stats::default());
         let stopping = Arc::new(AtomicBool::new(false));
         let worker = server::Worker {
             protocol,

@@ -135,8 +135,11 @@ impl Worker {
             root,
             python,
         };
-        self.stats.taken.fetch_add(1, Ordering::Relaxed);
-        self.stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let st = &self.stats;
+        st.taken.fetch_add(1, Ordering::Relaxed);
+        st.bytes.fetch_add(bytes, Ordering::Relaxed);
+        st.cut
+            .fetch_add(u64::from(dump.cut.is_some()), Ordering::Relaxed);
         self.stats
             .held_ms_max
             .fetch_max(dump.held_ms, Ordering::Relaxed);
