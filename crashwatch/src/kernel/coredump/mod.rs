@@ -20,10 +20,13 @@
 //!   writing and the process goes on dying (counted, said in the report's `dump.cut`);
 //! - an agent killed mid-dump closes its sockets as it dies: the same.
 //!
-//! A CPython process's own stacks are read from its memory while it is held ([`python`]).
+//! From a container (the DaemonSet) the socket, the helper and the pattern are the host's
+//! ([`host`]). A CPython process's own stacks are read from its memory while it is held
+//! ([`python`]).
 //! The previous `core_pattern` is restored at the stop ([`pattern`]); while the agent runs,
 //! the previous handler is not fed (docs/dumps.md says why).
 pub mod helper;
+mod host;
 pub mod keep;
 mod pattern;
 mod python;
@@ -169,7 +172,6 @@ impl Handler {
     /// Listens on the socket, then takes `core_pattern`.
     pub fn start(s: Settings, release: &str) -> Result<Handler> {
         let protocol = s.via.unwrap_or_else(|| Protocol::of_release(release));
-        let ours = protocol.pattern(&s.socket, s.timeout)?;
         // SAFETY: prctl with an integer argument changes only this process's flag.
         if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
             bail!(
@@ -186,6 +188,11 @@ impl Handler {
             (None, _) => None,
         };
         let listener = listen(&s.socket)?;
+        let ours = host::check_socket(&s.socket)
+            .and_then(|()| protocol.pattern(&s.socket, s.timeout))
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&s.socket);
+            })?;
         let stats = Arc::new(Stats::default());
         let dumps = Arc::new(Dumps {
             cores,

@@ -39,20 +39,17 @@ impl Protocol {
         }
     }
 
-    /// The pattern that hands cores to `socket`; the pipe's names this very binary (its path
-    /// as the host's root sees it) and bounds the helper's life by `timeout`.
+    /// The pattern that hands cores to `socket`; the pipe's names this binary where the
+    /// host sees it ([`super::host::helper_exe`]) and bounds the helper's life by `timeout`.
     pub fn pattern(self, socket: &Path, timeout: std::time::Duration) -> Result<String> {
         Ok(match self {
             Protocol::Request => format!("@@{}", socket.display()),
             Protocol::Socket => format!("@{}", socket.display()),
-            Protocol::Pipe => {
-                let exe = std::fs::read_link("/proc/self/exe").context("reading /proc/self/exe")?;
-                pipe_pattern(
-                    &exe.display().to_string(),
-                    &socket.display().to_string(),
-                    timeout,
-                )?
-            }
+            Protocol::Pipe => pipe_pattern(
+                &super::host::helper_exe(socket)?.display().to_string(),
+                &socket.display().to_string(),
+                timeout,
+            )?,
         })
     }
 }
@@ -90,7 +87,7 @@ pub fn read() -> Result<String> {
 }
 
 fn write(pattern: &str) -> Result<()> {
-    std::fs::write(CORE_PATTERN, pattern).with_context(|| format!("writing {CORE_PATTERN}"))
+    super::host::write_pattern(CORE_PATTERN, pattern)
 }
 
 /// Sets `ours`, keeping what was there (or, when that is ours already, what the killed agent
@@ -123,7 +120,7 @@ pub fn take(ours: &str, state_dir: Option<&Path>) -> Result<Taken> {
             .with_context(|| format!("saving the previous core_pattern to {}", f.display()))?;
     }
     write(ours).map_err(|e| {
-        e.context("the kernel refused the coredump socket's pattern (it must name a path in the host's initial mount namespace)")
+        e.context("the kernel refused the coredump socket's pattern (it must be written from the host's initial mount namespace and name a path there: in a container: the host's PID namespace, CAP_SYS_ADMIN and CAP_SYS_CHROOT, as the chart's dumps.enabled runs it)")
     })?;
     Ok(Taken {
         ours: ours.to_string(),

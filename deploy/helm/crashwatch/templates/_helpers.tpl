@@ -51,6 +51,13 @@ redact = {{ .redact | toJson }}
 hub = {{ list . | toJson }}
 hub-token-file = "/etc/crashwatch-hub/ingest-token"
 {{- end }}
+{{- if .Values.dumps.enabled }}
+dumps = true
+dump-socket = {{ printf "%s/coredump.sock" .Values.dumps.socketDir | toJson }}
+{{- if .Values.dumps.keepCores }}
+keep-cores = true
+{{- end }}
+{{- end }}
 {{- range $key, $value := .Values.config }}
 {{ $key }} = {{ $value | toJson }}
 {{- end }}
