@@ -255,7 +255,7 @@ pub fn initramfs(p: &Paths) -> Result<PathBuf> {
         .arg(src))?;
     // The dumps tests' many-threaded program (they build it with gcc where gcc is).
     run(Command::new("gcc")
-        .args(["-static", "-O1", "-g", "-pthread", "-o"])
+        .args(["-static-pie", "-O1", "-g", "-pthread", "-o"])
         .arg(cw.join("threads"))
         .arg(p.root.join("crashwatch/tests/dumps/threads.c")))?;
     // The Go programs, built by the same helper the host tests use.

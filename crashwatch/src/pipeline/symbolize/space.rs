@@ -170,11 +170,14 @@ impl Space {
         // here, the very file it ran.
         let same_view =
             exe.path.starts_with('/') && exe.id.is_some_and(|id| id.open_at(exe.path).is_some());
-        let exe_bias = st
-            .modules
-            .first()
-            .map(|m| m.bias)
-            .or_else(|| exe_file.as_ref().ok()?.layout.bias(exe.start_code));
+        // The kernel's `start_code` first: a static-pie program's loaded-object list names
+        // it at bias 0 wherever it was loaded (seen with Debian 12's gcc -static-pie).
+        let exe_bias = exe_file
+            .as_ref()
+            .ok()
+            .filter(|_| exe.start_code != 0)
+            .and_then(|f| f.layout.bias(exe.start_code))
+            .or_else(|| st.modules.first().map(|m| m.bias));
         match exe_bias {
             Some(bias) => placed.push(placed_at(exe.path.to_string(), bias, exe_file)),
             // Kept unplaced, so a frame it would have held can say why.
