@@ -179,6 +179,6 @@ pub fn markdown(rows: &[Row]) -> String {
             r.analyze_rss_kib as f64 / 1024.0
         ));
     }
-    s.push_str("\ngrep counts lines; analyze decodes the format, finds each crash's whole block, parses it, folds its goroutines, fingerprints it and reads every gctrace line.\n");
+    s.push_str("\ngrep counts lines; analyze decodes the format, finds each crash's whole block, parses it, folds its goroutines, fingerprints it and reads every gctrace line. On plain logs it passes over the lines holding none of the runtimes' markers, found by a SIMD search ([analyze.md](analyze.md#speed)); CRI lines are each decoded.\n");
     s
 }

@@ -7,6 +7,10 @@
 //! agent would have put it in (given the program's name, which logs do not say). `gctrace` lines
 //! become GC statistics ([`gc`]).
 //!
+//! On plain logs, while no block is open, the lines before the next one holding a runtime's
+//! marker ([`crate::read::parse::markers`]) are counted and passed over in the read buffer
+//! without being read one by one: most of a log is such lines.
+//!
 //! Memory is bounded by the limits of the stages (a line, a block's text, distinct stacks,
 //! streams, clusters, crashes listed), never by the log's size; everything past a limit is
 //! counted in the result.
@@ -164,6 +168,8 @@ pub struct Analyzer {
     clusters: HashMap<String, Cluster>,
     clusters_not_kept: u64,
     gc: gc::Runs,
+    /// Pass over lines without a marker (off only to test that it changes nothing).
+    prefilter: bool,
 }
 
 impl Analyzer {
@@ -178,7 +184,15 @@ impl Analyzer {
             clusters: HashMap::new(),
             clusters_not_kept: 0,
             gc: gc::Runs::default(),
+            prefilter: true,
         }
+    }
+
+    /// Reads every line one by one (the prefilter off).
+    #[cfg(test)]
+    fn line_by_line(mut self) -> Analyzer {
+        self.prefilter = false;
+        self
     }
 
     /// Reads one input to its end; a read error ends it, noted in its [`Input`].
@@ -216,6 +230,17 @@ impl Analyzer {
         let path = input.path.clone();
         // The result is kept even when reading fails part way: what was read counts.
         let result = loop {
+            let idle = || finders.values().all(|(_, f)| f.idle());
+            if self.prefilter && input.format == Some(Format::Plain) && decoder.is_some() && idle()
+            {
+                match pass_over(&mut r) {
+                    Ok((lines, bytes)) => {
+                        input.lines += lines;
+                        input.bytes += bytes;
+                    }
+                    Err(e) => break Err(e),
+                }
+            }
             let (got, cut) = match read_line(&mut r, &mut buf, 2 * MAX_LINE) {
                 Ok(x) => x,
                 Err(e) => break Err(e),
@@ -397,6 +422,37 @@ pub fn kind_of(d: &Death) -> &'static str {
         ("c++" | "glibc", _) => "signal",
         _ => "runtime_error",
     }
+}
+
+/// Consumes the complete lines at the head of `r`'s buffer before the first that holds a
+/// marker (all of them when none does), less those a block could look back to right before
+/// it: how many lines and bytes. Each is shorter than the
+/// buffer, so none would have been cut.
+fn pass_over(r: &mut impl BufRead) -> io::Result<(u64, u64)> {
+    let avail = loop {
+        match r.fill_buf() {
+            Ok(b) => break b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    let upto = parse::markers::find(avail).unwrap_or(avail.len());
+    let mut end = memchr::memrchr(b'\n', &avail[..upto]).map_or(0, |i| i + 1);
+    // Lines a block could look back to are read one by one: they join the block that starts
+    // next (the finder keeps 8 of them).
+    for _ in 0..8 {
+        let Some(last) = end.checked_sub(1) else {
+            break;
+        };
+        let start = memchr::memrchr(b'\n', &avail[..last]).map_or(0, |i| i + 1);
+        if !parse::markers::may_look_back(&avail[start..last]) {
+            break;
+        }
+        end = start;
+    }
+    let lines = memchr::memchr_iter(b'\n', &avail[..end]).count() as u64;
+    r.consume(end);
+    Ok((lines, end as u64))
 }
 
 /// One line into `buf` (without `\n`), keeping at most `cap` bytes of it: whether there was

@@ -174,3 +174,59 @@ fn gctrace_lines_become_runs() {
     assert!((r.pause_max_ms - 0.03).abs() < 1e-9);
     assert_eq!(a.exit_code(), 0);
 }
+
+/// The prefilter passes over lines without changing what is found: every testdata crash text
+/// between runs of ordinary lines (crossing the read buffer's bounds at odd places), a
+/// gctrace line, CRLF lines and one longer than the buffer, read both ways.
+#[test]
+fn passing_over_ordinary_lines_finds_what_reading_every_line_finds() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/read/parse/testdata");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    let mut log = Vec::new();
+    for (n, f) in files.iter().enumerate() {
+        for k in 0..(1_000 + 337 * n) {
+            log.extend_from_slice(
+                format!("level=info caller=server.go:212 msg=\"served\" path=/items/{k}\n")
+                    .as_bytes(),
+            );
+        }
+        if n % 5 == 0 {
+            log.extend_from_slice(b"gc 7 @0.512s 2%: 0.01+1.2+0.02 ms clock, 0.04+0.1/0.9/1.1+0.08 ms cpu, 4->4->2 MB, 5 MB goal, 0 MB stacks, 0 MB globals, 4 P\n");
+            log.extend_from_slice(b"a windows line\r\n");
+        }
+        if n == 3 {
+            log.extend_from_slice(&vec![b'x'; 300 << 10]);
+            log.push(b'\n');
+        }
+        log.extend_from_slice(&std::fs::read(f).unwrap());
+        if log.last() != Some(&b'\n') {
+            log.push(b'\n');
+        }
+    }
+    let run = |a: Analyzer| {
+        let mut a = a;
+        a.read("log", &log[..]);
+        let done = a.finish();
+        serde_json::to_value(&done).unwrap()
+    };
+    let opts = || Options {
+        format: None,
+        program: None,
+        max_listed: 1000,
+    };
+    let fast = run(Analyzer::new(opts()));
+    let slow = run(Analyzer::new(opts()).line_by_line());
+    assert!(fast["crashes_found"].as_u64().unwrap() >= 15, "{fast:#}");
+    assert_eq!(fast["inputs"][0]["format"], "plain");
+    assert!(
+        fast["gc"].as_array().is_some_and(|g| !g.is_empty()),
+        "{:#}",
+        fast["gc"]
+    );
+    assert_eq!(fast, slow);
+}

@@ -112,6 +112,18 @@ impl Finder {
         }
     }
 
+    /// No block open and no line kept to look back to: a line without a marker
+    /// ([`super::markers`]) would change nothing.
+    pub fn idle(&self) -> bool {
+        self.open.is_none() && self.back.is_empty()
+    }
+
+    /// A block is open.
+    #[cfg(test)]
+    pub fn is_open(&self) -> bool {
+        self.open.is_some()
+    }
+
     /// The end of the stream.
     pub fn finish(&mut self, done: &mut impl FnMut(Block)) {
         self.back.clear();

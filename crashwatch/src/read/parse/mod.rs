@@ -19,6 +19,7 @@ pub mod gctrace;
 pub mod go;
 mod java;
 pub mod logs;
+pub mod markers;
 mod native;
 mod node;
 mod python;

@@ -7,7 +7,7 @@
 use super::{capped, file_line_col, Death, Frame, Lines, MAX_FRAMES};
 
 /// glibc's malloc_printerr messages (malloc/malloc.c), by their start.
-const HEAP: [&str; 12] = [
+pub(super) const HEAP: [&str; 12] = [
     "free(): ",
     "malloc(): ",
     "realloc(): ",
