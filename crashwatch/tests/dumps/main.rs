@@ -351,7 +351,8 @@ fn a_dump_past_its_timeout_is_cut_and_said_and_the_process_let_go() {
     assert_eq!(r["signal"]["name"], "SIGSEGV");
     assert_eq!(functions(&r["stack"])[0], "crash_here");
     // Counted where an operator watches, and said at the stop.
-    assert_eq!(a.metric("crashwatch_dumps_read_total"), Some(1.0));
+    // At least this one (another process on the host may crash meanwhile).
+    assert!(a.metric("crashwatch_dumps_read_total") >= Some(1.0));
     assert_eq!(
         a.metric(r#"crashwatch_dumps_cut_total{reason="timeout"}"#),
         Some(1.0)
