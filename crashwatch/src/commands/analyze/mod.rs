@@ -445,7 +445,7 @@ fn pass_over(r: &mut impl BufRead) -> io::Result<(u64, u64)> {
             break;
         };
         let start = memchr::memrchr(b'\n', &avail[..last]).map_or(0, |i| i + 1);
-        if !parse::markers::may_look_back(&avail[start..last]) {
+        if !parse::blocks::looked_back_to(&String::from_utf8_lossy(&avail[start..last])) {
             break;
         }
         end = start;

@@ -102,7 +102,7 @@ impl Finder {
             }
             return;
         }
-        if text.starts_with("runtime: ") || text.starts_with('#') || go::is_signal_header(text) {
+        if looked_back_to(text) {
             if self.back.len() == 8 {
                 self.back.pop_front();
             }
@@ -131,6 +131,12 @@ impl Finder {
             done(o.close());
         }
     }
+}
+
+/// A line kept in case a block starts on a later line and takes it in (Go's `runtime: …`
+/// and signal header, the JVM's `#` lines).
+pub fn looked_back_to(text: &str) -> bool {
+    text.starts_with("runtime: ") || text.starts_with('#') || go::is_signal_header(text)
 }
 
 /// The line that starts a block, if this is one. `before`: the line before, kept only if it
