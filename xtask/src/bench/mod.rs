@@ -8,7 +8,8 @@
 //! [`sinks`] the outputs under a storm and their spools' replay, [`storm`] measures the crash
 //! storm and the idle agent, [`symbols`] the symbolizer beside Go's own, [`report`] writes
 //! the page, [`logs`] `crashwatch analyze` beside grep over a 1 GiB log, [`dumps`] what
-//! `run --dumps` holds and costs; the rounds are here.
+//! `run --dumps` holds and costs, [`startup`] how long `exec` takes to start a command; the
+//! rounds are here.
 mod bpfstats;
 mod dumps;
 mod history;
@@ -16,6 +17,7 @@ mod logs;
 pub(crate) mod observer;
 mod report;
 mod sinks;
+mod startup;
 mod storm;
 mod symbols;
 mod tools;
@@ -93,6 +95,10 @@ pub struct Args {
     /// docs/benchmarks.md.
     #[arg(long)]
     pub dumps_only: bool,
+    /// Measure how long `crashwatch exec` takes to start a command (beside a plain `sh`)
+    /// alone and put its section into docs/benchmarks.md.
+    #[arg(long)]
+    pub exec_only: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -108,6 +114,7 @@ pub fn run(args: Args) -> Result<()> {
         hub_only,
         hub_retention,
         dumps_only,
+        exec_only,
     } = args;
     let p = Paths::new()?;
     let t = tools::build(&p)?;
@@ -119,6 +126,15 @@ pub fn run(args: Args) -> Result<()> {
     if analyze_only {
         let section = logs::markdown(&logs::run(&t, &p.root.join("target"))?);
         return report::splice(&page, "## Log analysis", "--analyze-only", &section);
+    }
+    if exec_only {
+        let section = startup::markdown(&startup::run(&t)?);
+        return report::splice(
+            &page,
+            "## Starting a command under exec",
+            "--exec-only",
+            &section,
+        );
     }
     if hub_only {
         let section = crate::fleet::bench_section(&p, &t.agent)?;

@@ -25,9 +25,15 @@ pub struct KernelLayout {
 /// Reads the running kernel's layouts; `pending_window_ns` and `args_max` are the agent's
 /// settings the programs also need.
 pub fn load(pending_window_ns: u64, args_max: u32, stack_copy: u32) -> Result<KernelLayout> {
-    let btf = Btf::from_file(VMLINUX).with_context(|| {
-        format!("reading {VMLINUX}: crashwatch needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")
-    })?;
+    // Mapped, the file is read only where a lookup goes (0.05 s here instead of 0.19 s for
+    // the whole parse); kernels whose sysfs file cannot be mapped (before 6.14) are read.
+    let btf = Btf::from_file_with_backend(VMLINUX, btf_rs::Backend::Mmap)
+        .or_else(|_| Btf::from_file(VMLINUX))
+        .with_context(|| {
+            format!(
+                "reading {VMLINUX}: crashwatch needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+            )
+        })?;
     let k = Kernel { btf };
     let memory_id = k.enum_value("cgroup_subsys_id", "memory_cgrp_id")?;
     let (hop1, hop2) = if cgroup2_only() {

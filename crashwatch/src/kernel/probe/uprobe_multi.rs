@@ -39,6 +39,14 @@ fn map_fd(m: &Map) -> Option<BorrowedFd<'_>> {
     Some(data.fd().as_fd())
 }
 
+/// The maps' descriptors by name, for [`MultiProgram::load`]; they stay the object's, open
+/// as long as it lives.
+pub fn map_fds(ebpf: &aya::Ebpf) -> Vec<(String, RawFd)> {
+    ebpf.maps()
+        .filter_map(|(n, m)| Some((n.to_string(), map_fd(m)?.as_raw_fd())))
+        .collect()
+}
+
 fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<RawFd> {
     // SAFETY: attr is a valid, fully initialised bpf_attr for `cmd`.
     let rc = unsafe {
@@ -59,14 +67,10 @@ fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<RawFd> {
 impl MultiProgram {
     /// Loads program `name` from `object` for uprobe_multi, its maps resolved to those of
     /// `ebpf` (the same object, loaded by aya). Fails on kernels without uprobe_multi.
-    pub fn load(object: &[u8], ebpf: &aya::Ebpf, name: &str) -> Result<MultiProgram> {
+    pub fn load(object: &[u8], fds: &[(String, RawFd)], name: &str) -> Result<MultiProgram> {
         let mut obj = aya_obj::Object::parse(object).context("parsing the eBPF object")?;
         let text_sections: HashSet<usize> =
             obj.functions.keys().map(|(section, _)| *section).collect();
-        let fds: Vec<(String, RawFd)> = ebpf
-            .maps()
-            .filter_map(|(n, m)| Some((n.to_string(), map_fd(m)?.as_raw_fd())))
-            .collect();
         let maps = std::mem::take(&mut obj.maps);
         let pairs = fds
             .iter()

@@ -4,7 +4,7 @@
 //! which one it got and why.
 use anyhow::{Context, Result};
 use aya::{
-    programs::{FEntry, TracePoint},
+    programs::{FEntry, Program, TracePoint},
     Btf, Ebpf,
 };
 
@@ -72,37 +72,142 @@ const TRACEPOINTS: [(&str, &str); 2] = [
     ("writev_tp", "sys_enter_writev"),
 ];
 
-/// Attaches by `mode`; the names of the programs attached go to `names`.
-pub fn attach(
+/// The four programs, taken from the object for [`load`] on another thread.
+pub(super) struct Programs<'a> {
+    fentry: [&'a mut Program; 2],
+    tracepoint: [&'a mut Program; 2],
+}
+
+/// Takes the programs out of the object's table.
+pub(super) fn programs<'a>(
+    take: &mut impl FnMut(&str) -> Result<&'a mut Program>,
+) -> Result<Programs<'a>> {
+    Ok(Programs {
+        fentry: [take(FENTRY[0].0)?, take(FENTRY[1].0)?],
+        tracepoint: [take(TRACEPOINTS[0].0)?, take(TRACEPOINTS[1].0)?],
+    })
+}
+
+/// Which pair loaded (the verifier's part, done on a thread of its own), or why none.
+pub(super) enum Loaded {
+    Fentry,
+    /// Tracepoints, and why not fentry (when it was tried).
+    Tracepoint(Option<String>),
+    Off,
+    Unavailable(String),
+}
+
+/// Loads by `mode`: fentry first where asked, the tracepoints where it is refused.
+pub(super) fn load(mut p: Programs<'_>, btf: &Btf, mode: Mode) -> Loaded {
+    let fentry_refused = match mode {
+        Mode::Off => return Loaded::Off,
+        Mode::Tracepoint => None,
+        Mode::Auto | Mode::Fentry => match load_fentry(&mut p.fentry, btf) {
+            Ok(()) => return Loaded::Fentry,
+            Err(e) if mode == Mode::Fentry => return Loaded::Unavailable(terse(&format!("{e:#}"))),
+            Err(e) => Some(terse(&format!("{e:#}"))),
+        },
+    };
+    match load_tracepoints(&mut p.tracepoint) {
+        Ok(()) => Loaded::Tracepoint(fentry_refused),
+        Err(e) => Loaded::Unavailable(match fentry_refused {
+            Some(f) => format!("fentry: {f}; tracepoints: {e:#}"),
+            None => format!("{e:#}"),
+        }),
+    }
+}
+
+fn load_fentry(p: &mut [&mut Program; 2], btf: &Btf) -> Result<()> {
+    for (i, (prog, func)) in FENTRY.into_iter().enumerate() {
+        let r = <&mut FEntry>::try_from(&mut *p[i])
+            .map_err(anyhow::Error::from)
+            .and_then(|f| {
+                f.load(func, btf)
+                    .map_err(|e| anyhow::anyhow!("{}", super::short_log(&format!("{e:#}"))))
+            })
+            .with_context(|| format!("loading {prog} for {func}"));
+        if let Err(e) = r {
+            // Half of the pair would see only `write`s: take both out.
+            for done in p.iter_mut().take(i) {
+                if let Ok(f) = <&mut FEntry>::try_from(&mut **done) {
+                    let _ = f.unload();
+                }
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+fn load_tracepoints(p: &mut [&mut Program; 2]) -> Result<()> {
+    for (i, (prog, _)) in TRACEPOINTS.into_iter().enumerate() {
+        let t: &mut TracePoint = (&mut *p[i]).try_into()?;
+        t.load()
+            .map_err(|e| anyhow::anyhow!("{}", super::short_log(&format!("{e:#}"))))
+            .with_context(|| format!("loading {prog}"))?;
+    }
+    Ok(())
+}
+
+/// Attaches what [`load`] loaded; the names of the programs attached go to `names`. A
+/// fentry pair the kernel loads but will not attach falls back to the tracepoints (`Auto`).
+pub(super) fn attach(
     ebpf: &mut Ebpf,
-    btf: &Btf,
+    loaded: Loaded,
     mode: Mode,
     names: &mut Vec<&'static str>,
     pins: Option<&super::pin::Pins>,
 ) -> Attached {
-    let fentry_refused = match mode {
-        Mode::Off => return Attached::Off,
-        Mode::Tracepoint => None,
-        Mode::Auto | Mode::Fentry => match fentry(ebpf, btf, pins) {
+    let why_not_fentry = match loaded {
+        Loaded::Off => return Attached::Off,
+        Loaded::Unavailable(why) => return Attached::Unavailable(why),
+        Loaded::Tracepoint(why) => why,
+        Loaded::Fentry => match attach_fentry(ebpf, pins) {
             Ok(()) => {
                 names.extend(FENTRY.map(|p| p.0));
                 return Attached::Fentry;
             }
-            Err(e) if mode == Mode::Fentry => {
-                return Attached::Unavailable(terse(&format!("{e:#}")))
+            Err(e) => {
+                for (prog, _) in FENTRY {
+                    if let Some(Ok(f)) = ebpf.program_mut(prog).map(<&mut FEntry>::try_from) {
+                        let _ = f.unload();
+                    }
+                }
+                let why = terse(&format!("{e:#}"));
+                if mode == Mode::Fentry {
+                    return Attached::Unavailable(why);
+                }
+                let loaded = ebpf_tracepoints(ebpf).and_then(|mut p| load_tracepoints(&mut p));
+                if let Err(e) = loaded {
+                    return Attached::Unavailable(format!("fentry: {why}; tracepoints: {e:#}"));
+                }
+                Some(why)
             }
-            Err(e) => Some(terse(&format!("{e:#}"))),
         },
     };
-    match tracepoints(ebpf, pins) {
+    match attach_tracepoints(ebpf, pins) {
         Ok(()) => {
             names.extend(TRACEPOINTS.map(|p| p.0));
-            Attached::Tracepoint(fentry_refused)
+            Attached::Tracepoint(why_not_fentry)
         }
-        Err(e) => Attached::Unavailable(match fentry_refused {
+        Err(e) => Attached::Unavailable(match why_not_fentry {
             Some(f) => format!("fentry: {f}; tracepoints: {e:#}"),
             None => format!("{e:#}"),
         }),
+    }
+}
+
+/// The tracepoint pair, from the object, for a load after the fentry pair would not attach.
+fn ebpf_tracepoints(ebpf: &mut Ebpf) -> Result<[&mut Program; 2]> {
+    let mut both = ebpf
+        .programs_mut()
+        .filter(|(n, _)| TRACEPOINTS.iter().any(|t| t.0 == *n))
+        .collect::<Vec<_>>();
+    both.sort_by_key(|(n, _)| TRACEPOINTS.iter().position(|t| t.0 == *n));
+    let mut it = both.into_iter().map(|(_, p)| p);
+    match (it.next(), it.next()) {
+        (Some(a), Some(b)) => Ok([a, b]),
+        _ => anyhow::bail!("the tracepoint programs are missing from the object"),
     }
 }
 
@@ -115,39 +220,20 @@ fn terse(e: &str) -> String {
         .to_string()
 }
 
-fn fentry(ebpf: &mut Ebpf, btf: &Btf, pins: Option<&super::pin::Pins>) -> Result<()> {
-    let mut done = Vec::new();
+fn attach_fentry(ebpf: &mut Ebpf, pins: Option<&super::pin::Pins>) -> Result<()> {
     let mut links = Vec::new();
     for (prog, func) in FENTRY {
-        let r = (|| -> Result<aya::programs::fentry::FEntryLinkId> {
-            let p: &mut FEntry = ebpf
-                .program_mut(prog)
-                .with_context(|| format!("program {prog} missing from the object"))?
-                .try_into()?;
-            p.load(func, btf)
-                .map_err(|e| anyhow::anyhow!("{}", super::short_log(&format!("{e:#}"))))
-                .with_context(|| format!("loading {prog} for {func}"))?;
-            p.attach()
-                .with_context(|| format!("attaching {prog} to {func}"))
-        })();
-        if let Err(e) = r {
-            // Half of the pair would see only `write`s: take both out.
-            for p in done {
-                if let Some(p) = ebpf
-                    .program_mut(p)
-                    .and_then(|p| <&mut FEntry>::try_from(p).ok())
-                {
-                    let _ = p.unload();
-                }
-            }
-            return Err(e);
-        }
-        if let Ok(id) = r {
-            links.push((prog, id));
-        }
-        done.push(prog);
+        let p: &mut FEntry = ebpf
+            .program_mut(prog)
+            .with_context(|| format!("program {prog} missing from the object"))?
+            .try_into()?;
+        // A failure drops the links made so far with the unload that follows.
+        let id = p
+            .attach()
+            .with_context(|| format!("attaching {prog} to {func}"))?;
+        links.push((prog, id));
     }
-    // Pinned once both are in, so taking the pair out above never leaves a pinned half.
+    // Pinned once both are in, so taking the pair out never leaves a pinned half.
     if let Some(pins) = pins {
         for (prog, id) in links {
             let p: &mut FEntry = ebpf
@@ -160,15 +246,12 @@ fn fentry(ebpf: &mut Ebpf, btf: &Btf, pins: Option<&super::pin::Pins>) -> Result
     Ok(())
 }
 
-fn tracepoints(ebpf: &mut Ebpf, pins: Option<&super::pin::Pins>) -> Result<()> {
+fn attach_tracepoints(ebpf: &mut Ebpf, pins: Option<&super::pin::Pins>) -> Result<()> {
     for (prog, tp) in TRACEPOINTS {
         let p: &mut TracePoint = ebpf
             .program_mut(prog)
             .with_context(|| format!("program {prog} missing from the object"))?
             .try_into()?;
-        p.load()
-            .map_err(|e| anyhow::anyhow!("{}", super::short_log(&format!("{e:#}"))))
-            .with_context(|| format!("loading {prog}"))?;
         let id = p
             .attach("syscalls", tp)
             .with_context(|| format!("attaching {prog} to syscalls:{tp}"))?;
