@@ -95,6 +95,6 @@ pub fn markdown(rows: &[Row]) -> String {
             r.what
         ));
     }
-    s.push_str("\nMost of exec's start is the kernel's verifier checking the programs (`signal_deliver` alone 163,000 instructions, about 0.25 s here); each program is loaded on a thread of its own, so a machine with more CPUs starts sooner. The kernel's BTF is mapped, not parsed whole. The time after the command is the stop: the syscall tracepoints' detach waits for RCU grace periods.\n");
+    s.push_str("\nMost of exec's start is the kernel's verifier checking the programs (`signal_deliver` alone 163,000 instructions, about 0.25 s here); each program is loaded on a thread of its own, so a machine with more CPUs starts sooner. The kernel's BTF is mapped, not parsed whole. The syscall tracepoints' detach waits for RCU grace periods (about 0.12 s here): a child of exec's pays it after exec has exited.\n");
     s
 }

@@ -13,6 +13,7 @@ mod cgroup;
 mod child;
 pub mod ci;
 pub mod cli;
+mod detach;
 
 use std::{
     ffi::OsString,
@@ -228,6 +229,7 @@ async fn exec(o: Options) -> Result<u8> {
         }
         delay = (delay * 2).min(MAX_DELAY);
     };
+    detach::after_exit();
     let _ = control.send(embed::Control::Stop);
     let _ = (&mut agent).await;
     let left = cg.remove();
