@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::{
-    outputs::{FileOptions, WebhookFormat, WebhookOptions},
+    outputs::{self as sink, FileOptions, WebhookFormat, WebhookOptions},
     pipeline::redact::Redactor,
 };
 
@@ -36,6 +36,12 @@ pub struct OutputArgs {
     /// What a webhook request carries: the report's JSON, or Slack's `{"text": ...}`.
     #[arg(long, value_enum, default_value_t = WebhookFormat::Json)]
     webhook_format: WebhookFormat,
+    /// Reports per webhook request, for a receiver that takes a JSON array of reports: up
+    /// to N waiting reports go in one POST as `[report, …]` (JSON format only). 1, the
+    /// default: one report object per POST.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    webhook_batch: u32,
     /// Trust only the PEM certificates in this file for https webhooks (default: the
     /// system's CA store).
     #[arg(long, value_name = "FILE")]
@@ -180,6 +186,7 @@ impl OutputArgs {
             .map(|url| WebhookOptions {
                 headers: self.webhook_header.clone(),
                 format: self.webhook_format,
+                batch: self.webhook_batch as usize,
                 ca: self.webhook_ca.clone(),
                 ..self.http_output("webhook", url.clone(), state_dir)
             })
@@ -245,6 +252,7 @@ impl OutputArgs {
         };
         Some(WebhookOptions {
             otlp: Some(self.otlp_cmdline),
+            batch: sink::OTLP_BATCH,
             headers: self.otlp_header.clone(),
             ca: self.otlp_ca.clone(),
             ..self.http_output("otlp", url, state_dir)
@@ -265,6 +273,7 @@ impl OutputArgs {
             otlp: None,
             headers: Vec::new(),
             format: WebhookFormat::Json,
+            batch: 1,
             ca: None,
             spool_dir: state_dir.join(format!("spool/{name}-{h:016x}")),
             spool_max_bytes: self.spool_max_mib << 20,

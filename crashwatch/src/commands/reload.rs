@@ -10,13 +10,14 @@ use super::{config, Cli, Cmd};
 use crate::{agent, outputs as sink};
 
 /// The keys a reload applies; a change to any other is said and waits for the next start.
-const RELOADABLE: [&str; 15] = [
+const RELOADABLE: [&str; 16] = [
     "output-file",
     "output-file-max-bytes",
     "output-file-keep",
     "webhook",
     "webhook-header",
     "webhook-format",
+    "webhook-batch",
     "webhook-ca",
     "webhook-retry-max",
     "spool-max-mib",

@@ -34,7 +34,7 @@ use std::{
 
 pub use file::{FileOptions, FileSink};
 pub use pretty::{frame, pretty};
-pub use webhook::{Webhook, WebhookFormat, WebhookOptions};
+pub use webhook::{Webhook, WebhookFormat, WebhookOptions, OTLP_BATCH};
 
 use crate::{model::report::Report, util::escape::Esc};
 

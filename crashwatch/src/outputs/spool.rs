@@ -124,8 +124,14 @@ impl Spool {
     }
 
     /// The oldest waiting report.
+    #[cfg(test)]
     pub fn front(&self) -> Option<Spooled> {
         self.lock().queue.front().cloned()
+    }
+
+    /// The `n` oldest waiting reports (fewer when fewer wait).
+    pub fn front_n(&self, n: usize) -> Vec<Spooled> {
+        self.lock().queue.iter().take(n).cloned().collect()
     }
 
     /// Removes `seq` once it was delivered (or refused for good).

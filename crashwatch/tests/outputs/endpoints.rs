@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::wait_until;
 
-/// One request a test endpoint took.
+/// One report a test endpoint took (a request's body, or one element of its JSON array).
 #[derive(Clone)]
 pub struct Hit {
     pub key: String,
@@ -21,14 +21,22 @@ pub struct Hit {
     pub header: String,
     pub pid: u64,
     pub body: String,
+    /// Which connection (0, 1, … in accept order) and which request (in arrival order)
+    /// brought it, and how many reports that request carried.
+    pub conn: usize,
+    pub request: usize,
+    pub in_request: usize,
 }
 
-/// A webhook endpoint: records each request's idempotency key, a test header and the
-/// report's pid; can be taken down (connections refused) and brought back on its port.
+/// A webhook endpoint: records each report's idempotency key, a test header and pid, and
+/// the connection and request it came in; keeps connections alive as HTTP/1.1 does; can be
+/// taken down (connections refused, open ones closed) and brought back on its port.
 pub struct Endpoint {
     pub port: u16,
     pub got: std::sync::Arc<std::sync::Mutex<Vec<Hit>>>,
     pub up: std::sync::Arc<AtomicBool>,
+    /// Connections accepted and requests answered so far.
+    counts: std::sync::Arc<[std::sync::atomic::AtomicUsize; 2]>,
 }
 
 impl Endpoint {
@@ -40,55 +48,27 @@ impl Endpoint {
             port,
             got: Default::default(),
             up: std::sync::Arc::new(AtomicBool::new(false)),
+            counts: Default::default(),
         };
         e.bring_up();
         e
     }
 
-    /// Serves on the port until taken down.
+    /// Serves on the port until taken down, each connection on a thread of its own.
     pub fn bring_up(&self) {
-        use std::io::{BufRead, BufReader, Read, Write};
         let l = std::net::TcpListener::bind(("127.0.0.1", self.port)).unwrap();
         l.set_nonblocking(true).unwrap();
         self.up.store(true, Ordering::SeqCst);
-        let (got, up) = (self.got.clone(), self.up.clone());
+        let (got, up, counts) = (self.got.clone(), self.up.clone(), self.counts.clone());
         std::thread::spawn(move || {
             while up.load(Ordering::SeqCst) {
                 let Ok((s, _)) = l.accept() else {
                     std::thread::sleep(Duration::from_millis(10));
                     continue;
                 };
-                s.set_nonblocking(false).unwrap();
-                let mut r = BufReader::new(s.try_clone().unwrap());
-                let (mut len, mut key, mut test) = (0usize, String::new(), String::new());
-                let mut line = String::new();
-                while r.read_line(&mut line).unwrap_or(0) > 2 {
-                    let l = line.trim_end().to_string();
-                    line.clear();
-                    if let Some((k, v)) = l.split_once(": ") {
-                        match k.to_ascii_lowercase().as_str() {
-                            "content-length" => len = v.parse().unwrap(),
-                            "idempotency-key" => key = v.to_string(),
-                            "x-test" => test = v.to_string(),
-                            _ => {}
-                        }
-                    }
-                }
-                let mut body = vec![0; len];
-                r.read_exact(&mut body).unwrap();
-                let v: Value = serde_json::from_slice(&body).unwrap();
-                // `check --sinks` sends a test message without one.
-                let pid = v["pid"].as_u64().unwrap_or(0);
-                let text = String::from_utf8_lossy(&body).into_owned();
-                got.lock().unwrap().push(Hit {
-                    key,
-                    header: test,
-                    pid,
-                    body: text,
-                });
-                let _ = (&s).write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                );
+                let conn = counts[0].fetch_add(1, Ordering::SeqCst);
+                let (got, up, counts) = (got.clone(), up.clone(), counts.clone());
+                std::thread::spawn(move || serve(s, conn, &got, &up, &counts[1]));
             }
         });
     }
@@ -103,6 +83,85 @@ impl Endpoint {
     }
 }
 
+/// One connection's requests until the client closes it or the endpoint is taken down.
+fn serve(
+    s: std::net::TcpStream,
+    conn: usize,
+    got: &std::sync::Mutex<Vec<Hit>>,
+    up: &AtomicBool,
+    requests: &std::sync::atomic::AtomicUsize,
+) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    loop {
+        // Waiting for the next request on a kept connection, until the endpoint goes down.
+        line.clear();
+        match r.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(_) if up.load(Ordering::SeqCst) && line.is_empty() => continue,
+            Err(_) => return,
+        }
+        if !up.load(Ordering::SeqCst) {
+            return;
+        }
+        s.set_read_timeout(None).unwrap();
+        let (mut len, mut key, mut test) = (0usize, String::new(), String::new());
+        line.clear();
+        while r.read_line(&mut line).unwrap_or(0) > 2 {
+            let l = line.trim_end().to_string();
+            line.clear();
+            if let Some((k, v)) = l.split_once(": ") {
+                match k.to_ascii_lowercase().as_str() {
+                    "content-length" => len = v.parse().unwrap(),
+                    "idempotency-key" => key = v.to_string(),
+                    "x-test" => test = v.to_string(),
+                    _ => {}
+                }
+            }
+        }
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).unwrap();
+        let request = requests.fetch_add(1, Ordering::SeqCst);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        // A batch is an array of reports; `check --sinks` sends a test message without pid.
+        let reports = match v {
+            Value::Array(a) => a,
+            one => vec![one],
+        };
+        let n = reports.len();
+        got.lock().unwrap().extend(reports.into_iter().map(|v| Hit {
+            key: key.clone(),
+            header: test.clone(),
+            pid: v["pid"].as_u64().unwrap_or(0),
+            body: if n == 1 {
+                String::from_utf8_lossy(&body).into_owned()
+            } else {
+                v.to_string()
+            },
+            conn,
+            request,
+            in_request: n,
+        }));
+        if (&s)
+            // An answer with a body, as collectors and Sentry give: a client that leaves
+            // it unread cannot reuse the connection.
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{\"ok\":true}")
+            .is_err()
+        {
+            return;
+        }
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+    }
+}
+
+pub use super::common::free_port;
+
 /// A Python program serving on a free loopback port (its first argument), in `dir`; killed
 /// on drop.
 pub struct PyServer {
@@ -113,11 +172,10 @@ pub struct PyServer {
 impl PyServer {
     /// `-S` and `pythonpath`: only the modules setup.sh installed there, not the host's.
     pub fn start(dir: &Path, script: &str, pythonpath: Option<&str>) -> PyServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        Self::start_on(dir, script, pythonpath, free_port())
+    }
+
+    pub fn start_on(dir: &Path, script: &str, pythonpath: Option<&str>, port: u16) -> PyServer {
         let mut cmd = Command::new("python3");
         if let Some(p) = pythonpath {
             cmd.arg("-S").env("PYTHONPATH", p);
@@ -203,6 +261,11 @@ pub struct OtlpReceiver {
 
 impl OtlpReceiver {
     pub fn start(dir: &Path) -> OtlpReceiver {
+        Self::start_on(dir, free_port())
+    }
+
+    /// On `port` (an output that waited for it finds it there).
+    pub fn start_on(dir: &Path, port: u16) -> OtlpReceiver {
         let server = r#"
 import http.server, json, sys
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
@@ -215,6 +278,7 @@ class H(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         req = ExportLogsServiceRequest()
         req.ParseFromString(self.rfile.read(int(self.headers['Content-Length'])))
+        n = sum(len(sl.log_records) for rl in req.resource_logs for sl in rl.scope_logs)
         with open('got', 'a') as f:
             for rl in req.resource_logs:
                 res = {a.key: value(a.value) for a in rl.resource.attributes}
@@ -229,6 +293,7 @@ class H(http.server.BaseHTTPRequestHandler):
                             'time_unix_nano': r.time_unix_nano,
                             'body': value(r.body),
                             'attributes': {a.key: value(a.value) for a in r.attributes},
+                            'in_request': n,
                         }) + '\n')
         self.send_response(200)
         self.send_header('Content-Type', 'application/x-protobuf')
@@ -239,7 +304,7 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()
 "#;
         OtlpReceiver {
-            server: PyServer::start(dir, server, Some("/opt/crashwatch-py/otlp")),
+            server: PyServer::start_on(dir, server, Some("/opt/crashwatch-py/otlp"), port),
             got: dir.join("got"),
         }
     }

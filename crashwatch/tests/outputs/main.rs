@@ -2,6 +2,7 @@
 //! through a `kill -9` of the agent in the middle of a crash storm and a torn last line, and
 //! secrets in a command line masked on stdout, in the file and in the crash history. Needs
 //! root (CI runs as root).
+mod batches;
 #[path = "../common/mod.rs"]
 mod common;
 mod endpoints;

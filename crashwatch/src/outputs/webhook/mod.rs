@@ -45,6 +45,9 @@ pub struct WebhookOptions {
     pub url: String,
     pub headers: Vec<(String, String)>,
     pub format: WebhookFormat,
+    /// Reports per request at most: OTLP's log records, a webhook's JSON array
+    /// (`--webhook-batch`); 1 sends each report alone, as its own body.
+    pub batch: usize,
     /// PEM certificates trusted instead of the system's.
     pub ca: Option<PathBuf>,
     pub spool_dir: PathBuf,
@@ -59,6 +62,10 @@ pub struct WebhookOptions {
     /// Sentry: each report as an event in an envelope ([`super::sentry`]).
     pub sentry: bool,
 }
+
+/// Log records per OTLP request at most (an export request carries many; the collector's
+/// usual limits are far above 100 crash reports).
+pub const OTLP_BATCH: usize = 100;
 
 /// How often the hub hears from a node that has nothing to report.
 pub const HEARTBEAT: Duration = Duration::from_secs(30);
@@ -104,6 +111,12 @@ impl Webhook {
         let uri: ureq::http::Uri = opts.url.parse().with_context(|| opts.shown())?;
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
             bail!("{}: an http:// or https:// URL", opts.shown());
+        }
+        if opts.batch > 1 && opts.otlp.is_none() && opts.format != WebhookFormat::Json {
+            bail!(
+                "{}: --webhook-batch takes the JSON format only (a Slack message is one text)",
+                opts.shown()
+            );
         }
         let agent = client(&opts)?;
         let spool = Arc::new(Spool::open(&opts.spool_dir, opts.spool_max_bytes)?);

@@ -41,20 +41,28 @@ impl Sender {
         let mut failures = 0u32;
         let mut rng = seed();
         let mut said_down = false;
+        // A batch that failed is retried as it was: the same reports, the same key.
+        let mut batch: Vec<Spooled> = Vec::new();
         while !self.stop.load(Ordering::Relaxed) {
             if self.opts.heartbeat && std::time::Instant::now() >= self.next_beat {
                 self.beat();
             }
-            let Some(next) = self.spool.front() else {
+            if batch.is_empty() {
+                batch = self.spool.front_n(self.opts.batch.max(1));
+            }
+            if batch.is_empty() {
                 let _ = woken.recv_timeout(Duration::from_secs(1));
                 continue;
-            };
-            match self.post(&next) {
+            }
+            match self.post(&batch) {
                 Outcome::Delivered => {
-                    self.spool.pop(next.seq);
-                    self.spooled.dec();
-                    self.counts.delivered.fetch_add(1, Ordering::Relaxed);
-                    self.delivered.inc();
+                    let n = batch.len() as u64;
+                    for s in batch.drain(..) {
+                        self.spool.pop(s.seq);
+                    }
+                    self.spooled.dec_by(n as i64);
+                    self.counts.delivered.fetch_add(n, Ordering::Relaxed);
+                    self.delivered.inc_by(n);
                     if said_down {
                         tracing::info!("{}: delivering again", self.opts.shown());
                         said_down = false;
@@ -62,13 +70,21 @@ impl Sender {
                     failures = 0;
                 }
                 Outcome::Refused(why) => {
-                    self.spool.pop(next.seq);
-                    self.spooled.dec();
-                    self.errors.inc();
-                    self.counts.refused.fetch_add(1, Ordering::Relaxed);
+                    let n = batch.len() as u64;
+                    for s in batch.drain(..) {
+                        self.spool.pop(s.seq);
+                    }
+                    self.spooled.dec_by(n as i64);
+                    self.errors.inc_by(n);
+                    self.counts.refused.fetch_add(n, Ordering::Relaxed);
                     tracing::warn!(
-                        "{}: refused a report for good ({why}): dropped",
-                        self.opts.shown()
+                        "{}: refused {} for good ({why}): dropped",
+                        self.opts.shown(),
+                        if n == 1 {
+                            "a report".to_string()
+                        } else {
+                            format!("a request of {n} reports")
+                        }
                     );
                 }
                 Outcome::Retry(why, asked) => {
@@ -155,10 +171,20 @@ impl Sender {
         }
     }
 
-    fn post(&self, s: &Spooled) -> Outcome {
-        let body = match std::fs::read(&s.path) {
-            Ok(b) => b,
-            Err(e) => return Outcome::Refused(format!("the spooled file is unreadable: {e}")),
+    /// One request carrying `batch`: a report's own body when it is alone; OTLP's bodies
+    /// concatenated (serialized export requests concatenated are one request whose records
+    /// are all of theirs: protobuf merges repeated fields); a webhook's as a JSON array.
+    fn post(&self, batch: &[Spooled]) -> Outcome {
+        let mut bodies = Vec::with_capacity(batch.len());
+        for s in batch {
+            match std::fs::read(&s.path) {
+                Ok(b) => bodies.push(b),
+                Err(e) => return Outcome::Refused(format!("a spooled file is unreadable: {e}")),
+            }
+        }
+        let (body, key) = match batch {
+            [one] => (bodies.pop().unwrap_or_default(), one.key.clone()),
+            _ => (join(bodies, self.opts.otlp.is_some()), batch_key(batch)),
         };
         let mut req = self
             .agent
@@ -171,7 +197,7 @@ impl Sender {
                     (None, _) => "application/json",
                 },
             )
-            .header("Idempotency-Key", &s.key)
+            .header("Idempotency-Key", &key)
             .header(
                 "User-Agent",
                 concat!("crashwatch/", env!("CARGO_PKG_VERSION")),
@@ -180,7 +206,13 @@ impl Sender {
             req = req.header(k, v);
         }
         match req.send(&body[..]) {
-            Ok(resp) => {
+            Ok(mut resp) => {
+                // Read to its end (a bounded amount), so the connection goes back to the
+                // pool for the next request instead of being closed.
+                let _ = std::io::copy(
+                    &mut std::io::Read::take(resp.body_mut().as_reader(), ANSWER_READ),
+                    &mut std::io::sink(),
+                );
                 let code = resp.status().as_u16();
                 match code {
                     200..=299 => Outcome::Delivered,
@@ -193,6 +225,37 @@ impl Sender {
             Err(e) => Outcome::Retry(e.to_string(), None),
         }
     }
+}
+
+/// Bytes of an answer read before the connection is given up rather than reused.
+const ANSWER_READ: u64 = 64 << 10;
+
+/// Several spooled bodies as one: OTLP's concatenated, JSON reports as an array.
+fn join(bodies: Vec<Vec<u8>>, otlp: bool) -> Vec<u8> {
+    let total: usize = bodies.iter().map(|b| b.len() + 1).sum();
+    let mut out = Vec::with_capacity(total + 2);
+    if otlp {
+        for b in bodies {
+            out.extend_from_slice(&b);
+        }
+        return out;
+    }
+    out.push(b'[');
+    for (i, b) in bodies.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b.trim_ascii_end());
+    }
+    out.push(b']');
+    out
+}
+
+/// A batch's idempotency key: the same for every attempt at the same reports.
+fn batch_key(batch: &[Spooled]) -> String {
+    let keys: Vec<&str> = batch.iter().map(|s| s.key.as_str()).collect();
+    let h = crate::model::hex::fnv1a(keys.join(",").as_bytes());
+    format!("crashwatch-batch-{h:016x}")
 }
 
 /// How long an answer asks the sender to wait: Sentry's `X-Sentry-Rate-Limits`
