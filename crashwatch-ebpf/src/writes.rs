@@ -17,6 +17,11 @@
 //! dump keeps both its first lines and its last. A head long complete is replaced by the next
 //! such write: a service that logged a handled traceback hours ago still gets its real death.
 //! Threads writing at once may interleave, as they do on the terminal.
+//!
+//! Per write to stderr the program reads the process's bytes once, into the tail (a read of
+//! user memory is most of its cost), and tests a marker only when the first byte is one a
+//! marker begins with; the syscall tracepoints' arguments are loaded from the record
+//! directly, not through a helper.
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel_buf,
@@ -25,6 +30,7 @@ use aya_ebpf::{
     macros::{fentry, map, tracepoint},
     maps::{Array, LruHashMap, PerCpuArray},
     programs::{FEntryContext, TracePointContext},
+    EbpfContext,
 };
 use crashwatch_common::*;
 
@@ -77,6 +83,21 @@ static MARKERS: [Marker; 22] = [
     BANNER,
 ];
 
+/// The first bytes of [`MARKERS`] and of `SIGxxx: `, as a 256-bit set.
+static FIRST_BYTES: [u64; 4] = first_bytes_of(&MARKERS);
+
+const fn first_bytes_of(markers: &[Marker]) -> [u64; 4] {
+    let mut set = [0u64; 4];
+    let mut i = 0;
+    while i < markers.len() {
+        let b = (markers[i].words[0] & 0xff) as usize;
+        set[b >> 6] |= 1 << (b & 63);
+        i += 1;
+    }
+    set[(b'S' as usize) >> 6] |= 1 << (b'S' as usize & 63);
+    set
+}
+
 /// A prefix of up to 16 bytes as two little-endian words and their masks: numbers only, so
 /// the table needs no relocation in the program's read-only data (a table of slices would).
 struct Marker {
@@ -118,18 +139,26 @@ pub fn writev_fentry(ctx: FEntryContext) -> u32 {
 // syscall number).
 #[tracepoint]
 pub fn write_tp(ctx: TracePointContext) -> u32 {
-    // SAFETY: reads of the tracepoint's record at its format's offsets.
-    let args = unsafe { ctx.read_at::<[u64; 3]>(16) }.unwrap_or([0; 3]);
-    on_write(args[0], args[1], args[2]);
+    let [fd, buf, count] = syscall_args(&ctx);
+    on_write(fd, buf, count);
     0
 }
 
 #[tracepoint]
 pub fn writev_tp(ctx: TracePointContext) -> u32 {
-    // SAFETY: as above.
-    let args = unsafe { ctx.read_at::<[u64; 3]>(16) }.unwrap_or([0; 3]);
-    on_writev(args[0], args[1], args[2]);
+    let [fd, vec, vlen] = syscall_args(&ctx);
+    on_writev(fd, vec, vlen);
     0
+}
+
+/// The first three arguments of a `sys_enter_*` record, loaded from the context directly:
+/// the verifier allows loads inside a tracepoint's record, and a helper call per write
+/// (`read_at`'s `bpf_probe_read_kernel`) costs every write on the host.
+#[inline(always)]
+fn syscall_args(ctx: &TracePointContext) -> [u64; 3] {
+    let p = ctx.as_ptr() as *const u64;
+    // SAFETY: aligned loads at 16, 24 and 32 inside the record (its format's offsets).
+    unsafe { [*p.add(2), *p.add(3), *p.add(4)] }
 }
 
 #[inline(always)]
@@ -284,12 +313,15 @@ fn keep(w: &mut LastWordsRecord, buf: u64, count: u64, may_start: bool) {
     };
     w.skipped += count - n as u64;
     let pos = w.total;
+    // Into the tail first, read once: the marker test reads its first bytes there. The
+    // look-back a mark copies ends before `pos`, and the tail is longer than a look-back
+    // and a write together, so this write never overwrites it.
+    let mut read = into_tail(w, pos, buf, n);
     let head_done = w.head_len as usize >= WORDS_HEAD
         && pos >= w.marked.wrapping_sub(1).saturating_add(WORDS_HEAD as u64);
-    if may_start && (w.marked == 0 || head_done) && starts_dying_words(buf, n) {
+    if may_start && (w.marked == 0 || head_done) && starts_dying_words(w, pos, n) {
         mark(w, pos);
     }
-    let mut read = into_tail(w, pos, buf, n);
     let h = w.head_len as usize;
     if w.marked != 0 && h < WORDS_HEAD {
         let h = masked(h, WORDS_HEAD - 1);
@@ -304,6 +336,8 @@ fn keep(w: &mut LastWordsRecord, buf: u64, count: u64, may_start: bool) {
     w.total = pos + n as u64;
 }
 
+const _: () = assert!(WORDS_TAIL >= WORDS_LOOKBACK + WORDS_CHUNK);
+
 /// Copies `n` (< [`WORDS_CHUNK`]) bytes at `buf` in the process into the tail ring at
 /// stream position `pos`, in at most two pieces; false when any could not be read (a failed
 /// read leaves zeroes).
@@ -317,6 +351,9 @@ fn into_tail(w: &mut LastWordsRecord, pos: u64, buf: u64, n: usize) -> bool {
     unsafe {
         let dst = core::slice::from_raw_parts_mut(w.tail.as_mut_ptr().add(at), first);
         let a = bpf_probe_read_user_buf(buf as *const u8, dst).is_ok();
+        if rest == 0 {
+            return a;
+        }
         let dst = core::slice::from_raw_parts_mut(w.tail.as_mut_ptr(), rest);
         let b = bpf_probe_read_user_buf((buf + first as u64) as *const u8, dst).is_ok();
         a && b
@@ -414,11 +451,28 @@ fn first_bytes(buf: u64) -> Option<([u8; 16], [u64; 2])> {
     let mut b = [0u8; 16];
     // SAFETY: faults safely.
     unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut b) }.ok()?;
-    let words = [
+    Some((b, words_of(&b)))
+}
+
+#[inline(always)]
+fn words_of(b: &[u8; 16]) -> [u64; 2] {
+    [
         u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
         u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]),
-    ];
-    Some((b, words))
+    ]
+}
+
+/// The 16 bytes of the tail ring from stream position `pos` (the write just copied there;
+/// past its length, older bytes, never compared).
+#[inline(always)]
+fn tail_bytes(w: &LastWordsRecord, pos: u64) -> [u8; 16] {
+    let at = masked(pos as usize, WORDS_TAIL - 1);
+    let mut b = [0u8; 16];
+    for (i, d) in b.iter_mut().enumerate() {
+        // SAFETY: the index is masked into the tail.
+        *d = unsafe { *w.tail.as_ptr().add(masked(at + i, WORDS_TAIL - 1)) };
+    }
+    b
 }
 
 #[inline(always)]
@@ -432,12 +486,19 @@ fn begins(buf: u64, m: &Marker) -> bool {
     first_bytes(buf).is_some_and(|(_, w)| matches(m, &w, 16))
 }
 
-/// The write's first bytes are one of [`MARKERS`], or a Go signal dump's `SIGSEGV: `.
+/// The write at stream position `pos`, `n` bytes, already in the tail, begins with one of
+/// [`MARKERS`], or a Go signal dump's `SIGSEGV: `.
 #[inline(always)]
-fn starts_dying_words(buf: u64, n: usize) -> bool {
-    let Some((b, words)) = first_bytes(buf) else {
+fn starts_dying_words(w: &LastWordsRecord, pos: u64, n: usize) -> bool {
+    // Most lines (a timestamp, `{`, `[`) begin with no marker's first byte: one load of
+    // the tail and a bit test, not the marker table.
+    // SAFETY: the index is masked into the tail.
+    let first = unsafe { *w.tail.as_ptr().add(masked(pos as usize, WORDS_TAIL - 1)) };
+    if FIRST_BYTES[(first >> 6) as usize & 3] & (1 << (first & 63)) == 0 {
         return false;
-    };
+    }
+    let b = tail_bytes(w, pos);
+    let words = words_of(&b);
     for m in MARKERS.iter() {
         if matches(m, &words, n) {
             return true;
