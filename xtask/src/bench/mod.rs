@@ -22,6 +22,7 @@ mod storm;
 mod symbols;
 mod tools;
 mod web;
+mod words;
 
 use std::{collections::BTreeMap, path::Path, process::Command};
 
@@ -99,6 +100,11 @@ pub struct Args {
     /// alone and put its section into docs/benchmarks.md.
     #[arg(long)]
     pub exec_only: bool,
+    /// Measure the write hooks alone (the write workloads without an observer, under
+    /// crashwatch and with `--last-words off`, then the programs' ns per write from the
+    /// kernel's BPF statistics) and put their section into docs/benchmarks.md.
+    #[arg(long)]
+    pub words_only: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -115,6 +121,7 @@ pub fn run(args: Args) -> Result<()> {
         hub_retention,
         dumps_only,
         exec_only,
+        words_only,
     } = args;
     let p = Paths::new()?;
     let t = tools::build(&p)?;
@@ -156,7 +163,6 @@ pub fn run(args: Args) -> Result<()> {
         let section = sinks::markdown(&sinks::run(&t, storm)?);
         return report::splice(&page, "## Outputs", "--sinks-only", &section);
     }
-    let s = |x: &Path| x.display().to_string();
     let all = vec![
         Observer::None,
         Observer::Crashwatch,
@@ -164,6 +170,93 @@ pub fn run(args: Args) -> Result<()> {
         Observer::Bpftrace,
         Observer::Libbpf,
     ];
+    let workloads = workloads(&t, &all);
+    if words_only {
+        let words: Vec<Workload> = workloads
+            .into_iter()
+            .filter(|w| w.events.1 == "write" || w.events.1 == "line" || w.events.1 == "syscall")
+            .collect();
+        let section = words::section(words, &t.agent, rounds)?;
+        return report::splice(&page, "## The write hooks", "--words-only", &section);
+    }
+    let mut times: Vec<Vec<Vec<f64>>> = workloads
+        .iter()
+        .map(|w| vec![Vec::new(); w.observers.len()])
+        .collect();
+    let mut lost_runs = Vec::new();
+    // The agent's CPU ms per 1,000 execs, per round, for each crashwatch observer.
+    let mut exec_cpu: Vec<(Observer, f64)> = Vec::new();
+    for round in 0..rounds {
+        let mut order = all.clone();
+        order.rotate_left(round % all.len());
+        eprintln!(
+            "xtask bench: round {}/{rounds} ({})",
+            round + 1,
+            order
+                .iter()
+                .map(|o| o.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for o in order {
+            let running = Running::start(o, &t.agent)?;
+            for (wi, w) in workloads.iter().enumerate() {
+                let Some(oi) = w.observers.iter().position(|x| *x == o) else {
+                    continue;
+                };
+                let mut cmd = Command::new(&w.cmd[0]);
+                cmd.args(&w.cmd[1..]);
+                let agent = running.pid().filter(|_| w.execs > 0 && o.is_crashwatch());
+                let before = agent.map(|p| cpu_and_rss(p).0);
+                times[wi][oi].push(time_run(&mut cmd)?);
+                if let (Some(p), Some(b)) = (agent, before) {
+                    // CPU ms per 1,000 execs.
+                    exec_cpu.push((o, (cpu_and_rss(p).0 - b) * 1e6 / w.execs as f64));
+                }
+            }
+            let log = running.stop();
+            if o == Observer::Crashwatch {
+                lost_runs.extend(
+                    log.into_iter()
+                        .filter(|l| l.contains("stopped (kernel losses")),
+                );
+            }
+        }
+    }
+
+    let breakdown = (0..rounds.clamp(1, 3))
+        .map(|_| breakdown(&workloads, &t.agent))
+        .collect::<Result<Vec<_>>>()?;
+    let words_mode = breakdown.iter().find_map(|b| b.words_mode.clone());
+    let crashes = storm::run(&t, storm, idle_secs)?;
+    let history = history::markdown(&history::run(&t, history_crashes)?);
+    let outputs = sinks::markdown(&sinks::run(&t, storm)?);
+    let mut sides = symbols::run(&t, rounds)?;
+    let symbolization = symbols::markdown(&mut sides, &crashes.symbolization, crashes.frames_named);
+    let analysis = logs::markdown(&logs::run(&t, &p.root.join("target"))?);
+    let page = web::markdown(&web::run(&t)?);
+    report::write(
+        &p.root,
+        rounds,
+        &workloads,
+        &times,
+        &report::AgentNotes {
+            lost_runs,
+            words_mode,
+            exec_cpu,
+            breakdown,
+        },
+        &crashes,
+        &format!("{history}\n{outputs}\n{analysis}\n{page}\n{symbolization}"),
+    )
+}
+
+/// The cost breakdown: every workload once under crashwatch with the kernel's BPF statistics
+/// on (apart from the timed rounds: the statistics cost ~20 ns per program run).
+/// Every workload of the main table, each with the observers it runs under.
+fn workloads(t: &tools::Tools, all: &[Observer]) -> Vec<Workload> {
+    let all = all.to_vec();
+    let s = |x: &Path| x.display().to_string();
     // Go's own writes: only crashwatch probes them.
     let two = vec![Observer::None, Observer::Crashwatch];
     // The write hooks' cost: crashwatch with and without them, side by side.
@@ -257,81 +350,10 @@ pub fn run(args: Args) -> Result<()> {
             (2000000, "write"),
         ));
     }
-    let mut times: Vec<Vec<Vec<f64>>> = workloads
-        .iter()
-        .map(|w| vec![Vec::new(); w.observers.len()])
-        .collect();
-    let mut lost_runs = Vec::new();
-    // The agent's CPU ms per 1,000 execs, per round, for each crashwatch observer.
-    let mut exec_cpu: Vec<(Observer, f64)> = Vec::new();
-    for round in 0..rounds {
-        let mut order = all.clone();
-        order.rotate_left(round % all.len());
-        eprintln!(
-            "xtask bench: round {}/{rounds} ({})",
-            round + 1,
-            order
-                .iter()
-                .map(|o| o.name())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        for o in order {
-            let running = Running::start(o, &t.agent)?;
-            for (wi, w) in workloads.iter().enumerate() {
-                let Some(oi) = w.observers.iter().position(|x| *x == o) else {
-                    continue;
-                };
-                let mut cmd = Command::new(&w.cmd[0]);
-                cmd.args(&w.cmd[1..]);
-                let agent = running.pid().filter(|_| w.execs > 0 && o.is_crashwatch());
-                let before = agent.map(|p| cpu_and_rss(p).0);
-                times[wi][oi].push(time_run(&mut cmd)?);
-                if let (Some(p), Some(b)) = (agent, before) {
-                    // CPU ms per 1,000 execs.
-                    exec_cpu.push((o, (cpu_and_rss(p).0 - b) * 1e6 / w.execs as f64));
-                }
-            }
-            let log = running.stop();
-            if o == Observer::Crashwatch {
-                lost_runs.extend(
-                    log.into_iter()
-                        .filter(|l| l.contains("stopped (kernel losses")),
-                );
-            }
-        }
-    }
-
-    let breakdown = (0..rounds.clamp(1, 3))
-        .map(|_| breakdown(&workloads, &t.agent))
-        .collect::<Result<Vec<_>>>()?;
-    let words_mode = breakdown.iter().find_map(|b| b.words_mode.clone());
-    let crashes = storm::run(&t, storm, idle_secs)?;
-    let history = history::markdown(&history::run(&t, history_crashes)?);
-    let outputs = sinks::markdown(&sinks::run(&t, storm)?);
-    let mut sides = symbols::run(&t, rounds)?;
-    let symbolization = symbols::markdown(&mut sides, &crashes.symbolization, crashes.frames_named);
-    let analysis = logs::markdown(&logs::run(&t, &p.root.join("target"))?);
-    let page = web::markdown(&web::run(&t)?);
-    report::write(
-        &p.root,
-        rounds,
-        &workloads,
-        &times,
-        &report::AgentNotes {
-            lost_runs,
-            words_mode,
-            exec_cpu,
-            breakdown,
-        },
-        &crashes,
-        &format!("{history}\n{outputs}\n{analysis}\n{page}\n{symbolization}"),
-    )
+    workloads
 }
 
-/// The cost breakdown: every workload once under crashwatch with the kernel's BPF statistics
-/// on (apart from the timed rounds: the statistics cost ~20 ns per program run).
-fn breakdown(workloads: &[Workload], agent: &Path) -> Result<Breakdown> {
+pub(crate) fn breakdown(workloads: &[Workload], agent: &Path) -> Result<Breakdown> {
     let _stats = bpfstats::Enabled::new()?;
     // At debug level the agent says at start what it loaded and how (the programs' names,
     // the write hooks); the kernel programs then also log what they fail to capture, which

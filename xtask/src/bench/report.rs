@@ -233,7 +233,13 @@ pub fn write(
         md,
         "\nCPU is the scheduler's count of the agent's time on a CPU (`/proc/PID/task/*/schedstat`)."
     )?;
-    breakdown(&mut md, workloads, times, &agent.breakdown)?;
+    breakdown(
+        &mut md,
+        "## Where crashwatch's cost goes, per event",
+        workloads,
+        times,
+        &agent.breakdown,
+    )?;
     md.push('\n');
     md.push_str(symbolization);
     let out = root.join("docs/benchmarks.md");
@@ -244,8 +250,11 @@ pub fn write(
 }
 
 /// The kernel side's own time per event, beside the event's own time with no observer.
-fn breakdown(
+/// The programs' own time per event; `times[wi][0]` is each workload's run without an
+/// observer.
+pub fn breakdown(
     md: &mut String,
+    heading: &str,
     workloads: &[Workload],
     times: &[Vec<Vec<f64>>],
     passes: &[Breakdown],
@@ -253,7 +262,7 @@ fn breakdown(
     if passes.is_empty() {
         return Ok(());
     }
-    writeln!(md, "\n## Where crashwatch's cost goes, per event\n")?;
+    writeln!(md, "\n{heading}\n")?;
     writeln!(
         md,
         "Each workload once more under `crashwatch`, {} time(s), with the kernel's BPF run \
