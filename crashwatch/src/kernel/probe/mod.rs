@@ -20,6 +20,7 @@ pub mod known;
 mod losses;
 pub mod pin;
 pub mod ring;
+mod tracepoints;
 mod uprobe_multi;
 mod verify;
 pub mod writes;
@@ -35,8 +36,9 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use crashwatch_common::{COPIES, SITE_EXEC, SITE_EXIT, SITE_SIGNAL};
+use crashwatch_common::COPIES;
 pub use losses::{LossReader, Losses};
+use tracepoints::{tracepoint_programs, Role};
 
 use crate::read::gobin::GoProbe;
 
@@ -108,95 +110,6 @@ pub struct Probe {
     pub pins: Option<pin::Pins>,
     /// The programs' own diagnostics, when the agent logs at debug.
     pub klog: Option<klog::KernelLog>,
-}
-
-/// A tracepoint program: its name, its tracepoint, and for the copied ones which copy it is
-/// and at which site.
-struct TracepointProgram {
-    name: &'static str,
-    tracepoint: &'static str,
-    copy: Option<(Role, u32)>,
-    /// For the exit programs: whether it needs the `group_dead` argument (6.16+) or must not
-    /// have it.
-    group_dead: Option<bool>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Role {
-    First,
-    Later,
-}
-
-/// Every tracepoint program in attach order: a tracepoint's copies first to last, `copies`
-/// of each.
-fn tracepoint_programs(copies: u32) -> Vec<TracepointProgram> {
-    type Copies = [&'static str; COPIES as usize];
-    let sites: [(Copies, &str, u32, Option<bool>); 4] = [
-        (
-            [
-                "sched_process_exec",
-                "sched_process_exec_2",
-                "sched_process_exec_3",
-            ],
-            "sched_process_exec",
-            SITE_EXEC,
-            None,
-        ),
-        (
-            ["signal_deliver", "signal_deliver_2", "signal_deliver_3"],
-            "signal_deliver",
-            SITE_SIGNAL,
-            None,
-        ),
-        (
-            [
-                "sched_process_exit",
-                "sched_process_exit_2",
-                "sched_process_exit_3",
-            ],
-            "sched_process_exit",
-            SITE_EXIT,
-            Some(false),
-        ),
-        (
-            [
-                "sched_process_exit_gd",
-                "sched_process_exit_gd_2",
-                "sched_process_exit_gd_3",
-            ],
-            "sched_process_exit",
-            SITE_EXIT,
-            Some(true),
-        ),
-    ];
-    let mut out = Vec::new();
-    for (names, tracepoint, site, group_dead) in sites {
-        for (i, name) in names.into_iter().enumerate().take(copies as usize) {
-            let role = if i == 0 { Role::First } else { Role::Later };
-            out.push(TracepointProgram {
-                name,
-                tracepoint,
-                copy: Some((role, site)),
-                group_dead,
-            });
-        }
-    }
-    if copies > 1 {
-        // Takes the exits every copy skipped (crashwatch-ebpf's `exec_exit`).
-        out.push(TracepointProgram {
-            name: "sched_process_free",
-            tracepoint: "sched_process_free",
-            copy: None,
-            group_dead: None,
-        });
-    }
-    out.push(TracepointProgram {
-        name: "mark_victim",
-        tracepoint: "mark_victim",
-        copy: None,
-        group_dead: None,
-    });
-    out
 }
 
 impl Probe {
@@ -541,18 +454,6 @@ pub(crate) fn fs_magic(path: &std::path::Path) -> Option<i64> {
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: a NUL-terminated path and a statfs buffer.
     (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0).then_some(st.f_type as i64)
-}
-
-/// A verifier log can run to thousands of lines: keep its head and its tail.
-fn short_log(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    if lines.len() <= 24 {
-        return s.to_string();
-    }
-    let mut out = lines[..4].join("\n");
-    out += &format!("\n[... {} lines of verifier log ...]\n", lines.len() - 20);
-    out += &lines[lines.len() - 16..].join("\n");
-    out
 }
 
 /// Each probed Go binary holds two descriptors (its uprobe_multi link and the binary itself),

@@ -82,18 +82,33 @@ pub(super) fn load(ebpf: &mut Ebpf, btf: &Btf, plan: Plan<'_>) -> Result<Loaded>
     })
 }
 
+/// The kernel's refusal of a load, its verifier log cut to its head and tail.
+pub(super) fn refused(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!("{}", short_log(&format!("{e:#}")))
+}
+
+/// A verifier log can run to thousands of lines: keep its head and its tail.
+pub(super) fn short_log(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    if lines.len() <= 24 {
+        return s.to_string();
+    }
+    let mut out = lines[..4].join("\n");
+    out += &format!("\n[... {} lines of verifier log ...]\n", lines.len() - 20);
+    out += &lines[lines.len() - 16..].join("\n");
+    out
+}
+
 fn joined<T>(r: std::thread::Result<Result<T>>) -> Result<T> {
     r.unwrap_or_else(|_| Err(anyhow!("the loading thread panicked")))
 }
 
 fn load_tracepoint(p: &mut Program, tp: &str, btf: &Btf) -> Result<()> {
     let p: &mut BtfTracePoint = p.try_into()?;
-    p.load(tp, btf)
-        .map_err(|e| anyhow!("{}", super::short_log(&format!("{e:#}"))))
+    p.load(tp, btf).map_err(refused)
 }
 
 pub(super) fn load_uprobe(p: &mut Program) -> Result<()> {
     let p: &mut UProbe = p.try_into()?;
-    p.load()
-        .map_err(|e| anyhow!("{}", super::short_log(&format!("{e:#}"))))
+    p.load().map_err(refused)
 }

@@ -121,10 +121,7 @@ fn load_fentry(p: &mut [&mut Program; 2], btf: &Btf) -> Result<()> {
     for (i, (prog, func)) in FENTRY.into_iter().enumerate() {
         let r = <&mut FEntry>::try_from(&mut *p[i])
             .map_err(anyhow::Error::from)
-            .and_then(|f| {
-                f.load(func, btf)
-                    .map_err(|e| anyhow::anyhow!("{}", super::short_log(&format!("{e:#}"))))
-            })
+            .and_then(|f| f.load(func, btf).map_err(super::verify::refused))
             .with_context(|| format!("loading {prog} for {func}"));
         if let Err(e) = r {
             // Half of the pair would see only `write`s: take both out.
@@ -141,12 +138,16 @@ fn load_fentry(p: &mut [&mut Program; 2], btf: &Btf) -> Result<()> {
 
 fn load_tracepoints(p: &mut [&mut Program; 2]) -> Result<()> {
     for (i, (prog, _)) in TRACEPOINTS.into_iter().enumerate() {
-        let t: &mut TracePoint = (&mut *p[i]).try_into()?;
-        t.load()
-            .map_err(|e| anyhow::anyhow!("{}", super::short_log(&format!("{e:#}"))))
-            .with_context(|| format!("loading {prog}"))?;
+        load_tracepoint(&mut *p[i], prog)?;
     }
     Ok(())
+}
+
+fn load_tracepoint(p: &mut Program, prog: &str) -> Result<()> {
+    let t: &mut TracePoint = p.try_into()?;
+    t.load()
+        .map_err(super::verify::refused)
+        .with_context(|| format!("loading {prog}"))
 }
 
 /// Attaches what [`load`] loaded; the names of the programs attached go to `names`. A
@@ -177,7 +178,12 @@ pub(super) fn attach(
                 if mode == Mode::Fentry {
                     return Attached::Unavailable(why);
                 }
-                let loaded = ebpf_tracepoints(ebpf).and_then(|mut p| load_tracepoints(&mut p));
+                let loaded = TRACEPOINTS.into_iter().try_for_each(|(prog, _)| {
+                    let p = ebpf
+                        .program_mut(prog)
+                        .with_context(|| format!("program {prog} missing from the object"))?;
+                    load_tracepoint(p, prog)
+                });
                 if let Err(e) = loaded {
                     return Attached::Unavailable(format!("fentry: {why}; tracepoints: {e:#}"));
                 }
@@ -194,20 +200,6 @@ pub(super) fn attach(
             Some(f) => format!("fentry: {f}; tracepoints: {e:#}"),
             None => format!("{e:#}"),
         }),
-    }
-}
-
-/// The tracepoint pair, from the object, for a load after the fentry pair would not attach.
-fn ebpf_tracepoints(ebpf: &mut Ebpf) -> Result<[&mut Program; 2]> {
-    let mut both = ebpf
-        .programs_mut()
-        .filter(|(n, _)| TRACEPOINTS.iter().any(|t| t.0 == *n))
-        .collect::<Vec<_>>();
-    both.sort_by_key(|(n, _)| TRACEPOINTS.iter().position(|t| t.0 == *n));
-    let mut it = both.into_iter().map(|(_, p)| p);
-    match (it.next(), it.next()) {
-        (Some(a), Some(b)) => Ok([a, b]),
-        _ => anyhow::bail!("the tracepoint programs are missing from the object"),
     }
 }
 
