@@ -236,6 +236,54 @@ async fn exec(o: Options) -> Result<u8> {
     if left > 0 {
         crate::say!("crashwatch exec: {left} process(es) of the command's tree still run; they are not watched any more");
     }
+    let told = Told {
+        argv: o.argv,
+        passthrough: o.passthrough,
+        junit: o.junit,
+        report: o.report,
+    };
+    conclude(
+        &told,
+        Ran {
+            status,
+            seen,
+            restarts,
+            gave_up,
+            left,
+            secs: started.elapsed().as_secs_f64(),
+        },
+    )
+}
+
+/// What the options ask of the conclusion.
+struct Told {
+    argv: Vec<OsString>,
+    passthrough: bool,
+    junit: Option<PathBuf>,
+    report: Option<PathBuf>,
+}
+
+/// How the command's runs ended, for [`conclude`].
+struct Ran {
+    status: std::process::ExitStatus,
+    seen: Vec<Seen>,
+    restarts: u32,
+    gave_up: bool,
+    left: usize,
+    secs: f64,
+}
+
+/// Says what happened (summary, annotations, JUnit, the JSON report) and picks exec's exit
+/// status.
+fn conclude(o: &Told, r: Ran) -> Result<u8> {
+    let Ran {
+        status,
+        seen,
+        restarts,
+        gave_up,
+        left,
+        secs,
+    } = r;
     let cmd_code = status
         .code()
         .map(|c| c as u8)
@@ -262,7 +310,6 @@ async fn exec(o: Options) -> Result<u8> {
             crate::say!("crashwatch exec: writing the annotations: {e}");
         }
     }
-    let secs = started.elapsed().as_secs_f64();
     let command = o
         .argv
         .iter()
